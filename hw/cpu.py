@@ -1,0 +1,463 @@
+"""The vCPU: Unicorn x86-64 in long mode with real paging, rings and traps.
+
+Everything Unicorn gets wrong or leaves implicit is handled here so that the OS
+above sees a plain x86-64 CPU (see shared/UNICORN_NOTES.md for the measured
+facts behind each rule):
+
+* CPL 3 is entered once through a ring-0 ``iretq`` stub; that context becomes
+  the template every guest context is cloned from (writing CS from Python does
+  not change the CPL in 64-bit mode).
+* Unicorn has no IDT delivery: exceptions, ``int n`` and ``syscall`` arrive in
+  hooks. The #PF error code, the "is a software interrupt" flag and the
+  "exception in flight" marker live in the saved CPU state; their offsets are
+  found by provoking known faults at start-up (``_probe_fault_layout``) and the
+  marker is cleared after every fault, or the second fault arrives as a double
+  fault and the third stops emulation silently.
+* ``in``/``out`` do not fault at CPL 3 in Unicorn: they are reported as I/O
+  traps so that the OS can refuse them.
+* Hooks are added once and never deleted during a run.
+* Retired instructions are read from Unicorn's own counter (``emu_counter`` in
+  ``struct uc_struct``, maintained whenever ``emu_start`` runs with count > 0),
+  whose offset is probed at start-up as well.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from hw.errors import MachineConfigError, MachineProbeError
+from hw.memory import PAGE_SIZE, PhysicalMemory
+from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W
+from hw.regs import GPRS, Reg, Registers
+from hw.timer import SliceTimer
+from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector
+
+# --- low physical memory used by the machine itself (like a PC's BIOS area) ---
+RESERVED_BYTES = 0x10000  # the OS allocates frames above this
+GDT_BASE = 0x1000
+_STUB = 0x2000  # ring-0 code: iretq
+_STACK = 0x3000  # ring-0 stack for the iretq frame
+_USER = 0x4000  # user code page for boot and probes
+_PML4, _PDPT, _PD, _PT = 0x5000, 0x6000, 0x7000, 0x8000
+_DATA = 0x9000  # user data page (RW, NX) for probes
+_RODATA = 0xA000  # user read-only page for probes
+
+# GDT (SDM Vol. 3A 3.4.5): null, kernel code (L=1), kernel data, user data, user code (L=1).
+# The user selectors are laid out as SYSRET expects: data at STAR+8, code at STAR+16.
+SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE = 0x08, 0x10, 0x1B, 0x23
+_GDT = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF)
+
+MSR_EFER = 0xC0000080
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
+CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
+CR4_PAE = 1 << 5
+RFLAGS_IF = 1 << 9
+
+# Vectors that ring 3 may raise with `int n` (a real IDT's DPL=3 gates).
+DEFAULT_USER_VECTORS = frozenset({Vector.BP, Vector.OF, 0x80})
+
+_ctx_alloc = uclib.uc_context_alloc
+_ctx_save = uclib.uc_context_save
+_ctx_restore = uclib.uc_context_restore
+_ctx_free = uclib.uc_context_free
+
+
+class TrapHandler(Protocol):
+    """What the OS implements to receive traps from the vCPU."""
+
+    def syscall(self, cpu: VCpu) -> None:
+        """A `syscall` instruction; RIP is at the instruction, execution resumes at RIP+2."""
+
+    def trap(self, cpu: VCpu, trap: Trap) -> None:
+        """Any other trap. Stop the CPU, or fix things and return to retry/resume."""
+
+
+@dataclass(slots=True)
+class RunExit:
+    reason: str  # "stopped" (the OS asked), "preempted" (slice over)
+    retired: int | None  # instructions retired in this slice (None in wall mode)
+    stop_reason: object = None
+
+
+class CpuContext:
+    """A saved guest CPU state (registers, segments with CPL, FPU) plus its CR3."""
+
+    __slots__ = ("ptr", "cr3", "__weakref__")
+
+    def __init__(self, handle: ctypes.c_void_p) -> None:
+        p = ctypes.c_void_p()
+        if _ctx_alloc(handle, ctypes.byref(p)) != 0:
+            raise MemoryError("uc_context_alloc failed")
+        self.ptr = p
+        self.cr3 = 0
+
+    def __del__(self) -> None:
+        if self.ptr:
+            _ctx_free(self.ptr)
+            self.ptr = None
+
+
+class _BootHandler:
+    """Handler used before the OS attaches: every trap stops the CPU."""
+
+    def __init__(self) -> None:
+        self.traps: list[Trap] = []
+
+    def syscall(self, cpu: VCpu) -> None:
+        cpu.stop("syscall")
+
+    def trap(self, cpu: VCpu, trap: Trap) -> None:
+        self.traps.append(trap)
+        cpu.stop("trap")
+
+
+class VCpu:
+    """One x86-64 CPU over ``PhysicalMemory``; guest code always runs at CPL 3."""
+
+    def __init__(self, memory: PhysicalMemory, clock: str = "virtual", slice_seconds: float = 0.01):
+        if clock not in ("virtual", "wall"):
+            raise MachineConfigError(f"clock must be 'virtual' or 'wall', got {clock!r}")
+        if memory.size < RESERVED_BYTES + PAGE_SIZE:
+            raise MachineConfigError(f"RAM size {memory.size:#x} is too small (need > {RESERVED_BYTES:#x})")
+        self.memory = memory
+        self.clock_mode = clock
+        self.slice_seconds = slice_seconds
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
+        self._h = self.uc._uch
+        self.regs = Registers(self._h)
+        self.handler: TrapHandler = _BootHandler()
+        self.user_vectors: frozenset[int] = DEFAULT_USER_VECTORS
+        self._stop_reason: object = None
+        self._running = False
+        self._budget = 0
+        self.retired_total = 0  # instructions retired in completed slices
+        self._gpr_reader = self.regs.reader(GPRS)
+        self._err_off: int | None = None  # offsets in the context blob, probed
+        self._isint_off = 0
+        self._oldexc_off = 0
+        self._counter_addr = 0  # address of uc->emu_counter, probed
+        self._scratch = CpuContext(self._h)
+        self._scratch_addr = 0
+        self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
+        self._add_hooks()
+        self._boot()
+        self.template = CpuContext(self._h)
+        self.save(self.template)
+        self._probe_fault_layout()
+        self._probe_counter()
+        self.restore(self.template)
+        self.handler = _BootHandler()
+        if clock == "wall":
+            self._timer = SliceTimer(self.uc.emu_stop)
+
+    # ------------------------------------------------------------------ boot
+    def _boot(self) -> None:
+        mem = self.memory
+        mem.zero(0, RESERVED_BYTES)
+        for i, d in enumerate(_GDT):
+            mem.write_u64(GDT_BASE + 8 * i, d)
+        mem.write_u64(_PML4, _PDPT | PTE_P | PTE_W | PTE_U)
+        mem.write_u64(_PDPT, _PD | PTE_P | PTE_W | PTE_U)
+        mem.write_u64(_PD, _PT | PTE_P | PTE_W | PTE_U)
+        for page in (GDT_BASE, _STUB, _STACK):  # supervisor only
+            mem.write_u64(_PT + (page >> 12) * 8, page | PTE_P | PTE_W)
+        mem.write_u64(_PT + (_USER >> 12) * 8, _USER | PTE_P | PTE_U)
+        mem.write_u64(_PT + (_DATA >> 12) * 8, _DATA | PTE_P | PTE_W | PTE_U | PTE_NX)
+        mem.write_u64(_PT + (_RODATA >> 12) * 8, _RODATA | PTE_P | PTE_U | PTE_NX)
+        mem.write(_STUB, b"\x48\xcf")  # iretq
+        mem.write(_USER, b"\x0f\x05" + b"\x90" * 14)  # syscall; nops
+        # iretq frame: RIP, CS, RFLAGS, RSP, SS (SDM Vol. 3A 6.14.3)
+        mem.write(_STACK + 0xF00, struct.pack("<5Q", _USER, SEL_UCODE, 0x202, _DATA + 0xFF0, SEL_UDATA))
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_BASE, 8 * len(_GDT) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR3, _PML4)
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_RSP, _STACK + 0xF00)
+        try:
+            uc.emu_start(_STUB, 0, 0, 1)
+        except UcError as e:
+            raise MachineProbeError(f"could not enter ring 3 through iretq: {e}") from None
+        cs = self.regs.read(Reg.CS)
+        if cs != SEL_UCODE or self.regs.read(Reg.RIP) != _USER:
+            raise MachineProbeError(f"iretq did not reach ring 3 (CS={cs:#x})")
+        for r in GPRS:
+            if r not in (Reg.RIP, Reg.RFLAGS, Reg.RSP):
+                self.regs.write(r, 0)
+        self.regs.write(Reg.RFLAGS, 0x202)
+
+    def _run_probe(self, code: bytes, count: int = 100) -> Trap | None:
+        self.restore(self.template)
+        self.memory.write(_USER, code + b"\x90" * (16 - len(code)))
+        self.flush_code()
+        boot = _BootHandler()
+        self.handler = boot
+        self.regs.write(Reg.RIP, _USER)
+        self.run(count)
+        return boot.traps[-1] if boot.traps else None
+
+    def _probe_fault_layout(self) -> None:
+        """Find where this Unicorn build keeps error_code, exception_is_int and old_exception."""
+        probes = [  # (code, expected #PF error code)
+            (b"\x48\xc7\xc0\x00\x00\x02\x00\x48\xc7\x00\x01\x00\x00\x00", 0x6),  # write, not present
+            (b"\x48\xc7\xc0\x00\x10\x00\x00\x48\x8b\x18", 0x5),  # read of a supervisor page
+            (b"\x48\xc7\xc0\x00\xa0\x00\x00\x48\xc7\x00\x01\x00\x00\x00", 0x7),  # write to read-only
+            (b"\x48\xc7\xc0\x00\x90\x00\x00\xff\xd0", 0x15),  # fetch from an NX page
+        ]
+        blobs = []
+        for code, _ in probes:
+            self._run_probe(code)
+            blobs.append(self._raw_blob)
+        self._run_probe(b"\xcd\x1f")  # int 0x1f: a software interrupt below 32
+        soft = self._raw_blob
+        size = len(soft)
+
+        def i32(b: bytes, o: int) -> int:
+            return struct.unpack_from("<i", b, o)[0]
+
+        errs = [o for o in range(0, size - 4, 4) if [i32(b, o) for b in blobs] == [e for _, e in probes]]
+        isint = [o for o in range(0, size - 4, 4) if i32(soft, o) == 1 and all(i32(b, o) == 0 for b in blobs)]
+        oldexc = [o for o in range(0, size - 4, 4) if i32(soft, o) == -1 and all(i32(b, o) == 14 for b in blobs)]
+        if len(errs) != 1 or not isint or len(oldexc) != 1:
+            raise MachineProbeError(
+                "this Unicorn build keeps fault state where exo cannot find it "
+                f"(error code candidates {errs}, exception marker candidates {oldexc}); "
+                "exo is tested with unicorn 2.1.4"
+            )
+        self._err_off = errs[0]
+        # exception_is_int follows error_code in QEMU's CPUX86State; prefer that one.
+        self._isint_off = errs[0] + 4 if errs[0] + 4 in isint else isint[0]
+        self._oldexc_off = oldexc[0]
+        self._scratch_addr = self._scratch.ptr.value
+        # A storm of faults must now arrive as #PF every time, never #DF or silence.
+        for _ in range(3):
+            t = self._run_probe(probes[0][0])
+            if t is None or t.vector != Vector.PF or t.error_code != 6:
+                raise MachineProbeError(f"clearing the exception marker did not work (got {t})")
+
+    def _probe_counter(self) -> None:
+        """Find uc->emu_counter by running known instruction counts up to a syscall."""
+        raw = ctypes.string_at
+        base = self._h.value
+        seen = []
+        for nops in (10, 37):
+            self.restore(self.template)
+            code = b"\x90" * nops + b"\x0f\x05"
+            self.memory.write(_USER, code)
+            self.flush_code()
+            self.handler = _BootHandler()
+            self.regs.write(Reg.RIP, _USER)
+            self.uc.emu_start(_USER, 0, 0, 1000)
+            seen.append(raw(base, 4096))
+        cands = [
+            o for o in range(0, 4096 - 16, 8)
+            if struct.unpack_from("<QQ", seen[0], o) == (11, 1000)
+            and struct.unpack_from("<QQ", seen[1], o) == (38, 1000)
+        ]  # fmt: skip
+        if len(cands) != 1:
+            raise MachineProbeError(f"could not find Unicorn's instruction counter (candidates {cands})")
+        self._counter_addr = base + cands[0]
+
+    # -------------------------------------------------------------- contexts
+    def new_context(self) -> CpuContext:
+        """A fresh CPL-3 context (all general registers zero), cloned from the template."""
+        ctx = CpuContext(self._h)
+        ctypes.memmove(ctx.ptr.value, self.template.ptr.value, self.context_size)
+        return ctx
+
+    @property
+    def context_size(self) -> int:
+        return uclib.uc_context_size(self._h)
+
+    def save(self, ctx: CpuContext) -> None:
+        _ctx_save(self._h, ctx.ptr)
+        ctx.cr3 = self.regs.read(Reg.CR3)
+
+    def restore(self, ctx: CpuContext) -> None:
+        """Load ``ctx`` and switch to its address space (the CR3 write flushes the TLB)."""
+        _ctx_restore(self._h, ctx.ptr)
+        if ctx.cr3:
+            self.regs.write(Reg.CR3, ctx.cr3)
+
+    def copy_context(self, dst: CpuContext, src: CpuContext) -> None:
+        ctypes.memmove(dst.ptr.value, src.ptr.value, self.context_size)
+        dst.cr3 = src.cr3
+
+    def read_gprs(self) -> dict[str, int]:
+        return dict(zip((r.name for r in GPRS), self._gpr_reader()))
+
+    @property
+    def _raw_blob(self) -> bytes:
+        return ctypes.string_at(self._scratch.ptr.value, self.context_size)
+
+    # ----------------------------------------------------------- TLB / code
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (after the OS changed a PTE)."""
+        self.regs.write(Reg.CR3, self.regs.read(Reg.CR3))
+
+    def flush_code(self) -> None:
+        """Drop translated code after the host wrote to code pages.
+
+        Unicorn does not notice host writes to guest code (trap 4 in the notes);
+        ``ctl_flush_tb`` is used rather than ``ctl_remove_cache``, which walks
+        the page tables and can leave a phantom fault behind (trap 2).
+        """
+        self.uc.ctl_flush_tb()
+
+    # ------------------------------------------------------------------ run
+    def stop(self, reason: object = "stop") -> None:
+        """Called by the OS from a trap handler: end the current slice."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.uc.emu_stop()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def instructions(self) -> int:
+        """Instructions retired so far, including the slice now running (virtual clock)."""
+        if self._running and self._counter_addr:
+            live = ctypes.c_uint64.from_address(self._counter_addr).value
+            return self.retired_total + min(live, self._budget)
+        return self.retired_total
+
+    def run(self, budget: int) -> RunExit:
+        """Run the loaded context until the OS stops it or the slice ends.
+
+        Virtual clock: the slice is ``budget`` instructions (exact, deterministic).
+        Wall clock: the slice is ``slice_seconds`` of host time.
+        """
+        if budget <= 0:
+            raise MachineConfigError(f"instruction budget must be positive, got {budget}")
+        self._stop_reason = None
+        rip = self.regs.read(Reg.RIP)
+        wall = self._timer is not None
+        count = 0 if wall else budget
+        self._budget = budget
+        self._running = True
+        error: UcError | None = None
+        if wall:
+            self._timer.arm(self.slice_seconds)
+        try:
+            self.uc.emu_start(rip, 0, 0, count)
+        except UcError as e:
+            error = e
+        finally:
+            self._running = False
+            fired = self._timer.disarm() if wall else False
+        retired = None
+        if not wall:
+            counter = ctypes.c_uint64.from_address(self._counter_addr).value if self._counter_addr else 0
+            retired = min(counter, budget)
+            self.retired_total += retired
+            fired = counter > budget
+        if error is not None and self._stop_reason is None:
+            self._machine_check(error)
+        if self._stop_reason is not None:
+            return RunExit("stopped", retired, self._stop_reason)
+        if fired:
+            return RunExit("preempted", retired)
+        # Unicorn returned without a cause: emulation reached address 0 (its
+        # `until`), or stopped silently. Report what a CPU would: a fetch fault.
+        rip = self.regs.read(Reg.RIP)
+        self._deliver(Trap(TrapKind.EXCEPTION, Vector.PF, rip, error_code=0x14, cr2=rip,
+                           detail="instruction fetch from an unmapped address"))
+        if self._stop_reason is not None:
+            return RunExit("stopped", retired, self._stop_reason)
+        return RunExit("preempted", retired)
+
+    def _machine_check(self, error: UcError) -> None:
+        rip = self.regs.read(Reg.RIP)
+        self._deliver(Trap(TrapKind.MACHINE_CHECK, Vector.MC, rip,
+                           detail=f"access outside physical RAM ({error})"))
+        if self._stop_reason is None:
+            self._stop_reason = "machine-check"
+
+    def _deliver(self, trap: Trap) -> None:
+        self.handler.trap(self, trap)
+
+    # ---------------------------------------------------------------- hooks
+    def _add_hooks(self) -> None:
+        uc = self.uc
+        # Added once; never deleted while the machine lives (traps 2 and 6 in the notes).
+        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INTR, self._hook_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+
+    def _hook_syscall(self, uc: Uc, _ud: object) -> None:
+        self.handler.syscall(self)
+
+    def _hook_intr(self, uc: Uc, intno: int, _ud: object) -> None:
+        regs = self.regs
+        rip = regs.read(Reg.RIP)
+        if intno >= 32:  # only `int n` raises these: no devices interrupt this CPU
+            self._software_int(intno, rip, 2)
+            return
+        _ctx_save(self._h, self._scratch.ptr)
+        if self._err_off is None:  # start-up probe: keep the raw state, stop
+            self._deliver(Trap(TrapKind.EXCEPTION, intno, rip))
+            return
+        blob = self._scratch_addr
+        if ctypes.c_int32.from_address(blob + self._isint_off).value:
+            length = 2 if intno not in (Vector.BP, Vector.OF, Vector.DB) else 1
+            self._software_int(intno, rip, length)
+            return
+        # A real exception: clear the "exception in flight" marker (trap 1).
+        ctypes.c_int32.from_address(blob + self._oldexc_off).value = -1
+        _ctx_restore(self._h, self._scratch.ptr)
+        err = ctypes.c_int32.from_address(blob + self._err_off).value & 0xFFFF_FFFF
+        trap = Trap(TrapKind.EXCEPTION, intno, rip)
+        if intno in HAS_ERROR_CODE:
+            trap.error_code = err
+        if intno == Vector.PF:
+            trap.cr2 = regs.read(Reg.CR2)
+        self._deliver(trap)
+
+    def _software_int(self, vector: int, next_rip: int, length: int) -> None:
+        if vector in self.user_vectors:
+            kind = TrapKind.EXCEPTION if vector < 32 else TrapKind.SOFTWARE_INT
+            self._deliver(Trap(kind, vector, next_rip, next_rip=next_rip, detail=f"int {vector:#x}"))
+            return
+        # The gate is DPL 0: the CPU raises #GP with the IDT index as error code
+        # (SDM Vol. 3A 6.12.1.1) and reports the `int` instruction itself.
+        rip = next_rip - length
+        self.regs.write(Reg.RIP, rip)
+        self._deliver(Trap(TrapKind.EXCEPTION, Vector.GP, rip, error_code=(vector << 3) | 2,
+                           detail=f"int {vector:#x} through a gate ring 3 may not use"))
+
+    def _hook_invalid(self, uc: Uc, _ud: object) -> bool:
+        rip = self.regs.read(Reg.RIP)
+        self._deliver(Trap(TrapKind.EXCEPTION, Vector.UD, rip))
+        return True
+
+    def _hook_in(self, uc: Uc, port: int, size: int, _ud: object) -> int:
+        rip = self.regs.read(Reg.RIP)
+        trap = Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size, write=False)
+        self._deliver(trap)
+        return trap.value or 0
+
+    def _hook_out(self, uc: Uc, port: int, size: int, value: int, _ud: object) -> None:
+        rip = self.regs.read(Reg.RIP)
+        self._deliver(Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size,
+                           value=value, write=True))

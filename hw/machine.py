@@ -1,0 +1,34 @@
+"""The whole machine: RAM, one vCPU, a clock, a console and a device bus."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from hw.clock import Clock
+from hw.console import ConsoleDevice
+from hw.cpu import RESERVED_BYTES, VCpu
+from hw.device import DeviceBus
+from hw.memory import PhysicalMemory
+
+DEFAULT_RAM = 256 << 20
+
+
+class Machine:
+    def __init__(
+        self,
+        ram_size: int = DEFAULT_RAM,
+        clock: str = "virtual",
+        stdin: int | bytes | None = 0,
+        stdout: int | BinaryIO = 1,
+        slice_seconds: float = 0.01,
+    ) -> None:
+        self.memory = PhysicalMemory(ram_size)
+        self.cpu = VCpu(self.memory, clock=clock, slice_seconds=slice_seconds)
+        self.clock = Clock(clock, self.cpu.instructions)
+        self.console = ConsoleDevice(stdin, stdout)
+        self.devices = DeviceBus()
+        self.devices.attach(self.console)
+        self.reserved_bytes = RESERVED_BYTES
+
+    def close(self) -> None:
+        self.devices.close()

@@ -1,0 +1,136 @@
+"""What the CPU hands the kernel when guest code traps.
+
+Vector numbers and error-code bits follow the Intel SDM Vol. 3A, chapter 6
+("Interrupt and Exception Handling"), table 6-1, and section 4.7
+("Page-Fault Exceptions") for the #PF error code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Vector(enum.IntEnum):
+    DE = 0  # divide error
+    DB = 1
+    NMI = 2
+    BP = 3  # breakpoint (int3)
+    OF = 4  # overflow (into)
+    BR = 5
+    UD = 6  # invalid opcode (also vmcall: Unicorn has no VMX)
+    NM = 7
+    DF = 8  # double fault
+    TS = 10
+    NP = 11
+    SS = 12
+    GP = 13  # general protection
+    PF = 14  # page fault
+    MF = 16
+    AC = 17
+    MC = 18  # machine check: used for accesses outside physical RAM
+    XM = 19
+
+
+VECTOR_NAMES = {
+    Vector.DE: "divide error (#DE)",
+    Vector.DB: "debug (#DB)",
+    Vector.NMI: "NMI",
+    Vector.BP: "breakpoint (#BP)",
+    Vector.OF: "overflow (#OF)",
+    Vector.BR: "bound range (#BR)",
+    Vector.UD: "invalid opcode (#UD)",
+    Vector.NM: "device not available (#NM)",
+    Vector.DF: "double fault (#DF)",
+    Vector.TS: "invalid TSS (#TS)",
+    Vector.NP: "segment not present (#NP)",
+    Vector.SS: "stack fault (#SS)",
+    Vector.GP: "general protection (#GP)",
+    Vector.PF: "page fault (#PF)",
+    Vector.MF: "x87 FP error (#MF)",
+    Vector.AC: "alignment check (#AC)",
+    Vector.MC: "machine check (#MC)",
+    Vector.XM: "SIMD FP error (#XM)",
+}
+
+# Exceptions that push an error code (SDM Vol. 3A table 6-1).
+HAS_ERROR_CODE = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP, Vector.PF, Vector.AC})
+
+# #PF error-code bits (SDM Vol. 3A, figure 4-12).
+PF_P = 1 << 0  # 0: not present; 1: protection violation
+PF_W = 1 << 1  # 0: read; 1: write
+PF_U = 1 << 2  # 0: supervisor mode; 1: user mode
+PF_RSVD = 1 << 3  # reserved bit set in a paging entry
+PF_I = 1 << 4  # instruction fetch
+PF_PK = 1 << 5  # protection key
+
+
+class TrapKind(enum.Enum):
+    EXCEPTION = "exception"  # a CPU exception (vector < 32)
+    SOFTWARE_INT = "int"  # `int n` through a gate the guest may use
+    IO = "io"  # `in`/`out`: Unicorn does not fault them at CPL 3
+    MACHINE_CHECK = "machine-check"  # the emulator could not complete an access
+
+
+def decode_pf_error(code: int) -> str:
+    """A human reading of a #PF error code, e.g. 'user write to a present page'."""
+    who = "user" if code & PF_U else "supervisor"
+    if code & PF_I:
+        what = "instruction fetch"
+    elif code & PF_W:
+        what = "write"
+    else:
+        what = "read"
+    where = "a protected page" if code & PF_P else "a not-present page"
+    extra = ", reserved bit set" if code & PF_RSVD else ""
+    return f"{who} {what} of {where}{extra}"
+
+
+def decode_gp_error(code: int) -> str:
+    """#GP error code: 0, or a selector/IDT index (SDM 6.13 "Error Code")."""
+    if code == 0:
+        return "no selector (privileged instruction or bad operand)"
+    table = "IDT" if code & 2 else ("LDT" if code & 4 else "GDT")
+    return f"{table} index {code >> 3}{' (external)' if code & 1 else ''}"
+
+
+@dataclass(slots=True)
+class Trap:
+    """One trap, with what a real CPU would give the kernel.
+
+    ``rip`` is the address the CPU reports: the faulting instruction for faults
+    (#PF, #GP, #UD, #DE), the next instruction for traps (`int n`, `int3`).
+    """
+
+    kind: TrapKind
+    vector: int
+    rip: int
+    error_code: int | None = None
+    cr2: int | None = None  # #PF: the faulting linear address
+    next_rip: int | None = None  # software interrupts: where execution resumes
+    port: int | None = None  # I/O
+    size: int | None = None  # I/O operand size in bytes
+    value: int | None = None  # `out`: the value written
+    write: bool = False  # I/O direction (`out`) or MC access kind
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.kind is TrapKind.IO:
+            return f"port I/O ({'out' if self.write else 'in'} {self.port:#x})"
+        if self.kind is TrapKind.SOFTWARE_INT:
+            return f"software interrupt int {self.vector:#x}"
+        try:
+            return VECTOR_NAMES[Vector(self.vector)]
+        except ValueError:
+            return f"vector {self.vector}"
+
+    def describe_error(self) -> str:
+        if self.error_code is None:
+            return ""
+        if self.vector == Vector.PF and self.kind is TrapKind.EXCEPTION:
+            return decode_pf_error(self.error_code)
+        if self.vector == Vector.GP:
+            return decode_gp_error(self.error_code)
+        return ""
