@@ -30,6 +30,9 @@ from typing import Protocol
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_UNMAPPED,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -43,7 +46,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from hw.errors import MachineConfigError, MachineProbeError
 from hw.memory import PAGE_SIZE, PhysicalMemory
-from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W
+from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, translate
 from hw.regs import GPRS, Reg, Registers
 from hw.timer import SliceTimer
 from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector
@@ -68,6 +71,13 @@ EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
 CR4_PAE = 1 << 5
 RFLAGS_IF = 1 << 9
+
+# What an access that Unicorn could not complete was (for the machine-check report).
+_MC_ACCESS = {
+    UC_ERR_READ_UNMAPPED: ("read", False),
+    UC_ERR_WRITE_UNMAPPED: ("write", True),
+    UC_ERR_FETCH_UNMAPPED: ("instruction fetch", False),
+}
 
 # Vectors that ring 3 may raise with `int n` (a real IDT's DPL=3 gates).
 DEFAULT_USER_VECTORS = frozenset({Vector.BP, Vector.OF, 0x80})
@@ -133,6 +143,8 @@ class VCpu:
     def __init__(self, memory: PhysicalMemory, clock: str = "virtual", slice_seconds: float = 0.01):
         if clock not in ("virtual", "wall"):
             raise MachineConfigError(f"clock must be 'virtual' or 'wall', got {clock!r}")
+        if not isinstance(slice_seconds, (int, float)) or not slice_seconds > 0:
+            raise MachineConfigError(f"slice_seconds must be a positive number, got {slice_seconds!r}")
         if memory.size < RESERVED_BYTES + PAGE_SIZE:
             raise MachineConfigError(f"RAM size {memory.size:#x} is too small (need > {RESERVED_BYTES:#x})")
         self.memory = memory
@@ -301,6 +313,19 @@ class VCpu:
         ctypes.memmove(dst.ptr.value, src.ptr.value, self.context_size)
         dst.cr3 = src.cr3
 
+    def context_read(self, ctx: CpuContext, reg: int) -> int:
+        """A general register (or RIP/RFLAGS) of a saved context, without loading it."""
+        v = ctypes.c_uint64()
+        uclib.uc_context_reg_read(ctx.ptr, reg, ctypes.addressof(v))
+        return v.value
+
+    def context_write(self, ctx: CpuContext, reg: int, value: int) -> None:
+        """Set a general register (or RIP/RFLAGS) of a saved context; not for control registers."""
+        if reg in (Reg.CR0, Reg.CR2, Reg.CR3, Reg.CR4, Reg.CS, Reg.SS):
+            raise MachineConfigError(f"register {Reg(reg).name} cannot be written in a saved context")
+        v = ctypes.c_uint64(value & 0xFFFF_FFFF_FFFF_FFFF)
+        uclib.uc_context_reg_write(ctx.ptr, reg, ctypes.addressof(v))
+
     def read_gprs(self) -> dict[str, int]:
         return dict(zip((r.name for r in GPRS), self._gpr_reader()))
 
@@ -387,8 +412,10 @@ class VCpu:
 
     def _machine_check(self, error: UcError) -> None:
         rip = self.regs.read(Reg.RIP)
-        self._deliver(Trap(TrapKind.MACHINE_CHECK, Vector.MC, rip,
-                           detail=f"access outside physical RAM ({error})"))
+        # Say what failed in the machine's own words: no Unicorn error code reaches the OS.
+        what, write = _MC_ACCESS.get(error.errno, ("access", False))
+        self._deliver(Trap(TrapKind.MACHINE_CHECK, Vector.MC, rip, write=write,
+                           detail=f"{what} outside physical RAM"))
         if self._stop_reason is None:
             self._stop_reason = "machine-check"
 
@@ -420,7 +447,7 @@ class VCpu:
             return
         blob = self._scratch_addr
         if ctypes.c_int32.from_address(blob + self._isint_off).value:
-            length = 2 if intno not in (Vector.BP, Vector.OF, Vector.DB) else 1
+            length = self._int_length(intno, rip)
             self._software_int(intno, rip, length)
             return
         # A real exception: clear the "exception in flight" marker (trap 1).
@@ -433,6 +460,20 @@ class VCpu:
         if intno == Vector.PF:
             trap.cr2 = regs.read(Reg.CR2)
         self._deliver(trap)
+
+    def _int_length(self, vector: int, next_rip: int) -> int:
+        """Length of the software interrupt instruction that ends at ``next_rip``.
+
+        Only ``int3`` (CC) is one byte; ``int n`` (CD ib) is two, including
+        ``int 1``, ``int 3`` and ``int 4`` (``into`` and ``icebp`` do not arrive
+        here as software interrupts in 64-bit mode).
+        """
+        if vector != Vector.BP:
+            return 2
+        t = translate(self.memory, self.regs.read(Reg.CR3), next_rip - 1)
+        if t is not None and self.memory.read(t.pa, 1) == b"\xcc":
+            return 1
+        return 2
 
     def _software_int(self, vector: int, next_rip: int, length: int) -> None:
         if vector in self.user_vectors:

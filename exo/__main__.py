@@ -1,0 +1,3 @@
+from exo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The guest-visible ABI constants: addresses, errno values, permission bits.
+
+Pure data. The hypercall table (exo/hypercalls.py), the generated docs
+(docs/abi.md) and the generated guest include files are all made from here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+PAGE_SIZE = 4096
+
+# --- virtual address layout of every environment (lower canonical half) ---
+HYPERCALL_PAGE = 0x0010_0000  # read+execute, 32-byte stubs: call HYPERCALL_PAGE + 32*nr
+HYPERCALL_STUB_SIZE = 32
+LIBOS_PAGE = 0x0010_1000  # libOS trampoline page(s) (library calls, no ring transition)
+INFO_PAGE = 0x0011_0000  # read-only: argc, argv (see exo/loader.py)
+EXO_REGION_END = 0x0012_0000  # [HYPERCALL_PAGE, EXO_REGION_END) is managed by the exokernel
+IMAGE_BASE = 0x0040_0000  # where assembled images are linked (the ELF convention)
+USER_TOP = 0x0000_7FFF_FFFF_F000  # one page below the end of the lower half
+STACK_TOP = 0x0000_7FFF_FFF0_0000  # initial RSP; stack grows down
+STACK_PAGES = 16  # 64 KiB initial stack, a guard page below it
+UXSTACK_TOP = 0x0000_7FFF_FFF8_0000  # conventional exception (upcall) stack, set up by the libOS
+
+# --- page permissions a guest asks for in page_alloc / page_map / mmu_update ---
+PERM_R = 0x1  # present, readable
+PERM_W = 0x2  # writable (never together with PERM_X: W^X)
+PERM_X = 0x8  # executable (code); without it pages are mapped NX
+PERM_AVAIL = 0xE00  # bits 9-11: free for the libOS (e.g. copy-on-write marker)
+PERM_COW = 0x800  # the libOS convention for copy-on-write pages (JOS PTE_COW)
+PERM_VALID = PERM_R | PERM_W | PERM_X | PERM_AVAIL
+
+
+class Errno(enum.IntEnum):
+    """Linux errno values; a failed hypercall returns the negative value in RAX."""
+
+    EPERM = 1  # resource not owned by the caller, or hypercall not declared
+    ENOENT = 2
+    ESRCH = 3  # no such environment
+    EIO = 5
+    EBADF = 9
+    EAGAIN = 11  # would block (non-blocking call)
+    ENOMEM = 12  # out of frames or over quota
+    EFAULT = 14  # bad pointer: unmapped, not user, or not writable
+    EBUSY = 16
+    EEXIST = 17
+    EINVAL = 22  # bad argument value
+    EPIPE = 32  # console output closed
+    ENOSYS = 38  # no such hypercall
+
+
+class EnvStatus(enum.IntEnum):
+    FREE = 0
+    RUNNABLE = 1
+    NOT_RUNNABLE = 2  # e.g. a child before its parent has set it up
+    BLOCKED = 3  # waiting for an event (input, IPC)
+    DYING = 4
+    DEAD = 5
+
+
+class SchedOp(enum.IntEnum):
+    """sched_op sub-operations (after Xen's SCHEDOP_yield/block/shutdown)."""
+
+    YIELD = 0
+    BLOCK = 1
+    EXIT = 2
+
+
+class MmuOp(enum.IntEnum):
+    """mmu_update request kinds (a validated cousin of Xen's mmu_update)."""
+
+    MAP = 0  # map frame `frame` at `va` with `perm`
+    UNMAP = 1  # clear the mapping at `va`
+    PROTECT = 2  # change the permissions of the mapping at `va`
+
+
+# struct mmu_req { u32 op; u32 envid; u64 va; u64 frame; u64 perm; }  (32 bytes)
+MMU_REQ_SIZE = 32
+
+# The frame an upcall pushes on the exception stack (JOS's UTrapframe, in u64s).
+UTRAPFRAME_FIELDS = (
+    "vector", "error_code", "fault_va",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rip", "rflags", "rsp",
+)  # fmt: skip
+UTRAPFRAME_SIZE = 8 * len(UTRAPFRAME_FIELDS)
+
+# Upcall vectors beyond the CPU's: events the exokernel announces to the libOS.
+UPCALL_TIMER = 0x100  # a new time slice starts

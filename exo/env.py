@@ -1,0 +1,39 @@
+"""Environments: the exokernel's protection domains (JOS "envs", Xen "domains")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hw.cpu import CpuContext
+
+from exo.abi import EnvStatus
+from exo.vm import AddressSpace
+
+
+@dataclass(eq=False)
+class Env:
+    id: int
+    name: str
+    parent: int | None
+    space: AddressSpace
+    ctx: CpuContext
+    status: EnvStatus = EnvStatus.NOT_RUNNABLE
+    upcall_entry: int = 0  # libOS exception/upcall handler (0: none registered)
+    upcall_stack: int = 0  # top of the exception stack the upcall frame is pushed on
+    exit_status: int | None = None
+    fault: str | None = None  # one-line summary when stopped by a fault
+    frame_quota: int = 1 << 16  # frames (page tables included) this env may hold
+    allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
+    blocked_on: str | None = None
+    instructions: int = 0  # retired while this env ran (virtual clock)
+    children: list[int] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.status not in (EnvStatus.DYING, EnvStatus.DEAD, EnvStatus.FREE)
+
+    def exit_summary(self) -> str | int | None:
+        if self.fault is not None:
+            return "fault"
+        return self.exit_status

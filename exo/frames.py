@@ -1,0 +1,75 @@
+"""The physical frame table: who owns each 4 KiB frame of RAM, and how it is used.
+
+Every frame is free, owned by the exokernel (the machine's low memory and its
+own structures), or owned by one environment. Page-table frames are typed so
+that they are never mapped into any address space: a guest can change its
+page tables only through the validated hypercalls (exo/hypercalls.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from array import array
+
+from hw.memory import PAGE_SHIFT, PhysicalMemory
+
+FREE = -1
+EXO = 0  # owner id of the exokernel itself; environments are numbered from 1
+
+
+class FrameType(enum.IntEnum):
+    FREE = 0
+    NORMAL = 1  # guest data or code
+    PAGETABLE = 2  # never mapped, never writable by guests
+    EXO = 3  # exokernel-private: never user-accessible
+
+
+class OutOfFrames(Exception):
+    pass
+
+
+class FrameTable:
+    def __init__(self, memory: PhysicalMemory, reserved_bytes: int) -> None:
+        self.memory = memory
+        n = memory.frames
+        self.owner = array("i", [FREE]) * n
+        self.refs = array("i", [0]) * n  # mappings of this frame in all address spaces
+        self.type = array("b", [FrameType.FREE]) * n
+        first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
+        for f in range(first):
+            self.owner[f] = EXO
+            self.type[f] = FrameType.EXO
+        # Hand out low frames first: a deterministic order keeps runs reproducible.
+        self._free = list(range(n - 1, first - 1, -1))
+
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL) -> int:
+        """A zeroed frame for ``owner``; returns its frame number."""
+        if not self._free:
+            raise OutOfFrames()
+        f = self._free.pop()
+        self.owner[f] = owner
+        self.type[f] = ftype
+        self.refs[f] = 0
+        self.memory.zero(f << PAGE_SHIFT, 1 << PAGE_SHIFT)
+        return f
+
+    def free(self, f: int) -> None:
+        if self.type[f] == FrameType.FREE:
+            raise AssertionError(f"double free of frame {f:#x}")
+        self.owner[f] = FREE
+        self.type[f] = FrameType.FREE
+        self.refs[f] = 0
+        self._free.append(f)
+
+    def valid(self, f: int) -> bool:
+        return 0 <= f < len(self.owner)
+
+    def usage(self) -> dict[str, int]:
+        counts = {t.name.lower(): 0 for t in FrameType}
+        for t in self.type:
+            counts[FrameType(t).name.lower()] += 1
+        return counts

@@ -1,0 +1,290 @@
+"""The hypercall ABI: one table, read by the dispatcher, the docs and the guest headers.
+
+A guest makes hypercall ``nr`` with ``call HYPERCALL_PAGE + 32*nr``; the stub
+there does ``mov eax, nr; syscall; ret``. Arguments go in RDI, RSI, RDX, R10,
+R8 (R10, not RCX, for the fourth: `syscall` clobbers RCX on real hardware, so
+Xen and Linux use R10 too). The result comes back in RAX, a negative errno on
+failure (exo/abi.py). Every pointer is checked against the caller's page tables
+(EFAULT); every environment, frame and page against what the caller may use
+(EPERM/ESRCH). The exokernel's code paths for each call are the ``_hc_*``
+functions below.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from hw.regs import Reg
+
+from exo.abi import (
+    MMU_REQ_SIZE,
+    PERM_X,
+    EnvStatus,
+    Errno,
+    MmuOp,
+    SchedOp,
+)
+from exo.errors import HypercallError
+from exo.frames import EXO, FrameType, OutOfFrames
+from exo.vm import check_user_va, perm_to_pte
+
+if TYPE_CHECKING:
+    from exo.env import Env
+    from exo.kernel import Exokernel
+
+MAX_IO = 1 << 20  # bytes moved by one console call at most (a short count beyond)
+MAX_MMU_BATCH = 4096  # requests in one mmu_update
+
+
+@dataclass(frozen=True)
+class Hypercall:
+    nr: int
+    name: str
+    args: tuple[str, ...]
+    returns: str
+    errors: tuple[Errno, ...]
+    doc: str
+    impl: Callable[..., int]
+
+
+ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
+
+
+def _u(v: int) -> int:
+    return v & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _length(n: int) -> int:
+    if n >= 1 << 63:
+        raise HypercallError(Errno.EINVAL, f"negative length {n - (1 << 64)}")
+    return n
+
+
+# ------------------------------------------------------------------ console
+def _hc_console_write(k: Exokernel, env: Env, buf: int, length: int) -> int:
+    length = min(_length(length), MAX_IO)
+    data = env.space.read(buf, length)
+    n = k.machine.console.write(data)
+    if n < 0:
+        raise HypercallError(Errno.EPIPE, "console output closed")
+    return n
+
+
+def _hc_console_read(k: Exokernel, env: Env, buf: int, length: int) -> int:
+    length = min(_length(length), MAX_IO)
+    env.space.user_chunks(buf, length, True)  # check before consuming input
+    data = k.machine.console.read(length)
+    if data is None:  # interactive and nothing typed yet: block, retry on wake-up
+        k.block_and_retry(env, "console")
+        return k.RETRY
+    env.space.write(buf, data)
+    return len(data)
+
+
+# ------------------------------------------------------------------- memory
+def _hc_page_alloc(k: Exokernel, env: Env, envid: int, va: int, perm: int) -> int:
+    target = k.env_for(env, envid)
+    check_user_va(va)
+    pte = perm_to_pte(perm)
+    k.check_quota(target)
+    try:
+        frame = k.frames.alloc(target.id, FrameType.NORMAL)
+    except OutOfFrames:
+        raise HypercallError(Errno.ENOMEM, "out of physical frames") from None
+    try:
+        target.space.map(va, frame, pte)
+    except HypercallError:
+        k.frames.free(frame)
+        raise
+    k.flush_if_current(target)
+    return 0
+
+
+def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
+    src = k.env_for(env, srcid)
+    dst = k.env_for(env, dstid)
+    check_user_va(srcva)
+    check_user_va(dstva)
+    pte = perm_to_pte(perm)
+    found = src.space.lookup(srcva)
+    if found is None:
+        raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {src.id}")
+    frame, src_pte = found
+    if k.frames.owner[frame] == EXO:
+        raise HypercallError(Errno.EPERM, "exokernel frames cannot be remapped")
+    if perm_to_pte(perm) & 2 and not src_pte & 2:
+        raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
+    if perm & PERM_X and src_pte & (1 << 63):
+        raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
+    k.check_quota(dst)
+    dst.space.map(dstva, frame, pte)
+    k.flush_if_current(dst)
+    return 0
+
+
+def _hc_page_unmap(k: Exokernel, env: Env, envid: int, va: int) -> int:
+    target = k.env_for(env, envid)
+    check_user_va(va)
+    target.space.unmap(va)
+    k.flush_if_current(target)
+    return 0
+
+
+_MMU_REQ = struct.Struct("<IIQQQ")
+
+
+def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int) -> int:
+    """A batch of page-table updates, each validated; stops at the first bad one."""
+    if count > MAX_MMU_BATCH:
+        raise HypercallError(Errno.EINVAL, f"batch of {count} exceeds {MAX_MMU_BATCH}")
+    raw = env.space.read(reqs, count * MMU_REQ_SIZE)
+    done = 0
+    error: HypercallError | None = None
+    touched = set()
+    for i in range(count):
+        op, envid, va, frame, perm = _MMU_REQ.unpack_from(raw, i * MMU_REQ_SIZE)
+        try:
+            target = k.env_for(env, envid)
+            check_user_va(va)
+            if op == MmuOp.MAP:
+                pte = perm_to_pte(perm)
+                if not k.frames.valid(frame) or not (env.space.may_use(frame) or target.space.may_use(frame)):
+                    raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not yours to map")
+                if k.frames.owner[frame] == EXO:
+                    raise HypercallError(Errno.EPERM, "exokernel frames cannot be remapped")
+                k.check_quota(target)
+                target.space.map(va, frame, pte)
+            elif op == MmuOp.UNMAP:
+                target.space.unmap(va)
+            elif op == MmuOp.PROTECT:
+                target.space.protect(va, perm_to_pte(perm))
+            else:
+                raise HypercallError(Errno.EINVAL, f"unknown mmu op {op}")
+        except HypercallError as e:
+            error = e
+            break
+        touched.add(target.id)
+        done += 1
+    for tid in touched:
+        k.flush_if_current(k.envs[tid])
+    if done_ptr:
+        env.space.write(done_ptr, struct.pack("<Q", done))
+    if error is not None:
+        raise error
+    return 0
+
+
+def _hc_frame_of(k: Exokernel, env: Env, va: int) -> int:
+    """The frame number mapped at ``va`` in the caller (for mmu_update MAP requests)."""
+    check_user_va(va, exo=True)
+    found = env.space.lookup(va & ~0xFFF)
+    if found is None:
+        raise HypercallError(Errno.EINVAL, f"nothing mapped at {va:#x}")
+    return found[0]
+
+
+# ------------------------------------------------------------- environments
+def _hc_env_create(k: Exokernel, env: Env) -> int:
+    child = k.exofork(env)
+    return child.id
+
+
+def _hc_env_destroy(k: Exokernel, env: Env, envid: int) -> int:
+    target = k.env_for(env, envid)
+    k.destroy(target, exit_status=None)
+    return 0
+
+
+def _hc_env_set_status(k: Exokernel, env: Env, envid: int, status: int) -> int:
+    target = k.env_for(env, envid)
+    if status not in (EnvStatus.RUNNABLE, EnvStatus.NOT_RUNNABLE):
+        raise HypercallError(Errno.EINVAL, f"bad status {status}")
+    k.set_status(target, EnvStatus(status))
+    return 0
+
+
+def _hc_env_set_upcall(k: Exokernel, env: Env, envid: int, entry: int, stack_top: int) -> int:
+    target = k.env_for(env, envid)
+    if entry and not 0 < entry < 1 << 47:
+        raise HypercallError(Errno.EINVAL, f"bad upcall entry {entry:#x}")
+    target.upcall_entry = entry
+    target.upcall_stack = stack_top
+    return 0
+
+
+def _hc_env_set_entry(k: Exokernel, env: Env, envid: int, rip: int, rsp: int) -> int:
+    target = k.env_for(env, envid)
+    if target is env:
+        raise HypercallError(Errno.EINVAL, "use a jump, not env_set_entry, on yourself")
+    k.set_entry(target, rip, rsp)
+    return 0
+
+
+def _hc_sched_op(k: Exokernel, env: Env, op: int, arg: int) -> int:
+    if op == SchedOp.YIELD:
+        k.yield_cpu(env)
+    elif op == SchedOp.BLOCK:
+        k.block(env, "event")
+    elif op == SchedOp.EXIT:
+        status = arg & 0xFFFF_FFFF
+        k.exit(env, status - (1 << 32) if status >= 1 << 31 else status)
+    else:
+        raise HypercallError(Errno.EINVAL, f"bad sched_op {op}")
+    return 0
+
+
+def _hc_env_id(k: Exokernel, env: Env) -> int:
+    return env.id
+
+
+def _hc_time_now(k: Exokernel, env: Env) -> int:
+    return k.machine.clock.now_ns()
+
+
+# ------------------------------------------------------------------ the table
+E = Errno
+HYPERCALLS: tuple[Hypercall, ...] = (
+    Hypercall(0, "console_write", ("buf", "len"), "bytes written", (E.EFAULT, E.EINVAL, E.EPIPE),
+              "Write len bytes from buf to the console (at most 1 MiB per call).", _hc_console_write),
+    Hypercall(1, "console_read", ("buf", "len"), "bytes read, 0 at end of input", (E.EFAULT, E.EINVAL),
+              "Read up to len bytes of console input into buf; blocks until input arrives.",
+              _hc_console_read),
+    Hypercall(2, "page_alloc", ("envid", "va", "perm"), "0", (E.ESRCH, E.EPERM, E.EINVAL, E.ENOMEM),
+              "Map a new zeroed frame at va in envid (0: self, or a child) with perm.", _hc_page_alloc),
+    Hypercall(3, "page_map", ("srcenv", "srcva", "dstenv", "dstva", "perm"), "0",
+              (E.ESRCH, E.EPERM, E.EINVAL, E.ENOMEM),
+              "Map the frame at srcva in srcenv also at dstva in dstenv; perm may not add rights.",
+              _hc_page_map),
+    Hypercall(4, "page_unmap", ("envid", "va"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Remove the mapping at va in envid (no error if none).", _hc_page_unmap),
+    Hypercall(5, "mmu_update", ("reqs", "count", "done"), "0", (E.EFAULT, E.EPERM, E.EINVAL, E.ENOMEM, E.ESRCH),
+              "Apply count 32-byte requests {u32 op, u32 envid, u64 va, u64 frame, u64 perm} in order; "
+              "stores how many succeeded at done (if not 0).", _hc_mmu_update),
+    Hypercall(6, "env_create", (), "child id in the parent, 0 in the child", (E.ENOMEM,),
+              "Exofork: a child with the caller's registers, an empty address space and status "
+              "NOT_RUNNABLE.", _hc_env_create),
+    Hypercall(7, "env_destroy", ("envid",), "0", (E.ESRCH, E.EPERM),
+              "Destroy envid (0: self, or a child) and reclaim everything it holds.", _hc_env_destroy),
+    Hypercall(8, "env_set_status", ("envid", "status"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Set envid RUNNABLE (1) or NOT_RUNNABLE (2).", _hc_env_set_status),
+    Hypercall(9, "env_set_upcall", ("envid", "entry", "stack_top"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Register the libOS upcall handler and its exception stack (entry 0: none).",
+              _hc_env_set_upcall),
+    Hypercall(10, "sched_op", ("op", "arg"), "0", (E.EINVAL,),
+              "YIELD (0) the CPU, BLOCK (1) until an event, or EXIT (2) with status arg.", _hc_sched_op),
+    Hypercall(11, "env_id", (), "the caller's environment id", (), "Who am I.", _hc_env_id),
+    Hypercall(12, "time_now", (), "nanoseconds of guest time", (),
+              "The clock device: retired instructions (virtual clock) or host time (wall clock).",
+              _hc_time_now),
+    Hypercall(13, "env_set_entry", ("envid", "rip", "rsp"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Set where a child that is not running starts (RIP, RSP).", _hc_env_set_entry),
+    Hypercall(14, "frame_of", ("va",), "the frame number mapped at va", (E.EINVAL,),
+              "Look up the caller's own mapping (for mmu_update MAP requests).", _hc_frame_of),
+)
+
+BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}
+BY_NAME: dict[str, Hypercall] = {h.name: h for h in HYPERCALLS}
+assert len(BY_NR) == len(HYPERCALLS) and all(len(h.args) <= len(ARG_REGS) for h in HYPERCALLS)
+

@@ -1,0 +1,148 @@
+"""Guest images: the bytes to load, where, with which permissions; built once and cached.
+
+An assembled image is cached under ``$EXO_CACHE_DIR`` (default
+``~/.cache/exo``), keyed by a hash of the manifest, every assembly file of the
+app and of the shared include directory, and the ABI; a second boot loads the
+cached image instead of reassembling.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, PERM_X, USER_TOP
+from exo.errors import ExoUserError
+from exo.manifest import Manifest
+
+CACHE_VERSION = 1
+INCLUDE_DIR = Path(__file__).resolve().parent.parent / "guest_apps" / "include"
+
+
+@dataclass
+class Segment:
+    name: str
+    va: int
+    data: bytes
+    memsz: int
+    perm: int
+
+
+@dataclass
+class Image:
+    name: str
+    entry: int
+    segments: list[Segment]
+    symbols: dict[str, int] = field(default_factory=dict)
+    from_cache: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(s.memsz for s in self.segments)
+
+    def symbolize(self, addr: int) -> str | None:
+        """``label+0x12`` for an address in the image (for fault reports)."""
+        best = None
+        for name, value in self.symbols.items():
+            if value <= addr and (best is None or value > best[1]):
+                if any(s.va <= value < s.va + s.memsz for s in self.segments):
+                    best = (name, value)
+        if best is None or not any(s.va <= addr < s.va + s.memsz for s in self.segments):
+            return None
+        off = addr - best[1]
+        return f"{best[0]}+{off:#x}" if off else best[0]
+
+
+_SECTION_PERMS = {".text": PERM_R | PERM_X, ".rodata": PERM_R, ".data": PERM_R | PERM_W, ".bss": PERM_R | PERM_W}
+
+
+def predefined_symbols() -> dict[str, int]:
+    """Constants every assembly source may use: the ABI (see docs/abi.md)."""
+    from exo.guest_iface import asm_constants
+
+    return asm_constants()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("EXO_CACHE_DIR") or Path.home() / ".cache" / "exo") / "images"
+
+
+def _cache_key(m: Manifest) -> str:
+    h = hashlib.sha256()
+    h.update(f"exo-image-v{CACHE_VERSION}".encode())
+    h.update((Path(__file__).parent / "asm.py").read_bytes())  # a new assembler rebuilds
+    h.update(m.path.read_bytes())
+    from exo.guest_iface import asm_constants
+
+    h.update(json.dumps(sorted(asm_constants().items())).encode())
+    files = set(m.sources)
+    for d in (m.root, INCLUDE_DIR):
+        if d.is_dir():
+            files.update(p for p in d.iterdir() if p.suffix in (".s", ".asm", ".S", ".inc"))
+    for f in sorted(files):
+        h.update(str(f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _load_cached(path: Path) -> Image | None:
+    try:
+        d = json.loads(path.read_text())
+        segs = [Segment(s["name"], s["va"], base64.b64decode(s["data"]), s["memsz"], s["perm"]) for s in d["segments"]]
+        return Image(d["name"], d["entry"], segs, d["symbols"], from_cache=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store(path: Path, image: Image) -> None:
+    d = {
+        "name": image.name, "entry": image.entry, "symbols": image.symbols,
+        "segments": [{"name": s.name, "va": s.va, "data": base64.b64encode(s.data).decode(),
+                      "memsz": s.memsz, "perm": s.perm} for s in image.segments],
+    }  # fmt: skip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(d, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next boot an assembly
+
+
+def build_image(m: Manifest, use_cache: bool = True) -> Image:
+    if m.is_elf:
+        return _elf_image(m)
+    key = _cache_key(m)
+    cached_path = _cache_dir() / f"{key}.json"
+    if use_cache:
+        cached = _load_cached(cached_path)
+        if cached is not None:
+            return cached
+    from exo.asm import assemble
+
+    asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], predefined_symbols(), display_root=m.root.parent)
+    if m.entry not in asm.symbols:
+        raise ExoUserError(str(m.path), f"entry label '{m.entry}' is not defined in the sources")
+    segs = [Segment(name, va, data, memsz, _SECTION_PERMS[name]) for name, va, data, memsz in asm.segments]
+    image = Image(m.name, asm.symbols[m.entry], segs, asm.symbols)
+    if use_cache:
+        _store(cached_path, image)
+    return image
+
+
+def _elf_image(m: Manifest) -> Image:
+    from exo.elf import PF_W, PF_X, parse_elf
+
+    src = m.sources[0]
+    elf = parse_elf(src.read_bytes(), str(src), user_top=USER_TOP, forbidden=(HYPERCALL_PAGE, EXO_REGION_END))
+    segs = []
+    for s in elf.segments:
+        perm = PERM_R | (PERM_W if s.flags & PF_W else 0) | (PERM_X if s.flags & PF_X else 0)
+        segs.append(Segment("elf", s.va, s.data, s.memsz, perm))
+    return Image(m.name, elf.entry, segs)

@@ -1,0 +1,328 @@
+"""The exokernel: environments, protection, CPU multiplexing, traps and upcalls.
+
+It decides who may use what (frames, pages, the console) and who runs when;
+everything else is library code in the guest. The vCPU calls ``syscall`` and
+``trap`` below (the hw.cpu.TrapHandler interface); the scheduler loop is ``run``.
+
+Reading order for the hypercall path: hw/cpu.py ``_hook_syscall`` ->
+``Exokernel.syscall`` here -> the table and ``_hc_*`` in exo/hypercalls.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from typing import Callable
+
+from hw.cpu import VCpu
+from hw.machine import Machine
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.paging import PTE_P, PTE_U
+from hw.regs import GPRS, Reg
+from hw.traps import Trap, TrapKind, Vector
+
+from exo.abi import (
+    HYPERCALL_PAGE,
+    HYPERCALL_STUB_SIZE,
+    UTRAPFRAME_SIZE,
+    EnvStatus,
+    Errno,
+)
+from exo.accounting import Accounting
+from exo.env import Env
+from exo.errors import HypercallError
+from exo.frames import EXO, FrameTable, FrameType
+from exo.hypercalls import ARG_REGS, BY_NR, HYPERCALLS
+from exo.report import FaultReport, build_report
+from exo.vm import EXO_REGION, AddressSpace
+
+DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
+UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
+_RETRY = object()
+
+
+def hypercall_page() -> bytes:
+    """32-byte stubs: ``mov eax, nr; syscall; ret``, padded with int3."""
+    page = bytearray(b"\xcc" * PAGE_SIZE)
+    for h in HYPERCALLS:
+        stub = b"\xb8" + h.nr.to_bytes(4, "little") + b"\x0f\x05\xc3"
+        page[h.nr * HYPERCALL_STUB_SIZE : h.nr * HYPERCALL_STUB_SIZE + len(stub)] = stub
+    return bytes(page)
+
+
+class Exokernel:
+    RETRY = _RETRY
+
+    def __init__(
+        self,
+        machine: Machine,
+        *,
+        slice_instructions: int = DEFAULT_SLICE,
+        on_fault: Callable[[FaultReport], None] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.cpu: VCpu = machine.cpu
+        self.frames = FrameTable(machine.memory, machine.reserved_bytes)
+        self.acct = Accounting()
+        self.envs: dict[int, Env] = {}
+        self.runq: deque[Env] = deque()
+        self.current: Env | None = None
+        self._live: Env | None = None  # whose state is loaded in the vCPU
+        self._next_id = 1
+        self.slice_instructions = slice_instructions
+        self.reports: list[FaultReport] = []
+        self.on_fault = on_fault or self._print_report
+        self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
+        regs = self.cpu.regs
+        self._read_nr = regs.reader((Reg.RAX,))
+        self._arg_readers = [None] + [regs.reader(ARG_REGS[:n]) for n in range(1, len(ARG_REGS) + 1)]
+        self._read_gprs = regs.reader(GPRS)
+        self._write_rax = lambda v, _w=regs.write: _w(Reg.RAX, v)
+        # The hypercall page: one exokernel frame, mapped read+execute everywhere.
+        self.hypercall_frame = self.frames.alloc(EXO, FrameType.NORMAL)
+        self.frames.refs[self.hypercall_frame] = 1  # the exokernel's own reference
+        machine.memory.write(self.hypercall_frame << PAGE_SHIFT, hypercall_page())
+        self.cpu.flush_code()
+        self.cpu.handler = self
+
+    # ------------------------------------------------------------ environments
+    def create_env(self, name: str, parent: Env | None = None) -> Env:
+        """A new environment with only the hypercall page mapped, NOT_RUNNABLE."""
+        eid = self._next_id
+        space = AddressSpace(self.frames, eid)
+        self._next_id += 1
+        ctx = self.cpu.new_context()
+        ctx.cr3 = space.root
+        env = Env(eid, name, parent.id if parent else None, space, ctx)
+        self.map_exo_page(env, HYPERCALL_PAGE, self.hypercall_frame, PTE_P | PTE_U)  # R+X
+        self.envs[eid] = env
+        if parent is not None:
+            parent.children.append(eid)
+            env.allowed = parent.allowed
+        self.acct.env_counter(eid)
+        return env
+
+    def map_exo_page(self, env: Env, va: int, frame: int, pte: int) -> None:
+        """Map an exokernel-provided page (hypercall, libOS, info page) into ``env``."""
+        env.space.map(va, frame, pte)
+
+    def exofork(self, parent: Env) -> Env:
+        """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
+        child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
+        cpu = self.cpu
+        cr3 = child.ctx.cr3
+        cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
+        child.ctx.cr3 = cr3
+        cpu.context_write(child.ctx, Reg.RIP, cpu.regs.read(Reg.RIP) + 2)
+        cpu.context_write(child.ctx, Reg.RAX, 0)
+        child.argv = list(parent.argv)
+        for va in range(EXO_REGION[0], EXO_REGION[1], PAGE_SIZE):
+            found = parent.space.lookup(va)
+            if found and va != HYPERCALL_PAGE:
+                child.space.map(va, found[0], found[1])
+        for hook in self.env_create_hooks:
+            hook(parent, child)
+        return child
+
+    def env_for(self, caller: Env, envid: int) -> Env:
+        """Resolve an envid argument: 0 or the caller itself, or one of its children."""
+        if envid == 0 or envid == caller.id:
+            return caller
+        env = self.envs.get(envid)
+        if env is None or not env.alive:
+            raise HypercallError(Errno.ESRCH, f"no environment {envid}")
+        if env.parent != caller.id:
+            raise HypercallError(Errno.EPERM, f"environment {envid} is not a child of {caller.id}")
+        return env
+
+    def check_quota(self, env: Env) -> None:
+        if env.space.pages + len(env.space.table_frames) >= env.frame_quota:
+            raise HypercallError(Errno.ENOMEM, f"environment {env.id} is over its quota of {env.frame_quota} frames")
+
+    def flush_if_current(self, env: Env) -> None:
+        if env is self._live:
+            self.cpu.flush_tlb()
+
+    def set_entry(self, env: Env, rip: int, rsp: int) -> None:
+        self.cpu.context_write(env.ctx, Reg.RIP, rip)
+        self.cpu.context_write(env.ctx, Reg.RSP, rsp)
+
+    def set_status(self, env: Env, status: EnvStatus) -> None:
+        was = env.status
+        env.status = status
+        env.blocked_on = None
+        if status == EnvStatus.RUNNABLE and was != EnvStatus.RUNNABLE and env is not self.current:
+            self.runq.append(env)
+
+    def make_runnable(self, env: Env) -> None:
+        self.set_status(env, EnvStatus.RUNNABLE)
+
+    # -------------------------------------------------------- giving up the CPU
+    def yield_cpu(self, env: Env) -> None:
+        self.cpu.stop("yield")
+
+    def block(self, env: Env, what: str) -> None:
+        env.status = EnvStatus.BLOCKED
+        env.blocked_on = what
+        if env is self.current:
+            self.cpu.stop("block")
+
+    def block_and_retry(self, env: Env, what: str) -> None:
+        """Block, and make the hypercall run again when the env is woken."""
+        rip = self.cpu.regs.read(Reg.RIP)  # at the `syscall`; Unicorn adds 2 after the hook
+        self.cpu.regs.write(Reg.RIP, rip - 2)
+        self.block(env, what)
+
+    def exit(self, env: Env, status: int) -> None:
+        env.exit_status = status
+        self.destroy(env, exit_status=status)
+
+    def destroy(self, env: Env, exit_status: int | None) -> None:
+        if exit_status is not None:
+            env.exit_status = exit_status
+        if env is self.current:
+            env.status = EnvStatus.DYING
+            self.cpu.stop("exit")
+        else:
+            self._reclaim(env)
+
+    def _reclaim(self, env: Env) -> None:
+        env.space.destroy()
+        env.status = EnvStatus.DEAD
+        if self._live is env:
+            self._live = None
+        env.ctx = None  # type: ignore[assignment]  # frees the Unicorn context
+
+    def kill(self, env: Env, trap: Trap, reason: str = "") -> None:
+        """Stop ``env`` with a fault report; every other environment keeps running."""
+        code = env.space.fetch_code(trap.rip)
+        regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
+        report = build_report(env.id, env.name, trap, code, regs, reason)
+        env.fault = report.summary
+        self.reports.append(report)
+        self.on_fault(report)
+        self.destroy(env, exit_status=None)
+
+    @staticmethod
+    def _print_report(report: FaultReport) -> None:
+        sys.stderr.write(report.render() + "\n")
+        sys.stderr.flush()
+
+    # ------------------------------------------------------------- the vCPU's calls
+    def syscall(self, cpu: VCpu) -> None:
+        env = self.current
+        nr = self._read_nr()[0]
+        h = BY_NR.get(nr)
+        if h is None:
+            self.acct.hypercall(env.id, f"#{nr}")
+            self._write_rax(-Errno.ENOSYS)
+            return
+        self.acct.hypercall(env.id, h.name)
+        if env.allowed is not None and h.name not in env.allowed:
+            self._write_rax(-Errno.EPERM)
+            return
+        try:
+            if h.args:
+                result = h.impl(self, env, *self._arg_readers[len(h.args)]())
+            else:
+                result = h.impl(self, env)
+        except HypercallError as e:
+            result = -e.errno
+        if result is not _RETRY:
+            self._write_rax(result)
+
+    def trap(self, cpu: VCpu, trap: Trap) -> None:
+        env = self.current
+        self.acct.count("trap", env.id, trap.name)
+        if trap.kind is TrapKind.EXCEPTION and env.upcall_entry and trap.vector in UPCALL_VECTORS:
+            if self._upcall(env, trap):
+                return
+            self.kill(env, trap, "the upcall frame could not be pushed on the exception stack")
+            return
+        reason = ""
+        if trap.kind is TrapKind.IO:
+            reason = "port I/O is refused: devices are reached through hypercalls"
+        elif trap.vector == Vector.GP:
+            reason = "a ring-3 guest may not execute privileged instructions"
+        self.kill(env, trap, reason)
+
+    def _upcall(self, env: Env, trap: Trap) -> bool:
+        """Push a UTrapframe on the exception stack and enter the libOS handler (JOS style)."""
+        g = self._read_gprs()
+        rsp = g[7]
+        top = env.upcall_stack
+        if top - PAGE_SIZE <= rsp < top:  # a fault inside the handler: nest below
+            frame = (rsp - 8 - UTRAPFRAME_SIZE) & ~0xF
+        else:
+            frame = (top - UTRAPFRAME_SIZE) & ~0xF
+        err = trap.error_code or 0
+        fault_va = trap.cr2 if trap.cr2 is not None else 0
+        # vector, error_code, fault_va, rax rbx rcx rdx rsi rdi rbp r8..r15, rip, rflags, rsp
+        values = [trap.vector, err, fault_va, g[0], g[1], g[2], g[3], g[4], g[5], g[6],
+                  *g[8:16], trap.rip if trap.next_rip is None else trap.next_rip, g[17], rsp]
+        data = b"".join((v & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") for v in values)
+        try:
+            env.space.write(frame, data)
+        except HypercallError:
+            return False
+        regs = self.cpu.regs
+        regs.write(Reg.RSP, frame)
+        regs.write(Reg.RDI, frame)
+        regs.write(Reg.RIP, env.upcall_entry)
+        self.acct.count("upcall", env.id, trap.name)
+        return True
+
+    # ------------------------------------------------------------------ scheduling
+    def _pick(self) -> Env | None:
+        console = self.machine.console
+        while True:
+            waiting = [e for e in self.envs.values() if e.status == EnvStatus.BLOCKED and e.blocked_on == "console"]
+            if waiting and console.poll():
+                for e in waiting:
+                    self.make_runnable(e)
+            while self.runq:
+                env = self.runq.popleft()
+                if env.status == EnvStatus.RUNNABLE:
+                    return env
+            if waiting:
+                console.wait_input(0.5)
+                continue
+            return None
+
+    def run(self, max_instructions: int | None = None) -> None:
+        """Run environments round-robin until none is runnable (or the watchdog fires)."""
+        cpu = self.cpu
+        budget = self.slice_instructions
+        total = 0
+        while True:
+            env = self._pick()
+            if env is None:
+                break
+            if env is not self._live:
+                if self._live is not None and self._live.alive:
+                    cpu.save(self._live.ctx)
+                cpu.restore(env.ctx)
+                self._live = env
+                self.acct.count("context_switch", env.id, env.name)
+            self.current = env
+            ex = cpu.run(budget)
+            self.current = None
+            retired = ex.retired or 0
+            env.instructions += retired
+            total += retired
+            if env.status == EnvStatus.DYING:
+                self._reclaim(env)
+            elif ex.reason == "preempted":
+                self.acct.count("interrupt", env.id, "timer")
+                self.runq.append(env)
+            elif env.status == EnvStatus.RUNNABLE:
+                self.runq.append(env)
+            if max_instructions is not None and total >= max_instructions:
+                break
+        for env in self.envs.values():
+            if env.alive and env.status == EnvStatus.BLOCKED:
+                env.fault = f"blocked forever (waiting for {env.blocked_on}): no environment can wake it"
+
+    # ----------------------------------------------------------------- queries
+    def alive(self) -> list[Env]:
+        return [e for e in self.envs.values() if e.alive]

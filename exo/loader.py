@@ -1,0 +1,74 @@
+"""Loading an image into an environment: segments, stack, info page, entry state."""
+
+from __future__ import annotations
+
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.regs import Reg
+
+from exo.abi import INFO_PAGE, PERM_R, PERM_W, STACK_PAGES, STACK_TOP, EnvStatus
+from exo.env import Env
+from exo.errors import ExoUserError, HypercallError
+from exo.frames import FrameType, OutOfFrames
+from exo.image import Image
+from exo.kernel import Exokernel
+from exo.vm import perm_to_pte
+
+
+def _alloc_page(k: Exokernel, env: Env, va: int, pte: int) -> int:
+    try:
+        frame = k.frames.alloc(env.id, FrameType.NORMAL)
+    except OutOfFrames:
+        raise ExoUserError(env.name, "out of physical memory while loading") from None
+    env.space.map(va, frame, pte)
+    return frame << PAGE_SHIFT
+
+
+def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
+    mem = k.machine.memory
+    for seg in image.segments:
+        pte = perm_to_pte(seg.perm)
+        start = seg.va & ~(PAGE_SIZE - 1)
+        end = (seg.va + seg.memsz + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        for va in range(start, end, PAGE_SIZE):
+            if env.space.lookup(va) is not None:
+                raise ExoUserError(image.name, f"segments {seg.name} overlap at {va:#x}")
+            pa = _alloc_page(k, env, va, pte)
+            lo = max(seg.va, va)
+            hi = min(seg.va + len(seg.data), va + PAGE_SIZE)
+            if hi > lo:
+                mem.write(pa + (lo - va), seg.data[lo - seg.va : hi - seg.va])
+    stack_pte = perm_to_pte(PERM_R | PERM_W)
+    for i in range(1, STACK_PAGES + 1):
+        _alloc_page(k, env, STACK_TOP - i * PAGE_SIZE, stack_pte)
+    # Info page: u64 argc, u64 argv[argc + 1], then the NUL-terminated strings.
+    args = [a.encode() for a in [image.name, *argv]]
+    table = 8 + 8 * (len(args) + 1)
+    blob = bytearray()
+    ptrs = []
+    for a in args:
+        ptrs.append(INFO_PAGE + table + len(blob))
+        blob += a + b"\0"
+    info = len(args).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in ptrs) + bytes(8) + blob
+    if len(info) > PAGE_SIZE:
+        raise ExoUserError(image.name, f"arguments too long ({len(info)} bytes; one page holds {PAGE_SIZE})")
+    pa = _alloc_page(k, env, INFO_PAGE, perm_to_pte(PERM_R))
+    mem.write(pa, info)
+    k.cpu.flush_code()
+    cpu = k.cpu
+    cpu.context_write(env.ctx, Reg.RIP, image.entry)
+    cpu.context_write(env.ctx, Reg.RSP, STACK_TOP)
+    cpu.context_write(env.ctx, Reg.RDI, len(args))
+    cpu.context_write(env.ctx, Reg.RSI, INFO_PAGE + 8)
+    env.argv = [a.decode() for a in args]
+    k.make_runnable(env)
+
+
+def spawn(k: Exokernel, image: Image, argv: list[str] | None = None, name: str | None = None) -> Env:
+    """Create an environment running ``image`` (what `exo boot` does for each app)."""
+    env = k.create_env(name or image.name)
+    try:
+        load_image(k, env, image, argv or [])
+    except HypercallError as e:
+        raise ExoUserError(image.name, f"cannot load: {e}") from None
+    assert env.status == EnvStatus.RUNNABLE
+    return env

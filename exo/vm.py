@@ -1,0 +1,208 @@
+"""Address spaces: one set of page tables per environment, built only by the exokernel.
+
+Guests never write page tables: the frames holding them are typed PAGETABLE in
+the frame table and are never mapped. Every mapping the exokernel installs is
+checked here: the frame must be a NORMAL frame the environment may use, the
+address must be in the user half and outside the exokernel-managed region, and
+no page is ever both writable and executable (W^X).
+"""
+
+from __future__ import annotations
+
+from hw.cpu import VCpu
+from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
+
+from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, PERM_AVAIL, PERM_R, PERM_VALID, PERM_W, PERM_X, USER_TOP, Errno
+from exo.errors import HypercallError
+from exo.frames import FrameTable, FrameType, OutOfFrames
+
+# Virtual range the exokernel manages itself (hypercall page, libOS trampolines, info page).
+EXO_REGION = (HYPERCALL_PAGE, EXO_REGION_END)
+
+
+def perm_to_pte(perm: int) -> int:
+    """Guest permission bits (exo/abi.py) to x86 PTE bits; raises EINVAL on bad combinations."""
+    if perm & ~PERM_VALID or not perm & PERM_R:
+        raise HypercallError(Errno.EINVAL, f"bad permission bits {perm:#x}")
+    if perm & PERM_W and perm & PERM_X:
+        raise HypercallError(Errno.EINVAL, "W^X: a page cannot be writable and executable")
+    pte = PTE_P | PTE_U | (perm & PERM_AVAIL)
+    if perm & PERM_W:
+        pte |= PTE_W
+    if not perm & PERM_X:
+        pte |= PTE_NX
+    return pte
+
+
+def pte_to_perm(pte: int) -> int:
+    perm = PERM_R | (pte & PERM_AVAIL)
+    if pte & PTE_W:
+        perm |= PERM_W
+    if not pte & PTE_NX:
+        perm |= PERM_X
+    return perm
+
+
+def check_user_va(va: int, *, exo: bool = False) -> None:
+    """A page address a guest may name: aligned, user half, not page 0, not exo-managed."""
+    if va & (PAGE_SIZE - 1) or not PAGE_SIZE <= va < USER_TOP:
+        raise HypercallError(Errno.EINVAL, f"bad page address {va:#x}")
+    if not exo and EXO_REGION[0] <= va < EXO_REGION[1]:
+        raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
+
+
+class AddressSpace:
+    """The page tables of one environment and the frames mapped through them."""
+
+    def __init__(self, frames: FrameTable, owner: int) -> None:
+        self.frames = frames
+        self.mem: PhysicalMemory = frames.memory
+        self.owner = owner
+        self.table_frames: list[int] = []
+        self.frame_maps: dict[int, int] = {}  # frame -> number of mappings here
+        self.pages = 0  # pages mapped
+        self.root = self._alloc_table()
+
+    def _alloc_table(self) -> int:
+        try:
+            f = self.frames.alloc(self.owner, FrameType.PAGETABLE)
+        except OutOfFrames:
+            raise HypercallError(Errno.ENOMEM, "out of physical frames for page tables") from None
+        self.table_frames.append(f)
+        return f << PAGE_SHIFT
+
+    # ---------------------------------------------------------------- lookups
+    def lookup(self, va: int) -> tuple[int, int] | None:
+        """(frame, pte flags) mapped at page ``va``, or None."""
+        slot = entry_address(self.mem, self.root, va)
+        if slot is None:
+            return None
+        pte = self.mem.read_u64(slot)
+        if not pte & PTE_P:
+            return None
+        return (pte & ADDR_MASK) >> PAGE_SHIFT, pte & ~ADDR_MASK
+
+    def translate(self, va: int):
+        return translate(self.mem, self.root, va)
+
+    def may_use(self, frame: int) -> bool:
+        return frame in self.frame_maps
+
+    # --------------------------------------------------------------- changes
+    def map(self, va: int, frame: int, pte_flags: int) -> None:
+        """Map ``frame`` at ``va``, replacing (and releasing) any old mapping."""
+        ft = self.frames
+        if not ft.valid(frame) or ft.type[frame] != FrameType.NORMAL:
+            raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
+        slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
+        old = self.mem.read_u64(slot)
+        ft.refs[frame] += 1
+        self.frame_maps[frame] = self.frame_maps.get(frame, 0) + 1
+        self.mem.write_u64(slot, (frame << PAGE_SHIFT) | (pte_flags & ~ADDR_MASK) | PTE_P)
+        if old & PTE_P:
+            self._release((old & ADDR_MASK) >> PAGE_SHIFT)
+        else:
+            self.pages += 1
+
+    def _alloc_table_pa(self) -> int:
+        return self._alloc_table()
+
+    def protect(self, va: int, pte_flags: int) -> None:
+        slot = entry_address(self.mem, self.root, va)
+        pte = self.mem.read_u64(slot) if slot is not None else 0
+        if not pte & PTE_P:
+            raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
+        self.mem.write_u64(slot, (pte & ADDR_MASK) | (pte_flags & ~ADDR_MASK) | PTE_P)
+
+    def unmap(self, va: int) -> bool:
+        slot = entry_address(self.mem, self.root, va)
+        if slot is None:
+            return False
+        pte = self.mem.read_u64(slot)
+        if not pte & PTE_P:
+            return False
+        self.mem.write_u64(slot, 0)
+        self.pages -= 1
+        self._release((pte & ADDR_MASK) >> PAGE_SHIFT)
+        return True
+
+    def _release(self, frame: int) -> None:
+        n = self.frame_maps[frame] - 1
+        if n:
+            self.frame_maps[frame] = n
+        else:
+            del self.frame_maps[frame]
+        ft = self.frames
+        ft.refs[frame] -= 1
+        if ft.refs[frame] == 0:
+            ft.free(frame)
+
+    def destroy(self) -> int:
+        """Unmap everything and free the page tables; returns frames released."""
+        released = 0
+        for frame, n in list(self.frame_maps.items()):
+            ft = self.frames
+            ft.refs[frame] -= n
+            if ft.refs[frame] == 0:
+                ft.free(frame)
+                released += 1
+        self.frame_maps.clear()
+        for f in self.table_frames:
+            self.frames.free(f)
+        released += len(self.table_frames)
+        self.table_frames.clear()
+        self.pages = 0
+        return released
+
+    # ------------------------------------------------- user memory access
+    def user_chunks(self, va: int, length: int, write: bool) -> list[tuple[int, int]]:
+        """Physical (address, length) pieces of a user buffer, checked as the CPU would.
+
+        Raises EFAULT if any byte is unmapped, not user-accessible or (for
+        ``write``) not writable; EINVAL if the range wraps or leaves the user half.
+        """
+        if length == 0:
+            return []
+        if va < 0 or va + length > USER_TOP or va + length < va:
+            raise HypercallError(Errno.EFAULT, f"buffer {va:#x}+{length:#x} leaves user space")
+        out = []
+        mem, root = self.mem, self.root
+        while length:
+            t = translate(mem, root, va)
+            if t is None or not t.user or (write and not t.writable):
+                raise HypercallError(Errno.EFAULT, f"bad user address {va:#x}")
+            n = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+            out.append((t.pa, n))
+            va += n
+            length -= n
+        return out
+
+    def read(self, va: int, length: int) -> bytes:
+        view = self.mem.view
+        return b"".join(bytes(view[pa : pa + n]) for pa, n in self.user_chunks(va, length, False))
+
+    def write(self, va: int, data: bytes) -> None:
+        view = self.mem.view
+        off = 0
+        for pa, n in self.user_chunks(va, len(data), True):
+            view[pa : pa + n] = data[off : off + n]
+            off += n
+
+    def fetch_code(self, va: int, length: int = 15) -> bytes:
+        """Up to ``length`` instruction bytes at ``va`` (stops at an unmapped page)."""
+        out = b""
+        while length > 0:
+            t = translate(self.mem, self.root, va)
+            if t is None:
+                break
+            n = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+            out += self.mem.read(t.pa, n)
+            va += n
+            length -= n
+        return out
+
+
+def flush_after_unmap(cpu: VCpu) -> None:
+    """After removing or narrowing a mapping: the TLB must forget it (as `invlpg` would)."""
+    cpu.flush_tlb()
