@@ -1,0 +1,106 @@
+"""Shared test helpers: build guest apps from assembly text and boot them in-process."""
+
+from __future__ import annotations
+
+import io
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Tests that need an outside tool skip on a user's machine that lacks it, but CI
+# sets EXO_REQUIRE_TOOLS=1 so that such a skip fails the run instead.
+REQUIRE_TOOLS = os.environ.get("EXO_REQUIRE_TOOLS") == "1"
+
+
+def need_tool(available: bool, why: str) -> None:
+    if not available:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"EXO_REQUIRE_TOOLS=1 but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EXO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "exo-cache"))
+
+
+def make_app(root: Path, name: str, source: str, **manifest: object) -> Path:
+    """Write ``root/name/{app.toml,main.s}`` and return the app directory."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "main.s").write_text(textwrap.dedent(source))
+    lines = [f'name = "{name}"', 'sources = ["main.s"]']
+    for k, v in manifest.items():
+        lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+    (d / "app.toml").write_text("\n".join(lines) + "\n")
+    return d
+
+
+@dataclass
+class Booted:
+    stdout: bytes
+    kernel: object
+    envs: list
+
+    @property
+    def reports(self):
+        return self.kernel.reports
+
+    def env(self, name: str):
+        return next(e for e in self.envs if e.name == name)
+
+
+def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instructions: int | None = None,
+         max_instructions: int | None = 50_000_000, ram_mib: int = 32) -> Booted:
+    from hw import Machine
+
+    from exo.image import build_image
+    from exo.kernel import DEFAULT_SLICE, Exokernel
+    from exo.loader import spawn
+    from exo.manifest import load_manifest
+
+    out = io.BytesIO()
+    machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005)
+    kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None)
+    envs = []
+    for app in apps:
+        m = load_manifest(app)
+        envs.append(spawn(kernel, build_image(m), m.args))
+    kernel.run(max_instructions=max_instructions)
+    return Booted(out.getvalue(), kernel, envs)
+
+
+@pytest.fixture
+def app(tmp_path):
+    def _make(name: str, source: str, **manifest: object) -> Path:
+        return make_app(tmp_path, name, source, **manifest)
+
+    return _make
+
+
+# A well-behaved environment that must finish while a hostile one is stopped:
+# it yields a few times (so the other runs in between) and prints "ok\n".
+WITNESS = """
+section .text
+_start:
+    mov r12, 5
+again:
+    mov rdi, SCHED_YIELD
+    xor esi, esi
+    call HC_SCHED_OP
+    dec r12
+    jnz again
+    lea rdi, [rip + msg]
+    mov rsi, 3
+    call HC_CONSOLE_WRITE
+    mov rdi, SCHED_EXIT
+    xor esi, esi
+    call HC_SCHED_OP
+section .rodata
+msg: db "ok", 10
+"""

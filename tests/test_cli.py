@@ -1,0 +1,128 @@
+"""Bad input to the command line: one line naming the file and the problem, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_app
+from test_echo import run_exo
+
+
+def _one_line_error(r) -> str:
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("exo: error: ")
+    return lines[0]
+
+
+def test_missing_app(tmp_path):
+    line = _one_line_error(run_exo("boot", str(tmp_path / "nope")))
+    assert "nope" in line and "no such guest app" in line
+
+
+def test_directory_without_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _one_line_error(run_exo("boot", str(tmp_path / "empty")))
+    assert "app.toml" in line
+
+
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ('name = "x"\nsources = [', "not valid TOML"),
+        ('name = "x"\n', "missing required key 'sources'"),
+        ('name = "x"\nsources = ["missing.s"]\n', "source 'missing.s' not found"),
+        ('name = "x"\nsorces = ["main.s"]\n', "unknown key 'sorces'"),
+        ('name = 5\nsources = ["main.s"]\n', "'name' must be a str"),
+        ('name = "x"\nsources = []\n', "non-empty list"),
+    ],
+)
+def test_bad_manifest(tmp_path, manifest, problem):
+    d = tmp_path / "app"
+    d.mkdir()
+    (d / "main.s").write_text("_start: nop\n")
+    (d / "app.toml").write_text(manifest)
+    line = _one_line_error(run_exo("boot", str(d)))
+    assert "app.toml" in line and problem in line
+
+
+@pytest.mark.parametrize(
+    "source, lineno, problem",
+    [
+        ("_start:\n    nop\n    mvo rax, 1\n    nop\n", 3, "invalid mnemonic"),
+        ("_start:\n    nop\n    mov rax, nowhere\n", 3, "undefined symbol 'nowhere'"),
+        ("_start:\n    nop\n_start:\n    nop\n", 3, "defined more than once"),
+        ("section .data\nx: dq 1\nmov rax, 1\nsection .text\n_start: nop\n", 3, "not a data directive"),
+        ("section .weird\n_start: nop\n", 1, "unknown section"),
+    ],
+)
+def test_assembly_error_names_file_and_line(tmp_path, source, lineno, problem):
+    d = make_app(tmp_path, "bad", source)
+    line = _one_line_error(run_exo("boot", str(d), cache=str(tmp_path / "c")))
+    assert f"main.s:{lineno}:" in line, line
+    assert problem in line
+
+
+def test_missing_entry_label(tmp_path):
+    d = make_app(tmp_path, "noentry", "start:\n    nop\n")
+    line = _one_line_error(run_exo("boot", str(d), cache=str(tmp_path / "c")))
+    assert "entry label '_start'" in line
+
+
+def test_bad_elf(tmp_path):
+    d = tmp_path / "elfapp"
+    d.mkdir()
+    (d / "prog").write_bytes(b"\x7fELF" + b"\x01" * 60)
+    (d / "app.toml").write_text('name = "elfapp"\nsources = ["prog"]\n')
+    line = _one_line_error(run_exo("boot", str(d)))
+    assert "prog" in line and "64-bit" in line
+
+
+def test_bad_option_values(tmp_path):
+    d = make_app(tmp_path, "ok", "_start: nop\n")
+    line = _one_line_error(run_exo("boot", "--slice", "0", str(d)))
+    assert "--slice" in line
+
+
+def test_faulting_guest_exits_1_with_report(tmp_path):
+    d = make_app(tmp_path, "crash", "_start:\n    xor eax, eax\n    mov qword ptr [rax], 1\n")
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 1
+    assert r.stdout == b""
+    err = r.stderr.decode()
+    assert "page fault (#PF)" in err and "user write of a not-present page" in err
+    assert "mov qword ptr [rax], 1" in err and "rip" in err
+
+
+def test_guest_exit_status_is_the_exit_code(tmp_path):
+    d = make_app(tmp_path, "seven", "_start:\n    mov rdi, SCHED_EXIT\n    mov rsi, 7\n    call HC_SCHED_OP\n")
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 7 and r.stderr == b""
+
+
+def test_guest_arguments_after_double_dash(tmp_path):
+    # Print argv[1] (argc in rdi, argv in rsi at entry).
+    src = """
+    _start:
+        mov rbx, [rsi + 8]
+        mov rdi, rbx
+        xor ecx, ecx
+    count:
+        cmp byte ptr [rbx + rcx], 0
+        je counted
+        inc rcx
+        jmp count
+    counted:
+        mov rsi, rcx
+        call HC_CONSOLE_WRITE
+        mov rdi, SCHED_EXIT
+        xor esi, esi
+        call HC_SCHED_OP
+    """
+    d = make_app(tmp_path, "args", src)
+    r = run_exo("boot", str(d), "--", "/etc/motd", cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"/etc/motd"

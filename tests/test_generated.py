@@ -1,0 +1,19 @@
+"""docs/abi.md and the guest include files are generated from the hypercall table."""
+
+from __future__ import annotations
+
+from exo.guest_iface import OUTPUTS, asm_constants
+from exo.hypercalls import HYPERCALLS
+
+
+def test_generated_files_match_the_code():
+    stale = [str(p) for p, render in OUTPUTS.items() if not p.exists() or p.read_text() != render()]
+    assert not stale, f"run `python -m exo gen`: stale {stale}"
+
+
+def test_every_hypercall_is_documented_and_has_a_stub_address():
+    c = asm_constants()
+    text = next(render() for p, render in OUTPUTS.items() if p.name == "abi.md")
+    for h in HYPERCALLS:
+        assert f"`{h.name}`" in text
+        assert c[f"HC_{h.name.upper()}"] == 0x100000 + 32 * h.nr
