@@ -177,6 +177,7 @@ class VCpu:
         self.restore(self.template)
         self.handler = _BootHandler()
         if clock == "wall":
+            self._drop_count_hook()
             self._timer = SliceTimer(self.uc.emu_stop)
 
     # ------------------------------------------------------------------ boot
@@ -287,6 +288,22 @@ class VCpu:
         if len(cands) != 1:
             raise MachineProbeError(f"could not find Unicorn's instruction counter (candidates {cands})")
         self._counter_addr = base + cands[0]
+
+    def _drop_count_hook(self) -> None:
+        """Leave counted mode once, at start-up, for wall-clock slices (count=0).
+
+        The probes ran with count > 0, which installs Unicorn's instruction-count
+        hook; the first ``emu_start`` with count=0 deletes it, and that deletion
+        walks the page tables and leaves a phantom fault and the exception marker
+        behind (trap 2 in the notes): the guest's next real fault would then
+        arrive as a double fault or stop emulation silently. Take that hit here
+        on the boot page (nops, then a syscall that stops), then reload the clean
+        template.
+        """
+        self.restore(self.template)
+        self.regs.write(Reg.RIP, _USER)
+        self.uc.emu_start(_USER, 0, 0, 0)
+        self.restore(self.template)
 
     # -------------------------------------------------------------- contexts
     def new_context(self) -> CpuContext:

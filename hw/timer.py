@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable
 
+RESTOP_SECONDS = 0.001  # after a slice expires, repeat ``emu_stop`` this often until disarmed
+
 
 class SliceTimer:
     def __init__(self, expire: Callable[[], None]) -> None:
@@ -45,6 +47,10 @@ class SliceTimer:
                 if remaining > 0:
                     self._cv.wait(remaining)
                     continue
-                self._deadline = None
+                # Stay armed and stop again until disarmed: a stop that lands
+                # while ``emu_start`` is still starting up is lost (Unicorn
+                # ignores it, then clears its stop request), which would leave
+                # an infinite loop running forever.
+                self._deadline = time.monotonic() + RESTOP_SECONDS
                 self._fired = True
                 self._expire()
