@@ -180,9 +180,10 @@ def read_sources(paths: list[Path], include_dirs: list[Path], display_root: Path
                 current = name
                 continue
             m = _EQU.match(code) or _DOT_EQU.match(code)
-            if m:
+            if m and not ("$" in m.group(2) and current != ".text"):
                 consts[m.group(1)] = (m.group(2), line)
                 continue
+            # `len equ $ - msg` stays in its data section: `$` is a position there.
             sections[current].lines.append(Line(line.file, number, code))
         return current
 
@@ -242,6 +243,10 @@ def layout_data(section: Section, consts: dict[str, int], bss: bool):
     items: list[_DataItem] = []
     for line in section.lines:
         text = line.text
+        m = _EQU.match(text) or _DOT_EQU.match(text)
+        if m:  # only differences of positions in this section are meaningful
+            consts[m.group(1)] = evaluate(m.group(2), {**consts, **labels, "_dollar_": offset}, line)
+            continue
         m = _LABEL.match(text)
         while m:
             labels[m.group(1)] = offset

@@ -243,6 +243,10 @@ def _hc_time_now(k: Exokernel, env: Env) -> int:
     return k.machine.clock.now_ns()
 
 
+def _hc_null(k: Exokernel, env: Env, a: int, b: int, c: int, d: int) -> int:
+    return (a + b + c + d) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 # ------------------------------------------------------------------ the table
 E = Errno
 HYPERCALLS: tuple[Hypercall, ...] = (
@@ -282,6 +286,9 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Set where a child that is not running starts (RIP, RSP).", _hc_env_set_entry),
     Hypercall(14, "frame_of", ("va",), "the frame number mapped at va", (E.EINVAL,),
               "Look up the caller's own mapping (for mmu_update MAP requests).", _hc_frame_of),
+    Hypercall(15, "null", ("a", "b", "c", "d"), "a+b+c+d (mod 2**63)", (),
+              "Does nothing else: the null call of lmbench-style measurements (4 arguments read).",
+              _hc_null),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

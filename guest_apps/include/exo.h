@@ -33,6 +33,8 @@
 #define NR_ENV_SET_ENTRY 0xd
 #define HC_FRAME_OF 0x1001c0
 #define NR_FRAME_OF 0xe
+#define HC_NULL 0x1001e0
+#define NR_NULL 0xf
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -115,5 +117,6 @@ static inline long exo_env_id(void) { return exo_hypercall(11, 0, 0, 0, 0, 0); }
 static inline long exo_time_now(void) { return exo_hypercall(12, 0, 0, 0, 0, 0); }
 static inline long exo_env_set_entry(long envid, long rip, long rsp) { return exo_hypercall(13, envid, rip, rsp, 0, 0); }
 static inline long exo_frame_of(long va) { return exo_hypercall(14, va, 0, 0, 0, 0); }
+static inline long exo_null(long a, long b, long c, long d) { return exo_hypercall(15, a, b, c, d, 0); }
 
 #endif
