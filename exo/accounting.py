@@ -5,43 +5,68 @@ Kinds (docs/stats.md): ``hypercall`` (guest -> exokernel through `syscall`),
 handler), ``interrupt`` (a slice ended by the timer), ``context_switch`` (the
 vCPU changed environment), ``libcall`` (a library call: no ring transition, but
 counted so that OS structures can be compared).
+
+The hot path (one hypercall) does a single dict update; totals by kind, by
+name and by environment are summed when asked for.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 KINDS = ("hypercall", "trap", "upcall", "interrupt", "context_switch", "libcall")
 
 
 class Accounting:
     def __init__(self) -> None:
-        self.transitions: Counter[str] = Counter({k: 0 for k in KINDS})
-        self.hypercalls: Counter[str] = Counter()
-        self.by_env: dict[int, Counter[str]] = {}
+        self._hc: dict[tuple[int, str], int] = {}  # (env id, hypercall name) -> count
+        self._ev: dict[tuple[str, int], int] = {}  # (kind, env id) -> count, other kinds
+        self._envs: list[int] = []
         # Optional observer (the tracer of the instrumentation issue): called as
         # tracer(kind, env_id, name). None costs one attribute test per event.
         self.tracer: Callable[[str, int, str], None] | None = None
 
-    def env_counter(self, env_id: int) -> Counter[str]:
-        c = self.by_env.get(env_id)
-        if c is None:
-            c = self.by_env[env_id] = Counter()
-        return c
+    def add_env(self, env_id: int) -> None:
+        self._envs.append(env_id)
+
+    def hypercall(self, env_id: int, name: str) -> None:
+        key = (env_id, name)
+        hc = self._hc
+        hc[key] = hc.get(key, 0) + 1
+        if self.tracer is not None:
+            self.tracer("hypercall", env_id, name)
 
     def count(self, kind: str, env_id: int, name: str = "") -> None:
-        self.transitions[kind] += 1
-        self.env_counter(env_id)[kind] += 1
+        key = (kind, env_id)
+        self._ev[key] = self._ev.get(key, 0) + 1
         if self.tracer is not None:
             self.tracer(kind, env_id, name)
 
-    def hypercall(self, env_id: int, name: str) -> None:
-        self.transitions["hypercall"] += 1
-        self.hypercalls[name] += 1
-        c = self.by_env.get(env_id)
-        if c is None:
-            c = self.env_counter(env_id)
-        c["hypercall"] += 1
-        if self.tracer is not None:
-            self.tracer("hypercall", env_id, name)
+    # ------------------------------------------------------------- totals
+    @property
+    def transitions(self) -> Counter[str]:
+        c = Counter({k: 0 for k in KINDS})
+        c["hypercall"] = sum(self._hc.values())
+        for (kind, _), n in self._ev.items():
+            c[kind] += n
+        return c
+
+    @property
+    def hypercalls(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for (_, name), n in self._hc.items():
+            c[name] += n
+        return c
+
+    @property
+    def by_env(self) -> dict[int, Counter[str]]:
+        out = {e: Counter({k: 0 for k in KINDS}) for e in self._envs}
+        for (env, _), n in self._hc.items():
+            out.setdefault(env, Counter({k: 0 for k in KINDS}))["hypercall"] += n
+        for (kind, env), n in self._ev.items():
+            out.setdefault(env, Counter({k: 0 for k in KINDS}))[kind] += n
+        return out
+
+    def hypercalls_of(self, env_id: int) -> Counter[str]:
+        return Counter({name: n for (e, name), n in self._hc.items() if e == env_id})

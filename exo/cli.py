@@ -86,10 +86,9 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if args.slice is not None and args.slice <= 0:
         raise ExoUserError("--slice", f"must be positive, got {args.slice}")
 
-    from hw import Machine
-
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
+    from hw import Machine
 
     slice_seconds = (args.slice or 10_000) / 1e6
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds)
@@ -120,6 +119,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
 def collect_stats(kernel) -> dict:
     acct = kernel.acct
+    by_env = acct.by_env
+    kinds = acct.transitions
     envs = []
     for e in kernel.envs.values():
         envs.append({
@@ -127,12 +128,12 @@ def collect_stats(kernel) -> dict:
             "exit": e.exit_summary() if not e.alive else None,
             "fault": e.fault,
             "instructions": e.instructions if kernel.machine.clock.mode == "virtual" else None,
-            "transitions": {k: acct.by_env.get(e.id, {}).get(k, 0) for k in acct.transitions},
+            "transitions": {k: by_env.get(e.id, {}).get(k, 0) for k in kinds},
         })  # fmt: skip
     virtual = kernel.machine.clock.mode == "virtual"
     return {
         "clock": kernel.machine.clock.mode,
-        "transitions": dict(acct.transitions),
+        "transitions": dict(kinds),
         "hypercalls": dict(sorted(acct.hypercalls.items())),
         "guest_instructions": kernel.cpu.retired_total if virtual else None,
         "envs": envs,

@@ -114,7 +114,7 @@ def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, in
     if not any(s.va <= h.e_entry < s.va + s.memsz and s.flags & PF_X for s in segments):
         raise ExoUserError(name, f"entry point {h.e_entry:#x} is not in an executable segment")
     spans = sorted((s.va & ~0xFFF, (s.va + s.memsz + 0xFFF) & ~0xFFF) for s in segments)
-    for (a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise ExoUserError(name, f"segments share the page at {b0:#x} (exo maps each segment on its own pages)")
     return ElfImage(h.e_entry, segments)

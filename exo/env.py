@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hw.cpu import CpuContext
-
 from exo.abi import EnvStatus
 from exo.vm import AddressSpace
+from hw.cpu import CpuContext
 
 
 @dataclass(eq=False)

@@ -13,10 +13,9 @@ functions below.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
-
-from hw.regs import Reg
+from typing import TYPE_CHECKING
 
 from exo.abi import (
     MMU_REQ_SIZE,
@@ -29,6 +28,7 @@ from exo.abi import (
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType, OutOfFrames
 from exo.vm import check_user_va, perm_to_pte
+from hw.regs import Reg
 
 if TYPE_CHECKING:
     from exo.env import Env

@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Callable
-
-from hw.cpu import VCpu
-from hw.machine import Machine
-from hw.memory import PAGE_SHIFT, PAGE_SIZE
-from hw.paging import PTE_P, PTE_U
-from hw.regs import GPRS, Reg
-from hw.traps import Trap, TrapKind, Vector
+from collections.abc import Callable
 
 from exo.abi import (
     HYPERCALL_PAGE,
@@ -35,6 +28,12 @@ from exo.frames import EXO, FrameTable, FrameType
 from exo.hypercalls import ARG_REGS, BY_NR, HYPERCALLS
 from exo.report import FaultReport, build_report
 from exo.vm import EXO_REGION, AddressSpace
+from hw.cpu import VCpu
+from hw.machine import Machine
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.paging import PTE_P, PTE_U
+from hw.regs import GPRS, Reg
+from hw.traps import Trap, TrapKind, Vector
 
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
@@ -74,10 +73,10 @@ class Exokernel:
         self.on_fault = on_fault or self._print_report
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
         regs = self.cpu.regs
-        self._read_nr = regs.reader((Reg.RAX,))
-        self._arg_readers = [None] + [regs.reader(ARG_REGS[:n]) for n in range(1, len(ARG_REGS) + 1)]
+        # One library call reads the number and every argument register.
+        self._read_call, self._call_regs = regs.batch((Reg.RAX, *ARG_REGS))
         self._read_gprs = regs.reader(GPRS)
-        self._write_rax = lambda v, _w=regs.write: _w(Reg.RAX, v)
+        self._write_rax = regs.setter(Reg.RAX)
         # The hypercall page: one exokernel frame, mapped read+execute everywhere.
         self.hypercall_frame = self.frames.alloc(EXO, FrameType.NORMAL)
         self.frames.refs[self.hypercall_frame] = 1  # the exokernel's own reference
@@ -99,7 +98,7 @@ class Exokernel:
         if parent is not None:
             parent.children.append(eid)
             env.allowed = parent.allowed
-        self.acct.env_counter(eid)
+        self.acct.add_env(eid)
         return env
 
     def map_exo_page(self, env: Env, va: int, frame: int, pte: int) -> None:
@@ -210,11 +209,13 @@ class Exokernel:
 
     # ------------------------------------------------------------- the vCPU's calls
     def syscall(self, cpu: VCpu) -> None:
+        """A hypercall: number in RAX, arguments in RDI, RSI, RDX, R10, R8; result in RAX."""
         env = self.current
-        nr = self._read_nr()[0]
-        h = BY_NR.get(nr)
+        self._read_call()
+        v = self._call_regs
+        h = BY_NR.get(v[0])
         if h is None:
-            self.acct.hypercall(env.id, f"#{nr}")
+            self.acct.hypercall(env.id, f"#{v[0]}")
             self._write_rax(-Errno.ENOSYS)
             return
         self.acct.hypercall(env.id, h.name)
@@ -222,10 +223,7 @@ class Exokernel:
             self._write_rax(-Errno.EPERM)
             return
         try:
-            if h.args:
-                result = h.impl(self, env, *self._arg_readers[len(h.args)]())
-            else:
-                result = h.impl(self, env)
+            result = h.impl(self, env, *v[1 : 1 + len(h.args)])
         except HypercallError as e:
             result = -e.errno
         if result is not _RETRY:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from hw.memory import PAGE_SHIFT, PAGE_SIZE
-from hw.regs import Reg
-
 from exo.abi import INFO_PAGE, PERM_R, PERM_W, STACK_PAGES, STACK_TOP, EnvStatus
 from exo.env import Env
 from exo.errors import ExoUserError, HypercallError
@@ -12,6 +9,8 @@ from exo.frames import FrameType, OutOfFrames
 from exo.image import Image
 from exo.kernel import Exokernel
 from exo.vm import perm_to_pte
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.regs import Reg
 
 
 def _alloc_page(k: Exokernel, env: Env, va: int, pte: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
 from hw.traps import Trap, TrapKind, Vector
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)

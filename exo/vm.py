@@ -9,13 +9,22 @@ no page is ever both writable and executable (W^X).
 
 from __future__ import annotations
 
+from exo.abi import (
+    EXO_REGION_END,
+    HYPERCALL_PAGE,
+    PERM_AVAIL,
+    PERM_R,
+    PERM_VALID,
+    PERM_W,
+    PERM_X,
+    USER_TOP,
+    Errno,
+)
+from exo.errors import HypercallError
+from exo.frames import FrameTable, FrameType, OutOfFrames
 from hw.cpu import VCpu
 from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
-
-from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, PERM_AVAIL, PERM_R, PERM_VALID, PERM_W, PERM_X, USER_TOP, Errno
-from exo.errors import HypercallError
-from exo.frames import FrameTable, FrameType, OutOfFrames
 
 # Virtual range the exokernel manages itself (hypercall page, libOS trampolines, info page).
 EXO_REGION = (HYPERCALL_PAGE, EXO_REGION_END)

@@ -9,7 +9,7 @@ measured one). The same guest and input always see the same times.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 NS_PER_INSTRUCTION = 1
 

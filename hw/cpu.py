@@ -86,6 +86,7 @@ _ctx_alloc = uclib.uc_context_alloc
 _ctx_save = uclib.uc_context_save
 _ctx_restore = uclib.uc_context_restore
 _ctx_free = uclib.uc_context_free
+_SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)  # uc_cb_insn_syscall_t
 
 
 class TrapHandler(Protocol):
@@ -168,6 +169,7 @@ class VCpu:
         self._scratch = CpuContext(self._h)
         self._scratch_addr = 0
         self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
+        self._hook_error: BaseException | None = None
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
@@ -406,6 +408,9 @@ class VCpu:
         finally:
             self._running = False
             fired = self._timer.disarm() if wall else False
+        if self._hook_error is not None:
+            e, self._hook_error = self._hook_error, None
+            raise e
         retired = None
         if not wall:
             counter = ctypes.c_uint64.from_address(self._counter_addr).value if self._counter_addr else 0
@@ -443,14 +448,27 @@ class VCpu:
     def _add_hooks(self) -> None:
         uc = self.uc
         # Added once; never deleted while the machine lives (traps 2 and 6 in the notes).
-        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        # The hot path, `syscall`, is registered with the library directly: the
+        # binding would wrap every call in two more Python frames. Exceptions are
+        # caught here as the binding does, and raised again by run().
+        def on_syscall(_handle: int, _ud: int) -> None:
+            try:
+                self.handler.syscall(self)
+            except BaseException as e:  # noqa: BLE001 - re-raised after emu_start returns
+                if self._hook_error is None:
+                    self._hook_error = e
+                uc.emu_stop()
+
+        self._syscall_cb = _SYSCALL_CB(on_syscall)  # keep alive as long as the engine
+        hh = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self._h, ctypes.byref(hh), UC_HOOK_INSN, ctypes.cast(self._syscall_cb, ctypes.c_void_p),
+                                None, ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(X.UC_X86_INS_SYSCALL))
+        if err:
+            raise MachineProbeError(f"could not add the syscall hook (unicorn error {err})")
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-
-    def _hook_syscall(self, uc: Uc, _ud: object) -> None:
-        self.handler.syscall(self)
 
     def _hook_intr(self, uc: Uc, intno: int, _ud: object) -> None:
         regs = self.regs

@@ -14,8 +14,8 @@ and section 4.6 "Access rights"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from hw.errors import MachineConfigError
 from hw.memory import PAGE_SIZE, PhysicalMemory

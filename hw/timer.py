@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 RESTOP_SECONDS = 0.001  # after a slice expires, repeat ``emu_stop`` this often until disarmed
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 ECHO = str(ROOT / "guest_apps" / "echo")

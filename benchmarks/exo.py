@@ -1,0 +1,236 @@
+"""``python -m exo bench exo``: the exokernel's costs beside bare Unicorn.
+
+* null hypercall round trip (``env_id``: number in, id out) and a 4-argument
+  hypercall (``null``), each as a ratio to the bare Unicorn ``syscall`` hook
+  round trip (empty Python hook, no paging) measured in the same run;
+  target: null hypercall within 3x;
+* environment create + destroy (address space, hypercall page, saved
+  context), target under 100 us; compared with Firecracker's published 150
+  microVMs per second per host (about 6.7 ms each);
+* a context switch between two environments that yield to each other;
+* process start to first echo: ``python -m exo boot guest_apps/echo`` as a
+  subprocess, from spawn to the first byte on its stdout; target under 300 ms;
+  baseline: ``python -c pass`` started the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.harness import (
+    Result,
+    Stats,
+    machine_facts,
+    measure,
+    print_results,
+    report_console,
+    result,
+    to_json,
+)
+from benchmarks.hw import (
+    SYSCALL_LOOP,
+    _empty_hook,
+    _time_loop,
+    assemble,
+    bare_runner,
+    bare_syscall_uc,
+    calibrate,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_LOOP = """
+section .text
+_start:
+top:                          ; RBX = trip count (set by the benchmark)
+{body}
+    dec rbx
+    jnz top
+    mov rdi, SCHED_EXIT
+    xor esi, esi
+    call HC_SCHED_OP
+"""
+NULL_BODY = "    call HC_ENV_ID"
+FOUR_BODY = "    mov rdi, 1\n    mov rsi, 2\n    mov rdx, 3\n    mov r10, 4\n    call HC_NULL"
+YIELD_BODY = "    mov rdi, SCHED_YIELD\n    xor esi, esi\n    call HC_SCHED_OP"
+
+
+def _guest_runner(body: str, envs: int = 1) -> Callable[[int], None]:
+    """A function running ``envs`` guests that each loop ``trips`` times over ``body``."""
+    from exo.asm import assemble as exo_assemble
+    from exo.image import Image, Segment, predefined_symbols
+    from exo.kernel import Exokernel
+    from exo.loader import load_image
+    from hw import Machine
+    from hw.regs import Reg
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "loop.s"
+        src.write_text(_LOOP.format(body=body))
+        asm = exo_assemble([src], 0x400000, [], predefined_symbols())
+    image = Image(
+        "loop", asm.symbols["_start"], [Segment(n, va, data, size, 0x9) for n, va, data, size in asm.segments]
+    )
+
+    machine = Machine(16 << 20, stdin=b"", stdout=io.BytesIO())  # built once, outside the timing
+
+    def run(trips: int) -> None:
+        k = Exokernel(machine, slice_instructions=1 << 30)
+        for _ in range(envs):
+            env = k.create_env("loop")
+            load_image(k, env, image, [])
+            k.cpu.context_write(env.ctx, Reg.RBX, trips)
+        k.run()
+        bad = [e for e in k.envs.values() if e.exit_status != 0]
+        if bad:
+            raise RuntimeError(f"benchmark guest failed: {bad[0].fault}")
+
+    return run
+
+
+def _hypercall_bench(body: str, repeat: int, seconds: float) -> Stats:
+    run = _guest_runner(body)
+    trips = calibrate(run, seconds, n=2000)
+    return _time_loop(run, trips, trips, repeat)
+
+
+def bench_hypercalls(repeat: int, seconds: float, log: Callable[[str], None]) -> list[Result]:
+    code, until = assemble(SYSCALL_LOOP)
+    bare_run = bare_runner(bare_syscall_uc(code, _empty_hook), until)
+    log("bare Unicorn syscall hook round trip")
+    trips = calibrate(bare_run, seconds)
+    bare = result("bare syscall, empty hook", _time_loop(bare_run, trips, trips + 1, repeat))
+    log("null hypercall (env_id)")
+    null = result(
+        "null hypercall (env_id)",
+        _hypercall_bench(NULL_BODY, repeat, seconds),
+        baseline=bare,
+        target="ratio <= 3",
+        check=lambda r: r <= 3,
+        note="guest `call HC_ENV_ID` in a loop: call into the hypercall page, syscall hook, "
+        "table dispatch, RAX read and write, ret; includes the guest's loop instructions",
+    )
+    log("4-argument hypercall (null)")
+    four = result(
+        "4-argument hypercall (null)",
+        _hypercall_bench(FOUR_BODY, repeat, seconds),
+        baseline=bare,
+        note="the same with 4 argument registers set and read in one batch",
+    )
+    return [bare, null, four]
+
+
+def bench_envs(repeat: int, log: Callable[[str], None]) -> list[Result]:
+    from exo.kernel import Exokernel
+    from hw import Machine
+
+    machine = Machine(256 << 20, stdin=b"", stdout=io.BytesIO())
+    k = Exokernel(machine)
+
+    def create_destroy() -> None:
+        env = k.create_env("e")
+        k.destroy(env, exit_status=0)
+
+    log("environment create + destroy")
+    stats = measure(create_destroy, inner=2000, repeat=repeat)
+    firecracker = Stats.of([1e6 / 150], 1)
+    fc = result("Firecracker microVM start (published: 150/s per host)", firecracker)
+    env = result(
+        "environment create + destroy",
+        stats,
+        baseline=fc,
+        target="< 100 us",
+        check=lambda r: stats.median < 100,
+        note="page-table root, hypercall page mapping (3 table frames), saved CPU context; "
+        "then unmap, free frames, drop the context. Firecracker's figure is from its "
+        "README/NSDI'20 paper, not measured here.",
+    )
+    log("context switch (two environments yielding)")
+    run1 = _guest_runner(YIELD_BODY, envs=1)
+    run2 = _guest_runner(YIELD_BODY, envs=2)
+    trips = 5000
+    one = _time_loop(run1, trips, trips, repeat)
+    two = _time_loop(run2, trips, 2 * trips, repeat)
+    yield1 = result("yield, one environment (no switch)", one)
+    switch = result(
+        "yield + switch between two environments",
+        two,
+        baseline=yield1,
+        note="per yield; the difference to the one-environment figure is the switch: "
+        "context save, context restore, CR3 write, emu_start restart",
+    )
+    return [fc, env, yield1, switch]
+
+
+def _first_byte_time(cmd: list[str], stdin: bytes, cache: str) -> float:
+    env = dict(os.environ, EXO_CACHE_DIR=cache)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=env
+    )
+    p.stdin.write(stdin)
+    p.stdin.close()
+    first = p.stdout.read(1)
+    t = time.perf_counter() - t0
+    p.stdout.read()
+    p.wait()
+    if stdin and first != stdin[:1]:
+        raise RuntimeError(f"{cmd}: unexpected output {first!r}")
+    return t * 1e6
+
+
+def bench_start(repeat: int, log: Callable[[str], None]) -> list[Result]:
+    with tempfile.TemporaryDirectory() as cache:
+        boot = [sys.executable, "-m", "exo", "boot", "guest_apps/echo"]
+        _first_byte_time(boot, b"x\n", cache)  # fill the image cache
+        log("process start to first echo")
+        samples = [_first_byte_time(boot, b"x\n", cache) for _ in range(repeat)]
+        log("python -c pass (interpreter start)")
+        base = [
+            _first_byte_time([sys.executable, "-c", "import sys; sys.stdout.write('x')"], b"", cache)
+            for _ in range(repeat)
+        ]
+    py = result("python start to first byte (python -c)", Stats.of(base, 1))
+    echo = result(
+        "exo boot echo: start to first echo",
+        Stats.of(samples, 1),
+        baseline=py,
+        target="< 300 ms",
+        check=lambda r: Stats.of(samples, 1).median < 300_000,
+        note="image from the cache; includes interpreter start, imports, machine probes",
+    )
+    return [py, echo]
+
+
+def run(repeat: int = 7, quick: bool = False, log: Callable[[str], None] | None = None) -> list[Result]:
+    log = log or (lambda s: None)
+    seconds = 0.05 if quick else 0.3
+    if quick:
+        repeat = min(repeat, 3)
+    return bench_hypercalls(repeat, seconds, log) + bench_envs(repeat, log) + bench_start(repeat, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m exo bench exo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=7, help="samples per figure (default 7)")
+    p.add_argument("--quick", action="store_true", help="short runs (seconds), for a smoke test")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    console = report_console(stderr=True)
+    results = run(args.repeat, args.quick, log=lambda s: console.print(f"[dim]{s}...[/]"))
+    print_results(results, console, title="exokernel (exo)")
+    if args.json:
+        Path(args.json).write_text(to_json(results, machine_facts()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
