@@ -28,7 +28,7 @@ from exo.abi import (
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType, OutOfFrames
 from exo.vm import check_user_va, perm_to_pte
-from hw.regs import Reg
+from hw.regs import GPR_INDEX, Reg
 
 if TYPE_CHECKING:
     from exo.env import Env
@@ -48,8 +48,14 @@ class Hypercall:
     doc: str
     impl: Callable[..., int]
 
+    @property
+    def arg_index(self) -> tuple[int, ...]:
+        """Where the arguments sit in VCpu.gpr (RDI, RSI, RDX, R10, R8)."""
+        return ARG_INDEX[: len(self.args)]
+
 
 ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
+ARG_INDEX = tuple(GPR_INDEX[r] for r in ARG_REGS)
 
 
 def _u(v: int) -> int:

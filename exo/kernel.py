@@ -25,7 +25,7 @@ from exo.accounting import Accounting
 from exo.env import Env
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameTable, FrameType
-from exo.hypercalls import ARG_REGS, BY_NR, HYPERCALLS
+from exo.hypercalls import BY_NR, HYPERCALLS
 from exo.report import FaultReport, build_report
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
@@ -38,6 +38,7 @@ from hw.traps import Trap, TrapKind, Vector
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def hypercall_page() -> bytes:
@@ -73,10 +74,8 @@ class Exokernel:
         self.on_fault = on_fault or self._print_report
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
         regs = self.cpu.regs
-        # One library call reads the number and every argument register.
-        self._read_call, self._call_regs = regs.batch((Reg.RAX, *ARG_REGS))
+        self._gpr = self.cpu.gpr  # live general registers (memory, no library call)
         self._read_gprs = regs.reader(GPRS)
-        self._write_rax = regs.setter(Reg.RAX)
         # The hypercall page: one exokernel frame, mapped read+execute everywhere.
         self.hypercall_frame = self.frames.alloc(EXO, FrameType.NORMAL)
         self.frames.refs[self.hypercall_frame] = 1  # the exokernel's own reference
@@ -211,23 +210,22 @@ class Exokernel:
     def syscall(self, cpu: VCpu) -> None:
         """A hypercall: number in RAX, arguments in RDI, RSI, RDX, R10, R8; result in RAX."""
         env = self.current
-        self._read_call()
-        v = self._call_regs
-        h = BY_NR.get(v[0])
+        g = self._gpr
+        h = BY_NR.get(g[0])
         if h is None:
-            self.acct.hypercall(env.id, f"#{v[0]}")
-            self._write_rax(-Errno.ENOSYS)
+            self.acct.hypercall(env.id, f"#{g[0]}")
+            g[0] = -Errno.ENOSYS & _MASK
             return
         self.acct.hypercall(env.id, h.name)
         if env.allowed is not None and h.name not in env.allowed:
-            self._write_rax(-Errno.EPERM)
+            g[0] = -Errno.EPERM & _MASK
             return
         try:
-            result = h.impl(self, env, *v[1 : 1 + len(h.args)])
+            result = h.impl(self, env, *map(g.__getitem__, h.arg_index))
         except HypercallError as e:
             result = -e.errno
         if result is not _RETRY:
-            self._write_rax(result)
+            g[0] = result & _MASK
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         env = self.current

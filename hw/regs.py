@@ -58,6 +58,12 @@ GPRS: tuple[Reg, ...] = (
 # are already ctypes objects, a call costs about half as much (0.5-0.8 us here
 # against 1.1-1.8 us), and the hypercall path makes two of them.
 _lib = ctypes.CDLL(uclib._name)
+# Index of each general register in VCpu.gpr (QEMU's CPUX86State.regs, x86 encoding order).
+GPR_INDEX: dict[Reg, int] = {
+    Reg.RAX: 0, Reg.RCX: 1, Reg.RDX: 2, Reg.RBX: 3, Reg.RSP: 4, Reg.RBP: 5, Reg.RSI: 6, Reg.RDI: 7,
+    Reg.R8: 8, Reg.R9: 9, Reg.R10: 10, Reg.R11: 11, Reg.R12: 12, Reg.R13: 13, Reg.R14: 14, Reg.R15: 15,
+}  # fmt: skip
+
 _read1 = _lib.uc_reg_read
 _write1 = _lib.uc_reg_write
 _read_batch = _lib.uc_reg_read_batch
