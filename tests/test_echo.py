@@ -84,3 +84,30 @@ def test_stats_table_goes_to_stderr(tmp_path):
     r = run_exo("boot", "--stats", ECHO, stdin=b"x", cache=str(tmp_path))
     assert r.stdout == b"x"
     assert b"hypercall" in r.stderr and b"console_read" in r.stderr
+
+
+def test_interactive_echo_answers_each_line_as_typed(tmp_path):
+    """On a terminal, input is not buffered up: each line comes back before the next is typed."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, EXO_CACHE_DIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "exo", "boot", ECHO], stdin=slave, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    os.close(slave)
+    try:
+        for line in (b"first\n", b"second\n"):
+            os.write(master, line)
+            got = b""
+            while not got.endswith(line):
+                ready, _, _ = select.select([p.stdout], [], [], 60)
+                assert ready, f"no echo of {line!r} (got {got!r})"
+                got += os.read(p.stdout.fileno(), 4096)
+            assert got == line
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
