@@ -61,7 +61,8 @@ class Assembled:
     """Sections at their addresses; ``symbols`` maps labels and constants to values."""
 
     segments: list[tuple[str, int, bytes, int]]  # (section, va, data, memsz)
-    symbols: dict[str, int]
+    symbols: dict[str, int]  # constants and labels
+    labels: dict[str, int]  # code and data labels only (for fault reports)
 
 
 def page_up(n: int) -> int:
@@ -467,4 +468,4 @@ def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined:
             data = b"" if name == ".bss" else emit_data(items, size, symbols)
             segments.append((name, addr, data, size))
             addr = page_up(addr + size)
-    return Assembled(segments, symbols)
+    return Assembled(segments, symbols, labels)

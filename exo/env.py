@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exo.abi import EnvStatus
@@ -27,6 +28,7 @@ class Env:
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
+    symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
 
     @property
     def alive(self) -> bool:

@@ -20,7 +20,7 @@ from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, 
 from exo.errors import ExoUserError
 from exo.manifest import Manifest
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INCLUDE_DIR = Path(__file__).resolve().parent.parent / "guest_apps" / "include"
 
 
@@ -130,7 +130,7 @@ def build_image(m: Manifest, use_cache: bool = True) -> Image:
     if m.entry not in asm.symbols:
         raise ExoUserError(str(m.path), f"entry label '{m.entry}' is not defined in the sources")
     segs = [Segment(name, va, data, memsz, _SECTION_PERMS[name]) for name, va, data, memsz in asm.segments]
-    image = Image(m.name, asm.symbols[m.entry], segs, asm.symbols)
+    image = Image(m.name, asm.symbols[m.entry], segs, asm.labels)
     if use_cache:
         _store(cached_path, image)
     return image

@@ -195,7 +195,8 @@ class Exokernel:
         """Stop ``env`` with a fault report; every other environment keeps running."""
         code = env.space.fetch_code(trap.rip)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
-        report = build_report(env.id, env.name, trap, code, regs, reason)
+        where = env.symbolize(trap.rip) if env.symbolize else None
+        report = build_report(env.id, env.name, trap, code, regs, reason, where)
         env.fault = report.summary
         self.reports.append(report)
         self.on_fault(report)

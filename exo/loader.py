@@ -59,6 +59,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     cpu.context_write(env.ctx, Reg.RDI, len(args))
     cpu.context_write(env.ctx, Reg.RSI, INFO_PAGE + 8)
     env.argv = [a.decode() for a in args]
+    env.symbolize = image.symbolize
     k.make_runnable(env)
 
 

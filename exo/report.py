@@ -15,10 +15,13 @@ from hw.traps import Trap, TrapKind, Vector
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 
 
-def disassemble_one(code: bytes, address: int) -> str:
+def disassemble_one(code: bytes, address: int) -> tuple[str, int]:
+    """The first instruction in ``code`` as text, and its length in bytes."""
     for insn in _cs.disasm(code, address, 1):
-        return f"{insn.mnemonic} {insn.op_str}".strip()
-    return "(no instruction: unmapped or undecodable bytes)" if not code else f"(undecodable: {code[:8].hex()})"
+        return f"{insn.mnemonic} {insn.op_str}".strip(), insn.size
+    if not code:
+        return "(no instruction: the address is not mapped)", 0
+    return f"(undecodable bytes {code[:8].hex(' ')})", min(len(code), 8)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class FaultReport:
     fault_address: int | None
     registers: dict[str, int]
     reason: str = ""
+    symbol: str | None = None  # e.g. "_start+0x7", from the image's labels
 
     @property
     def summary(self) -> str:
@@ -51,7 +55,8 @@ class FaultReport:
             lines.append(f"  error code  {self.error_code:#x}{'  ' + self.error if self.error else ''}")
         elif self.error:
             lines.append(f"  detail      {self.error}")
-        lines.append(f"  instruction {self.rip:#018x}: {self.instruction}   [{self.code_bytes.hex(' ')}]")
+        at = f"  in {self.symbol}" if self.symbol else ""
+        lines.append(f"  instruction {self.rip:#018x}: {self.instruction}   [{self.code_bytes.hex(' ')}]{at}")
         regs = list(self.registers.items())
         for i in range(0, len(regs), 4):
             lines.append("  " + "  ".join(f"{k.lower():>6} {v:#018x}" for k, v in regs[i : i + 4]))
@@ -59,7 +64,7 @@ class FaultReport:
 
 
 def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers: dict[str, int],
-                 reason: str = "") -> FaultReport:
+                 reason: str = "", symbol: str | None = None) -> FaultReport:
     error = trap.describe_error()
     fault_address = trap.cr2 if trap.vector == Vector.PF and trap.kind is TrapKind.EXCEPTION else None
     if trap.kind is TrapKind.IO:
@@ -68,5 +73,6 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
         error = trap.detail
     if trap.vector == Vector.GP and trap.error_code == 0 and trap.kind is TrapKind.EXCEPTION:
         error = "privileged instruction or bad operand at CPL 3"
-    return FaultReport(env_id, env_name, trap.name, trap.rip, disassemble_one(code, trap.rip), code,
-                       error, trap.error_code, fault_address, registers, reason)
+    text, size = disassemble_one(code, trap.rip)
+    return FaultReport(env_id, env_name, trap.name, trap.rip, text, code[:size],
+                       error, trap.error_code, fault_address, registers, reason, symbol)
