@@ -11,6 +11,7 @@ import enum
 PAGE_SIZE = 4096
 
 # --- virtual address layout of every environment (lower canonical half) ---
+USER_BOTTOM = 0x0001_0000  # below: the machine's descriptor tables' linear window (hw RESERVED_BYTES)
 HYPERCALL_PAGE = 0x0010_0000  # read+execute, 32-byte stubs: call HYPERCALL_PAGE + 32*nr
 HYPERCALL_STUB_SIZE = 32
 LIBOS_PAGE = 0x0010_1000  # libOS trampoline page(s) (library calls, no ring transition)

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
+from keystone import KS_ARCH_X86, KS_ERR_ASM_SYMBOL_MISSING, KS_MODE_64, Ks, KsError
 
 from exo.errors import ExoUserError
 
@@ -335,17 +335,51 @@ _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 _TEXT_END = "__exo_text_end"
 
 
+_ks_diag = Ks(KS_ARCH_X86, KS_MODE_64)  # only for diagnosing errors: it carries a resolver
+
+
 def _ks_asm(text: str, base: int, resolve=None) -> bytes:
-    # keystone 0.9.2 miscomputes PC-relative fixups to symbols supplied by its
-    # sym_resolver (off by 4), so every real symbol is defined in the source
-    # itself; the resolver only records names nobody defined.
-    _ks.sym_resolver = resolve or _no_symbols
-    encoding, _ = _ks.asm(text, base)
+    """Keystone, with two of its traps avoided (keystone issues #481, #538, #571):
+
+    * a ``sym_resolver`` switches the default radix to 16 (``mov rsi, 42``
+      becomes 0x42) and miscomputes PC-relative fixups to resolved symbols (off
+      by 4), so real assembly never uses one; symbols are either labels in the
+      same text or constants substituted as numbers (``_substitute``);
+    * only the error path (``_text_error``) uses a resolver, on its own engine,
+      to learn which symbol is missing or which line fails.
+    """
+    if resolve is None:
+        encoding, _ = _ks.asm(text, base)
+    else:
+        _ks_diag.sym_resolver = resolve
+        encoding, _ = _ks_diag.asm(text, base)
     return bytes(encoding or b"")
 
 
-def _no_symbols(sym, value) -> bool:
-    return False
+_WORD = re.compile(r"(?<![\w.$@])([A-Za-z_][\w.@]*)(?![\w.$@])")
+_HERE = re.compile(r"(?<![\w.$@])\$(?![\w.$@])")
+
+
+def _substitute(line: str, consts: dict[str, int]) -> str:
+    """Constants become numbers (hex) outside string literals.
+
+    Keystone reads a negated symbol (``cmp rax, -EPERM``) as a memory operand,
+    so constants must never reach it as names.
+    """
+    out, pos = [], 0
+    for m in re.finditer(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'", line):
+        out.append(_WORD.sub(lambda w: _num(consts, w.group(1)), line[pos : m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    out.append(_WORD.sub(lambda w: _num(consts, w.group(1)), line[pos:]))
+    return "".join(out)
+
+
+def _num(consts: dict[str, int], name: str) -> str:
+    v = consts.get(name)
+    if v is None:
+        return name
+    return f"{v:#x}" if v >= 0 else f"-{-v:#x}"
 
 
 def _text_labels(lines: list[Line]) -> list[str]:
@@ -361,11 +395,12 @@ def _text_labels(lines: list[Line]) -> list[str]:
     return labels
 
 
-def _text_error(prefix: str, lines: list[Line], base: int, error: KsError, missing: list[str]):
+def _text_error(prefix: str, lines: list[Line], base: int, error: KsError, missing: list[str],
+                original: list[Line]):
     if missing:
         name = missing[0]
         pat = re.compile(rf"(?<![\w.$]){re.escape(name)}(?![\w.$])")
-        for line in lines:
+        for line in original:
             if pat.search(line.text):
                 return _err(line, f"undefined symbol '{name}'")
         return ExoUserError(lines[0].file if lines else "?", f"undefined symbol '{name}'")
@@ -382,7 +417,7 @@ def _text_error(prefix: str, lines: list[Line], base: int, error: KsError, missi
             lo = mid + 1
         except KsError:
             hi = mid
-    bad = lines[lo - 1] if lines else Line("?", 0, "")
+    bad = original[lo - 1] if original else Line("?", 0, "")
     message = str(error).split(" (KS_ERR")[0]
     return _err(bad, f"{message.lower()}: {bad.text.strip()}")
 
@@ -402,7 +437,14 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
         name = sorted(dup)[0]
         where = [ln for ln in lines if re.match(rf"^\s*{re.escape(name)}\s*:", ln.text)][-1]
         raise _err(where, f"label '{name}' is defined more than once")
-    prefix = "".join(f".equ {k}, {v:#x}\n" if v >= 0 else f".equ {k}, -{-v:#x}\n" for k, v in consts.items())
+    prefix = ""
+    body_lines = []
+    for i, ln in enumerate(lines):
+        text = _substitute(ln.text, consts)
+        if _HERE.search(text):  # `$` is this instruction's address: keystone drops it silently
+            here = f"__exo_here_{i}"
+            text = f"{here}: " + _HERE.sub(here, text)
+        body_lines.append(text)
     shadow = [f"{_TEXT_END}:"]
     for _name, lab, size in data_layout:
         if not size:
@@ -424,11 +466,18 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
         missing.append(sym.decode())
         return False
 
-    body = "\n".join(ln.text for ln in lines)
+    body = "\n".join(body_lines)
+    source = body + "\n" + "\n".join(shadow) + trailer
     try:
-        out = _ks_asm(prefix + body + "\n" + "\n".join(shadow) + trailer, base, record)
+        out = _ks_asm(source, base)
     except KsError as e:
-        raise _text_error(prefix, lines, base, e, missing) from None
+        if e.errno == KS_ERR_ASM_SYMBOL_MISSING:
+            try:
+                _ks_asm(source, base, record)
+            except KsError:
+                pass
+        shown = [Line(ln.file, ln.number, t) for ln, t in zip(lines, body_lines)]
+        raise _text_error(prefix, shown, base, e, missing, lines) from None
     n = 8 * len(every)
     tail = out[len(out) - n :]
     values = {name: int.from_bytes(tail[8 * i : 8 * i + 8], "little") for i, name in enumerate(every)}

@@ -95,9 +95,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE)
     envs = []
     for m, image in zip(manifests, images):
-        env = spawn(kernel, image, [*m.args, *guest_args])
-        env.frame_quota = m.memory_pages
-        envs.append(env)
+        envs.append(spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages))
     kernel.run(max_instructions=args.max_instructions)
     stats = collect_stats(kernel)
     if args.stats_json:

@@ -66,7 +66,8 @@ class ElfImage:
     segments: list[ElfSegment]
 
 
-def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, int]) -> ElfImage:
+def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, int],
+              user_bottom: int = 0x10000) -> ElfImage:
     """Parse and check a static ELF64 x86-64 executable; errors name ``name``."""
     if len(blob) < Elf64Header.sizeof():
         raise ExoUserError(name, f"too short for an ELF header ({len(blob)} bytes)")
@@ -101,7 +102,7 @@ def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, in
             raise ExoUserError(name, f"{where}: file size {ph.p_filesz:#x} exceeds memory size {ph.p_memsz:#x}")
         if ph.p_offset + ph.p_filesz > len(blob):
             raise ExoUserError(name, f"{where}: data runs past the end of the file")
-        if ph.p_vaddr < 0x1000 or ph.p_vaddr + ph.p_memsz > user_top or ph.p_vaddr + ph.p_memsz < ph.p_vaddr:
+        if ph.p_vaddr < user_bottom or ph.p_vaddr + ph.p_memsz > user_top or ph.p_vaddr + ph.p_memsz < ph.p_vaddr:
             raise ExoUserError(name, f"{where}: outside user space")
         if ph.p_vaddr < forbidden[1] and ph.p_vaddr + ph.p_memsz > forbidden[0]:
             raise ExoUserError(name, f"{where}: overlaps the exokernel region {forbidden[0]:#x}-{forbidden[1]:#x}")

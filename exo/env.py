@@ -25,6 +25,8 @@ class Env:
     frame_quota: int = 1 << 16  # frames (page tables included) this env may hold
     allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
     blocked_on: str | None = None
+    queued: bool = False  # on the run queue
+    orphaned: bool = False  # reclaimed with its parent before it was ever started
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from array import array
+from collections.abc import Callable
 
 from hw.memory import PAGE_SHIFT, PhysicalMemory
 
@@ -35,6 +36,11 @@ class FrameTable:
         self.owner = array("i", [FREE]) * n
         self.refs = array("i", [0]) * n  # mappings of this frame in all address spaces
         self.type = array("b", [FrameType.FREE]) * n
+        # Frames ever mapped executable. The host writing one (a hypercall that
+        # fills a buffer, zeroing a reused frame) must drop Unicorn's translated
+        # code, which notices guest writes to code but not host writes.
+        self.code = bytearray(n)
+        self.on_code_write: Callable[[], None] = lambda: None
         first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
         for f in range(first):
             self.owner[f] = EXO
@@ -55,6 +61,9 @@ class FrameTable:
         self.type[f] = ftype
         self.refs[f] = 0
         self.memory.zero(f << PAGE_SHIFT, 1 << PAGE_SHIFT)
+        if self.code[f]:
+            self.code[f] = 0
+            self.on_code_write()
         return f
 
     def free(self, f: int) -> None:

@@ -28,6 +28,7 @@ from exo.abi import (
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType, OutOfFrames
 from exo.vm import check_user_va, perm_to_pte
+from hw.paging import PTE_NX, PTE_W
 from hw.regs import GPR_INDEX, Reg
 
 if TYPE_CHECKING:
@@ -120,9 +121,9 @@ def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dst
     frame, src_pte = found
     if k.frames.owner[frame] == EXO:
         raise HypercallError(Errno.EPERM, "exokernel frames cannot be remapped")
-    if perm_to_pte(perm) & 2 and not src_pte & 2:
+    if pte & PTE_W and not src_pte & PTE_W:
         raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
-    if perm & PERM_X and src_pte & (1 << 63):
+    if perm & PERM_X and src_pte & PTE_NX:
         raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
     k.check_quota(dst)
     dst.space.map(dstva, frame, pte)
@@ -142,13 +143,22 @@ _MMU_REQ = struct.Struct("<IIQQQ")
 
 
 def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int) -> int:
-    """A batch of page-table updates, each validated; stops at the first bad one."""
+    """A batch of page-table updates, each validated; stops at the first bad one.
+
+    MAP names a frame by number: the caller or the target must own it (page_map
+    is the way to share a frame one does not own, with no more rights than the
+    source mapping has). PROTECT may always take rights away; adding write or
+    execute rights needs the same ownership.
+    """
     if count > MAX_MMU_BATCH:
         raise HypercallError(Errno.EINVAL, f"batch of {count} exceeds {MAX_MMU_BATCH}")
     raw = env.space.read(reqs, count * MMU_REQ_SIZE)
+    if done_ptr:
+        env.space.user_chunks(done_ptr, 8, True)  # check before applying anything
     done = 0
     error: HypercallError | None = None
     touched = set()
+    owner = k.frames.owner
     for i in range(count):
         op, envid, va, frame, perm = _MMU_REQ.unpack_from(raw, i * MMU_REQ_SIZE)
         try:
@@ -156,16 +166,22 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
             check_user_va(va)
             if op == MmuOp.MAP:
                 pte = perm_to_pte(perm)
-                if not k.frames.valid(frame) or not (env.space.may_use(frame) or target.space.may_use(frame)):
-                    raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not yours to map")
-                if k.frames.owner[frame] == EXO:
-                    raise HypercallError(Errno.EPERM, "exokernel frames cannot be remapped")
+                if not k.frames.valid(frame) or owner[frame] not in (env.id, target.id):
+                    raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not yours to map (use page_map to share)")
                 k.check_quota(target)
                 target.space.map(va, frame, pte)
             elif op == MmuOp.UNMAP:
                 target.space.unmap(va)
             elif op == MmuOp.PROTECT:
-                target.space.protect(va, perm_to_pte(perm))
+                pte = perm_to_pte(perm)
+                found = target.space.lookup(va)
+                if found is None:
+                    raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
+                old = found[1]
+                adds = (pte & PTE_W and not old & PTE_W) or (not pte & PTE_NX and old & PTE_NX)
+                if adds and owner[found[0]] not in (env.id, target.id):
+                    raise HypercallError(Errno.EPERM, "cannot add rights to a page you do not own")
+                target.space.protect(va, pte)
             else:
                 raise HypercallError(Errno.EINVAL, f"unknown mmu op {op}")
         except HypercallError as e:

@@ -63,6 +63,7 @@ class Exokernel:
         self.machine = machine
         self.cpu: VCpu = machine.cpu
         self.frames = FrameTable(machine.memory, machine.reserved_bytes)
+        self.frames.on_code_write = self.cpu.flush_code
         self.acct = Accounting()
         self.envs: dict[int, Env] = {}
         self.runq: deque[Env] = deque()
@@ -92,7 +93,11 @@ class Exokernel:
         ctx = self.cpu.new_context()
         ctx.cr3 = space.root
         env = Env(eid, name, parent.id if parent else None, space, ctx)
-        self.map_exo_page(env, HYPERCALL_PAGE, self.hypercall_frame, PTE_P | PTE_U)  # R+X
+        try:
+            self.map_exo_page(env, HYPERCALL_PAGE, self.hypercall_frame, PTE_P | PTE_U)  # R+X
+        except HypercallError:
+            space.destroy()  # out of frames for its page tables: give back what it got
+            raise
         self.envs[eid] = env
         if parent is not None:
             parent.children.append(eid)
@@ -114,10 +119,14 @@ class Exokernel:
         cpu.context_write(child.ctx, Reg.RIP, cpu.regs.read(Reg.RIP) + 2)
         cpu.context_write(child.ctx, Reg.RAX, 0)
         child.argv = list(parent.argv)
-        for va in range(EXO_REGION[0], EXO_REGION[1], PAGE_SIZE):
-            found = parent.space.lookup(va)
-            if found and va != HYPERCALL_PAGE:
-                child.space.map(va, found[0], found[1])
+        try:
+            for va in range(EXO_REGION[0], EXO_REGION[1], PAGE_SIZE):
+                found = parent.space.lookup(va)
+                if found and va != HYPERCALL_PAGE:
+                    child.space.map(va, found[0], found[1])
+        except HypercallError:
+            self._reclaim(child)
+            raise
         for hook in self.env_create_hooks:
             hook(parent, child)
         return child
@@ -146,10 +155,15 @@ class Exokernel:
         self.cpu.context_write(env.ctx, Reg.RSP, rsp)
 
     def set_status(self, env: Env, status: EnvStatus) -> None:
-        was = env.status
         env.status = status
         env.blocked_on = None
-        if status == EnvStatus.RUNNABLE and was != EnvStatus.RUNNABLE and env is not self.current:
+        if status == EnvStatus.RUNNABLE and env is not self.current:
+            self._enqueue(env)
+
+    def _enqueue(self, env: Env) -> None:
+        """Put ``env`` at the tail of the run queue, once."""
+        if not env.queued:
+            env.queued = True
             self.runq.append(env)
 
     def make_runnable(self, env: Env) -> None:
@@ -187,15 +201,23 @@ class Exokernel:
     def _reclaim(self, env: Env) -> None:
         env.space.destroy()
         env.status = EnvStatus.DEAD
+        env.queued = False
+        # A child left NOT_RUNNABLE (never started, or paused) can never run
+        # again: only its parent may make it runnable. Give its frames back too.
+        for cid in env.children:
+            child = self.envs.get(cid)
+            if child is not None and child.status == EnvStatus.NOT_RUNNABLE:
+                child.orphaned = True
+                self._reclaim(child)
         if self._live is env:
             self._live = None
         env.ctx = None  # type: ignore[assignment]  # frees the Unicorn context
 
     def kill(self, env: Env, trap: Trap, reason: str = "") -> None:
         """Stop ``env`` with a fault report; every other environment keeps running."""
-        code = env.space.fetch_code(trap.rip)
+        code = env.space.fetch_code(trap.insn_address)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
-        where = env.symbolize(trap.rip) if env.symbolize else None
+        where = env.symbolize(trap.insn_address) if env.symbolize else None
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
         env.fault = report.summary
         self.reports.append(report)
@@ -279,6 +301,7 @@ class Exokernel:
                     self.make_runnable(e)
             while self.runq:
                 env = self.runq.popleft()
+                env.queued = False
                 if env.status == EnvStatus.RUNNABLE:
                     return env
             if waiting:
@@ -309,11 +332,11 @@ class Exokernel:
             total += retired
             if env.status == EnvStatus.DYING:
                 self._reclaim(env)
-            elif ex.reason == "preempted":
+                continue
+            if ex.reason == "preempted":
                 self.acct.count("interrupt", env.id, "timer")
-                self.runq.append(env)
-            elif env.status == EnvStatus.RUNNABLE:
-                self.runq.append(env)
+            if env.status == EnvStatus.RUNNABLE:
+                self._enqueue(env)
             if max_instructions is not None and total >= max_instructions:
                 break
         for env in self.envs.values():

@@ -63,9 +63,12 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     k.make_runnable(env)
 
 
-def spawn(k: Exokernel, image: Image, argv: list[str] | None = None, name: str | None = None) -> Env:
+def spawn(k: Exokernel, image: Image, argv: list[str] | None = None, name: str | None = None,
+          frame_quota: int | None = None) -> Env:
     """Create an environment running ``image`` (what `exo boot` does for each app)."""
     env = k.create_env(name or image.name)
+    if frame_quota is not None:
+        env.frame_quota = frame_quota
     try:
         load_image(k, env, image, argv or [])
     except HypercallError as e:

@@ -73,6 +73,6 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
         error = trap.detail
     if trap.vector == Vector.GP and trap.error_code == 0 and trap.kind is TrapKind.EXCEPTION:
         error = "privileged instruction or bad operand at CPL 3"
-    text, size = disassemble_one(code, trap.rip)
-    return FaultReport(env_id, env_name, trap.name, trap.rip, text, code[:size],
+    text, size = disassemble_one(code, trap.insn_address)
+    return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)

@@ -17,6 +17,7 @@ from exo.abi import (
     PERM_VALID,
     PERM_W,
     PERM_X,
+    USER_BOTTOM,
     USER_TOP,
     Errno,
 )
@@ -54,9 +55,16 @@ def pte_to_perm(pte: int) -> int:
 
 
 def check_user_va(va: int, *, exo: bool = False) -> None:
-    """A page address a guest may name: aligned, user half, not page 0, not exo-managed."""
-    if va & (PAGE_SIZE - 1) or not PAGE_SIZE <= va < USER_TOP:
+    """A page address a guest may name: aligned, in the user half, above the low 64 KiB, not exo-managed.
+
+    The low 64 KiB of linear space is where the CPU looks for its descriptor
+    tables (the GDT at 0x1000, hw/cpu.py): a guest that could map a page there
+    would write its own segment descriptors and call gates.
+    """
+    if va & (PAGE_SIZE - 1) or not 0 <= va < USER_TOP:
         raise HypercallError(Errno.EINVAL, f"bad page address {va:#x}")
+    if va < USER_BOTTOM:
+        raise HypercallError(Errno.EPERM, f"{va:#x} is in the machine's reserved low 64 KiB")
     if not exo and EXO_REGION[0] <= va < EXO_REGION[1]:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
 
@@ -107,6 +115,8 @@ class AddressSpace:
         slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
         old = self.mem.read_u64(slot)
         ft.refs[frame] += 1
+        if not pte_flags & PTE_NX:
+            ft.code[frame] = 1
         self.frame_maps[frame] = self.frame_maps.get(frame, 0) + 1
         self.mem.write_u64(slot, (frame << PAGE_SHIFT) | (pte_flags & ~ADDR_MASK) | PTE_P)
         if old & PTE_P:
@@ -123,6 +133,8 @@ class AddressSpace:
         if not pte & PTE_P:
             raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
         self.mem.write_u64(slot, (pte & ADDR_MASK) | (pte_flags & ~ADDR_MASK) | PTE_P)
+        if not pte_flags & PTE_NX:
+            self.frames.code[(pte & ADDR_MASK) >> PAGE_SHIFT] = 1
 
     def unmap(self, va: int) -> bool:
         slot = entry_address(self.mem, self.root, va)
@@ -193,10 +205,15 @@ class AddressSpace:
 
     def write(self, va: int, data: bytes) -> None:
         view = self.mem.view
+        code = self.frames.code
         off = 0
+        stale = False
         for pa, n in self.user_chunks(va, len(data), True):
             view[pa : pa + n] = data[off : off + n]
             off += n
+            stale = stale or bool(code[pa >> PAGE_SHIFT])
+        if stale:
+            self.frames.on_code_write()
 
     def fetch_code(self, va: int, length: int = 15) -> bytes:
         """Up to ``length`` instruction bytes at ``va`` (stops at an unmapped page)."""

@@ -516,6 +516,7 @@ class VCpu:
         if err:
             raise MachineProbeError(f"could not add the syscall hook (unicorn error {err})")
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
+        uc.hook_add(UC_HOOK_INSN, self._hook_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -563,7 +564,8 @@ class VCpu:
     def _software_int(self, vector: int, next_rip: int, length: int) -> None:
         if vector in self.user_vectors:
             kind = TrapKind.EXCEPTION if vector < 32 else TrapKind.SOFTWARE_INT
-            self._deliver(Trap(kind, vector, next_rip, next_rip=next_rip, detail=f"int {vector:#x}"))
+            self._deliver(Trap(kind, vector, next_rip, next_rip=next_rip, address=next_rip - length,
+                               detail=f"int {vector:#x}"))
             return
         # The gate is DPL 0: the CPU raises #GP with the IDT index as error code
         # (SDM Vol. 3A 6.12.1.1) and reports the `int` instruction itself.
@@ -571,6 +573,13 @@ class VCpu:
         self.regs.write(Reg.RIP, rip)
         self._deliver(Trap(TrapKind.EXCEPTION, Vector.GP, rip, error_code=(vector << 3) | 2,
                            detail=f"int {vector:#x} through a gate ring 3 may not use"))
+
+    def _hook_sysenter(self, uc: Uc, _ud: object) -> None:
+        # Unicorn makes `sysenter` a no-op. A CPU whose IA32_SYSENTER_CS is 0 (this
+        # machine never sets it) raises #GP(0) (SDM Vol. 2B, SYSENTER).
+        rip = self.regs.read(Reg.RIP)
+        self._deliver(Trap(TrapKind.EXCEPTION, Vector.GP, rip, error_code=0,
+                           detail="sysenter with IA32_SYSENTER_CS = 0"))
 
     def _hook_invalid(self, uc: Uc, _ud: object) -> bool:
         rip = self.regs.read(Reg.RIP)

@@ -108,12 +108,18 @@ class Trap:
     error_code: int | None = None
     cr2: int | None = None  # #PF: the faulting linear address
     next_rip: int | None = None  # software interrupts: where execution resumes
+    address: int | None = None  # the trapping instruction, when ``rip`` is past it (int n)
     port: int | None = None  # I/O
     size: int | None = None  # I/O operand size in bytes
     value: int | None = None  # `out`: the value written
     write: bool = False  # I/O direction (`out`) or MC access kind
     detail: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def insn_address(self) -> int:
+        """Where the instruction that trapped starts."""
+        return self.rip if self.address is None else self.address
 
     @property
     def name(self) -> str:

@@ -69,7 +69,7 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
     envs = []
     for app in apps:
         m = load_manifest(app)
-        envs.append(spawn(kernel, build_image(m), m.args))
+        envs.append(spawn(kernel, build_image(m), m.args, frame_quota=m.memory_pages))
     kernel.run(max_instructions=max_instructions)
     return Booted(out.getvalue(), kernel, envs)
 

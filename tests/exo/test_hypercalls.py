@@ -686,9 +686,6 @@ _start:
     assert b.reports == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: exo/asm.py _ks_asm always sets keystone's sym_resolver, which makes "
-                   "keystone 0.9.2 read every bare decimal immediate as hex (keystone issues #481/#538): "
-                   "`mov rsi, 42` assembles as mov rsi, 0x42")
 def test_decimal_immediates_are_decimal(app) -> None:
     src = """
 section .text
@@ -701,9 +698,6 @@ _start:
     clean_exit(b.envs[0], 42)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: exo/asm.py passes `-NAME` (a negated equ constant, e.g. "
-                   "`cmp rax, -EPERM`) to keystone, which encodes it as a RIP-relative memory operand at "
-                   "address NAME instead of an immediate; the guest reads memory (here a #PF at 0x1)")
 def test_negated_constant_is_an_immediate(app) -> None:
     src = f"""
 section .text
@@ -835,9 +829,6 @@ big: resb 0x100100
     assert b.stdout == bytes(1 << 20)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: exo/hypercalls.py _hc_console_read writes guest memory from the host "
-                   "(AddressSpace.write) and nothing flushes Unicorn's translated code (UNICORN_NOTES trap 4): "
-                   "code read into a page that already ran code executes the stale translation")
 def test_code_read_from_console_runs(app) -> None:
     """Run `mov eax, 0x11; ret` written by the guest, then read `mov eax, 0x22; ret` over it
     with console_read and run it again: status 0x1122 expected."""
