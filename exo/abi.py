@@ -14,7 +14,9 @@ PAGE_SIZE = 4096
 USER_BOTTOM = 0x0001_0000  # below: the machine's descriptor tables' linear window (hw RESERVED_BYTES)
 HYPERCALL_PAGE = 0x0010_0000  # read+execute, 32-byte stubs: call HYPERCALL_PAGE + 32*nr
 HYPERCALL_STUB_SIZE = 32
-LIBOS_PAGE = 0x0010_1000  # libOS trampoline page(s) (library calls, no ring transition)
+LIBOS_PAGE = 0x0010_1000  # libOS trampoline pages, one per module (library calls, no ring transition)
+LIBOS_END = 0x0011_0000  # end of the trampoline pages (15 modules at most)
+LIBCALL_SLOT = 16  # bytes per library entry point on a trampoline page
 INFO_PAGE = 0x0011_0000  # read-only: argc, argv (see exo/loader.py)
 EXO_REGION_END = 0x0012_0000  # [HYPERCALL_PAGE, EXO_REGION_END) is managed by the exokernel
 IMAGE_BASE = 0x0040_0000  # where assembled images are linked (the ELF convention)
@@ -22,6 +24,18 @@ USER_TOP = 0x0000_7FFF_FFFF_F000  # one page below the end of the lower half
 STACK_TOP = 0x0000_7FFF_FFF0_0000  # initial RSP; stack grows down
 STACK_PAGES = 16  # 64 KiB initial stack, a guard page below it
 UXSTACK_TOP = 0x0000_7FFF_FFF8_0000  # conventional exception (upcall) stack, set up by the libOS
+
+LIBOS_DATA = 0x0000_7000_0000_0000  # libOS modules' own pages: 256 MiB per module index
+LIBOS_DATA_STRIDE = 0x1000_0000
+
+# The page tables, mapped read-only at a recursive PML4 slot (JOS's UVPT): a
+# library OS reads its own mappings there; only the exokernel writes them.
+UVPT_SLOT = 254
+UVPT = UVPT_SLOT << 39  # the PTE of va is at UVPT + (va >> 12) * 8
+UVPD = UVPT | (UVPT_SLOT << 30)  # the PDE of va is at UVPD + (va >> 21) * 8
+UVPDPT = UVPD | (UVPT_SLOT << 21)  # the PDPTE of va is at UVPDPT + (va >> 30) * 8
+UVPML4 = UVPDPT | (UVPT_SLOT << 12)  # the PML4E of va is at UVPML4 + (va >> 39) * 8
+UVPT_END = UVPT + (1 << 39)
 
 # --- page permissions a guest asks for in page_alloc / page_map / mmu_update ---
 PERM_R = 0x1  # present, readable
@@ -74,6 +88,13 @@ class MmuOp(enum.IntEnum):
     UNMAP = 1  # clear the mapping at `va`
     PROTECT = 2  # change the permissions of the mapping at `va`
 
+
+class IpcFlag(enum.IntFlag):
+    NONBLOCK = 1  # ipc_recv: -EAGAIN instead of waiting
+
+
+# struct ipc_info { u64 from; u64 value; u64 perm; }  written by ipc_recv (perm 0: no page)
+IPC_INFO_SIZE = 24
 
 # struct mmu_req { u32 op; u32 envid; u64 va; u64 frame; u64 perm; }  (32 bytes)
 MMU_REQ_SIZE = 32

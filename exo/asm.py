@@ -115,7 +115,7 @@ def evaluate(expr: str, symbols: dict[str, int], where: Line) -> int:
         if isinstance(node, ast.Name):
             if node.id in symbols:
                 return symbols[node.id]
-            raise _err(where, f"undefined symbol '{node.id}'")
+            raise _err(where, _HINTS.get(node.id) or f"undefined symbol '{node.id}'")
         if isinstance(node, ast.Attribute):  # names with dots: .L1 or a.b
             name = ast.unparse(node)
             if name in symbols:
@@ -402,7 +402,7 @@ def _text_error(prefix: str, lines: list[Line], base: int, error: KsError, missi
         pat = re.compile(rf"(?<![\w.$]){re.escape(name)}(?![\w.$])")
         for line in original:
             if pat.search(line.text):
-                return _err(line, f"undefined symbol '{name}'")
+                return _err(line, _HINTS.get(name) or f"undefined symbol '{name}'")
         return ExoUserError(lines[0].file if lines else "?", f"undefined symbol '{name}'")
 
     def lenient(sym, value):
@@ -485,8 +485,14 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
     return out[:text_len], values
 
 
+_HINTS: dict[str, str] = {}  # symbol -> what to say when it is undefined (set per assembly)
+
+
 def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined: dict[str, int],
-             display_root: Path | None = None) -> Assembled:
+             display_root: Path | None = None, hints: dict[str, str] | None = None) -> Assembled:
+    """Assemble ``paths``; ``hints`` explains known-but-unavailable symbols (e.g. an unlinked module)."""
+    _HINTS.clear()
+    _HINTS.update(hints or {})
     sections, raw_consts, _ = read_sources(paths, include_dirs, display_root)
     consts = dict(predefined)
     pending = dict(raw_consts)

@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions in all (a watchdog for autograders)")
     b.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")
-    i = sub.add_parser("image", help="describe a guest app's image")
+    i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
     bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo)")
     bench.add_argument("suite", choices=("hw", "exo"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "gen":
             from exo.guest_iface import generate
+            from libos.registry import write_outputs
 
-            for path in generate():
+            for path in [*generate(), *write_outputs()]:
                 sys.stderr.write(f"exo: wrote {path}\n")
             return 0
     except ExoUserError as e:
@@ -76,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
-    from exo.image import build_image
     from exo.manifest import load_manifest
 
     manifests = [load_manifest(a) for a in args.apps]
-    images = [build_image(m, use_cache=not args.no_cache) for m in manifests]
+    linked = [_resolve_libos(m) for m in manifests]
+    images = [_build(m, classes, not args.no_cache) for m, classes in zip(manifests, linked)]
     if args.ram <= 0 or args.ram > 4096:
         raise ExoUserError("--ram", f"{args.ram} MiB is not between 1 and 4096")
     if args.slice is not None and args.slice <= 0:
@@ -94,8 +96,14 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds)
     kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE)
     envs = []
-    for m, image in zip(manifests, images):
-        envs.append(spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages))
+    from libos.link import link, relink_siblings
+
+    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    for m, image, classes in zip(manifests, images, linked):
+        env = spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages)
+        if classes:
+            link(kernel.libs, env, classes)
+        envs.append(env)
     kernel.run(max_instructions=args.max_instructions)
     stats = collect_stats(kernel)
     if args.stats_json:
@@ -113,6 +121,24 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if kernel.reports or stuck:
         return EXIT_FAULT
     return (first.exit_status or 0) & 0xFF
+
+
+def _resolve_libos(m) -> list:
+    """The libOS classes an app links (an ExoUserError naming the manifest if it is wrong)."""
+    from libos.link import LinkError, resolve
+
+    try:
+        return resolve(m.libos)
+    except LinkError as e:
+        raise ExoUserError(str(m.path), str(e)) from None
+
+
+def _build(m, classes: list, use_cache: bool = True):
+    from exo.image import build_image
+    from libos.registry import hints, symbols
+
+    names = {c.NAME for c in classes}
+    return build_image(m, use_cache=use_cache, extra_symbols=symbols(names), hints=hints(names))
 
 
 def collect_stats(kernel) -> dict:
@@ -168,16 +194,75 @@ def print_stats(stats: dict) -> None:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from exo.image import build_image
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    from exo.abi import HYPERCALL_PAGE, HYPERCALL_STUB_SIZE, LIBOS_END, LIBOS_PAGE, PERM_X
+    from exo.hypercalls import BY_NR
+    from exo.libcall import BASE_HYPERCALLS
     from exo.manifest import load_manifest
+    from libos.registry import symbols
 
     m = load_manifest(args.app)
-    image = build_image(m)
-    out = sys.stderr
-    out.write(f"{image.name}: entry {image.entry:#x}, {image.size} bytes in {len(image.segments)} segments\n")
-    for s in image.segments:
-        perm = ("r" if s.perm & 1 else "-") + ("w" if s.perm & 2 else "-") + ("x" if s.perm & 8 else "-")
-        out.write(f"  {s.name:8} {s.va:#010x}  {s.memsz:8} bytes  {perm}\n")
+    classes = _resolve_libos(m)
+    image = _build(m, classes)
+    by_addr = {v: k for k, v in symbols().items()}
+    hypercalls, libcalls, raw = set(), set(), 0
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    for seg in image.segments:
+        if not seg.perm & PERM_X:
+            continue
+        last_eax = None
+        for insn in cs.disasm(seg.data, seg.va):
+            if insn.mnemonic == "mov" and insn.op_str.startswith(("eax, ", "rax, ")):
+                try:
+                    last_eax = int(insn.op_str.split(", ")[1], 0)
+                except ValueError:
+                    last_eax = None
+            elif insn.mnemonic == "syscall":
+                h = BY_NR.get(last_eax) if last_eax is not None else None
+                if h:
+                    hypercalls.add(h.name)
+                else:
+                    raw += 1
+            elif insn.mnemonic in ("call", "jmp") and insn.op_str.startswith("0x"):
+                target = int(insn.op_str, 16)
+                if HYPERCALL_PAGE <= target < HYPERCALL_PAGE + 4096:
+                    h = BY_NR.get((target - HYPERCALL_PAGE) // HYPERCALL_STUB_SIZE)
+                    hypercalls.add(h.name if h else f"#{(target - HYPERCALL_PAGE) // HYPERCALL_STUB_SIZE}")
+                elif LIBOS_PAGE <= target < LIBOS_END:
+                    libcalls.add(by_addr.get(target, f"{target:#x}").removeprefix("LIB_").lower())
+    allowed = None
+    if classes:
+        allowed = set(BASE_HYPERCALLS)
+        for c in classes:
+            allowed |= c.HYPERCALLS
+    report = {
+        "name": image.name, "entry": image.entry, "size": image.size,
+        "segments": [{"name": s.name, "va": s.va, "size": s.memsz,
+                      "perm": ("r" if s.perm & 1 else "-") + ("w" if s.perm & 2 else "-")
+                      + ("x" if s.perm & 8 else "-")} for s in image.segments],
+        "libos": {c.NAME: c.IMPL for c in classes},
+        "library_calls": sorted(libcalls),
+        "hypercalls_called": sorted(hypercalls),
+        "unresolved_syscalls": raw,
+        "hypercalls_allowed": sorted(allowed) if allowed is not None else "all (no libOS module linked)",
+        "denied_but_called": sorted(hypercalls - allowed) if allowed is not None else [],
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{image.name}: entry {image.entry:#x}, {image.size} bytes in {len(image.segments)} segments")
+    for seg in report["segments"]:
+        print(f"  {seg['name']:8} {seg['va']:#010x} {seg['size']:9} bytes  {seg['perm']}")
+    linked = ", ".join(f"{k} = {v}" for k, v in report["libos"].items()) or "none (the app is its own libOS)"
+    print(f"libOS modules: {linked}")
+    print(f"library calls: {', '.join(report['library_calls']) or 'none'}")
+    print(f"hypercalls called directly: {', '.join(report['hypercalls_called']) or 'none'}"
+          + (f" (+{raw} syscall(s) with a computed number)" if raw else ""))
+    allowed_text = report["hypercalls_allowed"]
+    print(f"hypercalls allowed: {allowed_text if isinstance(allowed_text, str) else ', '.join(allowed_text)}")
+    if report["denied_but_called"]:
+        print(f"warning: called but not allowed (will get -EPERM): {', '.join(report['denied_but_called'])}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exo.abi import EnvStatus
 from exo.vm import AddressSpace
@@ -31,6 +32,15 @@ class Env:
     children: list[int] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
     symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
+    # libOS linking (exo/libcall.py)
+    port: Any = None  # the LibPort its modules use
+    libcalls: dict[int, Any] = field(default_factory=dict)  # slot address -> Entry
+    modules: dict[int, Any] = field(default_factory=dict)  # module index -> instance
+    timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
+    interrupted: bool = False  # its last slice ended by the timer
+    # IPC (exo/hypercalls.py ipc_*): a one-message mailbox
+    ipc_waiting: bool = False
+    mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)
 
     @property
     def alive(self) -> bool:

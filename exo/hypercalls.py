@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    IPC_INFO_SIZE,
     MMU_REQ_SIZE,
     PERM_X,
     EnvStatus,
     Errno,
+    IpcFlag,
     MmuOp,
     SchedOp,
 )
@@ -84,8 +86,7 @@ def _hc_console_read(k: Exokernel, env: Env, buf: int, length: int) -> int:
     env.space.user_chunks(buf, length, True)  # check before consuming input
     data = k.machine.console.read(length)
     if data is None:  # interactive and nothing typed yet: block, retry on wake-up
-        k.block_and_retry(env, "console")
-        return k.RETRY
+        return k.block_and_retry(env, "console")
     env.space.write(buf, data)
     return len(data)
 
@@ -265,6 +266,69 @@ def _hc_time_now(k: Exokernel, env: Env) -> int:
     return k.machine.clock.now_ns()
 
 
+def _hc_env_set_timer(k: Exokernel, env: Env, envid: int, entry: int) -> int:
+    target = k.env_for(env, envid)
+    if entry and not 0 < entry < 1 << 47:
+        raise HypercallError(Errno.EINVAL, f"bad timer entry {entry:#x}")
+    target.timer_entry = entry
+    return 0
+
+
+# ---------------------------------------------------------------------- IPC
+def _hc_ipc_try_send(k: Exokernel, env: Env, envid: int, value: int, srcva: int, perm: int) -> int:
+    """Leave one message (a value and optionally a page) in envid's mailbox."""
+    target = k.envs.get(envid)
+    if target is None or not target.alive:
+        raise HypercallError(Errno.ESRCH, f"no environment {envid}")
+    if target is env:
+        raise HypercallError(Errno.EINVAL, "cannot send to yourself")
+    frame = -1
+    if srcva:
+        check_user_va(srcva)
+        pte = perm_to_pte(perm)
+        found = env.space.lookup(srcva)
+        if found is None:
+            raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x}")
+        frame, src_pte = found
+        if k.frames.owner[frame] == EXO:
+            raise HypercallError(Errno.EPERM, "exokernel frames cannot be sent")
+        if (pte & PTE_W and not src_pte & PTE_W) or (not pte & PTE_NX and src_pte & PTE_NX):
+            raise HypercallError(Errno.EPERM, "cannot grant more rights than you have")
+    if target.mailbox is not None:
+        return -Errno.EAGAIN
+    if frame >= 0:
+        k.frames.refs[frame] += 1  # held by the message until it is received
+    target.mailbox = (env.id, value, frame, perm if frame >= 0 else 0)
+    if target.ipc_waiting:
+        target.ipc_waiting = False
+        k.make_runnable(target)
+    return 0
+
+
+def _hc_ipc_recv(k: Exokernel, env: Env, dstva: int, info: int, flags: int) -> object:
+    """Take the message in the mailbox: {from, value, perm} at info, the page (if any) at dstva."""
+    if dstva:
+        check_user_va(dstva)
+    env.space.user_chunks(info, IPC_INFO_SIZE, True)
+    if env.mailbox is None:
+        if flags & IpcFlag.NONBLOCK:
+            return -Errno.EAGAIN
+        env.ipc_waiting = True
+        return k.block_and_retry(env, "ipc")
+    sender, value, frame, perm = env.mailbox
+    if frame >= 0 and dstva:
+        k.check_quota(env)
+        env.space.map(dstva, frame, perm_to_pte(perm))
+        k.flush_if_current(env)
+    else:
+        perm = 0
+    if frame >= 0:
+        k.release_frame(frame)
+    env.mailbox = None
+    env.space.write(info, struct.pack("<QQQ", sender, value, perm))
+    return 0
+
+
 def _hc_null(k: Exokernel, env: Env, a: int, b: int, c: int, d: int) -> int:
     return (a + b + c + d) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -311,6 +375,17 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     Hypercall(15, "null", ("a", "b", "c", "d"), "a+b+c+d (mod 2**63)", (),
               "Does nothing else: the null call of lmbench-style measurements (4 arguments read).",
               _hc_null),
+    Hypercall(16, "env_set_timer", ("envid", "entry"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Register an upcall entered at the start of each slice after the environment was preempted "
+              "(vector UPCALL_TIMER in the frame): the libOS scheduler's hook (entry 0: none).",
+              _hc_env_set_timer),
+    Hypercall(17, "ipc_try_send", ("envid", "value", "srcva", "perm"), "0", (E.ESRCH, E.EINVAL, E.EPERM, E.EAGAIN),
+              "Leave a value, and the page at srcva (if not 0) with perm, in envid's one-message mailbox; "
+              "-EAGAIN if it is full. Wakes envid if it waits in ipc_recv.", _hc_ipc_try_send),
+    Hypercall(18, "ipc_recv", ("dstva", "info", "flags"), "0", (E.EFAULT, E.EINVAL, E.EPERM, E.ENOMEM, E.EAGAIN),
+              "Take the mailbox's message: {u64 from, u64 value, u64 perm} is written at info and a page sent "
+              "with it is mapped at dstva (if not 0). Waits for a message unless flags has NONBLOCK (1).",
+              _hc_ipc_recv),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

@@ -72,8 +72,9 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("EXO_CACHE_DIR") or Path.home() / ".cache" / "exo") / "images"
 
 
-def _cache_key(m: Manifest) -> str:
+def _cache_key(m: Manifest, extra: dict[str, int]) -> str:
     h = hashlib.sha256()
+    h.update(json.dumps(sorted(extra.items())).encode())
     h.update(f"exo-image-v{CACHE_VERSION}".encode())
     h.update((Path(__file__).parent / "asm.py").read_bytes())  # a new assembler rebuilds
     h.update(m.path.read_bytes())
@@ -115,10 +116,14 @@ def _store(path: Path, image: Image) -> None:
         pass  # a read-only cache only costs the next boot an assembly
 
 
-def build_image(m: Manifest, use_cache: bool = True) -> Image:
+def build_image(m: Manifest, use_cache: bool = True, extra_symbols: dict[str, int] | None = None,
+                hints: dict[str, str] | None = None) -> Image:
+    """The app's image. ``extra_symbols`` (the linked libOS entry points) are predefined for
+    assembly; ``hints`` explain symbols the app may not use (modules it does not link)."""
     if m.is_elf:
         return _elf_image(m)
-    key = _cache_key(m)
+    extra = dict(extra_symbols or {})
+    key = _cache_key(m, extra)
     cached_path = _cache_dir() / f"{key}.json"
     if use_cache:
         cached = _load_cached(cached_path)
@@ -126,7 +131,8 @@ def build_image(m: Manifest, use_cache: bool = True) -> Image:
             return cached
     from exo.asm import assemble
 
-    asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], predefined_symbols(), display_root=m.root.parent)
+    asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], {**predefined_symbols(), **extra},
+                   display_root=m.root.parent, hints=hints)
     if m.entry not in asm.symbols:
         raise ExoUserError(str(m.path), f"entry label '{m.entry}' is not defined in the sources")
     segs = [Segment(name, va, data, memsz, _SECTION_PERMS[name]) for name, va, data, memsz in asm.segments]

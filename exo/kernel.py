@@ -17,6 +17,7 @@ from collections.abc import Callable
 from exo.abi import (
     HYPERCALL_PAGE,
     HYPERCALL_STUB_SIZE,
+    UPCALL_TIMER,
     UTRAPFRAME_SIZE,
     EnvStatus,
     Errno,
@@ -26,6 +27,7 @@ from exo.env import Env
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameTable, FrameType
 from exo.hypercalls import BY_NR, HYPERCALLS
+from exo.libcall import LibraryTable
 from exo.report import FaultReport, build_report
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
@@ -83,6 +85,7 @@ class Exokernel:
         machine.memory.write(self.hypercall_frame << PAGE_SHIFT, hypercall_page())
         self.cpu.flush_code()
         self.cpu.handler = self
+        self.libs = LibraryTable(self)
 
     # ------------------------------------------------------------ environments
     def create_env(self, name: str, parent: Env | None = None) -> Env:
@@ -127,6 +130,10 @@ class Exokernel:
         except HypercallError:
             self._reclaim(child)
             raise
+        for index, instance in parent.modules.items():
+            clone = instance.fork(self.libs.port(child))  # the library's state, for the child
+            self.libs.link(child, index, clone, clone.entries(), clone.hypercalls)
+        child.timer_entry = parent.timer_entry
         for hook in self.env_create_hooks:
             hook(parent, child)
         return child
@@ -149,6 +156,12 @@ class Exokernel:
     def flush_if_current(self, env: Env) -> None:
         if env is self._live:
             self.cpu.flush_tlb()
+
+    def release_frame(self, frame: int) -> None:
+        """Drop a reference held outside any address space (an IPC message in flight)."""
+        self.frames.refs[frame] -= 1
+        if self.frames.refs[frame] == 0:
+            self.frames.free(frame)
 
     def set_entry(self, env: Env, rip: int, rsp: int) -> None:
         self.cpu.context_write(env.ctx, Reg.RIP, rip)
@@ -179,11 +192,10 @@ class Exokernel:
         if env is self.current:
             self.cpu.stop("block")
 
-    def block_and_retry(self, env: Env, what: str) -> None:
-        """Block, and make the hypercall run again when the env is woken."""
-        rip = self.cpu.regs.read(Reg.RIP)  # at the `syscall`; Unicorn adds 2 after the hook
-        self.cpu.regs.write(Reg.RIP, rip - 2)
+    def block_and_retry(self, env: Env, what: str) -> object:
+        """Block; the hypercall (or the library call that made it) runs again when woken."""
         self.block(env, what)
+        return _RETRY
 
     def exit(self, env: Env, status: int) -> None:
         env.exit_status = status
@@ -199,6 +211,9 @@ class Exokernel:
             self._reclaim(env)
 
     def _reclaim(self, env: Env) -> None:
+        if env.mailbox is not None and env.mailbox[2] >= 0:
+            self.release_frame(env.mailbox[2])
+        env.mailbox = None
         env.space.destroy()
         env.status = EnvStatus.DEAD
         env.queued = False
@@ -239,22 +254,37 @@ class Exokernel:
             self.acct.hypercall(env.id, f"#{g[0]}")
             g[0] = -Errno.ENOSYS & _MASK
             return
+        result = self.dispatch(env, h, map(g.__getitem__, h.arg_index))
+        if result is _RETRY:
+            # Run the `syscall` again when woken: Unicorn adds 2 to RIP after this hook.
+            cpu.regs.write(Reg.RIP, cpu.regs.read(Reg.RIP) - 2)
+        else:
+            g[0] = result & _MASK
+
+    def dispatch(self, env: Env, h, args) -> object:
+        """Account, check and run hypercall ``h`` for ``env``: its result, or RETRY.
+
+        Guest `syscall`s and libOS modules (exo/libcall.py) both come through here.
+        """
         self.acct.hypercall(env.id, h.name)
         if env.allowed is not None and h.name not in env.allowed:
-            g[0] = -Errno.EPERM & _MASK
-            return
+            return -Errno.EPERM
         try:
-            result = h.impl(self, env, *map(g.__getitem__, h.arg_index))
+            return h.impl(self, env, *args)
         except HypercallError as e:
-            result = -e.errno
-        if result is not _RETRY:
-            g[0] = result & _MASK
+            return -e.errno
+
+    def code(self, cpu: VCpu, address: int) -> None:
+        """Guest code entered a libOS trampoline slot: a library call."""
+        self.libs.call(self.current, address)
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         env = self.current
         self.acct.count("trap", env.id, trap.name)
         if trap.kind is TrapKind.EXCEPTION and env.upcall_entry and trap.vector in UPCALL_VECTORS:
-            if self._upcall(env, trap):
+            resume = trap.rip if trap.next_rip is None else trap.next_rip
+            if self._upcall(env, env.upcall_entry, trap.vector, trap.error_code or 0, trap.cr2 or 0, resume,
+                            trap.name):
                 return
             self.kill(env, trap, "the upcall frame could not be pushed on the exception stack")
             return
@@ -265,21 +295,23 @@ class Exokernel:
             reason = "a ring-3 guest may not execute privileged instructions"
         self.kill(env, trap, reason)
 
-    def _upcall(self, env: Env, trap: Trap) -> bool:
-        """Push a UTrapframe on the exception stack and enter the libOS handler (JOS style)."""
+    def _upcall(self, env: Env, entry: int, vector: int, error: int, fault_va: int, rip: int,
+                name: str) -> bool:
+        """Push a UTrapframe on the exception stack and enter the libOS handler (JOS style).
+
+        The frame holds the interrupted context (``rip`` is where it resumes); the
+        handler gets RSP = RDI = the frame and returns to that context itself.
+        """
         g = self._read_gprs()
         rsp = g[7]
         top = env.upcall_stack
-        if top - PAGE_SIZE <= rsp < top:  # a fault inside the handler: nest below
+        if top - PAGE_SIZE <= rsp < top:  # already on the exception stack: nest below
             frame = (rsp - 8 - UTRAPFRAME_SIZE) & ~0xF
         else:
             frame = (top - UTRAPFRAME_SIZE) & ~0xF
-        err = trap.error_code or 0
-        fault_va = trap.cr2 if trap.cr2 is not None else 0
         # vector, error_code, fault_va, rax rbx rcx rdx rsi rdi rbp r8..r15, rip, rflags, rsp
-        values = [trap.vector, err, fault_va, g[0], g[1], g[2], g[3], g[4], g[5], g[6],
-                  *g[8:16], trap.rip if trap.next_rip is None else trap.next_rip, g[17], rsp]
-        data = b"".join((v & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") for v in values)
+        values = [vector, error, fault_va, *g[0:7], *g[8:16], rip, g[17], rsp]
+        data = b"".join((v & _MASK).to_bytes(8, "little") for v in values)
         try:
             env.space.write(frame, data)
         except HypercallError:
@@ -287,8 +319,8 @@ class Exokernel:
         regs = self.cpu.regs
         regs.write(Reg.RSP, frame)
         regs.write(Reg.RDI, frame)
-        regs.write(Reg.RIP, env.upcall_entry)
-        self.acct.count("upcall", env.id, trap.name)
+        regs.write(Reg.RIP, entry)
+        self.acct.count("upcall", env.id, name)
         return True
 
     # ------------------------------------------------------------------ scheduling
@@ -325,6 +357,11 @@ class Exokernel:
                 self._live = env
                 self.acct.count("context_switch", env.id, env.name)
             self.current = env
+            if env.interrupted and env.timer_entry:
+                # A new slice after preemption: the libOS scheduler decides which thread runs.
+                env.interrupted = False
+                if not self._upcall(env, env.timer_entry, UPCALL_TIMER, 0, 0, cpu.regs.read(Reg.RIP), "timer"):
+                    env.timer_entry = 0  # no usable exception stack: run on without it
             ex = cpu.run(budget)
             self.current = None
             retired = ex.retired or 0
@@ -335,6 +372,7 @@ class Exokernel:
                 continue
             if ex.reason == "preempted":
                 self.acct.count("interrupt", env.id, "timer")
+                env.interrupted = True
             if env.status == EnvStatus.RUNNABLE:
                 self._enqueue(env)
             if max_instructions is not None and total >= max_instructions:

@@ -19,6 +19,9 @@ from exo.abi import (
     PERM_X,
     USER_BOTTOM,
     USER_TOP,
+    UVPT,
+    UVPT_END,
+    UVPT_SLOT,
     Errno,
 )
 from exo.errors import HypercallError
@@ -65,6 +68,8 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
         raise HypercallError(Errno.EINVAL, f"bad page address {va:#x}")
     if va < USER_BOTTOM:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the machine's reserved low 64 KiB")
+    if UVPT <= va < UVPT_END:
+        raise HypercallError(Errno.EPERM, f"{va:#x} is in the read-only page-table window")
     if not exo and EXO_REGION[0] <= va < EXO_REGION[1]:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
 
@@ -80,6 +85,10 @@ class AddressSpace:
         self.frame_maps: dict[int, int] = {}  # frame -> number of mappings here
         self.pages = 0  # pages mapped
         self.root = self._alloc_table()
+        # The page tables themselves, readable (never writable) by the guest at
+        # UVPT through a recursive entry: W=0 there makes every access through
+        # the window read-only, NX makes it non-executable (SDM 4.6).
+        self.mem.write_u64(self.root + UVPT_SLOT * 8, self.root | PTE_P | PTE_U | PTE_NX)
 
     def _alloc_table(self) -> int:
         try:

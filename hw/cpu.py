@@ -33,6 +33,7 @@ from unicorn import (
     UC_ERR_FETCH_UNMAPPED,
     UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -97,6 +98,13 @@ class TrapHandler(Protocol):
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         """Any other trap. Stop the CPU, or fix things and return to retry/resume."""
+
+    def code(self, cpu: VCpu, address: int) -> None:
+        """Guest code is about to execute ``address`` inside a range given to ``watch_code``.
+
+        The instruction there runs after the call unless the handler stops the
+        CPU (then it runs when the CPU is resumed) or writes RIP.
+        """
 
 
 @dataclass(slots=True)
@@ -170,6 +178,7 @@ class VCpu:
         self._scratch_addr = 0
         self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
         self._hook_error: BaseException | None = None
+        self._watched: tuple[int, int] | None = None
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
@@ -573,6 +582,22 @@ class VCpu:
         self.regs.write(Reg.RIP, rip)
         self._deliver(Trap(TrapKind.EXCEPTION, Vector.GP, rip, error_code=(vector << 3) | 2,
                            detail=f"int {vector:#x} through a gate ring 3 may not use"))
+
+    def watch_code(self, begin: int, end: int) -> None:
+        """Call ``handler.code`` whenever guest code executes in [begin, end).
+
+        A ranged code hook costs nothing while other code runs (shared/UNICORN_NOTES.md).
+        Hooks are never removed (traps 2 and 6 in the notes), so add it once, before running.
+        """
+        if self._watched is not None:
+            raise MachineConfigError(f"a code range is already watched ({self._watched[0]:#x}-{self._watched[1]:#x})")
+        if not 0 <= begin < end:
+            raise MachineConfigError(f"bad code range {begin:#x}-{end:#x}")
+        self._watched = (begin, end)
+        self.uc.hook_add(UC_HOOK_CODE, self._hook_code, None, begin, end - 1)
+
+    def _hook_code(self, uc: Uc, address: int, _size: int, _ud: object) -> None:
+        self.handler.code(self, address)
 
     def _hook_sysenter(self, uc: Uc, _ud: object) -> None:
         # Unicorn makes `sysenter` a no-op. A CPU whose IA32_SYSENTER_CS is 0 (this

@@ -154,7 +154,7 @@ def walk_tables(mem: PhysicalMemory, cr3: int) -> list[tuple[int, int, int, int]
     read = mem.read_u64
     for i4 in range(256):  # lower (user) half only
         e4 = read(root + i4 * 8)
-        if not e4 & PTE_P:
+        if not e4 & PTE_P or e4 & ADDR_MASK == root:  # skip a recursive (self) entry
             continue
         t3 = e4 & ADDR_MASK
         for i3 in range(512):
@@ -187,7 +187,7 @@ def table_frames(mem: PhysicalMemory, cr3: int) -> list[int]:
             continue
         for i in range(limit):
             e = read(table + i * 8)
-            if e & PTE_P and not e & PTE_PS:
+            if e & PTE_P and not e & PTE_PS and e & ADDR_MASK != cr3 & ADDR_MASK:
                 frames.append(e & ADDR_MASK)
                 pending.append((e & ADDR_MASK, level + 1))
     return frames

@@ -17,3 +17,10 @@ def test_every_hypercall_is_documented_and_has_a_stub_address():
     for h in HYPERCALLS:
         assert f"`{h.name}`" in text
         assert c[f"HC_{h.name.upper()}"] == 0x100000 + 32 * h.nr
+
+
+def test_libos_headers_match_the_registry():
+    from libos.registry import outputs
+
+    stale = [str(p) for p, render in outputs().items() if not p.exists() or p.read_text() != render()]
+    assert not stale, f"run `python -m exo gen`: stale {stale}"

@@ -35,6 +35,12 @@
 #define NR_FRAME_OF 0xe
 #define HC_NULL 0x1001e0
 #define NR_NULL 0xf
+#define HC_ENV_SET_TIMER 0x100200
+#define NR_ENV_SET_TIMER 0x10
+#define HC_IPC_TRY_SEND 0x100220
+#define NR_IPC_TRY_SEND 0x11
+#define HC_IPC_RECV 0x100240
+#define NR_IPC_RECV 0x12
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -118,5 +124,8 @@ static inline long exo_time_now(void) { return exo_hypercall(12, 0, 0, 0, 0, 0);
 static inline long exo_env_set_entry(long envid, long rip, long rsp) { return exo_hypercall(13, envid, rip, rsp, 0, 0); }
 static inline long exo_frame_of(long va) { return exo_hypercall(14, va, 0, 0, 0, 0); }
 static inline long exo_null(long a, long b, long c, long d) { return exo_hypercall(15, a, b, c, d, 0); }
+static inline long exo_env_set_timer(long envid, long entry) { return exo_hypercall(16, envid, entry, 0, 0, 0); }
+static inline long exo_ipc_try_send(long envid, long value, long srcva, long perm) { return exo_hypercall(17, envid, value, srcva, perm, 0); }
+static inline long exo_ipc_recv(long dstva, long info, long flags) { return exo_hypercall(18, dstva, info, flags, 0, 0); }
 
 #endif

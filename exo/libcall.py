@@ -1,0 +1,231 @@
+"""Library calls: entering a linked libOS module without a ring transition.
+
+Each libOS module kind has one trampoline page in the exokernel-managed region
+(``LIBOS_PAGE + 0x1000 * index``), mapped read+execute into the environments
+that link it. Entry ``k`` is the 16-byte slot at offset ``16 * k``; it holds
+``ret``. The vCPU watches execution in this range (one ranged code hook,
+``VCpu.watch_code``): when guest code ``call``s a slot, the module's Python
+code runs on behalf of that environment with the arguments of the SysV calling
+convention (RDI, RSI, RDX, RCX, R8, R9), RAX receives the result, and the
+``ret`` in the slot returns to the caller. No privilege changes hands, so it is
+counted as a ``libcall``, not as a ring transition.
+
+A module instance sees its environment only through a ``LibPort``: user memory
+through that environment's page tables (EFAULT otherwise), its registers while
+it runs, and hypercalls through the same dispatcher, validation and accounting
+as a `syscall` from guest code. A library call that must wait (a hypercall
+answered "retry") stops the vCPU with RIP still at the slot, so the whole call
+runs again when the environment is woken: library calls are restartable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from exo.abi import LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, Errno
+from exo.errors import HypercallError
+from exo.frames import EXO, FrameType
+from exo.hypercalls import BY_NAME
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.paging import PTE_P, PTE_U
+from hw.regs import GPR_INDEX, Reg
+
+if TYPE_CHECKING:
+    from exo.env import Env
+    from exo.kernel import Exokernel
+
+MAX_MODULES = (LIBOS_END - LIBOS_PAGE) // PAGE_SIZE
+SLOTS_PER_PAGE = PAGE_SIZE // LIBCALL_SLOT
+# SysV AMD64 integer argument registers, as indices into VCpu.gpr.
+LIBCALL_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.RCX, Reg.R8, Reg.R9))
+# Every environment that links modules may still end itself and ask who it is.
+BASE_HYPERCALLS = frozenset({"sched_op", "env_id"})
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class Blocked(Exception):
+    """Raised through a library call that must wait: the call is run again when woken."""
+
+
+class LibFault(Exception):
+    """A library call was given a bad pointer (or a hypercall it made failed fatally)."""
+
+    def __init__(self, errno: Errno, detail: str = "") -> None:
+        super().__init__(detail or errno.name)
+        self.errno = errno
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One library entry point. libOS modules build their own objects of this shape
+    (libos/module.py): exo needs only the attributes, and libos never imports exo."""
+
+    slot: int
+    name: str  # "module.entry", as counted and traced
+    fn: Callable[..., int | None]
+    nargs: int
+
+
+def entry_address(index: int, slot: int) -> int:
+    return LIBOS_PAGE + index * PAGE_SIZE + slot * LIBCALL_SLOT
+
+
+class LibPort:
+    """One environment as its libOS modules see it."""
+
+    Fault = LibFault  # so that modules can catch it without importing exo
+
+    def __init__(self, kernel: Exokernel, env: Env) -> None:
+        self._k = kernel
+        self._env = env
+        self.resumed = False  # set when a library call loaded another context itself
+
+    @property
+    def env_id(self) -> int:
+        return self._env.id
+
+    # ------------------------------------------------------------ hypercalls
+    def hypercall(self, name: str, *args: int) -> int:
+        """Make hypercall ``name``; returns its result (negative errno on failure).
+
+        Raises Blocked when the call must wait: let it propagate, and the library
+        call is retried from the start when the environment is woken.
+        """
+        result = self._k.dispatch(self._env, BY_NAME[name], args)
+        if result is self._k.RETRY:
+            raise Blocked(name)
+        return result
+
+    # ------------------------------------------------------------- memory
+    def read(self, va: int, n: int) -> bytes:
+        try:
+            return self._env.space.read(va, n)
+        except HypercallError as e:
+            raise LibFault(e.errno, e.detail) from None
+
+    def write(self, va: int, data: bytes) -> None:
+        try:
+            self._env.space.write(va, data)
+        except HypercallError as e:
+            raise LibFault(e.errno, e.detail) from None
+
+    def read_u64(self, va: int) -> int:
+        return int.from_bytes(self.read(va, 8), "little")
+
+    def write_u64(self, va: int, value: int) -> None:
+        self.write(va, (value & _MASK).to_bytes(8, "little"))
+
+    def read_cstr(self, va: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string (without the NUL), at most ``limit`` bytes."""
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.read(va + len(out), min(64, PAGE_SIZE - ((va + len(out)) & (PAGE_SIZE - 1))))
+            i = chunk.find(b"\0")
+            if i >= 0:
+                return bytes(out + chunk[:i])
+            out += chunk
+        raise LibFault(Errno.EINVAL, f"string at {va:#x} longer than {limit} bytes")
+
+    # ------------------------------------------------------------ registers
+    def _check_running(self) -> None:
+        if self._k.current is not self._env:
+            raise RuntimeError(f"environment {self._env.id} is not running")
+
+    def regs(self) -> dict[str, int]:
+        """The environment's registers now (during one of its library calls or upcalls)."""
+        self._check_running()
+        cpu = self._k.cpu
+        g = cpu.gpr
+        out = {r.name.lower(): g[i] for r, i in GPR_INDEX.items()}
+        out["rip"] = cpu.regs.read(Reg.RIP)
+        out["rflags"] = cpu.regs.read(Reg.RFLAGS)
+        return out
+
+    def resume(self, regs: dict[str, int]) -> None:
+        """Continue the environment in another user context (a thread switch, an upcall return).
+
+        User-level code can load every one of these registers itself; this is
+        what a libOS's assembly stub would do, no privilege is involved.
+        """
+        self._check_running()
+        cpu = self._k.cpu
+        g = cpu.gpr
+        for r, i in GPR_INDEX.items():
+            g[i] = regs[r.name.lower()] & _MASK
+        cpu.regs.write(Reg.RFLAGS, (regs.get("rflags", 0x202) & 0xCD5) | 0x202)  # user-settable flags, IF on
+        cpu.regs.write(Reg.RIP, regs["rip"])
+        self.resumed = True
+
+    def return_address(self) -> tuple[int, int]:
+        """(where the current library call returns to, the caller's RSP after the return)."""
+        rsp = self._k.cpu.gpr[GPR_INDEX[Reg.RSP]]
+        return self.read_u64(rsp), rsp + 8
+
+
+class LibraryTable:
+    """The trampoline pages, which environment links which module instance, and dispatch."""
+
+    def __init__(self, kernel: Exokernel) -> None:
+        self.k = kernel
+        self._frames: dict[int, int] = {}  # module index -> trampoline frame
+        self.names: dict[int, str] = {}  # module index -> name, for fault reports
+        kernel.cpu.watch_code(LIBOS_PAGE, LIBOS_END)
+
+    def port(self, env: Env) -> LibPort:
+        if env.port is None:
+            env.port = LibPort(self.k, env)
+        return env.port
+
+    def _frame(self, index: int) -> int:
+        f = self._frames.get(index)
+        if f is None:
+            f = self.k.frames.alloc(EXO, FrameType.NORMAL)
+            self.k.frames.refs[f] = 1  # the exokernel's own reference: never freed
+            page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 between slots: a stray jump traps
+            for slot in range(SLOTS_PER_PAGE):
+                page[slot * LIBCALL_SLOT] = 0xC3  # ret
+            self.k.machine.memory.write(f << PAGE_SHIFT, bytes(page))
+            self.k.cpu.flush_code()
+            self._frames[index] = f
+        return f
+
+    def link(self, env: Env, index: int, instance: object, entries: list[Entry],
+             hypercalls: frozenset[str]) -> None:
+        """Map module ``index``'s trampoline page into ``env`` and route its slots to ``entries``."""
+        if not 0 <= index < MAX_MODULES:
+            raise ValueError(f"module index {index} outside 0..{MAX_MODULES - 1}")
+        va = LIBOS_PAGE + index * PAGE_SIZE
+        env.space.map(va, self._frame(index), PTE_P | PTE_U)  # read + execute
+        for e in entries:
+            env.libcalls[va + e.slot * LIBCALL_SLOT] = e
+        env.modules[index] = instance
+        env.allowed = (env.allowed or BASE_HYPERCALLS) | hypercalls
+        self.k.flush_if_current(env)
+
+    # ---------------------------------------------------------------- dispatch
+    def call(self, env: Env, address: int) -> None:
+        entry = env.libcalls.get(address)
+        if entry is None:
+            return  # not an entry point: the int3 there traps and reports it
+        self.k.acct.count("libcall", env.id, entry.name)
+        cpu = self.k.cpu
+        g = cpu.gpr
+        port = self.port(env)
+        port.resumed = False
+        try:
+            result = entry.fn(*[g[i] for i in LIBCALL_ARGS[: entry.nargs]])
+        except Blocked:
+            cpu.stop("libcall-blocked")  # RIP stays at the slot: the call runs again
+            return
+        except LibFault as e:
+            result = -e.errno
+        if port.resumed or not env.alive:
+            return
+        g[0] = (result or 0) & _MASK
+        if cpu.stop_requested:
+            # The vCPU stops before the slot's `ret` runs: return to the caller now.
+            ret, rsp = port.return_address()
+            cpu.regs.write(Reg.RIP, ret)
+            g[GPR_INDEX[Reg.RSP]] = rsp

@@ -1,0 +1,83 @@
+"""What every libOS module is: entry points on a trampoline page, declared hypercalls, state.
+
+A module instance belongs to one environment. It sees that environment only
+through its port (``exo/libcall.py`` ``LibPort``): user memory through the
+environment's page tables, its registers while it runs, and the hypercalls the
+module declares in ``HYPERCALLS`` (any other returns -EPERM). libos imports
+nothing of exo but the ABI constants (``exo.abi``), checked in CI.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from exo.abi import LIBOS_DATA, LIBOS_DATA_STRIDE, PAGE_SIZE, PERM_R, PERM_W
+
+
+@dataclass(frozen=True)
+class Entry:
+    slot: int
+    name: str  # "module.entry"
+    fn: Callable[..., int | None]
+    nargs: int
+
+
+class LibModule:
+    NAME: ClassVar[str]  # the [libos] key: "console"
+    IMPL: ClassVar[str]  # the implementation: "buffered"
+    INDEX: ClassVar[int]  # trampoline page: fixed per module, shared by its implementations
+    ENTRIES: ClassVar[tuple[str, ...]]  # entry points; the position is the slot (the guest ABI)
+    HYPERCALLS: ClassVar[frozenset[str]] = frozenset()
+    DOC: ClassVar[str] = ""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.siblings: dict[str, LibModule] = {}  # the other modules linked into the same env
+
+    # -------------------------------------------------------------- linking
+    @property
+    def hypercalls(self) -> frozenset[str]:
+        return self.HYPERCALLS
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for slot, name in enumerate(self.ENTRIES):
+            fn = getattr(self, name)
+            nargs = len(inspect.signature(fn).parameters)
+            out.append(Entry(slot, f"{self.NAME}.{name}", fn, nargs))
+        return out
+
+    def fork(self, port: Any) -> LibModule:
+        """This module's state for an exofork child (the child's memory is the parent's copy)."""
+        clone = copy.copy(self)
+        clone.port = port
+        clone.siblings = {}
+        return clone
+
+    def start(self) -> None:
+        """Called once when the environment is linked, before it runs."""
+
+    def at_exit(self) -> None:
+        """Called by core.exit before the environment ends (flush buffers)."""
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def data_base(self) -> int:
+        """This module's own region of the environment's address space."""
+        return LIBOS_DATA + self.INDEX * LIBOS_DATA_STRIDE
+
+    def ensure_page(self, va: int, perm: int = PERM_R | PERM_W) -> None:
+        """Map a zeroed page at ``va`` unless something is mapped there already."""
+        try:
+            self.port.read(va, 1)
+        except self.port.Fault:
+            rc = self.port.hypercall("page_alloc", 0, va & ~(PAGE_SIZE - 1), perm)
+            if rc < 0:
+                raise self.port.Fault(-rc, f"cannot map the {self.NAME} module's page at {va:#x}") from None
+
+    def hc(self, name: str, *args: int) -> int:
+        return self.port.hypercall(name, *args)
