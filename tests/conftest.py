@@ -35,8 +35,12 @@ def make_app(root: Path, name: str, source: str, **manifest: object) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "main.s").write_text(textwrap.dedent(source))
     lines = [f'name = "{name}"', 'sources = ["main.s"]']
+    libos = manifest.pop("libos", None)
     for k, v in manifest.items():
         lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+    if libos:
+        lines.append("[libos]")
+        lines += [f'{k} = "{v}"' for k, v in libos.items()]
     (d / "app.toml").write_text("\n".join(lines) + "\n")
     return d
 
