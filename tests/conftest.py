@@ -61,7 +61,10 @@ class Booted:
 
 def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instructions: int | None = None,
          max_instructions: int | None = 50_000_000, ram_mib: int = 32) -> Booted:
-    from exo.image import build_image
+    """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest)."""
+    from libos.link import link, relink_siblings
+
+    from exo.cli import _build, _resolve_libos
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
     from exo.manifest import load_manifest
@@ -70,10 +73,15 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
     out = io.BytesIO()
     machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005)
     kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None)
+    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     envs = []
     for app in apps:
         m = load_manifest(app)
-        envs.append(spawn(kernel, build_image(m), m.args, frame_quota=m.memory_pages))
+        classes = _resolve_libos(m)
+        env = spawn(kernel, _build(m, classes), m.args, frame_quota=m.memory_pages)
+        if classes:
+            link(kernel.libs, env, classes)
+        envs.append(env)
     kernel.run(max_instructions=max_instructions)
     return Booted(out.getvalue(), kernel, envs)
 

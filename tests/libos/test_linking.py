@@ -1,0 +1,165 @@
+"""Linking libOS modules: library calls, least privilege, clear errors for what is not linked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import boot, make_app
+from test_echo import run_exo
+
+from exo.abi import Errno
+
+PRINTF = """
+section .text
+_start:
+    lea rdi, [rip + fmt]
+    mov rsi, 42
+    lea rdx, [rip + who]
+    call LIB_CONSOLE_PRINTF
+    mov rdi, 3
+    call LIB_CORE_EXIT
+section .rodata
+fmt: db "n=%d who=%s", 10, 0
+who: db "exo", 0
+"""
+
+
+def test_library_call_is_not_a_ring_transition(app):
+    b = boot(app("p", PRINTF, libos={"console": "buffered"}))
+    assert b.stdout == b"n=42 who=exo\n"
+    env = b.envs[0]
+    assert env.exit_status == 3
+    t = b.kernel.acct.transitions
+    assert t["libcall"] == 2  # printf, exit
+    # printf staged its output in a page it maps itself, then one console_write; exit one sched_op
+    assert b.kernel.acct.hypercalls == {"page_alloc": 1, "console_write": 1, "sched_op": 1}
+    assert t["hypercall"] == 3 and t["trap"] == 0 and t["upcall"] == 0
+
+
+def test_buffered_and_direct_console_differ_only_in_hypercalls(app):
+    src = """
+section .text
+_start:
+    mov r12, 5
+again:
+    mov rdi, 0x41
+    call LIB_CONSOLE_PUTC
+    dec r12
+    jnz again
+    mov rdi, 0xa
+    call LIB_CONSOLE_PUTC
+    xor edi, edi
+    call LIB_CORE_EXIT
+"""
+    buffered = boot(app("b", src, libos={"console": "buffered"}))
+    direct = boot(app("d", src, libos={"console": "direct"}))
+    assert buffered.stdout == direct.stdout == b"AAAAA\n"
+    assert buffered.kernel.acct.hypercalls["console_write"] == 1
+    assert direct.kernel.acct.hypercalls["console_write"] == 6
+
+
+def test_undeclared_hypercall_is_refused(app):
+    # console declares console_read/console_write/page_alloc; env_create is not among them.
+    src = """
+section .text
+_start:
+    call HC_ENV_CREATE
+    mov rdi, SCHED_EXIT
+    mov rsi, rax
+    neg rsi
+    call HC_SCHED_OP
+"""
+    b = boot(app("greedy", src, libos={"console": "buffered"}))
+    assert b.envs[0].exit_status == Errno.EPERM
+    assert len(b.kernel.envs) == 1  # no child was made
+
+
+def test_app_without_libos_is_unrestricted(app):
+    src = """
+section .text
+_start:
+    call HC_ENV_CREATE
+    test rax, rax
+    jz child
+    mov rdi, SCHED_EXIT
+    xor esi, esi
+    call HC_SCHED_OP
+child:
+    jmp child
+"""
+    b = boot(app("bare", src))
+    assert b.envs[0].exit_status == 0 and len(b.kernel.envs) == 2
+
+
+def test_calling_an_unlinked_module_fails_at_load(tmp_path):
+    d = make_app(tmp_path, "nolink", PRINTF)  # no [libos] table at all
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 2
+    err = r.stderr.decode().strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "main.s:7:" in err
+    assert "does not link the console module" in err and "[libos] console" in err
+
+
+@pytest.mark.parametrize(
+    "table, problem",
+    [({"consol": "buffered"}, "unknown libOS module 'consol'"),
+     ({"console": "fancy"}, "module 'console' has no implementation 'fancy' (choose: buffered, direct)")],
+)
+def test_bad_libos_table(tmp_path, table, problem):
+    d = make_app(tmp_path, "bad", PRINTF, libos=table)
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 2
+    assert problem in r.stderr.decode() and "app.toml" in r.stderr.decode()
+
+
+def test_image_report(tmp_path):
+    d = make_app(tmp_path, "p", PRINTF, libos={"console": "direct"})
+    r = run_exo("image", "--json", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    rep = json.loads(r.stdout)
+    assert rep["libos"] == {"core": "default", "console": "direct"}
+    assert rep["library_calls"] == ["console_printf", "core_exit"]
+    assert rep["hypercalls_called"] == []
+    assert "console_write" in rep["hypercalls_allowed"] and "env_create" not in rep["hypercalls_allowed"]
+    assert rep["size"] == sum(s["size"] for s in rep["segments"])
+
+
+def test_image_report_warns_about_denied_calls(tmp_path):
+    src = "_start:\n    call HC_ENV_CREATE\n    xor edi, edi\n    call LIB_CORE_EXIT\n"
+    d = make_app(tmp_path, "g", src, libos={"console": "buffered"})
+    r = run_exo("image", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 0
+    assert "warning: called but not allowed (will get -EPERM): env_create" in r.stdout.decode()
+
+
+def test_bad_pointer_to_a_library_call_is_an_errno_not_a_crash(app):
+    src = """
+section .text
+_start:
+    mov rdi, 0xffff800000000000
+    call LIB_CONSOLE_PUTS
+    mov rdi, rax
+    neg rdi
+    call LIB_CORE_EXIT
+"""
+    b = boot(app("badptr", src, libos={"console": "buffered"}))
+    assert b.envs[0].exit_status == Errno.EFAULT and not b.reports
+
+
+def test_stray_jump_into_a_trampoline_page_is_reported(app):
+    src = "_start:\n    mov rax, LIB_CONSOLE_PRINTF + 4\n    call rax\n"
+    b = boot(app("stray", src, libos={"console": "buffered"}))
+    assert b.reports and b.reports[0].kind == "breakpoint (#BP)"
+
+
+def test_echo_links_console_and_is_still_exact(tmp_path):
+    from conftest import ROOT
+
+    data = bytes(range(256)) * 16
+    r = run_exo("boot", str(ROOT / "guest_apps" / "echo"), "--stats-json", str(tmp_path / "s.json"), stdin=data,
+                cache=str(tmp_path / "c"))
+    assert r.returncode == 0 and r.stdout == data
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["transitions"]["libcall"] == 0  # echo uses the hypercalls console declares
