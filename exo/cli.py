@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions in all (a watchdog for autograders)")
     b.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")
+    b.add_argument("--trace", metavar="FILE", help="record every transition: FILE.json (Perfetto) or FILE.jsonl")
+    b.add_argument("--trace-capacity", type=int, default=1_000_000, metavar="N",
+                   help="keep the newest N trace events (default 1,000,000)")
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -87,6 +90,10 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         raise ExoUserError("--ram", f"{args.ram} MiB is not between 1 and 4096")
     if args.slice is not None and args.slice <= 0:
         raise ExoUserError("--slice", f"must be positive, got {args.slice}")
+    if args.trace and not args.trace.endswith((".json", ".jsonl")):
+        raise ExoUserError(args.trace, "trace file must end in .json (Chrome/Perfetto) or .jsonl (JSON lines)")
+    if args.trace_capacity <= 0:
+        raise ExoUserError("--trace-capacity", f"must be positive, got {args.trace_capacity}")
 
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
@@ -95,6 +102,12 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     slice_seconds = (args.slice or 10_000) / 1e6
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds)
     kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE)
+    tracer = None
+    if args.trace:
+        from exo.trace import Tracer
+
+        tracer = Tracer(kernel.cpu.instructions, machine.clock.now_ns, args.trace_capacity)
+        kernel.acct.tracer = tracer
     envs = []
     from libos.link import link, relink_siblings
 
@@ -105,6 +118,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
             link(kernel.libs, env, classes)
         envs.append(env)
     kernel.run(max_instructions=args.max_instructions)
+    if tracer is not None:
+        tracer.write(args.trace, {e.id: e.name for e in kernel.envs.values()})
     stats = collect_stats(kernel)
     if args.stats_json:
         try:
