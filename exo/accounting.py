@@ -4,7 +4,10 @@ Kinds (docs/stats.md): ``hypercall`` (guest -> exokernel through `syscall`),
 ``trap`` (an exception or refused instruction), ``upcall`` (exokernel -> libOS
 handler), ``interrupt`` (a slice ended by the timer), ``context_switch`` (the
 vCPU changed environment), ``libcall`` (a library call: no ring transition, but
-counted so that OS structures can be compared).
+counted so that OS structures can be compared), ``syscall`` (a trap into an OS
+service: the monolithic and Xen-PV structures, exo/structures.py) and
+``kcall`` (a service's own access to a resource from inside the kernel under
+the monolithic structure: checked, but no ring transition).
 
 The hot path (one hypercall) does a single dict update; totals by kind, by
 name and by environment are summed when asked for.
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-KINDS = ("hypercall", "trap", "upcall", "interrupt", "context_switch", "libcall")
+KINDS = ("hypercall", "syscall", "trap", "upcall", "interrupt", "context_switch", "libcall", "kcall")
 
 
 class Accounting:

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("apps", nargs="+", metavar="APP", help="guest app directory (with app.toml)")
     b.add_argument("--clock", choices=("virtual", "wall"), default="virtual",
                    help="virtual: deterministic instruction-count time (default); wall: host time, fastest")
+    b.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
+                   help="how service calls reach the libOS services (docs/experiments.md); default exokernel")
     b.add_argument("--stats", action="store_true", help="print transition counts at exit (stderr)")
     b.add_argument("--stats-json", metavar="FILE", help="write transition counts as JSON (docs/stats.md)")
     b.add_argument("--slice", type=int, default=None, metavar="N",
@@ -101,7 +103,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
     slice_seconds = (args.slice or 10_000) / 1e6
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds)
-    kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE)
+    kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE, structure=args.structure)
     tracer = None
     if args.trace:
         from exo.trace import Tracer
@@ -129,7 +131,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if args.stats:
         print_stats(stats)
     first = envs[0]
-    stuck = [e for e in kernel.envs.values() if e.alive]
+    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
     for e in stuck:
         reason = e.fault or "still running when the watchdog stopped the machine"
         sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n")

@@ -38,6 +38,13 @@ class Env:
     modules: dict[int, Any] = field(default_factory=dict)  # module index -> instance
     timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
     interrupted: bool = False  # its last slice ended by the timer
+    retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
+    # OS structures (exo/structures.py)
+    pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
+    pv_result: int = 0
+    is_server: bool = False  # microkernel: a server environment
+    request: Any = None  # microkernel server: (client id, entry, args) being served
+    serving: int | None = None  # microkernel server: the client awaiting its reply
     # IPC (exo/hypercalls.py ipc_*): a one-message mailbox
     ipc_waiting: bool = False
     mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)

@@ -50,6 +50,7 @@ class Hypercall:
     errors: tuple[Errno, ...]
     doc: str
     impl: Callable[..., int]
+    counted: bool = True  # False: the implementation accounts for itself (svc)
 
     @property
     def arg_index(self) -> tuple[int, ...]:
@@ -329,6 +330,27 @@ def _hc_ipc_recv(k: Exokernel, env: Env, dstva: int, info: int, flags: int) -> o
     return 0
 
 
+# -------------------------------------------------------- OS structures
+def _structures(k: Exokernel):
+    if k.structures is None:
+        raise HypercallError(Errno.ENOSYS, "only under the monolithic, xen-pv and microkernel structures")
+    return k.structures
+
+
+def _hc_svc(k: Exokernel, env: Env) -> object:
+    return _structures(k).svc(env)
+
+
+def _hc_svc_return(k: Exokernel, env: Env) -> object:
+    return _structures(k).svc_return(env)
+
+
+def _hc_svc_reply_wait(k: Exokernel, env: Env, reply: int) -> object:
+    if not env.is_server:
+        raise HypercallError(Errno.EPERM, "only a server environment may reply")
+    return _structures(k).reply_wait(env, reply)
+
+
 def _hc_null(k: Exokernel, env: Env, a: int, b: int, c: int, d: int) -> int:
     return (a + b + c + d) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -386,6 +408,15 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Take the mailbox's message: {u64 from, u64 value, u64 perm} is written at info and a page sent "
               "with it is mapped at dstva (if not 0). Waits for a message unless flags has NONBLOCK (1).",
               _hc_ipc_recv),
+    Hypercall(19, "svc", (), "the service's result", (E.ENOSYS, E.EAGAIN),
+              "A service call from a trampoline slot under the monolithic, xen-pv or microkernel structure "
+              "(exo/structures.py): arguments in RDI, RSI, RDX, R10, R8, R9; the slot is found from RIP.",
+              _hc_svc, counted=False),
+    Hypercall(20, "svc_return", (), "the service's result, in the application", (E.ENOSYS, E.EINVAL),
+              "xen-pv: the guest kernel returns to the application (Xen's HYPERVISOR_iret).", _hc_svc_return),
+    Hypercall(21, "svc_reply_wait", ("reply",), "0 when a request has arrived", (E.ENOSYS, E.EPERM),
+              "microkernel: a server replies to its client and waits for the next request (L4 reply_wait).",
+              _hc_svc_reply_wait),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

@@ -26,9 +26,10 @@ from exo.accounting import Accounting
 from exo.env import Env
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameTable, FrameType
-from exo.hypercalls import BY_NR, HYPERCALLS
+from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibraryTable
 from exo.report import FaultReport, build_report
+from exo.structures import Structures, slot_code
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
 from hw.machine import Machine
@@ -40,6 +41,7 @@ from hw.traps import Trap, TrapKind, Vector
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
+_KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -54,6 +56,7 @@ def hypercall_page() -> bytes:
 
 class Exokernel:
     RETRY = _RETRY
+    KEEP = _KEEP
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class Exokernel:
         *,
         slice_instructions: int = DEFAULT_SLICE,
         on_fault: Callable[[FaultReport], None] | None = None,
+        structure: str = "exokernel",
     ) -> None:
         self.machine = machine
         self.cpu: VCpu = machine.cpu
@@ -85,6 +89,11 @@ class Exokernel:
         machine.memory.write(self.hypercall_frame << PAGE_SHIFT, hypercall_page())
         self.cpu.flush_code()
         self.cpu.handler = self
+        self.structure = structure
+        self.structure_slot = slot_code(structure, BY_NAME["svc"].nr)
+        self.structures: Structures | None = None
+        if structure != "exokernel":
+            self.structures = Structures(self, structure, BY_NAME["svc_return"].nr, BY_NAME["svc_reply_wait"].nr)
         self.libs = LibraryTable(self)
 
     # ------------------------------------------------------------ environments
@@ -179,6 +188,15 @@ class Exokernel:
             env.queued = True
             self.runq.append(env)
 
+    def wake_first(self, env: Env) -> None:
+        """Make ``env`` runnable at the head of the run queue (an IPC hand-off)."""
+        env.status = EnvStatus.RUNNABLE
+        env.blocked_on = None
+        if env.queued:
+            self.runq.remove(env)
+        env.queued = True
+        self.runq.appendleft(env)
+
     def make_runnable(self, env: Env) -> None:
         self.set_status(env, EnvStatus.RUNNABLE)
 
@@ -254,20 +272,27 @@ class Exokernel:
             self.acct.hypercall(env.id, f"#{g[0]}")
             g[0] = -Errno.ENOSYS & _MASK
             return
-        result = self.dispatch(env, h, map(g.__getitem__, h.arg_index))
+        rerun, env.retrying = env.retrying, False  # a retried hypercall is counted once
+        result = self.dispatch(env, h, map(g.__getitem__, h.arg_index), count=h.counted and not rerun)
         if result is _RETRY:
             # Run the `syscall` again when woken: Unicorn adds 2 to RIP after this hook.
+            env.retrying = True
             cpu.regs.write(Reg.RIP, cpu.regs.read(Reg.RIP) - 2)
-        else:
+        elif result is not _KEEP:
             g[0] = result & _MASK
 
-    def dispatch(self, env: Env, h, args) -> object:
-        """Account, check and run hypercall ``h`` for ``env``: its result, or RETRY.
+    def dispatch(self, env: Env, h, args, count: bool = True, kernel: bool = False) -> object:
+        """Account, check and run hypercall ``h`` for ``env``: its result, RETRY or KEEP.
 
         Guest `syscall`s and libOS modules (exo/libcall.py) both come through here.
+        ``kernel``: a service inside the kernel (monolithic structure) uses the
+        resource: checked the same way, counted as a ``kcall``, not a transition.
         """
-        self.acct.hypercall(env.id, h.name)
-        if env.allowed is not None and h.name not in env.allowed:
+        if kernel:
+            self.acct.count("kcall", env.id, h.name)
+        elif count:
+            self.acct.hypercall(env.id, h.name)
+        if not kernel and env.allowed is not None and h.name not in env.allowed:
             return -Errno.EPERM
         try:
             return h.impl(self, env, *args)
@@ -377,8 +402,10 @@ class Exokernel:
                 self._enqueue(env)
             if max_instructions is not None and total >= max_instructions:
                 break
-        for env in self.envs.values():
-            if env.alive and env.status == EnvStatus.BLOCKED:
+        for env in list(self.envs.values()):
+            if env.is_server and env.alive:
+                self._reclaim(env)  # a microkernel server outlives no client
+            elif env.alive and env.status == EnvStatus.BLOCKED:
                 env.fault = f"blocked forever (waiting for {env.blocked_on}): no environment can wake it"
 
     # ----------------------------------------------------------------- queries

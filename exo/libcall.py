@@ -28,6 +28,8 @@ from exo.abi import LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, Errno
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType
 from exo.hypercalls import BY_NAME
+from exo.structures import GK_ENTRY as STRUCT_GK_ENTRY
+from exo.structures import SERVER_DISPATCH as STRUCT_SERVER_DISPATCH
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
 from hw.regs import GPR_INDEX, Reg
@@ -41,7 +43,7 @@ SLOTS_PER_PAGE = PAGE_SIZE // LIBCALL_SLOT
 # SysV AMD64 integer argument registers, as indices into VCpu.gpr.
 LIBCALL_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.RCX, Reg.R8, Reg.R9))
 # Every environment that links modules may still end itself and ask who it is.
-BASE_HYPERCALLS = frozenset({"sched_op", "env_id"})
+BASE_HYPERCALLS = frozenset({"sched_op", "env_id", "svc", "svc_return"})
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -66,6 +68,7 @@ class Entry:
     name: str  # "module.entry", as counted and traced
     fn: Callable[..., int | None]
     nargs: int
+    routed: bool = True  # False: a plain library call under every OS structure (kernel-interface stubs)
 
 
 def entry_address(index: int, slot: int) -> int:
@@ -81,6 +84,7 @@ class LibPort:
         self._k = kernel
         self._env = env
         self.resumed = False  # set when a library call loaded another context itself
+        self.kernel_mode = False  # monolithic structure: the service runs inside the kernel
 
     @property
     def env_id(self) -> int:
@@ -93,7 +97,7 @@ class LibPort:
         Raises Blocked when the call must wait: let it propagate, and the library
         call is retried from the start when the environment is woken.
         """
-        result = self._k.dispatch(self._env, BY_NAME[name], args)
+        result = self._k.dispatch(self._env, BY_NAME[name], args, kernel=self.kernel_mode)
         if result is self._k.RETRY:
             raise Blocked(name)
         return result
@@ -178,14 +182,16 @@ class LibraryTable:
             env.port = LibPort(self.k, env)
         return env.port
 
-    def _frame(self, index: int) -> int:
+    def _frame(self, index: int, entries: list[Entry]) -> int:
         f = self._frames.get(index)
         if f is None:
             f = self.k.frames.alloc(EXO, FrameType.NORMAL)
             self.k.frames.refs[f] = 1  # the exokernel's own reference: never freed
             page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 between slots: a stray jump traps
+            local = {e.slot for e in entries if not getattr(e, "routed", True)}
             for slot in range(SLOTS_PER_PAGE):
-                page[slot * LIBCALL_SLOT] = 0xC3  # ret
+                code = b"\xc3" if slot in local else self.k.structure_slot
+                page[slot * LIBCALL_SLOT : slot * LIBCALL_SLOT + len(code)] = code
             self.k.machine.memory.write(f << PAGE_SHIFT, bytes(page))
             self.k.cpu.flush_code()
             self._frames[index] = f
@@ -197,35 +203,52 @@ class LibraryTable:
         if not 0 <= index < MAX_MODULES:
             raise ValueError(f"module index {index} outside 0..{MAX_MODULES - 1}")
         va = LIBOS_PAGE + index * PAGE_SIZE
-        env.space.map(va, self._frame(index), PTE_P | PTE_U)  # read + execute
+        env.space.map(va, self._frame(index, entries), PTE_P | PTE_U)  # read + execute
         for e in entries:
             env.libcalls[va + e.slot * LIBCALL_SLOT] = e
         env.modules[index] = instance
         env.allowed = (env.allowed or BASE_HYPERCALLS) | hypercalls
+        if self.k.structures is not None:
+            self.k.structures.map_into(env)
         self.k.flush_if_current(env)
 
     # ---------------------------------------------------------------- dispatch
     def call(self, env: Env, address: int) -> None:
+        """The code hook: guest code reached ``address`` in the trampoline range."""
+        st = self.k.structures
+        if st is not None:
+            if address == STRUCT_GK_ENTRY:
+                st.guest_kernel_entry(env)
+            elif address == STRUCT_SERVER_DISPATCH:
+                st.server_dispatch(env)
         entry = env.libcalls.get(address)
         if entry is None:
             return  # not an entry point: the int3 there traps and reports it
-        self.k.acct.count("libcall", env.id, entry.name)
+        if st is not None and getattr(entry, "routed", True):
+            return  # another structure: the slot's own instructions make the call
+        result = self.run_entry(env, entry, [self.k.cpu.gpr[i] for i in LIBCALL_ARGS[: entry.nargs]])
+        port = self.port(env)
+        if result is self.k.RETRY or port.resumed or not env.alive:
+            return
         cpu = self.k.cpu
         g = cpu.gpr
-        port = self.port(env)
-        port.resumed = False
-        try:
-            result = entry.fn(*[g[i] for i in LIBCALL_ARGS[: entry.nargs]])
-        except Blocked:
-            cpu.stop("libcall-blocked")  # RIP stays at the slot: the call runs again
-            return
-        except LibFault as e:
-            result = -e.errno
-        if port.resumed or not env.alive:
-            return
         g[0] = (result or 0) & _MASK
         if cpu.stop_requested:
             # The vCPU stops before the slot's `ret` runs: return to the caller now.
             ret, rsp = port.return_address()
             cpu.regs.write(Reg.RIP, ret)
             g[GPR_INDEX[Reg.RSP]] = rsp
+
+    def run_entry(self, env: Env, entry: Entry, args: list[int], count: bool = True) -> object:
+        """Run a module entry for ``env``: its result, or RETRY (the vCPU was stopped to wait)."""
+        if count:
+            self.k.acct.count("libcall", env.id, entry.name)
+        port = self.port(env)
+        port.resumed = False
+        try:
+            return entry.fn(*args)
+        except Blocked:
+            self.k.cpu.stop("libcall-blocked")  # RIP stays put: the call runs again
+            return self.k.RETRY
+        except LibFault as e:
+            return -e.errno

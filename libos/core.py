@@ -10,9 +10,12 @@ class Core(LibModule):
     NAME = "core"
     IMPL = "default"
     INDEX = 0
-    ENTRIES = ("exit", "env_id", "yield_cpu", "time_ns")
+    ENTRIES = ("exit", "env_id", "yield_cpu", "time_ns", "null")
     HYPERCALLS = frozenset({"sched_op", "env_id", "time_now"})
-    DOC = "exit(status) flushes every module, then ends the environment"
+    # Kernel-interface stubs: in every OS structure these run in the caller and make
+    # the hypercall themselves. `null` is a service that does nothing: the null call.
+    LOCAL = frozenset({"exit", "env_id", "yield_cpu", "time_ns"})
+    DOC = "exit(status) flushes every module, then ends the environment; null() is the null service call"
 
     def exit(self, status: int) -> int:
         for module in self.siblings.values():
@@ -28,3 +31,6 @@ class Core(LibModule):
 
     def time_ns(self) -> int:
         return self.hc("time_now")
+
+    def null(self) -> int:
+        return 0

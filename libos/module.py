@@ -24,6 +24,7 @@ class Entry:
     name: str  # "module.entry"
     fn: Callable[..., int | None]
     nargs: int
+    routed: bool = True  # False: a plain library call whatever the OS structure (exo/structures.py)
 
 
 class LibModule:
@@ -32,6 +33,7 @@ class LibModule:
     INDEX: ClassVar[int]  # trampoline page: fixed per module, shared by its implementations
     ENTRIES: ClassVar[tuple[str, ...]]  # entry points; the position is the slot (the guest ABI)
     HYPERCALLS: ClassVar[frozenset[str]] = frozenset()
+    LOCAL: ClassVar[frozenset[str]] = frozenset()  # entries that stay library calls in every structure
     DOC: ClassVar[str] = ""
 
     def __init__(self, port: Any) -> None:
@@ -48,7 +50,7 @@ class LibModule:
         for slot, name in enumerate(self.ENTRIES):
             fn = getattr(self, name)
             nargs = len(inspect.signature(fn).parameters)
-            out.append(Entry(slot, f"{self.NAME}.{name}", fn, nargs))
+            out.append(Entry(slot, f"{self.NAME}.{name}", fn, nargs, name not in self.LOCAL))
         return out
 
     def fork(self, port: Any) -> LibModule:

@@ -41,6 +41,12 @@
 #define NR_IPC_TRY_SEND 0x11
 #define HC_IPC_RECV 0x100240
 #define NR_IPC_RECV 0x12
+#define HC_SVC 0x100260
+#define NR_SVC 0x13
+#define HC_SVC_RETURN 0x100280
+#define NR_SVC_RETURN 0x14
+#define HC_SVC_REPLY_WAIT 0x1002a0
+#define NR_SVC_REPLY_WAIT 0x15
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -127,5 +133,8 @@ static inline long exo_null(long a, long b, long c, long d) { return exo_hyperca
 static inline long exo_env_set_timer(long envid, long entry) { return exo_hypercall(16, envid, entry, 0, 0, 0); }
 static inline long exo_ipc_try_send(long envid, long value, long srcva, long perm) { return exo_hypercall(17, envid, value, srcva, perm, 0); }
 static inline long exo_ipc_recv(long dstva, long info, long flags) { return exo_hypercall(18, dstva, info, flags, 0, 0); }
+static inline long exo_svc(void) { return exo_hypercall(19, 0, 0, 0, 0, 0); }
+static inline long exo_svc_return(void) { return exo_hypercall(20, 0, 0, 0, 0, 0); }
+static inline long exo_svc_reply_wait(long reply) { return exo_hypercall(21, reply, 0, 0, 0, 0); }
 
 #endif

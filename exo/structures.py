@@ -1,0 +1,273 @@
+"""OS structures: the same guest binary, its service calls reaching the services four ways.
+
+A guest asks for an OS service with a plain ``call`` to a libOS entry point
+(``LIB_<MODULE>_<ENTRY>``). What the 16-byte trampoline slot there holds, and
+so which instructions the guest really executes, depends on the structure the
+machine was booted with (``exo boot --structure``):
+
+``exokernel``   ``ret``. The library runs in the caller's protection domain
+                (a code hook on the slot runs the Python module): no ring
+                transition; the library makes hypercalls only for protected
+                resources.
+``monolithic``  ``mov r10, rcx; mov eax, NR_SVC; syscall; ret``: a trap into a
+                service running in the kernel. The service's own accesses to
+                the console, memory, ... are kernel-internal calls: they are
+                checked as before but are not ring transitions.
+``xen-pv``      the same ``syscall``, taken by the hypervisor, which bounces it
+                to the paravirtualised guest kernel's entry (an upcall), where
+                the service runs and makes real hypercalls for privileged
+                work; the guest kernel returns to the application with an
+                ``svc_return`` hypercall (Xen's HYPERVISOR_iret).
+``microkernel`` the same ``syscall`` is an IPC call to a server environment
+                that runs the service (a context switch), which replies and
+                waits for the next request with another ``syscall`` (a second
+                context switch back to the client), L4-style call/reply_wait.
+                The server reaches the client's buffers as a kernel IPC copy
+                would; its own buffers live in its own address space.
+
+Ring crossings per event kind (docs/experiments.md): hypercall and syscall 2
+(enter and leave), trap 1, upcall 1, interrupt 2, context switch 0 (it happens
+inside the kernel), library call and kernel-internal call 0. So a service call
+costs 0 crossings under exokernel (plus 2 per hypercall its library makes), 2
+under monolithic, 4 under xen-pv (trap into the hypervisor, bounce upcall,
+svc_return hypercall; plus 2 per hypercall of the guest kernel) and 4 under
+microkernel (ipc_call and the server's reply_wait) with 2 context switches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exo.abi import LIBOS_DATA, LIBOS_DATA_STRIDE, LIBOS_END, LIBOS_PAGE, EnvStatus, Errno
+from exo.errors import HypercallError
+from exo.frames import EXO, FrameType
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W
+from hw.regs import GPR_INDEX, Reg
+
+if TYPE_CHECKING:
+    from exo.env import Env
+    from exo.kernel import Exokernel
+
+STRUCTURES = ("exokernel", "monolithic", "xen-pv", "microkernel")
+CROSSINGS = {"hypercall": 2, "syscall": 2, "trap": 1, "upcall": 1, "interrupt": 2,
+             "context_switch": 0, "libcall": 0, "kcall": 0}  # fmt: skip
+
+
+def crossings(transitions: dict[str, int]) -> int:
+    """Ring crossings implied by transition counts."""
+    return sum(CROSSINGS.get(k, 0) * n for k, n in transitions.items())
+
+# The structure page: the last trampoline page (index 14) holds the Xen-PV guest
+# kernel's entry and the microkernel servers' loop.
+STRUCT_PAGE = LIBOS_END - PAGE_SIZE
+GK_ENTRY = STRUCT_PAGE  # xen-pv: the service runs here (code hook), then svc_return
+SERVER_LOOP = STRUCT_PAGE + 0x100  # microkernel: reply_wait; dispatch; jmp loop
+SERVER_DISPATCH = SERVER_LOOP + 10  # the `nop` after the reply_wait syscall
+SERVER_STACK_TOP = 0x0000_7FFF_FFF0_0000
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+SVC_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8, Reg.R9))
+
+
+def slot_code(structure: str, nr_svc: int) -> bytes:
+    """What one trampoline slot holds under ``structure``."""
+    if structure == "exokernel":
+        return b"\xc3"  # ret
+    # mov r10, rcx (the 4th argument: `syscall` clobbers RCX); mov eax, NR_SVC; syscall; ret
+    return b"\x49\x89\xca" + b"\xb8" + nr_svc.to_bytes(4, "little") + b"\x0f\x05" + b"\xc3"
+
+
+SVC_SYSCALL_OFFSET = 8  # where the `syscall` sits in a slot
+
+
+def struct_page(nr_return: int, nr_reply_wait: int) -> bytes:
+    page = bytearray(b"\xcc" * PAGE_SIZE)
+    gk = b"\x90" + b"\xb8" + nr_return.to_bytes(4, "little") + b"\x0f\x05"  # nop(hooked); mov eax; syscall
+    page[0 : len(gk)] = gk
+    # loop: mov rdi, rax; mov eax, NR_REPLY_WAIT; syscall; nop(hooked dispatch); jmp loop
+    loop = b"\x48\x89\xc7" + b"\xb8" + nr_reply_wait.to_bytes(4, "little") + b"\x0f\x05" + b"\x90" + b"\xeb\xf3"
+    off = SERVER_LOOP - STRUCT_PAGE
+    page[off : off + len(loop)] = loop
+    assert loop[10] == 0x90 and SERVER_DISPATCH - STRUCT_PAGE == off + 10
+    return bytes(page)
+
+
+class ServerPort:
+    """The port a microkernel server uses while serving one client.
+
+    Hypercalls are the server's own; the module's private region (LIBOS_DATA) is
+    the server's memory; any other address is the client's buffer, reached as a
+    kernel IPC copy would reach it.
+    """
+
+    def __init__(self, server_port, client_port) -> None:
+        self.server, self.client = server_port, client_port
+        self.Fault = client_port.Fault
+
+    @property
+    def env_id(self) -> int:
+        return self.client.env_id
+
+    def _side(self, va: int):
+        return self.server if LIBOS_DATA <= va < LIBOS_DATA + 15 * LIBOS_DATA_STRIDE else self.client
+
+    def hypercall(self, name: str, *args: int) -> int:
+        return self.server.hypercall(name, *args)
+
+    def read(self, va: int, n: int) -> bytes:
+        return self._side(va).read(va, n)
+
+    def write(self, va: int, data: bytes) -> None:
+        self._side(va).write(va, data)
+
+    def read_u64(self, va: int) -> int:
+        return self._side(va).read_u64(va)
+
+    def write_u64(self, va: int, value: int) -> None:
+        self._side(va).write_u64(va, value)
+
+    def read_cstr(self, va: int, limit: int = 4096) -> bytes:
+        return self._side(va).read_cstr(va, limit)
+
+    def regs(self):
+        raise RuntimeError("a microkernel server cannot see its client's registers")
+
+    def resume(self, regs) -> None:
+        raise RuntimeError("a microkernel server cannot switch its client's threads")
+
+    def return_address(self):
+        raise RuntimeError("a microkernel server has no client call frame")
+
+
+class Structures:
+    """The non-exokernel service paths; exo/libcall.py handles the exokernel one."""
+
+    def __init__(self, kernel: Exokernel, name: str, nr_return: int, nr_reply_wait: int) -> None:
+        if name not in STRUCTURES:
+            raise ValueError(f"unknown structure {name!r} (choose: {', '.join(STRUCTURES)})")
+        self.k = kernel
+        self.name = name
+        self.servers: dict[int, Env] = {}  # module index -> server environment (microkernel)
+        f = kernel.frames.alloc(EXO, FrameType.NORMAL)
+        kernel.frames.refs[f] = 1
+        kernel.machine.memory.write(f << PAGE_SHIFT, struct_page(nr_return, nr_reply_wait))
+        self.page_frame = f
+
+    # ---------------------------------------------------------------- linking
+    def map_into(self, env: Env) -> None:
+        env.space.map(STRUCT_PAGE, self.page_frame, PTE_P | PTE_U)
+
+    def server_for(self, index: int, name: str) -> Env:
+        """The server environment of module ``index`` (microkernel), made on first use."""
+        server = self.servers.get(index)
+        if server is not None and server.alive:
+            return server
+        k = self.k
+        server = k.create_env(f"{name}-server")
+        self.map_into(server)
+        for va in range(SERVER_STACK_TOP - 4 * PAGE_SIZE, SERVER_STACK_TOP, PAGE_SIZE):
+            frame = k.frames.alloc(server.id, FrameType.NORMAL)
+            server.space.map(va, frame, PTE_P | PTE_U | PTE_W | PTE_NX)
+        k.cpu.context_write(server.ctx, Reg.RIP, SERVER_LOOP)
+        k.cpu.context_write(server.ctx, Reg.RSP, SERVER_STACK_TOP)
+        server.is_server = True
+        self.servers[index] = server
+        k.make_runnable(server)  # it runs to its first reply_wait and waits there
+        return server
+
+    # ------------------------------------------------------------- svc (trap)
+    def svc(self, env: Env) -> object:
+        """The `syscall` in a trampoline slot: RIP is at it."""
+        k = self.k
+        cpu = k.cpu
+        rip = cpu.regs.read(Reg.RIP)
+        slot = rip - SVC_SYSCALL_OFFSET
+        entry = env.libcalls.get(slot)
+        if entry is None or self.name == "exokernel":
+            raise HypercallError(Errno.ENOSYS, "svc outside a service trampoline")
+        g = cpu.gpr
+        args = [g[i] for i in SVC_ARGS[: entry.nargs]]
+        if self.name == "monolithic":
+            k.acct.count("syscall", env.id, entry.name)
+            return self._run(env, entry, args, kernel_mode=True)
+        if self.name == "xen-pv":
+            k.acct.count("trap", env.id, "syscall:" + entry.name)  # user -> hypervisor (no direct return)
+            env.pv_call = (entry, args, rip + 2)
+            cpu.regs.write(Reg.RIP, GK_ENTRY - 2)  # Unicorn adds 2 after the hook
+            k.acct.count("upcall", env.id, "bounce:" + entry.name)  # hypervisor -> guest kernel
+            return k.KEEP
+        # microkernel: an IPC call to the module's server
+        index = ((slot & ~(PAGE_SIZE - 1)) - LIBOS_PAGE) // PAGE_SIZE
+        server = self.server_for(index, entry.name.split(".")[0])
+        if server.request is not None:
+            raise HypercallError(Errno.EAGAIN, "server busy")  # one request at a time, as in L4
+        k.acct.hypercall(env.id, "ipc_call")
+        server.request = (env.id, entry, args)
+        env.status = EnvStatus.BLOCKED
+        env.blocked_on = "ipc_call"
+        k.wake_first(server)
+        cpu.stop("ipc_call")
+        return k.KEEP  # the reply sets the client's RAX
+
+    def _run(self, env: Env, entry, args: list[int], kernel_mode: bool) -> object:
+        port = self.k.libs.port(env)
+        port.kernel_mode = kernel_mode
+        try:
+            return self.k.libs.run_entry(env, entry, args, count=False)
+        finally:
+            port.kernel_mode = False
+
+    # --------------------------------------------------------- xen-pv guest kernel
+    def guest_kernel_entry(self, env: Env) -> None:
+        """Code hook at GK_ENTRY: the guest kernel runs the service, then svc_return."""
+        entry, args, _ret = env.pv_call
+        result = self._run(env, entry, args, kernel_mode=False)
+        if result is self.k.RETRY:
+            return  # the vCPU stopped at GK_ENTRY: the guest kernel runs again when woken
+        env.pv_result = result
+
+    def svc_return(self, env: Env) -> object:
+        """xen-pv: the guest kernel's iret back to the application."""
+        if env.pv_call is None:
+            raise HypercallError(Errno.EINVAL, "svc_return outside a bounced service call")
+        _entry, _args, ret = env.pv_call
+        env.pv_call = None
+        self.k.cpu.regs.write(Reg.RIP, ret - 2)  # Unicorn adds 2 after the hook
+        return env.pv_result
+
+    # ------------------------------------------------------- microkernel server
+    def reply_wait(self, server: Env, reply: int) -> object:
+        k = self.k
+        if server.serving is not None:
+            client = k.envs.get(server.serving)
+            server.serving = None
+            if client is not None and client.alive and client.blocked_on == "ipc_call":
+                k.cpu.context_write(client.ctx, Reg.RAX, reply)
+                k.wake_first(client)
+                k.cpu.stop("ipc_reply")
+        if server.request is None:
+            return k.block_and_retry(server, "ipc_request")
+        return 0
+
+    def server_dispatch(self, server: Env) -> None:
+        """Code hook at SERVER_DISPATCH: serve the pending request."""
+        k = self.k
+        client_id, entry, args = server.request
+        client = k.envs.get(client_id)
+        g = k.cpu.gpr
+        if client is None or not client.alive:
+            server.request = None
+            g[0] = -Errno.ESRCH & _MASK
+            return
+        instance = entry.fn.__self__
+        saved = instance.port
+        instance.port = ServerPort(k.libs.port(server), k.libs.port(client))
+        try:
+            result = k.libs.run_entry(client, entry, args, count=False)
+        finally:
+            instance.port = saved
+        if result is k.RETRY:
+            return  # stopped at the dispatch `nop`: served again when woken
+        server.request = None
+        server.serving = client_id
+        g[0] = (result or 0) & _MASK
