@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo)")
     bench.add_argument("suite", choices=("hw", "exo"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
+    ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
+    ex.add_argument("name", choices=("ring-transitions",))
+    ex.add_argument("rest", nargs=argparse.REMAINDER, help="options (--structures, --workloads, --json, --csv, --plot)")
     sub.add_parser("gen", help="regenerate docs/abi.md and guest_apps/include/exo.{inc,h} from the ABI table")
     return p
 
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_image(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "experiment":
+            from benchmarks import ring_transitions
+
+            return ring_transitions.main([a for a in args.rest if a != "--"])
         if args.command == "gen":
             from exo.guest_iface import generate
             from libos.registry import write_outputs

@@ -1,0 +1,282 @@
+"""``python -m exo experiment ring-transitions``: the same workloads under four OS structures.
+
+Each workload is a small guest program that performs an operation ``n`` times.
+It is booted twice per structure (``n`` and ``2n`` operations) and the counts
+are differenced, so that start-up and exit drop out and what remains is the
+cost of one operation (lmbench's method of differencing loop lengths). For each
+workload and structure the table gives transitions per operation by kind, ring
+crossings (exo/structures.py CROSSINGS), guest instructions, modelled cycles
+under each cost profile (exo/costmodel.py) and measured host microseconds
+(median and spread over ``--repeat`` runs), never one instead of the other.
+
+Workloads:
+  null      a service call that does nothing (core.null; lmbench "null call")
+  write     a 1-byte console write through the console service (direct)
+  read      a 1-byte console read through the console service (direct)
+  fault     a page fault on an untouched page, handled by a user-level handler
+            (exokernel only: the other structures have no fault path for it yet)
+  ctxsw     a context switch between two environments that yield to each other
+  create    environment create + destroy (exofork-style: a kernel primitive
+            under every structure)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STRUCTURES = ("exokernel", "monolithic", "xen-pv", "microkernel")
+
+_EXIT = "    xor edi, edi\n    call LIB_CORE_EXIT\n"
+_LOOP = "    mov r12, {n}\nagain:\n{body}    dec r12\n    jnz again\n"
+
+WORKLOADS: dict[str, dict] = {
+    "null": {
+        "doc": "null service call (core.null)",
+        "libos": {"console": "direct"},
+        "source": "section .text\n_start:\n" + _LOOP.format(n="{n}", body="    call LIB_CORE_NULL\n") + _EXIT,
+    },
+    "write": {
+        "doc": "1-byte console write",
+        "libos": {"console": "direct"},
+        "source": "section .text\n_start:\n"
+        + _LOOP.format(n="{n}", body="    lea rdi, [rip + byte1]\n    mov rsi, 1\n    call LIB_CONSOLE_WRITE\n")
+        + _EXIT + "section .rodata\nbyte1: db 0x2e\n",
+    },
+    "read": {
+        "doc": "1-byte console read",
+        "libos": {"console": "direct"},
+        "stdin": lambda n: b"x" * (n + 16),
+        "source": "section .text\n_start:\n"
+        + _LOOP.format(n="{n}", body="    lea rdi, [rip + buf]\n    mov rsi, 1\n    call LIB_CONSOLE_READ\n")
+        + _EXIT + "section .bss\nbuf: resb 16\n",
+    },
+    "fault": {
+        "doc": "page fault on an untouched page (user-level handler)",
+        "libos": {"console": "direct", "memory": "cow"},
+        "structures": ("exokernel",),
+        "source": "section .text\n_start:\n    mov rdi, {n} * 4096 + 4096\n    call LIB_MEMORY_MALLOC\n"
+        "    add rax, 4095\n    and rax, -4096\n    mov rbx, rax\n"
+        + _LOOP.format(n="{n}", body="    mov byte ptr [rbx], 1\n    add rbx, 4096\n") + _EXIT,
+    },
+    "ctxsw": {
+        "doc": "context switch between two environments (yield)",
+        "libos": {"console": "direct"},
+        "envs": 2,
+        "per_op": 2,  # each loop trip in each env is one switch
+        "source": "section .text\n_start:\n" + _LOOP.format(n="{n}", body="    call LIB_CORE_YIELD_CPU\n") + _EXIT,
+    },
+    "create": {
+        "doc": "environment create + destroy",
+        "source": "section .text\n_start:\n"
+        + _LOOP.format(n="{n}", body="    call HC_ENV_CREATE\n    mov rdi, rax\n    call HC_ENV_DESTROY\n")
+        + "    mov rdi, SCHED_EXIT\n    xor esi, esi\n    call HC_SCHED_OP\n",
+    },
+}
+
+
+@dataclass
+class Row:
+    workload: str
+    structure: str
+    per_op: dict[str, float]  # transitions per operation by kind
+    crossings: float
+    instructions: float
+    hypercalls: dict[str, float]
+    host_us: list[float] = field(default_factory=list)
+    modelled: dict[str, float] = field(default_factory=dict)  # profile -> cycles per op
+    note: str = ""
+
+    @property
+    def host_median(self) -> float:
+        return statistics.median(self.host_us) if self.host_us else float("nan")
+
+    @property
+    def host_spread(self) -> tuple[float, float]:
+        return (min(self.host_us), max(self.host_us)) if self.host_us else (float("nan"),) * 2
+
+
+def _boot(workload: str, structure: str, n: int, tmp: Path):
+    """Boot one workload with ``n`` operations; (stats dict, host seconds of the run)."""
+    from exo.cli import _build, _resolve_libos, collect_stats
+    from exo.kernel import Exokernel
+    from exo.loader import spawn
+    from exo.manifest import load_manifest
+    from hw import Machine
+    from libos.link import link, relink_siblings
+
+    w = WORKLOADS[workload]
+    d = tmp / f"{workload}-{n}"
+    d.mkdir(exist_ok=True)
+    (d / "main.s").write_text(w["source"].replace("{n}", str(n)))
+    table = "".join(f'{k} = "{v}"\n' for k, v in w.get("libos", {}).items())
+    (d / "app.toml").write_text(f'name = "{workload}"\nsources = ["main.s"]\n' + (f"[libos]\n{table}" if table else ""))
+    m = load_manifest(d)
+    classes = _resolve_libos(m)
+    image = _build(m, classes)
+    stdin = w.get("stdin", lambda n: b"")(n)
+    machine = Machine(64 << 20, stdin=stdin, stdout=io.BytesIO())
+    k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
+    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    for _ in range(w.get("envs", 1)):
+        env = spawn(k, image, [])
+        if classes:
+            link(k.libs, env, classes)
+    t0 = time.perf_counter()
+    k.run(max_instructions=500_000_000)
+    dt = time.perf_counter() - t0
+    if k.reports:
+        raise RuntimeError(f"{workload}/{structure}: {k.reports[0].summary}")
+    return collect_stats(k), dt
+
+
+def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
+    from exo.structures import crossings
+
+    w = WORKLOADS[workload]
+    ops = n * w.get("per_op", 1)
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        small, _ = _boot(workload, structure, n, tmp)
+        big, _ = _boot(workload, structure, 2 * n, tmp)
+        per_op = {k: (big["transitions"][k] - small["transitions"][k]) / ops for k in big["transitions"]}
+        names = set(big["hypercalls"]) | set(small["hypercalls"])
+        hcs = {h: (big["hypercalls"].get(h, 0) - small["hypercalls"].get(h, 0)) / ops for h in names}
+        hcs = {h: v for h, v in hcs.items() if v}
+        insns = (big["guest_instructions"] - small["guest_instructions"]) / ops
+        host = []
+        for _ in range(repeat):
+            _, t_small = _boot(workload, structure, n, tmp)
+            _, t_big = _boot(workload, structure, 2 * n, tmp)
+            host.append((t_big - t_small) / ops * 1e6)
+    row = Row(workload, structure, per_op, crossings(per_op), insns, hcs, host)
+    try:
+        from exo.costmodel import PROFILES, model
+
+        row.modelled = {name: model(per_op, p, hcs)["total"] for name, p in PROFILES.items()}
+    except ImportError:
+        row.note = "no cost models available"
+    return row
+
+
+def run(structures=STRUCTURES, workloads=tuple(WORKLOADS), n: int = 200, repeat: int = 3, progress=None) -> list[Row]:
+    rows = []
+    plan = [(w, s) for w in workloads for s in structures if s in WORKLOADS[w].get("structures", STRUCTURES)]
+    for i, (w, s) in enumerate(plan):
+        if progress:
+            progress(i, len(plan), f"{w} under {s}")
+        rows.append(measure(w, s, n, repeat))
+    if progress:
+        progress(len(plan), len(plan), "done")
+    return rows
+
+
+def _table(rows: list[Row], console) -> None:
+    from rich.table import Table
+
+    kinds = ("libcall", "syscall", "hypercall", "trap", "upcall", "context_switch", "kcall")
+    profiles = sorted({p for r in rows for p in r.modelled})
+    for workload in dict.fromkeys(r.workload for r in rows):
+        t = Table(title=f"{workload}: {WORKLOADS[workload]['doc']} (per operation)")
+        t.add_column("structure")
+        for k in kinds:
+            t.add_column(k, justify="right")
+        t.add_column("crossings", justify="right")
+        t.add_column("guest insns", justify="right")
+        for p in profiles:
+            t.add_column(f"cycles\n{p}", justify="right")
+        t.add_column("host us\nmedian (min-max)", justify="right")
+        for r in rows:
+            if r.workload != workload:
+                continue
+            lo, hi = r.host_spread
+            t.add_row(r.structure, *(f"{r.per_op.get(k, 0):g}" for k in kinds), f"{r.crossings:g}",
+                      f"{r.instructions:.0f}", *(f"{r.modelled.get(p, float('nan')):,.0f}" for p in profiles),
+                      f"{r.host_median:.1f} ({lo:.1f}-{hi:.1f})")
+        console.print(t)
+
+
+def _as_dict(r: Row) -> dict:
+    return {"workload": r.workload, "structure": r.structure, "per_op": r.per_op, "crossings": r.crossings,
+            "guest_instructions": r.instructions, "hypercalls": r.hypercalls,
+            "host_us": {"median": r.host_median, "min": r.host_spread[0], "max": r.host_spread[1],
+                        "samples": r.host_us},
+            "modelled_cycles": r.modelled, "note": r.note}
+
+
+def _plot(rows: list[Row], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("exo: error: --plot needs matplotlib (pip install 'exo[plot]')") from None
+    workloads = list(dict.fromkeys(r.workload for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(workloads)), 4))
+    width = 0.8 / len(STRUCTURES)
+    for i, s in enumerate(STRUCTURES):
+        vals = [next((r.crossings for r in rows if r.workload == w and r.structure == s), 0) for w in workloads]
+        ax.bar([x + i * width for x in range(len(workloads))], vals, width, label=s)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(workloads))], workloads)
+    ax.set_ylabel("ring crossings per operation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m exo experiment ring-transitions", description=__doc__.split("\n\n")[0])
+    p.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated (default: all four)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: all)")
+    p.add_argument("--ops", type=int, default=200, help="operations per run (the second run does twice as many)")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions for host time (median, min-max)")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--csv", metavar="FILE")
+    p.add_argument("--plot", metavar="FILE", help="grouped bar chart of crossings (needs matplotlib)")
+    args = p.parse_args(argv)
+    structures = [s for s in args.structures.split(",") if s]
+    workloads = [w for w in args.workloads.split(",") if w]
+    bad = [s for s in structures if s not in STRUCTURES] + [w for w in workloads if w not in WORKLOADS]
+    if bad or args.ops <= 0 or args.repeat <= 0:
+        what = f"unknown {bad[0]!r}" if bad else "--ops and --repeat must be positive"
+        sys.stderr.write(f"exo: error: {what} (structures: {', '.join(STRUCTURES)}; workloads: {', '.join(WORKLOADS)})\n")
+        return 2
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("measuring", total=1)
+
+        def progress(i, total, what):
+            bar.update(task, total=total, completed=i, description=what)
+
+        rows = run(structures, workloads, args.ops, args.repeat, progress)
+    out = Console()
+    _table(rows, out if out.is_terminal else Console(width=160))
+    if args.json:
+        Path(args.json).write_text(json.dumps([_as_dict(r) for r in rows], indent=2))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["workload", "structure", "crossings", "guest_instructions", "host_us_median",
+                        *(f"per_op_{k}" for k in rows[0].per_op)])
+            for r in rows:
+                w.writerow([r.workload, r.structure, r.crossings, r.instructions, r.host_median,
+                            *(r.per_op[k] for k in rows[0].per_op)])
+    if args.plot:
+        _plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""OS structures: the same binary, the documented transitions per service call, identical output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_app
+from test_echo import run_exo
+
+from benchmarks.ring_transitions import measure
+from exo.structures import CROSSINGS, STRUCTURES, crossings
+
+PRINT = """
+section .text
+_start:
+    lea rdi, [rip + fmt]
+    mov rsi, 7
+    call LIB_CONSOLE_PRINTF
+    call LIB_CORE_NULL
+    mov rdi, rax
+    call LIB_CORE_EXIT
+section .rodata
+fmt: db "seven=%d", 10, 0
+"""
+
+# Per null service call: the table in docs/experiments.md.
+EXPECTED_NULL = {
+    "exokernel": ({"libcall": 1}, 0, 0),
+    "monolithic": ({"syscall": 1}, 2, 0),
+    "xen-pv": ({"trap": 1, "upcall": 1, "hypercall": 1}, 4, 0),
+    "microkernel": ({"hypercall": 2, "context_switch": 2}, 4, 2),
+}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_same_binary_same_output(tmp_path, structure):
+    d = make_app(tmp_path, "p", PRINT, libos={"console": "buffered"})
+    r = run_exo("boot", str(d), "--structure", structure, "--stats-json", str(tmp_path / "s.json"),
+                cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"seven=7\n"
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert [e["name"] for e in stats["envs"]][:1] == ["p"]
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_null_call_transitions_are_exact(structure):
+    row = measure("null", structure, n=20, repeat=1)
+    kinds, cross, switches = EXPECTED_NULL[structure]
+    got = {k: v for k, v in row.per_op.items() if v}
+    assert got == kinds
+    assert row.crossings == cross
+    assert row.per_op["context_switch"] == switches
+
+
+def test_write_makes_the_console_hypercall_where_the_structure_says():
+    rows = {s: measure("write", s, n=20, repeat=1) for s in STRUCTURES}
+    assert rows["exokernel"].hypercalls == {"console_write": 1.0}  # the library's own hypercall
+    assert rows["monolithic"].hypercalls == {} and rows["monolithic"].per_op["kcall"] == 1  # inside the kernel
+    assert rows["xen-pv"].hypercalls == {"console_write": 1.0, "svc_return": 1.0}
+    assert rows["microkernel"].hypercalls == {"console_write": 1.0, "ipc_call": 1.0, "svc_reply_wait": 1.0}
+    assert [rows[s].crossings for s in STRUCTURES] == [2, 2, 6, 6]
+
+
+def test_crossings_weights():
+    assert crossings({"hypercall": 3, "trap": 2, "libcall": 9}) == 3 * CROSSINGS["hypercall"] + 2
+    assert CROSSINGS["libcall"] == CROSSINGS["kcall"] == CROSSINGS["context_switch"] == 0
+
+
+def test_experiment_command_runs_a_small_configuration(tmp_path):
+    out = tmp_path / "r.json"
+    r = run_exo("experiment", "ring-transitions", "--workloads", "null,write", "--structures",
+                "exokernel,microkernel", "--ops", "10", "--repeat", "1", "--json", str(out), "--csv",
+                str(tmp_path / "r.csv"), cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    rows = json.loads(out.read_text())
+    assert [(x["workload"], x["structure"]) for x in rows] == [
+        ("null", "exokernel"), ("null", "microkernel"), ("write", "exokernel"), ("write", "microkernel")]
+    assert all(isinstance(x["host_us"]["median"], float) and len(x["host_us"]["samples"]) == 1 for x in rows)
+    assert (tmp_path / "r.csv").read_text().startswith("workload,structure,crossings")
+    assert b"null" in r.stdout
+
+
+def test_experiment_rejects_unknown_names(tmp_path):
+    r = run_exo("experiment", "ring-transitions", "--structures", "bsd", cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and b"unknown 'bsd'" in r.stderr
