@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-
 from hw.traps import Trap, TrapKind, Vector
 
-_cs = Cs(CS_ARCH_X86, CS_MODE_64)
+_cs = None
 
 
 def disassemble_one(code: bytes, address: int) -> tuple[str, int]:
     """The first instruction in ``code`` as text, and its length in bytes."""
+    global _cs
+    if _cs is None:  # imported on the first fault: capstone costs ~25 ms at start-up
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        _cs = Cs(CS_ARCH_X86, CS_MODE_64)
     for insn in _cs.disasm(code, address, 1):
         return f"{insn.mnemonic} {insn.op_str}".strip(), insn.size
     if not code:

@@ -589,6 +589,8 @@ class VCpu:
         A ranged code hook costs nothing while other code runs (shared/UNICORN_NOTES.md).
         Hooks are never removed (traps 2 and 6 in the notes), so add it once, before running.
         """
+        if self._watched == (begin, end):
+            return  # already watched (a new OS on the same machine)
         if self._watched is not None:
             raise MachineConfigError(f"a code range is already watched ({self._watched[0]:#x}-{self._watched[1]:#x})")
         if not 0 <= begin < end:
