@@ -47,6 +47,12 @@ environment).** A timer upcall that finds the interrupted context on the
 exception stack (inside a fault handler) resumes it at once: no thread switch
 in an upcall handler.
 
+Threads are many-to-one: a library call that waits in the exokernel (console
+input, a blocking ``ipc_recv``) stops every thread of the environment until it
+is woken, as with any user-level thread package. A join or lock cycle that
+leaves no thread runnable or sleeping blocks the environment for good
+(``sched_op BLOCK``: the exokernel reports it as blocked forever).
+
 Time: every decision reads ``time_now`` (virtual clock: 1 ns per retired
 instruction). A thread is charged the time from its dispatch to its switch; a
 thread preempted at a slice end is charged until its environment's next slice
@@ -283,12 +289,11 @@ class Scheduler(LibModule):
         prev = self.cur
         if t is None:
             self.cur = None
-            if any(x.state == SLEEPING for x in self.threads.values()):
-                self._run_idle()
-                return
-            # Every thread waits for another (a join or lock cycle): nothing can ever run.
             self._run_idle()
-            self.hc("sched_op", SchedOp.BLOCK, 0)
+            if not any(x.state == SLEEPING for x in self.threads.values()):
+                # Every thread waits for another (a join or lock cycle): nothing can ever run.
+                # Block for good: the exokernel reports the environment as blocked forever.
+                self.hc("sched_op", SchedOp.BLOCK, 0)
             return
         if t is not prev:
             self.switches += 1
