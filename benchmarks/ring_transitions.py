@@ -179,18 +179,20 @@ def run(structures=STRUCTURES, workloads=tuple(WORKLOADS), n: int = 200, repeat:
     return rows
 
 
-def _table(rows: list[Row], console) -> None:
+DEFAULT_PROFILES = ("native-syscall", "native-syscall-kpti", "kvm-vmx", "xen-pv")
+
+
+def _table(rows: list[Row], console, profiles=DEFAULT_PROFILES) -> None:
     from rich.table import Table
 
-    kinds = ("libcall", "syscall", "hypercall", "trap", "upcall", "context_switch", "kcall")
-    profiles = sorted({p for r in rows for p in r.modelled})
+    profiles = [p for p in profiles if any(p in r.modelled for r in rows)]
     for workload in dict.fromkeys(r.workload for r in rows):
         t = Table(title=f"{workload}: {WORKLOADS[workload]['doc']} (per operation)")
         t.add_column("structure")
-        for k in kinds:
-            t.add_column(k, justify="right")
+        t.add_column("transitions", overflow="fold")
         t.add_column("crossings", justify="right")
-        t.add_column("guest insns", justify="right")
+        t.add_column("context\nswitches", justify="right")
+        t.add_column("guest\ninsns", justify="right")
         for p in profiles:
             t.add_column(f"cycles\n{p}", justify="right")
         t.add_column("host us\nmedian (min-max)", justify="right")
@@ -198,7 +200,8 @@ def _table(rows: list[Row], console) -> None:
             if r.workload != workload:
                 continue
             lo, hi = r.host_spread
-            t.add_row(r.structure, *(f"{r.per_op.get(k, 0):g}" for k in kinds), f"{r.crossings:g}",
+            kinds = ", ".join(f"{k} {v:g}" for k, v in r.per_op.items() if v and k != "context_switch")
+            t.add_row(r.structure, kinds or "-", f"{r.crossings:g}", f"{r.per_op.get('context_switch', 0):g}",
                       f"{r.instructions:.0f}", *(f"{r.modelled.get(p, float('nan')):,.0f}" for p in profiles),
                       f"{r.host_median:.1f} ({lo:.1f}-{hi:.1f})")
         console.print(t)
