@@ -29,9 +29,11 @@ NONBLOCK and yields the CPU between tries (more hypercalls, same results).
 Waiting inside a library call: a blocking ``ipc_recv`` makes the whole
 library call run again when the receiver is woken (exo/libcall.py ``Blocked``),
 and a sender (or a polling receiver) that must wait yields the CPU and resumes
-itself at the library entry point, so the call is simply made again the next
-time it runs. Nothing is consumed before a message is there, so nothing is
-lost when a call is rerun.
+itself at the library entry point (``port.resume`` with RIP at the slot, as
+user code could with a jump), so the call is simply made again the next time
+it runs. Nothing is consumed before a message is there, so nothing is lost
+when a call is rerun. The entries are ``LOCAL``: under every OS structure
+they stay library calls in the caller, which the mailbox belongs to.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ class Ipc(LibModule):
     INDEX = 4
     ENTRIES = ("send", "recv", "try_send", "try_recv", "sender", "perm")
     HYPERCALLS = frozenset({"ipc_try_send", "ipc_recv", "sched_op", "page_alloc"})
+    # Kernel-interface stubs around the exokernel's IPC: plain library calls in the
+    # caller under every OS structure (exo/structures.py). A service server could not
+    # send or receive on its client's behalf: the mailbox and the sender id are the
+    # caller's own.
+    LOCAL = frozenset(ENTRIES)
     BLOCKING = True  # recv waits in the exokernel (jos) or polls (poll)
 
     def __init__(self, port) -> None:
         super().__init__(port)
-        self._info_ok = False  # the info page is mapped, writable and this environment's own
         self._fresh_info = False  # map a new info page without looking (an exofork child)
         self.last_from = 0
         self.last_perm = 0
@@ -62,7 +68,6 @@ class Ipc(LibModule):
         clone = super().fork(port)
         # The child gets a private info page of its own (never a copy-on-write or
         # shared one: the exokernel writes it, and it must not be the parent's).
-        clone._info_ok = False
         clone._fresh_info = True
         clone.last_from = clone.last_perm = 0
         return clone
@@ -70,21 +75,25 @@ class Ipc(LibModule):
     # ---------------------------------------------------------------- helpers
     @property
     def _info(self) -> int:
-        """Where ipc_recv writes {from, value, perm}: the first page of the module's data area."""
+        """Where ipc_recv writes {from, value, perm}: the first page of the module's data area.
+
+        The exokernel writes it, so it must be mapped writable when ipc_recv runs:
+        a fork since the last receive may have made it read-only (copy-on-write).
+        A test write finds out; a page that is missing or cannot be written is
+        replaced by a fresh one (its old contents do not matter). An exofork child
+        maps a fresh page without looking: the parent's is not its own.
+        """
         va = self.data_base
-        if not self._info_ok:
-            fresh = self._fresh_info
-            if not fresh:
-                try:
-                    self.port.write(va, bytes(IPC_INFO_SIZE))  # mapped and writable already?
-                except self.port.Fault:
-                    fresh = True
-            if fresh:
-                rc = self.hc("page_alloc", 0, va, PERM_R | PERM_W)
-                if rc < 0:
-                    raise self.port.Fault(Errno(-rc), f"cannot map the ipc info page at {va:#x}")
-            self._fresh_info = False
-            self._info_ok = True
+        if not self._fresh_info:
+            try:
+                self.port.write(va, bytes(IPC_INFO_SIZE))
+                return va
+            except self.port.Fault:
+                pass
+        rc = self.hc("page_alloc", 0, va, PERM_R | PERM_W)
+        if rc < 0:
+            raise self.port.Fault(Errno(-rc), f"cannot map the ipc info page at {va:#x}")
+        self._fresh_info = False
         return va
 
     def _again(self) -> int:
