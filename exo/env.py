@@ -39,6 +39,7 @@ class Env:
     timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
     interrupted: bool = False  # its last slice ended by the timer
     retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
+    retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
     # OS structures (exo/structures.py)
     pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
     pv_result: int = 0

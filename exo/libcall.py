@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exo.abi import LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, Errno
+from exo.abi import LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, USER_TOP, Errno
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType
 from exo.hypercalls import BY_NAME
@@ -84,6 +84,14 @@ class LibPort:
         self._k = kernel
         self._env = env
         self.resumed = False  # set when a library call loaded another context itself
+        # The libOS's pager for library code (installed by a memory module). Guest
+        # code that touches a copy-on-write or demand-zero page takes a #PF that the
+        # libOS handles; library code reads and writes through this port instead, so
+        # an access that finds a page not present (or read-only, for a write) calls
+        # pager(page_va, write) first, as the CPU would raise the fault: if it returns
+        # True (it mapped the page), the access is tried again.
+        self.pager: Callable[[int, bool], bool] | None = None
+        self._paging = False
         self.kernel_mode = False  # monolithic structure: the service runs inside the kernel
 
     @property
@@ -97,8 +105,14 @@ class LibPort:
         Raises Blocked when the call must wait: let it propagate, and the library
         call is retried from the start when the environment is woken.
         """
-        result = self._k.dispatch(self._env, BY_NAME[name], args, kernel=self.kernel_mode)
+        env = self._env
+        # A library call that had to wait runs again from the start and makes the
+        # same hypercall again: count it once, as for a retried `syscall`.
+        rerun = env.retry_hypercall == name
+        env.retry_hypercall = None
+        result = self._k.dispatch(env, BY_NAME[name], args, count=not rerun, kernel=self.kernel_mode)
         if result is self._k.RETRY:
+            env.retry_hypercall = name
             raise Blocked(name)
         return result
 
@@ -107,13 +121,39 @@ class LibPort:
         try:
             return self._env.space.read(va, n)
         except HypercallError as e:
+            if e.errno != Errno.EFAULT or not self._page_in(va, n, False):
+                raise LibFault(e.errno, e.detail) from None
+        try:
+            return self._env.space.read(va, n)
+        except HypercallError as e:
             raise LibFault(e.errno, e.detail) from None
 
     def write(self, va: int, data: bytes) -> None:
         try:
             self._env.space.write(va, data)
+            return
+        except HypercallError as e:
+            if e.errno != Errno.EFAULT or not self._page_in(va, len(data), True):
+                raise LibFault(e.errno, e.detail) from None
+        try:
+            self._env.space.write(va, data)
         except HypercallError as e:
             raise LibFault(e.errno, e.detail) from None
+
+    def _page_in(self, va: int, n: int, write: bool) -> bool:
+        """Ask the pager for each page of [va, va+n) the access cannot use; True if all were fixed."""
+        if self.pager is None or self._paging or n <= 0 or va < 0 or va + n > USER_TOP:
+            return False
+        space = self._env.space
+        self._paging = True  # the pager's own accesses (page-table reads) do not page in
+        try:
+            for page in range(va & ~(PAGE_SIZE - 1), va + n, PAGE_SIZE):
+                t = space.translate(page)
+                if (t is None or not t.user or (write and not t.writable)) and not self.pager(page, write):
+                    return False
+        finally:
+            self._paging = False
+        return True
 
     def read_u64(self, va: int) -> int:
         return int.from_bytes(self.read(va, 8), "little")

@@ -66,6 +66,7 @@
 #define MMU_MAP 0x0
 #define MMU_UNMAP 0x1
 #define MMU_PROTECT 0x2
+#define IPC_NONBLOCK 0x1
 #define ENV_RUNNABLE 0x1
 #define ENV_NOT_RUNNABLE 0x2
 #define PERM_R 0x1
@@ -81,6 +82,12 @@
 #define UXSTACK_TOP 0x7ffffff80000
 #define UTRAPFRAME_SIZE 0xa8
 #define MMU_REQ_SIZE 0x20
+#define IPC_INFO_SIZE 0x18
+#define UPCALL_TIMER 0x100
+#define UVPT 0x7f0000000000
+#define UVPD 0x7f3f80000000
+#define UVPDPT 0x7f3f9fc00000
+#define UVPML4 0x7f3f9fcfe000
 #define UTF_VECTOR 0x0
 #define UTF_ERROR_CODE 0x8
 #define UTF_FAULT_VA 0x10
