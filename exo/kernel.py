@@ -257,6 +257,20 @@ class Exokernel:
         self.on_fault(report)
         self.destroy(env, exit_status=None)
 
+    def abort(self, env: Env, what: str, detail: str) -> None:
+        """Stop ``env`` because its library OS failed (a bug in a module, not a CPU fault)."""
+        rip = self.cpu.regs.read(Reg.RIP)
+        trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, rip, detail=detail)
+        code = env.space.fetch_code(rip)
+        regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
+        report = build_report(env.id, env.name, trap, code, regs, detail,
+                              env.symbolize(rip) if env.symbolize else None)
+        report.kind = what
+        env.fault = report.summary
+        self.reports.append(report)
+        self.on_fault(report)
+        self.destroy(env, exit_status=None)
+
     @staticmethod
     def _print_report(report: FaultReport) -> None:
         sys.stderr.write(report.render() + "\n")

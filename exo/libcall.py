@@ -292,3 +292,6 @@ class LibraryTable:
             return self.k.RETRY
         except LibFault as e:
             return -e.errno
+        except Exception as e:  # noqa: BLE001 - a module's bug must not take the exokernel down
+            self.k.abort(env, f"libOS error in {entry.name}", f"{type(e).__name__}: {e}")
+            return self.k.RETRY

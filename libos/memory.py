@@ -148,6 +148,10 @@ class Memory(LibModule):
     NAME = "memory"
     INDEX = 2
     ENTRIES = ("malloc", "free", "fork", "sbrk", "pgfault_upcall")
+    # Memory management is the application's own business in every OS structure
+    # exo models: the heap, fork and the fault handler stay library code
+    # (exo/structures.py routes only the services that other structures put elsewhere).
+    LOCAL = frozenset(ENTRIES)
     HYPERCALLS = frozenset({
         "page_alloc", "page_map", "page_unmap", "mmu_update",
         "env_create", "env_set_entry", "env_set_status", "env_set_upcall",

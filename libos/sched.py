@@ -167,6 +167,8 @@ class Scheduler(LibModule):
     INDEX = 3
     ENTRIES = ("thread_create", "thread_yield", "thread_exit", "thread_join", "thread_sleep",
                "thread_self", "mutex_lock", "mutex_unlock", "timer_upcall", "thread_return", "idle")
+    # User-level threads are library code under every OS structure (exo/structures.py).
+    LOCAL = frozenset(ENTRIES)
     HYPERCALLS = frozenset({"time_now", "sched_op", "page_alloc", "mmu_update", "env_set_timer",
                             "env_set_upcall"})
 

@@ -62,13 +62,12 @@ class Booted:
 def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instructions: int | None = None,
          max_instructions: int | None = 50_000_000, ram_mib: int = 32) -> Booted:
     """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest)."""
-    from libos.link import link, relink_siblings
-
     from exo.cli import _build, _resolve_libos
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
     from exo.manifest import load_manifest
     from hw import Machine
+    from libos.link import link, relink_siblings
 
     out = io.BytesIO()
     machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005)

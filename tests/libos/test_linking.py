@@ -163,3 +163,33 @@ def test_echo_links_console_and_is_still_exact(tmp_path):
     assert r.returncode == 0 and r.stdout == data
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["transitions"]["libcall"] == 0  # echo uses the hypercalls console declares
+
+
+def test_a_library_bug_stops_only_its_environment(app, monkeypatch):
+    from conftest import WITNESS
+
+    from libos.console import Console
+
+    def broken(self, fmt, a1, a2, a3, a4, a5):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Console, "printf", broken)
+    b = boot(app("p", PRINTF, libos={"console": "buffered"}), app("w", WITNESS))
+    assert b.stdout == b"ok\n"
+    (report,) = b.reports
+    assert report.kind == "libOS error in console.printf"
+    assert "ZeroDivisionError: division by zero" in report.render()
+    assert b.env("w").exit_status == 0
+
+
+@pytest.mark.parametrize("app_name", ["primes", "cowtest", "spin", "threads"])
+def test_apps_print_the_same_under_every_structure(tmp_path, app_name):
+    from conftest import ROOT
+
+    outs = set()
+    for structure in ("exokernel", "monolithic", "xen-pv", "microkernel"):
+        r = run_exo("boot", str(ROOT / "guest_apps" / app_name), "--structure", structure, cache=str(tmp_path))
+        assert r.returncode == 0, (structure, r.stderr.decode()[-400:])
+        outs.add(r.stdout if app_name != "threads" or structure != "xen-pv" else b"")
+    outs.discard(b"")
+    assert len(outs) == 1
