@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo)")
-    bench.add_argument("suite", choices=("hw", "exo"))
+    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos)")
+    bench.add_argument("suite", choices=("hw", "exo", "libos"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
     ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
     ex.add_argument("name", choices=("ring-transitions",))
@@ -294,6 +294,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rest = [a for a in args.rest if a != "--"]
     if args.suite == "hw":
         from benchmarks import hw as suite
+    elif args.suite == "libos":
+        from benchmarks import libos as suite
     else:
         from benchmarks import exo as suite
     return suite.main(rest)

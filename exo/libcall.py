@@ -264,14 +264,14 @@ class LibraryTable:
         entry = env.libcalls.get(address)
         if entry is None:
             return  # not an entry point: the int3 there traps and reports it
-        if st is not None and getattr(entry, "routed", True):
+        if st is not None and entry.routed:
             return  # another structure: the slot's own instructions make the call
-        result = self.run_entry(env, entry, [self.k.cpu.gpr[i] for i in LIBCALL_ARGS[: entry.nargs]])
-        port = self.port(env)
-        if result is self.k.RETRY or port.resumed or not env.alive:
-            return
         cpu = self.k.cpu
         g = cpu.gpr
+        result = self.run_entry(env, entry, [g[i] for i in LIBCALL_ARGS[: entry.nargs]] if entry.nargs else ())
+        port = env.port
+        if result is self.k.RETRY or port.resumed or not env.alive:
+            return
         g[0] = (result or 0) & _MASK
         if cpu.stop_requested:
             # The vCPU stops before the slot's `ret` runs: return to the caller now.
@@ -283,7 +283,7 @@ class LibraryTable:
         """Run a module entry for ``env``: its result, or RETRY (the vCPU was stopped to wait)."""
         if count:
             self.k.acct.count("libcall", env.id, entry.name)
-        port = self.port(env)
+        port = env.port or self.port(env)
         port.resumed = False
         try:
             return entry.fn(*args)

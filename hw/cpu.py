@@ -88,6 +88,7 @@ _ctx_save = uclib.uc_context_save
 _ctx_restore = uclib.uc_context_restore
 _ctx_free = uclib.uc_context_free
 _SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)  # uc_cb_insn_syscall_t
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)  # uc_cb_hookcode_t
 
 
 class TrapHandler(Protocol):
@@ -596,10 +597,23 @@ class VCpu:
         if not 0 <= begin < end:
             raise MachineConfigError(f"bad code range {begin:#x}-{end:#x}")
         self._watched = (begin, end)
-        self.uc.hook_add(UC_HOOK_CODE, self._hook_code, None, begin, end - 1)
 
-    def _hook_code(self, uc: Uc, address: int, _size: int, _ud: object) -> None:
-        self.handler.code(self, address)
+        # Registered with the library directly, like the syscall hook: the binding
+        # would add two Python frames to every library call.
+        def on_code(_handle: int, address: int, _size: int, _ud: int) -> None:
+            try:
+                self.handler.code(self, address)
+            except BaseException as e:  # noqa: BLE001 - re-raised after emu_start returns
+                if self._hook_error is None:
+                    self._hook_error = e
+                self.uc.emu_stop()
+
+        self._code_cb = _CODE_CB(on_code)
+        hh = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self._h, ctypes.byref(hh), UC_HOOK_CODE, ctypes.cast(self._code_cb, ctypes.c_void_p),
+                                None, ctypes.c_uint64(begin), ctypes.c_uint64(end - 1))
+        if err:
+            raise MachineProbeError(f"could not add the code hook (unicorn error {err})")
 
     def _hook_sysenter(self, uc: Uc, _ud: object) -> None:
         # Unicorn makes `sysenter` a no-op. A CPU whose IA32_SYSENTER_CS is 0 (this
