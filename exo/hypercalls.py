@@ -12,6 +12,7 @@ functions below.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,24 @@ class Hypercall:
     def arg_index(self) -> tuple[int, ...]:
         """Where the arguments sit in VCpu.gpr (RDI, RSI, RDX, R10, R8)."""
         return ARG_INDEX[: len(self.args)]
+
+    def __post_init__(self) -> None:
+        # args_of(gpr) -> the argument tuple, made once per hypercall (itemgetter is C).
+        idx = self.arg_index
+        if not idx:
+            getter = _no_args
+        elif len(idx) == 1:
+            i = idx[0]
+
+            def getter(g, i=i):
+                return (g[i],)
+        else:
+            getter = operator.itemgetter(*idx)
+        object.__setattr__(self, "args_of", getter)
+
+
+def _no_args(g) -> tuple:
+    return ()
 
 
 ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
