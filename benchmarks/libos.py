@@ -19,11 +19,19 @@ import argparse
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from benchmarks.harness import Result, Stats, machine_facts, print_results, report_console, result, to_json
-from benchmarks.hw import SYSCALL_LOOP, _empty_hook, _time_loop, assemble, bare_runner, bare_syscall_uc, calibrate
+from benchmarks.hw import (
+    SYSCALL_LOOP,
+    _empty_hook,
+    _time_loop,
+    assemble,
+    bare_runner,
+    bare_syscall_uc,
+    calibrate,
+)
 
 EXIT = "    xor edi, edi\n    call LIB_CORE_EXIT\n"
 
@@ -114,13 +122,12 @@ pong:
 
 def boot_time(source: str, libos: dict[str, str], n: int) -> tuple[float, dict]:
     """Host seconds of ``kernel.run`` for the guest ``source`` with ``n`` operations, and its stats."""
-    from hw import Machine
-    from libos.link import link, relink_siblings
-
     from exo.cli import _build, _resolve_libos, collect_stats
     from exo.kernel import Exokernel
     from exo.loader import spawn
     from exo.manifest import load_manifest
+    from hw import Machine
+    from libos.link import link, relink_siblings
 
     with tempfile.TemporaryDirectory() as t:
         d = Path(t)

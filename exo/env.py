@@ -43,6 +43,7 @@ class Env:
     # OS structures (exo/structures.py)
     pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
     pv_result: int = 0
+    pv_fault: Any = None  # xen-pv: (handler entry, frame) bounced to the guest kernel
     is_server: bool = False  # microkernel: a server environment
     request: Any = None  # microkernel server: (client id, entry, args) being served
     serving: int | None = None  # microkernel server: the client awaiting its reply

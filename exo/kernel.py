@@ -331,8 +331,11 @@ class Exokernel:
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         env = self.current
+        handled = trap.kind is TrapKind.EXCEPTION and env.upcall_entry and trap.vector in UPCALL_VECTORS
+        if handled and self.structures is not None and self.structures.fault(env, trap):
+            return  # the structure's own fault path (monolithic in-kernel pager, xen-pv bounce)
         self.acct.count("trap", env.id, trap.name)
-        if trap.kind is TrapKind.EXCEPTION and env.upcall_entry and trap.vector in UPCALL_VECTORS:
+        if handled:
             resume = trap.rip if trap.next_rip is None else trap.next_rip
             if self._upcall(env, env.upcall_entry, trap.vector, trap.error_code or 0, trap.cr2 or 0, resume,
                             trap.name):
@@ -346,13 +349,8 @@ class Exokernel:
             reason = "a ring-3 guest may not execute privileged instructions"
         self.kill(env, trap, reason)
 
-    def _upcall(self, env: Env, entry: int, vector: int, error: int, fault_va: int, rip: int,
-                name: str) -> bool:
-        """Push a UTrapframe on the exception stack and enter the libOS handler (JOS style).
-
-        The frame holds the interrupted context (``rip`` is where it resumes); the
-        handler gets RSP = RDI = the frame and returns to that context itself.
-        """
+    def push_frame(self, env: Env, vector: int, error: int, fault_va: int, rip: int) -> int | None:
+        """Write a UTrapframe of the live context on ``env``'s exception stack; its address."""
         g = self._read_gprs()
         rsp = g[7]
         top = env.upcall_stack
@@ -366,6 +364,18 @@ class Exokernel:
         try:
             env.space.write(frame, data)
         except HypercallError:
+            return None
+        return frame
+
+    def _upcall(self, env: Env, entry: int, vector: int, error: int, fault_va: int, rip: int,
+                name: str) -> bool:
+        """Push a UTrapframe on the exception stack and enter the libOS handler (JOS style).
+
+        The frame holds the interrupted context (``rip`` is where it resumes); the
+        handler gets RSP = RDI = the frame and returns to that context itself.
+        """
+        frame = self.push_frame(env, vector, error, fault_va, rip)
+        if frame is None:
             return False
         regs = self.cpu.regs
         regs.write(Reg.RSP, frame)

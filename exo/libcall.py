@@ -29,6 +29,7 @@ from exo.errors import HypercallError
 from exo.frames import EXO, FrameType
 from exo.hypercalls import BY_NAME
 from exo.structures import GK_ENTRY as STRUCT_GK_ENTRY
+from exo.structures import GK_FAULT as STRUCT_GK_FAULT
 from exo.structures import SERVER_DISPATCH as STRUCT_SERVER_DISPATCH
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
@@ -93,6 +94,8 @@ class LibPort:
         self.pager: Callable[[int, bool], bool] | None = None
         self._paging = False
         self.kernel_mode = False  # monolithic structure: the service runs inside the kernel
+        self.capture = False  # xen-pv guest kernel: resume() is kept for its svc_return
+        self.captured: dict[str, int] | None = None
 
     @property
     def env_id(self) -> int:
@@ -194,13 +197,20 @@ class LibPort:
         what a libOS's assembly stub would do, no privilege is involved.
         """
         self._check_running()
+        self.resumed = True
+        if self.capture:
+            self.captured = dict(regs)
+            return
+        self.apply(regs)
+
+    def apply(self, regs: dict[str, int], rip_bias: int = 0) -> None:
+        """Load ``regs`` into the vCPU (``rip_bias``: -2 inside a `syscall` hook)."""
         cpu = self._k.cpu
         g = cpu.gpr
         for r, i in GPR_INDEX.items():
             g[i] = regs[r.name.lower()] & _MASK
         cpu.regs.write(Reg.RFLAGS, (regs.get("rflags", 0x202) & 0xCD5) | 0x202)  # user-settable flags, IF on
-        cpu.regs.write(Reg.RIP, regs["rip"])
-        self.resumed = True
+        cpu.regs.write(Reg.RIP, regs["rip"] + rip_bias)
 
     def return_address(self) -> tuple[int, int]:
         """(where the current library call returns to, the caller's RSP after the return)."""
@@ -259,6 +269,8 @@ class LibraryTable:
         if st is not None:
             if address == STRUCT_GK_ENTRY:
                 st.guest_kernel_entry(env)
+            elif address == STRUCT_GK_FAULT:
+                st.guest_kernel_fault(env)
             elif address == STRUCT_SERVER_DISPATCH:
                 st.server_dispatch(env)
         entry = env.libcalls.get(address)

@@ -62,6 +62,7 @@ def crossings(transitions: dict[str, int]) -> int:
 # kernel's entry and the microkernel servers' loop.
 STRUCT_PAGE = LIBOS_END - PAGE_SIZE
 GK_ENTRY = STRUCT_PAGE  # xen-pv: the service runs here (code hook), then svc_return
+GK_FAULT = STRUCT_PAGE + 0x80  # xen-pv: the guest kernel's fault handler runs here, then svc_return
 SERVER_LOOP = STRUCT_PAGE + 0x100  # microkernel: reply_wait; dispatch; jmp loop
 SERVER_DISPATCH = SERVER_LOOP + 10  # the `nop` after the reply_wait syscall
 SERVER_STACK_TOP = 0x0000_7FFF_FFF0_0000
@@ -84,6 +85,7 @@ def struct_page(nr_return: int, nr_reply_wait: int) -> bytes:
     page = bytearray(b"\xcc" * PAGE_SIZE)
     gk = b"\x90" + b"\xb8" + nr_return.to_bytes(4, "little") + b"\x0f\x05"  # nop(hooked); mov eax; syscall
     page[0 : len(gk)] = gk
+    page[GK_FAULT - STRUCT_PAGE : GK_FAULT - STRUCT_PAGE + len(gk)] = gk
     # loop: mov rdi, rax; mov eax, NR_REPLY_WAIT; syscall; nop(hooked dispatch); jmp loop
     loop = b"\x48\x89\xc7" + b"\xb8" + nr_reply_wait.to_bytes(4, "little") + b"\x0f\x05" + b"\x90" + b"\xeb\xf3"
     off = SERVER_LOOP - STRUCT_PAGE
@@ -217,6 +219,56 @@ class Structures:
         finally:
             port.kernel_mode = False
 
+    # ------------------------------------------------------------ page faults
+    def fault(self, env: Env, trap) -> bool:
+        """A fault the environment's library handles, taken the structure's way; False: not ours.
+
+        monolithic: the kernel's own pager handles it in ring 0 (a trap in and a
+        return out: counted as one ``syscall``; its page mapping is a ``kcall``).
+        xen-pv: the trap goes to the hypervisor, is bounced to the guest kernel's
+        handler (an upcall), which maps the page by hypercall and returns with
+        ``svc_return``. exokernel and microkernel keep the exokernel's path (an
+        upcall into the application's own library pager).
+        """
+        if self.name not in ("monolithic", "xen-pv"):
+            return False
+        entry = env.libcalls.get(env.upcall_entry)
+        if entry is None:
+            return False
+        k = self.k
+        resume = trap.rip if trap.next_rip is None else trap.next_rip
+        frame = k.push_frame(env, trap.vector, trap.error_code or 0, trap.cr2 or 0, resume)
+        if frame is None:
+            return False
+        g = k.cpu.gpr
+        if self.name == "monolithic":
+            k.acct.count("syscall", env.id, "fault:" + trap.name)
+            result = self._run(env, entry, [frame], kernel_mode=True)
+            if result is k.RETRY:
+                return True  # stopped: the instruction faults again when the env runs
+            return True
+        k.acct.count("trap", env.id, trap.name)  # into the hypervisor
+        k.acct.count("upcall", env.id, "bounce:" + trap.name)  # to the guest kernel's handler
+        env.pv_fault = (entry, frame)
+        g[GPR_INDEX[Reg.RSP]] = frame
+        g[GPR_INDEX[Reg.RDI]] = frame
+        k.cpu.regs.write(Reg.RIP, GK_FAULT)
+        return True
+
+    def guest_kernel_fault(self, env: Env) -> None:
+        """Code hook at GK_FAULT: the guest kernel's pager runs; its resume waits for svc_return."""
+        entry, frame = env.pv_fault
+        port = self.k.libs.port(env)
+        port.capture = True
+        try:
+            result = self.k.libs.run_entry(env, entry, [frame], count=False)
+        finally:
+            port.capture = False
+        if result is self.k.RETRY:
+            return
+        env.pv_fault = None
+        env.pv_call = (None, None, None)
+
     # --------------------------------------------------------- xen-pv guest kernel
     def guest_kernel_entry(self, env: Env) -> None:
         """Code hook at GK_ENTRY: the guest kernel runs the service, then svc_return."""
@@ -232,6 +284,11 @@ class Structures:
             raise HypercallError(Errno.EINVAL, "svc_return outside a bounced service call")
         _entry, _args, ret = env.pv_call
         env.pv_call = None
+        port = self.k.libs.port(env)
+        if port.captured is not None:  # returning from the guest kernel's fault handler
+            regs, port.captured = port.captured, None
+            port.apply(regs, rip_bias=-2)  # Unicorn adds 2 to RIP after this hook
+            return self.k.KEEP
         self.k.cpu.regs.write(Reg.RIP, ret - 2)  # Unicorn adds 2 after the hook
         return env.pv_result
 

@@ -85,3 +85,26 @@ def test_experiment_command_runs_a_small_configuration(tmp_path):
 def test_experiment_rejects_unknown_names(tmp_path):
     r = run_exo("experiment", "ring-transitions", "--structures", "bsd", cache=str(tmp_path / "c"))
     assert r.returncode == 2 and b"unknown 'bsd'" in r.stderr
+
+
+def test_page_fault_paths_per_structure():
+    rows = {s: measure("fault", s, n=10, repeat=1) for s in ("exokernel", "monolithic", "xen-pv")}
+    # exokernel: trap, upcall into the library's handler, its page_alloc hypercall
+    assert rows["exokernel"].hypercalls == {"page_alloc": 1.0}
+    assert rows["exokernel"].crossings == 4
+    # monolithic: a round trip into the kernel's pager, which maps the page in ring 0
+    assert {k: v for k, v in rows["monolithic"].per_op.items() if v} == {"syscall": 1.0, "kcall": 1.0}
+    assert rows["monolithic"].crossings == 2
+    # xen-pv: trap to the hypervisor, bounce to the guest kernel, page_alloc, svc_return
+    assert rows["xen-pv"].hypercalls == {"page_alloc": 1.0, "svc_return": 1.0}
+    assert rows["xen-pv"].crossings == 6
+
+
+@pytest.mark.parametrize("structure", ["monolithic", "xen-pv"])
+def test_cow_fork_works_under_other_structures(tmp_path, structure):
+    from conftest import ROOT
+
+    r = run_exo("boot", str(ROOT / "guest_apps" / "cowtest"), "--structure", structure, cache=str(tmp_path))
+    ref = run_exo("boot", str(ROOT / "guest_apps" / "cowtest"), cache=str(tmp_path))
+    assert r.returncode == ref.returncode == 0
+    assert r.stdout == ref.stdout and b"private" in r.stdout
