@@ -218,14 +218,15 @@ def _as_dict(r: Row) -> dict:
             "modelled_cycles": r.modelled, "note": r.note}
 
 
-def _plot(rows: list[Row], path: str) -> None:
+def _plot(rows: list[Row], path: str) -> bool:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("exo: error: --plot needs matplotlib (pip install 'exo[plot]')") from None
+        sys.stderr.write(f"exo: error: {path}: --plot needs matplotlib (pip install 'exo[plot]')\n")
+        return False
     workloads = list(dict.fromkeys(r.workload for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(workloads)), 4))
     width = 0.8 / len(STRUCTURES)
@@ -237,6 +238,7 @@ def _plot(rows: list[Row], path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 w.writerow([r.workload, r.structure, r.crossings, r.instructions, r.host_median,
                             *(r.per_op[k] for k in rows[0].per_op)])
-    if args.plot:
-        _plot(rows, args.plot)
+    if args.plot and not _plot(rows, args.plot):
+        return 2
     return 0
 
 

@@ -108,3 +108,16 @@ def test_cow_fork_works_under_other_structures(tmp_path, structure):
     ref = run_exo("boot", str(ROOT / "guest_apps" / "cowtest"), cache=str(tmp_path))
     assert r.returncode == ref.returncode == 0
     assert r.stdout == ref.stdout and b"private" in r.stdout
+
+
+def test_experiment_plot(tmp_path):
+    import importlib.util
+
+    from conftest import need_tool
+
+    need_tool(importlib.util.find_spec("matplotlib") is not None, "matplotlib is not installed")
+    out = tmp_path / "crossings.png"
+    r = run_exo("experiment", "ring-transitions", "--workloads", "null", "--ops", "5", "--repeat", "1",
+                "--plot", str(out), cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
