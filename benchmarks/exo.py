@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import subprocess
@@ -28,12 +27,9 @@ from pathlib import Path
 from benchmarks.harness import (
     Result,
     Stats,
-    machine_facts,
     measure,
-    print_results,
-    report_console,
     result,
-    to_json,
+    suite_main,
 )
 from benchmarks.hw import (
     SYSCALL_LOOP,
@@ -219,17 +215,7 @@ def run(repeat: int = 7, quick: bool = False, log: Callable[[str], None] | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exo bench exo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=7, help="samples per figure (default 7)")
-    p.add_argument("--quick", action="store_true", help="short runs (seconds), for a smoke test")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = p.parse_args(argv)
-    console = report_console(stderr=True)
-    results = run(args.repeat, args.quick, log=lambda s: console.print(f"[dim]{s}...[/]"))
-    print_results(results, console, title="exokernel (exo)")
-    if args.json:
-        Path(args.json).write_text(to_json(results, machine_facts()))
-    return 0
+    return suite_main(argv, "python -m exo bench exo", __doc__, run, "exokernel (exo)", repeat=7)
 
 
 if __name__ == "__main__":

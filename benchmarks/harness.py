@@ -289,3 +289,21 @@ def to_json(results: Sequence[Result], meta: dict[str, Any] | None = None) -> st
         row["stats"]["iqr"] = r.stats.iqr
         rows.append(row)
     return json.dumps({"meta": meta or {}, "results": rows}, indent=2)
+
+
+def suite_main(argv, prog: str, doc: str, run, title: str, repeat: int) -> int:
+    """The command line every suite shares: --repeat, --quick, --json FILE; a table on stderr."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=repeat, help=f"samples per figure (default {repeat})")
+    p.add_argument("--quick", action="store_true", help="short runs (seconds), for a smoke test")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    console = report_console(stderr=True)
+    results = run(args.repeat, args.quick, log=lambda s: console.print(f"[dim]{s}...[/]"))
+    print_results(results, console, title=title)
+    if args.json:
+        Path(args.json).write_text(to_json(results, machine_facts()))
+    return 0

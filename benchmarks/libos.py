@@ -15,14 +15,18 @@ and one that performs ``n`` (start-up and exit drop out), per operation, over
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.harness import Result, Stats, machine_facts, print_results, report_console, result, to_json
+from benchmarks.harness import (
+    Result,
+    Stats,
+    result,
+    suite_main,
+)
 from benchmarks.hw import (
     SYSCALL_LOOP,
     _empty_hook,
@@ -200,17 +204,7 @@ def run(repeat: int = 5, quick: bool = False, log: Callable[[str], None] | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exo bench libos", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", metavar="FILE")
-    args = p.parse_args(argv)
-    console = report_console(stderr=True)
-    results = run(args.repeat, args.quick, log=lambda s: console.print(f"[dim]{s}...[/]"))
-    print_results(results, console, title="library OS (libos)")
-    if args.json:
-        Path(args.json).write_text(to_json(results, machine_facts()))
-    return 0
+    return suite_main(argv, "python -m exo bench libos", __doc__, run, "library OS (libos)", repeat=5)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ class Errno(enum.IntEnum):
     EFAULT = 14  # bad pointer: unmapped, not user, or not writable
     EBUSY = 16
     EEXIST = 17
+    ENODEV = 19  # no such device (disk_* without a disk)
     EINVAL = 22  # bad argument value
+    ENOSPC = 28
+    EROFS = 30  # write to a read-only device
     EPIPE = 32  # console output closed
     ENOSYS = 38  # no such hypercall
 
@@ -92,6 +95,28 @@ class MmuOp(enum.IntEnum):
 class IpcFlag(enum.IntFlag):
     NONBLOCK = 1  # ipc_recv: -EAGAIN instead of waiting
 
+
+class DiskOp(enum.IntEnum):
+    """disk_io request kinds (exo/disk.py)."""
+
+    READ = 0  # nsectors from sector into buf
+    WRITE = 1  # nsectors from buf to sector (the device's write-back cache)
+    FLUSH = 2  # the durability barrier: the cache goes to the medium
+
+
+class DiskGrant(enum.IntEnum):
+    """disk_grant modes."""
+
+    READ = 0  # read-only sub-range
+    WRITE = 1  # read-write sub-range
+    REVOKE = 2  # take the range away from envid (a child, or yourself)
+
+
+SECTOR_SIZE = 512
+# struct disk_req { u32 op; u32 reserved; u64 sector; u64 nsectors; u64 buf; }  (32 bytes)
+DISK_REQ_SIZE = 32
+# struct disk_info { u64 sectors; u64 sector_size; u64 readonly; u64 ranges; }  written by disk_info
+DISK_INFO_SIZE = 32
 
 # struct ipc_info { u64 from; u64 value; u64 perm; }  written by ipc_recv (perm 0: no page)
 IPC_INFO_SIZE = 24

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from exo.abi import (
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
-    PERM_X,
     EnvStatus,
     Errno,
     IpcFlag,
@@ -130,6 +129,16 @@ def _hc_page_alloc(k: Exokernel, env: Env, envid: int, va: int, perm: int) -> in
     return 0
 
 
+def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
+    """Sharing a mapped frame (page_map, IPC page transfer) may not add rights."""
+    if k.frames.owner[frame] == EXO:
+        raise HypercallError(Errno.EPERM, "exokernel frames cannot be shared")
+    if pte & PTE_W and not src_pte & PTE_W:
+        raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
+    if not pte & PTE_NX and src_pte & PTE_NX:
+        raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
+
+
 def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
     src = k.env_for(env, srcid)
     dst = k.env_for(env, dstid)
@@ -140,12 +149,7 @@ def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dst
     if found is None:
         raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {src.id}")
     frame, src_pte = found
-    if k.frames.owner[frame] == EXO:
-        raise HypercallError(Errno.EPERM, "exokernel frames cannot be remapped")
-    if pte & PTE_W and not src_pte & PTE_W:
-        raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
-    if perm & PERM_X and src_pte & PTE_NX:
-        raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
+    _check_share(k, frame, src_pte, pte)
     k.check_quota(dst)
     dst.space.map(dstva, frame, pte)
     k.flush_if_current(dst)
@@ -310,10 +314,7 @@ def _hc_ipc_try_send(k: Exokernel, env: Env, envid: int, value: int, srcva: int,
         if found is None:
             raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x}")
         frame, src_pte = found
-        if k.frames.owner[frame] == EXO:
-            raise HypercallError(Errno.EPERM, "exokernel frames cannot be sent")
-        if (pte & PTE_W and not src_pte & PTE_W) or (not pte & PTE_NX and src_pte & PTE_NX):
-            raise HypercallError(Errno.EPERM, "cannot grant more rights than you have")
+        _check_share(k, frame, src_pte, pte)
     if target.mailbox is not None:
         return -Errno.EAGAIN
     if frame >= 0:
