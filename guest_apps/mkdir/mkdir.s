@@ -1,0 +1,37 @@
+; mkdir PATH...: mkdir on the ext2 disk (data reaches the disk at exit)
+section .text
+_start:
+    mov r12, rdi
+    lea r13, [rsi + 8]
+    cmp r12, 2
+    jb usage
+next:
+    dec r12
+    jz done
+    mov rdi, [r13]
+    mov rsi, 0x1ed              ; 0755 (mkdir)
+    call LIB_FS_MKDIR
+    test rax, rax
+    js failed
+    add r13, 8
+    jmp next
+done:
+    xor edi, edi
+    call LIB_CORE_EXIT
+failed:
+    neg rax
+    mov rdx, rax
+    lea rdi, [rip + errfmt]
+    mov rsi, [r13]
+    call LIB_CONSOLE_PRINTF
+    mov edi, 1
+    call LIB_CORE_EXIT
+usage:
+    lea rdi, [rip + usagemsg]
+    call LIB_CONSOLE_PUTS
+    mov edi, 2
+    call LIB_CORE_EXIT
+
+section .rodata
+errfmt: db "mkdir: %s: error %d", 10, 0
+usagemsg: db "usage: mkdir PATH...", 0

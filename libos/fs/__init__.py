@@ -1,0 +1,288 @@
+"""fs: POSIX-like files for a guest, an ext2 file system in the library.
+
+``[libos] fs = "ext2"``. The environment reaches the disk only through the
+exokernel's disk hypercalls (``disk_info``, ``disk_io``: block ranges granted to
+it, buffers checked against its page tables, a whole cluster of sectors per
+hypercall); the file system itself (libos/fs/ext2.py) and its block cache run in
+the library, on behalf of this one environment.
+
+Entry points (SysV arguments; a negative errno on failure):
+
+    open(path, flags, mode) -> fd        O_RDONLY 0, O_WRONLY 1, O_RDWR 2, O_CREAT 0x40,
+                                         O_EXCL 0x80, O_TRUNC 0x200, O_APPEND 0x400 (Linux values)
+    read(fd, buf, n) -> bytes read       write(fd, buf, n) -> bytes written
+    close(fd)                            lseek(fd, offset, whence) -> new offset (SEEK_SET/CUR/END)
+    stat(path, st) / fstat(fd, st)       st: u64 ino, mode, nlink, size, atime, mtime, ctime, blocks
+    readdir(path, index, ent) -> 1/0     ent: u64 ino, u64 type, u64 size, char name[256]
+    mkdir(path, mode), rmdir(path), unlink(path), rename(old, new)
+    fsync(fd), sync()                    write the cache back and flush the disk: the durability barrier
+
+Data reaches the disk only at fsync, sync or exit (core.exit flushes every
+module): a crash before that loses it, as on a real write-back cache.
+Timestamps are guest time (virtual clock: deterministic) after a fixed epoch.
+Several environments opening the same disk each cache it on their own: writers
+are not coordinated (as two hosts mounting one ext2 image).
+"""
+
+from __future__ import annotations
+
+import errno as E
+import struct
+
+from exo.abi import PAGE_SIZE, PERM_R, PERM_W
+from libos.module import LibModule
+
+SECTOR = 512
+STAGE_PAGES = 16  # 64 KiB of staging pages: up to 128 sectors per disk_io hypercall
+REQ = struct.Struct("<IIQQQ")  # the disk_io request layout (docs/disk.md)
+EPOCH = 1_767_225_600  # 2026-01-01: guest seconds count from here
+O_ACCMODE, O_WRONLY, O_RDWR = 3, 1, 2
+O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0x40, 0x80, 0x200, 0x400
+S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
+MAX_FDS = 64
+
+
+class DiskIO:
+    """The granted disk as a BlockIO for the ext2 library, through the disk hypercalls."""
+
+    sector_size = SECTOR
+
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+        info = fs.stage
+        rc = fs.hc("disk_info", info)
+        if rc < 0:
+            raise OSError(-rc, "no disk (boot with --disk IMAGE)")
+        self.sectors, _size, self.readonly, _ranges = struct.unpack("<4Q", fs.port.read(info, 32))
+        self.requests = fs.stage + PAGE_SIZE  # request array on its own page
+
+    def _io(self, op: int, sector: int, data: bytes | None, count: int) -> bytes:
+        fs = self.fs
+        out = bytearray()
+        bufs = fs.stage + 2 * PAGE_SIZE
+        room = (STAGE_PAGES - 2) * PAGE_SIZE // SECTOR  # sectors per hypercall
+        done = 0
+        while done < count:
+            n = min(room, count - done)
+            reqs = []
+            for i in range(0, n, PAGE_SIZE // SECTOR):
+                k = min(PAGE_SIZE // SECTOR, n - i)
+                buf = bufs + i * SECTOR
+                if data is not None:
+                    fs.port.write(buf, data[(done + i) * SECTOR : (done + i + k) * SECTOR])
+                reqs.append(REQ.pack(op, 0, sector + done + i, k, buf))
+            fs.port.write(self.requests, b"".join(reqs))
+            rc = fs.hc("disk_io", self.requests, len(reqs), 0)
+            if rc < 0:
+                raise OSError(-rc, f"disk_io failed at sector {sector + done}")
+            if data is None:
+                out += fs.port.read(bufs, n * SECTOR)
+            done += n
+        return bytes(out)
+
+    def read(self, sector: int, count: int) -> bytes:
+        return self._io(0, sector, None, count)
+
+    def write(self, sector: int, data: bytes) -> None:
+        self._io(1, sector, data, len(data) // SECTOR)
+
+    def flush(self) -> None:
+        self.fs.port.write(self.requests, REQ.pack(2, 0, 0, 0, 0))
+        rc = self.fs.hc("disk_io", self.requests, 1, 0)
+        if rc < 0:
+            raise OSError(-rc, "disk flush failed")
+
+
+class _File:
+    __slots__ = ("ino", "pos", "flags")
+
+    def __init__(self, ino: int, flags: int) -> None:
+        self.ino, self.pos, self.flags = ino, 0, flags
+
+
+class FileSystem(LibModule):
+    NAME = "fs"
+    IMPL = "ext2"
+    INDEX = 5
+    ENTRIES = ("open", "read", "write", "close", "lseek", "stat", "fstat", "readdir", "mkdir", "rmdir",
+               "unlink", "rename", "fsync", "sync")
+    HYPERCALLS = frozenset({"disk_info", "disk_io", "page_alloc", "time_now"})
+    DOC = "POSIX-like files on an ext2 disk, file system and block cache in the library"
+
+    def __init__(self, port) -> None:
+        super().__init__(port)
+        self._fs = None  # the mounted Ext2, on first use
+        self.files: dict[int, _File] = {}
+
+    @property
+    def stage(self) -> int:
+        return self.data_base
+
+    def _clock(self) -> int:
+        return EPOCH + max(0, self.hc("time_now")) // 1_000_000_000
+
+    def _mount(self):
+        if self._fs is None:
+            from libos.fs.ext2 import Ext2
+
+            for i in range(STAGE_PAGES):
+                self.ensure_page(self.stage + i * PAGE_SIZE, PERM_R | PERM_W)
+            self._fs = Ext2.open(DiskIO(self), clock=self._clock)
+        return self._fs
+
+    def _call(self, fn, *args):
+        """Run a file-system operation: its result, or a negative errno."""
+        from libos.fs.ext2 import Ext2Error
+
+        try:
+            return fn(*args)
+        except Ext2Error as e:
+            return -e.errno
+        except OSError as e:
+            return -(e.errno or E.EIO)
+
+    def _path(self, va: int) -> str:
+        return self.port.read_cstr(va, 4096).decode("utf-8", "surrogateescape")
+
+    # --------------------------------------------------------------- files
+    def open(self, path: int, flags: int, mode: int) -> int:
+        name = self._path(path)
+
+        def do() -> int:
+            fs = self._mount()
+            try:
+                ino = fs.lookup(name)
+                if flags & O_CREAT and flags & O_EXCL:
+                    return -E.EEXIST
+            except Exception as e:  # noqa: BLE001 - only "not found" may be created
+                if getattr(e, "errno", None) != E.ENOENT or not flags & O_CREAT:
+                    raise
+                ino = fs.create(name, (mode or 0o644) & 0o7777)
+            st = fs.stat(ino)
+            if (st.mode & S_IFMT) == S_IFDIR and flags & O_ACCMODE:
+                return -E.EISDIR
+            if flags & O_TRUNC and flags & O_ACCMODE:
+                fs.truncate(ino, 0)
+            fd = next((i for i in range(3, MAX_FDS) if i not in self.files), -1)
+            if fd < 0:
+                return -E.EMFILE
+            self.files[fd] = _File(ino, flags)
+            return fd
+
+        return self._call(do)
+
+    def _file(self, fd: int) -> _File | None:
+        return self.files.get(fd)
+
+    def read(self, fd: int, buf: int, n: int) -> int:
+        f = self._file(fd)
+        if f is None or (f.flags & O_ACCMODE) == O_WRONLY:
+            return -E.EBADF
+
+        def do() -> int:
+            data = self._mount().read(f.ino, f.pos, min(n, 1 << 20))
+            self.port.write(buf, data)
+            f.pos += len(data)
+            return len(data)
+
+        return self._call(do)
+
+    def write(self, fd: int, buf: int, n: int) -> int:
+        f = self._file(fd)
+        if f is None or (f.flags & O_ACCMODE) == 0:
+            return -E.EBADF
+
+        def do() -> int:
+            fs = self._mount()
+            if f.flags & O_APPEND:
+                f.pos = fs.stat(f.ino).size
+            wrote = fs.write(f.ino, f.pos, self.port.read(buf, min(n, 1 << 20)))
+            f.pos += wrote
+            return wrote
+
+        return self._call(do)
+
+    def close(self, fd: int) -> int:
+        return 0 if self.files.pop(fd, None) is not None else -E.EBADF
+
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        f = self._file(fd)
+        if f is None:
+            return -E.EBADF
+        offset -= (offset >> 63) << 64  # signed
+        base = {0: 0, 1: f.pos}.get(whence)
+        if whence == 2:
+            base = self._call(lambda: self._mount().stat(f.ino).size)
+        if base is None or base < 0 or base + offset < 0:
+            return -E.EINVAL
+        f.pos = base + offset
+        return f.pos
+
+    def _put_stat(self, st, va: int) -> None:
+        self.port.write(va, struct.pack("<8Q", st.ino, st.mode, st.nlink, st.size, st.atime, st.mtime,
+                                        st.ctime, st.blocks))
+
+    def stat(self, path: int, st: int) -> int:
+        name = self._path(path)
+        return self._call(lambda: self._put_stat(self._mount().stat(name), st) or 0)
+
+    def fstat(self, fd: int, st: int) -> int:
+        f = self._file(fd)
+        if f is None:
+            return -E.EBADF
+        return self._call(lambda: self._put_stat(self._mount().stat(f.ino), st) or 0)
+
+    def readdir(self, path: int, index: int, ent: int) -> int:
+        name = self._path(path)
+
+        def do() -> int:
+            fs = self._mount()
+            entries = [e for e in fs.readdir(name) if e[0] not in (".", "..")]
+            if index >= len(entries):
+                return 0
+            ename, ino, ftype = entries[index]
+            size = fs.stat(ino).size
+            raw = ename.encode("utf-8", "surrogateescape")[:255]
+            self.port.write(ent, struct.pack("<3Q", ino, ftype, size) + raw + b"\0")
+            return 1
+
+        return self._call(do)
+
+    def mkdir(self, path: int, mode: int) -> int:
+        name = self._path(path)
+        return self._call(lambda: self._mount().mkdir(name, (mode or 0o755) & 0o7777) and 0)
+
+    def rmdir(self, path: int) -> int:
+        name = self._path(path)
+        return self._call(lambda: self._mount().rmdir(name) or 0)
+
+    def unlink(self, path: int) -> int:
+        name = self._path(path)
+        return self._call(lambda: self._mount().unlink(name) or 0)
+
+    def rename(self, old: int, new: int) -> int:
+        a, b = self._path(old), self._path(new)
+        return self._call(lambda: self._mount().rename(a, b) or 0)
+
+    def fsync(self, fd: int) -> int:
+        if fd not in self.files:
+            return -E.EBADF
+        return self.sync()
+
+    def sync(self) -> int:
+        if self._fs is None:
+            return 0
+        return self._call(lambda: self._fs.sync() or 0)
+
+    def at_exit(self) -> None:
+        self.sync()
+
+    def fork(self, port):
+        self.sync()  # the child mounts afresh: the disk must hold what the parent wrote
+        clone = super().fork(port)
+        clone._fs = None
+        clone.files = {}
+        return clone
+
+
+IMPLEMENTATIONS = {"ext2": FileSystem}
