@@ -127,14 +127,18 @@ class FileSystem(LibModule):
 
             for i in range(STAGE_PAGES):
                 self.ensure_page(self.stage + i * PAGE_SIZE, PERM_R | PERM_W)
-            self._fs = Ext2.open(DiskIO(self), clock=self._clock)
+            dev = DiskIO(self)
+            self._fs = Ext2.open(dev, clock=self._clock)
+            self._fs.dev = dev
         return self._fs
 
-    def _call(self, fn, *args):
+    def _call(self, fn, *args, modifies: bool = False):
         """Run a file-system operation: its result, or a negative errno."""
         from libos.fs.ext2 import Ext2Error
 
         try:
+            if modifies and self._mount().dev.readonly:
+                return -E.EROFS  # refused now, not lost at the next sync
             return fn(*args)
         except Ext2Error as e:
             return -e.errno
@@ -169,7 +173,7 @@ class FileSystem(LibModule):
             self.files[fd] = _File(ino, flags)
             return fd
 
-        return self._call(do)
+        return self._call(do, modifies=bool(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
 
     def _file(self, fd: int) -> _File | None:
         return self.files.get(fd)
@@ -200,7 +204,7 @@ class FileSystem(LibModule):
             f.pos += wrote
             return wrote
 
-        return self._call(do)
+        return self._call(do, modifies=True)
 
     def close(self, fd: int) -> int:
         return 0 if self.files.pop(fd, None) is not None else -E.EBADF
@@ -250,19 +254,19 @@ class FileSystem(LibModule):
 
     def mkdir(self, path: int, mode: int) -> int:
         name = self._path(path)
-        return self._call(lambda: self._mount().mkdir(name, (mode or 0o755) & 0o7777) and 0)
+        return self._call(lambda: self._mount().mkdir(name, (mode or 0o755) & 0o7777) and 0, modifies=True)
 
     def rmdir(self, path: int) -> int:
         name = self._path(path)
-        return self._call(lambda: self._mount().rmdir(name) or 0)
+        return self._call(lambda: self._mount().rmdir(name) or 0, modifies=True)
 
     def unlink(self, path: int) -> int:
         name = self._path(path)
-        return self._call(lambda: self._mount().unlink(name) or 0)
+        return self._call(lambda: self._mount().unlink(name) or 0, modifies=True)
 
     def rename(self, old: int, new: int) -> int:
         a, b = self._path(old), self._path(new)
-        return self._call(lambda: self._mount().rename(a, b) or 0)
+        return self._call(lambda: self._mount().rename(a, b) or 0, modifies=True)
 
     def fsync(self, fd: int) -> int:
         if fd not in self.files:

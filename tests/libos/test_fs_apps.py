@@ -1,0 +1,192 @@
+"""The fs module and its guests against real ext2 tools: mke2fs, debugfs, e2fsck."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, make_app, need_tool
+from test_echo import run_exo
+
+APPS = ROOT / "guest_apps"
+
+
+def _tools() -> None:
+    need_tool(all(shutil.which(t) for t in ("mke2fs", "debugfs", "e2fsck")), "e2fsprogs is not installed")
+
+
+def _debugfs(img, *commands: str, write: bool = False) -> str:
+    args = ["debugfs"] + (["-w"] if write else [])
+    out = ""
+    for c in commands:
+        out += subprocess.run([*args, "-R", c, str(img)], capture_output=True, text=True, check=True).stdout
+    return out
+
+
+def _fsck_clean(img) -> None:
+    r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def image(tmp_path):
+    _tools()
+    img = tmp_path / "disk.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext2", "-b", "1024", "-F", str(img), "8M"], check=True)
+    motd = tmp_path / "motd"
+    motd.write_bytes(b"Welcome to exo!\n")
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * 1200)  # 300 KiB: double-indirect blocks with 1 KiB blocks
+    _debugfs(img, "mkdir /etc", f"write {motd} /etc/motd", f"write {big} /big", write=True)
+    return img
+
+
+def boot(app: str, img, *args: str, extra: tuple = (), cache=None):
+    return run_exo("boot", str(APPS / app), "--disk", str(img), *extra, "--", *args, cache=cache)
+
+
+def test_cat_reads_files_written_by_debugfs(image, tmp_path):
+    r = boot("cat", image, "/etc/motd", cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"Welcome to exo!\n"
+    r = boot("cat", image, "/big", cache=str(tmp_path / "c"))
+    assert r.stdout == bytes(range(256)) * 1200
+
+
+def test_cat_missing_file_is_an_error_not_a_crash(image, tmp_path):
+    r = boot("cat", image, "/nope", cache=str(tmp_path / "c"))
+    assert r.returncode == 1
+    assert r.stdout == b"cat: /nope: error 2\n"  # ENOENT
+    assert b"Traceback" not in r.stderr
+
+
+def test_ls_lists_with_sizes(image, tmp_path):
+    r = boot("ls", image, cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().splitlines()
+    assert "  307200 big" in lines and any(line.endswith(" etc/") for line in lines)
+    assert any(line.endswith(" lost+found/") for line in lines)
+    assert boot("ls", image, "/etc", cache=str(tmp_path / "c")).stdout == b"      16 motd\n"
+
+
+def test_cp_mkdir_rm_leave_a_clean_image_debugfs_agrees_with(image, tmp_path):
+    c = str(tmp_path / "c")
+    assert boot("cp", image, "/big", "/big2", cache=c).returncode == 0
+    assert boot("mkdir", image, "/home", "/home/user", cache=c).returncode == 0
+    assert boot("cp", image, "/etc/motd", "/home/user/motd", cache=c).returncode == 0
+    assert boot("rm", image, "/etc/motd", cache=c).returncode == 0
+    _fsck_clean(image)
+    out = tmp_path / "big2.out"
+    _debugfs(image, f"dump /big2 {out}")
+    assert out.read_bytes() == bytes(range(256)) * 1200
+    assert "motd" in _debugfs(image, "ls -l /home/user")
+    assert "motd" not in _debugfs(image, "ls -l /etc")
+
+
+def test_fsstress(image, tmp_path):
+    r = boot("fsstress", image, extra=("--stats-json", str(tmp_path / "s.json")), cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert r.stdout.startswith(b"fsstress: 48 written, 24 renamed, 16 removed, 32 verified, checksum ")
+    assert b"FAILURES" not in r.stdout
+    _fsck_clean(image)
+    listing = _debugfs(image, "ls /stress/b")
+    assert "g02" in listing and "g00" not in listing  # renamed, and 0 was removed
+
+
+def test_fsstress_is_rebuilt_identically_from_source(tmp_path):
+    gcc = shutil.which("gcc")
+    need_tool(gcc is not None, "gcc is not installed")
+    work = tmp_path / "fsstress"
+    shutil.copytree(APPS / "fsstress", work)
+    shutil.copytree(APPS / "include", tmp_path / "include")
+    (work / "fsstress").unlink()
+    subprocess.run(["make", "-s", "-C", str(work)], check=True)
+    assert (work / "fsstress").read_bytes()[:4] == b"\x7fELF"
+
+
+def test_read_only_disk(image, tmp_path):
+    c = str(tmp_path / "c")
+    r = run_exo("boot", str(APPS / "cat"), "--disk", f"{image}:ro", "--", "/etc/motd", cache=c)
+    assert r.returncode == 0 and r.stdout == b"Welcome to exo!\n"
+    r = run_exo("boot", str(APPS / "mkdir"), "--disk", f"{image}:ro", "--", "/new", cache=c)
+    assert r.returncode == 1  # the library cannot write: EROFS at sync
+
+
+CRASH = """
+section .text
+_start:
+    lea rdi, [rip + a]
+    mov rsi, 0x241
+    mov rdx, 0x1a4
+    call LIB_FS_OPEN
+    mov r12, rax
+    mov rdi, r12
+    lea rsi, [rip + data]
+    mov rdx, 6
+    call LIB_FS_WRITE
+    mov rdi, r12
+    call LIB_FS_FSYNC           ; durable from here
+    lea rdi, [rip + b]
+    mov rsi, 0x241
+    mov rdx, 0x1a4
+    call LIB_FS_OPEN
+    mov rdi, rax
+    lea rsi, [rip + data]
+    mov rdx, 6
+    call LIB_FS_WRITE           ; never synced
+    lea rdi, [rip + ready]
+    call LIB_CONSOLE_PUTS
+    call LIB_CONSOLE_FLUSH
+spin:
+    jmp spin
+section .rodata
+a: db "/synced", 0
+b: db "/unsynced", 0
+data: db "hello", 10
+ready: db "ready", 0
+"""
+
+
+def test_kill_9_keeps_what_was_fsynced(image, tmp_path):
+    app = make_app(tmp_path, "crash", CRASH, libos={"console": "buffered", "fs": "ext2"})
+    env = dict(os.environ, EXO_CACHE_DIR=str(tmp_path / "c"))
+    p = subprocess.Popen([sys.executable, "-m", "exo", "boot", str(app), "--disk", str(image)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    try:
+        deadline = time.time() + 60
+        line = b""
+        while b"ready" not in line and time.time() < deadline:
+            line += p.stdout.read1(64)
+        assert b"ready" in line
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    out = tmp_path / "synced.out"
+    _debugfs(image, f"dump /synced {out}")
+    assert out.read_bytes() == b"hello\n"
+    assert "unsynced" not in _debugfs(image, "ls /")
+    _fsck_clean(image)  # nothing after the last fsync reached the disk
+
+
+def test_power_loss_by_fault_injection_keeps_fsynced_data(image, tmp_path):
+    # The disk accepts 0 writes after the last flush: everything cp writes is lost
+    # except what was flushed, and the earlier contents stay intact.
+    c = str(tmp_path / "c")
+    r = boot("cp", image, "/big", "/copy", extra=("--disk-fail-after", "0"), cache=c)
+    assert r.returncode in (0, 1)
+    out = tmp_path / "big.out"
+    _debugfs(image, f"dump /big {out}")
+    assert out.read_bytes() == bytes(range(256)) * 1200
+    _fsck_clean(image)  # no write reached the disk at all
+
+
+def test_no_disk_gives_an_errno(tmp_path):
+    r = run_exo("boot", str(APPS / "cat"), "--", "/etc/motd", cache=str(tmp_path / "c"))
+    assert r.returncode == 1 and b"error 19" in r.stdout  # ENODEV
