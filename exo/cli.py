@@ -42,11 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--trace", metavar="FILE", help="record every transition: FILE.json (Perfetto) or FILE.jsonl")
     b.add_argument("--trace-capacity", type=int, default=1_000_000, metavar="N",
                    help="keep the newest N trace events (default 1,000,000)")
+    b.add_argument("--disk", metavar="IMAGE[:ro]",
+                   help="attach a raw disk image (512-byte sectors), granted whole to every app; never flushed "
+                        "implicitly (docs/disk.md)")
+    b.add_argument("--disk-fail-after", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos)")
-    bench.add_argument("suite", choices=("hw", "exo", "libos"))
+    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos, fs)")
+    bench.add_argument("suite", choices=("hw", "exo", "libos", "fs"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
     ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
     ex.add_argument("name", choices=("ring-transitions",))
@@ -108,8 +112,11 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     from exo.loader import spawn
     from hw import Machine
 
+    disk = _open_disk(args.disk, args.disk_fail_after) if args.disk else None
+    if disk is None and args.disk_fail_after is not None:
+        raise ExoUserError("--disk-fail-after", "needs --disk")
     slice_seconds = (args.slice or 10_000) / 1e6
-    machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds)
+    machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk)
     kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE, structure=args.structure)
     tracer = None
     if args.trace:
@@ -125,8 +132,15 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         env = spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages)
         if classes:
             link(kernel.libs, env, classes)
+        if disk is not None:
+            from exo.disk import grant
+
+            grant(env, disk)  # the whole disk; read-only on a :ro image
         envs.append(env)
-    kernel.run(max_instructions=args.max_instructions)
+    try:
+        kernel.run(max_instructions=args.max_instructions)
+    finally:
+        machine.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md)
     if tracer is not None:
         tracer.write(args.trace, {e.id: e.name for e in kernel.envs.values()})
     stats = collect_stats(kernel)
@@ -145,6 +159,26 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if kernel.reports or stuck:
         return EXIT_FAULT
     return (first.exit_status or 0) & 0xFF
+
+
+def _open_disk(spec: str, fail_after: int | None):
+    """``IMAGE`` or ``IMAGE:ro`` -> a BlockDevice (an ExoUserError naming the file if it is unusable)."""
+    from hw import MachineConfigError
+    from hw.blockdev import BlockDevice
+
+    path, readonly = spec, False
+    if spec.endswith(":ro"):
+        path, readonly = spec[:-3], True
+    elif spec.endswith(":rw"):
+        path = spec[:-3]
+    if not path:
+        raise ExoUserError("--disk", f"{spec!r} names no image file")
+    if fail_after is not None and fail_after < 0:
+        raise ExoUserError("--disk-fail-after", f"must be >= 0, got {fail_after}")
+    try:
+        return BlockDevice(path, readonly=readonly, fail_after=fail_after)
+    except MachineConfigError as e:
+        raise ExoUserError("--disk", str(e)) from None
 
 
 def _resolve_libos(m) -> list:
@@ -296,6 +330,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks import hw as suite
     elif args.suite == "libos":
         from benchmarks import libos as suite
+    elif args.suite == "fs":
+        from benchmarks import fs as suite
     else:
         from benchmarks import exo as suite
     return suite.main(rest)

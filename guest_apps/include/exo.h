@@ -47,6 +47,12 @@
 #define NR_SVC_RETURN 0x14
 #define HC_SVC_REPLY_WAIT 0x1002a0
 #define NR_SVC_REPLY_WAIT 0x15
+#define HC_DISK_INFO 0x1002c0
+#define NR_DISK_INFO 0x16
+#define HC_DISK_IO 0x1002e0
+#define NR_DISK_IO 0x17
+#define HC_DISK_GRANT 0x100300
+#define NR_DISK_GRANT 0x18
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -57,7 +63,10 @@
 #define EFAULT 0xe
 #define EBUSY 0x10
 #define EEXIST 0x11
+#define ENODEV 0x13
 #define EINVAL 0x16
+#define ENOSPC 0x1c
+#define EROFS 0x1e
 #define EPIPE 0x20
 #define ENOSYS 0x26
 #define SCHED_YIELD 0x0
@@ -143,5 +152,8 @@ static inline long exo_ipc_recv(long dstva, long info, long flags) { return exo_
 static inline long exo_svc(void) { return exo_hypercall(19, 0, 0, 0, 0, 0); }
 static inline long exo_svc_return(void) { return exo_hypercall(20, 0, 0, 0, 0, 0); }
 static inline long exo_svc_reply_wait(long reply) { return exo_hypercall(21, reply, 0, 0, 0, 0); }
+static inline long exo_disk_info(long info) { return exo_hypercall(22, info, 0, 0, 0, 0); }
+static inline long exo_disk_io(long reqs, long count, long done) { return exo_hypercall(23, reqs, count, done, 0, 0); }
+static inline long exo_disk_grant(long envid, long sector, long nsectors, long mode) { return exo_hypercall(24, envid, sector, nsectors, mode, 0); }
 
 #endif
