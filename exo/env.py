@@ -50,6 +50,8 @@ class Env:
     # IPC (exo/hypercalls.py ipc_*): a one-message mailbox
     ipc_waiting: bool = False
     mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)
+    # Disk (exo/disk.py): the block ranges it may use, (first sector, count, writable)
+    disk_grants: list[tuple[int, int, bool]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:

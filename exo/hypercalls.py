@@ -27,6 +27,7 @@ from exo.abi import (
     MmuOp,
     SchedOp,
 )
+from exo.disk import hc_disk_grant, hc_disk_info, hc_disk_io
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType, OutOfFrames
 from exo.vm import check_user_va, perm_to_pte
@@ -437,6 +438,20 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     Hypercall(21, "svc_reply_wait", ("reply",), "0 when a request has arrived", (E.ENOSYS, E.EPERM),
               "microkernel: a server replies to its client and waits for the next request (L4 reply_wait).",
               _hc_svc_reply_wait),
+    Hypercall(22, "disk_info", ("info",), "0", (E.ENODEV, E.EFAULT),
+              "Write {u64 sectors, u64 sector_size (512), u64 readonly (1/0), u64 ranges granted to the caller} "
+              "at info (docs/disk.md).", hc_disk_info),
+    Hypercall(23, "disk_io", ("reqs", "count", "done"), "0",
+              (E.ENODEV, E.EFAULT, E.EPERM, E.EROFS, E.EINVAL),
+              "Apply count 32-byte requests {u32 op (READ 0, WRITE 1, FLUSH 2), u32 reserved (0), u64 sector, "
+              "u64 nsectors (1-256), u64 buf} in order, each inside one of the caller's granted ranges; stops at "
+              "the first bad one and stores how many succeeded at done (if not 0). Writes stay in the device's "
+              "cache until a FLUSH.", hc_disk_io),
+    Hypercall(24, "disk_grant", ("envid", "sector", "nsectors", "mode"), "0",
+              (E.ENODEV, E.ESRCH, E.EPERM, E.EINVAL, E.ENOSPC),
+              "Give envid (0: self, or a child) the sectors [sector, sector+nsectors) of a range the caller holds, "
+              "READ (0) or WRITE (1), never more than it holds; REVOKE (2) takes them back from envid and its "
+              "descendants.", hc_disk_grant),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

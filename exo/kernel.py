@@ -144,6 +144,7 @@ class Exokernel:
             clone = instance.fork(self.libs.port(child))  # the library's state, for the child
             self.libs.link(child, index, clone, clone.entries(), clone.hypercalls)
         child.timer_entry = parent.timer_entry
+        child.disk_grants = list(parent.disk_grants)  # inherited, like open file descriptors (exo/disk.py)
         for hook in self.env_create_hooks:
             hook(parent, child)
         return child

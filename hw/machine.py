@@ -1,9 +1,10 @@
-"""The whole machine: RAM, one vCPU, a clock, a console and a device bus."""
+"""The whole machine: RAM, one vCPU, a clock, a console, an optional disk and a device bus."""
 
 from __future__ import annotations
 
 from typing import BinaryIO
 
+from hw.blockdev import BlockDevice
 from hw.clock import Clock
 from hw.console import ConsoleDevice
 from hw.cpu import RESERVED_BYTES, VCpu
@@ -21,6 +22,7 @@ class Machine:
         stdin: int | bytes | None = 0,
         stdout: int | BinaryIO = 1,
         slice_seconds: float = 0.01,
+        disk: BlockDevice | None = None,
     ) -> None:
         self.memory = PhysicalMemory(ram_size)
         self.cpu = VCpu(self.memory, clock=clock, slice_seconds=slice_seconds)
@@ -28,6 +30,9 @@ class Machine:
         self.console = ConsoleDevice(stdin, stdout)
         self.devices = DeviceBus()
         self.devices.attach(self.console)
+        self.disk = disk  # hw/blockdev.py; closing the machine does not flush it
+        if disk is not None:
+            self.devices.attach(disk)
         self.reserved_bytes = RESERVED_BYTES
 
     def close(self) -> None:
