@@ -27,13 +27,16 @@ def asm_constants() -> dict[str, int]:
         c[f"SCHED_{op.name}"] = op.value
     for op in abi.MmuOp:
         c[f"MMU_{op.name}"] = op.value
+    for op in abi.DiskOp:
+        c[f"DISK_{op.name}"] = op.value
     for flag in abi.IpcFlag:
         c[f"IPC_{flag.name}"] = flag.value
     for st in (abi.EnvStatus.RUNNABLE, abi.EnvStatus.NOT_RUNNABLE):
         c[f"ENV_{st.name}"] = st.value
     for name in ("PERM_R", "PERM_W", "PERM_X", "PERM_COW", "PAGE_SIZE", "HYPERCALL_PAGE", "LIBOS_PAGE",
                  "INFO_PAGE", "IMAGE_BASE", "STACK_TOP", "UXSTACK_TOP", "UTRAPFRAME_SIZE", "MMU_REQ_SIZE",
-                 "IPC_INFO_SIZE", "UPCALL_TIMER", "UVPT", "UVPD", "UVPDPT", "UVPML4"):
+                 "IPC_INFO_SIZE", "UPCALL_TIMER", "UVPT", "UVPD", "UVPDPT", "UVPML4",
+                 "SECTOR_SIZE", "DISK_REQ_SIZE", "DISK_INFO_SIZE"):
         c[name] = getattr(abi, name)
     for i, f in enumerate(abi.UTRAPFRAME_FIELDS):
         c[f"UTF_{f.upper()}"] = 8 * i

@@ -75,6 +75,9 @@
 #define MMU_MAP 0x0
 #define MMU_UNMAP 0x1
 #define MMU_PROTECT 0x2
+#define DISK_READ 0x0
+#define DISK_WRITE 0x1
+#define DISK_FLUSH 0x2
 #define IPC_NONBLOCK 0x1
 #define ENV_RUNNABLE 0x1
 #define ENV_NOT_RUNNABLE 0x2
@@ -97,6 +100,9 @@
 #define UVPD 0x7f3f80000000
 #define UVPDPT 0x7f3f9fc00000
 #define UVPML4 0x7f3f9fcfe000
+#define SECTOR_SIZE 0x200
+#define DISK_REQ_SIZE 0x20
+#define DISK_INFO_SIZE 0x20
 #define UTF_VECTOR 0x0
 #define UTF_ERROR_CODE 0x8
 #define UTF_FAULT_VA 0x10
