@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
     ex.add_argument("name", choices=("ring-transitions",))
     ex.add_argument("rest", nargs=argparse.REMAINDER, help="options (--structures, --workloads, --json, --csv, --plot)")
+    mk = sub.add_parser("mkfs", help="make an ext2 disk image in pure Python (no e2fsprogs needed)")
+    mk.add_argument("rest", nargs=argparse.REMAINDER, help="IMAGE --size N[K|M|G] [--from DIR] [--block-size N]")
     sub.add_parser("gen", help="regenerate docs/abi.md and guest_apps/include/exo.{inc,h} from the ABI table")
     return p
 
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_image(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "mkfs":
+            from libos.fs.mkfs import main as mkfs_main
+
+            return mkfs_main([a for a in args.rest if a != "--"])
         if args.command == "experiment":
             from benchmarks import ring_transitions
 
