@@ -16,6 +16,8 @@ Workloads:
   fault     a page fault on an untouched heap page (demand-zero): the library's
             handler under exokernel, the kernel's pager under monolithic, the
             guest kernel's under xen-pv (not under microkernel: see docs/experiments.md)
+  file      reading a 64 KiB file: open, one 64 KiB read, close (fs = ext2; the
+            file stays in the library's block cache after the first pass)
   ctxsw     a context switch between two environments that yield to each other
   create    environment create + destroy (exofork-style: a kernel primitive
             under every structure)
@@ -69,6 +71,18 @@ WORKLOADS: dict[str, dict] = {
         "    add rax, 4095\n    and rax, -4096\n    mov rbx, rax\n"
         + _LOOP.format(n="{n}", body="    mov byte ptr [rbx], 1\n    add rbx, 4096\n") + _EXIT,
     },
+    "file": {
+        "doc": "read a 64 KiB file (open, read, close)",
+        "libos": {"fs": "ext2"},
+        "disk": {"f64k": bytes(range(256)) * 256},
+        "source": "section .text\n_start:\n"
+        + _LOOP.format(n="{n}", body="    lea rdi, [rip + path]\n    xor esi, esi\n    xor edx, edx\n"
+                       "    call LIB_FS_OPEN\n    mov r13, rax\n    mov rdi, rax\n    lea rsi, [rip + buf]\n"
+                       "    mov rdx, 0x10000\n    call LIB_FS_READ\n    cmp rax, 0x10000\n    jne bad\n"
+                       "    mov rdi, r13\n    call LIB_FS_CLOSE\n")
+        + _EXIT + "bad:\n    mov edi, 1\n    call LIB_CORE_EXIT\n"
+        "section .rodata\npath: db \"/f64k\", 0\nsection .bss\nbuf: resb 0x10000\n",
+    },
     "ctxsw": {
         "doc": "context switch between two environments (yield)",
         "libos": {"console": "direct"},
@@ -106,6 +120,20 @@ class Row:
         return (min(self.host_us), max(self.host_us)) if self.host_us else (float("nan"),) * 2
 
 
+def _disk_image(d: Path, files: dict[str, bytes]):
+    """A small ext2 image holding ``files`` (made by exo's own mkfs: no outside tool needed)."""
+    from hw.blockdev import BlockDevice
+    from libos.fs.mkfs import mkfs
+
+    src = d / "disk-files"
+    src.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    img = d / "disk.img"
+    mkfs(img, 4 << 20, block_size=1024, from_dir=src, clock=lambda: 1_767_225_600, uuid=bytes(16))
+    return BlockDevice(str(img))
+
+
 def _boot(workload: str, structure: str, n: int, tmp: Path):
     """Boot one workload with ``n`` operations; (stats dict, host seconds of the run)."""
     from exo.cli import _build, _resolve_libos, collect_stats
@@ -125,11 +153,18 @@ def _boot(workload: str, structure: str, n: int, tmp: Path):
     classes = _resolve_libos(m)
     image = _build(m, classes)
     stdin = w.get("stdin", lambda n: b"")(n)
-    machine = Machine(64 << 20, stdin=stdin, stdout=io.BytesIO())
+    disk = None
+    if "disk" in w:
+        disk = _disk_image(d, w["disk"])
+    machine = Machine(64 << 20, stdin=stdin, stdout=io.BytesIO(), disk=disk)
     k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
     k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     for _ in range(w.get("envs", 1)):
         env = spawn(k, image, [])
+        if disk is not None:
+            from exo import disk as exodisk
+
+            exodisk.grant(env, disk)
         if classes:
             link(k.libs, env, classes)
     t0 = time.perf_counter()

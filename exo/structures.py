@@ -159,7 +159,7 @@ class Structures:
     def map_into(self, env: Env) -> None:
         env.space.map(STRUCT_PAGE, self.page_frame, PTE_P | PTE_U)
 
-    def server_for(self, index: int, name: str) -> Env:
+    def server_for(self, index: int, name: str, client: Env) -> Env:
         """The server environment of module ``index`` (microkernel), made on first use."""
         server = self.servers.get(index)
         if server is not None and server.alive:
@@ -173,6 +173,7 @@ class Structures:
         k.cpu.context_write(server.ctx, Reg.RIP, SERVER_LOOP)
         k.cpu.context_write(server.ctx, Reg.RSP, SERVER_STACK_TOP)
         server.is_server = True
+        server.disk_grants = list(client.disk_grants)  # it serves its clients' disk ranges
         self.servers[index] = server
         k.make_runnable(server)  # it runs to its first reply_wait and waits there
         return server
@@ -200,7 +201,7 @@ class Structures:
             return k.KEEP
         # microkernel: an IPC call to the module's server
         index = ((slot & ~(PAGE_SIZE - 1)) - LIBOS_PAGE) // PAGE_SIZE
-        server = self.server_for(index, entry.name.split(".")[0])
+        server = self.server_for(index, entry.name.split(".")[0], env)
         if server.request is not None:
             raise HypercallError(Errno.EAGAIN, "server busy")  # one request at a time, as in L4
         k.acct.hypercall(env.id, "ipc_call")

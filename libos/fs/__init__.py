@@ -56,11 +56,14 @@ class DiskIO:
 
     def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
+        # The port of whoever mounted the disk: the environment itself, or (microkernel
+        # structure) the file server. The staging pages and the disk are its own.
+        self.port = port = fs.port
         info = fs.stage
-        rc = fs.hc("disk_info", info)
+        rc = port.hypercall("disk_info", info)
         if rc < 0:
             raise OSError(-rc, "no disk (boot with --disk IMAGE)")
-        self.sectors, _size, self.readonly, _ranges = struct.unpack("<4Q", fs.port.read(info, 32))
+        self.sectors, _size, self.readonly, _ranges = struct.unpack("<4Q", port.read(info, 32))
         self.requests = fs.stage + PAGE_SIZE  # request array on its own page
         self.batch = fs.BATCH_SECTORS
         self.pending: dict[int, bytes] = {}  # sector -> data, written at the next flush
@@ -68,16 +71,16 @@ class DiskIO:
 
     def _io(self, reqs: list[tuple[int, int, int, bytes | None]]) -> None:
         """One disk_io hypercall: (op, sector, count, data) requests, each at most one staging page."""
-        fs = self.fs
-        bufs = fs.stage + 2 * PAGE_SIZE
+        port = self.port
+        bufs = self.fs.stage + 2 * PAGE_SIZE
         packed = []
         for i, (op, sector, count, data) in enumerate(reqs):
             buf = bufs + i * PAGE_SIZE
             if data is not None:
-                fs.port.write(buf, data)
+                port.write(buf, data)
             packed.append(REQ.pack(op, 0, sector, count, buf))
-        fs.port.write(self.requests, b"".join(packed))
-        rc = fs.hc("disk_io", self.requests, len(reqs), 0)
+        port.write(self.requests, b"".join(packed))
+        rc = port.hypercall("disk_io", self.requests, len(reqs), 0)
         if rc < 0:
             raise OSError(-rc, f"disk_io failed at sector {reqs[0][1]}")
 
@@ -101,7 +104,7 @@ class DiskIO:
             self.ahead.clear()
         bufs = self.fs.stage + 2 * PAGE_SIZE
         for i, (_op, s, k, _d) in enumerate(reqs):
-            data = self.fs.port.read(bufs + i * PAGE_SIZE, k * SECTOR)
+            data = self.port.read(bufs + i * PAGE_SIZE, k * SECTOR)
             for j in range(k):
                 self.ahead[s + j] = data[j * SECTOR : (j + 1) * SECTOR]
 
@@ -186,6 +189,8 @@ class FileSystem(LibModule):
             return -e.errno
         except OSError as e:
             return -(e.errno or E.EIO)
+        except self.port.Fault as e:  # a bad pointer from the guest
+            return -e.errno
 
     def _path(self, va: int) -> str:
         return self.port.read_cstr(va, 4096).decode("utf-8", "surrogateescape")
