@@ -372,6 +372,16 @@ def _hc_svc_reply_wait(k: Exokernel, env: Env, reply: int) -> object:
     return _structures(k).reply_wait(env, reply)
 
 
+def _hc_log(k: Exokernel, env: Env, buf: int, length: int) -> int:
+    """A diagnostic line from the environment's library OS, printed by exo on stderr."""
+    length = _length(length)
+    if length > 4096:
+        raise HypercallError(Errno.EINVAL, f"log line of {length} bytes (4096 at most)")
+    text = env.space.read(buf, length).decode("utf-8", "replace").rstrip("\n")
+    k.on_log(env, text)
+    return 0
+
+
 def _hc_null(k: Exokernel, env: Env, a: int, b: int, c: int, d: int) -> int:
     return (a + b + c + d) & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -452,6 +462,10 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Give envid (0: self, or a child) the sectors [sector, sector+nsectors) of a range the caller holds, "
               "READ (0) or WRITE (1), never more than it holds; REVOKE (2) takes them back from envid and its "
               "descendants.", hc_disk_grant),
+    Hypercall(25, "log", ("buf", "len"), "0", (E.EFAULT, E.EINVAL),
+              "A diagnostic line (at most 4096 bytes) from the library OS, printed by exo on stderr with the "
+              "environment's name: how a libOS explains an error it returns (a corrupt file system, say).",
+              _hc_log),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

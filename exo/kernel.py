@@ -79,6 +79,7 @@ class Exokernel:
         self.slice_instructions = slice_instructions
         self.reports: list[FaultReport] = []
         self.on_fault = on_fault or self._print_report
+        self.on_log: Callable[[Env, str], None] = self._print_log
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
         regs = self.cpu.regs
         self._gpr = self.cpu.gpr  # live general registers (memory, no library call)
@@ -272,6 +273,11 @@ class Exokernel:
         self.reports.append(report)
         self.on_fault(report)
         self.destroy(env, exit_status=None)
+
+    @staticmethod
+    def _print_log(env: Env, text: str) -> None:
+        sys.stderr.write(f"exo: environment {env.id} ({env.name}): {text}\n")
+        sys.stderr.flush()
 
     @staticmethod
     def _print_report(report: FaultReport) -> None:

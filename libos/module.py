@@ -83,3 +83,11 @@ class LibModule:
 
     def hc(self, name: str, *args: int) -> int:
         return self.port.hypercall(name, *args)
+
+    def log(self, text: str) -> None:
+        """Explain something on exo's stderr (the module must declare the ``log`` hypercall)."""
+        va = self.data_base + LIBOS_DATA_STRIDE - PAGE_SIZE  # the last page of this module's region
+        self.ensure_page(va)
+        data = f"{self.NAME}: {text}".encode()[:PAGE_SIZE]
+        self.port.write(va, data)
+        self.hc("log", va, len(data))

@@ -53,6 +53,8 @@
 #define NR_DISK_IO 0x17
 #define HC_DISK_GRANT 0x100300
 #define NR_DISK_GRANT 0x18
+#define HC_LOG 0x100320
+#define NR_LOG 0x19
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -161,5 +163,6 @@ static inline long exo_svc_reply_wait(long reply) { return exo_hypercall(21, rep
 static inline long exo_disk_info(long info) { return exo_hypercall(22, info, 0, 0, 0, 0); }
 static inline long exo_disk_io(long reqs, long count, long done) { return exo_hypercall(23, reqs, count, done, 0, 0); }
 static inline long exo_disk_grant(long envid, long sector, long nsectors, long mode) { return exo_hypercall(24, envid, sector, nsectors, mode, 0); }
+static inline long exo_log(long buf, long len) { return exo_hypercall(25, buf, len, 0, 0, 0); }
 
 #endif

@@ -150,7 +150,7 @@ class FileSystem(LibModule):
     INDEX = 5
     ENTRIES = ("open", "read", "write", "close", "lseek", "stat", "fstat", "readdir", "mkdir", "rmdir",
                "unlink", "rename", "fsync", "sync")
-    HYPERCALLS = frozenset({"disk_info", "disk_io", "page_alloc", "time_now"})
+    HYPERCALLS = frozenset({"disk_info", "disk_io", "page_alloc", "time_now", "log"})
     DOC = "POSIX-like files on an ext2 disk, file system and block cache in the library"
     BATCH_SECTORS = (STAGE_PAGES - 2) * PAGE_SIZE // SECTOR  # one disk_io hypercall moves up to 112 sectors
 
@@ -172,8 +172,14 @@ class FileSystem(LibModule):
 
             for i in range(STAGE_PAGES):
                 self.ensure_page(self.stage + i * PAGE_SIZE, PERM_R | PERM_W)
+            from libos.fs.ext2 import Ext2Error
+
             dev = DiskIO(self)
-            self._fs = Ext2.open(dev, clock=self._clock)
+            try:
+                self._fs = Ext2.open(dev, clock=self._clock)
+            except Ext2Error as e:
+                self.log(f"cannot mount the disk: {e}")
+                raise
             self._fs.dev = dev
         return self._fs
 
@@ -186,6 +192,8 @@ class FileSystem(LibModule):
                 return -E.EROFS  # refused now, not lost at the next sync
             return fn(*args)
         except Ext2Error as e:
+            if e.errno == E.EIO and self._fs is not None:  # a damaged disk: say what is wrong
+                self.log(str(e))
             return -e.errno
         except OSError as e:
             return -(e.errno or E.EIO)

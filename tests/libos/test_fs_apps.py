@@ -190,3 +190,15 @@ def test_power_loss_by_fault_injection_keeps_fsynced_data(image, tmp_path):
 def test_no_disk_gives_an_errno(tmp_path):
     r = run_exo("boot", str(APPS / "cat"), "--", "/etc/motd", cache=str(tmp_path / "c"))
     assert r.returncode == 1 and b"error 19" in r.stdout  # ENODEV
+
+
+def test_corrupt_image_gives_an_error_and_says_why(image, tmp_path):
+    with open(image, "r+b") as f:  # break the superblock magic (offset 1024 + 56)
+        f.seek(1024 + 56)
+        f.write(b"\0\0")
+    r = boot("cat", image, "/etc/motd", cache=str(tmp_path / "c"))
+    assert r.returncode == 1
+    assert r.stdout == b"cat: /etc/motd: error 22\n"  # EINVAL from the library, not a crash
+    err = r.stderr.decode()
+    assert "Traceback" not in err
+    assert "exo: environment 1 (cat): fs: cannot mount the disk:" in err and "magic" in err.lower()
