@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,9 @@ def read_sources(paths: list[Path], include_dirs: list[Path], display_root: Path
     seen: list[Path] = []
 
     def show(p: Path) -> str:
-        try:
-            return str(p.relative_to(display_root)) if display_root else str(p)
-        except ValueError:
-            return str(p)
+        """The path as the user can open it: relative to the working directory if below it."""
+        rel = os.path.relpath(p)
+        return str(p) if rel.startswith("..") else rel
 
     def read(path: Path, current: str, depth: int) -> str:
         if depth > 16:

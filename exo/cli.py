@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +23,18 @@ def _err(msg: str) -> None:
     sys.stderr.write(f"exo: error: {msg}\n")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = message.replace("the following arguments are required: ", "missing ")
+        message = message.replace(", rest", "").replace(" rest", "")
+        self.exit(EXIT_USAGE, f"exo: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m exo", description="exo: an exokernel and library OS on an emulated x86-64 machine")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="python -m exo", description="exo: an exokernel and library OS on an emulated x86-64 machine")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     b = sub.add_parser("boot", help="boot one or more guest apps (guest arguments after --)")
     b.add_argument("apps", nargs="+", metavar="APP", help="guest app directory (with app.toml)")
     b.add_argument("--clock", choices=("virtual", "wall"), default="virtual",
@@ -45,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--disk", metavar="IMAGE[:ro]",
                    help="attach a raw disk image (512-byte sectors), granted whole to every app; never flushed "
                         "implicitly (docs/disk.md)")
-    b.add_argument("--disk-fail-after", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+    b.add_argument("--disk-fail-after", type=int, default=None, metavar="N",
+                   help="fault injection: drop every disk write after the Nth unflushed one (power loss)")
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -111,6 +122,14 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         raise ExoUserError("--slice", f"must be positive, got {args.slice}")
     if args.trace and not args.trace.endswith((".json", ".jsonl")):
         raise ExoUserError(args.trace, "trace file must end in .json (Chrome/Perfetto) or .jsonl (JSON lines)")
+    if args.max_instructions is not None:
+        if args.max_instructions <= 0:
+            raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
+        if args.clock == "wall":
+            raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
+    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace)):
+        if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
+            raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
     if args.trace_capacity <= 0:
         raise ExoUserError("--trace-capacity", f"must be positive, got {args.trace_capacity}")
 
@@ -143,8 +162,11 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
             grant(env, disk)  # the whole disk; read-only on a :ro image
         envs.append(env)
+    interrupted = False
     try:
         kernel.run(max_instructions=args.max_instructions)
+    except KeyboardInterrupt:
+        interrupted = True  # still write what was counted and traced so far
     finally:
         machine.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md)
     if tracer is not None:
@@ -157,6 +179,12 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
             raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
     if args.stats:
         print_stats(stats)
+    if interrupted:
+        sys.stderr.write("exo: interrupted\n")
+        return 130
+    if machine.console.output_error:
+        sys.stderr.write(f"exo: error: writing the guests' output: {machine.console.output_error}\n")
+        return EXIT_FAULT
     first = envs[0]
     stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
     for e in stuck:
@@ -214,6 +242,7 @@ def collect_stats(kernel) -> dict:
         envs.append({
             "id": e.id, "name": e.name, "parent": e.parent,
             "exit": e.exit_summary() if not e.alive else None,
+            "status": e.outcome,
             "fault": e.fault,
             "instructions": e.instructions if kernel.machine.clock.mode == "virtual" else None,
             "transitions": {k: by_env.get(e.id, {}).get(k, 0) for k in kinds},

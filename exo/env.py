@@ -57,6 +57,17 @@ class Env:
     def alive(self) -> bool:
         return self.status not in (EnvStatus.DYING, EnvStatus.DEAD, EnvStatus.FREE)
 
+    @property
+    def outcome(self) -> str:
+        """alive, exited, faulted, destroyed (by its parent or itself), orphaned (never to run again)."""
+        if self.alive:
+            return "alive"
+        if self.fault is not None:
+            return "faulted"
+        if self.orphaned:
+            return "orphaned"
+        return "exited" if self.exit_status is not None else "destroyed"
+
     def exit_summary(self) -> str | int | None:
         if self.fault is not None:
             return "fault"

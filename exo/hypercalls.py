@@ -378,6 +378,8 @@ def _hc_log(k: Exokernel, env: Env, buf: int, length: int) -> int:
     if length > 4096:
         raise HypercallError(Errno.EINVAL, f"log line of {length} bytes (4096 at most)")
     text = env.space.read(buf, length).decode("utf-8", "replace").rstrip("\n")
+    # One line, no control characters: a guest must not forge exo's own messages.
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
     k.on_log(env, text)
     return 0
 

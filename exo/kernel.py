@@ -27,7 +27,7 @@ from exo.env import Env
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
-from exo.libcall import LibraryTable
+from exo.libcall import LibFault, LibraryTable
 from exo.report import FaultReport, build_report
 from exo.structures import Structures, slot_code
 from exo.vm import EXO_REGION, AddressSpace
@@ -334,7 +334,12 @@ class Exokernel:
 
     def code(self, cpu: VCpu, address: int) -> None:
         """Guest code entered a libOS trampoline slot: a library call."""
-        self.libs.call(self.current, address)
+        env = self.current
+        try:
+            self.libs.call(env, address)
+        except (HypercallError, LibFault) as e:  # a guest's bad state must not stop the exokernel
+            if env.alive:
+                self.abort(env, "library call failed", str(e))
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         env = self.current
@@ -412,9 +417,15 @@ class Exokernel:
     def run(self, max_instructions: int | None = None) -> None:
         """Run environments round-robin until none is runnable (or the watchdog fires)."""
         cpu = self.cpu
-        budget = self.slice_instructions
         total = 0
+        self.watchdog_fired = False
         while True:
+            budget = self.slice_instructions
+            if max_instructions is not None:
+                if total >= max_instructions:
+                    self.watchdog_fired = True
+                    break
+                budget = min(budget, max_instructions - total)  # stop exactly at the limit
             env = self._pick()
             if env is None:
                 break
@@ -443,12 +454,10 @@ class Exokernel:
                 env.interrupted = True
             if env.status == EnvStatus.RUNNABLE:
                 self._enqueue(env)
-            if max_instructions is not None and total >= max_instructions:
-                break
         for env in list(self.envs.values()):
             if env.is_server and env.alive:
                 self._reclaim(env)  # a microkernel server outlives no client
-            elif env.alive and env.status == EnvStatus.BLOCKED:
+            elif env.alive and env.status == EnvStatus.BLOCKED and not self.watchdog_fired:
                 env.fault = f"blocked forever (waiting for {env.blocked_on}): no environment can wake it"
 
     # ----------------------------------------------------------------- queries

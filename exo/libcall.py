@@ -267,11 +267,13 @@ class LibraryTable:
         """The code hook: guest code reached ``address`` in the trampoline range."""
         st = self.k.structures
         if st is not None:
-            if address == STRUCT_GK_ENTRY:
+            # Only in the state the structure put the environment in; a guest that
+            # jumps here by itself just runs the page's instructions (and faults).
+            if address == STRUCT_GK_ENTRY and env.pv_call is not None and env.pv_call[0] is not None:
                 st.guest_kernel_entry(env)
-            elif address == STRUCT_GK_FAULT:
+            elif address == STRUCT_GK_FAULT and env.pv_fault is not None:
                 st.guest_kernel_fault(env)
-            elif address == STRUCT_SERVER_DISPATCH:
+            elif address == STRUCT_SERVER_DISPATCH and env.is_server and env.request is not None:
                 st.server_dispatch(env)
         entry = env.libcalls.get(address)
         if entry is None:
@@ -287,7 +289,12 @@ class LibraryTable:
         g[0] = (result or 0) & _MASK
         if cpu.stop_requested:
             # The vCPU stops before the slot's `ret` runs: return to the caller now.
-            ret, rsp = port.return_address()
+            try:
+                ret, rsp = port.return_address()
+            except LibFault:
+                # The caller's stack is not readable: the `ret` itself would fault.
+                self.k.abort(env, "bad stack at a library call", f"RSP {g[GPR_INDEX[Reg.RSP]]:#x} is not readable")
+                return
             cpu.regs.write(Reg.RIP, ret)
             g[GPR_INDEX[Reg.RSP]] = rsp
 

@@ -102,16 +102,20 @@ class ServerPort:
     kernel IPC copy would reach it.
     """
 
-    def __init__(self, server_port, client_port) -> None:
+    def __init__(self, server_port, client_port, index: int) -> None:
         self.server, self.client = server_port, client_port
         self.Fault = client_port.Fault
+        # Only the served module's own region is the server's; every other address
+        # (the client's heap, stack, image) is the client's.
+        self.lo = LIBOS_DATA + index * LIBOS_DATA_STRIDE
+        self.hi = self.lo + LIBOS_DATA_STRIDE
 
     @property
     def env_id(self) -> int:
         return self.client.env_id
 
     def _side(self, va: int):
-        return self.server if LIBOS_DATA <= va < LIBOS_DATA + 15 * LIBOS_DATA_STRIDE else self.client
+        return self.server if self.lo <= va < self.hi else self.client
 
     def hypercall(self, name: str, *args: int) -> int:
         return self.server.hypercall(name, *args)
@@ -318,12 +322,23 @@ class Structures:
             g[0] = -Errno.ESRCH & _MASK
             return
         instance = entry.fn.__self__
-        saved = instance.port
-        instance.port = ServerPort(k.libs.port(server), k.libs.port(client))
+        index = instance.INDEX
+        lo = LIBOS_DATA + index * LIBOS_DATA_STRIDE
+        if any(lo <= a < lo + LIBOS_DATA_STRIDE for a in args):
+            # A client pointer into the server's private region (its staging buffers,
+            # which hold other clients' data): refused, as an address the client does not own.
+            server.request = None
+            server.serving = client_id
+            g[0] = -Errno.EFAULT & _MASK
+            return
+        saved, saved_grants = instance.port, server.disk_grants
+        instance.port = ServerPort(k.libs.port(server), k.libs.port(client), index)
+        server.disk_grants = list(client.disk_grants)  # the server acts with its client's disk rights
         try:
             result = k.libs.run_entry(client, entry, args, count=False)
         finally:
             instance.port = saved
+            server.disk_grants = saved_grants
         if result is k.RETRY:
             return  # stopped at the dispatch `nop`: served again when woken
         server.request = None

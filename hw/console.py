@@ -29,6 +29,7 @@ class ConsoleDevice:
     def __init__(self, stdin: int | bytes | None = 0, stdout: int | BinaryIO = 1) -> None:
         self._out = stdout
         self.output_closed = False
+        self.output_error: str | None = None  # why output failed (not for a reader that left: `| head`)
         self.bytes_in = 0
         self.bytes_out = 0
         self._data = bytearray()
@@ -117,8 +118,12 @@ class ConsoleDevice:
                 out.write(data)
                 if not isinstance(out, io.BytesIO):
                     out.flush()
-        except (BrokenPipeError, ValueError, OSError):
+        except BrokenPipeError:
+            self.output_closed = True  # the reader went away (`exo boot ... | head`): not an error
+            return -1
+        except (ValueError, OSError) as e:
             self.output_closed = True
+            self.output_error = getattr(e, "strerror", None) or str(e)
             return -1
         self.bytes_out += len(data)
         return len(data)

@@ -59,7 +59,7 @@ def test_stats_json_is_deterministic(tmp_path):
     assert s["transitions"]["hypercall"] == 2 * reads
     assert s["transitions"]["trap"] == 0
     assert s["guest_instructions"] > 0
-    assert s["envs"] == [{"id": 1, "name": "echo", "parent": None, "exit": 0, "fault": None,
+    assert s["envs"] == [{"id": 1, "name": "echo", "parent": None, "exit": 0, "status": "exited", "fault": None,
                           "instructions": s["guest_instructions"], "transitions": s["envs"][0]["transitions"]}]
 
 

@@ -210,7 +210,7 @@ class FileSystem(LibModule):
         def do() -> int:
             fs = self._mount()
             try:
-                ino = fs.lookup(name)
+                ino = fs.lookup(name, follow=True)  # open follows a final symlink, as POSIX does
                 if flags & O_CREAT and flags & O_EXCL:
                     return -E.EEXIST
             except Exception as e:  # noqa: BLE001 - only "not found" may be created
@@ -283,7 +283,7 @@ class FileSystem(LibModule):
 
     def stat(self, path: int, st: int) -> int:
         name = self._path(path)
-        return self._call(lambda: self._put_stat(self._mount().stat(name), st) or 0)
+        return self._call(lambda: self._put_stat(self._mount().stat(name, follow=True), st) or 0)
 
     def fstat(self, fd: int, st: int) -> int:
         f = self._file(fd)

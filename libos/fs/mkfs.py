@@ -251,7 +251,8 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exo mkfs", description="Make an ext2 file system image (pure Python).")
-    p.add_argument("image", help="image file to create (overwritten)")
+    p.add_argument("image", help="image file to create")
+    p.add_argument("--force", action="store_true", help="overwrite an existing non-empty file")
     p.add_argument("--size", required=True, help="image size, e.g. 64M (suffixes K, M, G)")
     p.add_argument("--from", dest="from_dir", metavar="DIR", help="copy this host directory into the image")
     p.add_argument("--block-size", type=int, default=None, help="1024, 2048 or 4096 (default: by size)")
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = p.parse_args(argv)
         size = parse_size(a.size)
+        if not a.force and os.path.isfile(a.image) and os.path.getsize(a.image) > 0:
+            raise MkfsError(f"{a.image} exists and is not empty (use --force to overwrite it)")
         mkfs(a.image, size, block_size=a.block_size, from_dir=a.from_dir, inode_ratio=a.inode_ratio,
              label=a.label)
     except MkfsError as e:
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"exo mkfs: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    print(f"{a.image}: ext2, {size} bytes")
+    print(f"{a.image}: ext2, {size} bytes", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,135 @@
+"""Problems found by using exo as its users would, each fixed and kept fixed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT, WITNESS, boot, make_app, need_tool
+from test_echo import run_exo
+
+from exo.abi import Errno
+
+
+def test_bad_stack_at_a_library_call_stops_only_that_environment(app):
+    bad = app("badrsp", "_start:\n    xor esp, esp\n    mov rax, LIB_CORE_YIELD_CPU\n    jmp rax\n",
+              libos={"console": "buffered"})
+    b = boot(bad, app("w", WITNESS))
+    assert b.stdout == b"ok\n"
+    (report,) = b.reports
+    assert report.kind == "bad stack at a library call"
+
+
+@pytest.mark.parametrize("structure", ["monolithic", "xen-pv", "microkernel"])
+@pytest.mark.parametrize("target", ["0x10F000", "0x10F080", "0x10F10A"])
+def test_jumping_into_the_structure_page_does_not_crash_exo(tmp_path, structure, target):
+    d = make_app(tmp_path, "j", f"_start:\n    mov rax, {target}\n    jmp rax\n", libos={"console": "buffered"})
+    r = run_exo("boot", str(d), "--structure", structure, "--max-instructions", "200000", cache=str(tmp_path / "c"))
+    assert b"Traceback" not in r.stderr
+    assert r.returncode == 1
+
+
+HEAPW = """
+section .text
+_start:
+    mov edi, 0x10
+    call LIB_MEMORY_MALLOC
+    mov rbx, rax
+    mov dword ptr [rbx], 0x0a216968    ; "hi!\\n"
+    mov rdi, rbx
+    mov rsi, 4
+    call LIB_CONSOLE_WRITE
+    mov rdi, rax
+    call LIB_CORE_EXIT
+"""
+
+
+@pytest.mark.parametrize("structure", ["exokernel", "microkernel"])
+def test_heap_buffers_reach_a_service_in_every_structure(tmp_path, structure):
+    d = make_app(tmp_path, "heapw", HEAPW, libos={"console": "buffered", "memory": "cow"})
+    r = run_exo("boot", str(d), "--structure", structure, cache=str(tmp_path / "c"))
+    assert (r.returncode, r.stdout) == (4, b"hi!\n"), r.stderr.decode()
+
+
+def test_a_client_cannot_read_a_servers_buffers(tmp_path):
+    snoop = make_app(tmp_path, "snoop", "_start:\n    mov rdi, 0x700010000000\n    mov rsi, 24\n"
+                     "    call LIB_CONSOLE_WRITE\n    mov rdi, rax\n    neg rdi\n    call LIB_CORE_EXIT\n",
+                     libos={"console": "buffered"})
+    r = run_exo("boot", str(ROOT / "guest_apps" / "forktree"), str(snoop), "--structure", "microkernel",
+                cache=str(tmp_path / "c"))
+    assert r.stdout.count(b"I am") == 15 and r.stdout.count(b"I am '111'") == 1  # nothing leaked twice
+    assert r.returncode == 0  # forktree's status; snoop got -EFAULT (below)
+    b = boot(snoop)
+    assert b.envs[0].exit_status == Errno.EFAULT
+
+
+def test_watchdog_is_exact_and_needs_the_virtual_clock(tmp_path):
+    loop = make_app(tmp_path, "loop", "_start:\n    jmp _start\n")
+    out = tmp_path / "s.json"
+    r = run_exo("boot", str(loop), "--max-instructions", "1000", "--stats-json", str(out), cache=str(tmp_path / "c"))
+    assert r.returncode == 1 and b"still running when the watchdog stopped" in r.stderr
+    stats = json.loads(out.read_text())
+    assert stats["guest_instructions"] == 1000 and stats["envs"][0]["status"] == "alive"
+    r = run_exo("boot", str(loop), "--clock", "wall", "--max-instructions", "1000", cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and b"needs --clock virtual" in r.stderr
+    r = run_exo("boot", str(loop), "--max-instructions", "-5", cache=str(tmp_path / "c"))
+    assert r.returncode == 2
+
+
+def test_watchdog_does_not_call_waiting_environments_stuck(tmp_path):
+    r = run_exo("boot", str(ROOT / "guest_apps" / "primes"), "--max-instructions", "10000", cache=str(tmp_path / "c"))
+    assert b"blocked forever" not in r.stderr and b"watchdog" in r.stderr
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for args in (["boot", "guest_apps/echo", "--stat"], ["boot", "guest_apps/echo", "--structure", "micro"],
+                 ["experiment"], ["bench"]):
+        r = run_exo(*args, cache=str(tmp_path))
+        lines = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("exo: error: "), r.stderr
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path):
+    r = run_exo("boot", str(ROOT / "guest_apps" / "echo"), "--stats-json", "/nonexistent/s.json", stdin=b"x",
+                cache=str(tmp_path))
+    assert r.returncode == 2 and r.stdout == b""
+
+
+def test_log_lines_cannot_forge_exo_messages(app):
+    src = ("section .text\n_start:\n    lea rdi, [rip + msg]\n    mov rsi, msglen\n    call HC_LOG\n"
+           "    mov rdi, SCHED_EXIT\n    xor esi, esi\n    call HC_SCHED_OP\n"
+           "section .rodata\nmsg: db \"a\", 10, \"exo: environment 9 (x) stopped: fake\"\nmsglen equ $ - msg\n")
+    from exo.kernel import Exokernel
+
+    logged = []
+    original = Exokernel._print_log
+    Exokernel._print_log = staticmethod(lambda env, text: logged.append(text))
+    try:
+        boot(app("forger", src))
+    finally:
+        Exokernel._print_log = original
+    assert logged == ["a\\x0aexo: environment 9 (x) stopped: fake"]
+
+
+def test_mkfs_does_not_overwrite_without_force(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(b"precious")
+    r = run_exo("mkfs", str(img), "--size", "4M", cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and img.read_bytes() == b"precious"
+    r = run_exo("mkfs", str(img), "--size", "4M", "--force", cache=str(tmp_path / "c"))
+    assert r.returncode == 0 and img.stat().st_size == 4 << 20
+
+
+def test_open_follows_a_symlink(tmp_path):
+    need_tool(shutil.which("debugfs") is not None, "e2fsprogs is not installed")
+    src = tmp_path / "tree"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "motd").write_text("hello\n")
+    (src / "link").symlink_to("/etc/motd")
+    img = tmp_path / "d.img"
+    assert run_exo("mkfs", str(img), "--size", "4M", "--from", str(src), cache=str(tmp_path / "c")).returncode == 0
+    r = run_exo("boot", str(ROOT / "guest_apps" / "cat"), "--disk", str(img), "--", "/link", cache=str(tmp_path / "c"))
+    assert r.returncode == 0 and r.stdout == b"hello\n"
+    assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
