@@ -40,6 +40,10 @@ class FrameTable:
         # fills a buffer, zeroing a reused frame) must drop Unicorn's translated
         # code, which notices guest writes to code but not host writes.
         self.code = bytearray(n)
+        # Live writable and executable mappings of each frame, in all address
+        # spaces: W^X holds per frame, not only per mapping (exo/vm.py).
+        self.wmaps = array("i", [0]) * n
+        self.xmaps = array("i", [0]) * n
         self.on_code_write: Callable[[], None] = lambda: None
         first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
         for f in range(first):
@@ -72,6 +76,7 @@ class FrameTable:
         self.owner[f] = FREE
         self.type[f] = FrameType.FREE
         self.refs[f] = 0
+        self.wmaps[f] = self.xmaps[f] = 0
         self._free.append(f)
 
     def valid(self, f: int) -> bool:

@@ -74,6 +74,26 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
 
 
+def _count_wx(ft: FrameTable, frame: int, pte: int, delta: int) -> None:
+    if pte & PTE_W:
+        ft.wmaps[frame] += delta
+    if not pte & PTE_NX:
+        ft.xmaps[frame] += delta
+
+
+def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
+    """W^X per frame: no frame is writable through one mapping and executable through another.
+
+    ``replaced`` is the entry this mapping replaces for the same frame (0 if none).
+    """
+    w_elsewhere = ft.wmaps[frame] - (1 if replaced & PTE_W else 0)
+    x_elsewhere = ft.xmaps[frame] - (1 if replaced and not replaced & PTE_NX else 0)
+    if pte & PTE_W and x_elsewhere > 0:
+        raise HypercallError(Errno.EPERM, f"W^X: frame {frame:#x} is mapped executable elsewhere")
+    if not pte & PTE_NX and w_elsewhere > 0:
+        raise HypercallError(Errno.EPERM, f"W^X: frame {frame:#x} is mapped writable elsewhere")
+
+
 class AddressSpace:
     """The page tables of one environment and the frames mapped through them."""
 
@@ -84,6 +104,7 @@ class AddressSpace:
         self.table_frames: list[int] = []
         self.frame_maps: dict[int, int] = {}  # frame -> number of mappings here
         self.pages = 0  # pages mapped
+        self._wx_flags: dict[int, int] = {}  # va -> pte flags of writable or executable mappings
         self.root = self._alloc_table()
         # The page tables themselves, readable (never writable) by the guest at
         # UVPT through a recursive entry: W=0 there makes every access through
@@ -123,12 +144,17 @@ class AddressSpace:
             raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
         slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
         old = self.mem.read_u64(slot)
+        same = old & PTE_P and (old & ADDR_MASK) >> PAGE_SHIFT == frame
+        _check_wx(ft, frame, pte_flags, old if same else 0)
+        _count_wx(ft, frame, pte_flags, +1)
         ft.refs[frame] += 1
         if not pte_flags & PTE_NX:
             ft.code[frame] = 1
         self.frame_maps[frame] = self.frame_maps.get(frame, 0) + 1
         self.mem.write_u64(slot, (frame << PAGE_SHIFT) | (pte_flags & ~ADDR_MASK) | PTE_P)
+        self._wx_flags[va] = pte_flags
         if old & PTE_P:
+            _count_wx(ft, (old & ADDR_MASK) >> PAGE_SHIFT, old, -1)
             self._release((old & ADDR_MASK) >> PAGE_SHIFT)
         else:
             self.pages += 1
@@ -141,9 +167,14 @@ class AddressSpace:
         pte = self.mem.read_u64(slot) if slot is not None else 0
         if not pte & PTE_P:
             raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
+        frame = (pte & ADDR_MASK) >> PAGE_SHIFT
+        _check_wx(self.frames, frame, pte_flags, pte)
+        _count_wx(self.frames, frame, pte, -1)
+        _count_wx(self.frames, frame, pte_flags, +1)
+        self._wx_flags[va] = pte_flags
         self.mem.write_u64(slot, (pte & ADDR_MASK) | (pte_flags & ~ADDR_MASK) | PTE_P)
         if not pte_flags & PTE_NX:
-            self.frames.code[(pte & ADDR_MASK) >> PAGE_SHIFT] = 1
+            self.frames.code[frame] = 1
 
     def unmap(self, va: int) -> bool:
         slot = entry_address(self.mem, self.root, va)
@@ -154,6 +185,8 @@ class AddressSpace:
             return False
         self.mem.write_u64(slot, 0)
         self.pages -= 1
+        self._wx_flags.pop(va, None)
+        _count_wx(self.frames, (pte & ADDR_MASK) >> PAGE_SHIFT, pte, -1)
         self._release((pte & ADDR_MASK) >> PAGE_SHIFT)
         return True
 
@@ -171,6 +204,11 @@ class AddressSpace:
     def destroy(self) -> int:
         """Unmap everything and free the page tables; returns frames released."""
         released = 0
+        for va, flags in self._wx_flags.items():
+            t = translate(self.mem, self.root, va)
+            if t is not None:
+                _count_wx(self.frames, t.pa >> PAGE_SHIFT, flags, -1)
+        self._wx_flags.clear()
         for frame, n in list(self.frame_maps.items()):
             ft = self.frames
             ft.refs[frame] -= n

@@ -133,3 +133,35 @@ def test_open_follows_a_symlink(tmp_path):
     r = run_exo("boot", str(ROOT / "guest_apps" / "cat"), "--disk", str(img), "--", "/link", cache=str(tmp_path / "c"))
     assert r.returncode == 0 and r.stdout == b"hello\n"
     assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
+
+
+WX_ALIAS = """
+section .text
+_start:
+    xor edi, edi
+    mov rsi, 0x600000
+    mov rdx, PERM_R | PERM_W
+    call HC_PAGE_ALLOC            ; a writable page the guest owns
+    mov rdi, 0x600000
+    call HC_FRAME_OF
+    lea rbx, [rip + req]
+    mov qword ptr [rbx + 16], rax ; frame
+    mov rdi, rbx
+    mov rsi, 1
+    xor edx, edx
+    call HC_MMU_UPDATE            ; map it again, executable, at 0x700000
+    mov rsi, rax
+    neg rsi
+    mov rdi, SCHED_EXIT
+    call HC_SCHED_OP
+section .data
+req: dd MMU_MAP, 0
+    dq 0x700000, 0, PERM_R | PERM_X
+"""
+
+
+def test_w_xor_x_holds_per_frame(app):
+    b = boot(app("alias", WX_ALIAS))
+    assert b.envs[0].exit_status == Errno.EPERM
+    # every mapping was released with the environment: no live W or X mapping is left counted
+    assert sum(b.kernel.frames.wmaps) == 0 and sum(b.kernel.frames.xmaps) == 0
