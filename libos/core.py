@@ -10,11 +10,11 @@ class Core(LibModule):
     NAME = "core"
     IMPL = "default"
     INDEX = 0
-    ENTRIES = ("exit", "env_id", "yield_cpu", "time_ns", "null")
-    HYPERCALLS = frozenset({"sched_op", "env_id", "time_now"})
+    ENTRIES = ("exit", "env_id", "yield_cpu", "time_ns", "null", "strerror")
+    HYPERCALLS = frozenset({"sched_op", "env_id", "time_now", "page_alloc"})
     # Kernel-interface stubs: in every OS structure these run in the caller and make
     # the hypercall themselves. `null` is a service that does nothing: the null call.
-    LOCAL = frozenset({"exit", "env_id", "yield_cpu", "time_ns"})
+    LOCAL = frozenset({"exit", "env_id", "yield_cpu", "time_ns", "strerror"})
     DOC = "exit(status) flushes every module, then ends the environment; null() is the null service call"
 
     def exit(self, status: int) -> int:
@@ -34,3 +34,13 @@ class Core(LibModule):
 
     def null(self) -> int:
         return 0
+
+    def strerror(self, err: int) -> int:
+        """A pointer to a NUL-terminated message for errno ``err`` (either sign), as C's strerror."""
+        import os
+
+        err = abs(err - (1 << 64) if err >= 1 << 63 else err)
+        va = self.data_base
+        self.ensure_page(va)
+        self.port.write(va, os.strerror(err).encode()[:200] + b"\0")
+        return va

@@ -38,7 +38,8 @@ done:
     xor edi, edi
     call LIB_CORE_EXIT
 failed:
-    neg rax
+    mov rdi, rax
+    call LIB_CORE_STRERROR
     mov rdx, rax
     lea rdi, [rip + errfmt]
     mov rsi, [r13]
@@ -52,7 +53,7 @@ usage:
     call LIB_CORE_EXIT
 
 section .rodata
-errfmt: db "cat: %s: error %d", 10, 0
+errfmt: db "cat: %s: %s", 10, 0
 usagemsg: db "usage: cat FILE...", 0
 
 section .bss

@@ -44,7 +44,8 @@ copied:
     xor edi, edi
     call LIB_CORE_EXIT
 failed:
-    neg rax
+    mov rdi, rax
+    call LIB_CORE_STRERROR
     mov rsi, rax
     lea rdi, [rip + errfmt]
     call LIB_CONSOLE_PRINTF
@@ -57,7 +58,7 @@ usage:
     call LIB_CORE_EXIT
 
 section .rodata
-errfmt: db "cp: error %d", 10, 0
+errfmt: db "cp: %s", 10, 0
 usagemsg: db "usage: cp SRC DST", 0
 
 section .bss

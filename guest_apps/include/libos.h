@@ -7,6 +7,7 @@
 #define lib_core_yield_cpu ((long (*)(void))0x101020)
 #define lib_core_time_ns ((long (*)(void))0x101030)
 #define lib_core_null ((long (*)(void))0x101040)
+#define lib_core_strerror ((long (*)(long))0x101050)
 #define lib_console_write ((long (*)(long, long))0x102000)
 #define lib_console_putc ((long (*)(long))0x102010)
 #define lib_console_puts ((long (*)(long))0x102020)

@@ -31,7 +31,8 @@ done:
     xor edi, edi
     call LIB_CORE_EXIT
 failed:
-    neg rax
+    mov rdi, rax
+    call LIB_CORE_STRERROR
     mov rdx, rax
     lea rdi, [rip + errfmt]
     mov rsi, r13
@@ -43,7 +44,7 @@ section .rodata
 root: db "/", 0
 filefmt: db "%8d %s", 10, 0
 dirfmt: db "%8d %s/", 10, 0
-errfmt: db "ls: %s: error %d", 10, 0
+errfmt: db "ls: %s: %s", 10, 0
 
 section .bss
 ent: resb 24 + 256

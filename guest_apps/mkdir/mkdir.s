@@ -19,7 +19,8 @@ done:
     xor edi, edi
     call LIB_CORE_EXIT
 failed:
-    neg rax
+    mov rdi, rax
+    call LIB_CORE_STRERROR
     mov rdx, rax
     lea rdi, [rip + errfmt]
     mov rsi, [r13]
@@ -33,5 +34,5 @@ usage:
     call LIB_CORE_EXIT
 
 section .rodata
-errfmt: db "mkdir: %s: error %d", 10, 0
+errfmt: db "mkdir: %s: %s", 10, 0
 usagemsg: db "usage: mkdir PATH...", 0
