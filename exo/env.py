@@ -30,6 +30,7 @@ class Env:
     orphaned: bool = False  # reclaimed with its parent before it was ever started
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)
+    tree_root: int = 0  # the booted app this environment descends from (0: it is one)
     argv: list[str] = field(default_factory=list)
     symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
     # libOS linking (exo/libcall.py)

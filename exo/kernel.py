@@ -39,6 +39,10 @@ from hw.regs import GPRS, Reg
 from hw.traps import Trap, TrapKind, Vector
 
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
+# Live environments one booted app (its tree of descendants) may hold: a fork bomb
+# gets -ENOMEM here instead of taking all of RAM from the other apps (JOS has a
+# global NENV of 1024 for the same reason).
+MAX_ENVS_PER_APP = 1024
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
 _KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
@@ -76,6 +80,7 @@ class Exokernel:
         self.current: Env | None = None
         self._live: Env | None = None  # whose state is loaded in the vCPU
         self._next_id = 1
+        self._tree_sizes: dict[int, int] = {}  # app (tree root id) -> live environments in it
         self.slice_instructions = slice_instructions
         self.reports: list[FaultReport] = []
         self.on_fault = on_fault or self._print_report
@@ -125,7 +130,12 @@ class Exokernel:
 
     def exofork(self, parent: Env) -> Env:
         """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
+        root = parent.tree_root or parent.id
+        if self._tree_sizes.get(root, 1) >= MAX_ENVS_PER_APP:
+            raise HypercallError(Errno.ENOMEM, f"this app already has {MAX_ENVS_PER_APP} live environments")
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
+        child.tree_root = root
+        self._tree_sizes[root] = self._tree_sizes.get(root, 1) + 1
         cpu = self.cpu
         cr3 = child.ctx.cr3
         cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
@@ -232,6 +242,9 @@ class Exokernel:
             self._reclaim(env)
 
     def _reclaim(self, env: Env) -> None:
+        root = env.tree_root or env.id
+        if root in self._tree_sizes or env.tree_root:
+            self._tree_sizes[root] = self._tree_sizes.get(root, 1) - 1
         if env.mailbox is not None and env.mailbox[2] >= 0:
             self.release_frame(env.mailbox[2])
         env.mailbox = None

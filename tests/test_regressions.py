@@ -165,3 +165,33 @@ def test_w_xor_x_holds_per_frame(app):
     assert b.envs[0].exit_status == Errno.EPERM
     # every mapping was released with the environment: no live W or X mapping is left counted
     assert sum(b.kernel.frames.wmaps) == 0 and sum(b.kernel.frames.xmaps) == 0
+
+
+BOMB = """
+section .text
+_start:
+    call HC_ENV_CREATE
+    test rax, rax
+    js full
+    jz child
+    jmp _start
+child:
+    mov rdi, SCHED_BLOCK
+    xor esi, esi
+    call HC_SCHED_OP
+full:
+    mov rsi, rax
+    neg rsi
+    mov rdi, SCHED_EXIT
+    call HC_SCHED_OP
+"""
+
+
+def test_a_fork_bomb_is_capped_per_app(app):
+    from exo.kernel import MAX_ENVS_PER_APP
+
+    b = boot(app("bomb", BOMB), app("w", WITNESS), ram_mib=64)
+    assert b.stdout == b"ok\n"
+    bomb = b.env("bomb")
+    assert bomb.exit_status == Errno.ENOMEM
+    assert len(bomb.children) == MAX_ENVS_PER_APP - 1
