@@ -243,8 +243,8 @@ class Exokernel:
 
     def _reclaim(self, env: Env) -> None:
         root = env.tree_root or env.id
-        if root in self._tree_sizes or env.tree_root:
-            self._tree_sizes[root] = self._tree_sizes.get(root, 1) - 1
+        if root in self._tree_sizes:  # only apps that ever forked are counted
+            self._tree_sizes[root] -= 1
         if env.mailbox is not None and env.mailbox[2] >= 0:
             self.release_frame(env.mailbox[2])
         env.mailbox = None
@@ -262,12 +262,14 @@ class Exokernel:
             self._live = None
         env.ctx = None  # type: ignore[assignment]  # frees the Unicorn context
 
-    def kill(self, env: Env, trap: Trap, reason: str = "") -> None:
+    def kill(self, env: Env, trap: Trap, reason: str = "", kind: str | None = None) -> None:
         """Stop ``env`` with a fault report; every other environment keeps running."""
         code = env.space.fetch_code(trap.insn_address)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
         where = env.symbolize(trap.insn_address) if env.symbolize else None
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
+        if kind is not None:
+            report.kind = kind
         env.fault = report.summary
         self.reports.append(report)
         self.on_fault(report)
@@ -275,17 +277,8 @@ class Exokernel:
 
     def abort(self, env: Env, what: str, detail: str) -> None:
         """Stop ``env`` because its library OS failed (a bug in a module, not a CPU fault)."""
-        rip = self.cpu.regs.read(Reg.RIP)
-        trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, rip, detail=detail)
-        code = env.space.fetch_code(rip)
-        regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
-        report = build_report(env.id, env.name, trap, code, regs, detail,
-                              env.symbolize(rip) if env.symbolize else None)
-        report.kind = what
-        env.fault = report.summary
-        self.reports.append(report)
-        self.on_fault(report)
-        self.destroy(env, exit_status=None)
+        trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, self.cpu.regs.read(Reg.RIP), detail=detail)
+        self.kill(env, trap, detail, kind=what)
 
     @staticmethod
     def _print_log(env: Env, text: str) -> None:
