@@ -11,7 +11,6 @@ the host, measured in the same run.
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.guest import boot_source
 from benchmarks.harness import Result, Stats, result, suite_main
 
 MIB = 1 << 20
@@ -73,34 +73,10 @@ buf: resb 0x10000
 
 
 def _run(source: str, image: Path, impl: str) -> tuple[float, dict]:
-    from exo import disk as exodisk
-    from exo.cli import _build, _resolve_libos, collect_stats
-    from exo.kernel import Exokernel
-    from exo.loader import spawn
-    from exo.manifest import load_manifest
-    from hw import Machine
     from hw.blockdev import BlockDevice
-    from libos.link import link
 
-    with tempfile.TemporaryDirectory() as t:
-        d = Path(t)
-        (d / "main.s").write_text(source)
-        (d / "app.toml").write_text(f'name = "fsbench"\nsources = ["main.s"]\n[libos]\nfs = "{impl}"\n')
-        m = load_manifest(d)
-        classes = _resolve_libos(m)
-        image_ = _build(m, classes)
-    dev = BlockDevice(str(image))
-    machine = Machine(128 << 20, stdin=b"", stdout=io.BytesIO(), disk=dev)
-    k = Exokernel(machine, on_fault=lambda r: None)
-    env = spawn(k, image_, [])
-    exodisk.grant(env, dev)
-    link(k.libs, env, classes)
-    t0 = time.perf_counter()
-    k.run(max_instructions=10_000_000_000)
-    dt = time.perf_counter() - t0
-    if k.reports or env.exit_status != 0:
-        raise RuntimeError(f"fs benchmark guest failed: {k.reports[0].summary if k.reports else env.exit_status}")
-    return dt, collect_stats(k)
+    return boot_source(source, {"fs": impl}, name="fsbench", disk=BlockDevice(str(image)),
+                       max_instructions=10_000_000_000)
 
 
 def _fresh_image(d: Path) -> Path:

@@ -15,12 +15,9 @@ and one that performs ``n`` (start-up and exit drop out), per operation, over
 
 from __future__ import annotations
 
-import io
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
 
+from benchmarks.guest import boot_source
 from benchmarks.harness import (
     Result,
     Stats,
@@ -126,31 +123,7 @@ pong:
 
 def boot_time(source: str, libos: dict[str, str], n: int) -> tuple[float, dict]:
     """Host seconds of ``kernel.run`` for the guest ``source`` with ``n`` operations, and its stats."""
-    from exo.cli import _build, _resolve_libos, collect_stats
-    from exo.kernel import Exokernel
-    from exo.loader import spawn
-    from exo.manifest import load_manifest
-    from hw import Machine
-    from libos.link import link, relink_siblings
-
-    with tempfile.TemporaryDirectory() as t:
-        d = Path(t)
-        (d / "main.s").write_text(source.replace("{n}", str(n)))
-        table = "".join(f'{k} = "{v}"\n' for k, v in libos.items())
-        (d / "app.toml").write_text('name = "bench"\nsources = ["main.s"]\n[libos]\n' + table)
-        m = load_manifest(d)
-        classes = _resolve_libos(m)
-        image = _build(m, classes)
-    machine = Machine(256 << 20, stdin=b"", stdout=io.BytesIO())
-    k = Exokernel(machine, on_fault=lambda r: None)
-    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    link(k.libs, spawn(k, image, []), classes)
-    t0 = time.perf_counter()
-    k.run(max_instructions=2_000_000_000)
-    dt = time.perf_counter() - t0
-    if k.reports:
-        raise RuntimeError(k.reports[0].summary)
-    return dt, collect_stats(k)
+    return boot_source(source.replace("{n}", str(n)), libos, ram_mib=256)
 
 
 def per_op(source: str, libos: dict[str, str], n: int, repeat: int, ops_per_n: int = 1) -> tuple[Stats, dict]:

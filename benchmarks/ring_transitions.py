@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,43 +134,16 @@ def _disk_image(d: Path, files: dict[str, bytes]):
 
 def _boot(workload: str, structure: str, n: int, tmp: Path):
     """Boot one workload with ``n`` operations; (stats dict, host seconds of the run)."""
-    from exo.cli import _build, _resolve_libos, collect_stats
-    from exo.kernel import Exokernel
-    from exo.loader import spawn
-    from exo.manifest import load_manifest
-    from hw import Machine
-    from libos.link import link, relink_siblings
+    from benchmarks.guest import boot_source
 
     w = WORKLOADS[workload]
     d = tmp / f"{workload}-{n}"
     d.mkdir(exist_ok=True)
-    (d / "main.s").write_text(w["source"].replace("{n}", str(n)))
-    table = "".join(f'{k} = "{v}"\n' for k, v in w.get("libos", {}).items())
-    (d / "app.toml").write_text(f'name = "{workload}"\nsources = ["main.s"]\n' + (f"[libos]\n{table}" if table else ""))
-    m = load_manifest(d)
-    classes = _resolve_libos(m)
-    image = _build(m, classes)
-    stdin = w.get("stdin", lambda n: b"")(n)
-    disk = None
-    if "disk" in w:
-        disk = _disk_image(d, w["disk"])
-    machine = Machine(64 << 20, stdin=stdin, stdout=io.BytesIO(), disk=disk)
-    k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
-    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    for _ in range(w.get("envs", 1)):
-        env = spawn(k, image, [])
-        if disk is not None:
-            from exo import disk as exodisk
-
-            exodisk.grant(env, disk)
-        if classes:
-            link(k.libs, env, classes)
-    t0 = time.perf_counter()
-    k.run(max_instructions=500_000_000)
-    dt = time.perf_counter() - t0
-    if k.reports:
-        raise RuntimeError(f"{workload}/{structure}: {k.reports[0].summary}")
-    return collect_stats(k), dt
+    disk = _disk_image(d, w["disk"]) if "disk" in w else None
+    dt, stats = boot_source(w["source"].replace("{n}", str(n)), w.get("libos", {}), name=workload,
+                            stdin=w.get("stdin", lambda n: b"")(n), envs=w.get("envs", 1), disk=disk,
+                            structure=structure, ram_mib=64, max_instructions=500_000_000)
+    return stats, dt
 
 
 def measure(workload: str, structure: str, n: int, repeat: int) -> Row:

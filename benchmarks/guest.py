@@ -1,0 +1,53 @@
+"""Booting a small guest written as assembly text, in-process, for measurements."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from pathlib import Path
+
+
+def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdin: bytes = b"",
+                envs: int = 1, disk=None, structure: str = "exokernel", ram_mib: int = 128,
+                max_instructions: int = 2_000_000_000) -> tuple[float, dict]:
+    """(host seconds of the run, stats as `--stats-json` writes them) for ``source`` linked with ``libos``.
+
+    ``disk`` (a hw BlockDevice) is granted whole to every environment booted.
+    A guest that faults or exits non-zero is an error: a benchmark must not time a failure.
+    """
+    from exo import disk as exodisk
+    from exo.cli import _build, _resolve_libos, collect_stats
+    from exo.kernel import Exokernel
+    from exo.loader import spawn
+    from exo.manifest import load_manifest
+    from hw import Machine
+    from libos.link import link, relink_siblings
+
+    with tempfile.TemporaryDirectory() as t:
+        d = Path(t)
+        (d / "main.s").write_text(source)
+        table = "".join(f'{k} = "{v}"\n' for k, v in libos.items())
+        (d / "app.toml").write_text(f'name = "{name}"\nsources = ["main.s"]\n' + (f"[libos]\n{table}" if table else ""))
+        m = load_manifest(d)
+        classes = _resolve_libos(m)
+        image = _build(m, classes)
+    machine = Machine(ram_mib << 20, stdin=stdin, stdout=io.BytesIO(), disk=disk)
+    k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
+    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    booted = []
+    for _ in range(envs):
+        env = spawn(k, image, [])
+        if disk is not None:
+            exodisk.grant(env, disk)
+        if classes:
+            link(k.libs, env, classes)
+        booted.append(env)
+    t0 = time.perf_counter()
+    k.run(max_instructions=max_instructions)
+    dt = time.perf_counter() - t0
+    bad = [e for e in booted if e.exit_status not in (0, None) or e.fault]
+    if k.reports or bad:
+        why = k.reports[0].summary if k.reports else f"exit status {bad[0].exit_status}"
+        raise RuntimeError(f"{name} under {structure}: {why}")
+    return dt, collect_stats(k)
