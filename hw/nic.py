@@ -1,0 +1,160 @@
+"""The machine's network card: one promiscuous Ethernet NIC in front of a backend.
+
+``open_nic(spec, faults=..., pcap=...)`` builds it from a command-line spec:
+
+* ``switch``: an in-process hub (hw/net/switch.py); what is sent comes back;
+* ``tap:IFNAME``: a Linux TAP interface (hw/net/tap.py); needs CAP_NET_ADMIN
+  unless the interface was made persistent for this user beforehand;
+* ``user[,hostfwd=tcp:HOSTADDR:HOSTPORT-GUESTADDR:GUESTPORT]...``: an
+  unprivileged gateway at 10.0.2.2 with QEMU's port forwarding (hw/net/user.py).
+
+Fault injection (hw/net/faults.py) applies to every transmitted frame, and to
+received frames when the backend is external: a switch frame has already
+crossed the faulty wire once, on its way out. The pcap file records what
+actually crossed the wire, after faults: each transmitted frame, and each
+frame received from an external backend (a switch frame is recorded once, when
+sent).
+
+The NIC follows the Device protocol (hw/device.py): ``name``, ``poll()``, ``close()``.
+It is driven by the machine's thread; the backends' own threads only fill
+thread-safe inboxes. Counters in ``stats``: tx (frames the guest handed to
+``transmit``), rx (frames ``receive`` returned), and the fault counters lost,
+duplicated, reordered, corrupted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hw.errors import MachineConfigError
+from hw.net.backend import Backend
+from hw.net.faults import Faults
+from hw.net.pcap import PcapWriter
+
+FRAME_MIN = 14  # an Ethernet II header and nothing else
+FRAME_MAX = 1514  # header + 1500-byte MTU, no FCS
+
+
+class Nic:
+    name = "nic"
+
+    def __init__(self, backend: Backend, *, faults: Faults | None = None, pcap: PcapWriter | None = None,
+                 spec: str = "") -> None:  # fmt: skip
+        self.backend = backend
+        self.spec = spec
+        self.external: bool = backend.external
+        self.faults = faults if faults is not None and faults.active else None
+        self.pcap = pcap
+        self._ready: list[bytes] = []  # received frames released by idle(), not yet returned
+        self._tx = 0
+        self._rx = 0
+        self._closed = False
+
+    # ----------------------------------------------------------------- transmit
+    def transmit(self, frame: bytes) -> None:
+        """Guest -> wire: faults, then the pcap, then the backend."""
+        if self._closed:
+            raise MachineConfigError("nic: transmit on a closed NIC")
+        if not FRAME_MIN <= len(frame) <= FRAME_MAX:
+            raise MachineConfigError(f"nic: a {len(frame)}-byte frame is outside {FRAME_MIN}..{FRAME_MAX} bytes")
+        frame = bytes(frame)
+        self._tx += 1
+        out = self.faults.apply(frame, "tx") if self.faults else [frame]
+        self._put_on_wire(out)
+
+    def _put_on_wire(self, frames: list[bytes]) -> None:
+        for f in frames:
+            if self.pcap is not None:
+                self.pcap.write(f)
+            self.backend.send(f)
+
+    # ------------------------------------------------------------------ receive
+    def receive(self) -> list[bytes]:
+        """Wire -> guest: every frame that has arrived, in arrival order; never blocks."""
+        if self._closed:
+            return []
+        frames = self._ready
+        self._ready = []
+        arrived = self.backend.recv()
+        if self.external:
+            for f in arrived:
+                got = self.faults.apply(f, "rx") if self.faults else [f]
+                if self.pcap is not None:
+                    for g in got:
+                        self.pcap.write(g)
+                frames += got
+        else:
+            frames += arrived
+        self._rx += len(frames)
+        return frames
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until ``receive()`` may return frames, or ``timeout`` seconds pass."""
+        if self._closed or self.poll():
+            return
+        self.backend.wait(timeout)
+
+    def idle(self) -> None:
+        """The OS has nothing to run: release the frames held back for reordering."""
+        if self.faults is None or self._closed:
+            return
+        self._put_on_wire(self.faults.idle("tx"))
+        if self.external:
+            for f in self.faults.idle("rx"):
+                if self.pcap is not None:
+                    self.pcap.write(f)
+                self._ready.append(f)
+
+    # ------------------------------------------------------------------- device
+    def poll(self) -> bool:
+        return not self._closed and (bool(self._ready) or self.backend.pending())
+
+    @property
+    def stats(self) -> dict[str, int]:
+        s = {"tx": self._tx, "rx": self._rx, "lost": 0, "duplicated": 0, "reordered": 0, "corrupted": 0}
+        if self.faults is not None:
+            s.update(self.faults.counters())
+        return s
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.backend.close()
+        finally:
+            if self.pcap is not None:
+                self.pcap.close()
+
+    def __repr__(self) -> str:
+        return f"<Nic {self.spec or self.backend!r}>"
+
+
+def open_backend(spec: str) -> Backend:
+    """The backend a spec names; MachineConfigError (a ValueError) with one line if it is bad."""
+    kind, _, rest = spec.partition(":")
+    if spec == "switch":
+        from hw.net.switch import SwitchBackend
+
+        return SwitchBackend()
+    if kind == "tap" and ":" in spec:
+        from hw.net.tap import TapBackend
+
+        return TapBackend(rest)
+    if spec == "user" or spec.startswith("user,"):
+        from hw.net.user import UserBackend
+
+        return UserBackend.from_spec(spec)
+    raise MachineConfigError(f"nic: unknown network {spec!r} (expected switch, tap:IFNAME or user[,hostfwd=...])")
+
+
+def open_nic(spec: str, *, faults: str | None = None, pcap: str | os.PathLike[str] | None = None) -> Nic:
+    """The NIC for ``spec`` with optional fault injection and capture; ValueError with one line if bad."""
+    f = Faults.parse(faults) if faults else None  # parse everything before opening anything
+    backend = open_backend(spec.strip())
+    try:
+        writer = PcapWriter(pcap) if pcap is not None else None
+    except BaseException:
+        backend.close()
+        raise
+    return Nic(backend, faults=f, pcap=writer, spec=spec)
