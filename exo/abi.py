@@ -65,6 +65,23 @@ class Errno(enum.IntEnum):
     EROFS = 30  # write to a read-only device
     EPIPE = 32  # console output closed
     ENOSYS = 38  # no such hypercall
+    # Network (exo/net.py; socket errors of libos/net): Linux's numbers, as a C program expects.
+    EMFILE = 24
+    ENOTSOCK = 88
+    EDESTADDRREQ = 89
+    EMSGSIZE = 90  # a frame shorter than an Ethernet header or longer than NET_FRAME_MAX
+    EOPNOTSUPP = 95
+    EAFNOSUPPORT = 97
+    EADDRINUSE = 98  # a packet filter another environment holds
+    EADDRNOTAVAIL = 99  # a frame whose source is not the sender's own address
+    ENETDOWN = 100
+    ECONNRESET = 104
+    EISCONN = 106
+    ENOTCONN = 107
+    ETIMEDOUT = 110
+    ECONNREFUSED = 111
+    EHOSTUNREACH = 113
+    EALREADY = 114
 
 
 class EnvStatus(enum.IntEnum):
@@ -135,3 +152,33 @@ UTRAPFRAME_SIZE = 8 * len(UTRAPFRAME_FIELDS)
 
 # Upcall vectors beyond the CPU's: events the exokernel announces to the libOS.
 UPCALL_TIMER = 0x100  # a new time slice starts
+
+
+# ------------------------------------------------------------------ network (exo/net.py, docs/net.md)
+NET_MTU = 1500
+NET_FRAME_MAX = 14 + NET_MTU  # an Ethernet II header and the MTU (no FCS: the NIC strips it)
+NET_FRAME_MIN = 14
+# The receive ring: nslots slots of NET_SLOT_SIZE bytes in the environment's memory.
+# struct net_slot { u16 length; u16 status; u32 filter; u8 frame[]; }  status: NET_SLOT_FREE / NET_SLOT_FULL
+NET_SLOT_SIZE = 2048
+NET_SLOT_HDR = 8
+NET_MAX_SLOTS = 512
+NET_SLOT_FREE = 0  # the exokernel may write the slot
+NET_SLOT_FULL = 1  # a frame for the libOS; it sets the status back to FREE when done
+# struct net_info { u8 mac[6]; u16 mtu; u32 ip; u32 netmask; u32 gateway; u32 reserved; u64 flags; }
+# (ip, netmask, gateway as on the wire: network byte order)
+NET_INFO_SIZE = 32
+# struct net_filter { u16 ethertype; u8 ip_proto; u8 reserved; u16 dst_port; u16 src_port; u32 src_ip; u32 reserved; }
+# 0 = any; src_ip in network byte order; the destination (MAC, IP) is implicitly the caller's app's own.
+NET_FILTER_SIZE = 16
+# struct net_tx { u64 buf; u64 len; }
+NET_TX_REQ_SIZE = 16
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+
+
+class NetFilterOp(enum.IntEnum):
+    """net_filter operations."""
+
+    ADD = 0  # arg: a struct net_filter; returns its id
+    REMOVE = 1  # arg: a filter id

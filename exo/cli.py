@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
                         "implicitly (docs/disk.md)")
     b.add_argument("--disk-fail-after", type=int, default=None, metavar="N",
                    help="fault injection: drop every disk write after the Nth unflushed one (power loss)")
+    b.add_argument("--net", metavar="SPEC",
+                   help="attach a NIC: tap:IFNAME (needs root or CAP_NET_ADMIN), user[,hostfwd=tcp:127.0.0.1:5556-:7,"
+                        "...] (unprivileged, QEMU-like forwarding) or switch (guests of this run only); app i is "
+                        "10.0.2.(15+i)/24, gateway 10.0.2.2 (docs/net.md)")
+    b.add_argument("--pcap", metavar="FILE", help="capture every frame on the wire to FILE (pcap, for tshark/tcpdump)")
+    b.add_argument("--net-faults", metavar="SPEC",
+                   help="wire fault injection, seeded and deterministic: loss=0.1,dup=0.01,reorder=0.05,"
+                        "corrupt=0.01,seed=1")
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -127,7 +135,9 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
             raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
         if args.clock == "wall":
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
-    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace)):
+    if (args.pcap or args.net_faults) and not args.net:
+        raise ExoUserError("--pcap" if args.pcap else "--net-faults", "needs --net")
+    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
     if args.trace_capacity <= 0:
@@ -140,8 +150,10 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     disk = _open_disk(args.disk, args.disk_fail_after) if args.disk else None
     if disk is None and args.disk_fail_after is not None:
         raise ExoUserError("--disk-fail-after", "needs --disk")
+    nic = _open_nic(args.net, args.net_faults, args.pcap) if args.net else None
     slice_seconds = (args.slice or 10_000) / 1e6
-    machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk)
+    machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk,
+                      nic=nic)
     kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE, structure=args.structure)
     tracer = None
     if args.trace:
@@ -161,6 +173,10 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
             from exo.disk import grant
 
             grant(env, disk)  # the whole disk; read-only on a :ro image
+        if kernel.net is not None:
+            from exo.net import app_address
+
+            kernel.net.assign(env, app_address(len(envs)))
         envs.append(env)
     interrupted = False
     try:
@@ -215,6 +231,19 @@ def _open_disk(spec: str, fail_after: int | None):
         raise ExoUserError("--disk", str(e)) from None
 
 
+def _open_nic(spec: str, faults: str | None, pcap: str | None):
+    """``--net SPEC`` -> a hw Nic (an ExoUserError naming the option if it is unusable)."""
+    from hw.nic import open_nic
+
+    try:
+        return open_nic(spec, faults=faults, pcap=pcap)
+    except ValueError as e:
+        opt = "--net-faults" if faults and "fault" in str(e).lower() else "--net"
+        raise ExoUserError(opt, str(e)) from None
+    except OSError as e:
+        raise ExoUserError("--net", f"{spec}: {e.strerror or e}") from None
+
+
 def _resolve_libos(m) -> list:
     """The libOS classes an app links (an ExoUserError naming the manifest if it is wrong)."""
     from libos.link import LinkError, resolve
@@ -254,6 +283,8 @@ def collect_stats(kernel) -> dict:
         "hypercalls": dict(sorted(acct.hypercalls.items())),
         "guest_instructions": kernel.cpu.retired_total if virtual else None,
         "envs": envs,
+        **({"net": {"exokernel": dict(kernel.net.stats), "nic": dict(kernel.net.nic.stats)}}
+           if kernel.net is not None else {}),
     }
 
 
@@ -284,6 +315,15 @@ def print_stats(stats: dict) -> None:
     console.print(e)
     if stats["guest_instructions"] is not None:
         console.print(f"guest instructions: {stats['guest_instructions']}")
+    if "net" in stats:
+        n = Table(title="network frames")
+        n.add_column("where")
+        n.add_column("counter")
+        n.add_column("frames", justify="right")
+        for where, counters in stats["net"].items():
+            for k, v in counters.items():
+                n.add_row(where, k, str(v))
+        console.print(n)
 
 
 def cmd_image(args: argparse.Namespace) -> int:

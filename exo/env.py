@@ -53,6 +53,8 @@ class Env:
     mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)
     # Disk (exo/disk.py): the block ranges it may use, (first sector, count, writable)
     disk_grants: list[tuple[int, int, bool]] = field(default_factory=list)
+    # Network (exo/net.py): its receive ring, filters and wait state (None: never used the network)
+    net: Any = None
 
     @property
     def alive(self) -> bool:

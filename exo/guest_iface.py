@@ -29,6 +29,8 @@ def asm_constants() -> dict[str, int]:
         c[f"MMU_{op.name}"] = op.value
     for op in abi.DiskOp:
         c[f"DISK_{op.name}"] = op.value
+    for op in abi.NetFilterOp:
+        c[f"NET_FILTER_{op.name}"] = op.value
     for flag in abi.IpcFlag:
         c[f"IPC_{flag.name}"] = flag.value
     for st in (abi.EnvStatus.RUNNABLE, abi.EnvStatus.NOT_RUNNABLE):
@@ -36,7 +38,9 @@ def asm_constants() -> dict[str, int]:
     for name in ("PERM_R", "PERM_W", "PERM_X", "PERM_COW", "PAGE_SIZE", "HYPERCALL_PAGE", "LIBOS_PAGE",
                  "INFO_PAGE", "IMAGE_BASE", "STACK_TOP", "UXSTACK_TOP", "UTRAPFRAME_SIZE", "MMU_REQ_SIZE",
                  "IPC_INFO_SIZE", "UPCALL_TIMER", "UVPT", "UVPD", "UVPDPT", "UVPML4",
-                 "SECTOR_SIZE", "DISK_REQ_SIZE", "DISK_INFO_SIZE"):
+                 "SECTOR_SIZE", "DISK_REQ_SIZE", "DISK_INFO_SIZE", "NET_MTU", "NET_FRAME_MAX", "NET_SLOT_SIZE",
+                 "NET_SLOT_HDR", "NET_MAX_SLOTS", "NET_SLOT_FREE", "NET_SLOT_FULL", "NET_INFO_SIZE",
+                 "NET_FILTER_SIZE", "NET_TX_REQ_SIZE", "ETHERTYPE_IPV4", "ETHERTYPE_ARP"):
         c[name] = getattr(abi, name)
     for i, f in enumerate(abi.UTRAPFRAME_FIELDS):
         c[f"UTF_{f.upper()}"] = 8 * i

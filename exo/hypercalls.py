@@ -388,6 +388,33 @@ def _hc_null(k: Exokernel, env: Env, a: int, b: int, c: int, d: int) -> int:
     return (a + b + c + d) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+# ------------------------------------------------------------------ network (exo/net.py)
+def _net(k: Exokernel):
+    if k.net is None:
+        raise HypercallError(Errno.ENODEV, "the machine has no network interface (exo boot --net)")
+    return k.net
+
+
+def _hc_net_info(k: Exokernel, env: Env, info: int) -> int:
+    return _net(k).info(env, info)
+
+
+def _hc_net_attach(k: Exokernel, env: Env, ring: int, nslots: int) -> int:
+    return _net(k).attach(env, ring, nslots)
+
+
+def _hc_net_filter(k: Exokernel, env: Env, op: int, arg: int) -> int:
+    return _net(k).filter(env, op, arg)
+
+
+def _hc_net_send(k: Exokernel, env: Env, reqs: int, count: int, done: int) -> int:
+    return _net(k).send(env, reqs, count, done)
+
+
+def _hc_net_wait(k: Exokernel, env: Env, deadline: int) -> object:
+    return _net(k).wait(env, deadline)
+
+
 # ------------------------------------------------------------------ the table
 E = Errno
 HYPERCALLS: tuple[Hypercall, ...] = (
@@ -468,6 +495,29 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "A diagnostic line (at most 4096 bytes) from the library OS, printed by exo on stderr with the "
               "environment's name: how a libOS explains an error it returns (a corrupt file system, say).",
               _hc_log),
+    Hypercall(26, "net_info", ("info",), "0", (E.ENODEV, E.ENETDOWN, E.EFAULT),
+              "Write {u8 mac[6], u16 mtu, u32 ip, u32 netmask, u32 gateway, u32 reserved, u64 flags} (addresses "
+              "in network byte order) at info: the addresses the host gave the caller's app (docs/net.md).",
+              _hc_net_info),
+    Hypercall(27, "net_attach", ("ring", "nslots"), "0", (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL),
+              "Register the receive ring: nslots (a power of two, at most 512) 2048-byte slots {u16 length, "
+              "u16 status, u32 filter, frame} at the page-aligned ring, writable by the caller. Claimed frames "
+              "are written in slot order into FREE (0) slots and marked FULL (1); a full ring drops. nslots 0 "
+              "detaches.", _hc_net_attach),
+    Hypercall(28, "net_filter", ("op", "arg"), "ADD: the filter id; REMOVE: 0",
+              (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL, E.EADDRINUSE, E.ENOSPC),
+              "ADD (0): install the filter {u16 ethertype, u8 ip_proto, u8 0, u16 dst_port, u16 src_port, "
+              "u32 src_ip, u32 0} at arg (0 = any; only frames to the caller's own addresses); REMOVE (1): "
+              "remove filter arg. The most specific match of an app wins.", _hc_net_filter),
+    Hypercall(29, "net_send", ("reqs", "count", "done"), "0",
+              (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL, E.EMSGSIZE, E.EADDRNOTAVAIL),
+              "Transmit count {u64 buf, u64 len} frames (14..1514 bytes, the app's own source MAC and IP) in "
+              "order; stops at the first bad one and stores how many were sent at done (if not 0).",
+              _hc_net_send),
+    Hypercall(30, "net_wait", ("deadline",), "1: a frame arrived; 0: the deadline passed",
+              (E.ENODEV, E.EINVAL),
+              "Block until a frame has been written into the caller's ring since the last net_wait returned "
+              "(at once if one was) or time_now reaches deadline (0: none).", _hc_net_wait),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

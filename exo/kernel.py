@@ -28,6 +28,7 @@ from exo.errors import HypercallError
 from exo.frames import EXO, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
+from exo.net import NetMux
 from exo.report import FaultReport, build_report
 from exo.structures import Structures, slot_code
 from exo.vm import EXO_REGION, AddressSpace
@@ -86,6 +87,7 @@ class Exokernel:
         self.on_fault = on_fault or self._print_report
         self.on_log: Callable[[Env, str], None] = self._print_log
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
+        self.env_reclaim_hooks: list[Callable[[Env], None]] = []  # an environment's resources go
         regs = self.cpu.regs
         self._gpr = self.cpu.gpr  # live general registers (memory, no library call)
         self._hc_counts = self.acct._hc  # the accounting's hot counter, updated inline by syscall()
@@ -102,6 +104,7 @@ class Exokernel:
         if structure != "exokernel":
             self.structures = Structures(self, structure, BY_NAME["svc_return"].nr, BY_NAME["svc_reply_wait"].nr)
         self.libs = LibraryTable(self)
+        self.net: NetMux | None = NetMux(self, machine.nic) if machine.nic is not None else None
 
     # ------------------------------------------------------------ environments
     def create_env(self, name: str, parent: Env | None = None) -> Env:
@@ -248,6 +251,8 @@ class Exokernel:
         if env.mailbox is not None and env.mailbox[2] >= 0:
             self.release_frame(env.mailbox[2])
         env.mailbox = None
+        for hook in self.env_reclaim_hooks:
+            hook(env)
         env.space.destroy()
         env.status = EnvStatus.DEAD
         env.queued = False
@@ -405,18 +410,27 @@ class Exokernel:
     # ------------------------------------------------------------------ scheduling
     def _pick(self) -> Env | None:
         console = self.machine.console
+        net = self.net
         while True:
             waiting = [e for e in self.envs.values() if e.status == EnvStatus.BLOCKED and e.blocked_on == "console"]
             if waiting and console.poll():
                 for e in waiting:
                     self.make_runnable(e)
+            net_waiting = []
+            if net is not None:
+                net.pump()  # frames from the wire: into the rings of the environments that claim them
+                net_waiting = net.waiters()
+                if net_waiting:
+                    net.wake_expired(net_waiting, self.machine.clock.now_ns())
             while self.runq:
                 env = self.runq.popleft()
                 env.queued = False
                 if env.status == EnvStatus.RUNNABLE:
                     return env
             if waiting:
-                console.wait_input(0.5)
+                console.wait_input(0.02 if net_waiting else 0.5)
+                continue
+            if net_waiting and net.idle(net_waiting):
                 continue
             return None
 

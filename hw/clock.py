@@ -2,7 +2,9 @@
 
 ``virtual``: time is retired guest instructions, one instruction counted as one
 nanosecond (a 1 GHz CPU retiring one instruction a cycle: a modelled rate, not a
-measured one). The same guest and input always see the same times.
+measured one), plus the time the OS spent idle waiting for a timer or a
+frame (``advance``: exo/net.py). The same guest and input always see the same
+times when no peer outside the process is involved.
 ``wall``: host monotonic time since the machine was built.
 """
 
@@ -19,8 +21,14 @@ class Clock:
         self.mode = mode
         self._instructions = instructions
         self._boot = time.monotonic_ns()
+        self._idle_ns = 0  # virtual: time that passed while every environment waited (exo/net.py)
 
     def now_ns(self) -> int:
         if self.mode == "virtual":
-            return self._instructions() * NS_PER_INSTRUCTION
+            return self._instructions() * NS_PER_INSTRUCTION + self._idle_ns
         return time.monotonic_ns() - self._boot
+
+    def advance(self, ns: int) -> None:
+        """Virtual clock: ``ns`` passed with no instruction retired (the OS idled until a timer)."""
+        if self.mode == "virtual" and ns > 0:
+            self._idle_ns += ns

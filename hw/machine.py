@@ -1,8 +1,8 @@
-"""The whole machine: RAM, one vCPU, a clock, a console, an optional disk and a device bus."""
+"""The whole machine: RAM, one vCPU, a clock, a console, an optional disk and NIC, and a device bus."""
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from hw.blockdev import BlockDevice
 from hw.clock import Clock
@@ -10,6 +10,9 @@ from hw.console import ConsoleDevice
 from hw.cpu import RESERVED_BYTES, VCpu
 from hw.device import DeviceBus
 from hw.memory import PhysicalMemory
+
+if TYPE_CHECKING:
+    from hw.nic import Nic
 
 DEFAULT_RAM = 256 << 20
 
@@ -23,6 +26,7 @@ class Machine:
         stdout: int | BinaryIO = 1,
         slice_seconds: float = 0.01,
         disk: BlockDevice | None = None,
+        nic: Nic | None = None,
     ) -> None:
         self.memory = PhysicalMemory(ram_size)
         self.cpu = VCpu(self.memory, clock=clock, slice_seconds=slice_seconds)
@@ -33,6 +37,9 @@ class Machine:
         self.disk = disk  # hw/blockdev.py; closing the machine does not flush it
         if disk is not None:
             self.devices.attach(disk)
+        self.nic = nic  # hw/nic.py: the one network interface (promiscuous), or None
+        if nic is not None:
+            self.devices.attach(nic)
         self.reserved_bytes = RESERVED_BYTES
 
     def close(self) -> None:

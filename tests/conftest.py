@@ -60,8 +60,9 @@ class Booted:
 
 
 def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instructions: int | None = None,
-         max_instructions: int | None = 50_000_000, ram_mib: int = 32) -> Booted:
-    """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest)."""
+         max_instructions: int | None = 50_000_000, ram_mib: int = 32, net: str | None = None,
+         net_faults: str | None = None, pcap: str | None = None) -> Booted:
+    """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest; app i is 10.0.2.(15+i))."""
     from exo.cli import _build, _resolve_libos
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
@@ -70,7 +71,12 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
     from libos.link import link, relink_siblings
 
     out = io.BytesIO()
-    machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005)
+    nic = None
+    if net is not None:
+        from hw.nic import open_nic
+
+        nic = open_nic(net, faults=net_faults, pcap=pcap)
+    machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005, nic=nic)
     kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None)
     kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     envs = []
@@ -80,8 +86,16 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
         env = spawn(kernel, _build(m, classes), m.args, frame_quota=m.memory_pages)
         if classes:
             link(kernel.libs, env, classes)
+        if kernel.net is not None:
+            from exo.net import app_address
+
+            kernel.net.assign(env, app_address(len(envs)))
         envs.append(env)
-    kernel.run(max_instructions=max_instructions)
+    try:
+        kernel.run(max_instructions=max_instructions)
+    finally:
+        if nic is not None:
+            nic.close()
     return Booted(out.getvalue(), kernel, envs)
 
 

@@ -55,6 +55,16 @@
 #define NR_DISK_GRANT 0x18
 #define HC_LOG 0x100320
 #define NR_LOG 0x19
+#define HC_NET_INFO 0x100340
+#define NR_NET_INFO 0x1a
+#define HC_NET_ATTACH 0x100360
+#define NR_NET_ATTACH 0x1b
+#define HC_NET_FILTER 0x100380
+#define NR_NET_FILTER 0x1c
+#define HC_NET_SEND 0x1003a0
+#define NR_NET_SEND 0x1d
+#define HC_NET_WAIT 0x1003c0
+#define NR_NET_WAIT 0x1e
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -71,6 +81,22 @@
 #define EROFS 0x1e
 #define EPIPE 0x20
 #define ENOSYS 0x26
+#define EMFILE 0x18
+#define ENOTSOCK 0x58
+#define EDESTADDRREQ 0x59
+#define EMSGSIZE 0x5a
+#define EOPNOTSUPP 0x5f
+#define EAFNOSUPPORT 0x61
+#define EADDRINUSE 0x62
+#define EADDRNOTAVAIL 0x63
+#define ENETDOWN 0x64
+#define ECONNRESET 0x68
+#define EISCONN 0x6a
+#define ENOTCONN 0x6b
+#define ETIMEDOUT 0x6e
+#define ECONNREFUSED 0x6f
+#define EHOSTUNREACH 0x71
+#define EALREADY 0x72
 #define SCHED_YIELD 0x0
 #define SCHED_BLOCK 0x1
 #define SCHED_EXIT 0x2
@@ -80,6 +106,8 @@
 #define DISK_READ 0x0
 #define DISK_WRITE 0x1
 #define DISK_FLUSH 0x2
+#define NET_FILTER_ADD 0x0
+#define NET_FILTER_REMOVE 0x1
 #define IPC_NONBLOCK 0x1
 #define ENV_RUNNABLE 0x1
 #define ENV_NOT_RUNNABLE 0x2
@@ -105,6 +133,18 @@
 #define SECTOR_SIZE 0x200
 #define DISK_REQ_SIZE 0x20
 #define DISK_INFO_SIZE 0x20
+#define NET_MTU 0x5dc
+#define NET_FRAME_MAX 0x5ea
+#define NET_SLOT_SIZE 0x800
+#define NET_SLOT_HDR 0x8
+#define NET_MAX_SLOTS 0x200
+#define NET_SLOT_FREE 0x0
+#define NET_SLOT_FULL 0x1
+#define NET_INFO_SIZE 0x20
+#define NET_FILTER_SIZE 0x10
+#define NET_TX_REQ_SIZE 0x10
+#define ETHERTYPE_IPV4 0x800
+#define ETHERTYPE_ARP 0x806
 #define UTF_VECTOR 0x0
 #define UTF_ERROR_CODE 0x8
 #define UTF_FAULT_VA 0x10
@@ -164,5 +204,10 @@ static inline long exo_disk_info(long info) { return exo_hypercall(22, info, 0, 
 static inline long exo_disk_io(long reqs, long count, long done) { return exo_hypercall(23, reqs, count, done, 0, 0); }
 static inline long exo_disk_grant(long envid, long sector, long nsectors, long mode) { return exo_hypercall(24, envid, sector, nsectors, mode, 0); }
 static inline long exo_log(long buf, long len) { return exo_hypercall(25, buf, len, 0, 0, 0); }
+static inline long exo_net_info(long info) { return exo_hypercall(26, info, 0, 0, 0, 0); }
+static inline long exo_net_attach(long ring, long nslots) { return exo_hypercall(27, ring, nslots, 0, 0, 0); }
+static inline long exo_net_filter(long op, long arg) { return exo_hypercall(28, op, arg, 0, 0, 0); }
+static inline long exo_net_send(long reqs, long count, long done) { return exo_hypercall(29, reqs, count, done, 0, 0); }
+static inline long exo_net_wait(long deadline) { return exo_hypercall(30, deadline, 0, 0, 0, 0); }
 
 #endif
