@@ -23,7 +23,8 @@ What it implements:
   with ETIMEDOUT after ``MAX_RETRIES`` (15) retransmissions of the same segment,
   ``SYN_RETRIES`` (6, Linux's tcp_syn_retries, ~2 minutes) for SYN / SYN-ACK.
 * RFC 5681 slow start / congestion avoidance with an RFC 6928 initial window,
-  fast retransmit on the third duplicate ACK and RFC 6582 NewReno recovery.
+  RFC 3042 limited transmit, fast retransmit on the third duplicate ACK and
+  RFC 6582 NewReno recovery.
 * MSS option on SYN and SYN-ACK (RFC 9293 3.7.1); no segment exceeds the
   peer's MSS (536 when the option is absent, RFC 9293 3.7.1 / RFC 1122 4.2.2.6).
 
@@ -159,6 +160,7 @@ class Tcb:
         self.cwnd = 0
         self.ssthresh = 1 << 30         # RFC 5681 3.1: "arbitrarily high"
         self._dupacks = 0
+        self._limited = 0               # RFC 3042 limited transmit: extra bytes allowed past cwnd
         self._in_recovery = False
         self._recover = self.iss
         self._partial_seen = False
@@ -480,6 +482,7 @@ class Tcb:
             del self._sbuf[:data_acked]
             self._sbase += data_acked
         self._retries = 0
+        self._limited = 0
         smss = self.eff_mss
         if una == self.iss:
             acked -= 1  # the SYN does not count for congestion control
@@ -513,6 +516,10 @@ class Tcb:
         self._dupacks += 1
         if self._in_recovery:
             self.cwnd += smss  # RFC 5681 3.2 step 4 / RFC 6582 3.2 step 4: inflate
+        elif self._dupacks < 3:
+            # RFC 3042 limited transmit: each of the first two duplicate ACKs lets one new
+            # segment out past cwnd, so a small window still gets its three duplicates.
+            self._limited = self._dupacks * smss
         elif self._dupacks == 3 and self.snd_una >= self._recover:
             # RFC 5681 3.2 steps 2-3, RFC 6582 3.2 steps 2-3: only when the ACK covers
             # more than "recover", so the duplicates of a go-back-N do not start it again.
@@ -522,6 +529,7 @@ class Tcb:
             self._in_recovery = True
             self._partial_seen = False
             self._rexmit_first = True
+            self._limited = 0
             self.cwnd = self.ssthresh + 3 * smss
             self.fast_retransmits += 1
 
@@ -665,6 +673,7 @@ class Tcb:
             self.cwnd = smss  # loss window
         self._in_recovery = False
         self._dupacks = 0
+        self._limited = 0
         self._recover = self.snd_max  # RFC 6582 3.2 step 1 ("recover" here is one past the highest sent)
         self.rto = min(self.rto * 2, self.RTO_MAX_NS)  # 5.5: back off
         self._rtt_seq = None  # Karn
@@ -792,7 +801,7 @@ class Tcb:
             nxt = self.snd_nxt
             left = data_end - nxt
             if left > 0:
-                edge = self.snd_una + min(self.snd_wnd, self.cwnd)
+                edge = self.snd_una + min(self.snd_wnd, self.cwnd + self._limited)
                 n = min(smss, left, edge - nxt)
                 if n <= 0:
                     break
