@@ -454,8 +454,9 @@ class Tcb:
         elif (ack == una and plen == 0 and not flags & (SYN | FIN) and self.snd_max > una
               and seg.window == self.snd_wnd):
             self._dupack()  # RFC 5681 2 "DUPLICATE ACKNOWLEDGMENT", all five conditions
-        # Window update (RFC 9293 3.10.7.4: only from a newer segment, SND.WL1/WL2).
-        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+        # Window update (RFC 9293 3.10.7.4: SND.UNA =< SEG.ACK, and only from a newer segment
+        # by SND.WL1/WL2, so a reordered old segment cannot shrink or reopen the window).
+        if ack >= self.snd_una and (self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack)):
             self.snd_wnd = seg.window
             self.snd_wl1 = seq
             self.snd_wl2 = ack

@@ -208,6 +208,41 @@ def test_segments_never_exceed_peer_mss_and_missing_option_means_536():
     assert tcb.peer_mss == 536 and tcb.eff_mss == 536
 
 
+def test_lost_syn_ack_and_lost_third_ack():
+    lost = []
+
+    def drop(src: str, seg: Segment) -> bool:
+        # the first SYN-ACK, and then the first pure ACK from a (the handshake's third segment)
+        kind = "synack" if seg.flags == SYN | ACK else "ack" if src == "a" and seg.flags == ACK else None
+        if kind and kind not in lost:
+            lost.append(kind)
+            return True
+        return False
+
+    sim = Sim(delay=10 * MS, drop=drop)
+    sim.run(lambda: sim.b is not None and sim.b.established)
+    assert lost == ["synack", "ack"]
+    kinds = [(t, src, s.flags) for t, src, s in sim.log]
+    # a's SYN times out after 1 s; b's SYN-ACK timer expires as that duplicate SYN arrives: one
+    # SYN-ACK answers both. a's ACK of it is lost, so b retransmits after its backed-off RTO (2 s).
+    assert kinds == [(0, "a", SYN), (10 * MS, "b", SYN | ACK), (1 * SEC, "a", SYN),
+                     (1 * SEC + 10 * MS, "b", SYN | ACK), (1 * SEC + 20 * MS, "a", ACK),
+                     (3 * SEC + 10 * MS, "b", SYN | ACK), (3 * SEC + 20 * MS, "a", ACK)]
+    assert sim.b.srtt is None and sim.b.rto == 4 * SEC  # Karn: no sample, the backed-off RTO stays
+    assert sim.a.srtt is None and sim.a.rto == 3 * SEC  # RFC 6298 5.7 after a SYN timeout
+
+
+def test_duplicate_syn_in_syn_received_is_answered_at_once():
+    syn = Segment(B_PORT, A_PORT, 5000, 0, SYN, 65535, mss=1460)
+    tcb = Tcb.accept_syn(syn, iss=77, now=0)
+    first = tcb.output(0)
+    assert [(s.flags, s.seq, s.ack, s.mss) for s in first] == [(SYN | ACK, 77, 5001, 1460)]
+    assert tcb.output(10 * MS) == []
+    tcb.input(syn, 20 * MS)
+    assert [(s.flags, s.seq, s.ack) for s in tcb.output(20 * MS)] == [(SYN | ACK, 77, 5001)]
+    assert tcb.state == "SYN_RECEIVED" and tcb.next_timer() == 1 * SEC  # timer not restarted
+
+
 def test_delta_wraps():
     assert _delta(5, 2**32 - 5) == 10
     assert _delta(2**32 - 5, 5) == -10
