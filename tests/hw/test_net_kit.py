@@ -98,6 +98,14 @@ class Pkt:
 
 
 def parse(f: bytes) -> Pkt:
+    """The frame's fields; ``ok`` is False when a checksum fails or the frame is malformed."""
+    try:
+        return _parse(f)
+    except (IndexError, struct.error, ValueError):
+        return Pkt(f[0:6], f[6:12], -1, ok=False)
+
+
+def _parse(f: bytes) -> Pkt:
     p = Pkt(f[0:6], f[6:12], struct.unpack("!H", f[12:14])[0])
     if p.etype == 0x0806:
         _, _, _, _, p.arp_op = struct.unpack("!HHBBH", f[14:22])
