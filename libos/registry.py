@@ -23,7 +23,7 @@ def _register_optional() -> None:
     """Modules developed in their own files register here (memory, sched, ipc, ...)."""
     import importlib
 
-    for name in ("memory", "sched", "ipc", "fs"):
+    for name in ("memory", "sched", "ipc", "fs", "net"):
         try:
             mod = importlib.import_module(f"libos.{name}")
         except ModuleNotFoundError as e:

@@ -36,6 +36,18 @@ Entries (the slot order is the guest ABI, shared by every implementation):
 * ``thread_return()``, ``idle()``: where a thread's ``fn`` returns to, and the
   idle loop's call. Not for guest code.
 
+Blocking for sibling modules (the ``net`` module uses it): ``block_restart(reason)``
+parks the calling thread with its registers as they were when the current
+library call was entered (RIP is the call's slot), so that when it is woken
+the whole call runs again (library calls are restartable), and dispatches
+another thread. ``wake(reason)`` / ``wake_all(pred)`` make parked threads
+runnable again (``pred(reason)`` says which). When no thread can run, the idle
+loop asks each sibling with an ``idle_wait(deadline, runnable)`` hook to take
+in events and, if ``runnable()`` is still false, to wait for them in the
+exokernel until ``deadline`` (the earliest sleeper's wake time, 0: none); the
+hook's wait may raise Blocked, so the idle call runs again when woken. Parked
+threads keep the environment from blocking for good.
+
 Preemption: ``start()`` registers ``timer_upcall`` with ``env_set_timer``. The
 exokernel pushes the timer frame on the exception stack registered with
 ``env_set_upcall``. The rule with the memory module: **if ``memory`` is linked
@@ -183,6 +195,7 @@ class Scheduler(LibModule):
         self.next_slot = 0
         self.waiters: dict[int, deque[Thread]] = {}  # mutex address -> blocked threads
         self.idle_ready = False
+        self.parked: dict[int, object] = {}  # tid -> reason: blocked in a sibling's call (block_restart)
         self.switches = 0  # thread switches (for tests and curiosity)
         self.preemptions = 0  # timer upcalls that found a thread running
         self._init_policy()
@@ -244,6 +257,7 @@ class Scheduler(LibModule):
         clone.threads = {me.tid: t}
         clone.cur = t
         clone.waiters = {}
+        clone.parked = {}
         clone.free_slots = list(self.free_slots)
         clone._init_policy()
         return clone
@@ -292,7 +306,7 @@ class Scheduler(LibModule):
         if t is None:
             self.cur = None
             self._run_idle()
-            if not any(x.state == SLEEPING for x in self.threads.values()):
+            if not any(x.state == SLEEPING for x in self.threads.values()) and not self.parked:
                 # Every thread waits for another (a join or lock cycle): nothing can ever run.
                 # Block for good: the exokernel reports the environment as blocked forever.
                 self.hc("sched_op", SchedOp.BLOCK, 0)
@@ -491,14 +505,56 @@ class Scheduler(LibModule):
         return 0
 
     def idle(self) -> int:
-        """Called by the idle loop after each spin: run a thread that woke, or give the CPU away."""
+        """Called by the idle loop after each spin: run a thread that woke, or wait for events
+        through a sibling's idle_wait hook, or give the CPU away."""
         now = self._now()
         self._wake_sleepers(now)
         if self._runnable():
             self._dispatch(now)
             return 0
+        for hook in self._idle_hooks():
+            deadline = min((t.wake for t in self.threads.values() if t.state == SLEEPING), default=0)
+            if hook(deadline, self._runnable):  # may raise Blocked: this call runs again when woken
+                now = self._now()
+                self._wake_sleepers(now)
+                if self._runnable():
+                    self._dispatch(now)
+                return 0
         self.hc("sched_op", SchedOp.YIELD, 0)
         return 0
+
+    def _idle_hooks(self) -> list:
+        return [m.idle_wait for m in self.siblings.values() if m is not self and hasattr(m, "idle_wait")]
+
+    # ------------------------------------------------- blocking for sibling modules
+    def block_restart(self, reason: object) -> None:
+        """Park the calling thread inside the current library call and run another one.
+
+        Its saved context is the registers at the call's entry (RIP is the slot),
+        so when ``wake``/``wake_all`` makes it runnable the call runs again from
+        the start. The caller must have consumed nothing, and must return at once
+        (its result is never seen: another context has been loaded).
+        """
+        me = self.cur
+        if me is None:
+            raise RuntimeError("block_restart outside a thread")
+        now = self._now()
+        self._stop_current(now, BLOCKED, self.port.regs())
+        me.blocked_on = reason
+        self.parked[me.tid] = reason
+        self._dispatch(now)
+
+    def wake(self, reason: object) -> int:
+        """Make the threads parked with ``reason`` runnable; how many."""
+        return self.wake_all(lambda r: r == reason)
+
+    def wake_all(self, pred) -> int:
+        """Make the parked threads whose reason satisfies ``pred`` runnable (in tid order); how many."""
+        woken = [tid for tid, r in sorted(self.parked.items(), key=lambda kv: kv[0]) if pred(r)]
+        for tid in woken:
+            del self.parked[tid]
+            self._make_runnable(self.threads[tid])
+        return len(woken)
 
     def _runnable(self) -> bool:
         return any(t.state == RUNNABLE for t in self.threads.values())

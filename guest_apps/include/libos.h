@@ -51,5 +51,16 @@
 #define lib_fs_rename ((long (*)(long, long))0x1060b0)
 #define lib_fs_fsync ((long (*)(long))0x1060c0)
 #define lib_fs_sync ((long (*)(void))0x1060d0)
+#define lib_net_socket ((long (*)(long))0x107000)
+#define lib_net_bind ((long (*)(long, long, long))0x107010)
+#define lib_net_listen ((long (*)(long, long))0x107020)
+#define lib_net_accept ((long (*)(long, long, long))0x107030)
+#define lib_net_connect ((long (*)(long, long, long))0x107040)
+#define lib_net_send ((long (*)(long, long, long, long))0x107050)
+#define lib_net_recv ((long (*)(long, long, long, long))0x107060)
+#define lib_net_sendto ((long (*)(long, long, long, long, long, long))0x107070)
+#define lib_net_recvfrom ((long (*)(long, long, long, long, long, long))0x107080)
+#define lib_net_close ((long (*)(long))0x107090)
+#define lib_net_shutdown ((long (*)(long, long))0x1070a0)
 
 #endif

@@ -247,9 +247,9 @@ class Stack:
             self.count("udp_socket_dropped")
 
     def _free_udp_port(self) -> int:
-        return self._ephemeral(lambda p: p in self.udp)
+        return self.ephemeral(lambda p: p in self.udp)
 
-    def _ephemeral(self, used: Callable[[int], bool]) -> int:
+    def ephemeral(self, used: Callable[[int], bool]) -> int:
         """The next free port of 49152..65535, in order (deterministic, RFC 6056 3.3.1's simple counter)."""
         span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
         for _ in range(span):
@@ -354,14 +354,14 @@ class Stack:
         if tcb.finished and self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
 
-    def _tcp_port_used(self, port: int) -> bool:
+    def tcp_port_used(self, port: int) -> bool:
         return port in self.listeners or any(k[2] == port for k in self.conns)
 
     def tcp_listen(self, port: int, backlog: int) -> Listener:
         if not 0 <= port <= 0xFFFF:
             raise NetError(EINVAL)
         if port == 0:
-            port = self._ephemeral(self._tcp_port_used)
+            port = self.ephemeral(self.tcp_port_used)
         elif port in self.listeners:
             raise NetError(EADDRINUSE)
         lst = self.listeners[port] = Listener(port, backlog)
@@ -395,7 +395,7 @@ class Stack:
         if not 0 < dport <= 0xFFFF or dst == b"\0\0\0\0" or dst in self._broadcasts or dst[0] >= 224:
             raise NetError(ENETUNREACH if dport else EINVAL)
         if lport == 0:
-            lport = self._ephemeral(self._tcp_port_used)
+            lport = self.ephemeral(self.tcp_port_used)
         elif (dst, dport, lport) in self.conns:
             raise NetError(EADDRNOTAVAIL)
         now = self.now()

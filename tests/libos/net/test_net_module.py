@@ -1,0 +1,206 @@
+"""The net libOS module in guests: sockets over the exokernel's NIC ring (the in-process switch).
+
+App i of a run is 10.0.2.(15+i); every run uses the virtual clock, so each one
+is deterministic.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import ROOT, boot
+
+pytestmark = pytest.mark.skipif(not (ROOT / "guest_apps" / "udp_echo").exists(), reason="no echo guests")
+
+
+def with_args(tmp_path, name: str, args: list[str]):
+    d = tmp_path / name
+    shutil.copytree(ROOT / "guest_apps" / name, d)
+    toml = d / "app.toml"
+    toml.write_text(toml.read_text().replace("[libos]", f"args = {args!r}\n\n[libos]".replace("'", '"')))
+    return d
+
+
+UDP_CLIENT = """
+section .text
+_start:
+    mov rdi, 2                  ; SOCK_DGRAM
+    call LIB_NET_SOCKET
+    test rax, rax
+    js failed
+    mov r13, rax
+    mov r12, 3
+again:
+    mov rdi, r13
+    lea rsi, [rip + msg]
+    mov rdx, msglen
+    xor ecx, ecx
+    lea r8, [rip + server]
+    mov r9, 16
+    call LIB_NET_SENDTO
+    test rax, rax
+    js failed
+    mov qword ptr [rip + peerlen], 16
+    mov rdi, r13
+    lea rsi, [rip + buf]
+    mov rdx, 2048
+    xor ecx, ecx
+    lea r8, [rip + peer]
+    lea r9, [rip + peerlen]
+    call LIB_NET_RECVFROM
+    test rax, rax
+    js failed
+    lea rdi, [rip + buf]
+    mov rsi, rax
+    call LIB_CONSOLE_WRITE
+    dec r12
+    jnz again
+    mov rdi, r13
+    call LIB_NET_CLOSE
+    xor edi, edi
+    call LIB_CORE_EXIT
+failed:
+    neg rax
+    mov rdi, rax
+    call LIB_CORE_EXIT
+section .data
+server: dw 2
+    db 0, 7
+    db 10, 0, 2, 15
+    dq 0
+msg: db "echo me", 10
+msglen equ $ - msg
+peer: dq 0, 0
+peerlen: dq 16
+buf: times 2048 db 0
+"""
+
+TCP_CLIENT = """
+NBYTES equ 200000
+section .text
+_start:
+    xor ecx, ecx                ; out[i] = i * 7 + i / 251 (not a short period)
+fill:
+    mov eax, ecx
+    imul eax, eax, 7
+    mov r8d, ecx
+    mov r9, rdx
+    xor edx, edx
+    mov eax, ecx
+    mov r10d, 251
+    div r10d
+    imul r8d, r8d, 7
+    add eax, r8d
+    lea rdx, [rip + out]
+    mov [rdx + rcx], al
+    inc rcx
+    cmp rcx, NBYTES
+    jb fill
+    mov rdi, 1                  ; SOCK_STREAM
+    call LIB_NET_SOCKET
+    test rax, rax
+    js failed
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + server]
+    mov rdx, 16
+    call LIB_NET_CONNECT
+    test rax, rax
+    js failed
+    xor ebx, ebx                ; sent
+    xor r14d, r14d              ; received
+loop:
+    cmp rbx, NBYTES
+    jae receive
+    mov rdi, r13
+    lea rsi, [rip + out]
+    add rsi, rbx
+    mov rdx, NBYTES
+    sub rdx, rbx
+    mov rcx, 0x40               ; MSG_DONTWAIT: keep reading while the window is full
+    call LIB_NET_SEND
+    cmp rax, -11
+    je receive
+    test rax, rax
+    js failed
+    add rbx, rax
+receive:
+    cmp r14, NBYTES
+    jae check
+    mov rdi, r13
+    lea rsi, [rip + in]
+    add rsi, r14
+    mov rdx, NBYTES
+    sub rdx, r14
+    xor ecx, ecx
+    cmp rbx, NBYTES
+    jae blocking
+    mov rcx, 0x40
+blocking:
+    call LIB_NET_RECV
+    cmp rax, -11
+    je loop
+    test rax, rax
+    jle failed
+    add r14, rax
+    jmp loop
+check:
+    xor ecx, ecx
+compare:
+    lea rdx, [rip + out]
+    mov al, [rdx + rcx]
+    lea rdx, [rip + in]
+    cmp al, [rdx + rcx]
+    jne bad
+    inc rcx
+    cmp rcx, NBYTES
+    jb compare
+    mov rdi, r13
+    call LIB_NET_CLOSE
+    lea rdi, [rip + okmsg]
+    mov rsi, 3
+    call LIB_CONSOLE_WRITE
+    xor edi, edi
+    call LIB_CORE_EXIT
+bad:
+    mov rdi, 99
+    call LIB_CORE_EXIT
+failed:
+    neg rax
+    mov rdi, rax
+    call LIB_CORE_EXIT
+section .data
+server: dw 2
+    db 0, 7
+    db 10, 0, 2, 15
+    dq 0
+okmsg: db "ok", 10
+section .bss
+out: resb NBYTES
+in: resb NBYTES
+"""
+
+
+def test_udp_echo_between_two_guests(tmp_path, app):
+    server = with_args(tmp_path, "udp_echo", ["3"])
+    client = app("udpc", UDP_CLIENT, libos={"net": "tcpip", "console": "buffered"})
+    b = boot(server, client, net="switch")
+    assert b.reports == []
+    assert b.stdout == b"echo me\n" * 3
+    assert [e.exit_status for e in b.envs] == [0, 0]
+    net = b.envs[1].modules[6]
+    assert net.stack.stats.get("input_errors", 0) == 0
+    assert net.stack.stats["arp_requests_sent"] == 1
+
+
+def test_tcp_echo_between_two_guests(tmp_path, app):
+    server = with_args(tmp_path, "tcp_echo", ["1"])
+    client = app("tcpc", TCP_CLIENT, libos={"net": "tcpip", "console": "buffered"})
+    b = boot(server, client, net="switch", max_instructions=400_000_000)
+    assert b.reports == []
+    assert b.stdout == b"ok\n"
+    assert [e.exit_status for e in b.envs] == [0, 0]
+    net = b.envs[1].modules[6]
+    # Batching: far fewer net_send hypercalls than frames sent
+    assert net.sends * 2 < net.stack.stats["ip_sent"]
