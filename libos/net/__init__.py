@@ -163,6 +163,8 @@ class Net(LibModule):
         mac, mtu, ip, mask, gw, _r, _flags = _INFO.unpack(self.port.read(info, _INFO.size))
         for off in range(0, RING_SLOTS * NET_SLOT_SIZE, PAGE_SIZE):
             self.ensure_page(base + RING_OFF + off)
+        for i in range(RING_SLOTS):  # every slot free (an exofork child's copy may hold its parent's frames)
+            self.port.write(base + RING_OFF + i * NET_SLOT_SIZE, bytes(NET_SLOT_HDR))
         rc = self.hc("net_attach", base + RING_OFF, RING_SLOTS)
         if rc < 0:
             self.down = -rc

@@ -204,3 +204,134 @@ def test_tcp_echo_between_two_guests(tmp_path, app):
     net = b.envs[1].modules[6]
     # Batching: far fewer net_send hypercalls than frames sent
     assert net.sends * 2 < net.stack.stats["ip_sent"]
+
+
+THREADS = """
+section .text
+_start:
+    mov rdi, 2                  ; SOCK_DGRAM
+    call LIB_NET_SOCKET
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + me]
+    mov rdx, 16
+    call LIB_NET_BIND
+    test rax, rax
+    jnz failed
+    lea rdi, [rip + reader]
+    mov rsi, r13
+    xor edx, edx
+    call LIB_SCHED_THREAD_CREATE
+    mov r14, rax
+    call LIB_SCHED_THREAD_YIELD  ; the reader runs and blocks in recvfrom: only it waits
+    lea rdi, [rip + mainmsg]
+    mov rsi, mainlen
+    call LIB_CONSOLE_WRITE
+    mov rdi, r13
+    lea rsi, [rip + x]
+    mov rdx, 1
+    xor ecx, ecx
+    lea r8, [rip + me]
+    mov r9, 16
+    call LIB_NET_SENDTO         ; to ourselves: looped back inside the stack, the reader wakes
+    mov rdi, r14
+    call LIB_SCHED_THREAD_JOIN
+    xor edi, edi
+    call LIB_CORE_EXIT
+failed:
+    neg rax
+    mov rdi, rax
+    call LIB_CORE_EXIT
+reader:
+    push rbx
+    mov rbx, rdi
+    mov rdi, rbx
+    lea rsi, [rip + buf]
+    mov rdx, 64
+    xor ecx, ecx
+    call LIB_NET_RECV
+    lea rdi, [rip + readmsg]
+    mov rsi, readlen
+    call LIB_CONSOLE_WRITE
+    lea rdi, [rip + buf]
+    mov rsi, 1
+    call LIB_CONSOLE_WRITE
+    pop rbx
+    xor eax, eax
+    ret
+section .data
+me: dw 2
+    db 0, 9
+    db 10, 0, 2, 15
+    dq 0
+x: db "x"
+mainmsg: db "main runs", 10
+mainlen equ $ - mainmsg
+readmsg: db "reader got "
+readlen equ $ - readmsg
+buf: times 64 db 0
+"""
+
+
+def test_with_sched_only_the_calling_thread_blocks(app):
+    a = app("thr", THREADS, libos={"net": "tcpip", "sched": "rr", "console": "buffered"})
+    b = boot(a, net="switch")
+    assert b.reports == []
+    assert b.stdout == b"main runs\nreader got x"
+    assert b.envs[0].exit_status == 0
+
+
+REFUSED = """
+section .text
+_start:
+    mov rdi, 1                  ; SOCK_STREAM
+    call LIB_NET_SOCKET
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + closed]
+    mov rdx, 16
+    call LIB_NET_CONNECT        ; app 0 has no listener on port 80: it answers with a reset
+    mov r12, rax
+    mov rdi, 0x802              ; SOCK_DGRAM | SOCK_NONBLOCK
+    call LIB_NET_SOCKET
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + buf]
+    mov rdx, 64
+    xor ecx, ecx
+    call LIB_NET_RECV           ; nothing there, non-blocking: -EAGAIN
+    cmp rax, -11
+    jne bad
+    mov rdi, r13
+    lea rsi, [rip + buf]
+    mov rdx, 1
+    xor ecx, ecx
+    lea r8, [rip + echo]
+    mov r9, 16
+    call LIB_NET_SENDTO         ; lets the echo server finish
+    mov rdi, r12
+    neg rdi
+    call LIB_CORE_EXIT
+bad:
+    mov rdi, 99
+    call LIB_CORE_EXIT
+section .data
+closed: dw 2
+    db 0, 80
+    db 10, 0, 2, 15
+    dq 0
+echo: dw 2
+    db 0, 7
+    db 10, 0, 2, 15
+    dq 0
+buf: times 64 db 0
+"""
+
+
+def test_connect_to_a_closed_port_is_refused_and_nonblocking_gives_eagain(tmp_path, app):
+    server = with_args(tmp_path, "udp_echo", ["1"])
+    client = app("refused", REFUSED, libos={"net": "tcpip"})
+    b = boot(server, client, net="switch")
+    assert b.reports == []
+    assert [e.exit_status for e in b.envs] == [0, 111]  # ECONNREFUSED
+    assert b.envs[0].modules[6].stack.stats["tcp_resets_sent"] == 1

@@ -276,7 +276,7 @@ def test_tcp_echo_of_one_mebibyte():
     link.run(lambda: lst.readable)
     server = link.b.tcp_accept(lst)
     assert client.tcb.established and server.tcb.established
-    data = bytes(random.Random(5).randrange(256) for _ in range(1 << 20))
+    data = random.Random(5).randbytes(1 << 20)
     sent = echoed = 0
     got = bytearray()
     for _ in range(100_000):
@@ -308,3 +308,25 @@ def test_tcp_echo_of_one_mebibyte():
     link.b.tcp_close(server)
     link.run(lambda: client.tcb.finished and server.tcb.finished)
     assert not link.a.conns and not link.b.conns
+
+
+@needs_tcp
+def test_tcp_over_a_lossy_link_runs_on_the_stack_timers():
+    link = Link()
+    rng = random.Random(11)
+    link.drop = lambda side, f: f[12:14] == b"\x08\x00" and rng.random() < 0.1  # IPv4 only: ARP resolves
+    lst = link.b.tcp_listen(9, 1)
+    client = link.a.tcp_connect(IP_B, 9)
+    link.run(lambda: lst.readable)
+    server = link.b.tcp_accept(lst)
+    data = random.Random(2).randbytes(64 * 1024)
+    sent = 0
+    got = bytearray()
+    while len(got) < len(data):
+        if sent < len(data):
+            sent += link.a.tcp_send(client, data[sent : sent + 8192])
+        more = sent < len(data)
+        link.run(lambda more=more: server.tcb.readable or (more and client.tcb.writable), 60_000_000_000)
+        got += link.b.tcp_recv(server, 1 << 20)
+    assert bytes(got) == data
+    assert link.a.stats["tcp_segments_sent"] > len(data) // 1460  # retransmissions happened
