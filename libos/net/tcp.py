@@ -780,7 +780,11 @@ class Tcb:
         if self._rexmit_first:
             self._rexmit_first = False
             if self.snd_una < self.snd_max:
-                seg, n = self._segment_at(self.snd_una, self.snd_una + smss)
+                # At most what the peer's window takes (one byte into a zero window, as a
+                # probe would): a full segment into a tiny window would push snd_nxt past the
+                # window's edge, and only timeouts would move the data after it.
+                size = min(smss, max(self.snd_wnd, 1))
+                seg, n = self._segment_at(self.snd_una, self.snd_una + size)
                 self._emit(out, seg, self.snd_una, n, now)
         if self.snd_nxt == self.iss and st in (SYN_SENT, SYN_RECEIVED):
             seg, n = self._segment_at(self.iss, self.iss + 1)
