@@ -33,10 +33,13 @@ Deliberate deviations and simplifications:
 * Minimum RTO 200 ms (Linux's TCP_RTO_MIN) where RFC 6298 2.4 says the RTO
   SHOULD be rounded up to 1 s: links here (in-process switch, QEMU user mode)
   have sub-millisecond RTTs, and a 1 s floor turns every tail loss into a
-  one-second stall. RFC 6298 2.4 permits this ("MAY"-style reasoning in 4).
+  one-second stall. 2.4 is a SHOULD, and Linux has used 200 ms for decades.
 * Every data segment is ACKed at once (no delayed ACK, RFC 9293 3.8.6.3 makes
   delaying a SHOULD); out-of-order segments are ACKed at once as RFC 5681 4.2
-  requires, which is what drives fast retransmit.
+  asks, which is what drives fast retransmit. The SYN is timed for an RTT
+  sample too (as Linux does), unless it was retransmitted (Karn).
+* No restart of slow start after idle (RFC 5681 4.1) and no FIN_WAIT_2 timeout
+  (Linux's tcp_fin_timeout for orphaned sockets): the stack may ``abort``.
 * No Nagle (as TCP_NODELAY), no SACK, no timestamps, no window scaling, URG is
   ignored (RFC 6093 deprecates it). An RST is accepted only with exactly the
   expected sequence number; an in-window one gets a challenge ACK, and so does

@@ -243,6 +243,26 @@ def test_duplicate_syn_in_syn_received_is_answered_at_once():
     assert tcb.state == "SYN_RECEIVED" and tcb.next_timer() == 1 * SEC  # timer not restarted
 
 
+def test_simultaneous_open():
+    a = Tcb.connect(1, 2, iss=100, now=0)
+    b = Tcb.connect(2, 1, iss=2**32 - 1, now=0)
+    (syn_a,), (syn_b,) = a.output(0), b.output(0)
+    a.input(syn_b, 5 * MS)
+    b.input(syn_a, 5 * MS)
+    assert a.state == b.state == "SYN_RECEIVED"
+    (sa_a,), (sa_b,) = a.output(5 * MS), b.output(5 * MS)
+    assert (sa_a.flags, sa_a.seq, sa_a.ack) == (SYN | ACK, 100, 0)
+    assert (sa_b.flags, sa_b.seq, sa_b.ack) == (SYN | ACK, 2**32 - 1, 101)
+    a.input(sa_b, 10 * MS)
+    b.input(sa_a, 10 * MS)
+    assert a.state == b.state == "ESTABLISHED" and a.established and b.established
+    assert a.send(b"hi", 10 * MS) == 2
+    (data,) = a.output(10 * MS)
+    assert b.output(10 * MS) == []
+    b.input(data, 15 * MS)
+    assert b.recv(10) == b"hi"
+
+
 def test_delta_wraps():
     assert _delta(5, 2**32 - 5) == 10
     assert _delta(2**32 - 5, 5) == -10
