@@ -151,6 +151,9 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if disk is None and args.disk_fail_after is not None:
         raise ExoUserError("--disk-fail-after", "needs --disk")
     nic = _open_nic(args.net, args.net_faults, args.pcap) if args.net else None
+    for f in getattr(nic.backend if nic is not None else None, "forwards", ()):
+        # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
+        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     slice_seconds = (args.slice or 10_000) / 1e6
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk,
                       nic=nic)

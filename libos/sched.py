@@ -403,14 +403,20 @@ class Scheduler(LibModule):
         t = self.cur
         if t is None:
             return -Errno.EINVAL
+        status = status & 0xFFFF_FFFF
+        status = status - (1 << 32) if status >= 1 << 31 else status
+        if all(x.state == DONE for x in self.threads.values() if x is not t):
+            # The last thread: the environment ends with thread 0's status. The thread stays
+            # current while the modules' at_exit run: one that must wait (net lingering until
+            # its data is acknowledged) makes this whole call run again when woken.
+            main = self.threads.get(0, t)  # (an exofork child may not have a thread 0)
+            rc = self._exit_env(status if main is t else main.status)
+            t.state, t.status, t.ctx, self.cur = DONE, status, None, None
+            return rc
         now = self._now()
         self._stop_current(now, DONE, None)
-        status = status & 0xFFFF_FFFF
-        self._end_thread(t, status - (1 << 32) if status >= 1 << 31 else status)
+        self._end_thread(t, status)
         self.cur = None
-        if all(x.state == DONE for x in self.threads.values()):
-            main = self.threads.get(0, t)  # (an exofork child may not have a thread 0)
-            return self._exit_env(main.status)
         self._dispatch(now)
         return 0
 

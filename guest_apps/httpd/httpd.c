@@ -1,0 +1,152 @@
+/* httpd [N]: a small HTTP/1.0 server on port 80, one user-level thread per
+ * connection. GET and HEAD of a path serve that file from the ext2 disk
+ * (--disk IMAGE); without a disk, / is a built-in page. With N, exit 0 once N
+ * connections have been served (autograders); without, serve until stopped.
+ *
+ *   python -m exo boot guest_apps/httpd --net user,hostfwd=tcp:127.0.0.1:8080-:80 [--disk IMG]
+ *   curl http://127.0.0.1:8080/
+ *
+ * Built into the static ELF `httpd` by `make` (gcc; see Makefile). */
+#include "exo.h"
+#include "libos.h"
+
+#define SOCK_STREAM 1
+#define MAXCONN 1024
+#define REQ_MAX 2048
+
+struct sockaddr_in { unsigned short family, port; unsigned addr; unsigned char zero[8]; };
+
+static const char PAGE[] =
+    "<!doctype html>\n<html><head><title>exo</title></head>\n"
+    "<body><h1>Hello from exo</h1>\n"
+    "<p>Served by a TCP/IP stack in the library OS of one exokernel environment.</p>\n"
+    "</body></html>\n";
+
+static long tids[MAXCONN];
+
+static long slen(const char *s) { long n = 0; while (s[n]) n++; return n; }
+static int prefix(const char *s, const char *p) { while (*p) if (*s++ != *p++) return 0; return 1; }
+
+static char *utoa(unsigned long v, char *end) { /* writes backwards from end, returns the start */
+    *--end = 0;
+    do { *--end = (char)('0' + v % 10); v /= 10; } while (v);
+    return end;
+}
+
+static long send_all(long fd, const char *p, long n) {
+    while (n > 0) {
+        long k = lib_net_send(fd, (long)p, n, 0);
+        if (k < 0) return k;
+        p += k; n -= k;
+    }
+    return 0;
+}
+
+static long header(long fd, const char *status, const char *type, unsigned long length) {
+    char num[24];
+    char h[256];
+    long n = 0;
+    const char *parts[] = {"HTTP/1.0 ", status, "\r\nServer: exo-httpd\r\nContent-Type: ", type,
+                           "\r\nContent-Length: ", utoa(length, num + sizeof num), "\r\nConnection: close\r\n\r\n"};
+    for (unsigned i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        for (const char *s = parts[i]; *s && n < (long)sizeof h; s++) h[n++] = *s;
+    return send_all(fd, h, n);
+}
+
+static long error_page(long fd, const char *status, int head) {
+    long n = slen(status);
+    long rc = header(fd, status, "text/plain", (unsigned long)n + 1);
+    if (rc == 0 && !head) { rc = send_all(fd, status, n); if (rc == 0) rc = send_all(fd, "\n", 1); }
+    return rc;
+}
+
+static const char *type_of(const char *path) {
+    long n = slen(path);
+    if (n >= 5 && prefix(path + n - 5, ".html")) return "text/html";
+    if (n >= 4 && prefix(path + n - 4, ".txt")) return "text/plain";
+    return "application/octet-stream";
+}
+
+/* One connection: read the request head, answer, close. */
+static long connection(long fd) {
+    char req[REQ_MAX + 1];
+    char buf[4096];
+    unsigned long st[8];
+    long got = 0, end = -1;
+    while (end < 0 && got < REQ_MAX) {
+        long n = lib_net_recv(fd, (long)(req + got), REQ_MAX - got, 0);
+        if (n <= 0) { lib_net_close(fd); return 0; }
+        got += n;
+        for (long i = 3; i < got; i++)
+            if (req[i - 3] == '\r' && req[i - 2] == '\n' && req[i - 1] == '\r' && req[i] == '\n') { end = i; break; }
+    }
+    req[got] = 0;
+    int head = prefix(req, "HEAD ");
+    if (end < 0) { error_page(fd, "400 Bad Request", 0); lib_net_close(fd); return 0; }
+    if (!prefix(req, "GET ") && !head) { error_page(fd, "405 Method Not Allowed", 0); lib_net_close(fd); return 0; }
+    char *path = req + (head ? 5 : 4);
+    long i = 0;
+    while (path[i] && path[i] != ' ' && path[i] != '\r') i++;
+    path[i] = 0;
+    if (path[0] != '/') { error_page(fd, "400 Bad Request", head); lib_net_close(fd); return 0; }
+    const char *file = path;
+    if (path[1] == 0) file = "/index.html";
+    long f = lib_fs_open((long)file, 0, 0);
+    if (f >= 0 && lib_fs_fstat(f, (long)st) == 0 && (st[1] & 0170000) == 0100000) {
+        header(fd, "200 OK", type_of(file), st[3]);
+        for (long n; !head && (n = lib_fs_read(f, (long)buf, sizeof buf)) > 0;)
+            if (send_all(fd, buf, n) < 0) break;
+        lib_fs_close(f);
+    } else if (path[1] == 0) {  /* no disk, or no index.html on it: the built-in page */
+        if (f >= 0) lib_fs_close(f);
+        header(fd, "200 OK", "text/html", sizeof PAGE - 1);
+        if (!head) send_all(fd, PAGE, sizeof PAGE - 1);
+    } else {
+        if (f >= 0) lib_fs_close(f);
+        error_page(fd, "404 Not Found", head);
+    }
+    lib_net_close(fd);
+    return 0;
+}
+
+static long atoi_(const char *s) {
+    long v = 0;
+    if (!*s) return -1;
+    for (; *s; s++) { if (*s < '0' || *s > '9') return -1; v = v * 10 + (*s - '0'); }
+    return v;
+}
+
+static void fail(const char *what, long err) {
+    lib_console_printf((long)"httpd: %s: %s\n", (long)what, lib_core_strerror(err), 0, 0, 0);
+    lib_core_exit(1);
+}
+
+__attribute__((force_align_arg_pointer)) void _start(long argc, char **argv) {
+    long limit = -1;
+    if (argc >= 2) {
+        limit = atoi_(argv[1]);
+        if (limit <= 0 || limit > MAXCONN) {
+            lib_console_puts((long)"usage: httpd [N]   (1 <= N <= 1024: exit after N connections)");
+            lib_core_exit(2);
+        }
+    }
+    struct sockaddr_in local = {2, (unsigned short)(80 << 8), 0, {0}};
+    long s = lib_net_socket(SOCK_STREAM);
+    if (s < 0) fail("socket", s);
+    long rc = lib_net_bind(s, (long)&local, sizeof local);
+    if (rc < 0) fail("bind port 80", rc);
+    rc = lib_net_listen(s, 64);
+    if (rc < 0) fail("listen", rc);
+    long served = 0;
+    while (limit < 0 || served < limit) {
+        long c = lib_net_accept(s, 0, 0);
+        if (c < 0) fail("accept", c);
+        long t = lib_sched_thread_create((long)connection, c, 0);
+        if (t < 0) fail("thread_create", t);
+        if (limit > 0) tids[served] = t;
+        served++;
+    }
+    for (long i = 0; i < served; i++) lib_sched_thread_join(tids[i]);
+    lib_net_close(s);
+    lib_sched_thread_exit(0);
+}
