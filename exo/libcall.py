@@ -287,8 +287,9 @@ class LibraryTable:
         if result is self.k.RETRY or port.resumed or not env.alive:
             return
         g[0] = (result or 0) & _MASK
-        if cpu.stop_requested:
-            # The vCPU stops before the slot's `ret` runs: return to the caller now.
+        if cpu.stop_requested or cpu.slice_ending:
+            # The vCPU stops before the slot's `ret` runs: return to the caller now. (Under the
+            # wall clock the slice timer's thread stops it unannounced: VCpu.slice_ending.) Under the
             try:
                 ret, rsp = port.return_address()
             except LibFault:

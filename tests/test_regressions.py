@@ -195,3 +195,26 @@ def test_a_fork_bomb_is_capped_per_app(app):
     bomb = b.env("bomb")
     assert bomb.exit_status == Errno.ENOMEM
     assert len(bomb.children) == MAX_ENVS_PER_APP - 1
+
+
+def test_a_wall_clock_preemption_does_not_run_a_library_call_twice(app):
+    """The slice timer stops the vCPU from its own thread; landing during (or just after) the
+    code hook of a trampoline slot, it left RIP at the slot and the call ran again on resume:
+    one duplicate per timer interrupt (a UDP echo server sent some replies twice). Now the
+    library returns to the caller itself near the end of a slice (VCpu.slice_ending); what is
+    left is a host thread descheduled for longer than the margin at that moment: rare."""
+    src = """
+section .text
+_start:
+    mov r12, 100000
+again:
+    call LIB_CORE_NULL
+    dec r12
+    jnz again
+    xor edi, edi
+    call LIB_CORE_EXIT
+"""
+    b = boot(app("nulls", src, libos={"console": "buffered"}), clock="wall", max_instructions=None)
+    counts = b.kernel.acct.by_env[b.envs[0].id]
+    assert counts["interrupt"] >= 5  # the timer did preempt the loop
+    assert counts["libcall"] - 100_001 <= max(1, counts["interrupt"] // 50)
