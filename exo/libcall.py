@@ -289,7 +289,7 @@ class LibraryTable:
         g[0] = (result or 0) & _MASK
         if cpu.stop_requested or cpu.slice_ending:
             # The vCPU stops before the slot's `ret` runs: return to the caller now. (Under the
-            # wall clock the slice timer's thread stops it unannounced: VCpu.slice_ending.) Under the
+            # wall clock the slice timer's thread stops it unannounced: VCpu.slice_ending.)
             try:
                 ret, rsp = port.return_address()
             except LibFault:

@@ -55,10 +55,13 @@ def udp_echo(host: str, port: int, count: int, timeout: float = 2.0) -> dict:
         s.sendto(payload, (host, port))
         try:
             data, _ = s.recvfrom(65536)
+            while data == first:  # a late echo of a readiness probe
+                data, _ = s.recvfrom(65536)
         except TimeoutError:
             return {"ok": False, "error": f"no echo for datagram {i + 1}", "intact": intact}
         if data != payload:
-            return {"ok": False, "error": f"datagram {i + 1} came back changed", "intact": intact}
+            return {"ok": False, "error": f"datagram {i + 1} ({len(payload)} bytes) came back changed: "
+                    f"{len(data)} bytes {data[:16].hex()}", "intact": intact}
         intact += 1
     elapsed = time.monotonic() - t0
     return {"ok": True, "intact": intact, "seconds": elapsed, "rtt_per_s": (count - 1) / elapsed if elapsed else 0}
