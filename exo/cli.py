@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -181,12 +182,16 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
             kernel.net.assign(env, app_address(len(envs)))
         envs.append(env)
-    interrupted = False
+    interrupted: str | None = None
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
         kernel.run(max_instructions=args.max_instructions)
+    except _Terminated:
+        interrupted = "terminated"
     except KeyboardInterrupt:
-        interrupted = True  # still write what was counted and traced so far
+        interrupted = "interrupted"  # still write what was counted and traced so far
     finally:
+        signal.signal(signal.SIGTERM, previous)
         machine.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md)
     if tracer is not None:
         tracer.write(args.trace, {e.id: e.name for e in kernel.envs.values()})
@@ -199,8 +204,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if args.stats:
         print_stats(stats)
     if interrupted:
-        sys.stderr.write("exo: interrupted\n")
-        return 130
+        sys.stderr.write(f"exo: {interrupted}\n")
+        return 143 if interrupted == "terminated" else 130
     if machine.console.output_error:
         sys.stderr.write(f"exo: error: writing the guests' output: {machine.console.output_error}\n")
         return EXIT_FAULT
@@ -212,6 +217,14 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if kernel.reports or stuck:
         return EXIT_FAULT
     return (first.exit_status or 0) & 0xFF
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while guests run (``kill``, a test stopping a server)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _open_disk(spec: str, fail_after: int | None):
