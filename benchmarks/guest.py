@@ -51,3 +51,55 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
         why = k.reports[0].summary if k.reports else f"exit status {bad[0].exit_status}"
         raise RuntimeError(f"{name} under {structure}: {why}")
     return dt, collect_stats(k)
+
+
+def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual",
+              until_exit: int | None = None) -> tuple[float, bytes]:
+    """(host seconds of the run, console output) for the guest apps in ``apps`` (app i is 10.0.2.(15+i)).
+
+    ``until_exit``: stop the run once app ``until_exit`` has exited (a client whose server
+    would otherwise wait for the next one). Any fault is an error.
+    """
+    from exo.cli import _build, _resolve_libos
+    from exo.kernel import Exokernel
+    from exo.loader import spawn
+    from exo.manifest import load_manifest
+    from exo.net import app_address
+    from hw import Machine
+    from hw.nic import open_nic
+    from libos.link import link, relink_siblings
+
+    nic = open_nic(net) if net else None
+    out = io.BytesIO()
+    machine = Machine(128 << 20, clock=clock, stdin=b"", stdout=out, nic=nic)
+    k = Exokernel(machine, on_fault=lambda r: None)
+    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    booted = []
+    for app in apps:
+        m = load_manifest(app)
+        classes = _resolve_libos(m)
+        env = spawn(k, _build(m, classes), m.args, frame_quota=m.memory_pages)
+        if classes:
+            link(k.libs, env, classes)
+        if k.net is not None:
+            k.net.assign(env, app_address(len(booted)))
+        booted.append(env)
+    if until_exit is not None:
+        watched = booted[until_exit]
+        k.env_reclaim_hooks.append(lambda e: e is watched and [o.status for o in booted] and _stop_all(k, watched))
+    t0 = time.perf_counter()
+    try:
+        k.run()
+    finally:
+        machine.close()
+    dt = time.perf_counter() - t0
+    if k.reports:
+        raise RuntimeError(k.reports[0].summary)
+    return dt, out.getvalue()
+
+
+def _stop_all(k, done) -> None:
+    """The watched app has ended: end the others too (a server waiting for its next client)."""
+    for e in list(k.envs.values()):
+        if e is not done and e.alive:
+            k.destroy(e, exit_status=0)

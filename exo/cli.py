@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("image", help="describe a guest app's image: modules, library calls, hypercalls, size")
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos, fs)")
-    bench.add_argument("suite", choices=("hw", "exo", "libos", "fs"))
+    bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos, fs, net)")
+    bench.add_argument("suite", choices=("hw", "exo", "libos", "fs", "net"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
     ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
     ex.add_argument("name", choices=("ring-transitions",))
@@ -423,6 +423,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks import libos as suite
     elif args.suite == "fs":
         from benchmarks import fs as suite
+    elif args.suite == "net":
+        from benchmarks import net as suite
     else:
         from benchmarks import exo as suite
     return suite.main(rest)
