@@ -14,6 +14,11 @@ PAGE_SIZE = 4096
 USER_BOTTOM = 0x0001_0000  # below: the machine's descriptor tables' linear window (hw RESERVED_BYTES)
 HYPERCALL_PAGE = 0x0010_0000  # read+execute, 32-byte stubs: call HYPERCALL_PAGE + 32*nr
 HYPERCALL_STUB_SIZE = 32
+# A library-call slot's code (exo/libcall.py): `jmp short $+2` (the slot's entry: it ends
+# the translation block) then, at LIBCALL_HOOKED, `jmp qword ptr [rsp-8]` (the exokernel has
+# popped the return address by then).
+LIBCALL_CODE = b"\xeb\x00\xff\x64\x24\xf8"
+LIBCALL_HOOKED = 2  # offset in the slot of the instruction whose hook runs the call
 LIBOS_PAGE = 0x0010_1000  # libOS trampoline pages, one per module (library calls, no ring transition)
 LIBOS_END = 0x0011_0000  # end of the trampoline pages (15 modules at most)
 LIBCALL_SLOT = 16  # bytes per library entry point on a trampoline page

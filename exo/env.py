@@ -41,6 +41,7 @@ class Env:
     interrupted: bool = False  # its last slice ended by the timer
     retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
     retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
+    libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet
     # OS structures (exo/structures.py)
     pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
     pv_result: int = 0

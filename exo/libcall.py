@@ -2,13 +2,25 @@
 
 Each libOS module kind has one trampoline page in the exokernel-managed region
 (``LIBOS_PAGE + 0x1000 * index``), mapped read+execute into the environments
-that link it. Entry ``k`` is the 16-byte slot at offset ``16 * k``; it holds
-``ret``. The vCPU watches execution in this range (one ranged code hook,
-``VCpu.watch_code``): when guest code ``call``s a slot, the module's Python
-code runs on behalf of that environment with the arguments of the SysV calling
-convention (RDI, RSI, RDX, RCX, R8, R9), RAX receives the result, and the
-``ret`` in the slot returns to the caller. No privilege changes hands, so it is
-counted as a ``libcall``, not as a ring transition.
+that link it. Entry ``k`` is the 16-byte slot at offset ``16 * k``. The vCPU
+watches execution in this range (one ranged code hook, ``VCpu.watch_code``):
+when guest code ``call``s a slot, the module's Python code runs on behalf of
+that environment with the arguments of the SysV calling convention (RDI, RSI,
+RDX, RCX, R8, R9), RAX receives the result, and the slot returns to the caller.
+No privilege changes hands, so it is counted as a ``libcall``, not as a ring
+transition.
+
+A slot is ``jmp short $+2; jmp qword ptr [rsp-8]`` (abi.LIBCALL_CODE), and the
+call runs at most once per entry, whenever the vCPU stops: the hook at the
+slot's first instruction notes the entry (its RSP); the hook at the second
+runs the call only for a noted entry, then pops the return address itself,
+which the `jmp [rsp-8]` takes. A stop that lands inside or right after that
+hook (the OS stopping the vCPU from the call, the instruction budget, or the
+wall-clock timer's thread, which can come at any moment) leaves RIP at the
+second instruction, the start of its translation block (Unicorn restores RIP
+to it): resumed there, the hook finds no noted entry and the `jmp` just
+returns. (With a plain ``ret`` slot such stops re-ran the call: measured, one
+duplicate call per wall-clock timer interrupt.)
 
 A module instance sees its environment only through a ``LibPort``: user memory
 through that environment's page tables (EFAULT otherwise), its registers while
@@ -24,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exo.abi import LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, USER_TOP, Errno
+from exo.abi import LIBCALL_CODE, LIBCALL_HOOKED, LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, USER_TOP, Errno
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType
 from exo.hypercalls import BY_NAME
@@ -46,6 +58,7 @@ LIBCALL_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.RCX, 
 # Every environment that links modules may still end itself and ask who it is.
 BASE_HYPERCALLS = frozenset({"sched_op", "env_id", "svc", "svc_return"})
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
+_RSP = GPR_INDEX[Reg.RSP]
 
 
 class Blocked(Exception):
@@ -186,7 +199,10 @@ class LibPort:
         cpu = self._k.cpu
         g = cpu.gpr
         out = {r.name.lower(): g[i] for r, i in GPR_INDEX.items()}
-        out["rip"] = cpu.regs.read(Reg.RIP)
+        rip = cpu.regs.read(Reg.RIP)
+        if LIBOS_PAGE <= rip < LIBOS_END and rip & (LIBCALL_SLOT - 1) == LIBCALL_HOOKED:
+            rip -= LIBCALL_HOOKED  # inside a library call: resuming this context enters the slot afresh
+        out["rip"] = rip
         out["rflags"] = cpu.regs.read(Reg.RFLAGS)
         return out
 
@@ -240,7 +256,7 @@ class LibraryTable:
             page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 between slots: a stray jump traps
             local = {e.slot for e in entries if not getattr(e, "routed", True)}
             for slot in range(SLOTS_PER_PAGE):
-                code = b"\xc3" if slot in local else self.k.structure_slot
+                code = LIBCALL_CODE if slot in local else self.k.structure_slot
                 page[slot * LIBCALL_SLOT : slot * LIBCALL_SLOT + len(code)] = code
             self.k.machine.memory.write(f << PAGE_SHIFT, bytes(page))
             self.k.cpu.flush_code()
@@ -275,29 +291,37 @@ class LibraryTable:
                 st.guest_kernel_fault(env)
             elif address == STRUCT_SERVER_DISPATCH and env.is_server and env.request is not None:
                 st.server_dispatch(env)
-        entry = env.libcalls.get(address)
-        if entry is None:
-            return  # not an entry point: the int3 there traps and reports it
-        if st is not None and entry.routed:
-            return  # another structure: the slot's own instructions make the call
+        if address & (LIBCALL_SLOT - 1) == LIBCALL_HOOKED:
+            entry = env.libcalls.get(address - LIBCALL_HOOKED)
+            if entry is None or env.libcall_rsp != self.k.cpu.gpr[_RSP]:
+                return  # resumed after the call ran (its `jmp` returns), or not a library-call slot
+            env.libcall_rsp = None
+        else:
+            entry = env.libcalls.get(address)
+            if entry is None:
+                return  # not an entry point: the int3 there traps and reports it
+            if st is not None and entry.routed:
+                return  # another structure: the slot's own instructions make the call
+            env.libcall_rsp = self.k.cpu.gpr[_RSP]  # a call enters the slot: run it at LIBCALL_HOOKED
+            return
         cpu = self.k.cpu
         g = cpu.gpr
         result = self.run_entry(env, entry, [g[i] for i in LIBCALL_ARGS[: entry.nargs]] if entry.nargs else ())
         port = env.port
-        if result is self.k.RETRY or port.resumed or not env.alive:
+        if result is self.k.RETRY:
+            env.libcall_rsp = g[_RSP]  # it runs again when the environment is woken
+            return
+        if port.resumed or not env.alive:
             return
         g[0] = (result or 0) & _MASK
-        if cpu.stop_requested or cpu.slice_ending:
-            # The vCPU stops before the slot's `ret` runs: return to the caller now. (Under the
-            # wall clock the slice timer's thread stops it unannounced: VCpu.slice_ending.)
+        if cpu.stop_requested:
             try:
-                ret, rsp = port.return_address()
+                port.return_address()
             except LibFault:
-                # The caller's stack is not readable: the `ret` itself would fault.
-                self.k.abort(env, "bad stack at a library call", f"RSP {g[GPR_INDEX[Reg.RSP]]:#x} is not readable")
+                # The caller's stack is not readable: the return itself would fault.
+                self.k.abort(env, "bad stack at a library call", f"RSP {g[_RSP]:#x} is not readable")
                 return
-            cpu.regs.write(Reg.RIP, ret)
-            g[GPR_INDEX[Reg.RSP]] = rsp
+        g[_RSP] += 8  # pop the return address: the slot's `jmp qword ptr [rsp-8]` takes it
 
     def run_entry(self, env: Env, entry: Entry, args: list[int], count: bool = True) -> object:
         """Run a module entry for ``env``: its result, or RETRY (the vCPU was stopped to wait)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exo.abi import LIBOS_DATA, LIBOS_DATA_STRIDE, LIBOS_END, LIBOS_PAGE, EnvStatus, Errno
+from exo.abi import LIBCALL_CODE, LIBOS_DATA, LIBOS_DATA_STRIDE, LIBOS_END, LIBOS_PAGE, EnvStatus, Errno
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
@@ -73,7 +73,7 @@ SVC_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.
 def slot_code(structure: str, nr_svc: int) -> bytes:
     """What one trampoline slot holds under ``structure``."""
     if structure == "exokernel":
-        return b"\xc3"  # ret
+        return LIBCALL_CODE  # a library call (exo/libcall.py)
     # mov r10, rcx (the 4th argument: `syscall` clobbers RCX); mov eax, NR_SVC; syscall; ret
     return b"\x49\x89\xca" + b"\xb8" + nr_svc.to_bytes(4, "little") + b"\x0f\x05" + b"\xc3"
 

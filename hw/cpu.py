@@ -147,9 +147,6 @@ class _BootHandler:
         cpu.stop("trap")
 
 
-SLICE_END_MARGIN = 0.0005  # seconds: see VCpu.slice_ending
-
-
 class VCpu:
     """One x86-64 CPU over ``PhysicalMemory``; guest code always runs at CPL 3."""
 
@@ -439,21 +436,6 @@ class VCpu:
     @property
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
-
-    @property
-    def slice_ending(self) -> bool:
-        """Wall clock: the slice timer's thread may stop the vCPU about now, unannounced.
-
-        Such a stop that lands during a code hook, or just after it returns (the
-        timer thread takes the GIL as the hook gives it back), leaves RIP at the
-        hooked instruction: the hook runs again when the context resumes
-        (measured: one library call per timer interrupt ran twice). An OS whose
-        hook must not repeat its work moves RIP past the instruction itself when
-        this is true: a register write that costs ~15 us inside a hook, paid only
-        in the last SLICE_END_MARGIN of a slice. (Left: a host thread descheduled
-        for longer than the margin between hook and instruction.)
-        """
-        return self._timer is not None and self._timer.ending(SLICE_END_MARGIN)
 
     def instructions(self) -> int:
         """Instructions retired so far, including the slice now running (virtual clock)."""

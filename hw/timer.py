@@ -30,11 +30,6 @@ class SliceTimer:
             self._fired = False
             self._cv.notify()
 
-    def ending(self, margin: float) -> bool:
-        """The slice has expired, or will within ``margin`` seconds (a racy read: advisory)."""
-        deadline = self._deadline
-        return self._fired or (deadline is not None and time.monotonic() >= deadline - margin)
-
     def disarm(self) -> bool:
         """Cancel the slice; True if it had already expired (the guest was preempted)."""
         with self._cv:
