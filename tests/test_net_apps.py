@@ -1,0 +1,372 @@
+"""The network guest apps against real peers: the host kernel over TAP, host sockets through
+``user`` forwarding, and other guests over the in-process switch.
+
+TAP tests need root (CAP_NET_ADMIN) and iproute2: each makes its own network namespace
+with a TAP device in it (10.0.2.2/24 on the host side, the guest is 10.0.2.15) and
+deletes it after. They skip with the reason on a machine without those; CI sets
+EXO_REQUIRE_TOOLS=1, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import netpeer
+import pytest
+from conftest import ROOT, boot, need_tool
+
+APPS = ROOT / "guest_apps"
+GUEST = "10.0.2.15"
+
+
+# ----------------------------------------------------------------------------- helpers
+def app_with_args(tmp: Path, name: str, args: list[str]) -> Path:
+    """A copy of guest_apps/NAME's manifest that passes ``args`` (apps of one boot share `--` args)."""
+    src = (APPS / name / "app.toml").read_text()
+    sources = re.search(r"^sources = \[(.*?)\]", src, re.M).group(1)
+    absolute = ", ".join(f'"{APPS / name / s.strip().strip(chr(34))}"' for s in sources.split(","))
+    text = re.sub(r"^sources = \[.*?\]", f"sources = [{absolute}]", src, flags=re.M)
+    text = text.replace("[libos]", f"args = {json.dumps(args)}\n\n[libos]", 1)
+    d = tmp / f"{name}-{len(list(tmp.iterdir()))}"
+    d.mkdir()
+    (d / "app.toml").write_text(text)
+    return d
+
+
+class Exo:
+    """`python -m exo boot ...` in the background (optionally inside a network namespace)."""
+
+    def __init__(self, args: list[str], netns: str | None = None) -> None:
+        cmd = [sys.executable, "-m", "exo", "boot", *args]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.forwards: dict[str, int] = {}
+        if any(a.startswith("user") and "hostfwd" in a for a in args):
+            while len(self.forwards) < sum(a.count("hostfwd") for a in args):
+                line = self.proc.stderr.readline().decode()
+                m = re.match(r"exo: net: (\w+) [\d.]+:(\d+) -> [\d.]+:(\d+)", line)
+                if not line:
+                    raise AssertionError(f"exo ended before forwarding: {self.finish()}")
+                if m:
+                    self.forwards[f"{m.group(1)}:{m.group(3)}"] = int(m.group(2))
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            return -9, out.decode(), err.decode() + "\n(killed: still running after the client finished)"
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def stop(self) -> tuple[int | None, str]:
+        """Stop a server that runs until stopped: (None if it was still running, else its exit code; stderr)."""
+        was = self.proc.poll()
+        if was is None:
+            self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        return was, err.decode()
+
+
+def need_root_net() -> None:
+    ok = os.geteuid() == 0 and os.path.exists("/dev/net/tun") and shutil.which("ip") is not None
+    need_tool(ok, "needs root, /dev/net/tun and iproute2 to make a TAP device in a network namespace")
+
+
+@pytest.fixture
+def netns():
+    """A network namespace with a TAP device exo0 (host side 10.0.2.2/24, up); deleted after."""
+    need_root_net()
+    name = f"exo-{uuid.uuid4().hex[:8]}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        ip("netns", "exec", name, "ip", "tuntap", "add", "dev", "exo0", "mode", "tap")
+        ip("-n", name, "addr", "add", "10.0.2.2/24", "dev", "exo0")
+        ip("-n", name, "link", "set", "exo0", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def in_ns(ns: str, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def peer(ns: str, *args: str, timeout: float = 300) -> dict:
+    """tests/netpeer.py inside the namespace: its JSON verdict."""
+    r = in_ns(ns, sys.executable, str(ROOT / "tests" / "netpeer.py"), *args, timeout=timeout)
+    assert r.stdout, r.stderr
+    return json.loads(r.stdout)
+
+
+# ------------------------------------------------------------- guest to guest (switch)
+def test_tcp_between_two_guests_survives_a_faulty_wire_and_is_deterministic(tmp_path):
+    faults = "loss=0.1,dup=0.1,reorder=0.1,seed=5"
+    runs = []
+    for _ in range(2):
+        server = app_with_args(tmp_path, "tcp_echo", ["1"])
+        client = app_with_args(tmp_path, "nettest", ["tcp", GUEST, "7", str(1 << 20)])
+        b = boot(server, client, net="switch", net_faults=faults, max_instructions=None)
+        assert not b.reports
+        assert [e.exit_status for e in b.envs] == [0, 0], [e.fault for e in b.envs]
+        stats = b.kernel.net.nic.stats
+        assert stats["lost"] > 100 and stats["duplicated"] > 100 and stats["reordered"] > 100
+        runs.append((b.stdout, dict(b.kernel.acct.hypercalls), b.kernel.net.stats, stats,
+                     [e.instructions for e in b.envs]))
+    assert runs[0][0].startswith(b"tcp: 1048576 bytes echoed intact")
+    assert runs[0] == runs[1]  # same output, hypercall counts, frames and instructions
+
+
+def test_udp_between_two_guests(tmp_path):
+    server = app_with_args(tmp_path, "udp_echo", ["300"])
+    client = app_with_args(tmp_path, "nettest", ["udp", GUEST, "7", "300"])
+    b = boot(server, client, net="switch")
+    assert b.stdout == b"udp: 300 datagrams echoed intact\n"
+    assert [e.exit_status for e in b.envs] == [0, 0]
+
+
+def test_a_connection_to_a_closed_port_is_refused(tmp_path):
+    server = app_with_args(tmp_path, "udp_echo", ["1"])  # nothing listens on TCP port 7
+    client = app_with_args(tmp_path, "nettest", ["tcp", GUEST, "7", "10"])
+    b = boot(server, client, net="switch", max_instructions=20_000_000)
+    assert b"nettest: connect: Connection refused" in b.stdout
+    assert b.envs[1].exit_status == 1
+
+
+# ------------------------------------------------------------------- user forwarding
+def test_udp_echo_through_user_forwarding():
+    # Serving until stopped: the client's readiness probes may reach the guest too.
+    exo = Exo(["guest_apps/udp_echo", "--net", "user,hostfwd=udp:127.0.0.1:0-:7", "--clock", "wall"])
+    try:
+        r = netpeer.udp_echo("127.0.0.1", exo.forwards["udp:7"], 1000)
+    finally:
+        was, err = exo.stop()
+    assert r["ok"] and r["intact"] == 1000, r
+    assert was is None and "Traceback" not in err, err
+
+
+def test_tcp_echo_of_4_mib_through_user_forwarding():
+    exo = Exo(["guest_apps/tcp_echo", "--net", "user,hostfwd=tcp:127.0.0.1:0-:7", "--clock", "wall", "--", "1"])
+    try:
+        r = netpeer.tcp_echo("127.0.0.1", exo.forwards["tcp:7"], 4 << 20)
+    finally:
+        rc, out, err = exo.finish()
+    assert r["ok"] and r["sha256_sent"] == r["sha256_received"], r
+    assert rc == 0, err
+
+
+def _site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>from the ext2 disk</h1>\n")
+    (site / "big.bin").write_bytes(netpeer.pattern(300_000, 3))
+    img = tmp_path / "site.img"
+    subprocess.run([sys.executable, "-m", "exo", "mkfs", str(img), "--size", "4M", "--from", str(site)],
+                   cwd=ROOT, check=True, capture_output=True)
+    return img
+
+
+def _curl(url: str, ns: str | None = None) -> subprocess.CompletedProcess:
+    need_tool(shutil.which("curl") is not None, "curl is not installed")
+    cmd = ["curl", "-sS", "--retry", "30", "--retry-connrefused", "--retry-delay", "1", "--max-time", "60",
+           "-D", "-", url]
+    if ns:
+        cmd = ["ip", "netns", "exec", ns, *cmd]
+    return subprocess.run(cmd, capture_output=True, timeout=120)
+
+
+def test_httpd_serves_its_page_and_disk_files_to_curl_through_user_forwarding(tmp_path):
+    img = _site(tmp_path)
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall",
+               "--disk", f"{img}:ro", "--", "3"])
+    port = exo.forwards["tcp:80"]
+    try:
+        index = _curl(f"http://127.0.0.1:{port}/")
+        big = _curl(f"http://127.0.0.1:{port}/big.bin")
+        missing = _curl(f"http://127.0.0.1:{port}/nope")
+    finally:
+        rc, out, err = exo.finish()
+    assert index.stdout.startswith(b"HTTP/1.0 200 OK\r\n") and index.stdout.endswith(b"<h1>from the ext2 disk</h1>\n")
+    head, _, body = big.stdout.partition(b"\r\n\r\n")
+    assert b"Content-Length: 300000" in head and body == netpeer.pattern(300_000, 3)
+    assert missing.stdout.startswith(b"HTTP/1.0 404 Not Found")
+    assert rc == 0, err
+
+
+def test_httpd_without_a_disk_serves_its_built_in_page():
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall", "--", "1"])
+    try:
+        r = netpeer.http_get(f"http://127.0.0.1:{exo.forwards['tcp:80']}/")
+    finally:
+        rc, out, err = exo.finish()
+    assert r["ok"] and r["status"] == 200 and "Hello from exo" in r["body"], r
+    assert rc == 0, err
+
+
+# ---------------------------------------------------------------- TAP: the host kernel
+def test_ping_and_1000_udp_echoes_over_tap_and_the_capture_reads_back(netns, tmp_path):
+    pcap = tmp_path / "wire.pcap"
+    exo = Exo(["guest_apps/udp_echo", "--net", "tap:exo0", "--clock", "wall", "--pcap", str(pcap)], netns=netns)
+    try:
+        r = peer(netns, "udp", GUEST, "7", "1000")
+        ping = in_ns(netns, "ping", "-c", "3", "-W", "5", GUEST, timeout=60)
+    finally:
+        was, err = exo.stop()
+    assert r["ok"] and r["intact"] == 1000, r
+    assert ping.returncode == 0 and "3 received" in ping.stdout, ping.stdout + ping.stderr
+    assert was is None and "Traceback" not in err, err
+    need_tool(shutil.which("tshark") is not None, "tshark is not installed")
+    t = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "_ws.col.Protocol"],
+                       capture_output=True, text=True, timeout=120)
+    rows = [line.split("\t") for line in t.stdout.splitlines()]
+    from_guest = [r for r in rows if r[0] == GUEST and r[2] == "ECHO"]
+    pings = [r for r in rows if r[2] == "ICMP"]
+    assert len(from_guest) >= 1000 and len(pings) >= 6  # (tshark names UDP port 7 ECHO)
+
+
+def test_4_mib_tcp_echo_over_tap(netns):
+    exo = Exo(["guest_apps/tcp_echo", "--net", "tap:exo0", "--clock", "wall", "--", "1"], netns=netns)
+    try:
+        r = peer(netns, "tcp", GUEST, "7", str(4 << 20))
+    finally:
+        rc, out, err = exo.finish()
+    assert r["ok"] and r["sha256_sent"] == r["sha256_received"], r
+    assert rc == 0, err
+
+
+def test_4_mib_tcp_echo_over_tap_with_10_percent_loss_duplication_and_reordering(netns, tmp_path):
+    stats = tmp_path / "stats.json"
+    exo = Exo(["guest_apps/tcp_echo", "--net", "tap:exo0", "--clock", "wall", "--stats-json", str(stats),
+               "--net-faults", "loss=0.1,dup=0.1,reorder=0.1,seed=1", "--", "1"], netns=netns)
+    try:
+        r = peer(netns, "tcp", GUEST, "7", str(4 << 20), timeout=600)
+    finally:
+        rc, out, err = exo.finish(timeout=120)
+    assert r["ok"] and r["sha256_sent"] == r["sha256_received"], r
+    assert rc == 0, err
+    nic = json.loads(stats.read_text())["net"]["nic"]
+    assert nic["lost"] > 500 and nic["duplicated"] > 500 and nic["reordered"] > 500, nic
+
+
+def test_curl_gets_the_httpd_page_over_tap(netns):
+    exo = Exo(["guest_apps/httpd", "--net", "tap:exo0", "--clock", "wall", "--", "1"], netns=netns)
+    try:
+        r = _curl(f"http://{GUEST}/", ns=netns)
+    finally:
+        rc, out, err = exo.finish()
+    assert r.stdout.startswith(b"HTTP/1.0 200 OK") and b"Hello from exo" in r.stdout, r.stderr
+    assert rc == 0, err
+
+
+HOST_MAC = bytes.fromhex("020000000002")
+GUEST_MAC = bytes.fromhex("525400123456")
+
+
+def _bad_frames() -> list[bytes]:
+    """Malformed frames for the guest's MAC: what a broken or hostile peer could put on the wire."""
+    import random
+
+    rnd = random.Random(7)
+    eth = GUEST_MAC + HOST_MAC + b"\x08\x00"
+    good_udp = netpeer_udp(b"x" * 20)
+    frames = [
+        eth,  # an Ethernet header and nothing else
+        eth + b"\x45",  # truncated IPv4 header
+        eth + bytes([0x4F]) + good_udp[1:],  # IHL 15 (60 bytes) on a 48-byte packet
+        eth + bytes([0x41]) + good_udp[1:],  # IHL 1: impossible
+        eth + good_udp[:2] + b"\xff\xff" + good_udp[4:],  # total length 65535
+        eth + good_udp[:2] + b"\x00\x05" + good_udp[4:],  # total length 5
+        eth + good_udp[:10] + b"\xde\xad" + good_udp[12:],  # bad header checksum
+        eth + good_udp[:24] + b"\xff\xff" + good_udp[26:],  # UDP length 65535
+        eth + good_udp[:26] + b"\x12\x34" + good_udp[28:],  # bad UDP checksum
+        GUEST_MAC + HOST_MAC + b"\x08\x06" + b"\x00" * 10,  # truncated ARP
+        GUEST_MAC + HOST_MAC + b"\x86\xdd" + b"\x60" + b"\x00" * 60,  # IPv6: nobody's
+    ]
+    for _ in range(300):  # fuzzed headers and random junk
+        f = bytearray(eth + good_udp)
+        for _ in range(rnd.randint(1, 6)):
+            f[rnd.randrange(14, len(f))] = rnd.randrange(256)
+        frames.append(bytes(f[: rnd.randint(14, len(f))]))
+        frames.append(eth + rnd.randbytes(rnd.randint(0, 1400)))
+    return frames
+
+
+def netpeer_udp(payload: bytes) -> bytes:
+    """An IPv4+UDP packet 10.0.2.2:9999 -> 10.0.2.15:7 with correct checksums."""
+    import struct
+
+    src, dst = socket.inet_aton("10.0.2.2"), socket.inet_aton(GUEST)
+    udp = struct.pack("!HHHH", 9999, 7, 8 + len(payload), 0) + payload
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, len(udp))
+    udp = udp[:6] + struct.pack("!H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+    return ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:] + udp
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+INJECT = """
+import socket, sys, json
+frames = [bytes.fromhex(h) for h in json.load(sys.stdin)]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("exo0", 0))
+for f in frames:
+    s.send(f)
+print(len(frames))
+"""
+
+
+def test_malformed_frames_from_the_wire_crash_nothing(netns, tmp_path):
+    stats = tmp_path / "stats.json"
+    exo = Exo(["guest_apps/udp_echo", "--net", "tap:exo0", "--clock", "wall", "--stats-json", str(stats)],
+              netns=netns)
+    try:
+        assert peer(netns, "udp", GUEST, "7", "10")["ok"]  # up and answering
+        frames = _bad_frames()
+        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", INJECT], cwd=ROOT,
+                           input=json.dumps([f.hex() for f in frames]), capture_output=True, text=True, timeout=60)
+        assert r.stdout.strip() == str(len(frames)), r.stderr
+        after = peer(netns, "udp", GUEST, "7", "10")  # still answering, nothing else came back
+    finally:
+        was, err = exo.stop()
+    assert after["ok"], after
+    assert was is None and "Traceback" not in err, err
+    net = json.loads(stats.read_text())["net"]["exokernel"]
+    assert net["rx"] >= len(frames)  # they did reach the exokernel
+
+
+# ------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("args, message", [
+    (["--net", "bogus"], "--net: nic: unknown network 'bogus'"),
+    (["--net", "switch", "--net-faults", "loss=2"], "--net-faults: faults: loss='2' is not a rate between 0 and 1"),
+    (["--net-faults", "loss=0.1"], "--net-faults: needs --net"),
+    (["--net", "user,hostfwd=tcp:x"], "--net: user: hostfwd 'tcp:x' is not"),
+    (["--net", "tap:a/b"], "--net: tap: 'a/b' is not an interface name"),
+])  # fmt: skip
+def test_bad_network_options_are_one_line_errors(args, message):
+    r = subprocess.run([sys.executable, "-m", "exo", "boot", "guest_apps/echo", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"exo: error: {message}"), r.stderr
