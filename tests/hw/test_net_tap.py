@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import need_tool
 from test_net_kit import ACK, BCAST, arp, eth, icmp_echo, ip, ipv4, mac, parse  # noqa: F401
 
 from hw.net.tap import TapBackend
@@ -20,13 +21,10 @@ HOST_IP = ip("10.0.9.1")
 
 
 def need_root_and_tun() -> None:
-    """Like conftest.need_tool, for what only root has: skip with the reason."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_NET_ADMIN) to create a tap interface")
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("/dev/net/tun does not exist (no TUN/TAP support)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) is not installed")
+    """conftest.need_tool for what only root has: skip with the reason (a failure under EXO_REQUIRE_TOOLS=1)."""
+    need_tool(os.geteuid() == 0, "needs root (CAP_NET_ADMIN) to create a tap interface")
+    need_tool(os.path.exists("/dev/net/tun"), "/dev/net/tun does not exist (no TUN/TAP support)")
+    need_tool(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
 
 
 def sh(*args: str) -> None:
