@@ -17,6 +17,10 @@ from collections.abc import Callable
 from exo.abi import (
     HYPERCALL_PAGE,
     HYPERCALL_STUB_SIZE,
+    LIBCALL_HOOKED,
+    LIBCALL_SLOT,
+    LIBOS_END,
+    LIBOS_PAGE,
     UPCALL_TIMER,
     UTRAPFRAME_SIZE,
     EnvStatus,
@@ -36,7 +40,7 @@ from hw.cpu import VCpu
 from hw.machine import Machine
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
-from hw.regs import GPRS, Reg
+from hw.regs import GPR_INDEX, GPRS, Reg
 from hw.traps import Trap, TrapKind, Vector
 
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
@@ -48,6 +52,7 @@ UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
 _KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
+_RSP_INDEX = GPR_INDEX[Reg.RSP]
 
 
 def hypercall_page() -> bytes:
@@ -397,6 +402,12 @@ class Exokernel:
         The frame holds the interrupted context (``rip`` is where it resumes); the
         handler gets RSP = RDI = the frame and returns to that context itself.
         """
+        if (LIBOS_PAGE <= rip < LIBOS_END and rip & (LIBCALL_SLOT - 1) == LIBCALL_HOOKED
+                and env.libcall_rsp == self._gpr[_RSP_INDEX]):
+            # Interrupted between entering a library-call slot and the call running: the
+            # context resumes by entering the slot afresh (it may resume after other
+            # threads' calls, which note their own entries: exo/libcall.py).
+            rip -= LIBCALL_HOOKED
         frame = self.push_frame(env, vector, error, fault_va, rip)
         if frame is None:
             return False

@@ -218,3 +218,48 @@ again:
     counts = b.kernel.acct.by_env[b.envs[0].id]
     assert counts["interrupt"] >= 5  # the timer did preempt the loop
     assert counts["libcall"] == 100_001
+
+
+THREADED_CALLS = """
+section .text
+_start:
+    xor ebx, ebx
+spawn:
+    lea rdi, [rip + worker]
+    xor esi, esi
+    xor edx, edx
+    call LIB_SCHED_THREAD_CREATE
+    inc rbx
+    cmp rbx, 3
+    jne spawn
+    call worker
+    mov r12, 3
+join:
+    mov rdi, r12
+    call LIB_SCHED_THREAD_JOIN
+    dec r12
+    jnz join
+    xor edi, edi
+    call LIB_SCHED_THREAD_EXIT
+worker:
+    mov r13, 3000
+again:
+    call LIB_CORE_NULL
+    dec r13
+    jnz again
+    xor eax, eax
+    ret
+"""
+
+
+@pytest.mark.parametrize("slice_instructions", [97, 101, 103])
+def test_a_thread_preempted_as_it_enters_a_library_call_still_makes_it(app, slice_instructions):
+    """A slice that ended between a slot's entry and its call, then a switch to another thread
+    whose calls noted their own entries: resumed, the first thread skipped its call and jumped
+    through a return address that was never popped (RIP 0 in tcp_echo under load). The timer
+    upcall's frame now resumes such a context at the slot's entry."""
+    b = boot(app("calls", THREADED_CALLS, libos={"sched": "rr", "console": "buffered"}),
+             slice_instructions=slice_instructions, max_instructions=None)
+    assert not b.reports, b.reports[0].render()
+    assert b.envs[0].exit_status == 0
+    assert b.kernel.acct.by_env[b.envs[0].id]["libcall"] >= 4 * 3000
