@@ -60,30 +60,19 @@ def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual
     ``until_exit``: stop the run once app ``until_exit`` has exited (a client whose server
     would otherwise wait for the next one). Any fault is an error.
     """
-    from exo.cli import _build, _resolve_libos
+    from exo.cli import _build, _resolve_libos, spawn_apps
     from exo.kernel import Exokernel
-    from exo.loader import spawn
     from exo.manifest import load_manifest
-    from exo.net import app_address
     from hw import Machine
     from hw.nic import open_nic
-    from libos.link import link, relink_siblings
 
     nic = open_nic(net) if net else None
     out = io.BytesIO()
     machine = Machine(128 << 20, clock=clock, stdin=b"", stdout=out, nic=nic)
     k = Exokernel(machine, on_fault=lambda r: None)
-    k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    booted = []
-    for app in apps:
-        m = load_manifest(app)
-        classes = _resolve_libos(m)
-        env = spawn(k, _build(m, classes), m.args, frame_quota=m.memory_pages)
-        if classes:
-            link(k.libs, env, classes)
-        if k.net is not None:
-            k.net.assign(env, app_address(len(booted)))
-        booted.append(env)
+    manifests = [load_manifest(a) for a in apps]
+    linked = [_resolve_libos(m) for m in manifests]
+    booted = spawn_apps(k, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
     if until_exit is not None:
         watched = booted[until_exit]
         k.env_reclaim_hooks.append(lambda e: e is watched and [o.status for o in booted] and _stop_all(k, watched))

@@ -145,7 +145,6 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         raise ExoUserError("--trace-capacity", f"must be positive, got {args.trace_capacity}")
 
     from exo.kernel import DEFAULT_SLICE, Exokernel
-    from exo.loader import spawn
     from hw import Machine
 
     disk = _open_disk(args.disk, args.disk_fail_after) if args.disk else None
@@ -165,23 +164,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
         tracer = Tracer(kernel.cpu.instructions, machine.clock.now_ns, args.trace_capacity)
         kernel.acct.tracer = tracer
-    envs = []
-    from libos.link import link, relink_siblings
-
-    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    for m, image, classes in zip(manifests, images, linked):
-        env = spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages)
-        if classes:
-            link(kernel.libs, env, classes)
-        if disk is not None:
-            from exo.disk import grant
-
-            grant(env, disk)  # the whole disk; read-only on a :ro image
-        if kernel.net is not None:
-            from exo.net import app_address
-
-            kernel.net.assign(env, app_address(len(envs)))
-        envs.append(env)
+    envs = spawn_apps(kernel, list(zip(manifests, images, linked)), guest_args)
     interrupted: str | None = None
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
@@ -225,6 +208,33 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
+
+
+def spawn_apps(kernel, apps: list, guest_args: list[str] = ()) -> list:
+    """Start booted apps as `exo boot` does: each ``(manifest, image, libOS classes)`` becomes an
+    environment with its libOS linked, the whole disk granted (if the machine has one) and, on a
+    machine with a NIC, app i's network address (10.0.2.(15+i): exo/net.py). The tests and the
+    benchmarks boot through here too."""
+    from exo.loader import spawn
+    from libos.link import link, relink_siblings
+
+    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    disk = kernel.machine.disk
+    envs = []
+    for m, image, classes in apps:
+        env = spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages)
+        if classes:
+            link(kernel.libs, env, classes)
+        if disk is not None:
+            from exo.disk import grant
+
+            grant(env, disk)  # the whole disk; read-only on a :ro image
+        if kernel.net is not None:
+            from exo.net import app_address
+
+            kernel.net.assign(env, app_address(len(envs)))
+        envs.append(env)
+    return envs
 
 
 def _open_disk(spec: str, fail_after: int | None):

@@ -63,12 +63,10 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
          max_instructions: int | None = 50_000_000, ram_mib: int = 32, net: str | None = None,
          net_faults: str | None = None, pcap: str | None = None) -> Booted:
     """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest; app i is 10.0.2.(15+i))."""
-    from exo.cli import _build, _resolve_libos
+    from exo.cli import _build, _resolve_libos, spawn_apps
     from exo.kernel import DEFAULT_SLICE, Exokernel
-    from exo.loader import spawn
     from exo.manifest import load_manifest
     from hw import Machine
-    from libos.link import link, relink_siblings
 
     out = io.BytesIO()
     nic = None
@@ -78,19 +76,9 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
         nic = open_nic(net, faults=net_faults, pcap=pcap)
     machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005, nic=nic)
     kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None)
-    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    envs = []
-    for app in apps:
-        m = load_manifest(app)
-        classes = _resolve_libos(m)
-        env = spawn(kernel, _build(m, classes), m.args, frame_quota=m.memory_pages)
-        if classes:
-            link(kernel.libs, env, classes)
-        if kernel.net is not None:
-            from exo.net import app_address
-
-            kernel.net.assign(env, app_address(len(envs)))
-        envs.append(env)
+    manifests = [load_manifest(a) for a in apps]
+    linked = [_resolve_libos(m) for m in manifests]
+    envs = spawn_apps(kernel, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
     try:
         kernel.run(max_instructions=max_instructions)
     finally:

@@ -133,27 +133,7 @@ closing:
     xor eax, eax
     ret
 
-; atoi(rdi = string) -> rax: its decimal value, -1 if it is not a number
-atoi:
-    xor eax, eax
-    movzx ecx, byte ptr [rdi]
-    test ecx, ecx
-    jz atoi_bad
-atoi_digit:
-    movzx ecx, byte ptr [rdi]
-    test ecx, ecx
-    jz atoi_done
-    sub ecx, '0'
-    cmp ecx, 9
-    ja atoi_bad
-    imul rax, rax, 10
-    add rax, rcx
-    inc rdi
-    jmp atoi_digit
-atoi_bad:
-    mov rax, -1
-atoi_done:
-    ret
+%include "atoi.inc"
 
 section .rodata
 usage_msg: db "usage: tcp_echo [N]   (1 <= N <= 1024: exit after N connections)", 0

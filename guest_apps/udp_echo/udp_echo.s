@@ -71,27 +71,7 @@ failed:
     mov rdi, 1
     call LIB_CORE_EXIT
 
-; atoi(rdi = string) -> rax: its decimal value, -1 if it is not a number
-atoi:
-    xor eax, eax
-    movzx ecx, byte ptr [rdi]
-    test ecx, ecx
-    jz atoi_bad
-atoi_digit:
-    movzx ecx, byte ptr [rdi]
-    test ecx, ecx
-    jz atoi_done
-    sub ecx, '0'
-    cmp ecx, 9
-    ja atoi_bad
-    imul rax, rax, 10
-    add rax, rcx
-    inc rdi
-    jmp atoi_digit
-atoi_bad:
-    mov rax, -1
-atoi_done:
-    ret
+%include "atoi.inc"
 
 section .rodata
 usage_msg: db "usage: udp_echo [N]   (N > 0: exit after N datagrams)", 0
