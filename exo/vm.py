@@ -94,6 +94,9 @@ def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
         raise HypercallError(Errno.EPERM, f"W^X: frame {frame:#x} is mapped writable elsewhere")
 
 
+TLB_ENTRIES = 1024  # translations the exokernel keeps per address space (emptied when full)
+
+
 class AddressSpace:
     """The page tables of one environment and the frames mapped through them."""
 
@@ -105,6 +108,10 @@ class AddressSpace:
         self.frame_maps: dict[int, int] = {}  # frame -> number of mappings here
         self.pages = 0  # pages mapped
         self._wx_flags: dict[int, int] = {}  # va -> pte flags of writable or executable mappings
+        # The exokernel's own TLB for user-memory access (user_chunks): page -> (frame address,
+        # user, writable). Only the methods below change these page tables, and each
+        # empties it, so it never holds a stale translation.
+        self._tlb: dict[int, tuple[int, bool, bool]] = {}
         self.root = self._alloc_table()
         # The page tables themselves, readable (never writable) by the guest at
         # UVPT through a recursive entry: W=0 there makes every access through
@@ -139,6 +146,7 @@ class AddressSpace:
     # --------------------------------------------------------------- changes
     def map(self, va: int, frame: int, pte_flags: int) -> None:
         """Map ``frame`` at ``va``, replacing (and releasing) any old mapping."""
+        self._tlb.clear()
         ft = self.frames
         if not ft.valid(frame) or ft.type[frame] != FrameType.NORMAL:
             raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
@@ -163,6 +171,7 @@ class AddressSpace:
         return self._alloc_table()
 
     def protect(self, va: int, pte_flags: int) -> None:
+        self._tlb.clear()
         slot = entry_address(self.mem, self.root, va)
         pte = self.mem.read_u64(slot) if slot is not None else 0
         if not pte & PTE_P:
@@ -177,6 +186,7 @@ class AddressSpace:
             self.frames.code[frame] = 1
 
     def unmap(self, va: int) -> bool:
+        self._tlb.clear()
         slot = entry_address(self.mem, self.root, va)
         if slot is None:
             return False
@@ -203,6 +213,7 @@ class AddressSpace:
 
     def destroy(self) -> int:
         """Unmap everything and free the page tables; returns frames released."""
+        self._tlb.clear()
         released = 0
         for va, flags in self._wx_flags.items():
             t = translate(self.mem, self.root, va)
@@ -235,13 +246,22 @@ class AddressSpace:
         if va < 0 or va + length > USER_TOP or va + length < va:
             raise HypercallError(Errno.EFAULT, f"buffer {va:#x}+{length:#x} leaves user space")
         out = []
-        mem, root = self.mem, self.root
+        tlb = self._tlb
         while length:
-            t = translate(mem, root, va)
-            if t is None or not t.user or (write and not t.writable):
+            page = va >> PAGE_SHIFT
+            e = tlb.get(page)
+            if e is None:
+                t = translate(self.mem, self.root, va)
+                if t is None:
+                    raise HypercallError(Errno.EFAULT, f"bad user address {va:#x}")
+                if len(tlb) >= TLB_ENTRIES:
+                    tlb.clear()
+                e = tlb[page] = (t.pa - (va & (PAGE_SIZE - 1)), t.user, t.writable)
+            if not e[1] or (write and not e[2]):
                 raise HypercallError(Errno.EFAULT, f"bad user address {va:#x}")
-            n = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
-            out.append((t.pa, n))
+            off = va & (PAGE_SIZE - 1)
+            n = min(length, PAGE_SIZE - off)
+            out.append((e[0] + off, n))
             va += n
             length -= n
         return out

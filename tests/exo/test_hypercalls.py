@@ -876,3 +876,32 @@ failed:
 """
     b = boot(app("loader", src), stdin=bytes.fromhex("b822000000c3"))
     clean_exit(b.envs[0], 0x1122)
+
+
+def test_the_exokernels_translation_cache_never_outlives_a_mapping_change():
+    """AddressSpace keeps translations for user-memory access: every change to the page tables empties it."""
+    import pytest as _pytest
+
+    from exo.errors import HypercallError
+    from exo.frames import FrameType
+    from exo.kernel import Exokernel
+    from hw import Machine
+    from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W
+
+    k = Exokernel(Machine(8 << 20), on_fault=lambda r: None)
+    env = k.create_env("t")
+    space = env.space
+    va = 0x5000_0000
+    a, b = (k.frames.alloc(env.id, FrameType.NORMAL) for _ in range(2))
+    space.map(va, a, PTE_P | PTE_U | PTE_W | PTE_NX)
+    space.write(va, b"first")
+    space.map(va, b, PTE_P | PTE_U | PTE_W | PTE_NX)  # another frame at the same address
+    space.write(va, b"second")
+    assert k.machine.memory.read(a << 12, 5) == b"first" and k.machine.memory.read(b << 12, 6) == b"second"
+    space.protect(va, PTE_P | PTE_U | PTE_NX)  # read-only now
+    assert space.read(va, 6) == b"second"
+    with _pytest.raises(HypercallError):
+        space.write(va, b"x")
+    space.unmap(va)
+    with _pytest.raises(HypercallError):
+        space.read(va, 1)
