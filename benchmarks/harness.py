@@ -191,9 +191,9 @@ def _fmt(x: float) -> str:
 
 
 def report_console(stderr: bool = False) -> Console:
-    """A Console for result tables: the terminal's width, or 132 columns when redirected."""
+    """A Console for result tables: the terminal's width, or 200 columns when redirected (no cut figures)."""
     probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=132)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200)
 
 
 def print_results(results: Sequence[Result], console: Console, title: str | None = None) -> None:

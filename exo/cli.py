@@ -136,6 +136,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
             raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
         if args.clock == "wall":
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
+    if args.net is not None and not args.net.strip():
+        raise ExoUserError("--net", "empty: give tap:IFNAME, user[,hostfwd=...] or switch")
     if (args.pcap or args.net_faults) and not args.net:
         raise ExoUserError("--pcap" if args.pcap else "--net-faults", "needs --net")
     for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
@@ -151,9 +153,6 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if disk is None and args.disk_fail_after is not None:
         raise ExoUserError("--disk-fail-after", "needs --disk")
     nic = _open_nic(args.net, args.net_faults, args.pcap) if args.net else None
-    for f in getattr(nic.backend if nic is not None else None, "forwards", ()):
-        # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
-        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     slice_seconds = (args.slice or 10_000) / 1e6
     machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk,
                       nic=nic)
@@ -165,6 +164,11 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         tracer = Tracer(kernel.cpu.instructions, machine.clock.now_ns, args.trace_capacity)
         kernel.acct.tracer = tracer
     envs = spawn_apps(kernel, list(zip(manifests, images, linked)), guest_args)
+    if kernel.net is not None:
+        _check_forwards(nic, kernel.net)
+        for f in getattr(nic.backend, "forwards", ()):
+            # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
+            sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     interrupted: str | None = None
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
@@ -255,6 +259,15 @@ def _open_disk(spec: str, fail_after: int | None):
         return BlockDevice(path, readonly=readonly, fail_after=fail_after)
     except MachineConfigError as e:
         raise ExoUserError("--disk", str(e)) from None
+
+
+def _check_forwards(nic, net) -> None:
+    """A hostfwd to an address no booted app has would leave host clients hanging: refuse it."""
+    have = {".".join(map(str, a.ip)): name for name, a in zip(range(len(net.apps)), net.apps.values())}
+    for f in getattr(nic.backend, "forwards", ()):
+        if f.guest_addr not in have:
+            apps = ", ".join(f"app {i} is {ip}" for ip, i in have.items())
+            raise ExoUserError("--net", f"hostfwd to {f.guest_addr}:{f.guest_port}, which no booted app has ({apps})")
 
 
 def _open_nic(spec: str, faults: str | None, pcap: str | None):

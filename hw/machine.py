@@ -40,6 +40,8 @@ class Machine:
         self.nic = nic  # hw/nic.py: the one network interface (promiscuous), or None
         if nic is not None:
             self.devices.attach(nic)
+            if clock == "virtual":
+                nic.clock_ns = self.clock.now_ns  # captures in guest time: the same run, the same pcap
         self.reserved_bytes = RESERVED_BYTES
 
     def close(self) -> None:

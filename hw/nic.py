@@ -25,6 +25,7 @@ duplicated, reordered, corrupted.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from hw.errors import MachineConfigError
 from hw.net.backend import Backend
@@ -49,6 +50,12 @@ class Nic:
         self._tx = 0
         self._rx = 0
         self._closed = False
+        # Capture timestamps: host time unless the machine gives its clock (Machine does under
+        # the virtual clock: guest time, so a deterministic run writes the same capture).
+        self.clock_ns: Callable[[], int] | None = None
+
+    def _stamp(self) -> float | None:
+        return self.clock_ns() / 1e9 if self.clock_ns is not None else None
 
     # ----------------------------------------------------------------- transmit
     def transmit(self, frame: bytes) -> None:
@@ -65,7 +72,7 @@ class Nic:
     def _put_on_wire(self, frames: list[bytes]) -> None:
         for f in frames:
             if self.pcap is not None:
-                self.pcap.write(f)
+                self.pcap.write(f, self._stamp())
             self.backend.send(f)
 
     # ------------------------------------------------------------------ receive
@@ -81,7 +88,7 @@ class Nic:
                 got = self.faults.apply(f, "rx") if self.faults else [f]
                 if self.pcap is not None:
                     for g in got:
-                        self.pcap.write(g)
+                        self.pcap.write(g, self._stamp())
                 frames += got
         else:
             frames += arrived
@@ -102,7 +109,7 @@ class Nic:
         if self.external:
             for f in self.faults.idle("rx"):
                 if self.pcap is not None:
-                    self.pcap.write(f)
+                    self.pcap.write(f, self._stamp())
                 self._ready.append(f)
 
     # ------------------------------------------------------------------- device

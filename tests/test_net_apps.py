@@ -118,10 +118,11 @@ def peer(ns: str, *args: str, timeout: float = 300) -> dict:
 def test_tcp_between_two_guests_survives_a_faulty_wire_and_is_deterministic(tmp_path):
     faults = "loss=0.1,dup=0.1,reorder=0.1,seed=5"
     runs = []
-    for _ in range(2):
+    for i in range(2):
         server = app_with_args(tmp_path, "tcp_echo", ["1"])
         client = app_with_args(tmp_path, "nettest", ["tcp", GUEST, "7", str(1 << 20)])
-        b = boot(server, client, net="switch", net_faults=faults, max_instructions=None)
+        b = boot(server, client, net="switch", net_faults=faults, max_instructions=None,
+                 pcap=str(tmp_path / f"run{i}.pcap"))
         assert not b.reports
         assert [e.exit_status for e in b.envs] == [0, 0], [e.fault for e in b.envs]
         stats = b.kernel.net.nic.stats
@@ -130,6 +131,8 @@ def test_tcp_between_two_guests_survives_a_faulty_wire_and_is_deterministic(tmp_
                      [e.instructions for e in b.envs]))
     assert runs[0][0].startswith(b"tcp: 1048576 bytes echoed intact")
     assert runs[0] == runs[1]  # same output, hypercall counts, frames and instructions
+    # and the same capture, byte for byte (timestamps in guest time)
+    assert (tmp_path / "run0.pcap").read_bytes() == (tmp_path / "run1.pcap").read_bytes()
 
 
 def test_udp_between_two_guests(tmp_path):
@@ -364,9 +367,25 @@ def test_malformed_frames_from_the_wire_crash_nothing(netns, tmp_path):
     (["--net-faults", "loss=0.1"], "--net-faults: needs --net"),
     (["--net", "user,hostfwd=tcp:x"], "--net: user: hostfwd 'tcp:x' is not"),
     (["--net", "tap:a/b"], "--net: tap: 'a/b' is not an interface name"),
+    (["--net", ""], "--net: empty"),
+    (["--net", "user,hostfwd=tcp:127.0.0.1:0-10.0.2.99:7"], "--net: hostfwd to 10.0.2.99:7, which no booted app has"),
 ])  # fmt: skip
 def test_bad_network_options_are_one_line_errors(args, message):
     r = subprocess.run([sys.executable, "-m", "exo", "boot", "guest_apps/echo", *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"exo: error: {message}"), r.stderr
+
+
+def test_a_clean_close_between_guests_ends_without_a_reset(tmp_path):
+    """After the peer's FIN the stack sent a window update; the peer, gone, answered with a RST."""
+    from hw.net.pcap import read_pcap
+
+    server = app_with_args(tmp_path, "tcp_echo", ["1"])
+    client = app_with_args(tmp_path, "nettest", ["tcp", GUEST, "7", "100000"])
+    boot(server, client, net="switch", pcap=str(tmp_path / "close.pcap"))
+    frames = [f for _, f in read_pcap(tmp_path / "close.pcap")]
+    tcp = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 6]
+    flags = [f[14 + 20 + 13] for f in tcp]
+    assert sum(1 for x in flags if x & 0x01) == 2  # one FIN each way
+    assert not any(x & 0x04 for x in flags)  # and no RST

@@ -253,8 +253,9 @@ class Tcb:
         with memoryview(self._rbuf) as mv:
             out = bytes(mv[:n])
         del self._rbuf[:n]
-        # Window update once the right edge can move by enough (RFC 9293 3.8.6.2.2).
-        if (self.state in _SYNCHRONIZED
+        # Window update once the right edge can move by enough (RFC 9293 3.8.6.2.2); none once
+        # the peer's FIN is in: it sends nothing more (and may be gone: its reply would be a RST).
+        if (self.state in _SYNCHRONIZED and not self._fin_rcvd
                 and self.rcv_nxt + self._rcv_wnd() - self._rcv_adv >= self._sws_threshold()):
             self._ack_now = True
         return out
