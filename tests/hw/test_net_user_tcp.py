@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+from netpeer import pattern  # bytes with no short period: a shifted block cannot match by accident
 from test_net_kit import ACK, PSH, SYN, arp, eth, parse, tcp
 from test_net_user import G_MAC, GW, G, host_port, is_tcp, to_gw, user  # noqa: F401 - user: fixture
 
@@ -26,16 +27,6 @@ from hw.net.usertcp import GatewayTcp
 
 MOD = 1 << 32
 MSS = 1460
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """Bytes with no short period: a shifted block cannot match by accident."""
-    out = bytearray()
-    block = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest()
-        block += 1
-    return bytes(out[:n])
 
 
 def sha(b: bytes | bytearray) -> str:
