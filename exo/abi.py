@@ -157,6 +157,7 @@ UTRAPFRAME_SIZE = 8 * len(UTRAPFRAME_FIELDS)
 
 # Upcall vectors beyond the CPU's: events the exokernel announces to the libOS.
 UPCALL_TIMER = 0x100  # a new time slice starts
+UPCALL_NET = 0x101  # frames arrived in the receive ring while the environment was not waiting (exo/net.py)
 
 
 # ------------------------------------------------------------------ network (exo/net.py, docs/net.md)

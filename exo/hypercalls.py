@@ -399,8 +399,8 @@ def _hc_net_info(k: Exokernel, env: Env, info: int) -> int:
     return _net(k).info(env, info)
 
 
-def _hc_net_attach(k: Exokernel, env: Env, ring: int, nslots: int) -> int:
-    return _net(k).attach(env, ring, nslots)
+def _hc_net_attach(k: Exokernel, env: Env, ring: int, nslots: int, upcall: int) -> int:
+    return _net(k).attach(env, ring, nslots, upcall)
 
 
 def _hc_net_filter(k: Exokernel, env: Env, op: int, arg: int) -> int:
@@ -499,11 +499,13 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Write {u8 mac[6], u16 mtu, u32 ip, u32 netmask, u32 gateway, u32 reserved, u64 flags} (addresses "
               "in network byte order) at info: the addresses the host gave the caller's app (docs/net.md).",
               _hc_net_info),
-    Hypercall(27, "net_attach", ("ring", "nslots"), "0", (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL),
+    Hypercall(27, "net_attach", ("ring", "nslots", "upcall"), "0", (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL),
               "Register the receive ring: nslots (a power of two, at most 512) 2048-byte slots {u16 length, "
               "u16 status, u32 filter, frame} at the page-aligned ring, writable by the caller. Claimed frames "
-              "are written in slot order into FREE (0) slots and marked FULL (1); a full ring drops. nslots 0 "
-              "detaches.", _hc_net_attach),
+              "are written in slot order into FREE (0) slots and marked FULL (1); a full ring drops. upcall (if "
+              "not 0): entered at the start of the environment's next slice, with vector UPCALL_NET on the "
+              "exception stack, when frames arrived while it was not in net_wait. nslots 0 detaches.",
+              _hc_net_attach),
     Hypercall(28, "net_filter", ("op", "arg"), "ADD: the filter id; REMOVE: 0",
               (E.ENODEV, E.ENETDOWN, E.EFAULT, E.EINVAL, E.EADDRINUSE, E.ENOSPC),
               "ADD (0): install the filter {u16 ethertype, u8 ip_proto, u8 0, u16 dst_port, u16 src_port, "

@@ -21,6 +21,7 @@ from exo.abi import (
     LIBCALL_SLOT,
     LIBOS_END,
     LIBOS_PAGE,
+    UPCALL_NET,
     UPCALL_TIMER,
     UTRAPFRAME_SIZE,
     EnvStatus,
@@ -467,7 +468,13 @@ class Exokernel:
                 self._live = env
                 self.acct.count("context_switch", env.id, env.name)
             self.current = env
-            if env.interrupted and env.timer_entry:
+            if env.net is not None and env.net.upcall_pending:
+                # Frames arrived while it was busy: its libOS takes them in now (exo/net.py). A
+                # timer upcall that is also due waits for the next slice.
+                env.net.upcall_pending = False
+                if not self._upcall(env, env.net.upcall_entry, UPCALL_NET, 0, 0, cpu.regs.read(Reg.RIP), "net"):
+                    env.net.upcall_entry = 0  # no usable exception stack: frames wait for its next call
+            elif env.interrupted and env.timer_entry:
                 # A new slice after preemption: the libOS scheduler decides which thread runs.
                 env.interrupted = False
                 if not self._upcall(env, env.timer_entry, UPCALL_TIMER, 0, 0, cpu.regs.read(Reg.RIP), "timer"):

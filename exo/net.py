@@ -25,8 +25,12 @@ which multiplexed the network with DPF packet filters):
 * **Checked sends, in bursts.** ``net_send`` takes a batch of frames (one
   hypercall for a burst); each must carry the app's own source MAC, and its
   own IP (IPv4) or sender addresses (ARP).
-* **Arrival wakes.** An environment with nothing to do waits in ``net_wait``
-  until a frame is written into its ring or its deadline (a TCP timer) passes.
+* **Arrival wakes, or is an upcall.** An environment with nothing to do waits
+  in ``net_wait`` until a frame is written into its ring or its deadline (a TCP
+  timer) passes. One that is busy when frames arrive is entered at its
+  registered arrival handler at the start of its next slice (vector
+  UPCALL_NET, a frame on its exception stack, like the timer upcall), so its
+  library OS can ACK and wake its waiting threads while another computes.
 
 Idle time: when every environment waits, the virtual clock jumps to the
 earliest deadline if no peer outside the process can send (a deterministic
@@ -134,6 +138,8 @@ class NetPort:
     nslots: int = 0
     prod: int = 0  # the next slot the exokernel writes
     event: bool = False  # a frame was written since the last net_wait returned
+    upcall_entry: int = 0  # the libOS's arrival handler (0: none)
+    upcall_pending: bool = False  # frames arrived while it was not waiting: enter the handler
     deadline: int = 0  # net_wait's deadline while blocked (0: none)
     filters: list[int] = field(default_factory=list)
     rx: int = 0
@@ -185,18 +191,21 @@ class NetMux:
         env.space.write(va, _INFO.pack(a.mac, NET_MTU, a.ip, a.netmask, a.gateway, 0, 0))
         return 0
 
-    def attach(self, env: Env, ring: int, nslots: int) -> int:
+    def attach(self, env: Env, ring: int, nslots: int, upcall: int = 0) -> int:
         self.address(env)
         port = self._port(env)
         if nslots == 0:
-            port.ring = port.nslots = 0
+            port.ring = port.nslots = port.upcall_entry = 0
             return 0
+        if upcall and not 0 < upcall < 1 << 47:
+            raise HypercallError(Errno.EINVAL, f"bad upcall entry {upcall:#x}")
         if nslots > NET_MAX_SLOTS or nslots & (nslots - 1):
             raise HypercallError(Errno.EINVAL, f"{nslots} slots (a power of two, 1 to {NET_MAX_SLOTS})")
         if ring & (PAGE_SIZE - 1):
             raise HypercallError(Errno.EINVAL, f"ring {ring:#x} is not page-aligned")
         env.space.user_chunks(ring, nslots * NET_SLOT_SIZE, True)  # writable user memory, all of it
         port.ring, port.nslots, port.prod = ring, nslots, 0
+        port.upcall_entry = upcall
         return 0
 
     def filter(self, env: Env, op: int, arg: int) -> int:
@@ -409,6 +418,8 @@ class NetMux:
         self.stats["delivered"] += 1
         if env.status == EnvStatus.BLOCKED and env.blocked_on == "net":
             self.k.make_runnable(env)
+        elif port.upcall_entry:
+            port.upcall_pending = True  # it is busy: announce the arrival when it next runs
 
     # ------------------------------------------------------------- the idle loop
     def waiters(self) -> list[Env]:

@@ -389,3 +389,79 @@ def test_a_clean_close_between_guests_ends_without_a_reset(tmp_path):
     flags = [f[14 + 20 + 13] for f in tcp]
     assert sum(1 for x in flags if x & 0x01) == 2  # one FIN each way
     assert not any(x & 0x04 for x in flags)  # and no RST
+
+
+BUSY = """
+section .text
+_start:
+    lea rdi, [rip + reader]
+    xor esi, esi
+    xor edx, edx
+    call LIB_SCHED_THREAD_CREATE
+    mov r15, rax
+    call LIB_SCHED_THREAD_YIELD     ; the reader opens its socket and waits in recvfrom
+    mov rcx, 3000000                ; then compute: no library call for ~30 slices
+spin:
+    dec rcx
+    jnz spin
+    lea rdi, [rip + done]
+    call LIB_CONSOLE_PUTS
+    mov rdi, r15
+    call LIB_SCHED_THREAD_JOIN
+    xor edi, edi
+    call LIB_SCHED_THREAD_EXIT
+reader:
+    mov rdi, 2
+    call LIB_NET_SOCKET
+    mov r12, rax
+    mov rdi, r12
+    lea rsi, [rip + local]
+    mov rdx, 16
+    call LIB_NET_BIND
+    mov qword ptr [rip + peerlen], 16
+    mov rdi, r12
+    lea rsi, [rip + buf]
+    mov rdx, 2048
+    xor ecx, ecx
+    lea r8, [rip + peer]
+    lea r9, [rip + peerlen]
+    call LIB_NET_RECVFROM
+    mov r13, rax
+    lea rdi, [rip + got]
+    call LIB_CONSOLE_PUTS
+    mov rdi, r12
+    lea rsi, [rip + buf]
+    mov rdx, r13
+    xor ecx, ecx
+    lea r8, [rip + peer]
+    mov r9, 16
+    call LIB_NET_SENDTO
+    xor eax, eax
+    ret
+section .rodata
+got: db "reader: got a datagram", 0
+done: db "main: done computing", 0
+section .data
+local: dw 2
+    db 0, 9
+    dd 0
+    dq 0
+peerlen: dq 16
+section .bss
+peer: resb 16
+buf: resb 2048
+"""
+
+
+def test_arrival_is_an_upcall_so_a_waiting_thread_runs_while_another_computes(app, tmp_path):
+    """Frames that come while the environment computes are taken in by its arrival upcall: the
+    stack answers ARP and wakes the reader thread, which runs at the next thread switch."""
+    busy = app("busy", BUSY, libos={"net": "tcpip", "sched": "rr", "console": "buffered"})
+    client = app_with_args(tmp_path, "nettest", ["udp", GUEST, "9", "1"])
+    b = boot(busy, client, net="switch", max_instructions=None)
+    assert b.stdout.index(b"reader: got a datagram") < b.stdout.index(b"main: done computing"), b.stdout
+    assert b"udp: 1 datagrams echoed intact" in b.stdout
+    upcalls = b.kernel.acct.by_env[b.envs[0].id]["upcall"]
+    assert upcalls >= 2  # ARP request and datagram, at least (timer upcalls add to these)
+    net = next(m for m in b.envs[0].modules.values() if getattr(m, "NAME", "") == "net")
+    assert net.upcalls >= 2

@@ -126,6 +126,7 @@
 #define MMU_REQ_SIZE 0x20
 #define IPC_INFO_SIZE 0x18
 #define UPCALL_TIMER 0x100
+#define UPCALL_NET 0x101
 #define UVPT 0x7f0000000000
 #define UVPD 0x7f3f80000000
 #define UVPDPT 0x7f3f9fc00000
@@ -205,7 +206,7 @@ static inline long exo_disk_io(long reqs, long count, long done) { return exo_hy
 static inline long exo_disk_grant(long envid, long sector, long nsectors, long mode) { return exo_hypercall(24, envid, sector, nsectors, mode, 0); }
 static inline long exo_log(long buf, long len) { return exo_hypercall(25, buf, len, 0, 0, 0); }
 static inline long exo_net_info(long info) { return exo_hypercall(26, info, 0, 0, 0, 0); }
-static inline long exo_net_attach(long ring, long nslots) { return exo_hypercall(27, ring, nslots, 0, 0, 0); }
+static inline long exo_net_attach(long ring, long nslots, long upcall) { return exo_hypercall(27, ring, nslots, upcall, 0, 0); }
 static inline long exo_net_filter(long op, long arg) { return exo_hypercall(28, op, arg, 0, 0, 0); }
 static inline long exo_net_send(long reqs, long count, long done) { return exo_hypercall(29, reqs, count, done, 0, 0); }
 static inline long exo_net_wait(long deadline) { return exo_hypercall(30, deadline, 0, 0, 0, 0); }

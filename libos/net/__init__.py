@@ -44,12 +44,17 @@ from typing import Any
 from exo.abi import (
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
+    LIBCALL_SLOT,
+    LIBOS_PAGE,
     NET_FRAME_MAX,
     NET_FRAME_MIN,
     NET_SLOT_FULL,
     NET_SLOT_HDR,
     NET_SLOT_SIZE,
     PAGE_SIZE,
+    UPCALL_NET,
+    UTRAPFRAME_FIELDS,
+    UTRAPFRAME_SIZE,
     NetFilterOp,
 )
 from libos.module import LibModule
@@ -73,6 +78,9 @@ _INFO = struct.Struct("<6sH4s4s4sIQ")
 _FILTER = struct.Struct("<HBBHHII")
 _SLOT = struct.Struct("<HHI")
 _SA = struct.Struct("<H2s4s8x")  # sockaddr_in: family (host order), port and address (network order)
+_UTF = struct.Struct(f"<{len(UTRAPFRAME_FIELDS)}Q")
+_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 _DONE_STATES = frozenset({"FIN_WAIT_2", "TIME_WAIT", "CLOSED"})
 
 
@@ -117,7 +125,7 @@ class Net(LibModule):
     IMPL = "tcpip"
     INDEX = 6
     ENTRIES = ("socket", "bind", "listen", "accept", "connect", "send", "recv", "sendto", "recvfrom",
-               "close", "shutdown")
+               "close", "shutdown", "arrival_upcall")
     # The stack is library code under every OS structure: the ring and filters are the caller's own.
     LOCAL = frozenset(ENTRIES)
     HYPERCALLS = frozenset({"net_info", "net_attach", "net_filter", "net_send", "net_wait", "time_now",
@@ -139,6 +147,7 @@ class Net(LibModule):
         self.txq: list[bytes] = []
         self.t = 0
         self.sends = 0  # net_send hypercalls made (for tests and the docs)
+        self.upcalls = 0  # arrival upcalls taken
         self.linger_until: int | None = None
 
     def fork(self, port: Any) -> Net:
@@ -167,7 +176,10 @@ class Net(LibModule):
             self.ensure_page(base + RING_OFF + off)
         for i in range(RING_SLOTS):  # every slot free (an exofork child's copy may hold its parent's frames)
             self.port.write(base + RING_OFF + i * NET_SLOT_SIZE, bytes(NET_SLOT_HDR))
-        rc = self.hc("net_attach", base + RING_OFF, RING_SLOTS)
+        # With threads (sched), arrival is an upcall: the stack ACKs and wakes waiting threads
+        # while another computes. (sched or memory owns the exception stack it is pushed on.)
+        upcall = self._slot("arrival_upcall") if "sched" in self.siblings else 0
+        rc = self.hc("net_attach", base + RING_OFF, RING_SLOTS, upcall)
         if rc < 0:
             self.down = -rc
             self.log(f"net_attach failed: errno {-rc}")
@@ -186,6 +198,27 @@ class Net(LibModule):
 
     def start(self) -> None:
         """Nothing at link time: the network comes up on the first socket call (apps may never use it)."""
+
+    def _slot(self, name: str) -> int:
+        return LIBOS_PAGE + self.INDEX * PAGE_SIZE + self.ENTRIES.index(name) * LIBCALL_SLOT
+
+    def arrival_upcall(self, frame: int) -> int:
+        """The exokernel's arrival upcall (net_attach): frames came while the environment was busy.
+
+        Take them in (ACKs and window updates go out, threads waiting in socket
+        calls become runnable), then resume the interrupted context. Not for guest code.
+        """
+        f = dict(zip(UTRAPFRAME_FIELDS, _UTF.unpack(self.port.read(frame, UTRAPFRAME_SIZE))))
+        if f["vector"] != UPCALL_NET:
+            return -L.EINVAL
+        ctx = {r: f[r] for r in _GPRS}
+        ctx["rip"], ctx["rflags"] = f["rip"], f["rflags"]
+        if self.stack is not None:
+            self.upcalls += 1
+            self._pump()
+            self._after()
+        self.port.resume(ctx)
+        return 0
 
     # ------------------------------------------------------------ filters
     def _filter_ref(self, spec: tuple[int, int, int]) -> None:

@@ -21,6 +21,7 @@ _start:
     call HC_PAGE_ALLOC
     mov rdi, {RING}
     mov rsi, 2
+    xor edx, edx
     call HC_NET_ATTACH
     test rax, rax
     jnz fail
@@ -232,7 +233,7 @@ def test_filters_are_checked_and_one_app_cannot_claim_what_another_holds():
 
 def test_a_full_ring_drops_and_a_bad_ring_is_refused(app):
     # A 1-slot ring that is never given back: the second frame is dropped (ring_full).
-    rx = app("rx", RX.replace("mov rsi, 2\n    call HC_NET_ATTACH", "mov rsi, 1\n    call HC_NET_ATTACH")
+    rx = app("rx", RX.replace("mov rsi, 2\n    xor edx, edx", "mov rsi, 1\n    xor edx, edx")
              .replace("xor edi, edi\n    call HC_NET_WAIT", "xor edi, edi\n    call HC_NET_WAIT\n"
                       "    mov r12, 20\nspin:\n    mov rdi, SCHED_YIELD\n    xor esi, esi\n    call HC_SCHED_OP\n"
                       "    dec r12\n    jnz spin\n    xor edi, edi"))
@@ -246,6 +247,7 @@ section .text
 _start:
     mov rdi, 0x400000
     mov rsi, 1
+    xor edx, edx
     call HC_NET_ATTACH
     neg rax
     mov rdi, SCHED_EXIT
