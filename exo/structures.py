@@ -282,6 +282,9 @@ class Structures:
         if result is self.k.RETRY:
             return  # the vCPU stopped at GK_ENTRY: the guest kernel runs again when woken
         env.pv_result = result
+        # Served: should the vCPU stop before the `nop` (the wall-clock timer's thread can, at any
+        # moment), resuming at GK_ENTRY must not serve the call again (exo/libcall.py says why).
+        env.pv_call = (None, None, env.pv_call[2])
 
     def svc_return(self, env: Env) -> object:
         """xen-pv: the guest kernel's iret back to the application."""
