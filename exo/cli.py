@@ -33,6 +33,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"exo: error: {message} (see {self.prog} --help)\n")
 
 
+BENCH_SUITES = ("hw", "exo", "libos", "fs", "net")  # modules of benchmarks/
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m exo", description="exo: an exokernel and library OS on an emulated x86-64 machine")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -70,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("app", metavar="APP")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     bench = sub.add_parser("bench", help="run a benchmark suite (hw, exo, libos, fs, net)")
-    bench.add_argument("suite", choices=("hw", "exo", "libos", "fs", "net"))
+    bench.add_argument("suite", choices=BENCH_SUITES)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options for the suite (--repeat, --quick, --json)")
     ex = sub.add_parser("experiment", help="run an experiment (ring-transitions)")
     ex.add_argument("name", choices=("ring-transitions",))
@@ -263,7 +266,7 @@ def _open_disk(spec: str, fail_after: int | None):
 
 def _check_forwards(nic, net) -> None:
     """A hostfwd to an address no booted app has would leave host clients hanging: refuse it."""
-    have = {".".join(map(str, a.ip)): name for name, a in zip(range(len(net.apps)), net.apps.values())}
+    have = {".".join(map(str, a.ip)): i for i, a in enumerate(net.apps.values())}
     for f in getattr(nic.backend, "forwards", ()):
         if f.guest_addr not in have:
             apps = ", ".join(f"app {i} is {ip}" for ip, i in have.items())
@@ -439,15 +442,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
     rest = [a for a in args.rest if a != "--"]
-    if args.suite == "hw":
-        from benchmarks import hw as suite
-    elif args.suite == "libos":
-        from benchmarks import libos as suite
-    elif args.suite == "fs":
-        from benchmarks import fs as suite
-    elif args.suite == "net":
-        from benchmarks import net as suite
-    else:
-        from benchmarks import exo as suite
-    return suite.main(rest)
+    return importlib.import_module(f"benchmarks.{args.suite}").main(rest)  # benchmarks/SUITE.py

@@ -115,6 +115,7 @@ def app_address(index: int) -> Address:
 class Filter:
     id: int
     env: int
+    app: int  # the booted app (tree root) whose frames it may claim
     ethertype: int
     ip_proto: int
     dst_port: int
@@ -142,9 +143,6 @@ class NetPort:
     upcall_pending: bool = False  # frames arrived while it was not waiting: enter the handler
     deadline: int = 0  # net_wait's deadline while blocked (0: none)
     filters: list[int] = field(default_factory=list)
-    rx: int = 0
-    rx_dropped: int = 0  # ring full or unusable
-    tx: int = 0
 
 
 class NetMux:
@@ -232,7 +230,7 @@ class NetMux:
             raise HypercallError(Errno.EINVAL, "ports need ip_proto TCP (6) or UDP (17)")
         if len(port.filters) >= MAX_FILTERS:
             raise HypercallError(Errno.ENOSPC, f"environment {env.id} already holds {MAX_FILTERS} filters")
-        f = Filter(self._next_filter, env.id, ethertype, proto, dport, sport, src_ip.to_bytes(4, "little"))
+        f = Filter(self._next_filter, env.id, app, ethertype, proto, dport, sport, src_ip.to_bytes(4, "little"))
         for other in self._app_filters[app]:
             if other.spec == f.spec:
                 if other.env == env.id:
@@ -246,11 +244,7 @@ class NetMux:
 
     def _remove(self, f: Filter) -> None:
         del self.filters[f.id]
-        env = self.k.envs.get(f.env)
-        app = self.app_of(env) if env is not None else None
-        for lst in ([self._app_filters[app]] if app in self._app_filters else self._app_filters.values()):
-            if f in lst:
-                lst.remove(f)
+        self._app_filters[f.app].remove(f)
 
     def detach(self, env: Env) -> None:
         """The environment is gone: its filters and ring go with it."""
@@ -270,7 +264,6 @@ class NetMux:
         raw = env.space.read(reqs, count * NET_TX_REQ_SIZE)
         if done_ptr:
             env.space.user_chunks(done_ptr, 8, True)
-        port = self._port(env)
         sent = 0
         error: HypercallError | None = None
         for i in range(count):
@@ -288,7 +281,6 @@ class NetMux:
             if self.nic.external and (frame[0:6] == BROADCAST or frame[0:6] in self.by_mac):
                 self.deliver(frame)  # another app of this machine: the host's wire will not hand it back
             sent += 1
-        port.tx += sent
         self.stats["tx"] += sent
         if done_ptr:
             env.space.write(done_ptr, sent.to_bytes(8, "little"))
@@ -341,7 +333,8 @@ class NetMux:
             return
         dst = frame[0:6]
         if dst == BROADCAST:
-            apps = [a for a in self.apps if self.by_mac.get(frame[6:12]) != a]  # not back to the sender
+            sender = self.by_mac.get(frame[6:12])
+            apps = [a for a in self.apps if a != sender]  # not back to the sender
         else:
             app = self.by_mac.get(dst)
             apps = [app] if app is not None else []
@@ -403,17 +396,14 @@ class NetMux:
         try:
             _, status, _ = _SLOT.unpack(space.read(slot, NET_SLOT_HDR))
             if status != NET_SLOT_FREE:
-                port.rx_dropped += 1
                 self.stats["ring_full"] += 1
                 return
             space.write(slot + NET_SLOT_HDR, frame)
             space.write(slot, _SLOT.pack(len(frame), NET_SLOT_FULL, f.id))
         except HypercallError:  # the libOS unmapped or write-protected its own ring
-            port.rx_dropped += 1
             self.stats["ring_full"] += 1
             return
         port.prod += 1
-        port.rx += 1
         port.event = True
         self.stats["delivered"] += 1
         if env.status == EnvStatus.BLOCKED and env.blocked_on == "net":
