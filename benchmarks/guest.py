@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -53,12 +55,27 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
     return dt, collect_stats(k)
 
 
-def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual",
-              until_exit: int | None = None) -> tuple[float, bytes]:
+def app_with_args(tmp: Path, name: str, args: list[str]) -> Path:
+    """A copy of guest_apps/NAME's manifest, in a new directory under ``tmp``, that passes ``args``.
+
+    (The arguments after `exo boot ... --` go to every app of a run: a server and its
+    client booted together need their own.)
+    """
+    apps = Path(__file__).resolve().parent.parent / "guest_apps"
+    src = (apps / name / "app.toml").read_text()
+    sources = re.search(r"^sources = \[(.*?)\]", src, re.M).group(1)
+    absolute = ", ".join(f'"{apps / name / s.strip().strip(chr(34))}"' for s in sources.split(","))
+    text = re.sub(r"^sources = \[.*?\]", f"sources = [{absolute}]", src, flags=re.M)
+    text = text.replace("[libos]", f"args = {json.dumps(args)}\n\n[libos]", 1)
+    d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
+    (d / "app.toml").write_text(text)
+    return d
+
+
+def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual") -> tuple[float, bytes]:
     """(host seconds of the run, console output) for the guest apps in ``apps`` (app i is 10.0.2.(15+i)).
 
-    ``until_exit``: stop the run once app ``until_exit`` has exited (a client whose server
-    would otherwise wait for the next one). Any fault is an error.
+    Any fault is an error.
     """
     from exo.cli import _build, _resolve_libos, spawn_apps
     from exo.kernel import Exokernel
@@ -72,10 +89,7 @@ def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual
     k = Exokernel(machine, on_fault=lambda r: None)
     manifests = [load_manifest(a) for a in apps]
     linked = [_resolve_libos(m) for m in manifests]
-    booted = spawn_apps(k, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
-    if until_exit is not None:
-        watched = booted[until_exit]
-        k.env_reclaim_hooks.append(lambda e: e is watched and [o.status for o in booted] and _stop_all(k, watched))
+    spawn_apps(k, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
     t0 = time.perf_counter()
     try:
         k.run()
@@ -85,10 +99,3 @@ def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual
     if k.reports:
         raise RuntimeError(k.reports[0].summary)
     return dt, out.getvalue()
-
-
-def _stop_all(k, done) -> None:
-    """The watched app has ended: end the others too (a server waiting for its next client)."""
-    for e in list(k.envs.values()):
-        if e is not done and e.alive:
-            k.destroy(e, exit_status=0)

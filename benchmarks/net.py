@@ -154,17 +154,11 @@ def tap_available() -> bool:
 
 def _switch_run(tmp: Path, mode: str, n: int) -> float:
     """Seconds to boot the echo server and nettest over the switch and move ``n`` (datagrams or bytes)."""
-    from benchmarks.guest import boot_apps
+    from benchmarks.guest import app_with_args, boot_apps
 
-    apps = []
-    for name, args in ((f"{mode}_echo", []), ("nettest", [mode, GUEST, "7", str(n)])):
-        src = (ROOT / "guest_apps" / name / "app.toml").read_text()
-        sources = re.search(r"^sources = \[\"(.*?)\"\]", src, re.M).group(1)
-        d = Path(tempfile.mkdtemp(dir=tmp))
-        text = re.sub(r"^sources = \[.*?\]", f'sources = ["{ROOT / "guest_apps" / name / sources}"]', src, flags=re.M)
-        (d / "app.toml").write_text(text.replace("[libos]", f"args = {json.dumps(args)}\n[libos]", 1))
-        apps.append(d)
-    seconds, stdout = boot_apps(apps, net="switch", clock="wall", until_exit=1)
+    served = str(n) if mode == "udp" else "1"  # the server exits after n datagrams, or one connection
+    apps = [app_with_args(tmp, f"{mode}_echo", [served]), app_with_args(tmp, "nettest", [mode, GUEST, "7", str(n)])]
+    seconds, stdout = boot_apps(apps, net="switch", clock="wall")
     if b"intact" not in stdout:
         raise SystemExit(f"exo: error: bench net: switch {mode} run failed: {stdout!r}")
     return seconds

@@ -23,24 +23,12 @@ import netpeer
 import pytest
 from conftest import ROOT, boot, need_tool
 
-APPS = ROOT / "guest_apps"
+from benchmarks.guest import app_with_args
+
 GUEST = "10.0.2.15"
 
 
 # ----------------------------------------------------------------------------- helpers
-def app_with_args(tmp: Path, name: str, args: list[str]) -> Path:
-    """A copy of guest_apps/NAME's manifest that passes ``args`` (apps of one boot share `--` args)."""
-    src = (APPS / name / "app.toml").read_text()
-    sources = re.search(r"^sources = \[(.*?)\]", src, re.M).group(1)
-    absolute = ", ".join(f'"{APPS / name / s.strip().strip(chr(34))}"' for s in sources.split(","))
-    text = re.sub(r"^sources = \[.*?\]", f"sources = [{absolute}]", src, flags=re.M)
-    text = text.replace("[libos]", f"args = {json.dumps(args)}\n\n[libos]", 1)
-    d = tmp / f"{name}-{len(list(tmp.iterdir()))}"
-    d.mkdir()
-    (d / "app.toml").write_text(text)
-    return d
-
-
 class Exo:
     """`python -m exo boot ...` in the background (optionally inside a network namespace)."""
 
