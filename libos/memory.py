@@ -92,8 +92,6 @@ from exo.abi import (
     PERM_R,
     PERM_W,
     PERM_X,
-    UTRAPFRAME_FIELDS,
-    UTRAPFRAME_SIZE,
     UVPD,
     UVPDPT,
     UVPML4,
@@ -104,7 +102,7 @@ from exo.abi import (
     Errno,
     MmuOp,
 )
-from libos.module import LibModule
+from libos.module import LibModule, read_upcall_frame
 
 MiB = 1 << 20
 REQ_PAGES = 4  # mmu_update's done counter and request buffer
@@ -124,10 +122,7 @@ _VEC_BP, _VEC_PF = 3, 14
 _MASK = (1 << 64) - 1
 
 _REQ = struct.Struct("<IIQQQ")
-_FRAME = struct.Struct(f"<{len(UTRAPFRAME_FIELDS)}Q")
 _TABLE = struct.Struct("<512Q")
-_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 
 
 def pte_perm(pte: int) -> int:
@@ -307,7 +302,7 @@ class Memory(LibModule):
     def pgfault_upcall(self, frame: int) -> int:
         """The upcall entry: handle the fault and resume the interrupted context (JOS _pgfault_upcall)."""
         self.stats["upcalls"] += 1
-        f = dict(zip(UTRAPFRAME_FIELDS, _FRAME.unpack(self.port.read(frame, UTRAPFRAME_SIZE))))
+        f, regs = read_upcall_frame(self.port, frame)
         err = f["error_code"]
         try:
             handled = (f["vector"] == _VEC_PF and not err & _PF_I
@@ -326,9 +321,7 @@ class Memory(LibModule):
                     rip -= 1
                 elif self._code_at(rip - 2, 2) == b"\xcd\x03":
                     rip -= 2
-        regs = {r: f[r] for r in _GPRS}
         regs["rip"] = rip
-        regs["rflags"] = f["rflags"]
         self.port.resume(regs)
         return 0
 

@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import copy
 import inspect
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from exo.abi import LIBOS_DATA, LIBOS_DATA_STRIDE, PAGE_SIZE, PERM_R, PERM_W
+from exo.abi import (
+    LIBOS_DATA,
+    LIBOS_DATA_STRIDE,
+    PAGE_SIZE,
+    PERM_R,
+    PERM_W,
+    UTRAPFRAME_FIELDS,
+    UTRAPFRAME_SIZE,
+)
+
+# The general registers of a user context, as LibPort.regs/resume name them.
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
+_UTRAPFRAME = struct.Struct(f"<{len(UTRAPFRAME_FIELDS)}Q")
+
+
+def read_upcall_frame(port: Any, frame: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The UTrapframe the exokernel pushed at ``frame``: (its fields by name, the interrupted
+    context as ``port.resume`` takes it: the general registers, rip and rflags)."""
+    f = dict(zip(UTRAPFRAME_FIELDS, _UTRAPFRAME.unpack(port.read(frame, UTRAPFRAME_SIZE))))
+    ctx = {r: f[r] for r in GPRS}
+    ctx["rip"], ctx["rflags"] = f["rip"], f["rflags"]
+    return f, ctx
 
 
 @dataclass(frozen=True)

@@ -107,14 +107,12 @@ from exo.abi import (
     PERM_W,
     PERM_X,
     UPCALL_TIMER,
-    UTRAPFRAME_FIELDS,
-    UTRAPFRAME_SIZE,
     UXSTACK_TOP,
     Errno,
     MmuOp,
     SchedOp,
 )
-from libos.module import LibModule
+from libos.module import GPRS, LibModule, read_upcall_frame
 
 DEFAULT_TICKETS = 100
 MAX_TICKETS = 1 << 20
@@ -133,11 +131,8 @@ STACK_SLOT = 0x1_0000
 STACK_PAGES = 4  # 16 KiB per thread; the rest of its slot is an unmapped guard
 MAX_STACK_SLOTS = 4000
 
-_FRAME = struct.Struct(f"<{len(UTRAPFRAME_FIELDS)}Q")
 _MMU_REQ = struct.Struct("<IIQQQ")
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
-_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 
 RUNNABLE, RUNNING, SLEEPING, BLOCKED, DONE = "runnable", "running", "sleeping", "blocked", "done"
 
@@ -322,7 +317,7 @@ class Scheduler(LibModule):
     def _run_idle(self) -> None:
         if not self.idle_ready:
             self._setup_idle()
-        regs = dict.fromkeys(_GPRS, 0)
+        regs = dict.fromkeys(GPRS, 0)
         regs["rip"] = self.data_base + IDLE_CODE_OFF
         regs["rsp"] = self.data_base + IDLE_STACK_OFF
         regs["rflags"] = 0x202
@@ -384,7 +379,7 @@ class Scheduler(LibModule):
         self.port.write_u64(top - 8, self._slot_address("thread_return"))  # fn's return address
         t = Thread(self.next_tid, tickets, slot)
         self.next_tid += 1
-        t.ctx = dict.fromkeys(_GPRS, 0)
+        t.ctx = dict.fromkeys(GPRS, 0)
         t.ctx.update(rip=fn, rdi=arg, rsp=top - 8, rflags=0x202)  # rsp % 16 == 8 at entry (SysV)
         self.threads[t.tid] = t
         self._woken(t)
@@ -493,11 +488,9 @@ class Scheduler(LibModule):
         return 0
 
     def timer_upcall(self, frame: int) -> int:
-        f = dict(zip(UTRAPFRAME_FIELDS, _FRAME.unpack(self.port.read(frame, UTRAPFRAME_SIZE))))
+        f, ctx = read_upcall_frame(self.port, frame)
         if f["vector"] != UPCALL_TIMER:
             return -Errno.EINVAL
-        ctx = {r: f[r] for r in _GPRS}
-        ctx["rip"], ctx["rflags"] = f["rip"], f["rflags"]
         top = self.uxstack_top
         if top - PAGE_SIZE <= ctx["rsp"] < top:  # preempted inside an upcall handler: no switch there
             self.port.resume(ctx)

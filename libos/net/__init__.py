@@ -53,11 +53,9 @@ from exo.abi import (
     NET_SLOT_SIZE,
     PAGE_SIZE,
     UPCALL_NET,
-    UTRAPFRAME_FIELDS,
-    UTRAPFRAME_SIZE,
     NetFilterOp,
 )
-from libos.module import LibModule
+from libos.module import LibModule, read_upcall_frame
 from libos.net import linux as L
 from libos.net.headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from libos.net.linux import NetError
@@ -78,9 +76,6 @@ _INFO = struct.Struct("<6sH4s4s4sIQ")
 _FILTER = struct.Struct("<HBBHHII")
 _SLOT = struct.Struct("<HHI")
 _SA = struct.Struct("<H2s4s8x")  # sockaddr_in: family (host order), port and address (network order)
-_UTF = struct.Struct(f"<{len(UTRAPFRAME_FIELDS)}Q")
-_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 _DONE_STATES = frozenset({"FIN_WAIT_2", "TIME_WAIT", "CLOSED"})
 
 
@@ -208,11 +203,9 @@ class Net(LibModule):
         Take them in (ACKs and window updates go out, threads waiting in socket
         calls become runnable), then resume the interrupted context. Not for guest code.
         """
-        f = dict(zip(UTRAPFRAME_FIELDS, _UTF.unpack(self.port.read(frame, UTRAPFRAME_SIZE))))
+        f, ctx = read_upcall_frame(self.port, frame)
         if f["vector"] != UPCALL_NET:
             return -L.EINVAL
-        ctx = {r: f[r] for r in _GPRS}
-        ctx["rip"], ctx["rflags"] = f["rip"], f["rflags"]
         if self.stack is not None:
             self.upcalls += 1
             self._pump()
