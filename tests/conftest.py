@@ -61,7 +61,7 @@ class Booted:
 
 def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instructions: int | None = None,
          max_instructions: int | None = 50_000_000, ram_mib: int = 32, net: str | None = None,
-         net_faults: str | None = None, pcap: str | None = None) -> Booted:
+         net_faults: str | None = None, pcap: str | None = None, structure: str = "exokernel") -> Booted:
     """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest; app i is 10.0.2.(15+i))."""
     from exo.cli import _build, _resolve_libos, spawn_apps
     from exo.kernel import DEFAULT_SLICE, Exokernel
@@ -75,7 +75,8 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
 
         nic = open_nic(net, faults=net_faults, pcap=pcap)
     machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005, nic=nic)
-    kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None)
+    kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None,
+                       structure=structure)
     manifests = [load_manifest(a) for a in apps]
     linked = [_resolve_libos(m) for m in manifests]
     envs = spawn_apps(kernel, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])

@@ -283,20 +283,10 @@ again:
 section .rodata
 msg: db "line", 0
 """
-    import io
-
-    from exo.cli import _build, _resolve_libos, spawn_apps
-    from exo.kernel import Exokernel
-    from exo.manifest import load_manifest
-    from hw import Machine
-
-    out = io.BytesIO()
-    m = load_manifest(app("lines", src, libos={"console": "direct"}))
-    k = Exokernel(Machine(32 << 20, clock="wall", stdin=b"", stdout=out), structure=structure,
-                  on_fault=lambda r: None)
-    spawn_apps(k, [(m, _build(m, _resolve_libos(m)), _resolve_libos(m))])
-    k.run()
-    assert not k.reports
-    assert out.getvalue().count(b"line\n") == 20000
+    b = boot(app("lines", src, libos={"console": "direct"}), clock="wall", structure=structure,
+             max_instructions=None)
+    assert not b.reports
+    assert b.stdout.count(b"line\n") == 20000
+    k = b.kernel
     if structure != "microkernel":  # (there every call switches environments before a slice ends)
         assert k.acct.transitions["interrupt"] >= 3  # the timer did stop the vCPU
