@@ -4,6 +4,13 @@ Every frame is free, owned by the exokernel (the machine's low memory and its
 own structures), or owned by one environment. Page-table frames are typed so
 that they are never mapped into any address space: a guest can change its
 page tables only through the validated hypercalls (exo/hypercalls.py).
+
+Every frame also has a maximum right, fixed when it is allocated from its kind
+(MAX_RIGHT below) and reset when it is freed: no mapping of the frame, in any
+address space and through any call, may have more (exo/vm.py AddressSpace.map
+and protect refuse it with EPERM). It is a second cap, independent of who owns
+the frame: the info page belongs to its environment, yet no alias of it is
+ever writable or executable.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import enum
 from array import array
 from collections.abc import Callable
 
+from exo.abi import PERM_R, PERM_W, PERM_X
 from hw.memory import PAGE_SHIFT, PhysicalMemory
 
 FREE = -1
@@ -25,6 +33,61 @@ class FrameType(enum.IntEnum):
     EXO = 3  # exokernel-private: never user-accessible
 
 
+class FrameKind(enum.IntEnum):
+    """What a frame was allocated for; it fixes the frame's maximum right (MAX_RIGHT)."""
+
+    FREE = 0
+    GUEST = 1  # page_alloc: ordinary memory, any rights (W^X still holds per frame, exo/vm.py)
+    IMAGE_CODE = 2  # a loaded image's code (exo/loader.py copies the image into each environment)
+    IMAGE_RODATA = 3  # a loaded image's read-only data
+    IMAGE_DATA = 4  # a loaded image's data and bss
+    STACK = 5  # an initial stack (loader) or a server stack (exo/structures.py): no executable stacks
+    INFO = 6  # the info page (argc, argv): documented read-only (exo/abi.py INFO_PAGE)
+    HYPERCALL = 7  # the hypercall page, shared by every environment
+    TRAMPOLINE = 8  # a libOS module's trampoline page, shared (exo/libcall.py)
+    STRUCT = 9  # the OS-structure page, shared (exo/structures.py)
+    PAGETABLE = 10  # never mapped (FrameType.PAGETABLE)
+    EXO = 11  # exokernel-private, never mapped (FrameType.EXO)
+
+
+# The one table of maximum rights (PERM_* bits of exo/abi.py; PERM_R is implied by any mapping).
+# Shared code pages are R|X: their bytes are the exokernel's, and every environment executes them.
+RX = PERM_R | PERM_X
+MAX_RIGHT: dict[FrameKind, int] = {
+    FrameKind.FREE: 0,
+    FrameKind.GUEST: PERM_R | PERM_W | PERM_X,
+    FrameKind.IMAGE_CODE: RX,
+    FrameKind.IMAGE_RODATA: PERM_R,
+    FrameKind.IMAGE_DATA: PERM_R | PERM_W,
+    FrameKind.STACK: PERM_R | PERM_W,
+    FrameKind.INFO: PERM_R,
+    FrameKind.HYPERCALL: RX,
+    FrameKind.TRAMPOLINE: RX,
+    FrameKind.STRUCT: RX,
+    FrameKind.PAGETABLE: 0,
+    FrameKind.EXO: 0,
+}
+assert set(MAX_RIGHT) == set(FrameKind)
+
+# The kind a frame gets when alloc() is not told one.
+DEFAULT_KIND = {FrameType.NORMAL: FrameKind.GUEST, FrameType.PAGETABLE: FrameKind.PAGETABLE,
+                FrameType.EXO: FrameKind.EXO}
+
+
+def rights_str(rights: int) -> str:
+    """PERM bits as "RWX" letters ("-" for none)."""
+    return "".join(c for c, b in (("R", PERM_R), ("W", PERM_W), ("X", PERM_X)) if rights & b) or "-"
+
+
+def over_max_right(ft: FrameTable, frame: int, rights: int) -> str | None:
+    """Why ``rights`` (PERM bits) exceed ``frame``'s maximum right, or None if they do not."""
+    limit = ft.max_right[frame]
+    if not rights & ~limit:
+        return None
+    kind = FrameKind(ft.kind[frame]).name.lower().replace("_", " ")
+    return f"frame {frame:#x} ({kind} frame) may be mapped {rights_str(limit)} at most, not {rights_str(rights)}"
+
+
 class OutOfFrames(Exception):
     pass
 
@@ -36,6 +99,9 @@ class FrameTable:
         self.owner = array("i", [FREE]) * n
         self.refs = array("i", [0]) * n  # mappings of this frame in all address spaces
         self.type = array("b", [FrameType.FREE]) * n
+        # Maximum right (PERM_R|PERM_W|PERM_X bits) and kind of each frame: fixed by alloc(), reset by free().
+        self.max_right = array("b", [0]) * n
+        self.kind = array("b", [FrameKind.FREE]) * n
         # Frames ever mapped executable. The host writing one (a hypercall that
         # fills a buffer, zeroing a reused frame) must drop Unicorn's translated
         # code, which notices guest writes to code but not host writes.
@@ -49,6 +115,7 @@ class FrameTable:
         for f in range(first):
             self.owner[f] = EXO
             self.type[f] = FrameType.EXO
+            self.kind[f] = FrameKind.EXO
         # Hand out low frames first: a deterministic order keeps runs reproducible.
         self._free = list(range(n - 1, first - 1, -1))
 
@@ -56,13 +123,21 @@ class FrameTable:
     def free_count(self) -> int:
         return len(self._free)
 
-    def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL) -> int:
-        """A zeroed frame for ``owner``; returns its frame number."""
+    def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL, kind: FrameKind | None = None) -> int:
+        """A zeroed frame for ``owner``; returns its frame number.
+
+        ``kind`` fixes the frame's maximum right (MAX_RIGHT) until it is freed;
+        by default GUEST for a normal frame, none for page tables and exokernel frames.
+        """
         if not self._free:
             raise OutOfFrames()
+        if kind is None or ftype != FrameType.NORMAL:  # a frame that is never mapped has no rights
+            kind = DEFAULT_KIND[ftype]
         f = self._free.pop()
         self.owner[f] = owner
         self.type[f] = ftype
+        self.kind[f] = kind
+        self.max_right[f] = MAX_RIGHT[kind]
         self.refs[f] = 0
         self.memory.zero(f << PAGE_SHIFT, 1 << PAGE_SHIFT)
         if self.code[f]:
@@ -75,6 +150,8 @@ class FrameTable:
             raise AssertionError(f"double free of frame {f:#x}")
         self.owner[f] = FREE
         self.type[f] = FrameType.FREE
+        self.kind[f] = FrameKind.FREE
+        self.max_right[f] = 0
         self.refs[f] = 0
         self.wmaps[f] = self.xmaps[f] = 0
         self._free.append(f)

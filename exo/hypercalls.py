@@ -30,7 +30,7 @@ from exo.abi import (
 from exo.disk import hc_disk_grant, hc_disk_info, hc_disk_io
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameType, OutOfFrames
-from exo.vm import check_user_va, perm_to_pte
+from exo.vm import check_max_right, check_user_va, perm_to_pte
 from hw.paging import PTE_NX, PTE_W
 from hw.regs import GPR_INDEX, Reg
 
@@ -131,9 +131,15 @@ def _hc_page_alloc(k: Exokernel, env: Env, envid: int, va: int, perm: int) -> in
 
 
 def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
-    """Sharing a mapped frame (page_map, IPC page transfer) may not add rights."""
+    """Sharing a mapped frame (page_map, IPC page transfer) may not add rights.
+
+    Nor exceed the frame's maximum right: checked again here, not only when the
+    page is mapped, so that ipc_try_send refuses at once rather than leave a
+    message that ipc_recv could never take.
+    """
     if k.frames.owner[frame] == EXO:
         raise HypercallError(Errno.EPERM, "exokernel frames cannot be shared")
+    check_max_right(k.frames, frame, pte)
     if pte & PTE_W and not src_pte & PTE_W:
         raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
     if not pte & PTE_NX and src_pte & PTE_NX:

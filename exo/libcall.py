@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from exo.abi import LIBCALL_CODE, LIBCALL_HOOKED, LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, USER_TOP, Errno
 from exo.errors import HypercallError
-from exo.frames import EXO, FrameType
+from exo.frames import EXO, FrameKind, FrameType
 from exo.hypercalls import BY_NAME
 from exo.structures import GK_ENTRY as STRUCT_GK_ENTRY
 from exo.structures import GK_FAULT as STRUCT_GK_FAULT
@@ -251,7 +251,7 @@ class LibraryTable:
     def _frame(self, index: int, entries: list[Entry]) -> int:
         f = self._frames.get(index)
         if f is None:
-            f = self.k.frames.alloc(EXO, FrameType.NORMAL)
+            f = self.k.frames.alloc(EXO, FrameType.NORMAL, FrameKind.TRAMPOLINE)
             self.k.frames.refs[f] = 1  # the exokernel's own reference: never freed
             page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 between slots: a stray jump traps
             local = {e.slot for e in entries if not getattr(e, "routed", True)}

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-from exo.abi import INFO_PAGE, PERM_R, PERM_W, STACK_PAGES, STACK_TOP, EnvStatus
+from exo.abi import INFO_PAGE, PERM_R, PERM_W, PERM_X, STACK_PAGES, STACK_TOP, EnvStatus
 from exo.env import Env
 from exo.errors import ExoUserError, HypercallError
-from exo.frames import FrameType, OutOfFrames
+from exo.frames import FrameKind, FrameType, OutOfFrames
 from exo.image import Image
 from exo.kernel import Exokernel
 from exo.vm import perm_to_pte
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.regs import Reg
 
+# Each environment gets its own copy of its image's pages (no frame is shared between
+# environments by the loader), and each copy may never be mapped with more than its
+# segment's permission: no writable alias of code or read-only data, no executable data.
+SEGMENT_KIND = {
+    PERM_R | PERM_X: FrameKind.IMAGE_CODE,
+    PERM_R: FrameKind.IMAGE_RODATA,
+    PERM_R | PERM_W: FrameKind.IMAGE_DATA,
+}
 
-def _alloc_page(k: Exokernel, env: Env, va: int, pte: int) -> int:
+
+def _alloc_page(k: Exokernel, env: Env, va: int, pte: int, kind: FrameKind) -> int:
     try:
-        frame = k.frames.alloc(env.id, FrameType.NORMAL)
+        frame = k.frames.alloc(env.id, FrameType.NORMAL, kind)
     except OutOfFrames:
         raise ExoUserError(env.name, "out of physical memory while loading") from None
     env.space.map(va, frame, pte)
@@ -26,19 +35,20 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     mem = k.machine.memory
     for seg in image.segments:
         pte = perm_to_pte(seg.perm)
+        kind = SEGMENT_KIND[seg.perm & (PERM_R | PERM_W | PERM_X)]
         start = seg.va & ~(PAGE_SIZE - 1)
         end = (seg.va + seg.memsz + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         for va in range(start, end, PAGE_SIZE):
             if env.space.lookup(va) is not None:
                 raise ExoUserError(image.name, f"segments {seg.name} overlap at {va:#x}")
-            pa = _alloc_page(k, env, va, pte)
+            pa = _alloc_page(k, env, va, pte, kind)
             lo = max(seg.va, va)
             hi = min(seg.va + len(seg.data), va + PAGE_SIZE)
             if hi > lo:
                 mem.write(pa + (lo - va), seg.data[lo - seg.va : hi - seg.va])
     stack_pte = perm_to_pte(PERM_R | PERM_W)
     for i in range(1, STACK_PAGES + 1):
-        _alloc_page(k, env, STACK_TOP - i * PAGE_SIZE, stack_pte)
+        _alloc_page(k, env, STACK_TOP - i * PAGE_SIZE, stack_pte, FrameKind.STACK)
     # Info page: u64 argc, u64 argv[argc + 1], then the NUL-terminated strings.
     args = [a.encode() for a in [image.name, *argv]]
     table = 8 + 8 * (len(args) + 1)
@@ -50,7 +60,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     info = len(args).to_bytes(8, "little") + b"".join(p.to_bytes(8, "little") for p in ptrs) + bytes(8) + blob
     if len(info) > PAGE_SIZE:
         raise ExoUserError(image.name, f"arguments too long ({len(info)} bytes; one page holds {PAGE_SIZE})")
-    pa = _alloc_page(k, env, INFO_PAGE, perm_to_pte(PERM_R))
+    pa = _alloc_page(k, env, INFO_PAGE, perm_to_pte(PERM_R), FrameKind.INFO)
     mem.write(pa, info)
     k.cpu.flush_code()
     cpu = k.cpu

@@ -3,8 +3,11 @@
 Guests never write page tables: the frames holding them are typed PAGETABLE in
 the frame table and are never mapped. Every mapping the exokernel installs is
 checked here: the frame must be a NORMAL frame the environment may use, the
-address must be in the user half and outside the exokernel-managed region, and
-no page is ever both writable and executable (W^X).
+address must be in the user half and outside the exokernel-managed region, no
+page is ever both writable and executable (W^X), and no mapping gives more than
+its frame's maximum right (exo/frames.py MAX_RIGHT). map() and protect() are the
+only writers of user page-table entries: every call that maps (the hypercalls,
+fork, the loader, libOS linking, the OS structures) goes through them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from exo.abi import (
     Errno,
 )
 from exo.errors import HypercallError
-from exo.frames import FrameTable, FrameType, OutOfFrames
+from exo.frames import FrameTable, FrameType, OutOfFrames, over_max_right
 from hw.cpu import VCpu
 from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
@@ -72,6 +75,18 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the read-only page-table window")
     if not exo and EXO_REGION[0] <= va < EXO_REGION[1]:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
+
+
+def pte_rights(pte: int) -> int:
+    """The PERM_R/W/X rights a user PTE gives."""
+    return PERM_R | (PERM_W if pte & PTE_W else 0) | (0 if pte & PTE_NX else PERM_X)
+
+
+def check_max_right(ft: FrameTable, frame: int, pte: int) -> None:
+    """EPERM if a mapping with ``pte`` would give more than ``frame``'s maximum right (exo/frames.py)."""
+    rights = pte_rights(pte)
+    if rights & ~ft.max_right[frame]:
+        raise HypercallError(Errno.EPERM, over_max_right(ft, frame, rights))
 
 
 def _count_wx(ft: FrameTable, frame: int, pte: int, delta: int) -> None:
@@ -150,6 +165,7 @@ class AddressSpace:
         ft = self.frames
         if not ft.valid(frame) or ft.type[frame] != FrameType.NORMAL:
             raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
+        check_max_right(ft, frame, pte_flags)
         slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
         old = self.mem.read_u64(slot)
         same = old & PTE_P and (old & ADDR_MASK) >> PAGE_SHIFT == frame
@@ -177,6 +193,7 @@ class AddressSpace:
         if not pte & PTE_P:
             raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
         frame = (pte & ADDR_MASK) >> PAGE_SHIFT
+        check_max_right(self.frames, frame, pte_flags)
         _check_wx(self.frames, frame, pte_flags, pte)
         _count_wx(self.frames, frame, pte, -1)
         _count_wx(self.frames, frame, pte_flags, +1)
