@@ -362,3 +362,29 @@ def test_the_trampoline_guests_name_the_trampoline_frame(app) -> None:
     b = boot(app("tramp", rights_source(body), libos={"memory": "cow"}))
     assert b.envs[0].exit_status == b.kernel.libs._frames[0]
     assert b.kernel.frames.kind[b.kernel.libs._frames[0]] == FrameKind.TRAMPOLINE
+
+
+@pytest.mark.parametrize("perm", ["PERM_R", "PERM_R | PERM_W", "PERM_R | PERM_X"])
+def test_another_apps_frame_is_refused_at_any_right(app, perm: str) -> None:
+    """A frame number of the witness (learned from a dry run: allocation is deterministic) cannot be
+    mapped, into the guest or its child, at any right: the ownership check, in front of the max right."""
+    from test_hostile import dry_spawn
+
+    witness = app("witness", WITNESS)
+
+    def source(frame: int) -> str:
+        return rights_source(f"""
+    MMU(MMU_MAP, 0x0, 0x600000, {frame:#x}, {perm})
+    cmp rax, NEG_EPERM
+    jne exit_rax
+{FORK}
+    MMU(MMU_MAP, r12d, 0x600000, {frame:#x}, {perm})
+""")
+
+    _, (_, w) = dry_spawn(app("thief", source(0)), witness)
+    frames = [w.space.lookup(va)[0] for va in (symbols(witness)["_start"], symbols(witness)["msg"] & ~0xFFF)]
+    for frame in frames:
+        b = boot(app("thief", source(frame)), witness)
+        witness_ok(b)
+        t = b.env("thief")
+        assert t.fault is None and t.exit_status == Errno.EPERM
