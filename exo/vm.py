@@ -84,7 +84,7 @@ def pte_rights(pte: int) -> int:
 
 def check_max_right(ft: FrameTable, frame: int, pte: int) -> None:
     """EPERM if a mapping with ``pte`` would give more than ``frame``'s maximum right (exo/frames.py)."""
-    rights = pte_rights(pte)
+    rights = PERM_R | (PERM_W if pte & PTE_W else 0) | (0 if pte & PTE_NX else PERM_X)
     if rights & ~ft.max_right[frame]:
         raise HypercallError(Errno.EPERM, over_max_right(ft, frame, rights))
 
@@ -165,7 +165,9 @@ class AddressSpace:
         ft = self.frames
         if not ft.valid(frame) or ft.type[frame] != FrameType.NORMAL:
             raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
-        check_max_right(ft, frame, pte_flags)
+        m = ft.max_right[frame]  # check_max_right, inlined: map() is on the page_alloc path
+        if not m or (pte_flags & PTE_W and not m & PERM_W) or (not pte_flags & PTE_NX and not m & PERM_X):
+            check_max_right(ft, frame, pte_flags)
         slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
         old = self.mem.read_u64(slot)
         same = old & PTE_P and (old & ADDR_MASK) >> PAGE_SHIFT == frame
