@@ -180,7 +180,8 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
     MAP names a frame by number: the caller or the target must own it (page_map
     is the way to share a frame one does not own, with no more rights than the
     source mapping has). PROTECT may always take rights away; adding write or
-    execute rights needs the same ownership.
+    execute rights needs the same ownership. Neither may exceed the frame's
+    maximum right (exo/frames.py MAX_RIGHT: the info page stays read-only).
     """
     if count > MAX_MMU_BATCH:
         raise HypercallError(Errno.EINVAL, f"batch of {count} exceeds {MAX_MMU_BATCH}")

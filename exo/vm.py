@@ -84,7 +84,7 @@ def pte_rights(pte: int) -> int:
 
 def check_max_right(ft: FrameTable, frame: int, pte: int) -> None:
     """EPERM if a mapping with ``pte`` would give more than ``frame``'s maximum right (exo/frames.py)."""
-    rights = PERM_R | (PERM_W if pte & PTE_W else 0) | (0 if pte & PTE_NX else PERM_X)
+    rights = pte_rights(pte)
     if rights & ~ft.max_right[frame]:
         raise HypercallError(Errno.EPERM, over_max_right(ft, frame, rights))
 
