@@ -388,3 +388,42 @@ def test_another_apps_frame_is_refused_at_any_right(app, perm: str) -> None:
         witness_ok(b)
         t = b.env("thief")
         assert t.fault is None and t.exit_status == Errno.EPERM
+
+
+def _check_space(space) -> list[str]:
+    """Every mapping of ``space`` within its frame's max right (the invariant the fuzzer checks too)."""
+    from exo.frames import rights_str
+    from exo.vm import pte_rights
+
+    ft = space.frames
+    bad = [f"frame {f:#x} mapped but max right 0 (kind {FrameKind(ft.kind[f]).name})"
+           for f in space.frame_maps if not ft.max_right[f]]
+    for va, flags in space._wx_flags.items():  # every writable or executable mapping
+        frame, pte = space.lookup(va)  # the live entry (the CPU may have set its accessed/dirty bits)
+        assert pte_rights(pte) == pte_rights(flags)
+        if pte_rights(pte) & ~ft.max_right[frame]:
+            bad.append(f"{va:#x}: {rights_str(pte_rights(pte))} > {rights_str(ft.max_right[frame])}")
+    return bad
+
+
+@pytest.mark.parametrize("name", ["forktree", "cowtest", "threads"])
+def test_no_mapping_exceeds_its_frames_max_right_in_real_apps(monkeypatch, name: str) -> None:
+    """fork (cow), copy-on-write faults, demand-zero heaps and the scheduler's idle code (written, then made
+    R|X) all stay within the max rights: checked on every address space just before it is destroyed."""
+    from conftest import ROOT
+
+    from exo.vm import AddressSpace
+
+    seen: list[int] = []
+    bad: list[str] = []
+    destroy = AddressSpace.destroy
+
+    def checked(self):
+        seen.append(len(self._wx_flags))
+        bad.extend(_check_space(self))
+        return destroy(self)
+
+    monkeypatch.setattr(AddressSpace, "destroy", checked)
+    b = boot(ROOT / "guest_apps" / name)
+    assert all(e.fault is None and e.exit_status == 0 for e in b.envs)
+    assert seen and sum(seen) > 0 and bad == []
