@@ -123,7 +123,7 @@ class FrameTable:
     def free_count(self) -> int:
         return len(self._free)
 
-    def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL, kind: FrameKind | None = None) -> int:
+    def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL, *, kind: FrameKind | None = None) -> int:
         """A zeroed frame for ``owner``; returns its frame number.
 
         ``kind`` fixes the frame's maximum right (MAX_RIGHT) until it is freed;

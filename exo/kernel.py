@@ -99,7 +99,7 @@ class Exokernel:
         self._hc_counts = self.acct._hc  # the accounting's hot counter, updated inline by syscall()
         self._read_gprs = regs.reader(GPRS)
         # The hypercall page: one exokernel frame, mapped read+execute everywhere.
-        self.hypercall_frame = self.frames.alloc(EXO, FrameType.NORMAL, FrameKind.HYPERCALL)
+        self.hypercall_frame = self.frames.alloc(EXO, FrameType.NORMAL, kind=FrameKind.HYPERCALL)
         self.frames.refs[self.hypercall_frame] = 1  # the exokernel's own reference
         machine.memory.write(self.hypercall_frame << PAGE_SHIFT, hypercall_page())
         self.cpu.flush_code()

@@ -251,7 +251,7 @@ class LibraryTable:
     def _frame(self, index: int, entries: list[Entry]) -> int:
         f = self._frames.get(index)
         if f is None:
-            f = self.k.frames.alloc(EXO, FrameType.NORMAL, FrameKind.TRAMPOLINE)
+            f = self.k.frames.alloc(EXO, FrameType.NORMAL, kind=FrameKind.TRAMPOLINE)
             self.k.frames.refs[f] = 1  # the exokernel's own reference: never freed
             page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 between slots: a stray jump traps
             local = {e.slot for e in entries if not getattr(e, "routed", True)}

@@ -24,7 +24,7 @@ SEGMENT_KIND = {
 
 def _alloc_page(k: Exokernel, env: Env, va: int, pte: int, kind: FrameKind) -> int:
     try:
-        frame = k.frames.alloc(env.id, FrameType.NORMAL, kind)
+        frame = k.frames.alloc(env.id, FrameType.NORMAL, kind=kind)
     except OutOfFrames:
         raise ExoUserError(env.name, "out of physical memory while loading") from None
     env.space.map(va, frame, pte)

@@ -154,7 +154,7 @@ class Structures:
         self.k = kernel
         self.name = name
         self.servers: dict[int, Env] = {}  # module index -> server environment (microkernel)
-        f = kernel.frames.alloc(EXO, FrameType.NORMAL, FrameKind.STRUCT)
+        f = kernel.frames.alloc(EXO, FrameType.NORMAL, kind=FrameKind.STRUCT)
         kernel.frames.refs[f] = 1
         kernel.machine.memory.write(f << PAGE_SHIFT, struct_page(nr_return, nr_reply_wait))
         self.page_frame = f
@@ -172,7 +172,7 @@ class Structures:
         server = k.create_env(f"{name}-server")
         self.map_into(server)
         for va in range(SERVER_STACK_TOP - 4 * PAGE_SIZE, SERVER_STACK_TOP, PAGE_SIZE):
-            frame = k.frames.alloc(server.id, FrameType.NORMAL, FrameKind.STACK)
+            frame = k.frames.alloc(server.id, FrameType.NORMAL, kind=FrameKind.STACK)
             server.space.map(va, frame, PTE_P | PTE_U | PTE_W | PTE_NX)
         k.cpu.context_write(server.ctx, Reg.RIP, SERVER_LOOP)
         k.cpu.context_write(server.ctx, Reg.RSP, SERVER_STACK_TOP)

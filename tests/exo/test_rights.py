@@ -299,7 +299,7 @@ def test_max_right_of_each_frame_kind_is_fixed_at_allocation_and_cleared_at_free
     ft.free(f)
     assert (ft.kind[f], ft.max_right[f]) == (FrameKind.FREE, 0)
     # A frame that is never mapped has no rights, whatever kind it is asked for.
-    g = ft.alloc(1, FrameType.PAGETABLE, FrameKind.GUEST)
+    g = ft.alloc(1, FrameType.PAGETABLE, kind=FrameKind.GUEST)
     assert ft.max_right[g] == 0
     ft.free(g)
 
@@ -339,7 +339,7 @@ def test_error_message_names_the_frame_kind() -> None:
 
     k = Exokernel(Machine(8 << 20, stdin=b"", stdout=io.BytesIO()), on_fault=lambda r: None)
     env = k.create_env("t")
-    f = k.frames.alloc(env.id, FrameType.NORMAL, FrameKind.INFO)
+    f = k.frames.alloc(env.id, FrameType.NORMAL, kind=FrameKind.INFO)
     with pytest.raises(HypercallError) as e:
         env.space.map(0x600000, f, perm_to_pte(PERM_R | PERM_W))
     assert str(e.value).endswith(f"frame {f:#x} (info frame) may be mapped R at most, not RW")
