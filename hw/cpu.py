@@ -19,6 +19,16 @@ facts behind each rule):
 * Retired instructions are read from Unicorn's own counter (``emu_counter`` in
   ``struct uc_struct``, maintained whenever ``emu_start`` runs with count > 0),
   whose offset is probed at start-up as well.
+* A stopped context retires nothing more (``_fence``). ``emu_stop`` only ends
+  emulation at the next translation-block boundary; a hook called from inside
+  a block (``in``/``out``) that stops the CPU would let
+  the rest of the block run under the wall clock (under the virtual clock the
+  per-instruction count hook stops it at once). The fence saves the context
+  at the trap, points CR3 at an empty PML4 so that every load, store and
+  segment load left in the block faults instead of retiring, and gives the
+  hooks a handler that delivers nothing; the saved context is put back when
+  ``emu_start`` returns. ``syscall``, exceptions and ``int n`` end the block
+  themselves and need no fence.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ _USER = 0x4000  # user code page for boot and probes
 _PML4, _PDPT, _PD, _PT = 0x5000, 0x6000, 0x7000, 0x8000
 _DATA = 0x9000  # user data page (RW, NX) for probes
 _RODATA = 0xA000  # user read-only page for probes
+_DEAD_ROOT = 0xB000  # an all-zero PML4: nothing is mapped through it (the stop fence)
 
 # GDT (SDM Vol. 3A 3.4.5): null, kernel code (L=1), kernel data, user data, user code (L=1).
 # The user selectors are laid out as SYSRET expects: data at STAR+8, code at STAR+16.
@@ -147,6 +158,22 @@ class _BootHandler:
         cpu.stop("trap")
 
 
+class _Fenced:
+    """Handler while a stopped context drains its translation block: the OS hears nothing."""
+
+    def syscall(self, cpu: VCpu) -> None:
+        pass
+
+    def trap(self, cpu: VCpu, trap: Trap) -> None:
+        pass
+
+    def code(self, cpu: VCpu, address: int) -> None:
+        pass
+
+
+_FENCED = _Fenced()
+
+
 class VCpu:
     """One x86-64 CPU over ``PhysicalMemory``; guest code always runs at CPL 3."""
 
@@ -180,6 +207,8 @@ class VCpu:
         self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
         self._hook_error: BaseException | None = None
         self._watched: tuple[int, int] | None = None
+        self._fence_ctx = CpuContext(self._h)  # the context at the trap, while fenced
+        self._fenced_handler: TrapHandler | None = None  # the OS's handler, while fenced
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
@@ -468,6 +497,8 @@ class VCpu:
         finally:
             self._running = False
             fired = self._timer.disarm() if wall else False
+            if self._fenced_handler is not None:
+                self._unfence()
         if self._hook_error is not None:
             e, self._hook_error = self._hook_error, None
             raise e
@@ -491,6 +522,30 @@ class VCpu:
         if self._stop_reason is not None:
             return RunExit("stopped", retired, self._stop_reason)
         return RunExit("preempted", retired)
+
+    def _fence(self) -> None:
+        """From a hook inside a translation block, after the OS stopped the CPU: retire nothing more.
+
+        ``emu_stop`` takes effect at the next block boundary (UNICORN_NOTES trap 12),
+        so the instructions after the trapping one in this block still run. Save
+        the context as it is at the trap, switch to an empty PML4 (every memory
+        access, store or segment load left in the block is a #PF, which ends the
+        block without writing anything) and let the hooks deliver nothing to the
+        OS (a ``syscall`` left in the block is not served); ``run`` puts the
+        saved context back when ``emu_start`` returns.
+        """
+        if self._fenced_handler is not None:
+            return
+        self._fenced_handler = self.handler
+        self.handler = _FENCED
+        _ctx_save(self._h, self._fence_ctx.ptr)
+        self._fence_ctx.cr3 = self.regs.read(Reg.CR3)
+        self.regs.write(Reg.CR3, _DEAD_ROOT)  # flushes the TLB: nothing is cached from the old space
+
+    def _unfence(self) -> None:
+        self.handler = self._fenced_handler
+        self._fenced_handler = None
+        self.restore(self._fence_ctx)
 
     def _machine_check(self, error: UcError) -> None:
         rip = self.regs.read(Reg.RIP)
@@ -631,9 +686,15 @@ class VCpu:
         rip = self.regs.read(Reg.RIP)
         trap = Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size, write=False)
         self._deliver(trap)
+        if self._stop_reason is not None:
+            self._fence()  # `in` does not end the block
+            return 0
         return trap.value or 0
 
     def _hook_out(self, uc: Uc, port: int, size: int, value: int, _ud: object) -> None:
         rip = self.regs.read(Reg.RIP)
         self._deliver(Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size,
                            value=value, write=True))
+        if self._stop_reason is not None:
+            self._fence()  # `out` does not end the block
+
