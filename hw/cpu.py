@@ -77,6 +77,7 @@ _DEAD_ROOT = 0xB000  # an all-zero PML4: nothing is mapped through it (the stop 
 # The user selectors are laid out as SYSRET expects: data at STAR+8, code at STAR+16.
 SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE = 0x08, 0x10, 0x1B, 0x23
 _GDT = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF)
+GDT_DESCRIPTORS = _GDT  # read-only view for fault reports (exo/report.py explains #GP(selector))
 
 MSR_EFER = 0xC0000080
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
