@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hw.cpu import GDT_DESCRIPTORS, SEL_UCODE, SEL_UDATA
+from hw.paging import is_canonical as canonical
 from hw.traps import Trap, TrapKind, Vector
 
 _cs = None
@@ -94,12 +95,6 @@ ALIGNED_16 = frozenset({"movaps", "movapd", "movdqa", "movntps", "movntpd", "mov
                         "andpd", "orps", "orpd", "xorps", "xorpd", "pxor", "por", "pand", "paddd", "paddq",
                         "pcmpeqb", "pshufd", "cmpps", "cmppd", "minps", "maxps", "sqrtps", "unpcklps"})
 SEGMENT_REGS = frozenset({"cs", "ds", "es", "fs", "gs", "ss"})
-
-
-def canonical(address: int) -> bool:
-    """Bits 63:47 all equal (48-bit linear addresses, SDM Vol. 1 3.3.7.1)."""
-    top = address >> 47
-    return top == 0 or top == (1 << 17) - 1
 
 
 def _selector_cause(error: int) -> tuple[str, dict]:

@@ -72,6 +72,19 @@ _PML4, _PDPT, _PD, _PT = 0x5000, 0x6000, 0x7000, 0x8000
 _DATA = 0x9000  # user data page (RW, NX) for probes
 _RODATA = 0xA000  # user read-only page for probes
 _DEAD_ROOT = 0xB000  # an all-zero PML4: nothing is mapped through it (the stop fence)
+_SYS_PDPT, _SYS_PD, _SYS_PT = 0xC000, 0xD000, 0xE000  # the system tables' one chain (below)
+
+# Where the CPU finds its descriptor tables: PML4 slot 511 (the top of the kernel half),
+# through ONE chain of machine frames (PDPT, PD, PT above) that every address space links
+# to (``link_system_tables``; exo/vm.py AddressSpace), so it costs no frame per address
+# space. The CPU reads the GDT with supervisor rights on every segment load, iretq and far
+# return (SDM Vol. 3A 4.6, implicit supervisor-mode accesses): U=0 keeps ring 3 out (#PF
+# with U=1) while the CPU reaches it from every address space. The GDT page is read-only
+# and NX: its descriptors' accessed bits are preset, so the CPU never writes them back
+# (SDM Vol. 3A 3.4.5.1), and with CR0.WP nothing else can.
+SYSTEM_SLOT = 511
+GDT_LINEAR = 0xFFFF_FF80_0000_0000 | GDT_BASE  # slot 511, the GDT frame's page number again
+SYSTEM_PML4E = _SYS_PDPT | PTE_P | PTE_W  # supervisor only
 
 # GDT (SDM Vol. 3A 3.4.5): null, kernel code (L=1), kernel data, user data, user code (L=1).
 # The user selectors are laid out as SYSRET expects: data at STAR+8, code at STAR+16.
@@ -125,6 +138,16 @@ class RunExit:
     reason: str  # "stopped" (the OS asked), "preempted" (slice over)
     retired: int | None  # instructions retired in this slice (None in wall mode)
     stop_reason: object = None
+
+
+def link_system_tables(memory: PhysicalMemory, root: int) -> None:
+    """Make the descriptor tables reachable (by the CPU only) through the PML4 at ``root``.
+
+    Every address space a context may run in needs this entry, or a segment load,
+    ``iretq`` or far return at ring 3 becomes a #PF at the GDT (UNICORN_NOTES trap 11).
+    The chain below it is the machine's, shared: freeing an address space must not free it.
+    """
+    memory.write_u64(root + SYSTEM_SLOT * 8, SYSTEM_PML4E)
 
 
 class CpuContext:
@@ -229,6 +252,10 @@ class VCpu:
         mem.zero(0, RESERVED_BYTES)
         for i, d in enumerate(_GDT):
             mem.write_u64(GDT_BASE + 8 * i, d)
+        mem.write_u64(_SYS_PDPT + ((GDT_LINEAR >> 30) & 511) * 8, _SYS_PD | PTE_P | PTE_W)
+        mem.write_u64(_SYS_PD + ((GDT_LINEAR >> 21) & 511) * 8, _SYS_PT | PTE_P | PTE_W)
+        mem.write_u64(_SYS_PT + ((GDT_LINEAR >> 12) & 511) * 8, GDT_BASE | PTE_P | PTE_NX)
+        link_system_tables(mem, _PML4)
         mem.write_u64(_PML4, _PDPT | PTE_P | PTE_W | PTE_U)
         mem.write_u64(_PDPT, _PD | PTE_P | PTE_W | PTE_U)
         mem.write_u64(_PD, _PT | PTE_P | PTE_W | PTE_U)
@@ -242,7 +269,7 @@ class VCpu:
         # iretq frame: RIP, CS, RFLAGS, RSP, SS (SDM Vol. 3A 6.14.3)
         mem.write(_STACK + 0xF00, struct.pack("<5Q", _USER, SEL_UCODE, 0x202, _DATA + 0xFF0, SEL_UDATA))
         uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_BASE, 8 * len(_GDT) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_LINEAR, 8 * len(_GDT) - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, _PML4)
         uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
