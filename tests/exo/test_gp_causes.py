@@ -86,3 +86,10 @@ def test_the_kernel_does_not_import_capstone_at_start_up() -> None:
     code = "import sys, exo.kernel; print('capstone' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_gp_the_report_cannot_place_says_so() -> None:
+    """A #GP(0) at a plain `nop` (no cause in the table fits): said, not guessed as 'privileged'."""
+    short, long = explain_gp(_trap(), b"\x90", {"RSP": 0x7FFF_FFFF_0000})
+    assert short == "cause not determined"
+    assert "nop" in long and "privileged" not in long
