@@ -26,7 +26,7 @@ from exo.abi import (
 )
 from exo.errors import HypercallError
 from exo.frames import FrameTable, FrameType, OutOfFrames
-from hw.cpu import VCpu, link_system_tables
+from hw.cpu import VCpu
 from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
 
@@ -120,7 +120,7 @@ class AddressSpace:
         self.mem.write_u64(self.root + UVPT_SLOT * 8, self.root | PTE_P | PTE_U | PTE_NX)
         # The CPU's descriptor tables (kernel half, supervisor-only, one chain of machine
         # frames shared by every address space: not in table_frames, never freed here).
-        link_system_tables(self.mem, self.root)
+        VCpu.link_system_tables(self.mem, self.root)
 
     def _alloc_table(self) -> int:
         try:

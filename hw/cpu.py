@@ -201,6 +201,8 @@ _FENCED = _Fenced()
 class VCpu:
     """One x86-64 CPU over ``PhysicalMemory``; guest code always runs at CPL 3."""
 
+    link_system_tables = staticmethod(link_system_tables)  # what every OS address space needs
+
     def __init__(self, memory: PhysicalMemory, clock: str = "virtual", slice_seconds: float = 0.01):
         if clock not in ("virtual", "wall"):
             raise MachineConfigError(f"clock must be 'virtual' or 'wall', got {clock!r}")
