@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hw.cpu import GDT_DESCRIPTORS, SEL_UCODE, SEL_UDATA
+from hw.paging import is_canonical as canonical
 from hw.traps import Trap, TrapKind, Vector
 
 _cs = None
+_csd = None  # a second decoder with operand details, for #GP causes only
 
 
 def disassemble_one(code: bytes, address: int) -> tuple[str, int]:
@@ -25,6 +28,169 @@ def disassemble_one(code: bytes, address: int) -> tuple[str, int]:
     if not code:
         return "(no instruction: the address is not mapped)", 0
     return f"(undecodable bytes {code[:8].hex(' ')})", min(len(code), 8)
+
+
+# ------------------------------------------------------------ #GP causes
+# Each cause a report can tell apart: (short form for the summary, explanation). The
+# error code, the faulting RIP and the decoded instruction (operands evaluated with the
+# registers at the fault) choose the cause; SDM Vol. 3A 6.15, "Interrupt 13".
+GP_CAUSES = {
+    "idt": ("int {vector:#x} through a DPL-0 gate",
+            "int {vector:#x} names an IDT gate with DPL 0, which ring 3 may not use (SDM Vol. 3A 6.12.1.1); "
+            "ring 3 may raise only int3, into and int 0x80"),
+    "selector-limit": ("selector {selector:#x} past the GDT",
+                       "segment load of selector {selector:#x}: index {index} is past the end of the GDT "
+                       "({entries} descriptors) (SDM Vol. 3A 5.5: #GP(selector))"),
+    "selector-ldt": ("LDT selector {selector:#x}",
+                     "segment load of selector {selector:#x}: it names the LDT, and this machine has none "
+                     "(SDM Vol. 3A 5.5: #GP(selector))"),
+    "selector-null": ("null descriptor selector {selector:#x}",
+                      "segment load of selector {selector:#x}: index 0 is the null descriptor"),
+    "selector-privilege": ("kernel selector {selector:#x}",
+                           "segment load of selector {selector:#x}: descriptor {index} has DPL {dpl}, and ring 3 "
+                           "may load only descriptors of DPL 3 (user data {udata:#x}, user code {ucode:#x}) "
+                           "(SDM Vol. 3A 5.5, 5.8: #GP(selector))"),
+    "selector-user": ("selector {selector:#x}: RPL or type",
+                      "segment load of a selector of descriptor {index}: its RPL must be 3 and the descriptor's "
+                      "type must fit the segment register (user data {udata:#x}, user code {ucode:#x}) "
+                      "(SDM Vol. 3A 5.5, 5.4.1: #GP(selector))"),
+    "null-ss": ("null selector into SS",
+                "a null selector cannot be loaded into SS at CPL 3 (SDM Vol. 2B, MOV and POP: #GP(0))"),
+    "sysenter": ("sysenter",
+                 "sysenter needs IA32_SYSENTER_CS, which this machine leaves 0 (SDM Vol. 2B, SYSENTER: "
+                 "#GP(0)); hypercalls use syscall"),
+    "privileged": ("privileged instruction {mnemonic}",
+                   "{mnemonic} is a privileged instruction: a ring-3 guest may not execute it "
+                   "(SDM Vol. 3A 5.9)"),
+    "rip-non-canonical": ("jump to non-canonical {address:#x}",
+                          "execution went to {address:#x}, which is not a canonical address (bits 63:47 "
+                          "must all be equal, SDM Vol. 1 3.3.7.1): a jump, call or return went there"),
+    "operand-non-canonical": ("non-canonical address {address:#x}",
+                              "the memory operand of {mnemonic} is at {address:#x}, which is not a canonical "
+                              "address (bits 63:47 must all be equal, SDM Vol. 1 3.3.7.1)"),
+    "stack-non-canonical": ("non-canonical stack pointer {address:#x}",
+                            "{mnemonic} uses the stack, and RSP {address:#x} is not a canonical address "
+                            "(SDM Vol. 1 3.3.7.1; a CPU raises #SS(0) for this, Unicorn raises #GP(0))"),
+    "misaligned": ("misaligned {mnemonic} operand {address:#x}",
+                   "{mnemonic} needs a 16-byte aligned memory operand, and {address:#x} is not "
+                   "(SDM Vol. 1 10.4.1.1)"),
+    "unknown": ("cause not determined",
+                "a general-protection fault at CPL 3 whose cause the report cannot tell from the instruction "
+                "{mnemonic} (SDM Vol. 3A 6.15 lists them)"),
+}
+
+# Instructions that need CPL 0 (SDM Vol. 3A 5.9), as capstone spells them; `mov` to or
+# from a control or debug register is found by its operands.
+PRIVILEGED = frozenset({
+    "hlt", "cli", "sti", "lgdt", "lidt", "lldt", "ltr", "lmsw", "clts", "invd", "wbinvd", "invlpg",
+    "invpcid", "rdmsr", "wrmsr", "swapgs", "sysret", "sysretq", "sysexit", "sysexitq", "xsetbv", "rdpmc",
+    "wrfsbase", "wrgsbase", "rdfsbase", "rdgsbase",  # CR4.FSGSBASE is 0 here: #UD on a CPU, #GP in Unicorn
+})
+# Instructions that push or pop (RSP is an implicit operand capstone does not list).
+STACK_USERS = frozenset({"push", "pop", "call", "ret", "pushfq", "popfq", "enter", "leave", "iretq", "retf",
+                         "retfq", "lcall", "ljmp"})
+# Legacy-SSE instructions whose 16-byte memory operand must be aligned (SDM Vol. 1 10.4.1.1).
+ALIGNED_16 = frozenset({"movaps", "movapd", "movdqa", "movntps", "movntpd", "movntdq", "movntdqa",
+                        "addps", "addpd", "mulps", "mulpd", "subps", "subpd", "divps", "divpd", "andps",
+                        "andpd", "orps", "orpd", "xorps", "xorpd", "pxor", "por", "pand", "paddd", "paddq",
+                        "pcmpeqb", "pshufd", "cmpps", "cmppd", "minps", "maxps", "sqrtps", "unpcklps"})
+SEGMENT_REGS = frozenset({"cs", "ds", "es", "fs", "gs", "ss"})
+
+
+def _selector_cause(error: int) -> tuple[str, dict]:
+    # The error code is the selector's index and TI bit; bits 0-1 are EXT and IDT, not the RPL
+    # (SDM Vol. 3A 6.13), so the RPL the guest used is not known here.
+    selector = error & 0xFFFC
+    index = selector >> 3
+    facts = {"selector": selector, "index": index, "entries": len(GDT_DESCRIPTORS),
+             "udata": SEL_UDATA, "ucode": SEL_UCODE}
+    if selector & 4:
+        return "selector-ldt", facts
+    if index >= len(GDT_DESCRIPTORS):
+        return "selector-limit", facts
+    if index == 0:
+        return "selector-null", facts
+    dpl = (GDT_DESCRIPTORS[index] >> 45) & 3
+    if dpl != 3:
+        return "selector-privilege", {**facts, "dpl": dpl}
+    return "selector-user", facts
+
+
+def _decode_detail(code: bytes, address: int):
+    global _csd
+    if _csd is None:  # imported on the first #GP report only (start-up cost)
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        _csd = Cs(CS_ARCH_X86, CS_MODE_64)
+        _csd.detail = True
+    for insn in _csd.disasm(code, address, 1):
+        return insn
+    return None
+
+
+def _operand_address(insn, op, registers: dict[str, int]) -> int | None:
+    """The linear address of a memory operand (segment bases are 0 here), or None if unknown."""
+    mem = op.mem
+    total = mem.disp
+    for reg, scale in ((mem.base, 1), (mem.index, mem.scale)):
+        if reg:
+            name = insn.reg_name(reg)
+            if name == "rip":
+                total += insn.address + insn.size
+            elif name.upper() in registers:
+                total += registers[name.upper()] * scale
+            else:
+                return None  # a 32-bit or segment register: not evaluated
+    return total & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def gp_cause(trap: Trap, code: bytes, registers: dict[str, int]) -> tuple[str, dict]:
+    """Which row of GP_CAUSES a #GP is, and the facts its text needs."""
+    err = trap.error_code or 0
+    if err & 2:
+        return "idt", {"vector": err >> 3}
+    if err:
+        return _selector_cause(err)
+    rip = trap.insn_address
+    if not canonical(rip):
+        return "rip-non-canonical", {"address": rip}
+    insn = _decode_detail(code, rip)
+    if insn is None:
+        return "unknown", {"mnemonic": "(undecodable)"}
+    from capstone import x86
+
+    m = insn.mnemonic
+    facts = {"mnemonic": m}
+    if m == "sysenter":
+        return "sysenter", facts
+    ops = insn.operands
+    regs = [insn.reg_name(o.reg) for o in ops if o.type == x86.X86_OP_REG]
+    if m in PRIVILEGED or (m == "mov" and any(r.startswith(("cr", "dr")) for r in regs)):
+        return "privileged", facts
+    if m in ("mov", "pop") and ops and ops[0].type == x86.X86_OP_REG and insn.reg_name(ops[0].reg) == "ss":
+        return "null-ss", facts
+    for op in ops:
+        if op.type == x86.X86_OP_MEM and m not in ("lea", "nop"):
+            va = _operand_address(insn, op, registers)
+            if va is None:
+                continue
+            if not canonical(va):
+                base = insn.reg_name(op.mem.base) if op.mem.base else ""
+                kind = "stack-non-canonical" if base in ("rsp", "rbp") else "operand-non-canonical"
+                return kind, {**facts, "address": va}
+            if m in ALIGNED_16 and va % 16:
+                return "misaligned", {**facts, "address": va}
+    rsp = registers.get("RSP", 0)
+    if m in STACK_USERS and not canonical(rsp):
+        return "stack-non-canonical", {**facts, "address": rsp}
+    return "unknown", facts
+
+
+def explain_gp(trap: Trap, code: bytes, registers: dict[str, int]) -> tuple[str, str]:
+    """(short cause, explanation) of a #GP, from GP_CAUSES."""
+    cause, facts = gp_cause(trap, code, registers)
+    short, long = GP_CAUSES[cause]
+    return short.format(**facts), long.format(**facts)
 
 
 @dataclass
@@ -74,8 +240,11 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
         error = f"{'out to' if trap.write else 'in from'} port {trap.port:#x}: guests may not do port I/O"
     elif trap.kind is TrapKind.MACHINE_CHECK or trap.detail and not error:
         error = trap.detail
-    if trap.vector == Vector.GP and trap.error_code == 0 and trap.kind is TrapKind.EXCEPTION:
-        error = "privileged instruction or bad operand at CPL 3"
+    if trap.vector == Vector.GP and trap.kind is TrapKind.EXCEPTION:
+        short, explanation = explain_gp(trap, code, registers)
+        if not trap.error_code:
+            error = short  # a selector or IDT index says more than the cause's short form
+        reason = reason or explanation
     text, size = disassemble_one(code, trap.insn_address)
     return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)

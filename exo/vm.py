@@ -63,9 +63,10 @@ def pte_to_perm(pte: int) -> int:
 def check_user_va(va: int, *, exo: bool = False) -> None:
     """A page address a guest may name: aligned, in the user half, above the low 64 KiB, not exo-managed.
 
-    The low 64 KiB of linear space is where the CPU looks for its descriptor
-    tables (the GDT at 0x1000, hw/cpu.py): a guest that could map a page there
-    would write its own segment descriptors and call gates.
+    The low 64 KiB stays the machine's (its boot and probe pages, hw/cpu.py). The
+    descriptor tables live in the kernel half (hw/cpu.py GDT_LINEAR), which no
+    guest address can name: a guest that could map a page there would write its
+    own segment descriptors and call gates.
     """
     if va & (PAGE_SIZE - 1) or not 0 <= va < USER_TOP:
         raise HypercallError(Errno.EINVAL, f"bad page address {va:#x}")
@@ -132,6 +133,9 @@ class AddressSpace:
         # UVPT through a recursive entry: W=0 there makes every access through
         # the window read-only, NX makes it non-executable (SDM 4.6).
         self.mem.write_u64(self.root + UVPT_SLOT * 8, self.root | PTE_P | PTE_U | PTE_NX)
+        # The CPU's descriptor tables (kernel half, supervisor-only, one chain of machine
+        # frames shared by every address space: not in table_frames, never freed here).
+        VCpu.link_system_tables(self.mem, self.root)
 
     def _alloc_table(self) -> int:
         try:
@@ -306,7 +310,7 @@ class AddressSpace:
         out = b""
         while length > 0:
             t = translate(self.mem, self.root, va)
-            if t is None:
+            if t is None or not t.user:  # a report shows no supervisor-only bytes (the GDT's page)
                 break
             n = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
             out += self.mem.read(t.pa, n)

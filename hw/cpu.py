@@ -19,6 +19,16 @@ facts behind each rule):
 * Retired instructions are read from Unicorn's own counter (``emu_counter`` in
   ``struct uc_struct``, maintained whenever ``emu_start`` runs with count > 0),
   whose offset is probed at start-up as well.
+* A stopped context retires nothing more (``_fence``). ``emu_stop`` only ends
+  emulation at the next translation-block boundary; a hook called from inside
+  a block (``in``/``out``) that stops the CPU would let
+  the rest of the block run under the wall clock (under the virtual clock the
+  per-instruction count hook stops it at once). The fence saves the context
+  at the trap, points CR3 at an empty PML4 so that every load, store and
+  segment load left in the block faults instead of retiring, and gives the
+  hooks a handler that delivers nothing; the saved context is put back when
+  ``emu_start`` returns. ``syscall``, exceptions and ``int n`` end the block
+  themselves and need no fence.
 """
 
 from __future__ import annotations
@@ -61,11 +71,26 @@ _USER = 0x4000  # user code page for boot and probes
 _PML4, _PDPT, _PD, _PT = 0x5000, 0x6000, 0x7000, 0x8000
 _DATA = 0x9000  # user data page (RW, NX) for probes
 _RODATA = 0xA000  # user read-only page for probes
+_DEAD_ROOT = 0xB000  # an all-zero PML4: nothing is mapped through it (the stop fence)
+_SYS_PDPT, _SYS_PD, _SYS_PT = 0xC000, 0xD000, 0xE000  # the system tables' one chain (below)
+
+# Where the CPU finds its descriptor tables: PML4 slot 511 (the top of the kernel half),
+# through ONE chain of machine frames (PDPT, PD, PT above) that every address space links
+# to (``link_system_tables``; exo/vm.py AddressSpace), so it costs no frame per address
+# space. The CPU reads the GDT with supervisor rights on every segment load, iretq and far
+# return (SDM Vol. 3A 4.6, implicit supervisor-mode accesses): U=0 keeps ring 3 out (#PF
+# with U=1) while the CPU reaches it from every address space. The GDT page is read-only
+# and NX: its descriptors' accessed bits are preset, so the CPU never writes them back
+# (SDM Vol. 3A 3.4.5.1), and with CR0.WP nothing else can.
+SYSTEM_SLOT = 511
+GDT_LINEAR = 0xFFFF_FF80_0000_0000 | GDT_BASE  # slot 511, the GDT frame's page number again
+SYSTEM_PML4E = _SYS_PDPT | PTE_P | PTE_W  # supervisor only
 
 # GDT (SDM Vol. 3A 3.4.5): null, kernel code (L=1), kernel data, user data, user code (L=1).
 # The user selectors are laid out as SYSRET expects: data at STAR+8, code at STAR+16.
 SEL_KCODE, SEL_KDATA, SEL_UDATA, SEL_UCODE = 0x08, 0x10, 0x1B, 0x23
 _GDT = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB000000FFFF)
+GDT_DESCRIPTORS = _GDT  # read-only view for fault reports (exo/report.py explains #GP(selector))
 
 MSR_EFER = 0xC0000080
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
@@ -115,6 +140,16 @@ class RunExit:
     stop_reason: object = None
 
 
+def link_system_tables(memory: PhysicalMemory, root: int) -> None:
+    """Make the descriptor tables reachable (by the CPU only) through the PML4 at ``root``.
+
+    Every address space a context may run in needs this entry, or a segment load,
+    ``iretq`` or far return at ring 3 becomes a #PF at the GDT (UNICORN_NOTES trap 11).
+    The chain below it is the machine's, shared: freeing an address space must not free it.
+    """
+    memory.write_u64(root + SYSTEM_SLOT * 8, SYSTEM_PML4E)
+
+
 class CpuContext:
     """A saved guest CPU state (registers, segments with CPL, FPU) plus its CR3."""
 
@@ -147,8 +182,26 @@ class _BootHandler:
         cpu.stop("trap")
 
 
+class _Fenced:
+    """Handler while a stopped context drains its translation block: the OS hears nothing."""
+
+    def syscall(self, cpu: VCpu) -> None:
+        pass
+
+    def trap(self, cpu: VCpu, trap: Trap) -> None:
+        pass
+
+    def code(self, cpu: VCpu, address: int) -> None:
+        pass
+
+
+_FENCED = _Fenced()
+
+
 class VCpu:
     """One x86-64 CPU over ``PhysicalMemory``; guest code always runs at CPL 3."""
+
+    link_system_tables = staticmethod(link_system_tables)  # what every OS address space needs
 
     def __init__(self, memory: PhysicalMemory, clock: str = "virtual", slice_seconds: float = 0.01):
         if clock not in ("virtual", "wall"):
@@ -180,6 +233,8 @@ class VCpu:
         self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
         self._hook_error: BaseException | None = None
         self._watched: tuple[int, int] | None = None
+        self._fence_ctx = CpuContext(self._h)  # the context at the trap, while fenced
+        self._fenced_handler: TrapHandler | None = None  # the OS's handler, while fenced
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
@@ -199,6 +254,10 @@ class VCpu:
         mem.zero(0, RESERVED_BYTES)
         for i, d in enumerate(_GDT):
             mem.write_u64(GDT_BASE + 8 * i, d)
+        mem.write_u64(_SYS_PDPT + ((GDT_LINEAR >> 30) & 511) * 8, _SYS_PD | PTE_P | PTE_W)
+        mem.write_u64(_SYS_PD + ((GDT_LINEAR >> 21) & 511) * 8, _SYS_PT | PTE_P | PTE_W)
+        mem.write_u64(_SYS_PT + ((GDT_LINEAR >> 12) & 511) * 8, GDT_BASE | PTE_P | PTE_NX)
+        link_system_tables(mem, _PML4)
         mem.write_u64(_PML4, _PDPT | PTE_P | PTE_W | PTE_U)
         mem.write_u64(_PDPT, _PD | PTE_P | PTE_W | PTE_U)
         mem.write_u64(_PD, _PT | PTE_P | PTE_W | PTE_U)
@@ -212,7 +271,7 @@ class VCpu:
         # iretq frame: RIP, CS, RFLAGS, RSP, SS (SDM Vol. 3A 6.14.3)
         mem.write(_STACK + 0xF00, struct.pack("<5Q", _USER, SEL_UCODE, 0x202, _DATA + 0xFF0, SEL_UDATA))
         uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_BASE, 8 * len(_GDT) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_LINEAR, 8 * len(_GDT) - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, _PML4)
         uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
@@ -468,6 +527,8 @@ class VCpu:
         finally:
             self._running = False
             fired = self._timer.disarm() if wall else False
+            if self._fenced_handler is not None:
+                self._unfence()
         if self._hook_error is not None:
             e, self._hook_error = self._hook_error, None
             raise e
@@ -491,6 +552,30 @@ class VCpu:
         if self._stop_reason is not None:
             return RunExit("stopped", retired, self._stop_reason)
         return RunExit("preempted", retired)
+
+    def _fence(self) -> None:
+        """From a hook inside a translation block, after the OS stopped the CPU: retire nothing more.
+
+        ``emu_stop`` takes effect at the next block boundary (UNICORN_NOTES trap 12),
+        so the instructions after the trapping one in this block still run. Save
+        the context as it is at the trap, switch to an empty PML4 (every memory
+        access, store or segment load left in the block is a #PF, which ends the
+        block without writing anything) and let the hooks deliver nothing to the
+        OS (a ``syscall`` left in the block is not served); ``run`` puts the
+        saved context back when ``emu_start`` returns.
+        """
+        if self._fenced_handler is not None:
+            return
+        self._fenced_handler = self.handler
+        self.handler = _FENCED
+        _ctx_save(self._h, self._fence_ctx.ptr)
+        self._fence_ctx.cr3 = self.regs.read(Reg.CR3)
+        self.regs.write(Reg.CR3, _DEAD_ROOT)  # flushes the TLB: nothing is cached from the old space
+
+    def _unfence(self) -> None:
+        self.handler = self._fenced_handler
+        self._fenced_handler = None
+        self.restore(self._fence_ctx)
 
     def _machine_check(self, error: UcError) -> None:
         rip = self.regs.read(Reg.RIP)
@@ -631,9 +716,15 @@ class VCpu:
         rip = self.regs.read(Reg.RIP)
         trap = Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size, write=False)
         self._deliver(trap)
+        if self._stop_reason is not None:
+            self._fence()  # `in` does not end the block
+            return 0
         return trap.value or 0
 
     def _hook_out(self, uc: Uc, port: int, size: int, value: int, _ud: object) -> None:
         rip = self.regs.read(Reg.RIP)
         self._deliver(Trap(TrapKind.IO, Vector.GP, rip, error_code=0, port=port, size=size,
                            value=value, write=True))
+        if self._stop_reason is not None:
+            self._fence()  # `out` does not end the block
+

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from hw import Machine
-from hw.cpu import RESERVED_BYTES, VCpu
+from hw.cpu import RESERVED_BYTES, VCpu, link_system_tables
 from hw.memory import PAGE_SIZE, PhysicalMemory
 from hw.paging import PTE_NX, PTE_U, PTE_W, map_page
 from hw.regs import Reg
@@ -94,6 +94,7 @@ class Guest:
         self.mem = m.memory
         self.alloc = alloc
         self.cr3 = alloc()
+        link_system_tables(self.mem, self.cr3)  # the CPU's descriptor tables, as every OS address space has
         self.ctx = m.cpu.new_context()
         self.ctx.cr3 = self.cr3
         self.stack_pa = self.map(STACK_VA, USER_DATA)
