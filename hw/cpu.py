@@ -46,11 +46,12 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hw.errors import MachineConfigError, MachineProbeError
+from hw.fpu import Fpu, initial_image
 from hw.memory import PAGE_SIZE, PhysicalMemory
 from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, translate
 from hw.regs import GPRS, Reg, Registers
 from hw.timer import SliceTimer
-from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector
+from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector, decode_fsw, decode_mxcsr
 
 # --- low physical memory used by the machine itself (like a PC's BIOS area) ---
 RESERVED_BYTES = 0x10000  # the OS allocates frames above this
@@ -69,8 +70,19 @@ _GDT = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFF3000000FFFF, 0x00AFFB0
 
 MSR_EFER = 0xC0000080
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
-CR4_PAE = 1 << 5
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 5
+CR0_WP, CR0_PG = 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+# As a 64-bit OS sets them (SDM Vol. 3A 2.5 and 13.1.3): x87 errors are reported as #MF
+# (NE), WAIT honours TS (MP), x87 is not emulated (EM clear); SSE is enabled (OSFXSR) and
+# unmasked SIMD floating-point exceptions are #XM, not #UD (OSXMMEXCPT). Without OSFXSR
+# every SSE instruction is #UD, and gcc emits SSE for ordinary C (string copies, doubles).
+BOOT_CR0 = CR0_PE | CR0_MP | CR0_NE | CR0_WP | CR0_PG
+BOOT_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+# The FPU state every context starts with, as Linux's fpstate_init / FNINIT give it
+# (SDM Vol. 1 8.1.5 and 10.2.3.1): all x87 and SIMD exceptions masked, round to
+# nearest, 64-bit x87 precision. Unicorn's reset leaves both words 0 (all unmasked).
+FCW_INIT, MXCSR_INIT = 0x037F, 0x1F80
 RFLAGS_IF = 1 << 9
 
 # What an access that Unicorn could not complete was (for the machine-check report).
@@ -78,6 +90,12 @@ _MC_ACCESS = {
     UC_ERR_READ_UNMAPPED: ("read", False),
     UC_ERR_WRITE_UNMAPPED: ("write", True),
     UC_ERR_FETCH_UNMAPPED: ("instruction fetch", False),
+}
+
+# Floating-point faults: what the CPU state says about them (read once, on the fault path).
+_FP_FAULTS = {
+    Vector.MF: lambda uc: decode_fsw(uc.reg_read(X.UC_X86_REG_FPSW), uc.reg_read(X.UC_X86_REG_FPCW)),
+    Vector.XM: lambda uc: decode_mxcsr(uc.reg_read(X.UC_X86_REG_MXCSR)),
 }
 
 # Vectors that ring 3 may raise with `int n` (a real IDT's DPL=3 gates).
@@ -164,6 +182,7 @@ class VCpu:
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self._h = self.uc._uch
         self.regs = Registers(self._h)
+        self.fpu = Fpu(self._h)  # the live x87/SSE state as an FXSAVE image (thread switches)
         self.handler: TrapHandler = _BootHandler()
         self.user_vectors: frozenset[int] = DEFAULT_USER_VECTORS
         self._stop_reason: object = None
@@ -214,9 +233,9 @@ class VCpu:
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_BASE, 8 * len(_GDT) - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, _PML4)
-        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+        uc.reg_write(X.UC_X86_REG_CR4, BOOT_CR4)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_CR0, BOOT_CR0)
         uc.reg_write(X.UC_X86_REG_RSP, _STACK + 0xF00)
         try:
             uc.emu_start(_STUB, 0, 0, 1)
@@ -229,6 +248,7 @@ class VCpu:
             if r not in (Reg.RIP, Reg.RFLAGS, Reg.RSP):
                 self.regs.write(r, 0)
         self.regs.write(Reg.RFLAGS, 0x202)
+        self.fpu.restore(initial_image(FCW_INIT, MXCSR_INIT))  # also empties every x87 register
 
     def _run_probe(self, code: bytes, count: int = 100) -> Trap | None:
         self.restore(self.template)
@@ -555,6 +575,8 @@ class VCpu:
             trap.error_code = err
         if intno == Vector.PF:
             trap.cr2 = regs.read(Reg.CR2)
+        elif intno in _FP_FAULTS:
+            trap.detail = _FP_FAULTS[intno](uc)
         self._deliver(trap)
 
     def _int_length(self, vector: int, next_rip: int) -> int:
