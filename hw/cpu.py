@@ -98,6 +98,18 @@ _FP_FAULTS = {
     Vector.XM: lambda uc: decode_mxcsr(uc.reg_read(X.UC_X86_REG_MXCSR)),
 }
 
+# CPUID bits this machine clears, by (leaf, subleaf) and register (SDM Vol. 2A, CPUID, tables
+# 3-10, 3-11 and 3-8). Every other bit is the emulated CPU model's own: each feature it
+# advertises was run at ring 3 and executes (tests/hw/test_hw_fpu.py, docs/guests.md). These do not:
+# XSAVE needs CR4.OSXSAVE and RDFSBASE & co. need CR4.FSGSBASE, which a guest cannot set (#UD);
+# RDRAND executes but returns host entropy, which no virtual clock can replay.
+_CPUID_HIDE: dict[tuple[int, int], dict[int, int]] = {
+    (1, 0): {X.UC_X86_REG_ECX: 1 << 26 | 1 << 30},  # XSAVE, RDRAND
+    (7, 0): {X.UC_X86_REG_EBX: 1 << 0},  # FSGSBASE
+}
+_CPUID_OUT = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+_CPUID_REG32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)
+
 # Vectors that ring 3 may raise with `int n` (a real IDT's DPL=3 gates).
 DEFAULT_USER_VECTORS = frozenset({Vector.BP, Vector.OF, 0x80})
 
@@ -199,12 +211,14 @@ class VCpu:
         self._timer: SliceTimer | None = None  # armed per slice in wall mode (after the probes)
         self._hook_error: BaseException | None = None
         self._watched: tuple[int, int] | None = None
+        self._cpuid: dict[tuple[int, int], tuple[int, ...]] = {}  # leaves answered by the hook
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
         self.save(self.template)
         self._probe_fault_layout()
         self._probe_counter()
+        self._probe_cpuid()
         self.gpr = self._probe_registers()
         self.restore(self.template)
         self.handler = _BootHandler()
@@ -321,6 +335,23 @@ class VCpu:
         if len(cands) != 1:
             raise MachineProbeError(f"could not find Unicorn's instruction counter (candidates {cands})")
         self._counter_addr = base + cands[0]
+
+    def _probe_cpuid(self) -> None:
+        """Run the model's own CPUID for the leaves _CPUID_HIDE edits; the hook answers those."""
+        retired = self.retired_total  # (not guest work: leave the machine's count as it was)
+        for (leaf, sub), hide in _CPUID_HIDE.items():
+            self.restore(self.template)
+            self.memory.write(_USER, b"\x0f\xa2\x0f\x05")  # cpuid; syscall
+            self.flush_code()
+            self.handler = _BootHandler()
+            self.regs.write(Reg.RAX, leaf)
+            self.regs.write(Reg.RCX, sub)
+            self.regs.write(Reg.RIP, _USER)
+            self.run(10)
+            self._cpuid[(leaf, sub)] = tuple(
+                self.uc.reg_read(r) & ~hide.get(r, 0) & 0xFFFF_FFFF for r in _CPUID_REG32
+            )
+        self.retired_total = retired
 
     def _probe_registers(self) -> ctypes.Array:
         """Find the live general registers in Unicorn's CPU state and return a view of them.
@@ -550,6 +581,7 @@ class VCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
 
     def _hook_intr(self, uc: Uc, intno: int, _ud: object) -> None:
         regs = self.regs
@@ -636,6 +668,16 @@ class VCpu:
                                 None, ctypes.c_uint64(begin), ctypes.c_uint64(end - 1))
         if err:
             raise MachineProbeError(f"could not add the code hook (unicorn error {err})")
+
+    def _hook_cpuid(self, uc: Uc, _ud: object) -> int:
+        """CPUID: the edited leaves from the table (returning 1 skips Unicorn's own), the rest native."""
+        leaf = uc.reg_read(X.UC_X86_REG_EAX)
+        values = self._cpuid.get((leaf, uc.reg_read(X.UC_X86_REG_ECX) if leaf == 7 else 0))
+        if values is None:
+            return 0
+        for reg, v in zip(_CPUID_OUT, values):  # a 32-bit result zero-extends (SDM Vol. 1 3.4.1.1)
+            uc.reg_write(reg, v)
+        return 1
 
     def _hook_sysenter(self, uc: Uc, _ud: object) -> None:
         # Unicorn makes `sysenter` a no-op. A CPU whose IA32_SYSENTER_CS is 0 (this
