@@ -59,17 +59,21 @@ class Fpu:
 
     def save(self) -> bytes:
         """The live state as an FXSAVE image."""
-        ctypes.memset(self._buf, 0, FXSAVE_SIZE)
+        buf = self._buf
+        ctypes.memset(buf, 0, FXSAVE_SIZE)
         _lib.uc_reg_read_batch(*self._args)
-        raw = bytearray(self._buf)
-        top = raw[3] >> 3 & 7
-        phys = [raw[_FP_OFF + 16 * i : _FP_OFF + 16 * i + 16] for i in range(8)]
-        for i in range(8):
-            raw[_FP_OFF + 16 * i : _FP_OFF + 16 * i + 16] = phys[(top + i) & 7]
-        full = struct.unpack_from("<H", raw, _FTW_FULL)[0]
+        full = buf[_FTW_FULL] | buf[_FTW_FULL + 1] << 8
+        buf[_FTW_FULL] = buf[_FTW_FULL + 1] = 0  # (scratch, not part of the image)
+        buf[28], buf[29] = MXCSR_MASK & 0xFF, MXCSR_MASK >> 8
+        top = buf[3] >> 3 & 7
+        if full == 0xFFFF and top == 0:  # the x87 stack is empty (code that only uses SSE): as read
+            return bytes(buf)
+        raw = bytearray(buf)
+        if top:
+            phys = raw[_FP_OFF : _FP_OFF + 128]
+            rot = 16 * top
+            raw[_FP_OFF : _FP_OFF + 128] = phys[rot:] + phys[:rot]  # ST(i) = R[(TOP + i) mod 8]
         raw[4] = sum(1 << i for i in range(8) if full >> (2 * i) & 3 != 3)
-        struct.pack_into("<H", raw, _FTW_FULL, 0)  # the scratch is not part of the state
-        struct.pack_into("<I", raw, 28, MXCSR_MASK)
         return bytes(raw)
 
     def restore(self, image: bytes) -> None:
@@ -80,15 +84,19 @@ class Fpu:
         """
         if len(image) != FXSAVE_SIZE:
             raise MachineConfigError(f"an FXSAVE image is {FXSAVE_SIZE} bytes, got {len(image)}")
-        raw = bytearray(image)
-        mxcsr = struct.unpack_from("<I", raw, 24)[0]
+        mxcsr = int.from_bytes(image[24:28], "little")
         if mxcsr & ~MXCSR_MASK:
             raise MachineConfigError(f"MXCSR {mxcsr:#x} sets reserved bits (mask {MXCSR_MASK:#x})")
-        top = raw[3] >> 3 & 7
-        st = [raw[_FP_OFF + 16 * i : _FP_OFF + 16 * i + 16] for i in range(8)]
-        for i in range(8):
-            raw[_FP_OFF + 16 * ((top + i) & 7) : _FP_OFF + 16 * ((top + i) & 7) + 16] = st[i]
+        top, tags = image[3] >> 3 & 7, image[4]
+        if top:
+            raw = bytearray(image)
+            st = raw[_FP_OFF : _FP_OFF + 128]
+            rot = 16 * (8 - top)
+            raw[_FP_OFF : _FP_OFF + 128] = st[rot:] + st[:rot]  # R[(TOP + i) mod 8] = ST(i)
+            image = bytes(raw)
+        buf = self._buf
+        ctypes.memmove(buf, image, FXSAVE_SIZE)
         # Unicorn only distinguishes empty (3) from the rest, which it recomputes from the value.
-        struct.pack_into("<H", raw, _FTW_FULL, sum(0 if raw[4] >> i & 1 else 3 << (2 * i) for i in range(8)))
-        ctypes.memmove(self._buf, bytes(raw), FXSAVE_SIZE)
+        full = 0xFFFF if tags == 0 else sum(0 if tags >> i & 1 else 3 << (2 * i) for i in range(8))
+        buf[_FTW_FULL], buf[_FTW_FULL + 1] = full & 0xFF, full >> 8
         _lib.uc_reg_write_batch(*self._args)

@@ -61,6 +61,9 @@ def test_every_context_starts_with_linux_initial_fpu_state(guest: Guest, rec: Re
     mxcsr = struct.unpack_from("<I", img, 24)[0]
     assert (fcw, fsw, ftw, mxcsr) == (FCW_INIT, 0, 0, MXCSR_INIT)
     assert img[160:416] == bytes(256)  # XMM0-15
+    assert guest.m.cpu.fpu.save() == img  # the host's image of an empty x87 stack is the same
+    guest.m.cpu.fpu.restore(img)
+    assert guest.m.cpu.fpu.save() == img
 
 
 def test_host_fxsave_image_is_the_guests_own(guest: Guest, rec: Recorder) -> None:
