@@ -65,6 +65,9 @@ class Fpu:
         full = buf[_FTW_FULL] | buf[_FTW_FULL + 1] << 8
         buf[_FTW_FULL] = buf[_FTW_FULL + 1] = 0  # (scratch, not part of the image)
         buf[28], buf[29] = MXCSR_MASK & 0xFF, MXCSR_MASK >> 8
+        # Unicorn's ldmxcsr keeps reserved bits a CPU would refuse with #GP (measured); they
+        # change nothing in its SSE, so the image drops them and restore() can always load it.
+        buf[26] = buf[27] = 0
         top = buf[3] >> 3 & 7
         if full == 0xFFFF and top == 0:  # the x87 stack is empty (code that only uses SSE): as read
             return bytes(buf)

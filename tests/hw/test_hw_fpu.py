@@ -100,6 +100,17 @@ def test_host_fxsave_image_is_the_guests_own(guest: Guest, rec: Recorder) -> Non
         cpu.fpu.restore(b"\0" * 100)
 
 
+def test_reserved_mxcsr_bits_do_not_reach_the_image(guest: Guest, rec: Recorder) -> None:
+    """Unicorn's ldmxcsr accepts bit 16 (a CPU gives #GP); the saved image stays loadable."""
+    pa = guest.map(DATA_VA, USER_DATA)
+    guest.mem.write(pa, struct.pack("<I", 0x1F80 | 1 << 16 | 0x6000))
+    run_code(guest, f"mov rsi, {DATA_VA}\n ldmxcsr dword ptr [rsi]\n syscall")
+    assert rec.traps == []
+    img = guest.m.cpu.fpu.save()
+    assert struct.unpack_from("<I", img, 24)[0] == 0x1F80 | 0x6000
+    guest.m.cpu.fpu.restore(img)
+
+
 def test_contexts_keep_their_own_vector_state(machine, alloc, rec: Recorder) -> None:
     """uc_context_save/restore carries XMM, MXCSR and FCW: an environment switch keeps them."""
     cpu = machine.cpu
