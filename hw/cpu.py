@@ -16,6 +16,9 @@ facts behind each rule):
 * ``in``/``out`` do not fault at CPL 3 in Unicorn: they are reported as I/O
   traps so that the OS can refuse them.
 * Hooks are added once and never deleted during a run.
+* SSE is enabled and the FPU initialised as a 64-bit OS does (Unicorn's reset leaves
+  CR4.OSFXSR clear, so every SSE instruction is #UD, and FCW/MXCSR 0); CPUID hides the
+  features a ring-3 guest cannot use here (``_CPUID_HIDE``).
 * Retired instructions are read from Unicorn's own counter (``emu_counter`` in
   ``struct uc_struct``, maintained whenever ``emu_start`` runs with count > 0),
   whose offset is probed at start-up as well.
