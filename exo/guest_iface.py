@@ -60,13 +60,16 @@ def render_h() -> str:
     out = [f"/* {_HEADER} */", "#ifndef EXO_H", "#define EXO_H", "#include <stdint.h>", ""]
     for k, v in asm_constants().items():
         out.append(f"#define {k} {v:#x}")
-    out += ["", "static inline long exo_hypercall(long nr, long a1, long a2, long a3, long a4, long a5) {",
+    out += ["", "/* The hypercall page's stub (mov eax, nr; syscall; ret), inline: a `call` from inline asm would",
+            "   push its return address into the 128-byte red zone below RSP, where gcc keeps a leaf function's",
+            "   locals (SysV ABI 3.2.2). `syscall` touches no memory; the CPU clobbers RCX and R11 (SDM Vol. 2B). */",
+            "static inline long exo_hypercall(long nr, long a1, long a2, long a3, long a4, long a5) {",
             "    register long r10 __asm__(\"r10\") = a4;",
             "    register long r8 __asm__(\"r8\") = a5;",
             "    long ret;",
-            "    __asm__ volatile(\"call *%[stub]\"",
+            "    __asm__ volatile(\"syscall\"",
             "                     : \"=a\"(ret), \"+D\"(a1), \"+S\"(a2), \"+d\"(a3), \"+r\"(r10), \"+r\"(r8)",
-            "                     : [stub] \"r\"(HYPERCALL_PAGE + 32 * nr)",
+            "                     : \"0\"(nr)",
             "                     : \"rcx\", \"r11\", \"memory\");",
             "    return ret;", "}", ""]
     for h in HYPERCALLS:

@@ -43,6 +43,7 @@ from exo.hypercalls import BY_NAME
 from exo.structures import GK_ENTRY as STRUCT_GK_ENTRY
 from exo.structures import GK_FAULT as STRUCT_GK_FAULT
 from exo.structures import SERVER_DISPATCH as STRUCT_SERVER_DISPATCH
+from hw.errors import MachineConfigError
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
 from hw.regs import GPR_INDEX, Reg
@@ -227,6 +228,24 @@ class LibPort:
             g[i] = regs[r.name.lower()] & _MASK
         cpu.regs.write(Reg.RFLAGS, (regs.get("rflags", 0x202) & 0xCD5) | 0x202)  # user-settable flags, IF on
         cpu.regs.write(Reg.RIP, regs["rip"] + rip_bias)
+
+    def fpu_save(self) -> bytes:
+        """The environment's x87/SSE state now: the 512-byte image ``fxsave`` would store.
+
+        Like resume(), nothing a user-level library could not do itself (``fxsave``
+        is unprivileged); a thread switch keeps one per thread. Only thread switches
+        call it: a library call does not touch the guest's vector registers.
+        """
+        self._check_running()
+        return self._k.cpu.fpu.save()
+
+    def fpu_restore(self, image: bytes) -> None:
+        """Load an image from fpu_save() (``fxrstor``); a malformed one is -EINVAL."""
+        self._check_running()
+        try:
+            self._k.cpu.fpu.restore(image)
+        except MachineConfigError as e:
+            raise LibFault(Errno.EINVAL, str(e)) from None
 
     def return_address(self) -> tuple[int, int]:
         """(where the current library call returns to, the caller's RSP after the return)."""

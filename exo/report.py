@@ -15,6 +15,13 @@ from hw.traps import Trap, TrapKind, Vector
 _cs = None
 _csd = None  # a second decoder with operand details, for #GP causes only
 
+# Why a floating-point fault stops a guest: the condition was unmasked, by the guest itself
+# (every context starts with all of them masked: FCW 0x37f, MXCSR 0x1f80, hw/cpu.py).
+_FP_REASONS = {
+    Vector.MF: "an x87 floating-point exception the guest unmasked in its control word (FCW)",
+    Vector.XM: "a SIMD floating-point exception the guest unmasked in MXCSR",
+}
+
 
 def disassemble_one(code: bytes, address: int) -> tuple[str, int]:
     """The first instruction in ``code`` as text, and its length in bytes."""
@@ -245,6 +252,8 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
         if not trap.error_code:
             error = short  # a selector or IDT index says more than the cause's short form
         reason = reason or explanation
+    if not reason and trap.kind is TrapKind.EXCEPTION:
+        reason = _FP_REASONS.get(trap.vector, "")
     text, size = disassemble_one(code, trap.insn_address)
     return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)

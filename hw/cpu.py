@@ -16,6 +16,9 @@ facts behind each rule):
 * ``in``/``out`` do not fault at CPL 3 in Unicorn: they are reported as I/O
   traps so that the OS can refuse them.
 * Hooks are added once and never deleted during a run.
+* SSE is enabled and the FPU initialised as a 64-bit OS does (Unicorn's reset leaves
+  CR4.OSFXSR clear, so every SSE instruction is #UD, and FCW/MXCSR 0); CPUID hides the
+  features a ring-3 guest cannot use here (``_CPUID_HIDE``).
 * Retired instructions are read from Unicorn's own counter (``emu_counter`` in
   ``struct uc_struct``, maintained whenever ``emu_start`` runs with count > 0),
   whose offset is probed at start-up as well.
@@ -56,11 +59,12 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hw.errors import MachineConfigError, MachineProbeError
+from hw.fpu import Fpu, initial_image
 from hw.memory import PAGE_SIZE, PhysicalMemory
 from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, translate
 from hw.regs import GPRS, Reg, Registers
 from hw.timer import SliceTimer
-from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector
+from hw.traps import HAS_ERROR_CODE, Trap, TrapKind, Vector, decode_fsw, decode_mxcsr
 
 # --- low physical memory used by the machine itself (like a PC's BIOS area) ---
 RESERVED_BYTES = 0x10000  # the OS allocates frames above this
@@ -94,8 +98,19 @@ GDT_DESCRIPTORS = _GDT  # read-only view for fault reports (exo/report.py explai
 
 MSR_EFER = 0xC0000080
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
-CR4_PAE = 1 << 5
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 5
+CR0_WP, CR0_PG = 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+# As a 64-bit OS sets them (SDM Vol. 3A 2.5 and 13.1.3): x87 errors are reported as #MF
+# (NE), WAIT honours TS (MP), x87 is not emulated (EM clear); SSE is enabled (OSFXSR) and
+# unmasked SIMD floating-point exceptions are #XM, not #UD (OSXMMEXCPT). Without OSFXSR
+# every SSE instruction is #UD, and gcc emits SSE for ordinary C (string copies, doubles).
+BOOT_CR0 = CR0_PE | CR0_MP | CR0_NE | CR0_WP | CR0_PG
+BOOT_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+# The FPU state every context starts with, as Linux's fpstate_init / FNINIT give it
+# (SDM Vol. 1 8.1.5 and 10.2.3.1): all x87 and SIMD exceptions masked, round to
+# nearest, 64-bit x87 precision. Unicorn's reset leaves both words 0 (all unmasked).
+FCW_INIT, MXCSR_INIT = 0x037F, 0x1F80
 RFLAGS_IF = 1 << 9
 
 # What an access that Unicorn could not complete was (for the machine-check report).
@@ -104,6 +119,24 @@ _MC_ACCESS = {
     UC_ERR_WRITE_UNMAPPED: ("write", True),
     UC_ERR_FETCH_UNMAPPED: ("instruction fetch", False),
 }
+
+# Floating-point faults: what the CPU state says about them (read once, on the fault path).
+_FP_FAULTS = {
+    Vector.MF: lambda uc: decode_fsw(uc.reg_read(X.UC_X86_REG_FPSW), uc.reg_read(X.UC_X86_REG_FPCW)),
+    Vector.XM: lambda uc: decode_mxcsr(uc.reg_read(X.UC_X86_REG_MXCSR)),
+}
+
+# CPUID bits this machine clears, by (leaf, subleaf) and register (SDM Vol. 2A, CPUID, tables
+# 3-10, 3-11 and 3-8). Every other bit is the emulated CPU model's own: each feature it
+# advertises was run at ring 3 and executes (tests/hw/test_hw_fpu.py, docs/guests.md). These do not:
+# XSAVE needs CR4.OSXSAVE and RDFSBASE & co. need CR4.FSGSBASE, which a guest cannot set (#UD);
+# RDRAND executes but returns host entropy, which no virtual clock can replay.
+_CPUID_HIDE: dict[tuple[int, int], dict[int, int]] = {
+    (1, 0): {X.UC_X86_REG_ECX: 1 << 26 | 1 << 30},  # XSAVE, RDRAND
+    (7, 0): {X.UC_X86_REG_EBX: 1 << 0},  # FSGSBASE
+}
+_CPUID_OUT = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+_CPUID_REG32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)
 
 # Vectors that ring 3 may raise with `int n` (a real IDT's DPL=3 gates).
 DEFAULT_USER_VECTORS = frozenset({Vector.BP, Vector.OF, 0x80})
@@ -217,6 +250,7 @@ class VCpu:
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self._h = self.uc._uch
         self.regs = Registers(self._h)
+        self.fpu = Fpu(self._h)  # the live x87/SSE state as an FXSAVE image (thread switches)
         self.handler: TrapHandler = _BootHandler()
         self.user_vectors: frozenset[int] = DEFAULT_USER_VECTORS
         self._stop_reason: object = None
@@ -235,12 +269,14 @@ class VCpu:
         self._watched: tuple[int, int] | None = None
         self._fence_ctx = CpuContext(self._h)  # the context at the trap, while fenced
         self._fenced_handler: TrapHandler | None = None  # the OS's handler, while fenced
+        self._cpuid: dict[tuple[int, int], tuple[int, ...]] = {}  # leaves answered by the hook
         self._add_hooks()
         self._boot()
         self.template = CpuContext(self._h)
         self.save(self.template)
         self._probe_fault_layout()
         self._probe_counter()
+        self._probe_cpuid()
         self.gpr = self._probe_registers()
         self.restore(self.template)
         self.handler = _BootHandler()
@@ -273,9 +309,9 @@ class VCpu:
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_LINEAR, 8 * len(_GDT) - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, _PML4)
-        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+        uc.reg_write(X.UC_X86_REG_CR4, BOOT_CR4)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_CR0, BOOT_CR0)
         uc.reg_write(X.UC_X86_REG_RSP, _STACK + 0xF00)
         try:
             uc.emu_start(_STUB, 0, 0, 1)
@@ -288,6 +324,7 @@ class VCpu:
             if r not in (Reg.RIP, Reg.RFLAGS, Reg.RSP):
                 self.regs.write(r, 0)
         self.regs.write(Reg.RFLAGS, 0x202)
+        self.fpu.restore(initial_image(FCW_INIT, MXCSR_INIT))  # also empties every x87 register
 
     def _run_probe(self, code: bytes, count: int = 100) -> Trap | None:
         self.restore(self.template)
@@ -360,6 +397,23 @@ class VCpu:
         if len(cands) != 1:
             raise MachineProbeError(f"could not find Unicorn's instruction counter (candidates {cands})")
         self._counter_addr = base + cands[0]
+
+    def _probe_cpuid(self) -> None:
+        """Run the model's own CPUID for the leaves _CPUID_HIDE edits; the hook answers those."""
+        retired = self.retired_total  # (not guest work: leave the machine's count as it was)
+        for (leaf, sub), hide in _CPUID_HIDE.items():
+            self.restore(self.template)
+            self.memory.write(_USER, b"\x0f\xa2\x0f\x05")  # cpuid; syscall
+            self.flush_code()
+            self.handler = _BootHandler()
+            self.regs.write(Reg.RAX, leaf)
+            self.regs.write(Reg.RCX, sub)
+            self.regs.write(Reg.RIP, _USER)
+            self.run(10)
+            self._cpuid[(leaf, sub)] = tuple(
+                self.uc.reg_read(r) & ~hide.get(r, 0) & 0xFFFF_FFFF for r in _CPUID_REG32
+            )
+        self.retired_total = retired
 
     def _probe_registers(self) -> ctypes.Array:
         """Find the live general registers in Unicorn's CPU state and return a view of them.
@@ -615,6 +669,7 @@ class VCpu:
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
 
     def _hook_intr(self, uc: Uc, intno: int, _ud: object) -> None:
         regs = self.regs
@@ -640,6 +695,8 @@ class VCpu:
             trap.error_code = err
         if intno == Vector.PF:
             trap.cr2 = regs.read(Reg.CR2)
+        elif intno in _FP_FAULTS:
+            trap.detail = _FP_FAULTS[intno](uc)
         self._deliver(trap)
 
     def _int_length(self, vector: int, next_rip: int) -> int:
@@ -699,6 +756,16 @@ class VCpu:
                                 None, ctypes.c_uint64(begin), ctypes.c_uint64(end - 1))
         if err:
             raise MachineProbeError(f"could not add the code hook (unicorn error {err})")
+
+    def _hook_cpuid(self, uc: Uc, _ud: object) -> int:
+        """CPUID: the edited leaves from the table (returning 1 skips Unicorn's own), the rest native."""
+        leaf = uc.reg_read(X.UC_X86_REG_EAX)
+        values = self._cpuid.get((leaf, uc.reg_read(X.UC_X86_REG_ECX) if leaf == 7 else 0))
+        if values is None:
+            return 0
+        for reg, v in zip(_CPUID_OUT, values):  # a 32-bit result zero-extends (SDM Vol. 1 3.4.1.1)
+            uc.reg_write(reg, v)
+        return 1
 
     def _hook_sysenter(self, uc: Uc, _ud: object) -> None:
         # Unicorn makes `sysenter` a no-op. A CPU whose IA32_SYSENTER_CS is 0 (this

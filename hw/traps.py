@@ -94,6 +94,43 @@ def decode_gp_error(code: int) -> str:
     return f"{table} index {code >> 3}{' (external)' if code & 1 else ''}"
 
 
+# The six floating-point exception conditions, in the bit order shared by the x87 status
+# word, its control word's masks, and MXCSR's flags (SDM Vol. 1 8.1.3, 8.1.5, 10.2.3).
+FP_EXCEPTIONS = (
+    ("IE", "invalid operation"),
+    ("DE", "denormal operand"),
+    ("ZE", "zero divide"),
+    ("OE", "overflow"),
+    ("UE", "underflow"),
+    ("PE", "precision"),
+)
+
+
+def _fp_conditions(flags: int, masks: int) -> str:
+    """The raised conditions among the 6 flag bits, unmasked ones (those that fault) first."""
+    raised = [(i, short, long) for i, (short, long) in enumerate(FP_EXCEPTIONS) if flags >> i & 1]
+    unmasked = [f"{long} ({short})" for i, short, long in raised if not masks >> i & 1]
+    masked = [f"{long} ({short}, masked)" for i, short, long in raised if masks >> i & 1]
+    return ", ".join(unmasked + masked) or "no exception flag set"
+
+
+def decode_fsw(fsw: int, fcw: int) -> str:
+    """An x87 #MF: the status word's raised conditions against the control word's masks.
+
+    #MF is delivered for a flag set in FSW whose mask bit in FCW is clear (SDM Vol. 1 8.7);
+    FSW.SF (bit 6) with IE means a stack overflow or underflow rather than a bad operand.
+    """
+    text = _fp_conditions(fsw & 0x3F, fcw & 0x3F)
+    if fsw & (1 << 6) and fsw & 1:
+        text += "; stack " + ("overflow" if fsw & (1 << 9) else "underflow")
+    return f"FSW {fsw:#06x} FCW {fcw:#06x}: {text}"
+
+
+def decode_mxcsr(mxcsr: int) -> str:
+    """A #XM: MXCSR's raised flags (bits 0-5) against its masks (bits 7-12) (SDM Vol. 1 11.5.1)."""
+    return f"MXCSR {mxcsr:#06x}: {_fp_conditions(mxcsr & 0x3F, mxcsr >> 7 & 0x3F)}"
+
+
 @dataclass(slots=True)
 class Trap:
     """One trap, with what a real CPU would give the kernel.

@@ -139,7 +139,7 @@ RUNNABLE, RUNNING, SLEEPING, BLOCKED, DONE = "runnable", "running", "sleeping", 
 
 class Thread:
     __slots__ = ("tid", "state", "ctx", "tickets", "stride", "pass_", "level", "ticks", "wake",
-                 "joiners", "status", "slot", "dispatched", "cpu_ns", "blocked_on")
+                 "joiners", "status", "slot", "dispatched", "cpu_ns", "blocked_on", "fpu")
 
     def __init__(self, tid: int, tickets: int, slot: int | None) -> None:
         self.tid = tid
@@ -157,6 +157,7 @@ class Thread:
         self.dispatched = 0  # time it last started running
         self.cpu_ns = 0  # time charged to it in all
         self.blocked_on: int | str | None = None
+        self.fpu: bytes | None = None  # saved x87/SSE state (an FXSAVE image) while not running
 
 
 def _idle_code(idle_entry: int) -> bytes:
@@ -276,6 +277,8 @@ class Scheduler(LibModule):
         t.cpu_ns += used
         self._charge(t, used, preempted)
         t.ctx = ctx
+        if state != DONE:  # its XMM/x87 registers and MXCSR/FCW are part of its context
+            t.fpu = self.port.fpu_save()
         t.state = state
         if state == RUNNABLE:
             self._add(t)
@@ -312,6 +315,9 @@ class Scheduler(LibModule):
         t.dispatched = now
         self.cur = t
         ctx, t.ctx = t.ctx, None
+        fpu, t.fpu = t.fpu, None
+        if fpu is not None and t is not prev:  # (the same thread again: its state is still live)
+            self.port.fpu_restore(fpu)
         self.port.resume(ctx)
 
     def _run_idle(self) -> None:
@@ -381,6 +387,7 @@ class Scheduler(LibModule):
         self.next_tid += 1
         t.ctx = dict.fromkeys(GPRS, 0)
         t.ctx.update(rip=fn, rdi=arg, rsp=top - 8, rflags=0x202)  # rsp % 16 == 8 at entry (SysV)
+        t.fpu = self.port.fpu_save()  # it inherits its creator's FPU state, as a Linux clone() does
         self.threads[t.tid] = t
         self._woken(t)
         self._add(t)
