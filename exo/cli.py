@@ -206,7 +206,11 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n")
     if kernel.reports or stuck:
         return EXIT_FAULT
-    return (first.exit_status or 0) & 0xFF
+    status = first.exit_status or 0
+    if status and not status & 0xFF:  # POSIX passes 8 bits: say when that turns a failure into 0
+        sys.stderr.write(f"exo: environment {first.id} ({first.name}) exited with status {status}; "
+                         f"the process exit status is its low 8 bits: 0\n")
+    return status & 0xFF
 
 
 class _Terminated(KeyboardInterrupt):
