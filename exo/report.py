@@ -6,8 +6,11 @@ with capstone, the registers, and which environment it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from exo.abi import EnvStatus
 from hw.traps import Trap, TrapKind, Vector
 
 _cs = None
@@ -79,3 +82,44 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
     text, size = disassemble_one(code, trap.insn_address)
     return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)
+
+
+# ------------------------------------------------- environments left when the machine stopped
+def stuck_reason(env: Any) -> str | None:
+    """Why an environment still alive when no environment could run (and no watchdog fired) will
+    never run again; None if its status does not say."""
+    why = _STUCK.get(env.status)
+    return why(env) if why else None
+
+
+def _not_runnable(env: Any) -> str:
+    # Only an environment itself or its parent may set its status (env_for, exo/kernel.py); a
+    # booted app has no parent. A never-started child of a dead parent was reclaimed as orphaned.
+    who = "it set itself" if env.parent is None else "it (or its parent) set it"
+    return f"not runnable: {who} NOT_RUNNABLE and no environment is left to make it runnable"
+
+
+_STUCK: dict[EnvStatus, Callable[[Any], str]] = {
+    EnvStatus.BLOCKED: lambda e: f"blocked forever (waiting for {e.blocked_on}): no environment can wake it",
+    EnvStatus.NOT_RUNNABLE: _not_runnable,
+}
+
+# What a live environment was doing when the watchdog (--max-instructions) stopped the machine.
+_AT_WATCHDOG: dict[EnvStatus, Callable[[Any], str]] = {
+    EnvStatus.RUNNABLE: lambda e: "still running when the watchdog stopped the machine",
+    EnvStatus.BLOCKED: lambda e: f"blocked (waiting for {e.blocked_on}) when the watchdog stopped the machine",
+    EnvStatus.NOT_RUNNABLE: lambda e: "not runnable (NOT_RUNNABLE) when the watchdog stopped the machine",
+}
+
+
+def watchdog_reason(env: Any) -> str:
+    why = _AT_WATCHDOG.get(env.status)
+    return why(env) if why else f"{EnvStatus(env.status).name.lower()} when the watchdog stopped the machine"
+
+
+def location(rip: int, code: bytes, symbol: str | None) -> str:
+    """``rip 0x401007 (spin+0x2): add rax, 1``: where an environment was, for an infinite loop's
+    report (capstone is imported here, on first use only)."""
+    text, _ = disassemble_one(code, rip)
+    at = f" ({symbol})" if symbol else ""
+    return f"rip {rip:#x}{at}: {text}"
