@@ -287,10 +287,10 @@ class Exokernel:
         self.on_fault(report)
         self.destroy(env, exit_status=None)
 
-    def abort(self, env: Env, what: str, detail: str) -> None:
+    def abort(self, env: Env, what: str, detail: str, reason: str | None = None) -> None:
         """Stop ``env`` because its library OS failed (a bug in a module, not a CPU fault)."""
         trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, self.cpu.regs.read(Reg.RIP), detail=detail)
-        self.kill(env, trap, detail, kind=what)
+        self.kill(env, trap, detail if reason is None else reason, kind=what)
 
     @staticmethod
     def _print_log(env: Env, text: str) -> None:

@@ -6,8 +6,10 @@ with capstone, the registers, and which environment it was.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from exo.abi import EnvStatus
@@ -123,3 +125,29 @@ def location(rip: int, code: bytes, symbol: str | None) -> str:
     text, _ = disassemble_one(code, rip)
     at = f" ({symbol})" if symbol else ""
     return f"rip {rip:#x}{at}: {text}"
+
+
+# ------------------------------------------------------- a libOS module's Python exception
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def raised_at(exc: BaseException, skip: int = 1, depth: int = 3) -> str:
+    """Where ``exc`` was raised, innermost frame first: ``raised at libos/x.py:88 in _fmt, called
+    from libos/x.py:61 in printf``. ``skip`` drops the outer frames of the code that caught it (the
+    exokernel's own), so what is left is the module's (and what it called); at most ``depth``."""
+    frames = traceback.extract_tb(exc.__traceback__)[skip:]
+    if not frames:
+        return ""
+    parts = [f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in reversed(frames[-depth:])]
+    return "raised at " + ", called from ".join(parts)
+
+
+def _short(filename: str) -> str:
+    """A path relative to the working directory or the source tree when it is under one."""
+    path = Path(filename)
+    for base in (Path.cwd(), _ROOT):
+        try:
+            return str(path.resolve().relative_to(base))
+        except ValueError:
+            continue
+    return filename

@@ -235,3 +235,29 @@ def test_a_module_index_outside_the_trampoline_pages_is_a_build_error(monkeypatc
     monkeypatch.setitem(registry.MODULES, "clash", {"fake": _clashing_module(15)})
     with pytest.raises(LinkError, match="INDEX 15, outside 0..14"):
         resolve({"clash": "fake"})
+
+
+def test_a_library_bug_is_reported_with_the_module_file_and_line(app, monkeypatch):
+    # Regression (issue 11): the report gave the exception's message twice and no location.
+    import inspect
+
+    from conftest import WITNESS
+
+    import libos.console
+
+    def broken_format(fmt, args, read):
+        raise KeyError("no such conversion")
+
+    monkeypatch.setattr(libos.console, "format_printf", broken_format)
+    b = boot(app("p", PRINTF, libos={"console": "buffered"}), app("w", WITNESS))
+    assert b.stdout == b"ok\n" and b.env("w").exit_status == 0
+    (report,) = b.reports
+    lines, first = inspect.getsourcelines(libos.console.Console.printf)
+    call_line = first + next(i for i, line in enumerate(lines) if "format_printf(" in line)
+    raise_line = inspect.getsourcelines(broken_format)[1] + 1
+    here = "tests/libos/test_linking.py"
+    assert report.error == (f"KeyError: 'no such conversion', raised at {here}:{raise_line} in broken_format, "
+                            f"called from libos/console.py:{call_line} in printf")
+    text = report.render()
+    assert text.count("no such conversion") == 1, text
+    assert "libos/console.py" in b.env("p").fault  # the one-line summary (--stats-json) has it too
