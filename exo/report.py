@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exo.abi import EnvStatus
 from hw.traps import Trap, TrapKind, Vector
 
 _cs = None
@@ -90,7 +89,7 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
 def stuck_reason(env: Any) -> str | None:
     """Why an environment still alive when no environment could run (and no watchdog fired) will
     never run again; None if its status does not say."""
-    why = _STUCK.get(env.status)
+    why = _STUCK.get(env.status.name)
     return why(env) if why else None
 
 
@@ -101,22 +100,22 @@ def _not_runnable(env: Any) -> str:
     return f"not runnable: {who} NOT_RUNNABLE and no environment is left to make it runnable"
 
 
-_STUCK: dict[EnvStatus, Callable[[Any], str]] = {
-    EnvStatus.BLOCKED: lambda e: f"blocked forever (waiting for {e.blocked_on}): no environment can wake it",
-    EnvStatus.NOT_RUNNABLE: _not_runnable,
+_STUCK: dict[str, Callable[[Any], str]] = {  # by EnvStatus name (exo/abi.py)
+    "BLOCKED": lambda e: f"blocked forever (waiting for {e.blocked_on}): no environment can wake it",
+    "NOT_RUNNABLE": _not_runnable,
 }
 
 # What a live environment was doing when the watchdog (--max-instructions) stopped the machine.
-_AT_WATCHDOG: dict[EnvStatus, Callable[[Any], str]] = {
-    EnvStatus.RUNNABLE: lambda e: "still running when the watchdog stopped the machine",
-    EnvStatus.BLOCKED: lambda e: f"blocked (waiting for {e.blocked_on}) when the watchdog stopped the machine",
-    EnvStatus.NOT_RUNNABLE: lambda e: "not runnable (NOT_RUNNABLE) when the watchdog stopped the machine",
+_AT_WATCHDOG: dict[str, Callable[[Any], str]] = {
+    "RUNNABLE": lambda e: "still running when the watchdog stopped the machine",
+    "BLOCKED": lambda e: f"blocked (waiting for {e.blocked_on}) when the watchdog stopped the machine",
+    "NOT_RUNNABLE": lambda e: "not runnable (NOT_RUNNABLE) when the watchdog stopped the machine",
 }
 
 
 def watchdog_reason(env: Any) -> str:
-    why = _AT_WATCHDOG.get(env.status)
-    return why(env) if why else f"{EnvStatus(env.status).name.lower()} when the watchdog stopped the machine"
+    why = _AT_WATCHDOG.get(env.status.name)
+    return why(env) if why else f"{env.status.name.lower()} when the watchdog stopped the machine"
 
 
 def location(rip: int, code: bytes, symbol: str | None) -> str:
