@@ -96,8 +96,10 @@ def stuck_reason(env: Any) -> str | None:
 def _not_runnable(env: Any) -> str:
     # Only an environment itself or its parent may set its status (env_for, exo/kernel.py); a
     # booted app has no parent. A never-started child of a dead parent was reclaimed as orphaned.
-    who = "it set itself" if env.parent is None else "it (or its parent) set it"
-    return f"not runnable: {who} NOT_RUNNABLE and no environment is left to make it runnable"
+    if env.parent is None:
+        return "not runnable: it set itself NOT_RUNNABLE and no environment is left to make it runnable"
+    return ("not runnable: NOT_RUNNABLE (never started by its parent, or paused by it or by itself) "
+            "and no environment is left to make it runnable")
 
 
 _STUCK: dict[str, Callable[[Any], str]] = {  # by EnvStatus name (exo/abi.py)

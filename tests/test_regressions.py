@@ -359,3 +359,24 @@ def test_sigterm_says_where_each_environment_was(tmp_path, app):
     assert lines[-1] == "exo: terminated"
     assert lines[0] in ("exo: environment 1 (spin) was at rip 0x400013 (spin): add rax, 1",
                         "exo: environment 1 (spin) was at rip 0x400016 (spin+0x4): jmp 0x400013"), lines
+
+
+def test_a_child_never_started_beside_a_blocked_parent_is_reported_as_not_runnable(app):
+    src = """
+section .text
+_start:
+    call HC_ENV_CREATE          ; the child starts NOT_RUNNABLE, and nobody starts it
+    test rax, rax
+    jz child
+    mov rdi, SCHED_BLOCK        ; the parent waits for an event that never comes
+    xor esi, esi
+    call HC_SCHED_OP
+child:
+    jmp child
+"""
+    b = boot(app("p", src), app("w", WITNESS), max_instructions=None)
+    assert b.stdout == b"ok\n" and not b.reports
+    parent, child = (b.kernel.envs[i] for i in sorted(b.kernel.envs) if b.kernel.envs[i].name.startswith("p"))
+    assert parent.fault == "blocked forever (waiting for event): no environment can wake it"
+    assert child.fault == ("not runnable: NOT_RUNNABLE (never started by its parent, or paused by it or by "
+                           "itself) and no environment is left to make it runnable")
