@@ -340,6 +340,7 @@ class LibraryTable:
         except Exception as e:  # noqa: BLE001 - a module's bug must not take the exokernel down
             # The exception and where in the module it was raised (not the message twice).
             where = raised_at(e)
-            self.k.abort(env, f"libOS error in {entry.name}", f"{type(e).__name__}: {e}" + (f", {where}" if where else ""),
+            detail = f"{type(e).__name__}: {e}" + (f", {where}" if where else "")
+            self.k.abort(env, f"libOS error in {entry.name}", detail,
                          reason="a bug in the libOS module's Python code: only this environment is stopped")
             return self.k.RETRY
