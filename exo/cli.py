@@ -194,6 +194,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     if args.stats:
         print_stats(stats)
     if interrupted:
+        for e in kernel.alive():  # where each was, so a guest that never ends has a location
+            sys.stderr.write(f"exo: environment {e.id} ({e.name}) was at {_locate(kernel, e)}\n")
         sys.stderr.write(f"exo: {interrupted}\n")
         return 143 if interrupted == "terminated" else 130
     if machine.console.output_error:
@@ -201,12 +203,45 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
         return EXIT_FAULT
     first = envs[0]
     stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
+    from exo.report import watchdog_reason
+
     for e in stuck:
-        reason = e.fault or "still running when the watchdog stopped the machine"
-        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n")
+        reason = e.fault or watchdog_reason(e)
+        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n  at {_locate(kernel, e)}\n")
     if kernel.reports or stuck:
         return EXIT_FAULT
-    return (first.exit_status or 0) & 0xFF
+    status = first.exit_status or 0
+    if status and not status & 0xFF:  # POSIX passes 8 bits: say when that turns a failure into 0
+        sys.stderr.write(f"exo: environment {first.id} ({first.name}) exited with status {status}; "
+                         f"the process exit status is its low 8 bits: 0\n")
+    return status & 0xFF
+
+
+def _locate(kernel, env) -> str:
+    """Where a live environment is: its RIP (in the vCPU if its state is loaded there, else in its
+    saved context), symbol+offset and the instruction there."""
+    from exo.report import location
+    from hw.regs import Reg
+
+    cpu = kernel.cpu
+    rip = cpu.regs.read(Reg.RIP) if env is kernel._live else cpu.context_read(env.ctx, Reg.RIP)
+    symbol = env.symbolize(rip) if env.symbolize else None
+    return location(rip, env.space.fetch_code(rip), symbol or _exo_page_symbol(env, rip))
+
+
+def _exo_page_symbol(env, rip: int) -> str | None:
+    """A name for an address on a page the exokernel maps: a hypercall stub or a library call slot."""
+    from exo.abi import HYPERCALL_PAGE, HYPERCALL_STUB_SIZE, LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, PAGE_SIZE
+    from exo.hypercalls import BY_NR
+
+    if HYPERCALL_PAGE <= rip < HYPERCALL_PAGE + PAGE_SIZE:
+        nr, off = divmod(rip - HYPERCALL_PAGE, HYPERCALL_STUB_SIZE)
+        return f"hypercall stub {BY_NR[nr].name}{f'+{off:#x}' if off else ''}" if nr in BY_NR else None
+    if LIBOS_PAGE <= rip < LIBOS_END:
+        entry = env.libcalls.get(rip - rip % LIBCALL_SLOT)
+        off = rip % LIBCALL_SLOT
+        return f"library call {entry.name}{f'+{off:#x}' if off else ''}" if entry else None
+    return None
 
 
 class _Terminated(KeyboardInterrupt):

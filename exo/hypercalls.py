@@ -452,7 +452,9 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Register the libOS upcall handler and its exception stack (entry 0: none).",
               _hc_env_set_upcall),
     Hypercall(10, "sched_op", ("op", "arg"), "0", (E.EINVAL,),
-              "YIELD (0) the CPU, BLOCK (1) until an event, or EXIT (2) with status arg.", _hc_sched_op),
+              "YIELD (0) the CPU, BLOCK (1) until an event, or EXIT (2) with status arg (a signed 32-bit "
+              "value, kept whole in --stats-json; the exo process exits with status & 0xff, as POSIX "
+              "exit() does: 256 gives 0).", _hc_sched_op),
     Hypercall(11, "env_id", (), "the caller's environment id", (), "Who am I.", _hc_env_id),
     Hypercall(12, "time_now", (), "nanoseconds of guest time", (),
               "The clock device: retired instructions (virtual clock) or host time (wall clock).",

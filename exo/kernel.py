@@ -34,7 +34,7 @@ from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
 from exo.net import NetMux
-from exo.report import FaultReport, build_report
+from exo.report import FaultReport, build_report, stuck_reason
 from exo.structures import Structures, slot_code
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
@@ -152,6 +152,7 @@ class Exokernel:
         cpu.context_write(child.ctx, Reg.RIP, cpu.regs.read(Reg.RIP) + 2)
         cpu.context_write(child.ctx, Reg.RAX, 0)
         child.argv = list(parent.argv)
+        child.symbolize = parent.symbolize  # the same image: reports name its labels too
         try:
             for va in range(EXO_REGION[0], EXO_REGION[1], PAGE_SIZE):
                 found = parent.space.lookup(va)
@@ -286,10 +287,10 @@ class Exokernel:
         self.on_fault(report)
         self.destroy(env, exit_status=None)
 
-    def abort(self, env: Env, what: str, detail: str) -> None:
+    def abort(self, env: Env, what: str, detail: str, reason: str | None = None) -> None:
         """Stop ``env`` because its library OS failed (a bug in a module, not a CPU fault)."""
         trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, self.cpu.regs.read(Reg.RIP), detail=detail)
-        self.kill(env, trap, detail, kind=what)
+        self.kill(env, trap, detail if reason is None else reason, kind=what)
 
     @staticmethod
     def _print_log(env: Env, text: str) -> None:
@@ -494,8 +495,8 @@ class Exokernel:
         for env in list(self.envs.values()):
             if env.is_server and env.alive:
                 self._reclaim(env)  # a microkernel server outlives no client
-            elif env.alive and env.status == EnvStatus.BLOCKED and not self.watchdog_fired:
-                env.fault = f"blocked forever (waiting for {env.blocked_on}): no environment can wake it"
+            elif env.alive and not self.watchdog_fired and (why := stuck_reason(env)) is not None:
+                env.fault = why  # blocked forever, or NOT_RUNNABLE with nobody left to change that
 
     # ----------------------------------------------------------------- queries
     def alive(self) -> list[Env]:

@@ -40,6 +40,7 @@ from exo.abi import LIBCALL_CODE, LIBCALL_HOOKED, LIBCALL_SLOT, LIBOS_END, LIBOS
 from exo.errors import HypercallError
 from exo.frames import EXO, FrameKind, FrameType
 from exo.hypercalls import BY_NAME
+from exo.report import raised_at
 from exo.structures import GK_ENTRY as STRUCT_GK_ENTRY
 from exo.structures import GK_FAULT as STRUCT_GK_FAULT
 from exo.structures import SERVER_DISPATCH as STRUCT_SERVER_DISPATCH
@@ -356,5 +357,9 @@ class LibraryTable:
         except LibFault as e:
             return -e.errno
         except Exception as e:  # noqa: BLE001 - a module's bug must not take the exokernel down
-            self.k.abort(env, f"libOS error in {entry.name}", f"{type(e).__name__}: {e}")
+            # The exception and where in the module it was raised (not the message twice).
+            where = raised_at(e)
+            detail = f"{type(e).__name__}: {e}" + (f", {where}" if where else "")
+            self.k.abort(env, f"libOS error in {entry.name}", detail,
+                         reason="a bug in the libOS module's Python code: only this environment is stopped")
             return self.k.RETRY

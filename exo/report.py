@@ -6,7 +6,11 @@ with capstone, the registers, and which environment it was.
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hw.cpu import GDT_DESCRIPTORS, SEL_UCODE, SEL_UDATA
 from hw.paging import is_canonical as canonical
@@ -257,3 +261,72 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
     text, size = disassemble_one(code, trap.insn_address)
     return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)
+
+
+# ------------------------------------------------- environments left when the machine stopped
+def stuck_reason(env: Any) -> str | None:
+    """Why an environment still alive when no environment could run (and no watchdog fired) will
+    never run again; None if its status does not say."""
+    why = _STUCK.get(env.status.name)
+    return why(env) if why else None
+
+
+def _not_runnable(env: Any) -> str:
+    # Only an environment itself or its parent may set its status (env_for, exo/kernel.py); a
+    # booted app has no parent. A never-started child of a dead parent was reclaimed as orphaned.
+    if env.parent is None:
+        return "not runnable: it set itself NOT_RUNNABLE and no environment is left to make it runnable"
+    return ("not runnable: NOT_RUNNABLE (never started by its parent, or paused by it or by itself) "
+            "and no environment is left to make it runnable")
+
+
+_STUCK: dict[str, Callable[[Any], str]] = {  # by EnvStatus name (exo/abi.py)
+    "BLOCKED": lambda e: f"blocked forever (waiting for {e.blocked_on}): no environment can wake it",
+    "NOT_RUNNABLE": _not_runnable,
+}
+
+# What a live environment was doing when the watchdog (--max-instructions) stopped the machine.
+_AT_WATCHDOG: dict[str, Callable[[Any], str]] = {
+    "RUNNABLE": lambda e: "still running when the watchdog stopped the machine",
+    "BLOCKED": lambda e: f"blocked (waiting for {e.blocked_on}) when the watchdog stopped the machine",
+    "NOT_RUNNABLE": lambda e: "not runnable (NOT_RUNNABLE) when the watchdog stopped the machine",
+}
+
+
+def watchdog_reason(env: Any) -> str:
+    why = _AT_WATCHDOG.get(env.status.name)
+    return why(env) if why else f"{env.status.name.lower()} when the watchdog stopped the machine"
+
+
+def location(rip: int, code: bytes, symbol: str | None) -> str:
+    """``rip 0x401007 (spin+0x2): add rax, 1``: where an environment was, for an infinite loop's
+    report (capstone is imported here, on first use only)."""
+    text, _ = disassemble_one(code, rip)
+    at = f" ({symbol})" if symbol else ""
+    return f"rip {rip:#x}{at}: {text}"
+
+
+# ------------------------------------------------------- a libOS module's Python exception
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def raised_at(exc: BaseException, skip: int = 1, depth: int = 3) -> str:
+    """Where ``exc`` was raised, innermost frame first: ``raised at libos/x.py:88 in _fmt, called
+    from libos/x.py:61 in printf``. ``skip`` drops the outer frames of the code that caught it (the
+    exokernel's own), so what is left is the module's (and what it called); at most ``depth``."""
+    frames = traceback.extract_tb(exc.__traceback__)[skip:]
+    if not frames:
+        return ""
+    parts = [f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in reversed(frames[-depth:])]
+    return "raised at " + ", called from ".join(parts)
+
+
+def _short(filename: str) -> str:
+    """A path relative to the working directory or the source tree when it is under one."""
+    path = Path(filename)
+    for base in (Path.cwd(), _ROOT):
+        try:
+            return str(path.resolve().relative_to(base))
+        except ValueError:
+            continue
+    return filename

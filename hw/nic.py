@@ -128,6 +128,10 @@ class Nic:
             return
         self._closed = True
         try:
+            if self.faults is not None:
+                # A frame held back to be reordered was sent by the guest: it goes on the wire
+                # before the backend closes (nothing the guest sent is lost at exit).
+                self._put_on_wire(self.faults.idle("tx"))
             self.backend.close()
         finally:
             if self.pcap is not None:

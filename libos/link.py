@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from exo.abi import LIBOS_END, LIBOS_PAGE, PAGE_SIZE
 from libos.module import LibModule
 from libos.registry import CORE, MODULES, module_classes
 
@@ -28,11 +29,36 @@ def resolve(choices: dict[str, str]) -> list[type[LibModule]]:
         if impl not in impls:
             raise LinkError(f"module '{module}' has no implementation '{impl}' (choose: {', '.join(impls)})")
         out.append(impls[impl])
-    return [CORE, *out] if out else []
+    classes = [CORE, *out] if out else []
+    check_indexes(classes)
+    return classes
+
+
+# Trampoline pages between LIBOS_PAGE and LIBOS_END (exo/abi.py): one per module index.
+MAX_INDEX = (LIBOS_END - LIBOS_PAGE) // PAGE_SIZE - 1
+
+
+def check_indexes(classes: list[type[LibModule]]) -> None:
+    """Each linked module needs a trampoline page of its own: two with the same INDEX would share
+    one page (the second's entries replacing the first's, so the guest's calls reach the wrong
+    module and its threads end with nothing printed). A LinkError naming both, at build time."""
+    owner: dict[int, type[LibModule]] = {}
+    for cls in classes:
+        if not 0 <= cls.INDEX <= MAX_INDEX:
+            raise LinkError(f"libOS module {_named(cls)} has trampoline INDEX {cls.INDEX}, outside 0..{MAX_INDEX}")
+        other = owner.setdefault(cls.INDEX, cls)
+        if other is not cls:
+            raise LinkError(f"libOS modules {_named(other)} and {_named(cls)} both have trampoline INDEX "
+                            f"{cls.INDEX}: give one of them a free index")
+
+
+def _named(cls: type[LibModule]) -> str:
+    return f"{cls.NAME} = \"{getattr(cls, 'IMPL', '?')}\" ({cls.__module__}.{cls.__qualname__})"
 
 
 def link(binder: Any, env: Any, classes: list[type[LibModule]]) -> dict[str, LibModule]:
     """Instantiate ``classes`` for ``env`` and map their trampolines; returns them by name."""
+    check_indexes(classes)
     port = binder.port(env)
     for cls in module_classes():
         binder.names[cls.INDEX] = cls.NAME

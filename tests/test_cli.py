@@ -102,6 +102,25 @@ def test_guest_exit_status_is_the_exit_code(tmp_path):
     assert r.returncode == 7 and r.stderr == b""
 
 
+@pytest.mark.parametrize(("status", "code", "note"), [("256", 0, True), ("-1", 255, False), ("0x1ff", 255, False)])
+def test_exit_status_is_its_low_8_bits_and_a_hidden_failure_is_named(tmp_path, status, code, note):
+    # Regression (issue 11): sched_op(EXIT, 256) made `exo boot` exit 0 without a word. The rule
+    # is POSIX's (status & 0xff, docs/guests.md); a nonzero status that reads as 0 is named.
+    import json
+
+    d = make_app(tmp_path, "st", f"_start:\n    mov rdi, SCHED_EXIT\n    mov rsi, {status}\n    call HC_SCHED_OP\n")
+    out = tmp_path / "s.json"
+    r = run_exo("boot", "--stats-json", str(out), str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == code
+    whole = int(status, 0)
+    assert json.loads(out.read_text())["envs"][0]["exit"] == whole  # kept whole
+    err = r.stderr.decode()
+    if note:
+        assert err == f"exo: environment 1 (st) exited with status {whole}; the process exit status is its low 8 bits: 0\n"
+    else:
+        assert err == ""
+
+
 def test_guest_arguments_after_double_dash(tmp_path):
     # Print argv[1] (argc in rdi, argv in rsi at entry).
     src = """

@@ -290,3 +290,93 @@ msg: db "line", 0
     k = b.kernel
     if structure != "microkernel":  # (there every call switches environments before a slice ends)
         assert k.acct.transitions["interrupt"] >= 3  # the timer did stop the vCPU
+
+
+# ------------------------------------------------------- issue 11: messages about live environments
+NOT_RUNNABLE_SPIN = """
+section .text
+_start:
+    xor edi, edi
+    mov rsi, 2                  ; NOT_RUNNABLE, itself
+    call HC_ENV_SET_STATUS
+spin:
+    inc rax
+    jmp spin
+"""
+
+
+def test_an_environment_that_made_itself_not_runnable_is_reported_as_such(tmp_path, app):
+    # It runs to the end of its slice, is never scheduled again, and nothing can change that:
+    # not "still running when the watchdog stopped the machine" (there was no watchdog).
+    msg = "not runnable: it set itself NOT_RUNNABLE and no environment is left to make it runnable"
+    b = boot(app("nr", NOT_RUNNABLE_SPIN), app("w", WITNESS), max_instructions=None)
+    assert b.stdout == b"ok\n" and b.env("nr").fault == msg and not b.reports
+    out = tmp_path / "s.json"
+    r = run_exo("boot", str(tmp_path / "nr"), "--stats-json", str(out), cache=str(tmp_path / "c"))
+    assert r.returncode == 1
+    assert r.stderr.decode() == f"exo: environment 1 (nr): {msg}\n  at rip 0x40000e (spin): inc rax\n"
+    (env,) = json.loads(out.read_text())["envs"]
+    assert env["fault"] == msg
+
+
+def test_the_watchdog_says_where_each_environment_was(tmp_path, app):
+    loop = app("loop", "_start:\n    xor eax, eax\nspin:\n    add rax, 1\n    jmp spin\n")
+    r = run_exo("boot", str(loop), str(tmp_path / "loop"), "--max-instructions", "1001", cache=str(tmp_path / "c"))
+    assert r.returncode == 1
+    # 1001 instructions in one slice: the first copy stopped after `xor` and 500 `add, jmp` pairs
+    assert r.stderr.decode() == (
+        "exo: environment 1 (loop): still running when the watchdog stopped the machine\n"
+        "  at rip 0x400002 (spin): add rax, 1\n"
+        "exo: environment 2 (loop): still running when the watchdog stopped the machine\n"
+        "  at rip 0x400000 (_start): xor eax, eax\n")
+    r = run_exo("boot", str(ROOT / "guest_apps" / "primes"), "--max-instructions", "10000", cache=str(tmp_path / "c"))
+    err = r.stderr.decode()
+    assert "blocked (waiting for ipc) when the watchdog stopped the machine\n" in err
+    assert "  at rip 0x105012 (library call ipc.recv+0x2): jmp qword ptr [rsp - 8]\n" in err
+    assert "(primes.1): still running when the watchdog stopped the machine\n  at rip 0x4000" in err
+    assert "(forward+0x" in err  # a forked child's location has its image's labels too
+
+
+def test_sigterm_says_where_each_environment_was(tmp_path, app):
+    import signal
+    import sys
+    import time
+
+    spin = app("spin", "_start:\n    lea rdi, [rip + go]\n    mov rsi, 3\n    call HC_CONSOLE_WRITE\n"
+                       "spin:\n    add rax, 1\n    jmp spin\nsection .rodata\ngo: db \"go\", 10\n")
+    p = subprocess.Popen([sys.executable, "-m", "exo", "boot", str(spin)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**__import__("os").environ, "EXO_CACHE_DIR": str(tmp_path / "c")})
+    try:
+        assert p.stdout.readline() == b"go\n"  # it runs
+        time.sleep(0.5)  # into its loop (had it still been in console_write, that would be named)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143
+    lines = err.decode().splitlines()
+    assert lines[-1] == "exo: terminated"
+    assert lines[0] in ("exo: environment 1 (spin) was at rip 0x400013 (spin): add rax, 1",
+                        "exo: environment 1 (spin) was at rip 0x400016 (spin+0x4): jmp 0x400013"), lines
+
+
+def test_a_child_never_started_beside_a_blocked_parent_is_reported_as_not_runnable(app):
+    src = """
+section .text
+_start:
+    call HC_ENV_CREATE          ; the child starts NOT_RUNNABLE, and nobody starts it
+    test rax, rax
+    jz child
+    mov rdi, SCHED_BLOCK        ; the parent waits for an event that never comes
+    xor esi, esi
+    call HC_SCHED_OP
+child:
+    jmp child
+"""
+    b = boot(app("p", src), app("w", WITNESS), max_instructions=None)
+    assert b.stdout == b"ok\n" and not b.reports
+    parent, child = (b.kernel.envs[i] for i in sorted(b.kernel.envs) if b.kernel.envs[i].name.startswith("p"))
+    assert parent.fault == "blocked forever (waiting for event): no environment can wake it"
+    assert child.fault == ("not runnable: NOT_RUNNABLE (never started by its parent, or paused by it or by "
+                           "itself) and no environment is left to make it runnable")

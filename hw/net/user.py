@@ -235,6 +235,27 @@ class UserBackend:
 
     # ---------------------------------------------------- background thread
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # close() stops this thread right after the guest's last send(): what the guest
+            # handed over is still in _guest_frames and must reach the host (a udp_echo's last
+            # echo was lost this way), so it is delivered before the sockets close.
+            self._from_guest_frames(time.monotonic())
+
+    def _from_guest_frames(self, now: float) -> None:
+        with self._lock:
+            frames = list(self._guest_frames)
+            self._guest_frames.clear()
+        for f in frames:
+            try:
+                self._from_guest(f, now)
+            except OSError:
+                pass
+        for c in list(self._conns.values()):
+            self._pump(c, now)
+
+    def _loop(self) -> None:
         while not self._stop:
             now = time.monotonic()
             timers = [t for c in self._conns.values() if (t := c.tcp.next_timer()) is not None]
@@ -263,13 +284,7 @@ class UserBackend:
                         self._host_io(obj, mask, now)
                 except OSError:
                     pass
-            with self._lock:
-                frames = list(self._guest_frames)
-                self._guest_frames.clear()
-            for f in frames:
-                self._from_guest(f, now)
-            for c in list(self._conns.values()):
-                self._pump(c, now)
+            self._from_guest_frames(now)
 
     # frames to the guest
     def _to_guest(self, dst_ip: bytes, proto: int, payload: bytes) -> None:

@@ -313,3 +313,22 @@ def test_a_host_port_in_use_is_named(proto: str) -> None:
             open_nic(f"user,hostfwd=udp::0-:9,hostfwd={proto}::{port}-:7")
     finally:
         s.close()
+
+
+def test_a_reply_sent_just_before_close_reaches_the_host() -> None:
+    # Regression (issue 11): close() stopped the gateway's thread before it had forwarded the
+    # frames the guest handed over last, so a udp_echo's final echo was lost. Every run here
+    # sends the reply and closes at once: without the flush at close most runs lose it.
+    for run in range(30):
+        nic = open_nic("user,hostfwd=udp:127.0.0.1:0-:7")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(5)
+            s.sendto(b"ask", ("127.0.0.1", host_port(nic)))
+            q = expect(nic, lambda p: p.proto == 17)
+            nic.transmit(to_gw(17, udp(G, GW, 7, q.sport, b"last %d" % run)))
+            nic.close()
+            assert s.recv(100) == b"last %d" % run, f"run {run}: the reply was lost at close"
+        finally:
+            nic.close()
+            s.close()

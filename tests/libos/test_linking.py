@@ -193,3 +193,71 @@ def test_apps_print_the_same_under_every_structure(tmp_path, app_name):
         outs.add(r.stdout if app_name != "threads" or structure != "xen-pv" else b"")
     outs.discard(b"")
     assert len(outs) == 1
+
+
+def _clashing_module(index: int):
+    from libos.module import LibModule
+
+    class Clash(LibModule):
+        NAME = "clash"
+        IMPL = "fake"
+        INDEX = index
+        ENTRIES = ("hello",)
+
+        def hello(self) -> int:
+            return 0
+
+    return Clash
+
+
+def test_two_modules_with_one_trampoline_index_are_a_build_error(tmp_path, monkeypatch, capsys):
+    # Regression (issue 11): two modules on one trampoline page linked silently, and the app's
+    # threads ended with status 1 and nothing printed. Now resolving the app names both.
+    from exo.cli import main
+    from libos import registry
+    from libos.link import LinkError, resolve
+
+    monkeypatch.setitem(registry.MODULES, "clash", {"fake": _clashing_module(3)})  # sched's page
+    with pytest.raises(LinkError, match=r"sched = \"rr\" .* and clash = \"fake\" .* both have trampoline INDEX 3"):
+        resolve({"sched": "rr", "clash": "fake"})
+    assert resolve({"clash": "fake"})[-1].NAME == "clash"  # alone it is fine
+    d = make_app(tmp_path, "clashing", PRINTF, libos={"console": "buffered", "sched": "rr", "clash": "fake"})
+    assert main(["boot", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "app.toml" in err and "sched" in err and "clash" in err and "INDEX 3" in err
+
+
+def test_a_module_index_outside_the_trampoline_pages_is_a_build_error(monkeypatch) -> None:
+    from libos import registry
+    from libos.link import LinkError, resolve
+
+    monkeypatch.setitem(registry.MODULES, "clash", {"fake": _clashing_module(15)})
+    with pytest.raises(LinkError, match="INDEX 15, outside 0..14"):
+        resolve({"clash": "fake"})
+
+
+def test_a_library_bug_is_reported_with_the_module_file_and_line(app, monkeypatch):
+    # Regression (issue 11): the report gave the exception's message twice and no location.
+    import inspect
+
+    from conftest import WITNESS
+
+    import libos.console
+
+    def broken_format(fmt, args, read):
+        raise KeyError("no such conversion")
+
+    monkeypatch.setattr(libos.console, "format_printf", broken_format)
+    b = boot(app("p", PRINTF, libos={"console": "buffered"}), app("w", WITNESS))
+    assert b.stdout == b"ok\n" and b.env("w").exit_status == 0
+    (report,) = b.reports
+    lines, first = inspect.getsourcelines(libos.console.Console.printf)
+    call_line = first + next(i for i, line in enumerate(lines) if "format_printf(" in line)
+    raise_line = inspect.getsourcelines(broken_format)[1] + 1
+    here = "tests/libos/test_linking.py"
+    assert report.error == (f"KeyError: 'no such conversion', raised at {here}:{raise_line} in broken_format, "
+                            f"called from libos/console.py:{call_line} in printf")
+    text = report.render()
+    assert text.count("no such conversion") == 1, text
+    assert "libos/console.py" in b.env("p").fault  # the one-line summary (--stats-json) has it too
