@@ -26,6 +26,10 @@ class FrameType(enum.IntEnum):
 
 
 class OutOfFrames(Exception):
+    """No frame for this allocation: guest RAM is full, or (QuotaExceeded) the owner's app is at its quota."""
+
+
+class QuotaExceeded(OutOfFrames):
     pass
 
 
@@ -45,6 +49,11 @@ class FrameTable:
         self.wmaps = array("i", [0]) * n
         self.xmaps = array("i", [0]) * n
         self.on_code_write: Callable[[], None] = lambda: None
+        # Owner id -> its tenant (exo/tenants.py): every frame is charged to its owner's app
+        # when handed out and given back when freed. last_refused: (owner, why) of the last
+        # allocation refused, for the fault report of an environment that then faults.
+        self.tenant_of: dict = {}
+        self.last_refused: tuple[int, str] | None = None
         first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
         for f in range(first):
             self.owner[f] = EXO
@@ -58,8 +67,16 @@ class FrameTable:
 
     def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL) -> int:
         """A zeroed frame for ``owner``; returns its frame number."""
+        t = self.tenant_of.get(owner)
+        if t is not None and t.frames_used >= t.frame_limit:
+            t.frame_refusals += 1
+            self.last_refused = (owner, t.frames_exhausted)
+            raise QuotaExceeded(t.frames_exhausted)
         if not self._free:
-            raise OutOfFrames()
+            self.last_refused = (owner, f"guest RAM exhausted: all {len(self.owner)} frames in use")
+            raise OutOfFrames(self.last_refused[1])
+        if t is not None:
+            t.frames_used += 1
         f = self._free.pop()
         self.owner[f] = owner
         self.type[f] = ftype
@@ -73,6 +90,9 @@ class FrameTable:
     def free(self, f: int) -> None:
         if self.type[f] == FrameType.FREE:
             raise AssertionError(f"double free of frame {f:#x}")
+        t = self.tenant_of.get(self.owner[f])
+        if t is not None:
+            t.frames_used -= 1
         self.owner[f] = FREE
         self.type[f] = FrameType.FREE
         self.refs[f] = 0
