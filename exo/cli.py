@@ -352,6 +352,7 @@ def collect_stats(kernel) -> dict:
         "hypercalls": dict(sorted(acct.hypercalls.items())),
         "guest_instructions": kernel.cpu.retired_total if virtual else None,
         "envs": envs,
+        "tenants": [t.usage() for t in kernel.tenants],
         **({"net": {"exokernel": dict(kernel.net.stats), "nic": dict(kernel.net.nic.stats)}}
            if kernel.net is not None else {}),
     }
@@ -384,6 +385,17 @@ def print_stats(stats: dict) -> None:
     console.print(e)
     if stats["guest_instructions"] is not None:
         console.print(f"guest instructions: {stats['guest_instructions']}")
+    q = Table(title="tenants: use against quota")
+    for col in ("app", "frames (peak) / quota", "envs / quota", "cpu weight", "instructions", "disk", "net"):
+        q.add_column(col)
+    for t in stats["tenants"]:
+        fr, en = t["frames"], t["envs"]
+        refused = lambda d: f", {d['refused']} refused" if d["refused"] else ""  # noqa: E731
+        rate = lambda d: "-" if d is None else f"{d['limit']}, {d['delays']} delays"  # noqa: E731
+        q.add_row(t["name"] + (" (system)" if t["system"] else ""),
+                  f"{fr['used']} ({fr['peak']}) / {fr['limit']}{refused(fr)}", f"{en['used']} / {en['limit']}{refused(en)}",
+                  str(t["cpu"]["weight"]), str(t["cpu"]["instructions"]), rate(t["disk"]), rate(t["net"]))
+    console.print(q)
     if "net" in stats:
         n = Table(title="network frames")
         n.add_column("where")

@@ -77,6 +77,8 @@ class FrameTable:
             raise OutOfFrames(self.last_refused[1])
         if t is not None:
             t.frames_used += 1
+            if t.frames_used > t.frames_peak:
+                t.frames_peak = t.frames_used
         f = self._free.pop()
         self.owner[f] = owner
         self.type[f] = ftype

@@ -121,6 +121,7 @@ class Tenant:
     net: RateLimit | None = None
     system: bool = False  # the exokernel's own (microkernel servers): not a booted app
     frames_used: int = 0
+    frames_peak: int = 0  # the most it held at once
     envs_used: int = 0
     instructions: int = 0  # retired by its environments (virtual clock)
     frame_refusals: int = 0  # allocations refused by its frame quota
@@ -136,8 +137,11 @@ class Tenant:
     def usage(self) -> dict[str, Any]:
         """Use against quota, for --stats and --stats-json (docs/stats.md)."""
         out: dict[str, Any] = {
+            "id": self.id,
             "name": self.name,
-            "frames": {"used": self.frames_used, "limit": self.frame_limit, "refused": self.frame_refusals},
+            "system": self.system,
+            "frames": {"used": self.frames_used, "peak": self.frames_peak, "limit": self.frame_limit,
+                       "refused": self.frame_refusals},
             "envs": {"used": self.envs_used, "limit": self.env_limit, "refused": self.env_refusals},
             "cpu": {"weight": self.weight, "instructions": self.instructions},
         }

@@ -1,0 +1,210 @@
+"""Tenants (exo/tenants.py): per-app quotas and CPU shares, so that no app starves another."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, WITNESS, boot, make_app
+from test_echo import run_exo
+
+from exo.abi import Errno
+
+PRIMES = ROOT / "guest_apps" / "primes"
+HOG = ROOT / "guest_apps" / "hog"
+FIRST_100_PRIMES = b"".join(b"%d\n" % p for p in
+                            [n for n in range(2, 542) if all(n % d for d in range(2, int(n**0.5) + 1))])
+
+
+def with_quota(d, **quota: object):
+    """Append a [quota] table to app ``d``'s app.toml."""
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in quota.items())
+    (d / "app.toml").write_text((d / "app.toml").read_text() + "[quota]\n" + lines)
+    return d
+
+
+def test_a_memory_hog_beside_primes_gets_enomem_and_primes_completes():
+    """Review finding: the hog took all 65,360 free frames and primes, booted beside it, died on a
+    copy-on-write fault whose report did not say it ran out of memory."""
+    b = boot(HOG, PRIMES, ram_mib=32)
+    hog_lines = [ln for ln in b.stdout.splitlines(keepends=True) if ln.startswith(b"hog:")]
+    assert b"".join(ln for ln in b.stdout.splitlines(keepends=True) if not ln.startswith(b"hog:")) \
+        == FIRST_100_PRIMES
+    assert hog_lines[-1].endswith(b"page_alloc failed with errno %d\n" % Errno.ENOMEM)
+    primes = b.kernel.tenants["primes"]
+    assert primes.frame_refusals == 0 and all(e.fault is None for e in b.kernel.envs.values()
+                                              if e.tenant is primes)
+    (report,) = b.reports
+    hog = b.kernel.tenants["hog"]
+    assert report.env_name == "hog" and report.kind == "page fault (#PF)"
+    assert report.reason == f"frame quota of app 'hog' exhausted: {hog.frame_limit} of {hog.frame_limit} frames"
+    # Fair default: the two apps split the free frames evenly; the hog held all of its part, no more.
+    assert hog.frame_limit == primes.frame_limit and hog.frames_peak == hog.frame_limit
+
+
+def test_frames_are_counted_exactly_and_given_back():
+    """Every frame of an app (children and page tables included) is charged to it, and returned."""
+    b = boot(PRIMES, ram_mib=32)
+    t = b.kernel.tenants["primes"]
+    assert t.frames_used == 0 and t.envs_used == 0  # all 100+ environments gone, every frame back
+    assert t.frames_peak > 100 and t.envs_used == 0
+    owned = sum(1 for o in b.kernel.frames.owner if o in {e.id for e in b.kernel.envs.values()})
+    assert owned == 0
+
+
+def test_a_stale_refusal_is_not_blamed_for_an_unrelated_fault(app):
+    """Refused once, then a frame freed: a later bad pointer's report does not blame the quota."""
+    src = """
+section .text
+_start:
+    mov rbx, 0x200000000
+more:
+    xor edi, edi
+    mov rsi, rbx
+    mov edx, PERM_R | PERM_W
+    call HC_PAGE_ALLOC
+    add rbx, 4096
+    test rax, rax
+    jns more                     ; until refused: the quota is full
+    xor edi, edi
+    mov rsi, 0x200000000
+    call HC_PAGE_UNMAP           ; one frame back
+    mov rax, 0x300000000
+    mov byte ptr [rax], 1        ; a plain bad pointer
+"""
+    b = boot(with_quota(app("stale", src), frames=64))
+    (report,) = b.reports
+    assert b.kernel.tenants["stale"].frame_refusals == 1
+    assert "quota" not in report.reason
+
+
+BOMB = """
+CHILDREN equ 60
+section .text
+_start:
+    mov r12, CHILDREN
+again:
+    call LIB_MEMORY_FORK
+    test rax, rax
+    jle spin                    ; the child (0), or out of quota (<0): spin
+    dec r12
+    jnz again
+spin:
+    jmp spin
+"""
+BUSY = "section .text\n_start:\n    jmp _start\n"
+
+
+def _shares(b) -> dict[str, float]:
+    ts = b.kernel.tenants.apps()
+    total = sum(t.instructions for t in ts)
+    return {t.name: t.instructions / total for t in ts}
+
+
+def test_a_fork_bomb_does_not_take_the_cpu_from_a_busy_witness(app):
+    """61 runnable environments of one app against one of another: the witness keeps half the CPU
+    (within 10% of its fair share), counted in instructions retired under the virtual clock."""
+    b = boot(app("bomb", BOMB, libos={"memory": "cow", "console": "buffered"}), app("busy", BUSY),
+             max_instructions=30_000_000, ram_mib=64)
+    assert len(b.env("bomb").children) == 60
+    share = _shares(b)
+    assert abs(share["busy"] - 0.5) <= 0.05, share
+
+
+def test_cpu_weights_set_the_shares(app):
+    a = with_quota(app("a", BUSY), cpu=3)
+    b = boot(a, app("b", BUSY), max_instructions=8_000_000)
+    share = _shares(b)
+    assert abs(share["a"] - 0.75) <= 0.075 and abs(share["b"] - 0.25) <= 0.025, share
+
+
+def test_the_env_quota_gives_eagain(app):
+    bomb = """
+section .text
+_start:
+    call HC_ENV_CREATE
+    test rax, rax
+    js full
+    jz child
+    jmp _start
+child:
+    mov rdi, SCHED_BLOCK
+    xor esi, esi
+    call HC_SCHED_OP
+full:
+    mov rsi, rax
+    neg rsi
+    mov rdi, SCHED_EXIT
+    call HC_SCHED_OP
+"""
+    b = boot(with_quota(app("bomb", bomb), envs=8), app("w", WITNESS))
+    assert b.stdout == b"ok\n"
+    assert b.env("bomb").exit_status == Errno.EAGAIN
+    assert len(b.env("bomb").children) == 7
+    t = b.kernel.tenants["bomb"]
+    assert (t.env_limit, t.env_refusals) == (8, 1)
+
+
+def test_one_app_alone_gets_all_the_free_frames():
+    from exo.cli import spawn_apps  # noqa: F401  (the path every boot takes)
+
+    b = boot(PRIMES, ram_mib=32)
+    t = b.kernel.tenants["primes"]
+    assert t.frame_limit >= b.kernel.frames.free_count - 16  # all but what the exokernel itself keeps
+
+
+# ---------------------------------------------------------------- options and manifests
+@pytest.mark.parametrize("spec, message", [
+    ("primes", "expected APP:KEY=VALUE"),
+    ("primes:frames", "is not KEY=VALUE"),
+    ("primes:frames=0", "quota frames must be positive"),
+    ("primes:frames=-3", "is not a whole number"),
+    ("primes:cpu=5000", "above 1000"),
+    ("primes:bogus=1", "unknown quota 'bogus'"),
+    ("primes:net=fast", "is not a whole number"),
+    ("primes:disk=1M/s:0", "burst must be positive"),
+    ("nosuch:frames=10", "no booted app is named 'nosuch'"),
+    ("primes:envs=2,envs=3", "envs given twice"),
+])
+def test_bad_quota_options_are_one_line_errors(tmp_path, spec, message):
+    r = run_exo("boot", str(PRIMES), "--quota", spec, cache=str(tmp_path / "c"))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b""
+    assert len(err.splitlines()) == 1 and err.startswith("exo: error: --quota: ") and message in err, err
+
+
+@pytest.mark.parametrize("table, message", [
+    ('frames = "lots"', "is not a whole number"),
+    ("frames = true", "must be a number or a string"),
+    ("cpu = 0", "quota cpu must be positive"),
+    ("speed = 1", "unknown quota 'speed'"),
+])
+def test_bad_quota_tables_are_one_line_errors_naming_the_file(tmp_path, table, message):
+    d = make_app(tmp_path, "q", "_start:\n    jmp _start\n")
+    (d / "app.toml").write_text((d / "app.toml").read_text() + f"[quota]\n{table}\n")
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"{d / 'app.toml'}: [quota] " in err and message in err, err
+
+
+def test_memory_pages_and_quota_frames_conflict(tmp_path):
+    d = make_app(tmp_path, "q", "_start:\n    jmp _start\n", memory_pages=100)
+    (d / "app.toml").write_text((d / "app.toml").read_text() + "[quota]\nframes = 10\n")
+    r = run_exo("boot", str(d), cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and b"memory_pages and [quota] frames both set" in r.stderr
+
+
+def test_quota_option_overrides_the_manifest_and_stats_show_use_against_quota(tmp_path):
+    out = tmp_path / "s.json"
+    r = run_exo("boot", str(HOG), str(PRIMES), "--ram", "32", "--quota", "hog:frames=300,envs=4,cpu=2",
+                "--quota", "primes:net=1M/s", "--stats", "--stats-json", str(out), cache=str(tmp_path / "c"))
+    assert r.returncode == 1, r.stderr.decode()  # the hog's fault
+    assert b"frame quota of app 'hog' exhausted: 300 of 300 frames" in r.stderr
+    assert b"tenants: use against quota" in r.stderr
+    tenants = {t["name"]: t for t in json.loads(out.read_text())["tenants"]}
+    assert tenants["hog"]["frames"] == {"used": 0, "peak": 300, "limit": 300, "refused": 2}
+    assert tenants["hog"]["envs"]["limit"] == 4 and tenants["hog"]["cpu"]["weight"] == 2
+    assert tenants["primes"]["net"]["limit"] == "1048576 bytes/s"
+    assert tenants["primes"]["frames"]["refused"] == 0 and tenants["primes"]["envs"]["used"] == 0
+    assert r.stdout.endswith(FIRST_100_PRIMES[-8:])
