@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import ROOT, WITNESS, boot, make_app
+from test_disk import image  # noqa: F401  (the disk image fixture)
 from test_echo import run_exo
 
 from exo.abi import Errno
@@ -208,3 +209,56 @@ def test_quota_option_overrides_the_manifest_and_stats_show_use_against_quota(tm
     assert tenants["primes"]["net"]["limit"] == "1048576 bytes/s"
     assert tenants["primes"]["frames"]["refused"] == 0 and tenants["primes"]["envs"]["used"] == 0
     assert r.stdout.endswith(FIRST_100_PRIMES[-8:])
+
+
+# ---------------------------------------------------------------- rate limits (token buckets)
+def test_a_token_bucket_delays_by_exactly_the_missing_tokens():
+    from exo.tenants import NS, RateLimit, TokenBucket
+
+    lim = RateLimit(bytes=TokenBucket(1000), ops=TokenBucket(10, burst=2))
+    assert lim.wait_ns(1000, 1, 0) == 0  # the burst: a full bucket
+    assert lim.wait_ns(500, 1, 0) == NS // 2  # 500 bytes at 1000/s
+    assert lim.wait_ns(500, 1, NS // 2) == 0
+    assert lim.wait_ns(1, 1, NS // 2) == NS // 1000  # bytes: 1 ms; ops: 1 left of the burst of 2
+    assert lim.wait_ns(5000, 1, 10 * NS) == 0  # larger than the burst: goes once full (into debt)
+    assert lim.wait_ns(1, 1, 10 * NS) == 4 * NS + NS // 1000  # pays the debt back first
+    assert (lim.delays, lim.delayed_ns) == (3, NS // 2 + NS // 1000 + 4 * NS + NS // 1000)
+
+
+def test_a_disk_rate_quota_delays_in_guest_time_and_fails_nothing(app, image):
+    from test_disk import CHECK, BUF, boot_disk, disk_io, disk_of, program, req
+
+    from exo.abi import DiskOp
+
+    body = (req(0, DiskOp.READ, 5, 8, BUF) + disk_io(1) + CHECK) * 10  # 10 x 4 KiB
+    b = boot_disk(with_quota(app("reader", program(body)), disk="4K/s"), disk=disk_of(image))
+    env = b.envs[0]
+    assert env.fault is None and env.exit_status == 0
+    lim = b.kernel.tenants["reader"].disk
+    assert lim.delays == 9  # the first read took the burst, each next one waited for a second's tokens
+    assert b.kernel.machine.clock.now_ns() >= 9 * 10**9
+    assert b.kernel.acct.hypercalls["disk_io"] == 10  # a delayed call is retried, counted once
+
+
+def test_a_net_flood_beside_a_udp_echo_is_held_to_its_rate(tmp_path):
+    """Without a net quota the flood fills the echo server's ring, a client datagram is dropped and
+    the client waits forever; with one, the echo's round trips continue (switch: guest to guest)."""
+    from benchmarks.guest import app_with_args
+
+    def run(quota: str | None):
+        server = app_with_args(tmp_path, "udp_echo", [])
+        client = app_with_args(tmp_path, "nettest", ["udp", "10.0.2.15", "7", "50"])
+        flood = app_with_args(tmp_path, "flood", ["8000"])
+        if quota:
+            with_quota(flood, net=quota)
+        return boot(server, client, flood, net="switch", max_instructions=None)
+
+    b = run("1M/s")
+    assert b.stdout == b"udp: 50 datagrams echoed intact\n"
+    assert b.env("nettest").exit_status == 0 and b.env("flood").exit_status == 0
+    lim = b.kernel.tenants["flood"].net
+    assert lim.delays > 1000 and b.kernel.net.stats["tx_delayed"] == lim.delays
+    flood_bytes = 8001 * (1472 + 42)  # every datagram went (delayed, never dropped at the sender)
+    assert b.kernel.machine.clock.now_ns() >= (flood_bytes - (1 << 20)) * 10**9 // (1 << 20)
+    unlimited = run(None)
+    assert unlimited.stdout == b"" and unlimited.env("nettest").fault.startswith("blocked forever")
