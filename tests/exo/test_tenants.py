@@ -6,7 +6,6 @@ import json
 
 import pytest
 from conftest import ROOT, WITNESS, boot, make_app
-from test_disk import image  # noqa: F401  (the disk image fixture)
 from test_echo import run_exo
 
 from exo.abi import Errno
@@ -225,10 +224,13 @@ def test_a_token_bucket_delays_by_exactly_the_missing_tokens():
     assert (lim.delays, lim.delayed_ns) == (3, NS // 2 + NS // 1000 + 4 * NS + NS // 1000)
 
 
-def test_a_disk_rate_quota_delays_in_guest_time_and_fails_nothing(app, image):
-    from test_disk import CHECK, BUF, boot_disk, disk_io, disk_of, program, req
+def test_a_disk_rate_quota_delays_in_guest_time_and_fails_nothing(app, tmp_path):
+    from test_disk import BUF, CHECK, SECTORS, boot_disk, disk_io, disk_of, program, req, sector_bytes
 
     from exo.abi import DiskOp
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"".join(sector_bytes(i) for i in range(SECTORS)))
 
     body = (req(0, DiskOp.READ, 5, 8, BUF) + disk_io(1) + CHECK) * 10  # 10 x 4 KiB
     b = boot_disk(with_quota(app("reader", program(body)), disk="4K/s"), disk=disk_of(image))
