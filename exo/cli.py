@@ -247,13 +247,16 @@ def spawn_apps(kernel, apps: list, guest_args: list[str] = (), quotas: dict[str,
     that sets no frame quota gets an equal part of the free frames. The tests and the
     benchmarks boot through here too."""
     from exo.loader import spawn
-    from exo.tenants import Tenants
+    from exo.tenants import QuotaError, Tenants
     from libos.link import link, relink_siblings
 
     kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     disk = kernel.machine.disk
     per_app = [{**m.quota, **(quotas or {}).get(m.name, {})} for m, _, _ in apps]
-    share = Tenants.fair_frames(per_app, kernel.frames.free_count)
+    try:
+        share = Tenants.fair_frames(per_app, kernel.frames.free_count)
+    except QuotaError as e:
+        raise ExoUserError("--quota", str(e)) from None
     envs = []
     for (m, image, classes), quota in zip(apps, per_app):
         env = spawn(kernel, image, [*m.args, *guest_args], quota={"frames": share, **quota})

@@ -245,7 +245,10 @@ class Tenants:
         """By the id of the app's first environment, or by the app's name."""
         if isinstance(key, int):
             return self.by_id[key]
-        return next(t for t in self.by_id.values() if t.name == key)
+        for t in self.by_id.values():
+            if t.name == key:
+                return t
+        raise KeyError(key)
 
     def __iter__(self):
         return iter(self.by_id.values())
@@ -281,4 +284,8 @@ class Tenants:
         """
         fixed = sum(q["frames"] for q in quotas if "frames" in q)
         rest = sum(1 for q in quotas if "frames" not in q)
-        return max(1, (free_frames - fixed) // max(1, rest))
+        share = (free_frames - fixed) // max(1, rest)
+        if rest and share < 1:
+            raise QuotaError(f"frame quotas of {fixed} frames leave nothing of the {free_frames} free frames "
+                             f"for the {rest} app(s) with no frame quota")
+        return share

@@ -188,6 +188,12 @@ def test_bad_quota_tables_are_one_line_errors_naming_the_file(tmp_path, table, m
     assert f"{d / 'app.toml'}: [quota] " in err and message in err, err
 
 
+def test_quotas_that_leave_no_frames_for_the_other_apps_are_refused(tmp_path):
+    r = run_exo("boot", str(HOG), str(PRIMES), "--ram", "16", "--quota", "hog:frames=100000", cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert b"leave nothing of the" in r.stderr and b"for the 1 app(s) with no frame quota" in r.stderr
+
+
 def test_memory_pages_and_quota_frames_conflict(tmp_path):
     d = make_app(tmp_path, "q", "_start:\n    jmp _start\n", memory_pages=100)
     (d / "app.toml").write_text((d / "app.toml").read_text() + "[quota]\nframes = 10\n")
