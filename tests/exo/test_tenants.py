@@ -270,3 +270,39 @@ def test_a_net_flood_beside_a_udp_echo_is_held_to_its_rate(tmp_path):
     assert b.kernel.machine.clock.now_ns() >= (flood_bytes - (1 << 20)) * 10**9 // (1 << 20)
     unlimited = run(None)
     assert unlimited.stdout == b"" and unlimited.env("nettest").fault.startswith("blocked forever")
+
+
+COW_SHORT = """
+section .text
+_start:
+    mov edi, 4096
+    call LIB_MEMORY_SBRK
+    mov r14, rax
+    mov byte ptr [r14], 7        ; a heap page of its own
+    call LIB_MEMORY_FORK         ; now copy-on-write in parent and child
+    test rax, rax
+    jz child
+    mov rbx, 0x200000000
+more:
+    xor edi, edi
+    mov rsi, rbx
+    mov edx, PERM_R | PERM_W
+    call HC_PAGE_ALLOC
+    add rbx, 4096
+    test rax, rax
+    jns more                     ; until the app's frame quota refuses
+    mov byte ptr [r14], 8        ; copy-on-write fault: no frame for the copy
+child:
+    xor edi, edi
+    call LIB_CORE_EXIT
+"""
+
+
+def test_a_copy_on_write_fault_short_of_frames_names_the_quota(app):
+    b = boot(with_quota(app("cow", COW_SHORT, libos={"memory": "cow", "console": "buffered"}), frames=300),
+             app("w", WITNESS))
+    assert b.stdout == b"ok\n"
+    (report,) = b.reports
+    assert report.env_name == "cow" and report.error_code & 0x3 == 0x3  # a write to a present page
+    assert report.reason == "frame quota of app 'cow' exhausted: 300 of 300 frames"
+    assert b.kernel.tenants["cow"].frames_used == 0
