@@ -50,6 +50,7 @@ DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 # Live environments one booted app (its tree of descendants) may hold by default: its
 # tenant's env quota (exo/tenants.py); a fork bomb gets -EAGAIN beyond it.
 MAX_ENVS_PER_APP = DEFAULT_ENVS
+RATE_WAITS = frozenset({"disk rate", "net rate"})  # what an environment in sleep_until waits for
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
 _KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
@@ -508,11 +509,12 @@ class Exokernel:
         h = self._handoff
         if h is not None:
             self._handoff = None
-            env = self._first_runnable(h)
-            if env is not None:
-                if self._turn is None:
-                    self._turn, self._turn_left = h, h.weight * self.slice_instructions
-                return env
+            # Only inside a turn with time left: a hand-off never starts a turn, so two apps
+            # handing the CPU to each other cannot keep a third from its turn.
+            if self._turn is not None and self._turn_left > 0:
+                env = self._first_runnable(h)
+                if env is not None:
+                    return env
         t = self._turn
         if t is not None:
             if self._turn_left > 0:
@@ -537,7 +539,10 @@ class Exokernel:
         """Wake the environments whose delay is over; ``idle`` (nothing else can run): wait for the first."""
         clock = self.machine.clock
         now = clock.now_ns()
-        if idle:
+        # Still asleep: a parent may have made one runnable early (it then reran its call).
+        self.sleepers = [e for e in self.sleepers if e.alive and e.status == EnvStatus.BLOCKED
+                         and e.blocked_on in RATE_WAITS]
+        if idle and self.sleepers:
             first = min(e.wake_at for e in self.sleepers)
             if first > now:
                 if clock.mode == "virtual":
@@ -547,8 +552,6 @@ class Exokernel:
                 now = clock.now_ns()
         keep = []
         for e in self.sleepers:
-            if not e.alive or e.status != EnvStatus.BLOCKED:
-                continue
             if e.wake_at <= now:
                 self.make_runnable(e)
             else:

@@ -306,3 +306,14 @@ def test_a_copy_on_write_fault_short_of_frames_names_the_quota(app):
     assert report.env_name == "cow" and report.error_code & 0x3 == 0x3  # a write to a present page
     assert report.reason == "frame quota of app 'cow' exhausted: 300 of 300 frames"
     assert b.kernel.tenants["cow"].frames_used == 0
+
+
+def test_a_microkernel_ipc_ping_pong_does_not_starve_another_app(app):
+    """Before tenants, wake_first put the server and then its client at the head of the run queue:
+    an app calling a server in a loop kept the CPU and a busy app beside it retired nothing. The
+    hand-off now runs inside the caller's turn, so the server's time counts against the caller."""
+    caller = app("caller", "section .text\n_start:\n    call LIB_CONSOLE_FLUSH\n    jmp _start\n",
+                 libos={"console": "buffered"})
+    b = boot(caller, app("busy", BUSY), max_instructions=3_000_000, structure="microkernel")
+    ins = {e.name: e.instructions for e in b.kernel.envs.values()}
+    assert ins["busy"] == 1_500_000 and ins["caller"] + ins["console-server"] == 1_500_000, ins
