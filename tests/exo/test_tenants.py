@@ -42,6 +42,20 @@ def test_a_memory_hog_beside_primes_gets_enomem_and_primes_completes():
     assert hog.frame_limit == primes.frame_limit and hog.frames_peak == hog.frame_limit
 
 
+@pytest.mark.parametrize("stop_at", [60_000, 150_000])
+def test_frames_charged_equal_frames_owned_mid_run(stop_at):
+    """The count kept at alloc/free equals a census of the frame table, while the pipeline runs."""
+    b = boot(HOG, PRIMES, ram_mib=32, max_instructions=stop_at)
+    k = b.kernel
+    census: dict[int, int] = {}
+    for owner in k.frames.owner:
+        t = k.tenants.by_owner.get(owner)
+        if t is not None:
+            census[t.id] = census.get(t.id, 0) + 1
+    assert {t.id: t.frames_used for t in k.tenants if t.frames_used} == census
+    assert k.tenants["primes"].envs_used == sum(1 for e in k.envs.values() if e.alive and e.tenant.name == "primes")
+
+
 def test_frames_are_counted_exactly_and_given_back():
     """Every frame of an app (children and page tables included) is charged to it, and returned."""
     b = boot(PRIMES, ram_mib=32)
