@@ -14,7 +14,9 @@ quotas that cover all of its environments together:
   deficit round robin over tenants (Shreedhar and Varghese, SIGCOMM'95): on its
   turn a tenant gets ``weight`` slices worth of instructions, spent round robin
   over its own runnable environments, so an app with 1,000 runnable
-  environments gets no more CPU than an app with one.
+  environments gets no more CPU than an app with one. A yield ends the turn (it
+  ended the slice before tenants); an IPC hand-off to a microkernel server runs
+  inside the caller's turn and never starts one.
 * **disk** and **net**: token buckets, bytes/s and operations/s with a burst,
   as Firecracker's rate limiters (src/vmm/src/rate_limiter/mod.rs: a
   ``RateLimiter`` holds a bandwidth and an ops ``TokenBucket``; when a request
