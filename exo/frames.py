@@ -50,10 +50,10 @@ class FrameTable:
         self.xmaps = array("i", [0]) * n
         self.on_code_write: Callable[[], None] = lambda: None
         # Owner id -> its tenant (exo/tenants.py): every frame is charged to its owner's app
-        # when handed out and given back when freed. last_refused: (owner, why) of the last
-        # allocation refused, for the fault report of an environment that then faults.
+        # when handed out and given back when freed. refused: owner -> why its last allocation
+        # was refused, for the fault report of an environment that then faults.
         self.tenant_of: dict = {}
-        self.last_refused: tuple[int, str] | None = None
+        self.refused: dict[int, str] = {}
         first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
         for f in range(first):
             self.owner[f] = EXO
@@ -70,11 +70,11 @@ class FrameTable:
         t = self.tenant_of.get(owner)
         if t is not None and t.frames_used >= t.frame_limit:
             t.frame_refusals += 1
-            self.last_refused = (owner, t.frames_exhausted)
-            raise QuotaExceeded(t.frames_exhausted)
+            why = self.refused[owner] = t.frames_exhausted
+            raise QuotaExceeded(why)
         if not self._free:
-            self.last_refused = (owner, f"guest RAM exhausted: all {len(self.owner)} frames in use")
-            raise OutOfFrames(self.last_refused[1])
+            why = self.refused[owner] = f"guest RAM exhausted: all {len(self.owner)} frames in use"
+            raise OutOfFrames(why)
         if t is not None:
             t.frames_used += 1
             if t.frames_used > t.frames_peak:

@@ -285,6 +285,7 @@ class Exokernel:
 
     def _reclaim(self, env: Env) -> None:
         env.tenant.envs_used -= 1
+        self.frames.refused.pop(env.id, None)
         if env.mailbox is not None and env.mailbox[2] >= 0:
             self.release_frame(env.mailbox[2])
         env.mailbox = None
@@ -309,11 +310,11 @@ class Exokernel:
         code = env.space.fetch_code(trap.insn_address)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
         where = env.symbolize(trap.insn_address) if env.symbolize else None
-        refused = self.frames.last_refused
-        if refused is not None and refused[0] == env.id and self._still_short(env):
-            # Its last frame was refused and it is still short: that is most likely why it faulted
+        refused = self.frames.refused.get(env.id)
+        if refused is not None and self._still_short(env):
+            # A frame was refused to it and it is still short: that is most likely why it faulted
             # (a copy-on-write or demand-zero fault its pager could not serve, libos/memory.py).
-            reason = f"{reason}; {refused[1]}" if reason else refused[1]
+            reason = f"{reason}; {refused}" if reason else refused
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
         if kind is not None:
             report.kind = kind
