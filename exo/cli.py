@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--slice", type=int, default=None, metavar="N",
                    help="time slice: instructions (virtual clock) or microseconds (wall clock)")
     b.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    b.add_argument("--quota", action="append", default=[], metavar="APP:KEY=V,...",
+                   help="an app's tenant quotas (repeatable; over its app.toml [quota]): frames=N, envs=N, "
+                        "cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "
+                        "(K/M/G suffixes). Default: free frames split evenly, 1024 envs, equal CPU, no rate limit")
     b.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions in all (a watchdog for autograders)")
     b.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")
@@ -126,6 +130,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     from exo.manifest import load_manifest
 
     manifests = [load_manifest(a) for a in args.apps]
+    quotas = _quota_options(args.quota, manifests)
     linked = [_resolve_libos(m) for m in manifests]
     images = [_build(m, classes, not args.no_cache) for m, classes in zip(manifests, linked)]
     if args.ram <= 0 or args.ram > 4096:
@@ -166,7 +171,7 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
 
         tracer = Tracer(kernel.cpu.instructions, machine.clock.now_ns, args.trace_capacity)
         kernel.acct.tracer = tracer
-    envs = spawn_apps(kernel, list(zip(manifests, images, linked)), guest_args)
+    envs = spawn_apps(kernel, list(zip(manifests, images, linked)), guest_args, quotas)
     if kernel.net is not None:
         _check_forwards(nic, kernel.net)
         for f in getattr(nic.backend, "forwards", ()):
@@ -252,19 +257,44 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def spawn_apps(kernel, apps: list, guest_args: list[str] = ()) -> list:
+def _quota_options(specs: list[str], manifests: list) -> dict[str, dict]:
+    """``--quota APP:KEY=V,...`` options -> {app name: parsed quota} (one-line errors, exit 2)."""
+    from exo.tenants import QuotaError, parse_quota_option
+
+    names = [m.name for m in manifests]
+    out: dict[str, dict] = {}
+    for spec in specs:
+        try:
+            name, quota = parse_quota_option(spec)
+        except QuotaError as e:
+            raise ExoUserError("--quota", str(e)) from None
+        if name not in names:
+            raise ExoUserError("--quota", f"no booted app is named '{name}' (booted: {', '.join(names)})")
+        out.setdefault(name, {}).update(quota)
+    return out
+
+
+def spawn_apps(kernel, apps: list, guest_args: list[str] = (), quotas: dict[str, dict] | None = None) -> list:
     """Start booted apps as `exo boot` does: each ``(manifest, image, libOS classes)`` becomes an
     environment with its libOS linked, the whole disk granted (if the machine has one) and, on a
-    machine with a NIC, app i's network address (10.0.2.(15+i): exo/net.py). The tests and the
+    machine with a NIC, app i's network address (10.0.2.(15+i): exo/net.py). Each is a tenant
+    (exo/tenants.py) with its app.toml [quota], overridden by ``quotas`` (by app name); an app
+    that sets no frame quota gets an equal part of the free frames. The tests and the
     benchmarks boot through here too."""
     from exo.loader import spawn
+    from exo.tenants import QuotaError, Tenants
     from libos.link import link, relink_siblings
 
     kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     disk = kernel.machine.disk
+    per_app = [{**m.quota, **(quotas or {}).get(m.name, {})} for m, _, _ in apps]
+    try:
+        share = Tenants.fair_frames(per_app, kernel.frames.free_count)
+    except QuotaError as e:
+        raise ExoUserError("--quota", str(e)) from None
     envs = []
-    for m, image, classes in apps:
-        env = spawn(kernel, image, [*m.args, *guest_args], frame_quota=m.memory_pages)
+    for (m, image, classes), quota in zip(apps, per_app):
+        env = spawn(kernel, image, [*m.args, *guest_args], quota={"frames": share, **quota})
         if classes:
             link(kernel.libs, env, classes)
         if disk is not None:
@@ -360,6 +390,7 @@ def collect_stats(kernel) -> dict:
         "hypercalls": dict(sorted(acct.hypercalls.items())),
         "guest_instructions": kernel.cpu.retired_total if virtual else None,
         "envs": envs,
+        "tenants": [t.usage() for t in kernel.tenants],
         **({"net": {"exokernel": dict(kernel.net.stats), "nic": dict(kernel.net.nic.stats)}}
            if kernel.net is not None else {}),
     }
@@ -392,6 +423,17 @@ def print_stats(stats: dict) -> None:
     console.print(e)
     if stats["guest_instructions"] is not None:
         console.print(f"guest instructions: {stats['guest_instructions']}")
+    q = Table(title="tenants: use against quota")
+    for col in ("app", "frames (peak) / quota", "envs / quota", "cpu weight", "instructions", "disk", "net"):
+        q.add_column(col)
+    for t in stats["tenants"]:
+        fr, en = t["frames"], t["envs"]
+        refused = lambda d: f", {d['refused']} refused" if d["refused"] else ""  # noqa: E731
+        rate = lambda d: "-" if d is None else f"{d['limit']}, {d['delays']} delays"  # noqa: E731
+        q.add_row(t["name"] + (" (system)" if t["system"] else ""),
+                  f"{fr['used']} ({fr['peak']}) / {fr['limit']}{refused(fr)}", f"{en['used']} / {en['limit']}{refused(en)}",
+                  str(t["cpu"]["weight"]), str(t["cpu"]["instructions"]), rate(t["disk"]), rate(t["net"]))
+    console.print(q)
     if "net" in stats:
         n = Table(title="network frames")
         n.add_column("where")

@@ -117,7 +117,7 @@ def hc_disk_info(k: Exokernel, env: Env, info: int) -> int:
     return 0
 
 
-def hc_disk_io(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int) -> int:
+def hc_disk_io(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int) -> object:
     """A batch of read/write/flush requests, each checked, applied in order; stops at the first bad one."""
     disk = _disk(k)
     if count > MAX_DISK_BATCH:
@@ -125,6 +125,19 @@ def hc_disk_io(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int) -> 
     raw = env.space.read(reqs, count * DISK_REQ_SIZE)
     if done_ptr:
         env.space.user_chunks(done_ptr, 8, True)  # check before applying anything
+    limit = env.tenant.disk
+    if limit is not None:
+        # The app's token buckets (exo/tenants.py): over its rate the whole batch waits in guest
+        # time, then runs (Firecracker's block device stops taking requests until refilled).
+        nbytes = 0
+        for i in range(count):
+            op, _, _, nsectors, _ = _REQ.unpack_from(raw, i * DISK_REQ_SIZE)
+            if op in (DiskOp.READ, DiskOp.WRITE):
+                nbytes += min(nsectors, MAX_DISK_SECTORS) * SECTOR_SIZE
+        now = k.machine.clock.now_ns()
+        wait = limit.wait_ns(nbytes, count, now)
+        if wait:
+            return k.sleep_until(env, now + wait, "disk rate")
     space = env.space
     done = 0
     error: HypercallError | None = None

@@ -23,7 +23,6 @@ class Env:
     upcall_stack: int = 0  # top of the exception stack the upcall frame is pushed on
     exit_status: int | None = None
     fault: str | None = None  # one-line summary when stopped by a fault
-    frame_quota: int = 1 << 16  # frames (page tables included) this env may hold
     allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
     blocked_on: str | None = None
     queued: bool = False  # on the run queue
@@ -31,6 +30,8 @@ class Env:
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)
     tree_root: int = 0  # the booted app this environment descends from (0: it is one)
+    tenant: Any = None  # its app's Tenant (exo/tenants.py): quotas and CPU share, shared by the whole tree
+    wake_at: int = 0  # guest ns a rate-limited environment sleeps until (Exokernel.sleep_until)
     argv: list[str] = field(default_factory=list)
     symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
     # libOS linking (exo/libcall.py)

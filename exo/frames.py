@@ -89,6 +89,10 @@ def over_max_right(ft: FrameTable, frame: int, rights: int) -> str | None:
 
 
 class OutOfFrames(Exception):
+    """No frame for this allocation: guest RAM is full, or (QuotaExceeded) the owner's app is at its quota."""
+
+
+class QuotaExceeded(OutOfFrames):
     pass
 
 
@@ -111,6 +115,11 @@ class FrameTable:
         self.wmaps = array("i", [0]) * n
         self.xmaps = array("i", [0]) * n
         self.on_code_write: Callable[[], None] = lambda: None
+        # Owner id -> its tenant (exo/tenants.py): every frame is charged to its owner's app
+        # when handed out and given back when freed. refused: owner -> why its last allocation
+        # was refused, for the fault report of an environment that then faults.
+        self.tenant_of: dict = {}
+        self.refused: dict[int, str] = {}
         first = (reserved_bytes + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
         for f in range(first):
             self.owner[f] = EXO
@@ -129,8 +138,18 @@ class FrameTable:
         ``kind`` fixes the frame's maximum right (MAX_RIGHT) until it is freed;
         by default GUEST for a normal frame, none for page tables and exokernel frames.
         """
+        t = self.tenant_of.get(owner)
+        if t is not None and t.frames_used >= t.frame_limit:
+            t.frame_refusals += 1
+            why = self.refused[owner] = t.frames_exhausted
+            raise QuotaExceeded(why)
         if not self._free:
-            raise OutOfFrames()
+            why = self.refused[owner] = f"guest RAM exhausted: all {len(self.owner)} frames in use"
+            raise OutOfFrames(why)
+        if t is not None:
+            t.frames_used += 1
+            if t.frames_used > t.frames_peak:
+                t.frames_peak = t.frames_used
         if kind is None or ftype != FrameType.NORMAL:  # a frame that is never mapped has no rights
             kind = DEFAULT_KIND[ftype]
         f = self._free.pop()
@@ -148,6 +167,9 @@ class FrameTable:
     def free(self, f: int) -> None:
         if self.type[f] == FrameType.FREE:
             raise AssertionError(f"double free of frame {f:#x}")
+        t = self.tenant_of.get(self.owner[f])
+        if t is not None:
+            t.frames_used -= 1
         self.owner[f] = FREE
         self.type[f] = FrameType.FREE
         self.kind[f] = FrameKind.FREE

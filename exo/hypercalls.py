@@ -116,11 +116,10 @@ def _hc_page_alloc(k: Exokernel, env: Env, envid: int, va: int, perm: int) -> in
     target = k.env_for(env, envid)
     check_user_va(va)
     pte = perm_to_pte(perm)
-    k.check_quota(target)
     try:
         frame = k.frames.alloc(target.id, FrameType.NORMAL)
-    except OutOfFrames:
-        raise HypercallError(Errno.ENOMEM, "out of physical frames") from None
+    except OutOfFrames as e:
+        raise HypercallError(Errno.ENOMEM, str(e)) from None
     try:
         target.space.map(va, frame, pte)
     except HypercallError:
@@ -157,7 +156,6 @@ def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dst
         raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {src.id}")
     frame, src_pte = found
     _check_share(k, frame, src_pte, pte)
-    k.check_quota(dst)
     dst.space.map(dstva, frame, pte)
     k.flush_if_current(dst)
     return 0
@@ -201,7 +199,6 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
                 pte = perm_to_pte(perm)
                 if not k.frames.valid(frame) or owner[frame] not in (env.id, target.id):
                     raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not yours to map (use page_map to share)")
-                k.check_quota(target)
                 target.space.map(va, frame, pte)
             elif op == MmuOp.UNMAP:
                 target.space.unmap(va)
@@ -346,7 +343,6 @@ def _hc_ipc_recv(k: Exokernel, env: Env, dstva: int, info: int, flags: int) -> o
         return k.block_and_retry(env, "ipc")
     sender, value, frame, perm = env.mailbox
     if frame >= 0 and dstva:
-        k.check_quota(env)
         env.space.map(dstva, frame, perm_to_pte(perm))
         k.flush_if_current(env)
     else:
@@ -441,9 +437,10 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     Hypercall(5, "mmu_update", ("reqs", "count", "done"), "0", (E.EFAULT, E.EPERM, E.EINVAL, E.ENOMEM, E.ESRCH),
               "Apply count 32-byte requests {u32 op, u32 envid, u64 va, u64 frame, u64 perm} in order; "
               "stores how many succeeded at done (if not 0).", _hc_mmu_update),
-    Hypercall(6, "env_create", (), "child id in the parent, 0 in the child", (E.ENOMEM,),
+    Hypercall(6, "env_create", (), "child id in the parent, 0 in the child", (E.ENOMEM, E.EAGAIN),
               "Exofork: a child with the caller's registers, an empty address space and status "
-              "NOT_RUNNABLE.", _hc_env_create),
+              "NOT_RUNNABLE, in the caller's app (its tenant). -EAGAIN: the app is at its environment "
+              "quota; -ENOMEM: at its frame quota.", _hc_env_create),
     Hypercall(7, "env_destroy", ("envid",), "0", (E.ESRCH, E.EPERM),
               "Destroy envid (0: self, or a child) and reclaim everything it holds.", _hc_env_destroy),
     Hypercall(8, "env_set_status", ("envid", "status"), "0", (E.ESRCH, E.EPERM, E.EINVAL),

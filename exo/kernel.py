@@ -11,6 +11,7 @@ Reading order for the hypercall path: hw/cpu.py ``_hook_syscall`` ->
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -36,6 +37,7 @@ from exo.libcall import LibFault, LibraryTable
 from exo.net import NetMux
 from exo.report import FaultReport, build_report, stuck_reason
 from exo.structures import Structures, slot_code
+from exo.tenants import DEFAULT_ENVS, Tenant, Tenants
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
 from hw.machine import Machine
@@ -45,10 +47,10 @@ from hw.regs import GPR_INDEX, GPRS, Reg
 from hw.traps import Trap, TrapKind, Vector
 
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
-# Live environments one booted app (its tree of descendants) may hold: a fork bomb
-# gets -ENOMEM here instead of taking all of RAM from the other apps (JOS has a
-# global NENV of 1024 for the same reason).
-MAX_ENVS_PER_APP = 1024
+# Live environments one booted app (its tree of descendants) may hold by default: its
+# tenant's env quota (exo/tenants.py); a fork bomb gets -EAGAIN beyond it.
+MAX_ENVS_PER_APP = DEFAULT_ENVS
+RATE_WAITS = frozenset({"disk rate", "net rate"})  # what an environment in sleep_until waits for
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
 _KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
@@ -83,11 +85,18 @@ class Exokernel:
         self.frames.on_code_write = self.cpu.flush_code
         self.acct = Accounting()
         self.envs: dict[int, Env] = {}
-        self.runq: deque[Env] = deque()
+        # One tenant per booted app (exo/tenants.py): quotas over all its environments, and
+        # the unit the scheduler shares the CPU between (``_next_env``).
+        self.tenants = Tenants(self.frames.free_count)
+        self.frames.tenant_of = self.tenants.by_owner
+        self.ring: deque[Tenant] = deque()  # tenants with runnable environments, waiting for a turn
+        self._turn: Tenant | None = None  # whose turn it is
+        self._turn_left = 0  # instructions (virtual clock) or slices (wall clock) left in the turn
+        self._handoff: Tenant | None = None  # wake_first: its first environment runs next
+        self.sleepers: list[Env] = []  # blocked until env.wake_at (guest ns): a rate limit's delay
         self.current: Env | None = None
         self._live: Env | None = None  # whose state is loaded in the vCPU
         self._next_id = 1
-        self._tree_sizes: dict[int, int] = {}  # app (tree root id) -> live environments in it
         self.slice_instructions = slice_instructions
         self.reports: list[FaultReport] = []
         self.on_fault = on_fault or self._print_report
@@ -113,19 +122,34 @@ class Exokernel:
         self.net: NetMux | None = NetMux(self, machine.nic) if machine.nic is not None else None
 
     # ------------------------------------------------------------ environments
-    def create_env(self, name: str, parent: Env | None = None) -> Env:
-        """A new environment with only the hypercall page mapped, NOT_RUNNABLE."""
+    def create_env(self, name: str, parent: Env | None = None, *, system: bool = False) -> Env:
+        """A new environment with only the hypercall page mapped, NOT_RUNNABLE.
+
+        With no parent it starts a new tenant (a booted app; ``system``: the
+        exokernel's own, a microkernel server); a child joins its parent's tenant.
+        """
         eid = self._next_id
+        if parent is not None:
+            tenant = parent.tenant
+            if tenant.envs_used >= tenant.env_limit:
+                tenant.env_refusals += 1
+                raise HypercallError(Errno.EAGAIN, f"env quota of app '{tenant.name}' exhausted: "
+                                                   f"{tenant.envs_used} of {tenant.env_limit} environments")
+        else:
+            tenant = self.tenants.new(eid, name, system=system)
+        self.tenants.by_owner[eid] = tenant  # before its first frame: page tables are charged too
         space = AddressSpace(self.frames, eid)
         self._next_id += 1
         ctx = self.cpu.new_context()
         ctx.cr3 = space.root
         env = Env(eid, name, parent.id if parent else None, space, ctx)
+        env.tenant = tenant
         try:
             self.map_exo_page(env, HYPERCALL_PAGE, self.hypercall_frame, PTE_P | PTE_U)  # R+X
         except HypercallError:
             space.destroy()  # out of frames for its page tables: give back what it got
             raise
+        tenant.envs_used += 1
         self.envs[eid] = env
         if parent is not None:
             parent.children.append(eid)
@@ -140,11 +164,8 @@ class Exokernel:
     def exofork(self, parent: Env) -> Env:
         """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
         root = parent.tree_root or parent.id
-        if self._tree_sizes.get(root, 1) >= MAX_ENVS_PER_APP:
-            raise HypercallError(Errno.ENOMEM, f"this app already has {MAX_ENVS_PER_APP} live environments")
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
         child.tree_root = root
-        self._tree_sizes[root] = self._tree_sizes.get(root, 1) + 1
         cpu = self.cpu
         cr3 = child.ctx.cr3
         cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
@@ -181,10 +202,6 @@ class Exokernel:
             raise HypercallError(Errno.EPERM, f"environment {envid} is not a child of {caller.id}")
         return env
 
-    def check_quota(self, env: Env) -> None:
-        if env.space.pages + len(env.space.table_frames) >= env.frame_quota:
-            raise HypercallError(Errno.ENOMEM, f"environment {env.id} is over its quota of {env.frame_quota} frames")
-
     def flush_if_current(self, env: Env) -> None:
         if env is self._live:
             self.cpu.flush_tlb()
@@ -206,19 +223,35 @@ class Exokernel:
             self._enqueue(env)
 
     def _enqueue(self, env: Env) -> None:
-        """Put ``env`` at the tail of the run queue, once."""
+        """Put ``env`` at the tail of its tenant's run queue, once; the tenant waits for a turn."""
         if not env.queued:
             env.queued = True
-            self.runq.append(env)
+            t = env.tenant
+            t.runq.append(env)
+            if not t.in_ring and t is not self._turn:
+                t.in_ring = True
+                self.ring.append(t)
 
     def wake_first(self, env: Env) -> None:
-        """Make ``env`` runnable at the head of the run queue (an IPC hand-off)."""
+        """Make ``env`` runnable and run it next (an IPC hand-off: the time it runs is spent
+        from the turn of the tenant running now, as L4 donates the caller's time slice)."""
         env.status = EnvStatus.RUNNABLE
         env.blocked_on = None
+        t = env.tenant
         if env.queued:
-            self.runq.remove(env)
+            t.runq.remove(env)
         env.queued = True
-        self.runq.appendleft(env)
+        t.runq.appendleft(env)
+        if not t.in_ring and t is not self._turn:
+            t.in_ring = True
+            self.ring.append(t)
+        self._handoff = t
+
+    def sleep_until(self, env: Env, wake_at: int, what: str) -> object:
+        """Block ``env`` until guest time ``wake_at`` (ns), then rerun its hypercall (a rate limit)."""
+        env.wake_at = wake_at
+        self.sleepers.append(env)
+        return self.block_and_retry(env, what)
 
     def make_runnable(self, env: Env) -> None:
         self.set_status(env, EnvStatus.RUNNABLE)
@@ -252,9 +285,8 @@ class Exokernel:
             self._reclaim(env)
 
     def _reclaim(self, env: Env) -> None:
-        root = env.tree_root or env.id
-        if root in self._tree_sizes:  # only apps that ever forked are counted
-            self._tree_sizes[root] -= 1
+        env.tenant.envs_used -= 1
+        self.frames.refused.pop(env.id, None)
         if env.mailbox is not None and env.mailbox[2] >= 0:
             self.release_frame(env.mailbox[2])
         env.mailbox = None
@@ -279,6 +311,11 @@ class Exokernel:
         code = env.space.fetch_code(trap.insn_address)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
         where = env.symbolize(trap.insn_address) if env.symbolize else None
+        refused = self.frames.refused.get(env.id)
+        if refused is not None and self._still_short(env):
+            # A frame was refused to it and it is still short: that is most likely why it faulted
+            # (a copy-on-write or demand-zero fault its pager could not serve, libos/memory.py).
+            reason = f"{reason}; {refused}" if reason else refused
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
         if kind is not None:
             report.kind = kind
@@ -291,6 +328,10 @@ class Exokernel:
         """Stop ``env`` because its library OS failed (a bug in a module, not a CPU fault)."""
         trap = Trap(TrapKind.MACHINE_CHECK, Vector.MC, self.cpu.regs.read(Reg.RIP), detail=detail)
         self.kill(env, trap, detail if reason is None else reason, kind=what)
+
+    def _still_short(self, env: Env) -> bool:
+        t = env.tenant
+        return t.frames_used >= t.frame_limit or self.frames.free_count == 0
 
     @staticmethod
     def _print_log(env: Env, text: str) -> None:
@@ -434,11 +475,14 @@ class Exokernel:
                 net_waiting = net.waiters()
                 if net_waiting:
                     net.wake_expired(net_waiting, self.machine.clock.now_ns())
-            while self.runq:
-                env = self.runq.popleft()
-                env.queued = False
-                if env.status == EnvStatus.RUNNABLE:
-                    return env
+            if self.sleepers:
+                self._wake_sleepers(idle=False)
+            env = self._next_env()
+            if env is not None:
+                return env
+            if self.sleepers:
+                self._wake_sleepers(idle=True)
+                continue
             if waiting:
                 console.wait_input(0.02 if net_waiting else 0.5)
                 continue
@@ -446,11 +490,81 @@ class Exokernel:
                 continue
             return None
 
+    @staticmethod
+    def _first_runnable(t: Tenant) -> Env | None:
+        q = t.runq
+        while q:
+            env = q.popleft()
+            env.queued = False
+            if env.status == EnvStatus.RUNNABLE:
+                return env
+        return None
+
+    def _next_env(self) -> Env | None:
+        """Deficit round robin over tenants, round robin inside each (exo/tenants.py).
+
+        A turn is ``weight`` slices worth of instructions (virtual clock; slices on the
+        wall clock), spent on the tenant's runnable environments in turn; it ends early
+        when one yields (as a yield ended its slice before tenants) or none is left.
+        """
+        h = self._handoff
+        if h is not None:
+            self._handoff = None
+            # Only inside a turn with time left: a hand-off never starts a turn, so two apps
+            # handing the CPU to each other cannot keep a third from its turn.
+            if self._turn is not None and self._turn_left > 0:
+                env = self._first_runnable(h)
+                if env is not None:
+                    return env
+        t = self._turn
+        if t is not None:
+            if self._turn_left > 0:
+                env = self._first_runnable(t)
+                if env is not None:
+                    return env
+            self._turn = None
+            if t.runq and not t.in_ring:
+                t.in_ring = True
+                self.ring.append(t)
+        ring = self.ring
+        while ring:
+            t = ring.popleft()
+            t.in_ring = False
+            env = self._first_runnable(t)
+            if env is not None:
+                self._turn, self._turn_left = t, t.weight * self.slice_instructions
+                return env
+        return None
+
+    def _wake_sleepers(self, idle: bool) -> None:
+        """Wake the environments whose delay is over; ``idle`` (nothing else can run): wait for the first."""
+        clock = self.machine.clock
+        now = clock.now_ns()
+        # Still asleep: a parent may have made one runnable early (it then reran its call).
+        self.sleepers = [e for e in self.sleepers if e.alive and e.status == EnvStatus.BLOCKED
+                         and e.blocked_on in RATE_WAITS]
+        if idle and self.sleepers:
+            first = min(e.wake_at for e in self.sleepers)
+            if first > now:
+                if clock.mode == "virtual":
+                    clock.advance(first - now)  # nothing runs meanwhile: guest time jumps (as exo/net.py idles)
+                else:
+                    time.sleep((first - now) / 1e9)
+                now = clock.now_ns()
+        keep = []
+        for e in self.sleepers:
+            if e.wake_at <= now:
+                self.make_runnable(e)
+            else:
+                keep.append(e)
+        self.sleepers = keep
+
     def run(self, max_instructions: int | None = None) -> None:
         """Run environments round-robin until none is runnable (or the watchdog fires)."""
         cpu = self.cpu
         total = 0
         self.watchdog_fired = False
+        virtual = self.machine.clock.mode == "virtual"
         while True:
             budget = self.slice_instructions
             if max_instructions is not None:
@@ -461,6 +575,8 @@ class Exokernel:
             env = self._pick()
             if env is None:
                 break
+            if virtual:
+                budget = min(budget, self._turn_left)
             if env is not self._live:
                 if self._live is not None and self._live.alive:
                     cpu.save(self._live.ctx)
@@ -483,7 +599,12 @@ class Exokernel:
             self.current = None
             retired = ex.retired or 0
             env.instructions += retired
+            env.tenant.instructions += retired
             total += retired
+            # The turn's use: instructions under the virtual clock, a whole slice under the wall clock.
+            self._turn_left -= retired if virtual else self.slice_instructions
+            if ex.stop_reason == "yield":
+                self._turn_left = 0
             if env.status == EnvStatus.DYING:
                 self._reclaim(env)
                 continue

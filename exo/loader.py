@@ -25,8 +25,8 @@ SEGMENT_KIND = {
 def _alloc_page(k: Exokernel, env: Env, va: int, pte: int, kind: FrameKind) -> int:
     try:
         frame = k.frames.alloc(env.id, FrameType.NORMAL, kind=kind)
-    except OutOfFrames:
-        raise ExoUserError(env.name, "out of physical memory while loading") from None
+    except OutOfFrames as e:
+        raise ExoUserError(env.name, f"out of memory while loading: {e}") from None
     env.space.map(va, frame, pte)
     return frame << PAGE_SHIFT
 
@@ -74,11 +74,15 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
 
 
 def spawn(k: Exokernel, image: Image, argv: list[str] | None = None, name: str | None = None,
-          frame_quota: int | None = None) -> Env:
-    """Create an environment running ``image`` (what `exo boot` does for each app)."""
+          quota: dict | None = None) -> Env:
+    """Create an environment running ``image`` (what `exo boot` does for each app).
+
+    It starts a new tenant; ``quota`` (exo/tenants.py parse_quota) sets its limits
+    before the image is loaded, so loading counts against them.
+    """
     env = k.create_env(name or image.name)
-    if frame_quota is not None:
-        env.frame_quota = frame_quota
+    if quota:
+        k.tenants.apply(env.tenant, quota)
     try:
         load_image(k, env, image, argv or [])
     except HypercallError as e:

@@ -5,6 +5,12 @@
     entry = "_start"              # assembly only; an ELF names its own entry
     [libos]                       # the library OS modules to link, and which implementation
     console = "buffered"
+    [quota]                       # optional: the app's tenant quotas (exo/tenants.py)
+    frames = 4096                 # frames of all its environments, page tables included
+    envs = 64                     # live environments
+    cpu = 2                       # CPU weight (default 1: equal shares)
+    disk = "1M/s"                 # disk bytes/s (":BURST" after it sets the bucket size); disk_ops ops/s
+    net = "100K/s"                # network send bytes/s; net_ops frames/s
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exo.errors import ExoUserError
+from exo.tenants import QuotaError, parse_quota
 
-KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages", "args"}
+KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages", "args", "quota"}
 ASM_SUFFIXES = (".s", ".asm", ".S")
 
 
@@ -27,8 +35,9 @@ class Manifest:
     entry: str = "_start"
     libos: dict[str, str] = field(default_factory=dict)
     description: str = ""
-    memory_pages: int = 1 << 16
+    memory_pages: int | None = None  # the older spelling of [quota] frames
     args: list[str] = field(default_factory=list)
+    quota: dict[str, Any] = field(default_factory=dict)  # parsed [quota] (exo/tenants.py parse_quota)
 
     @property
     def root(self) -> Path:
@@ -88,8 +97,16 @@ def load_manifest(app: str | Path) -> Manifest:
     args = need("args", list, [])
     if not all(isinstance(a, str) for a in args):
         raise ExoUserError(str(path), "'args' must be a list of strings")
-    pages = need("memory_pages", int, 1 << 16)
-    if pages <= 0:
-        raise ExoUserError(str(path), f"memory_pages must be positive, got {pages}")
+    pages = data.get("memory_pages")
+    if pages is not None and (not isinstance(pages, int) or isinstance(pages, bool) or pages <= 0):
+        raise ExoUserError(str(path), f"memory_pages must be a positive integer, got {pages!r}")
+    try:
+        quota = parse_quota(need("quota", dict, {}))
+    except QuotaError as e:
+        raise ExoUserError(str(path), f"[quota] {e}") from None
+    if pages is not None:
+        if "frames" in quota:
+            raise ExoUserError(str(path), "memory_pages and [quota] frames both set: keep [quota] frames")
+        quota["frames"] = pages
     return Manifest(path, name, files, need("entry", str, "_start"), dict(libos),
-                    need("description", str, ""), pages, list(args))
+                    need("description", str, ""), pages, list(args), quota)

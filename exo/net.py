@@ -157,7 +157,7 @@ class NetMux:
         self._app_filters: dict[int, list[Filter]] = {}  # app -> its filters, oldest first
         self._next_filter = 1
         self.stats = {"rx": 0, "delivered": 0, "unclaimed": 0, "malformed": 0, "ring_full": 0,
-                      "tx": 0, "tx_refused": 0}
+                      "tx": 0, "tx_refused": 0, "tx_delayed": 0}
         kernel.env_reclaim_hooks.append(self.detach)
 
     # ------------------------------------------------------------ addresses
@@ -257,13 +257,23 @@ class NetMux:
                 self._remove(f)
         env.net = None
 
-    def send(self, env: Env, reqs: int, count: int, done_ptr: int) -> int:
+    def send(self, env: Env, reqs: int, count: int, done_ptr: int) -> object:
         addr = self.address(env)
         if count > MAX_TX_BATCH:
             raise HypercallError(Errno.EINVAL, f"batch of {count} frames exceeds {MAX_TX_BATCH}")
         raw = env.space.read(reqs, count * NET_TX_REQ_SIZE)
         if done_ptr:
             env.space.user_chunks(done_ptr, 8, True)
+        limit = env.tenant.net
+        if limit is not None:
+            # The app's token buckets (exo/tenants.py): over its rate the whole batch waits, in
+            # guest time, and is then sent (Firecracker delays a rate-limited TX queue, never drops).
+            nbytes = sum(min(_TX.unpack_from(raw, i * NET_TX_REQ_SIZE)[1], NET_FRAME_MAX) for i in range(count))
+            now = self.k.machine.clock.now_ns()
+            wait = limit.wait_ns(nbytes, count, now)
+            if wait:
+                self.stats["tx_delayed"] += 1
+                return self.k.sleep_until(env, now + wait, "net rate")
         sent = 0
         error: HypercallError | None = None
         for i in range(count):

@@ -169,7 +169,7 @@ class Structures:
         if server is not None and server.alive:
             return server
         k = self.k
-        server = k.create_env(f"{name}-server")
+        server = k.create_env(f"{name}-server", system=True)  # shared by every app: no app's tenant
         self.map_into(server)
         for va in range(SERVER_STACK_TOP - 4 * PAGE_SIZE, SERVER_STACK_TOP, PAGE_SIZE):
             frame = k.frames.alloc(server.id, FrameType.NORMAL, kind=FrameKind.STACK)

@@ -140,8 +140,8 @@ class AddressSpace:
     def _alloc_table(self) -> int:
         try:
             f = self.frames.alloc(self.owner, FrameType.PAGETABLE)
-        except OutOfFrames:
-            raise HypercallError(Errno.ENOMEM, "out of physical frames for page tables") from None
+        except OutOfFrames as e:
+            raise HypercallError(Errno.ENOMEM, f"no frame for a page table: {e}") from None
         self.table_frames.append(f)
         return f << PAGE_SHIFT
 

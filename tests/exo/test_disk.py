@@ -57,7 +57,7 @@ def boot_disk(*apps: Path, disk=None, grants=None, max_instructions: int = 50_00
     for a in apps:
         m = load_manifest(a)
         classes = _resolve_libos(m)
-        env = spawn(kernel, _build(m, classes), m.args, frame_quota=m.memory_pages)
+        env = spawn(kernel, _build(m, classes), m.args, quota=m.quota)
         if classes:
             link(kernel.libs, env, classes)
         if disk is not None:
