@@ -194,6 +194,7 @@ class Harness:
         self.exceptions: list[str] = []  # Python exceptions out of the exokernel
         self.calls = 0  # syscalls that reached the kernel
         self.steps = 0
+        self.check_cache: dict = {}  # exo/fuzz/invariants.py check(): the last walk and clean state
 
     def close(self) -> None:
         self.machine.close()

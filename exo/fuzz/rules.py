@@ -252,13 +252,16 @@ def r_cheap(h: Harness, env: Env, c: Chooser) -> list[Call]:
 
 def r_ipc_send(h: Harness, env: Env, c: Chooser) -> list[Call]:
     k = h.k
-    target = c.pick(list(k.envs)) if c.chance(85) else envid(h, env, c)
+    live = [e.id for e in k.envs.values() if e.alive and e is not env]
+    target = c.pick(live) if live and c.chance(85) else envid(h, env, c)
     srcva = 0 if c.chance(40) else c.pick((SCRATCH_VA, FUZZ_VA, CODE_VA, INFO_PAGE)) if c.chance(50) else page(c)
     return [_call(env, "ipc_try_send", target, small(c), srcva, perm(c))]
 
 
 def r_ipc_recv(h: Harness, env: Env, c: Chooser) -> list[Call]:
-    dstva = 0 if c.chance(25) else page(c)
+    roll = c.num(0, 99)
+    # The page holding info itself, often: a receive that maps over its own out-buffer.
+    dstva = 0 if roll < 20 else SCRATCH_VA if roll < 45 else page(c)
     flags = 1 if c.chance(85) else c.pick((0, 3, U64))
     return [_call(env, "ipc_recv", dstva, ptr(c, INFO), flags)]
 
