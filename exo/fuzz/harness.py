@@ -222,7 +222,9 @@ class Harness:
         """Make ``c`` from its environment through the real `syscall` path (module docstring)."""
         k = self.k
         cpu = k.cpu
-        env = k.envs[c.env]
+        env = k.envs.get(c.env)
+        if env is None or env.status != EnvStatus.RUNNABLE:
+            return Outcome(None, False)  # it is not on a CPU (a rule's earlier call stopped it): no call
         self.steps += 1
         pre_mail = None
         h = BY_NR.get(c.nr)

@@ -104,9 +104,11 @@ def replay(calls: list[Call], apps: int) -> list[str]:
 
 
 def minimize(calls: list[Call], apps: int, budget_s: float = 120.0,
-             fails: Callable[[list[Call]], bool] | None = None) -> list[Call]:
+             fails: Callable[[list[Call]], bool] | None = None) -> list[Call] | None:
     """Delta debugging (Zeller's ddmin, chunk removal): a shorter sequence that still violates."""
     fails = fails or (lambda cs: bool(replay(cs, apps)))
+    if not fails(calls):
+        return None  # not reproducible on a fresh machine: the report shows the whole episode
     end = time.monotonic() + budget_s
     cur = list(calls)
     n = 2
@@ -164,9 +166,13 @@ def render(stats: RunStats) -> str:
     for f in stats.findings:
         lines.append(f"VIOLATION in episode {f.episode} (seed {stats.seed}) after {len(f.calls)} calls:")
         lines += [f"  {v}" for v in f.violations[:20]]
-        repro = f.minimal if f.minimal is not None else f.calls
-        lines.append(f"reproduction ({len(repro)} calls on a fresh machine with {stats.apps} apps; "
-                     "exo.fuzz.runner.replay):")
+        if f.minimal is not None:
+            repro = f.minimal
+            lines.append(f"reproduction ({len(repro)} calls on a fresh machine with {stats.apps} apps; "
+                         "exo.fuzz.runner.replay):")
+        else:
+            repro = f.calls
+            lines.append(f"the episode's {len(repro)} calls (replaying them did not reproduce it):")
         lines += [f"  {c.render()}" for c in repro]
     return "\n".join(lines)
 

@@ -272,6 +272,23 @@ def test_cli_reports_a_violation_with_a_short_reproduction(capsys):
     assert "env_create()" in repro
 
 
+def test_a_call_from_an_environment_that_was_stopped_is_not_made():
+    """A rule's calls come in a batch; if the first one stops the environment (here its code page
+    is gone, so it faults), the others are not made. Found by `exo fuzz`: the harness restored a
+    dead environment's context (a harness bug, reported as an exception)."""
+    h = Harness(apps=2)
+    try:
+        from exo.fuzz.harness import CODE_VA
+
+        out = h.call(Call(1, NR["page_unmap"], (0, CODE_VA)))
+        assert out.reached and len(h.reports) == 1  # the next fetch faults: stopped with a report
+        out = h.call(Call(1, NR["env_id"], ()))
+        assert not out.reached and out.error is None
+        assert check(h) == []
+    finally:
+        h.close()
+
+
 def test_replay_runs_a_reproduction():
     calls = [Call(1, NR["env_create"], ()), Call(3, NR["env_id"], ()), Call(1, NR["page_alloc"], (0, FUZZ_VA, 1))]
     assert replay(calls, apps=2) == []
