@@ -195,6 +195,8 @@ class Harness:
         self.calls = 0  # syscalls that reached the kernel
         self.steps = 0
         self.check_cache: dict = {}  # exo/fuzz/invariants.py check(): the last walk and clean state
+        self.live: list[Env] = []  # set by check(): the live environments now
+        self.new_dead: list[Env] = []  # set by check(): the ones that died since the last check
 
     def close(self) -> None:
         self.machine.close()
