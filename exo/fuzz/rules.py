@@ -234,10 +234,10 @@ def r_env_set(h: Harness, env: Env, c: Chooser) -> list[Call]:
 
 def r_sched(h: Harness, env: Env, c: Chooser) -> list[Call]:
     roll = c.num(0, 99)
-    if roll < 80:
+    if roll < 80 or (roll < 86 and env.parent is None):
         op, arg = 0, small(c)  # YIELD
     elif roll < 86:
-        op, arg = 1, 0  # BLOCK: until the parent sets it runnable again
+        op, arg = 1, 0  # BLOCK: until the parent sets it runnable again (a booted app has none: it yields)
     elif roll < 90:
         op, arg = 2, small(c)  # EXIT
     else:
