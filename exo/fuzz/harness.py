@@ -42,7 +42,8 @@ from exo.abi import (
     EnvStatus,
 )
 from exo.env import Env
-from exo.hypercalls import BY_NAME, BY_NR
+from exo.errors import HypercallError
+from exo.hypercalls import BY_NR
 from exo.image import Image, Segment
 from exo.kernel import Exokernel
 from exo.loader import spawn
@@ -66,7 +67,6 @@ _MASK = (1 << 64) - 1
 _ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
 _ARG_IDX = tuple(GPR_INDEX[r] for r in _ARG_REGS)
 _RAX = GPR_INDEX[Reg.RAX]
-_RSP = GPR_INDEX[Reg.RSP]
 
 
 def fuzz_image() -> Image:
@@ -254,7 +254,7 @@ class Harness:
                 for va, data in c.mem:
                     try:
                         env.space.write(va, data)  # what the guest itself would have stored there
-                    except Exception:  # noqa: BLE001 - not writable by the guest either: it stays as is
+                    except HypercallError:  # not writable by the guest either: it stays as it is
                         pass
                 g = cpu.gpr
                 g[_RAX] = c.nr & _MASK
@@ -288,8 +288,9 @@ class Harness:
         if env.alive and env.ctx is not None:
             raw = cpu.gpr[_RAX]
             result = raw - (1 << 64) if raw >> 63 else raw
-        if env.retrying:
+        if env.retrying:  # it blocked: RAX still holds the number, the result comes when it is woken
             self.blocked[env.id] = c
+            result = None
         self._note(env, c, name, result, pre_mail)
         return Outcome(result, True)
 
@@ -318,5 +319,3 @@ class Harness:
             del self.grant_owner[f]
             self.grants.pop(f, None)
 
-
-HYPERCALL_NAMES = tuple(BY_NAME)
