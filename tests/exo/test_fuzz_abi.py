@@ -229,6 +229,38 @@ def test_ipc_recv_with_info_inside_the_read_only_page_it_receives_takes_nothing(
         h.close()
 
 
+def test_an_upcall_storm_with_a_mapped_page_below_the_exception_stack_ends():
+    """Found by `exo fuzz`: a handler entry that faults at once, with the exception stack's top
+    in the middle of mapped memory (here the normal stack). Frames nested down past the
+    one-page exception stack, the next one restarted at its top, and the exokernel looped
+    forever in one slice with no instruction retired: every other guest stopped too. Now the
+    frame that would leave the page is refused and the environment is stopped with a report,
+    as when the page below is unmapped (tests/exo/test_hostile.py: 23 upcalls)."""
+    from exo.abi import STACK_TOP
+    from exo.fuzz.harness import CODE_VA
+
+    h = Harness(apps=2)
+    try:
+        upcalls = []
+
+        def tracer(kind, env, name):
+            if kind == "upcall":
+                upcalls.append(env)
+                if len(upcalls) > 1000:  # without the fix: fail here rather than hang
+                    raise RuntimeError("upcall storm without end")
+
+        h.k.acct.tracer = tracer
+        assert h.call(Call(1, NR["env_set_upcall"], (0, 0x1234000, STACK_TOP))).result == 0
+        h.call(Call(1, NR["page_unmap"], (0, CODE_VA)))  # its next fetch faults: the storm starts
+        assert h.exceptions == []
+        assert len(upcalls) == 23
+        assert [r.env_id for r in h.reports] == [1] and "upcall frame" in h.reports[0].reason
+        assert h.call(Call(2, NR["env_id"], ())).result == 2  # the other app runs on
+        assert check(h) == []
+    finally:
+        h.close()
+
+
 # ------------------------------------------------------------------ the driver
 def test_fuzz_run_is_deterministic_and_counts_every_call():
     a = fuzz(seed=5, seconds=600, apps=3, max_calls=1500, episode_steps=400)
