@@ -118,18 +118,32 @@ class _Sink(io.RawIOBase):
         return len(data)
 
 
+TRAP_LIMIT = 1000  # traps in one step (budget: one instruction) beyond which the slice would never end
+
+
+class TrapStorm(Exception):
+    pass
+
+
 class _Watch:
-    """The vCPU's trap handler is the kernel; this wrapper only notes that a `syscall` arrived."""
+    """The vCPU's trap handler is the kernel; this wrapper notes that a `syscall` arrived, and stops
+    a step in which traps follow one another without end (nothing retires, so no slice would ever
+    end and the exokernel would hang: the bug test_fuzz_abi.py's upcall-storm test pins)."""
 
     def __init__(self, k: Exokernel) -> None:
         self.k = k
         self.syscalls = 0
+        self.traps = 0  # in the current step
 
     def syscall(self, cpu: VCpu) -> None:
         self.syscalls += 1
         self.k.syscall(cpu)
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
+        self.traps += 1
+        if self.traps > TRAP_LIMIT:
+            raise TrapStorm(f"{self.traps} traps in one step without an instruction retired: this slice "
+                            f"would never end (last: {trap.name} at {trap.rip:#x})")
         self.k.trap(cpu, trap)
 
     def code(self, cpu: VCpu, address: int) -> None:
@@ -262,6 +276,7 @@ class Harness:
                     g[i] = a & _MASK
                 cpu.regs.write(Reg.RIP, CODE_VA)
             before = self.watch.syscalls
+            self.watch.traps = 0
             k.current = env
             cpu.run(1)
             k.current = None

@@ -261,6 +261,24 @@ def test_an_upcall_storm_with_a_mapped_page_below_the_exception_stack_ends():
         h.close()
 
 
+def test_a_step_that_never_ends_is_reported_not_hung(monkeypatch):
+    """The harness stops a step whose traps never end (the bug above would have hung the fuzzer):
+    shown with the limit below the 24 traps of a bounded storm."""
+    from exo.abi import STACK_TOP
+    from exo.fuzz import harness
+    from exo.fuzz.harness import CODE_VA
+
+    monkeypatch.setattr(harness, "TRAP_LIMIT", 10)
+    h = Harness(apps=2)
+    try:
+        h.call(Call(1, NR["env_set_upcall"], (0, 0x1234000, STACK_TOP)))
+        h.call(Call(1, NR["page_unmap"], (0, CODE_VA)))
+        assert len(h.exceptions) == 1 and "11 traps in one step" in h.exceptions[0]
+        assert any(line.startswith("no_exceptions:") for line in check(h))
+    finally:
+        h.close()
+
+
 # ------------------------------------------------------------------ the driver
 def test_fuzz_run_is_deterministic_and_counts_every_call():
     a = fuzz(seed=5, seconds=600, apps=3, max_calls=1500, episode_steps=400)
