@@ -162,7 +162,8 @@ def render(stats: RunStats) -> str:
              f"{stats.faults} environments stopped by fault reports, "
              f"{len(stats.findings)} violations"]
     lines.append("calls per hypercall:")
-    lines += [f"  {name:<16} {n:>10,}" for name, n in sorted(stats.per_call.items())]
+    width = max((len(name) for name in stats.per_call), default=0)
+    lines += [f"  {name:<{width}} {n:>10,}" for name, n in sorted(stats.per_call.items())]
     for f in stats.findings:
         lines.append(f"VIOLATION in episode {f.episode} (seed {stats.seed}) after {len(f.calls)} calls:")
         lines += [f"  {v}" for v in f.violations[:20]]
