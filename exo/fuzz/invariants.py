@@ -5,8 +5,9 @@ view: what the CPU would let each environment reach, read from physical memory,
 not from the exokernel's bookkeeping) into a ``Snapshot``, then runs each
 function of ``CHECKS`` over it; each yields one line per violation. The
 ``exo fuzz`` command and tests/exo/test_fuzz_abi.py share this list. A new rule
-(a tenant quota, a maximum right per frame) is one more function appended to
-``CHECKS``.
+is one more function appended to ``CHECKS``; the tenant quotas and maximum
+rights of issue 11 (sections 3 and 4) are two such functions, which do nothing
+in a tree without them.
 
 The walk reads each page-table page once and finds its non-zero entries with a
 regular-expression scan (C speed), so a check of a few dozen environments costs
@@ -16,14 +17,18 @@ a fraction of a millisecond per environment.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import hw.cpu as _hwcpu
 from exo.abi import (
     EXO_REGION_END,
     HYPERCALL_PAGE,
+    PERM_R,
+    PERM_W,
+    PERM_X,
     USER_BOTTOM,
     USER_TOP,
     UVPT_SLOT,
@@ -40,6 +45,11 @@ _NONZERO = re.compile(rb"[^\x00]")
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 INTERMEDIATE = PTE_P | PTE_W | PTE_U  # what exo writes in PML4/PDPT/PD entries (hw/paging.py entry_address)
 CPU_SET = 0x60  # accessed and dirty: the CPU sets them on a walk (SDM 4.8)
+# Where a tree with "segments as a CPU does them" (issue 11 section 1) links the descriptor
+# tables into every address space (hw/cpu.py); absent before it.
+SYSTEM_SLOT = getattr(_hwcpu, "SYSTEM_SLOT", None)
+SYSTEM_PML4E = getattr(_hwcpu, "SYSTEM_PML4E", None)
+assert SYSTEM_PML4E is None or not SYSTEM_PML4E & PTE_U
 UVPT_ENTRY = PTE_P | PTE_U | PTE_NX  # the recursive slot: read-only, never executable (exo/vm.py)
 
 
@@ -114,6 +124,8 @@ def walk(h: Harness) -> Snapshot:
             for i, e in _entries(view, table):
                 va = base | (i << (12 + 9 * level))
                 if level == 3 and i >= 256:
+                    if i == SYSTEM_SLOT and e & ~CPU_SET == SYSTEM_PML4E:
+                        continue  # the CPU's descriptor tables: supervisor only (U=0), no guest reaches them
                     snap.problems.append(f"env {env.id}: PML4 entry {i} ({e:#x}) in the kernel half")
                     continue
                 if level == 3 and i == UVPT_SLOT:
@@ -297,16 +309,18 @@ def environments(h: Harness, s: Snapshot) -> Iterator[str]:
             yield f"dead env {env.id} kept its CPU context"
     for env in h.live:
         live_per_app[env.tree_root or env.id] += 1
+        quota = getattr(env, "frame_quota", None)  # per environment, before tenants (tenant_quotas below)
         used = env.space.pages + len(env.space.table_frames)
-        if used > env.frame_quota + 3:  # check_quota runs before a map, which adds the page and up to 3 tables
-            yield f"env {env.id} holds {used} frames, quota {env.frame_quota}"
+        if quota is not None and used > quota + 3:  # check_quota runs before a map, which adds up to 4
+            yield f"env {env.id} holds {used} frames, quota {quota}"
         if env.mailbox is not None and env.mailbox[2] >= 0 and k.frames.type[env.mailbox[2]] != FrameType.NORMAL:
             yield f"env {env.id}'s mailbox holds frame {env.mailbox[2]:#x} of type {k.frames.type[env.mailbox[2]]}"
     for app, n in live_per_app.items():
         if n > MAX_ENVS_PER_APP:
             yield f"app {app} has {n} live environments (at most {MAX_ENVS_PER_APP})"
-        if app in k._tree_sizes and k._tree_sizes[app] != n:
-            yield f"app {app}: exo counts {k._tree_sizes[app]} live environments, there are {n}"
+        sizes = getattr(k, "_tree_sizes", {})  # before tenants: the per-app live count exo keeps
+        if app in sizes and sizes[app] != n:
+            yield f"app {app}: exo counts {sizes[app]} live environments, there are {n}"
 
 
 def disk_grants(h: Harness, s: Snapshot) -> Iterator[str]:
@@ -352,6 +366,45 @@ def network(h: Harness, s: Snapshot) -> Iterator[str]:
             yield f"filter {fid} of env {f.env} (app {h.tenant(f.env)}) claims frames of app {f.app}"
 
 
+def tenant_quotas(h: Harness, s: Snapshot) -> Iterator[str]:
+    """Each app's frames and live environments stay within its quota, and exo's counts of them
+    equal a census (the frames its environments own, the environments alive). Only with per-app
+    tenants (exo/tenants.py, issue 11 section 3); a no-op before them."""
+    tenants = getattr(h.k, "tenants", None)
+    if tenants is None:
+        return
+    owned = Counter(h.k.frames.owner)
+    frames: dict[int, int] = defaultdict(int)
+    for eid, t in tenants.by_owner.items():
+        frames[id(t)] += owned.get(eid, 0)
+    envs: dict[int, int] = defaultdict(int)
+    for e in h.live:
+        envs[id(e.tenant)] += 1
+    for t in tenants:
+        if t.frames_used > t.frame_limit or t.envs_used > t.env_limit:
+            yield (f"app {t.name}: {t.frames_used} of {t.frame_limit} frames, "
+                   f"{t.envs_used} of {t.env_limit} environments")
+        if t.frames_used != frames[id(t)] or t.envs_used != envs[id(t)]:
+            yield (f"app {t.name}: exo counts {t.frames_used} frames and {t.envs_used} environments, "
+                   f"a census finds {frames[id(t)]} and {envs[id(t)]}")
+
+
+def max_rights(h: Harness, s: Snapshot) -> Iterator[str]:
+    """No mapping exceeds its frame's maximum right (issue 11 section 4); a no-op before them."""
+    ft = h.k.frames
+    if not hasattr(ft, "max_right"):
+        return
+    from exo.frames import over_max_right  # type: ignore[attr-defined]
+    from exo.vm import pte_to_perm
+
+    rwx = PERM_R | PERM_W | PERM_X
+    for f, leaves in s.leaves.items():
+        for m in leaves:
+            why = over_max_right(ft, f, pte_to_perm(m.pte) & rwx)
+            if why is not None:
+                yield f"env {m.env} va {m.va:#x}: {why}"
+
+
 def no_exceptions(h: Harness, s: Snapshot) -> Iterator[str]:
     """The exokernel raised no Python exception."""
     yield from h.exceptions
@@ -363,16 +416,17 @@ def scheduler(h: Harness, s: Snapshot) -> Iterator[str]:
     (A dead one may linger there: the scheduler drops it when it pops it.)
     """
     on_queue: dict[int, int] = defaultdict(int)
-    for e in h.k.runq:
-        on_queue[e.id] += 1
+    k = h.k
+    queues = [k.runq] if hasattr(k, "runq") else [t.runq for t in k.tenants]  # one, or one per app
+    for q in queues:
+        for e in q:
+            on_queue[e.id] += 1
     for e in h.live:
         if on_queue[e.id] > 1 or e.queued != (on_queue[e.id] == 1):
             yield f"env {e.id} is on the run queue {on_queue[e.id]} times, marked queued={e.queued}"
 
 
-# The list the fuzzer runs after every step. The integrator adds here, e.g. tenant quotas
-# ("an app's frames and environments stay within its quota") and the maximum right per
-# frame ("no leaf's rights exceed its frame's maximum"): one function each.
+# The list the fuzzer runs after every step: one function per rule.
 CHECKS: list[Check] = [
     walk_problems,
     tables_private,
@@ -385,6 +439,8 @@ CHECKS: list[Check] = [
     disk_grants,
     network,
     scheduler,
+    tenant_quotas,
+    max_rights,
     no_exceptions,
 ]
 
@@ -395,7 +451,7 @@ CHECKS: list[Check] = [
 # (most calls fail or touch no frame), which makes a check after every call affordable in
 # a million-call run. Every other check (and any appended to CHECKS) runs every time.
 KEYED = frozenset({"walk_problems", "tables_private", "leaves_allowed", "refcounts", "frame_table",
-                   "write_exclusive"})
+                   "write_exclusive", "max_rights"})
 
 
 def _state_key(h: Harness) -> tuple[tuple, tuple]:
@@ -412,6 +468,7 @@ def _state_key(h: Harness) -> tuple[tuple, tuple]:
         pages += [view[f << PAGE_SHIFT : (f + 1) << PAGE_SHIFT] for f in sp.table_frames]
     walk_key = (tuple(spaces), b"".join(pages))
     rest = (ft.owner.tobytes(), ft.refs.tobytes(), ft.type.tobytes(), ft.wmaps.tobytes(), ft.xmaps.tobytes(),
+            getattr(ft, "max_right", b"") and ft.max_right.tobytes(),
             tuple(ft._free), tuple(sorted((f, tuple(sorted(g.items()))) for f, g in h.grants.items())))
     return walk_key, rest
 

@@ -154,6 +154,22 @@ def _plant_dead_filter(h):
     h.k.net.filters[99] = Filter(99, 77, 1, 0x800, 17, 9, 0, bytes(4))
 
 
+def _plant_tenant_count(h):
+    if not hasattr(h.k, "tenants"):
+        pytest.skip("per-app tenants (issue 11 section 3) are not in this tree")
+    h.k.envs[2].tenant.frames_used += 1
+
+
+def _plant_over_max_right(h):
+    from exo.abi import INFO_PAGE
+
+    if not hasattr(h.k.frames, "max_right"):
+        pytest.skip("maximum rights per frame (issue 11 section 4) are not in this tree")
+    mem = h.k.machine.memory
+    slot = _pte_slot(h, 1, INFO_PAGE)
+    mem.write_u64(slot, mem.read_u64(slot) | PTE_W)
+
+
 # (the check that must report it, the corruption)
 PLANTED = [
     ("refcounts", _plant_refcount),
@@ -167,6 +183,8 @@ PLANTED = [
     ("no_exceptions", _plant_exception),
     ("disk_grants", _plant_disk),
     ("network", _plant_dead_filter),
+    ("tenant_quotas", _plant_tenant_count),
+    ("max_rights", _plant_over_max_right),
 ]
 
 
