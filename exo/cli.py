@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("rest", nargs=argparse.REMAINDER, help="options (--structures, --workloads, --json, --csv, --plot)")
     mk = sub.add_parser("mkfs", help="make an ext2 disk image in pure Python (no e2fsprogs needed)")
     mk.add_argument("rest", nargs=argparse.REMAINDER, help="IMAGE --size N[K|M|G] [--from DIR] [--block-size N]")
+    fz = sub.add_parser("fuzz", help="fuzz the hypercall ABI with several apps, checking invariants (docs/security.md)")
+    fz.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
+    fz.add_argument("--seed", type=int, default=0, help="the generator's seed (same seed, same calls)")
+    fz.add_argument("--apps", type=int, default=3, help="booted apps (default 3)")
+    fz.add_argument("--calls", type=int, default=None, metavar="N", help="stop after N hypercalls")
+    fz.add_argument("--progress", action="store_true", help="a progress line on stderr every 30 s")
     sub.add_parser("gen", help="regenerate docs/abi.md and guest_apps/include/exo.{inc,h} from the ABI table")
     return p
 
@@ -110,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import ring_transitions
 
             return ring_transitions.main([a for a in args.rest if a != "--"])
+        if args.command == "fuzz":
+            from exo.fuzz.runner import cmd_fuzz
+
+            return cmd_fuzz(args)
         if args.command == "gen":
             from exo.guest_iface import generate
             from libos.registry import write_outputs

@@ -343,7 +343,12 @@ def _hc_ipc_recv(k: Exokernel, env: Env, dstva: int, info: int, flags: int) -> o
         return k.block_and_retry(env, "ipc")
     sender, value, frame, perm = env.mailbox
     if frame >= 0 and dstva:
-        env.space.map(dstva, frame, perm_to_pte(perm))
+        pte = perm_to_pte(perm)
+        if info < dstva + 4096 and dstva < info + IPC_INFO_SIZE and not pte & PTE_W:
+            # info would land in the page being mapped read-only: refuse before taking the
+            # message, not after mapping it (found by the ABI fuzzer, docs/security.md).
+            raise HypercallError(Errno.EFAULT, f"info {info:#x} lies in the read-only page received at {dstva:#x}")
+        env.space.map(dstva, frame, pte)
         k.flush_if_current(env)
     else:
         perm = 0

@@ -428,6 +428,11 @@ class Exokernel:
             frame = (rsp - 8 - UTRAPFRAME_SIZE) & ~0xF
         else:
             frame = (top - UTRAPFRAME_SIZE) & ~0xF
+        if frame < top - PAGE_SIZE:
+            # The exception stack is one page (JOS's UXSTACK). Nesting below it, even into
+            # mapped memory, would restart at its top and a handler that faults at once would
+            # loop forever with no instruction retired (no slice ever ends): found by exo fuzz.
+            return None
         # vector, error_code, fault_va, rax rbx rcx rdx rsi rdi rbp r8..r15, rip, rflags, rsp
         values = [vector, error, fault_va, *g[0:7], *g[8:16], rip, g[17], rsp]
         data = b"".join((v & _MASK).to_bytes(8, "little") for v in values)
