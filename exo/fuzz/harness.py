@@ -27,7 +27,6 @@ with or without write access).
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import tempfile
@@ -61,7 +60,7 @@ SCRATCH_PAGES = 4
 FUZZ_VA = 0x1000_0000  # the window where the fuzzer maps, unmaps and shares pages
 FUZZ_PAGES = 32
 DISK_SECTORS = 64
-SMALL_QUOTA = 36  # frames, page tables included (exo/kernel.py check_quota)
+SMALL_QUOTA = 36  # app 1's frame quota, page tables included (exo/tenants.py)
 STUB = b"\x0f\x05" + b"\xcc" * (PAGE_SIZE - 2)  # syscall; int3...
 
 _MASK = (1 << 64) - 1
@@ -84,14 +83,8 @@ def fuzz_image() -> Image:
 
 
 def _spawn(k: Exokernel, image: Image, name: str, frames: int | None) -> Env:
-    """Load an app as `exo boot` does, with a frame quota (None: the default).
-
-    With per-app tenants (issue 11 section 3) the quota is the app's and ``spawn`` takes
-    ``quota``; before them it was the environment's ``frame_quota``. Either works here.
-    """
-    if "quota" in inspect.signature(spawn).parameters:
-        return spawn(k, image, [], name=name, quota={"frames": frames} if frames else None)
-    return spawn(k, image, [], name=name, frame_quota=frames)
+    """Load an app as `exo boot` does, with an app frame quota (None: the default, exo/tenants.py)."""
+    return spawn(k, image, [], name=name, quota={"frames": frames} if frames else None)
 
 
 @dataclass

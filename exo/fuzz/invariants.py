@@ -26,15 +26,13 @@ import hw.cpu as _hwcpu
 from exo.abi import (
     EXO_REGION_END,
     HYPERCALL_PAGE,
-    PERM_R,
-    PERM_W,
-    PERM_X,
     USER_BOTTOM,
     USER_TOP,
     UVPT_SLOT,
 )
-from exo.frames import EXO, FrameType
+from exo.frames import EXO, FrameType, over_max_right
 from exo.kernel import MAX_ENVS_PER_APP
+from exo.vm import pte_rights
 from hw.memory import PAGE_SHIFT
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W
 
@@ -45,11 +43,10 @@ _NONZERO = re.compile(rb"[^\x00]")
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 INTERMEDIATE = PTE_P | PTE_W | PTE_U  # what exo writes in PML4/PDPT/PD entries (hw/paging.py entry_address)
 CPU_SET = 0x60  # accessed and dirty: the CPU sets them on a walk (SDM 4.8)
-# Where a tree with "segments as a CPU does them" (issue 11 section 1) links the descriptor
-# tables into every address space (hw/cpu.py); absent before it.
-SYSTEM_SLOT = getattr(_hwcpu, "SYSTEM_SLOT", None)
-SYSTEM_PML4E = getattr(_hwcpu, "SYSTEM_PML4E", None)
-assert SYSTEM_PML4E is None or not SYSTEM_PML4E & PTE_U
+# Where the vCPU links the descriptor tables into every address space (hw/cpu.py): supervisor only.
+SYSTEM_SLOT = _hwcpu.SYSTEM_SLOT
+SYSTEM_PML4E = _hwcpu.SYSTEM_PML4E
+assert not SYSTEM_PML4E & PTE_U
 UVPT_ENTRY = PTE_P | PTE_U | PTE_NX  # the recursive slot: read-only, never executable (exo/vm.py)
 
 
@@ -309,18 +306,11 @@ def environments(h: Harness, s: Snapshot) -> Iterator[str]:
             yield f"dead env {env.id} kept its CPU context"
     for env in h.live:
         live_per_app[env.tree_root or env.id] += 1
-        quota = getattr(env, "frame_quota", None)  # per environment, before tenants (tenant_quotas below)
-        used = env.space.pages + len(env.space.table_frames)
-        if quota is not None and used > quota + 3:  # check_quota runs before a map, which adds up to 4
-            yield f"env {env.id} holds {used} frames, quota {quota}"
         if env.mailbox is not None and env.mailbox[2] >= 0 and k.frames.type[env.mailbox[2]] != FrameType.NORMAL:
             yield f"env {env.id}'s mailbox holds frame {env.mailbox[2]:#x} of type {k.frames.type[env.mailbox[2]]}"
     for app, n in live_per_app.items():
         if n > MAX_ENVS_PER_APP:
             yield f"app {app} has {n} live environments (at most {MAX_ENVS_PER_APP})"
-        sizes = getattr(k, "_tree_sizes", {})  # before tenants: the per-app live count exo keeps
-        if app in sizes and sizes[app] != n:
-            yield f"app {app}: exo counts {sizes[app]} live environments, there are {n}"
 
 
 def disk_grants(h: Harness, s: Snapshot) -> Iterator[str]:
@@ -368,11 +358,8 @@ def network(h: Harness, s: Snapshot) -> Iterator[str]:
 
 def tenant_quotas(h: Harness, s: Snapshot) -> Iterator[str]:
     """Each app's frames and live environments stay within its quota, and exo's counts of them
-    equal a census (the frames its environments own, the environments alive). Only with per-app
-    tenants (exo/tenants.py, issue 11 section 3); a no-op before them."""
-    tenants = getattr(h.k, "tenants", None)
-    if tenants is None:
-        return
+    equal a census (the frames its environments own, the environments alive): exo/tenants.py."""
+    tenants = h.k.tenants
     owned = Counter(h.k.frames.owner)
     frames: dict[int, int] = defaultdict(int)
     for eid, t in tenants.by_owner.items():
@@ -390,17 +377,11 @@ def tenant_quotas(h: Harness, s: Snapshot) -> Iterator[str]:
 
 
 def max_rights(h: Harness, s: Snapshot) -> Iterator[str]:
-    """No mapping exceeds its frame's maximum right (issue 11 section 4); a no-op before them."""
+    """No mapping exceeds its frame's maximum right (exo/frames.py MAX_RIGHT)."""
     ft = h.k.frames
-    if not hasattr(ft, "max_right"):
-        return
-    from exo.frames import over_max_right  # type: ignore[attr-defined]
-    from exo.vm import pte_to_perm
-
-    rwx = PERM_R | PERM_W | PERM_X
     for f, leaves in s.leaves.items():
         for m in leaves:
-            why = over_max_right(ft, f, pte_to_perm(m.pte) & rwx)
+            why = over_max_right(ft, f, pte_rights(m.pte))
             if why is not None:
                 yield f"env {m.env} va {m.va:#x}: {why}"
 
@@ -417,7 +398,7 @@ def scheduler(h: Harness, s: Snapshot) -> Iterator[str]:
     """
     on_queue: dict[int, int] = defaultdict(int)
     k = h.k
-    queues = [k.runq] if hasattr(k, "runq") else [t.runq for t in k.tenants]  # one, or one per app
+    queues = [t.runq for t in k.tenants]  # one per app
     for q in queues:
         for e in q:
             on_queue[e.id] += 1
@@ -468,7 +449,7 @@ def _state_key(h: Harness) -> tuple[tuple, tuple]:
         pages += [view[f << PAGE_SHIFT : (f + 1) << PAGE_SHIFT] for f in sp.table_frames]
     walk_key = (tuple(spaces), b"".join(pages))
     rest = (ft.owner.tobytes(), ft.refs.tobytes(), ft.type.tobytes(), ft.wmaps.tobytes(), ft.xmaps.tobytes(),
-            getattr(ft, "max_right", b"") and ft.max_right.tobytes(),
+            ft.max_right.tobytes(),
             tuple(ft._free), tuple(sorted((f, tuple(sorted(g.items()))) for f, g in h.grants.items())))
     return walk_key, rest
 
