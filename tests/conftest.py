@@ -96,6 +96,28 @@ def app(tmp_path):
     return _make
 
 
+# A fork bomb of raw env_create calls: each child blocks; the parent exits with the
+# errno (positive) of the first env_create that fails.
+ENV_BOMB = """
+section .text
+_start:
+    call HC_ENV_CREATE
+    test rax, rax
+    js full
+    jz child
+    jmp _start
+child:
+    mov rdi, SCHED_BLOCK
+    xor esi, esi
+    call HC_SCHED_OP
+full:
+    mov rsi, rax
+    neg rsi
+    mov rdi, SCHED_EXIT
+    call HC_SCHED_OP
+"""
+
+
 # A well-behaved environment that must finish while a hostile one is stopped:
 # it yields a few times (so the other runs in between) and prints "ok\n".
 WITNESS = """

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import ENV_BOMB as BOMB
 from conftest import ROOT, WITNESS, boot, make_app, need_tool
 from test_echo import run_exo
 
@@ -167,24 +168,6 @@ def test_w_xor_x_holds_per_frame(app):
     assert sum(b.kernel.frames.wmaps) == 0 and sum(b.kernel.frames.xmaps) == 0
 
 
-BOMB = """
-section .text
-_start:
-    call HC_ENV_CREATE
-    test rax, rax
-    js full
-    jz child
-    jmp _start
-child:
-    mov rdi, SCHED_BLOCK
-    xor esi, esi
-    call HC_SCHED_OP
-full:
-    mov rsi, rax
-    neg rsi
-    mov rdi, SCHED_EXIT
-    call HC_SCHED_OP
-"""
 
 
 def test_a_fork_bomb_is_capped_per_app(app):

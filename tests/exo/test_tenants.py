@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, WITNESS, boot, make_app
+from conftest import ENV_BOMB, ROOT, WITNESS, boot, make_app
 from test_echo import run_exo
 
 from exo.abi import Errno
@@ -133,25 +133,7 @@ def test_cpu_weights_set_the_shares(app):
 
 
 def test_the_env_quota_gives_eagain(app):
-    bomb = """
-section .text
-_start:
-    call HC_ENV_CREATE
-    test rax, rax
-    js full
-    jz child
-    jmp _start
-child:
-    mov rdi, SCHED_BLOCK
-    xor esi, esi
-    call HC_SCHED_OP
-full:
-    mov rsi, rax
-    neg rsi
-    mov rdi, SCHED_EXIT
-    call HC_SCHED_OP
-"""
-    b = boot(with_quota(app("bomb", bomb), envs=8), app("w", WITNESS))
+    b = boot(with_quota(app("bomb", ENV_BOMB), envs=8), app("w", WITNESS))
     assert b.stdout == b"ok\n"
     assert b.env("bomb").exit_status == Errno.EAGAIN
     assert len(b.env("bomb").children) == 7
