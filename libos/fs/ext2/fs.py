@@ -46,6 +46,8 @@ from .namespace import Namespace
 
 @dataclass(frozen=True)
 class Stat:
+    """What ``Ext2.stat`` returns: the inode's fields, uid and gid with their high 16 bits joined."""
+
     ino: int
     mode: int
     size: int
