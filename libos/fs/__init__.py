@@ -3,7 +3,7 @@
 ``[libos] fs = "ext2"``. The environment reaches the disk only through the
 exokernel's disk hypercalls (``disk_info``, ``disk_io``: block ranges granted to
 it, buffers checked against its page tables, a whole cluster of sectors per
-hypercall); the file system itself (libos/fs/ext2.py) and its block cache run in
+hypercall); the file system itself (libos/fs/ext2/) and its block cache run in
 the library, on behalf of this one environment.
 
 Entry points (SysV arguments; a negative errno on failure):

@@ -468,10 +468,6 @@ def test_send_and_recv_across_fork(app) -> None:
 
 
 # ------------------------------------------------------------------- primes
-def _memory_module() -> None:
-    pytest.importorskip("libos.memory", reason="the memory module (fork) is not there yet")
-
-
 def pipeline_messages(n: int) -> int:
     """Messages the primes pipeline delivers: each number travels until the filter of its
     smallest prime factor (2..541), then the 0 goes through every filter."""
@@ -483,7 +479,6 @@ def pipeline_messages(n: int) -> int:
 
 
 def test_primes_prints_the_first_100_primes() -> None:
-    _memory_module()
     b = boot(PRIMES, max_instructions=None)
     assert b.stdout.decode().split("\n") == [str(p) for p in first_primes(100)] + [""]
     k = b.kernel
@@ -503,7 +498,6 @@ def test_primes_prints_the_first_100_primes() -> None:
 
 
 def test_primes_is_deterministic() -> None:
-    _memory_module()
     first = boot(PRIMES, max_instructions=None)
     second = boot(PRIMES, max_instructions=None)
     assert first.stdout == second.stdout
@@ -516,7 +510,6 @@ def test_primes_is_deterministic() -> None:
 def test_primes_with_the_polling_ipc(tmp_path: Path) -> None:
     """The same binary linked with ipc = "poll": the same output, more hypercalls (every
     filter stays on the run queue and asks again each time it runs)."""
-    _memory_module()
     app_dir = tmp_path / "primes"
     shutil.copytree(PRIMES, app_dir)
     toml = app_dir / "app.toml"

@@ -750,8 +750,6 @@ def test_hypercalls_are_least_privilege(app):
     assert b.envs[0].exit_status == Errno.EPERM
 
 
-@pytest.mark.skipif("memory" not in __import__("libos.registry").registry.MODULES,
-                    reason="the memory module is not in this tree")
 def test_with_the_memory_module_linked_preemption_still_works(tmp_path):
     """The memory module owns env_set_upcall (its fault handler and exception stack); sched
     only registers the timer and uses that stack."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netkit import IP_A, IP_B, MAC_A, MAC_B
@@ -13,7 +11,6 @@ from libos.net.stack import Stack
 
 A, B = h.ip_bytes(IP_A), h.ip_bytes(IP_B)
 MA, MB = h.mac_bytes(MAC_A), h.mac_bytes(MAC_B)
-HAS_TCP = importlib.util.find_spec("libos.net.tcp") is not None
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -21,8 +18,7 @@ def host() -> tuple[Stack, list[bytes]]:
     sent: list[bytes] = []
     s = Stack(MAC_B, IP_B, "255.255.255.0", "10.0.2.2", transmit=sent.extend, now=lambda: 5_000_000_000)
     s.udp_bind(7)
-    if HAS_TCP:
-        s.tcp_listen(80, 4)
+    s.tcp_listen(80, 4)
     s.arp.entries[A] = (MA, 1 << 62)
     return s, sent
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from conftest import ROOT, boot
-
-pytestmark = pytest.mark.skipif(not all((ROOT / "guest_apps" / g).exists() for g in ("udp_echo", "tcp_echo")),
-                                reason="no echo guests")
 
 
 def with_args(tmp_path, name: str, args: list[str]):

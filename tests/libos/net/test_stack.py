@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 
 import pytest
@@ -13,8 +12,6 @@ from libos.net.linux import EADDRINUSE, EMSGSIZE, NetError
 from libos.net.stack import Stack
 
 A, B = h.ip_bytes(IP_A), h.ip_bytes(IP_B)
-HAS_TCP = importlib.util.find_spec("libos.net.tcp") is not None
-needs_tcp = pytest.mark.skipif(not HAS_TCP, reason="libos/net/tcp.py (the TCP engine) has not landed")
 
 
 # ------------------------------------------------------------------ headers
@@ -260,7 +257,6 @@ def test_iss_is_deterministic_and_keyed_by_the_tuple():
     assert iss(A, 1, B, 2, 4000) == (iss(A, 1, B, 2, 0) + 1) & 0xFFFFFFFF  # M: a 4 us clock
 
 
-@needs_tcp
 def test_tcp_connect_to_a_closed_port_is_refused():
     link = Link()
     conn = link.a.tcp_connect(IP_B, 80)
@@ -268,7 +264,6 @@ def test_tcp_connect_to_a_closed_port_is_refused():
     assert conn.tcb.error == 111  # ECONNREFUSED
 
 
-@needs_tcp
 def test_tcp_echo_of_one_mebibyte():
     link = Link()
     lst = link.b.tcp_listen(7, 4)
@@ -310,7 +305,6 @@ def test_tcp_echo_of_one_mebibyte():
     assert not link.a.conns and not link.b.conns
 
 
-@needs_tcp
 def test_tcp_over_a_lossy_link_runs_on_the_stack_timers():
     link = Link()
     rng = random.Random(11)

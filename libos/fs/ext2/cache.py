@@ -1,0 +1,87 @@
+"""The block cache: an LRU write-back cache of ext2 blocks in front of a BlockIO.
+
+Block ``b`` is bytes ``b * block_size`` to ``(b + 1) * block_size`` of the
+device (spec ch. 2 "Definitions", Blocks), i.e. ``block_size / sector_size``
+sectors.  An access outside the disk is corruption and a device error is EIO.
+Dirty blocks are written back when evicted and, in block order, on ``flush``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import OrderedDict
+
+from ..blockio import BlockIO
+from .errors import Ext2Error, _corrupt
+
+
+class BlockCache:
+    """An LRU write-back cache of file system blocks (bytearrays)."""
+
+    def __init__(self, dev: BlockIO, block_size: int, capacity: int, nblocks: int) -> None:
+        self.dev = dev
+        self.block_size = block_size
+        self.capacity = max(8, capacity)
+        self.nblocks = nblocks
+        self.spb = block_size // dev.sector_size
+        self._blocks: OrderedDict[int, bytearray] = OrderedDict()
+        self._dirty: set[int] = set()
+        self.hits = self.misses = self.writebacks = 0
+
+    def _check(self, bno: int) -> None:
+        if not 0 <= bno < self.nblocks:
+            raise _corrupt(f"access to block {bno} outside the disk ({self.nblocks} blocks)")
+
+    def get(self, bno: int) -> bytearray:
+        buf = self._blocks.get(bno)
+        if buf is not None:
+            self.hits += 1
+            self._blocks.move_to_end(bno)
+            return buf
+        self._check(bno)
+        self.misses += 1
+        try:
+            data = self.dev.read(bno * self.spb, self.spb)
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot read block {bno}: {e}") from e
+        if len(data) != self.block_size:
+            raise Ext2Error(errno.EIO, f"short read of block {bno}")
+        buf = bytearray(data)
+        self._insert(bno, buf)
+        return buf
+
+    def put(self, bno: int, buf: bytearray) -> None:
+        """Store ``buf`` as block ``bno`` and mark it dirty."""
+        self._check(bno)
+        if len(buf) != self.block_size:
+            raise ValueError("block of the wrong size")
+        if bno in self._blocks:
+            self._blocks[bno] = buf
+            self._blocks.move_to_end(bno)
+        else:
+            self._insert(bno, buf)
+        self._dirty.add(bno)
+
+    def _insert(self, bno: int, buf: bytearray) -> None:
+        self._blocks[bno] = buf
+        while len(self._blocks) > self.capacity:
+            old, obuf = self._blocks.popitem(last=False)
+            if old in self._dirty:
+                self._write(old, obuf)
+                self._dirty.discard(old)
+
+    def _write(self, bno: int, buf: bytearray) -> None:
+        self.writebacks += 1
+        try:
+            self.dev.write(bno * self.spb, bytes(buf))
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot write block {bno}: {e}") from e
+
+    def flush(self) -> None:
+        for bno in sorted(self._dirty):
+            self._write(bno, self._blocks[bno])
+        self._dirty.clear()
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)

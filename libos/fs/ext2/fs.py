@@ -1,0 +1,275 @@
+"""The Ext2 class: mounting, sync, and the public API, on top of the concept modules.
+
+``Ext2`` ties together allocation (alloc.py), inodes and block maps
+(inodes.py), directory entries (dirs.py) and the namespace (namespace.py),
+one mixin class each, and owns what spans them: mounting reads and checks the
+superblock (spec ch. 3, Superblock: magic, revision, block size, feature
+flags, counts) and the group descriptor table (Block Group Descriptor Table)
+before anything else is read, and ``sync`` writes the dirty blocks, the
+superblock and the group descriptors (and their backups in the groups
+sparse_super keeps, Superblock: s_feature_ro_compat) and flushes the device.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat as st
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from construct import ConstructError
+
+from ..blockio import BlockIO
+from .alloc import Allocation
+from .cache import BlockCache
+from .dirs import Directories
+from .errors import Ext2Error, _corrupt
+from .inodes import Inodes
+from .layout import (
+    COMPAT_HAS_JOURNAL,
+    EXT2_MAGIC,
+    GROUP_DESC_SIZE,
+    INCOMPAT_FILETYPE,
+    INCOMPAT_NAMES,
+    NAME_MAX,
+    RO_COMPAT_SPARSE_SUPER,
+    SUPERBLOCK_OFFSET,
+    SUPPORTED_INCOMPAT,
+    SUPPORTED_RO_COMPAT,
+    GroupDesc,
+    Superblock,
+    _has_super,
+)
+from .namespace import Namespace
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What ``Ext2.stat`` returns: the inode's fields, uid and gid with their high 16 bits joined."""
+
+    ino: int
+    mode: int
+    size: int
+    nlink: int
+    uid: int
+    gid: int
+    atime: int
+    mtime: int
+    ctime: int
+    blocks: int
+
+
+class Ext2(Namespace, Directories, Inodes, Allocation):
+    """An ext2 file system mounted on a BlockIO (what it supports: libos/fs/ext2/__init__.py)."""
+
+    def __init__(self, dev: BlockIO, cache_blocks: int = 1024,
+                 clock: Callable[[], int] = lambda: int(time.time()), readonly: bool = False) -> None:
+        self.dev = dev
+        self.clock = clock
+        self.readonly = readonly or bool(getattr(dev, "readonly", False))
+        try:
+            self._mount(cache_blocks)
+        except ConstructError as e:  # pragma: no cover - sizes are checked before parsing
+            raise _corrupt(f"unparsable metadata: {e}") from e
+
+    @classmethod
+    def open(cls, dev: BlockIO, cache_blocks: int = 1024, **kwargs: object) -> Ext2:
+        return cls(dev, cache_blocks, **kwargs)  # type: ignore[arg-type]
+
+    def _mount(self, cache_blocks: int) -> None:
+        dev = self.dev
+        ss = getattr(dev, "sector_size", 512)
+        if ss <= 0 or 1024 % ss and ss % 1024:
+            raise Ext2Error(errno.EINVAL, f"unsupported sector size {ss}")
+        dev_bytes = dev.sectors * ss
+        if dev_bytes < 2048:
+            raise Ext2Error(errno.EINVAL, f"device too small for ext2 ({dev_bytes} bytes): not an ext2 image")
+        first = SUPERBLOCK_OFFSET // ss if ss <= 1024 else 0
+        count = max(1, 1024 // ss)
+        try:
+            raw = dev.read(first, count)
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot read the superblock: {e}") from e
+        if ss > 1024:
+            raw = raw[SUPERBLOCK_OFFSET:SUPERBLOCK_OFFSET + 1024]
+        if len(raw) < 1024:
+            raise Ext2Error(errno.EIO, "short read of the superblock")
+        sb = Superblock.parse(bytes(raw[:1024]))
+        if sb.s_magic != EXT2_MAGIC:
+            raise Ext2Error(errno.EINVAL, f"bad magic 0x{sb.s_magic:04x} (expected 0xef53): not an ext2 file system")
+        if sb.s_rev_level != 1:
+            raise Ext2Error(errno.EINVAL, f"unsupported ext2 revision {sb.s_rev_level} (only revision 1)")
+        if sb.s_log_block_size > 2:
+            raise Ext2Error(errno.EINVAL, f"unsupported block size 2^{10 + sb.s_log_block_size} "
+                                          "(1, 2 or 4 KiB)")
+        bs = 1024 << sb.s_log_block_size
+        if bs % ss:
+            raise Ext2Error(errno.EINVAL, f"block size {bs} is not a multiple of the sector size {ss}")
+        incompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT
+        if incompat:
+            names = [INCOMPAT_NAMES.get(1 << i, hex(1 << i)) for i in range(32) if incompat >> i & 1]
+            raise Ext2Error(errno.EINVAL, f"unsupported incompatible features: {', '.join(names)}")
+        if sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT:
+            self.readonly = True  # e.g. metadata_csum, huge_file: readable but we cannot keep them valid
+        if sb.s_feature_compat & COMPAT_HAS_JOURNAL:
+            self.readonly = True
+        fdb = 1 if bs == 1024 else 0
+        if sb.s_first_data_block != fdb:
+            raise _corrupt(f"first data block is {sb.s_first_data_block}, expected {fdb}")
+        bpg, ipg = sb.s_blocks_per_group, sb.s_inodes_per_group
+        if not 8 <= bpg <= 8 * bs or bpg % 8:
+            raise _corrupt(f"bad blocks per group {bpg}")
+        if not 8 <= ipg <= 8 * bs:
+            raise _corrupt(f"bad inodes per group {ipg}")
+        isz = sb.s_inode_size
+        if isz < 128 or isz > bs or isz & (isz - 1):
+            raise _corrupt(f"bad inode size {isz}")
+        if (ipg * isz) % bs:
+            raise _corrupt(f"inode table of {ipg} inodes does not fill whole blocks")
+        if sb.s_blocks_count <= fdb + 1:
+            raise _corrupt(f"bad blocks count {sb.s_blocks_count}")
+        ngroups = (sb.s_blocks_count - fdb + bpg - 1) // bpg
+        if sb.s_inodes_count != ngroups * ipg:
+            raise _corrupt(f"inodes count {sb.s_inodes_count} != {ngroups} groups * {ipg} inodes per group")
+        if sb.s_blocks_count * bs > dev_bytes:
+            raise Ext2Error(errno.EIO, f"image truncated: the superblock says {sb.s_blocks_count} blocks of "
+                                       f"{bs} bytes but the device holds only {dev_bytes} bytes")
+        if not 11 <= sb.s_first_ino < sb.s_inodes_count:
+            raise _corrupt(f"bad first inode {sb.s_first_ino}")
+        gdt_blocks = (ngroups * GROUP_DESC_SIZE + bs - 1) // bs
+        if fdb + 1 + gdt_blocks > sb.s_blocks_count:
+            raise _corrupt("group descriptor table does not fit on the disk")
+        if sb.s_reserved_gdt_blocks > bs // 4:
+            raise _corrupt(f"bad reserved GDT blocks {sb.s_reserved_gdt_blocks}")
+
+        self.sb = sb
+        self.block_size = bs
+        self.first_data_block = fdb
+        self.blocks_count = sb.s_blocks_count
+        self.inodes_count = sb.s_inodes_count
+        self.blocks_per_group = bpg
+        self.inodes_per_group = ipg
+        self.inode_size = isz
+        self.ngroups = ngroups
+        self.gdt_blocks = gdt_blocks
+        self.ptrs_per_block = bs // 4
+        self.filetype = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
+        self.sparse = bool(sb.s_feature_ro_compat & RO_COMPAT_SPARSE_SUPER)
+        self.cache = BlockCache(dev, bs, cache_blocks, self.blocks_count)
+        self._sb_dirty = False
+        self._gd_dirty = False
+        self._backups_dirty = False
+
+        self.groups = []
+        itb = ipg * isz // bs
+        for g in range(ngroups):
+            blk, off = divmod(g * GROUP_DESC_SIZE, bs)
+            buf = self.cache.get(fdb + 1 + blk)
+            gd = GroupDesc.parse(bytes(buf[off:off + GROUP_DESC_SIZE]))
+            for what, b, n in (("block bitmap", gd.bg_block_bitmap, 1), ("inode bitmap", gd.bg_inode_bitmap, 1),
+                               ("inode table", gd.bg_inode_table, itb)):
+                if b <= fdb or b + n > self.blocks_count:
+                    raise _corrupt(f"group {g}: {what} at block {b} is outside the disk "
+                                   f"({self.blocks_count} blocks)")
+            if gd.bg_free_inodes_count > ipg or gd.bg_free_blocks_count > bpg:
+                raise _corrupt(f"group {g}: bad free counts in the group descriptor")
+            self.groups.append(gd)
+        P = self.ptrs_per_block
+        self.max_blocks = 12 + P + P * P + P * P * P
+        self.max_file_size = min(self.max_blocks * bs, (2**32 - 1) * 512 // bs * bs, 2**63)
+
+    def _bread(self, bno: int) -> bytearray:
+        return self.cache.get(bno)
+
+    def _bwrite(self, bno: int, buf: bytearray) -> None:
+        self._check_writable()
+        self.cache.put(bno, buf)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise Ext2Error(errno.EROFS, "file system is mounted read-only")
+
+    def stat(self, path_or_ino: str | int, follow: bool = False) -> Stat:
+        ino = self._ino(path_or_ino, follow)
+        i = self._live_inode(ino)
+        return Stat(ino=ino, mode=i.i_mode, size=self._size(i), nlink=i.i_links_count,
+                    uid=i.i_uid | i.i_uid_high << 16, gid=i.i_gid | i.i_gid_high << 16,
+                    atime=i.i_atime, mtime=i.i_mtime, ctime=i.i_ctime, blocks=i.i_blocks)
+
+    def set_times(self, path_or_ino: str | int, atime: int | None = None, mtime: int | None = None) -> None:
+        ino = self._ino(path_or_ino, follow=True)
+        inode = self._live_inode(ino)
+        if atime is not None:
+            inode.i_atime = atime
+        if mtime is not None:
+            inode.i_mtime = mtime
+        inode.i_ctime = self.clock()
+        self._iput(ino, inode)
+
+    def chmod(self, path_or_ino: str | int, mode: int) -> None:
+        ino = self._ino(path_or_ino, follow=True)
+        inode = self._live_inode(ino)
+        inode.i_mode = st.S_IFMT(inode.i_mode) | (mode & 0o7777)
+        inode.i_ctime = self.clock()
+        self._iput(ino, inode)
+
+    def chown(self, path_or_ino: str | int, uid: int, gid: int) -> None:
+        ino = self._ino(path_or_ino, follow=True)
+        inode = self._live_inode(ino)
+        inode.i_uid, inode.i_uid_high = uid & 0xFFFF, (uid >> 16) & 0xFFFF
+        inode.i_gid, inode.i_gid_high = gid & 0xFFFF, (gid >> 16) & 0xFFFF
+        inode.i_ctime = self.clock()
+        self._iput(ino, inode)
+
+    def _write_super_and_gdt(self, group: int) -> None:
+        bs = self.block_size
+        start = self._group_start(group)
+        if group == 0 and bs > 1024:
+            sb_blk, sb_off = 0, SUPERBLOCK_OFFSET
+        else:
+            sb_blk, sb_off = start, 0
+        self.sb.s_block_group_nr = group
+        buf = self._bread(sb_blk)
+        buf[sb_off:sb_off + 1024] = Superblock.build(self.sb)
+        self._bwrite(sb_blk, buf)
+        self.sb.s_block_group_nr = 0
+        if self._gd_dirty or group:
+            raw = b"".join(GroupDesc.build(gd) for gd in self.groups)
+            for i in range(self.gdt_blocks):
+                buf = self._bread(sb_blk + 1 + i)
+                chunk = raw[i * bs:(i + 1) * bs]
+                buf[:len(chunk)] = chunk
+                self._bwrite(sb_blk + 1 + i, buf)
+
+    def sync(self) -> None:
+        """Write back dirty blocks, the superblock and the group descriptors; flush the device."""
+        if not self.readonly:
+            if self._sb_dirty or self._gd_dirty:
+                self.sb.s_wtime = self.clock()
+                self._write_super_and_gdt(0)
+                if self._backups_dirty:
+                    for g in range(1, self.ngroups):
+                        if _has_super(g, self.sparse):
+                            self._write_super_and_gdt(g)
+                self._sb_dirty = self._gd_dirty = self._backups_dirty = False
+            self.cache.flush()
+        self.dev.flush()
+
+    fsync = sync
+
+    def statfs(self) -> dict:
+        return {
+            "block_size": self.block_size,
+            "blocks": self.blocks_count,
+            "free_blocks": self.sb.s_free_blocks_count,
+            "avail_blocks": max(0, self.sb.s_free_blocks_count - self.sb.s_r_blocks_count),
+            "inodes": self.inodes_count,
+            "free_inodes": self.sb.s_free_inodes_count,
+            "name_max": NAME_MAX,
+            "groups": self.ngroups,
+            "volume_name": bytes(self.sb.s_volume_name).rstrip(b"\0").decode("utf-8", "replace"),
+        }
+
+    def close(self) -> None:
+        self.sync()
