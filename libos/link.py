@@ -66,9 +66,12 @@ def _named(cls: type[LibModule]) -> str:
 def link(binder: Any, env: Any, classes: list[type[LibModule]]) -> dict[str, LibModule]:
     """Instantiate ``classes`` for ``env`` and map their trampolines; returns them by name."""
     check_indexes(classes)
+    for cls in classes:  # one machine: a trampoline page belongs to one module for every app on it
+        other = binder.names.setdefault(cls.INDEX, cls.NAME)
+        if other != cls.NAME:
+            raise LinkError(f"libOS module {_named(cls)} needs trampoline INDEX {cls.INDEX}, which the "
+                            f"{other} module of another app on this machine has: give one of them a free index")
     port = binder.port(env)
-    for cls in classes:
-        binder.names[cls.INDEX] = cls.NAME
     instances = {cls.NAME: cls(port) for cls in classes}
     for inst in instances.values():
         inst.siblings = instances

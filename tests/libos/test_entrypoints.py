@@ -184,3 +184,30 @@ def test_the_example_package_installs_with_pip_and_passes_its_own_tests(tmp_path
     assert r.returncode == 0, r.stdout.decode()[-2000:]
     assert b"4 passed" in r.stdout
     shutil.rmtree(target)
+
+
+def test_two_apps_on_one_machine_may_not_put_two_modules_on_one_page(site, tmp_path, monkeypatch, capsys):
+    # Each app alone links fine; together they would share trampoline page 7 (LibraryTable keeps one
+    # frame per index), so booting them on one machine is refused, naming both modules.
+    from exo.cli import main
+    from libos import registry
+    from libos.module import LibModule
+
+    files = {"exo_hello/__init__.py": (EXAMPLE / "exo_hello" / "__init__.py").read_text()}
+    site.install("exo-hello-module", _example_entry_points(), files)
+
+    class Other(LibModule):
+        NAME, IMPL, INDEX, ENTRIES = "other", "x", 7, ("ping",)
+
+        def ping(self) -> int:
+            return 0
+
+    monkeypatch.setitem(registry.MODULES, "other", {"x": Other})
+    b = make_app(tmp_path, "b", PRINTF, libos={"console": "buffered", "other": "x"})
+    assert main(["boot", str(EXAMPLE / "guest" / "hello")]) == 0
+    assert main(["boot", str(b)]) == 3  # PRINTF exits 3
+    capsys.readouterr()
+    assert main(["boot", str(EXAMPLE / "guest" / "hello"), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert 'b/app.toml' in err and 'other = "x"' in err and "INDEX 7" in err and "the hello module of another app" in err
