@@ -189,8 +189,17 @@ def module_class(module: str) -> type[LibModule]:
 
 
 def module_classes(names: set[str] | None = None) -> list[type[LibModule]]:
-    """Core and one class per module of ``names`` (every registered module if None); imports them."""
-    return [CORE] + [module_class(m) for m in MODULES if names is None or m in names]
+    """Core and one class per module of ``names``, imported (a LoadError if one cannot be); if None,
+    every registered module that loads (a broken package must not break `exo image` for others)."""
+    if names is not None:
+        return [CORE] + [module_class(m) for m in MODULES if m in names]
+    out = [CORE]
+    for m in list(MODULES):
+        try:
+            out.append(module_class(m))
+        except LoadError:
+            continue
+    return out
 
 
 def entry_address(cls: type[LibModule], slot: int) -> int:

@@ -129,6 +129,7 @@ def test_a_package_that_cannot_be_loaded_is_a_clear_build_error(site, tmp_path, 
     err = capsys.readouterr().err
     assert "unknown libOS module 'nosuch' (known: broken, console," in err
     assert "ignored: exo-broken registers 'notapair' in exo.libos: the name must be <module>.<implementation>" in err
+    assert main(["image", str(ROOT / "guest_apps" / "echo")]) == 0  # apps that do not link it still build
 
 
 def test_two_packages_registering_one_implementation_is_an_error_naming_both(site):
