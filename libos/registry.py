@@ -62,8 +62,8 @@ def installed_entry_points(group: str = GROUP, path: list[str] | None = None) ->
     """(distribution, name, value) for ``group`` from every ``*.dist-info`` / ``*.egg-info`` in the
     directories of ``path`` (sys.path), the first distribution of a name winning: what
     ``importlib.metadata.entry_points(group=...)`` returns (tests/libos/test_entrypoints.py compares
-    them), without importing importlib.metadata (about 15 ms of start-up, measured on the CI
-    machine; this scan takes about 1 ms)."""
+    them), without importing importlib.metadata: its import alone took 14-20 ms of start-up on the
+    2-core dev machine, this whole scan 1-3 ms (124 distributions installed)."""
     seen: set[str] = set()
     out = []
     for entry in sys.path if path is None else path:
