@@ -63,7 +63,7 @@ def installed_entry_points(group: str = GROUP, path: list[str] | None = None) ->
     directories of ``path`` (sys.path), the first distribution of a name winning: what
     ``importlib.metadata.entry_points(group=...)`` returns (tests/libos/test_entrypoints.py compares
     them), without importing importlib.metadata: its import alone took 14-20 ms of start-up on the
-    2-core dev machine, this whole scan 1-3 ms (124 distributions installed)."""
+    2-core dev machine, this whole scan 1.2 ms (median; up to 7 ms the first time, 122 distributions on sys.path)."""
     seen: set[str] = set()
     out = []
     for entry in sys.path if path is None else path:
