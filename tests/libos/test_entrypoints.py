@@ -212,3 +212,26 @@ def test_two_apps_on_one_machine_may_not_put_two_modules_on_one_page(site, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert 'b/app.toml' in err and 'other = "x"' in err and "INDEX 7" in err and "the hello module of another app" in err
+
+
+def test_every_in_tree_implementation_is_registered():
+    # pyproject.toml is the only list: a LibModule subclass in libos/ with an IMPL of its own and no
+    # entry point would be an implementation no app can link.
+    import importlib
+    import pkgutil
+
+    import libos
+    from libos.module import LibModule
+    from libos.registry import BUILTIN, CORE, MODULES, load
+
+    for info in pkgutil.walk_packages(libos.__path__, "libos."):
+        importlib.import_module(info.name)
+    registered = {load(m, i) for m in BUILTIN for i in MODULES[m]}
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    in_tree = {c for c in subclasses(LibModule) if c.__module__.startswith("libos.") and "IMPL" in vars(c)}
+    assert in_tree - {CORE} == registered
