@@ -103,7 +103,7 @@ def _in_tree() -> list[tuple[str, str]] | None:
 # class once loaded. Tests may put a class in directly.
 MODULES: dict[str, dict[str, type[LibModule] | str]] = {}
 ORIGIN: dict[tuple[str, str], str] = {}  # (module, implementation) -> the distribution registering it
-BUILTIN: set[str] = set()  # the in-tree modules: their addresses are in guest_apps/include
+BUILTIN: set[str] = set()  # exo's own modules (whoever adds implementations): in guest_apps/include
 PROBLEMS: list[str] = []  # entry points that cannot name a module (reported by resolve)
 
 
@@ -128,14 +128,17 @@ def discover(path: list[str] | None = None) -> None:
     ORIGIN.clear()
     BUILTIN.clear()
     PROBLEMS.clear()
-    in_tree = _in_tree()
-    for name, value in in_tree or ():
+    installed = installed_entry_points(GROUP, path)
+    in_tree = _in_tree()  # this checkout's pyproject.toml wins over exo's installed metadata
+    own = in_tree if in_tree is not None else [(name, value) for dist, name, value in installed if dist == "exo"]
+    # exo's own first: an in-tree module's first implementation (its ABI reference) stays exo's,
+    # whatever packages sort before exo on sys.path.
+    for name, value in own:
         _register("exo", name, value)
-    for dist, name, value in installed_entry_points(GROUP, path):
-        if dist == "exo" and in_tree is not None:
-            continue  # this checkout's pyproject.toml wins over exo's installed metadata
-        _register(dist, name, value)
-    BUILTIN.update(m for m in MODULES if all(ORIGIN[m, i] == "exo" for i in MODULES[m]))
+    for dist, name, value in installed:
+        if dist != "exo":
+            _register(dist, name, value)
+    BUILTIN.update(module for (module, _), dist in ORIGIN.items() if dist == "exo")
 
 
 discover()

@@ -235,3 +235,40 @@ def test_every_in_tree_implementation_is_registered():
 
     in_tree = {c for c in subclasses(LibModule) if c.__module__.startswith("libos.") and "IMPL" in vars(c)}
     assert in_tree - {CORE} == registered
+
+
+def test_a_package_adding_an_implementation_changes_neither_the_reference_nor_the_headers(site):
+    # A package that sorts before exo on sys.path adds sched.aaa: sched's ABI reference stays exo's
+    # rr, and `exo gen` still writes exo's headers (sched included, nothing of the package).
+    site.install("aaa-sched", {"sched.aaa": "aaa_sched:Aaa"}, {"aaa_sched.py": """
+        from libos.sched import RoundRobin
+
+        class Aaa(RoundRobin):
+            IMPL = "aaa"
+    """})
+    from libos.registry import BUILTIN, MODULES, outputs
+
+    assert list(MODULES["sched"])[0] == "rr" and list(MODULES["sched"])[-1] == "aaa" and "sched" in BUILTIN
+    for path, render in outputs().items():
+        assert render() == path.read_text(), path
+
+
+def test_an_installed_exo_without_a_checkout_reads_its_own_metadata_first(site, tmp_path):
+    # As from a wheel: no pyproject.toml beside libos/, exo's modules come from exo's dist-info, and
+    # they stay first (ABI references) although aaa-sched's dist-info sorts before exo's.
+    from libos import registry
+
+    checkout = registry._PYPROJECT
+    registry._PYPROJECT = tmp_path / "no-checkout" / "pyproject.toml"
+    try:
+        declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["exo.libos"]
+        _install(site.path, "exo", declared, {})
+        site.install("aaa-sched", {"sched.aaa": "aaa_sched:Aaa", "sched.rr": "aaa_sched:Rr"}, {})
+        assert {m: list(i) for m, i in registry.MODULES.items()} == {
+            "console": ["buffered", "direct"], "memory": ["cow", "eager"], "sched": ["rr", "stride", "mlfq", "aaa"],
+            "ipc": ["jos", "poll"], "fs": ["ext2", "ext2-unbatched"], "net": ["tcpip"]}
+        assert registry.ORIGIN["sched", "rr"] == "exo" and registry.ORIGIN["sched", "aaa"] == "aaa-sched"
+        assert registry.PROBLEMS == ["exo and aaa-sched both register sched.rr "
+                                     "(libos.sched:RoundRobin and aaa_sched:Rr)"]
+    finally:
+        registry._PYPROJECT = checkout  # (the fixture rediscovers once the site is gone)
