@@ -25,6 +25,7 @@ import ast
 import operator
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -485,14 +486,14 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
     return out[:text_len], values
 
 
-_HINTS: dict[str, str] = {}  # symbol -> what to say when it is undefined (set per assembly)
+_HINTS: Mapping[str, str] = {}  # symbol -> what to say when it is undefined (set per assembly)
 
 
 def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined: dict[str, int],
-             display_root: Path | None = None, hints: dict[str, str] | None = None) -> Assembled:
+             display_root: Path | None = None, hints: Mapping[str, str] | None = None) -> Assembled:
     """Assemble ``paths``; ``hints`` explains known-but-unavailable symbols (e.g. an unlinked module)."""
-    _HINTS.clear()
-    _HINTS.update(hints or {})
+    global _HINTS
+    _HINTS = hints if hints is not None else {}  # kept, not copied: libos computes a hint only for a symbol that is missing
     sections, raw_consts, _ = read_sources(paths, include_dirs, display_root)
     consts = dict(predefined)
     pending = dict(raw_consts)

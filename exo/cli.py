@@ -293,7 +293,7 @@ def spawn_apps(kernel, apps: list, guest_args: list[str] = (), quotas: dict[str,
     benchmarks boot through here too."""
     from exo.loader import spawn
     from exo.tenants import QuotaError, Tenants
-    from libos.link import link, relink_siblings
+    from libos.link import LinkError, link, relink_siblings
 
     kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     disk = kernel.machine.disk
@@ -306,7 +306,10 @@ def spawn_apps(kernel, apps: list, guest_args: list[str] = (), quotas: dict[str,
     for (m, image, classes), quota in zip(apps, per_app):
         env = spawn(kernel, image, [*m.args, *guest_args], quota={"frames": share, **quota})
         if classes:
-            link(kernel.libs, env, classes)
+            try:
+                link(kernel.libs, env, classes)
+            except LinkError as e:  # another app on this machine has a module on the same page
+                raise ExoUserError(str(m.path), str(e)) from None
         if disk is not None:
             from exo.disk import grant
 

@@ -157,6 +157,3 @@ class PollIpc(Ipc):
     IMPL = "poll"
     BLOCKING = False
     DOC = "recv never blocks in the exokernel: it polls with NONBLOCK and yields between tries"
-
-
-IMPLEMENTATIONS = {"jos": JosIpc, "poll": PollIpc}

@@ -12,7 +12,7 @@ from typing import Any
 
 from exo.abi import LIBOS_END, LIBOS_PAGE, PAGE_SIZE
 from libos.module import LibModule
-from libos.registry import CORE, MODULES, module_classes
+from libos.registry import CORE, MODULES, PROBLEMS, LoadError, load
 
 
 class LinkError(ValueError):
@@ -24,11 +24,18 @@ def resolve(choices: dict[str, str]) -> list[type[LibModule]]:
     out: list[type[LibModule]] = []
     for module, impl in choices.items():
         if module not in MODULES:
-            raise LinkError(f"unknown libOS module '{module}' (known: {', '.join(sorted(MODULES))})")
+            extra = f"; ignored: {'; '.join(PROBLEMS)}" if PROBLEMS else ""
+            raise LinkError(f"unknown libOS module '{module}' (known: {', '.join(sorted(MODULES))}{extra})")
         impls = MODULES[module]
         if impl not in impls:
             raise LinkError(f"module '{module}' has no implementation '{impl}' (choose: {', '.join(impls)})")
-        out.append(impls[impl])
+        clash = [p for p in PROBLEMS if f" both register {module}.{impl} " in p]
+        if clash:
+            raise LinkError(clash[0])
+        try:
+            out.append(load(module, impl))  # the module's code is imported here, when an app links it
+        except LoadError as e:
+            raise LinkError(str(e)) from None
     classes = [CORE, *out] if out else []
     check_indexes(classes)
     return classes
@@ -59,9 +66,12 @@ def _named(cls: type[LibModule]) -> str:
 def link(binder: Any, env: Any, classes: list[type[LibModule]]) -> dict[str, LibModule]:
     """Instantiate ``classes`` for ``env`` and map their trampolines; returns them by name."""
     check_indexes(classes)
+    for cls in classes:  # one machine: a trampoline page belongs to one module for every app on it
+        other = binder.names.setdefault(cls.INDEX, cls.NAME)
+        if other != cls.NAME:
+            raise LinkError(f"libOS module {_named(cls)} needs trampoline INDEX {cls.INDEX}, which the "
+                            f"{other} module of another app on this machine has: give one of them a free index")
     port = binder.port(env)
-    for cls in module_classes():
-        binder.names[cls.INDEX] = cls.NAME
     instances = {cls.NAME: cls(port) for cls in classes}
     for inst in instances.values():
         inst.siblings = instances

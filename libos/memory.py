@@ -528,6 +528,3 @@ class EagerMemory(Memory):
         rc = super()._copy_address_space(child, clone)
         self.hc("page_unmap", 0, self.pftemp)
         return rc
-
-
-IMPLEMENTATIONS = {"cow": CowMemory, "eager": EagerMemory}

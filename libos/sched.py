@@ -647,6 +647,3 @@ class Mlfq(Scheduler):
             t.level = 0
             t.ticks = 0
         self.levels[0].extend(queued)
-
-
-IMPLEMENTATIONS = {"rr": RoundRobin, "stride": Stride, "mlfq": Mlfq}

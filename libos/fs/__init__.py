@@ -350,6 +350,3 @@ class UnbatchedFileSystem(FileSystem):
     IMPL = "ext2-unbatched"
     DOC = "as ext2, but one 4 KiB request per disk_io hypercall (for measurements)"
     BATCH_SECTORS = PAGE_SIZE // SECTOR
-
-
-IMPLEMENTATIONS = {"ext2": FileSystem, "ext2-unbatched": UnbatchedFileSystem}

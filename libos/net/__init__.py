@@ -677,6 +677,3 @@ class Net(LibModule):
         out = dict(self.stack.stats) if self.stack is not None else {}
         out["net_send_calls"] = self.sends
         return out
-
-
-IMPLEMENTATIONS = {"tcpip": Net}
