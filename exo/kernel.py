@@ -165,9 +165,7 @@ class Exokernel:
 
     def exofork(self, parent: Env) -> Env:
         """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
-        root = parent.tree_root or parent.id
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
-        child.tree_root = root
         cpu = self.cpu
         cr3 = child.ctx.cr3
         cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`

@@ -305,7 +305,7 @@ def environments(h: Harness, s: Snapshot) -> Iterator[str]:
         if env.ctx is not None and env is not h.k.current:
             yield f"dead env {env.id} kept its CPU context"
     for env in h.live:
-        live_per_app[env.tree_root or env.id] += 1
+        live_per_app[env.tenant.id] += 1
         if env.mailbox is not None and env.mailbox[2] >= 0 and k.frames.type[env.mailbox[2]] != FrameType.NORMAL:
             yield f"env {env.id}'s mailbox holds frame {env.mailbox[2]:#x} of type {k.frames.type[env.mailbox[2]]}"
     for app, n in live_per_app.items():
@@ -444,7 +444,7 @@ def _state_key(h: Harness) -> tuple[tuple, tuple]:
     pages = []
     for env in h.live:
         sp = env.space
-        spaces.append((env.id, env.tree_root, sp.root, tuple(sp.table_frames), sp.pages,
+        spaces.append((env.id, env.tenant.id, sp.root, tuple(sp.table_frames), sp.pages,
                        sum(sp.frame_maps.values()), env.mailbox))
         pages += [view[f << PAGE_SHIFT : (f + 1) << PAGE_SHIFT] for f in sp.table_frames]
     walk_key = (tuple(spaces), b"".join(pages))
