@@ -6,8 +6,7 @@ not from the exokernel's bookkeeping) into a ``Snapshot``, then runs each
 function of ``CHECKS`` over it; each yields one line per violation. The
 ``exo fuzz`` command and tests/exo/test_fuzz_abi.py share this list. A new rule
 is one more function appended to ``CHECKS``; the tenant quotas and maximum
-rights of issue 11 (sections 3 and 4) are two such functions, which do nothing
-in a tree without them.
+rights of issue 11 (sections 3 and 4) are two such functions.
 
 The walk reads each page-table page once and finds its non-zero entries with a
 regular-expression scan (C speed), so a check of a few dozen environments costs
@@ -22,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import hw.cpu as _hwcpu
 from exo.abi import (
     EXO_REGION_END,
     HYPERCALL_PAGE,
@@ -32,6 +30,7 @@ from exo.abi import (
 )
 from exo.frames import EXO, FrameType, over_max_right
 from exo.vm import pte_rights
+from hw.cpu import SYSTEM_PML4E, SYSTEM_SLOT
 from hw.memory import PAGE_SHIFT
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W
 
@@ -42,9 +41,8 @@ _NONZERO = re.compile(rb"[^\x00]")
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 INTERMEDIATE = PTE_P | PTE_W | PTE_U  # what exo writes in PML4/PDPT/PD entries (hw/paging.py entry_address)
 CPU_SET = 0x60  # accessed and dirty: the CPU sets them on a walk (SDM 4.8)
-# Where the vCPU links the descriptor tables into every address space (hw/cpu.py): supervisor only.
-SYSTEM_SLOT = _hwcpu.SYSTEM_SLOT
-SYSTEM_PML4E = _hwcpu.SYSTEM_PML4E
+# SYSTEM_SLOT, SYSTEM_PML4E: where the vCPU links the descriptor tables into every address
+# space (hw/cpu.py), supervisor only.
 assert not SYSTEM_PML4E & PTE_U
 UVPT_ENTRY = PTE_P | PTE_U | PTE_NX  # the recursive slot: read-only, never executable (exo/vm.py)
 
