@@ -25,7 +25,7 @@ class Env:
     fault: str | None = None  # one-line summary when stopped by a fault
     allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
     blocked_on: str | None = None
-    queued: bool = False  # on the run queue
+    queued: bool = False  # on its tenant's run queue
     orphaned: bool = False  # reclaimed with its parent before it was ever started
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)

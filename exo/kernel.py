@@ -565,7 +565,8 @@ class Exokernel:
         self.sleepers = keep
 
     def run(self, max_instructions: int | None = None) -> None:
-        """Run environments round-robin until none is runnable (or the watchdog fires)."""
+        """Run environments (tenants in turn, round robin inside each: ``_next_env``) until none is
+        runnable (or the watchdog fires)."""
         cpu = self.cpu
         total = 0
         self.watchdog_fired = False
