@@ -25,12 +25,13 @@ class Env:
     fault: str | None = None  # one-line summary when stopped by a fault
     allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
     blocked_on: str | None = None
-    queued: bool = False  # on the run queue
+    queued: bool = False  # on its tenant's run queue
     orphaned: bool = False  # reclaimed with its parent before it was ever started
     instructions: int = 0  # retired while this env ran (virtual clock)
     children: list[int] = field(default_factory=list)
-    tree_root: int = 0  # the booted app this environment descends from (0: it is one)
-    tenant: Any = None  # its app's Tenant (exo/tenants.py): quotas and CPU share, shared by the whole tree
+    # Its app's Tenant (exo/tenants.py): quotas and CPU share, shared by the whole tree;
+    # tenant.id is the booted app (the tree's root environment) it descends from.
+    tenant: Any = None
     wake_at: int = 0  # guest ns a rate-limited environment sleeps until (Exokernel.sleep_until)
     argv: list[str] = field(default_factory=list)
     symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'

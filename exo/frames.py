@@ -137,6 +137,8 @@ class FrameTable:
 
         ``kind`` fixes the frame's maximum right (MAX_RIGHT) until it is freed;
         by default GUEST for a normal frame, none for page tables and exokernel frames.
+        A normal frame the exokernel owns is shared into address spaces (hypercall,
+        trampoline, structure pages) and must name its kind: GUEST would let it be mapped RWX.
         """
         t = self.tenant_of.get(owner)
         if t is not None and t.frames_used >= t.frame_limit:
@@ -151,6 +153,8 @@ class FrameTable:
             if t.frames_used > t.frames_peak:
                 t.frames_peak = t.frames_used
         if kind is None or ftype != FrameType.NORMAL:  # a frame that is never mapped has no rights
+            if owner == EXO and ftype == FrameType.NORMAL:
+                raise AssertionError("an exokernel frame that may be mapped needs a kind (its maximum right)")
             kind = DEFAULT_KIND[ftype]
         f = self._free.pop()
         self.owner[f] = owner

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from exo.abi import (
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
+    PAGE_SIZE,
     EnvStatus,
     Errno,
     IpcFlag,
@@ -344,7 +345,7 @@ def _hc_ipc_recv(k: Exokernel, env: Env, dstva: int, info: int, flags: int) -> o
     sender, value, frame, perm = env.mailbox
     if frame >= 0 and dstva:
         pte = perm_to_pte(perm)
-        if info < dstva + 4096 and dstva < info + IPC_INFO_SIZE and not pte & PTE_W:
+        if info < dstva + PAGE_SIZE and dstva < info + IPC_INFO_SIZE and not pte & PTE_W:
             # info would land in the page being mapped read-only: refuse before taking the
             # message, not after mapping it (found by the ABI fuzzer, docs/security.md).
             raise HypercallError(Errno.EFAULT, f"info {info:#x} lies in the read-only page received at {dstva:#x}")

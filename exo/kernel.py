@@ -93,7 +93,9 @@ class Exokernel:
         self._turn: Tenant | None = None  # whose turn it is
         self._turn_left = 0  # instructions (virtual clock) or slices (wall clock) left in the turn
         self._handoff: Tenant | None = None  # wake_first: its first environment runs next
-        self.sleepers: list[Env] = []  # blocked until env.wake_at (guest ns): a rate limit's delay
+        # Blocked until env.wake_at (guest ns): a rate limit's delay. A dict used as an ordered set:
+        # an environment made runnable early reruns its call and sleeps again, and must not be added twice.
+        self.sleepers: dict[Env, None] = {}
         self.current: Env | None = None
         self._live: Env | None = None  # whose state is loaded in the vCPU
         self._next_id = 1
@@ -163,9 +165,7 @@ class Exokernel:
 
     def exofork(self, parent: Env) -> Env:
         """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
-        root = parent.tree_root or parent.id
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
-        child.tree_root = root
         cpu = self.cpu
         cr3 = child.ctx.cr3
         cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
@@ -250,7 +250,7 @@ class Exokernel:
     def sleep_until(self, env: Env, wake_at: int, what: str) -> object:
         """Block ``env`` until guest time ``wake_at`` (ns), then rerun its hypercall (a rate limit)."""
         env.wake_at = wake_at
-        self.sleepers.append(env)
+        self.sleepers[env] = None
         return self.block_and_retry(env, what)
 
     def make_runnable(self, env: Env) -> None:
@@ -546,8 +546,8 @@ class Exokernel:
         clock = self.machine.clock
         now = clock.now_ns()
         # Still asleep: a parent may have made one runnable early (it then reran its call).
-        self.sleepers = [e for e in self.sleepers if e.alive and e.status == EnvStatus.BLOCKED
-                         and e.blocked_on in RATE_WAITS]
+        self.sleepers = {e: None for e in self.sleepers if e.alive and e.status == EnvStatus.BLOCKED
+                         and e.blocked_on in RATE_WAITS}
         if idle and self.sleepers:
             first = min(e.wake_at for e in self.sleepers)
             if first > now:
@@ -556,16 +556,17 @@ class Exokernel:
                 else:
                     time.sleep((first - now) / 1e9)
                 now = clock.now_ns()
-        keep = []
+        keep = {}
         for e in self.sleepers:
             if e.wake_at <= now:
                 self.make_runnable(e)
             else:
-                keep.append(e)
+                keep[e] = None
         self.sleepers = keep
 
     def run(self, max_instructions: int | None = None) -> None:
-        """Run environments round-robin until none is runnable (or the watchdog fires)."""
+        """Run environments (tenants in turn, round robin inside each: ``_next_env``) until none is
+        runnable (or the watchdog fires)."""
         cpu = self.cpu
         total = 0
         self.watchdog_fired = False

@@ -35,9 +35,9 @@ class Manifest:
     entry: str = "_start"
     libos: dict[str, str] = field(default_factory=dict)
     description: str = ""
-    memory_pages: int | None = None  # the older spelling of [quota] frames
     args: list[str] = field(default_factory=list)
-    quota: dict[str, Any] = field(default_factory=dict)  # parsed [quota] (exo/tenants.py parse_quota)
+    # Parsed [quota] (exo/tenants.py parse_quota); the older key memory_pages = N lands here as frames.
+    quota: dict[str, Any] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -109,4 +109,4 @@ def load_manifest(app: str | Path) -> Manifest:
             raise ExoUserError(str(path), "memory_pages and [quota] frames both set: keep [quota] frames")
         quota["frames"] = pages
     return Manifest(path, name, files, need("entry", str, "_start"), dict(libos),
-                    need("description", str, ""), pages, list(args), quota)
+                    need("description", str, ""), list(args), quota)

@@ -170,7 +170,7 @@ class NetMux:
         self._app_filters[env.id] = []
 
     def app_of(self, env: Env) -> int:
-        return env.tree_root or env.id
+        return env.tenant.id
 
     def address(self, env: Env) -> Address:
         addr = self.apps.get(self.app_of(env))

@@ -31,17 +31,14 @@ weight 1, and no rate limit. ``exo boot --quota`` and an app's ``[quota]``
 table change them (docs/architecture.md).
 
 Reading usage and limits (the fuzzer's "quotas hold" check, --stats):
-``k.tenants.of(env).frames_used <= .frame_limit``, ``.envs_used <= .env_limit``.
+``env.tenant.frames_used <= .frame_limit``, ``.envs_used <= .env_limit``.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from exo.env import Env
+from typing import Any
 
 DEFAULT_ENVS = 1024  # live environments per app (JOS has a global NENV of 1024)
 DEFAULT_WEIGHT = 1
@@ -254,9 +251,6 @@ class Tenants:
 
     def __iter__(self):
         return iter(self.by_id.values())
-
-    def of(self, env: Env) -> Tenant:
-        return env.tenant
 
     def apps(self) -> list[Tenant]:
         return [t for t in self.by_id.values() if not t.system]

@@ -79,8 +79,8 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
 
 
 def pte_rights(pte: int) -> int:
-    """The PERM_R/W/X rights a user PTE gives."""
-    return PERM_R | (PERM_W if pte & PTE_W else 0) | (0 if pte & PTE_NX else PERM_X)
+    """The PERM_R/W/X rights a user PTE gives (pte_to_perm without the libOS's available bits)."""
+    return pte_to_perm(pte) & ~PERM_AVAIL
 
 
 def check_max_right(ft: FrameTable, frame: int, pte: int) -> None:

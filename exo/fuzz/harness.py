@@ -235,7 +235,7 @@ class Harness:
         env = self.k.envs.get(env_id)
         if env is None:
             return env_id
-        return env.tree_root or env.id
+        return env.tenant.id
 
     def runnable(self) -> list[Env]:
         """Environments that would be on a CPU now: the ones a step may make a call from."""

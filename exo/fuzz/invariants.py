@@ -6,8 +6,7 @@ not from the exokernel's bookkeeping) into a ``Snapshot``, then runs each
 function of ``CHECKS`` over it; each yields one line per violation. The
 ``exo fuzz`` command and tests/exo/test_fuzz_abi.py share this list. A new rule
 is one more function appended to ``CHECKS``; the tenant quotas and maximum
-rights of issue 11 (sections 3 and 4) are two such functions, which do nothing
-in a tree without them.
+rights of issue 11 (sections 3 and 4) are two such functions.
 
 The walk reads each page-table page once and finds its non-zero entries with a
 regular-expression scan (C speed), so a check of a few dozen environments costs
@@ -22,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import hw.cpu as _hwcpu
 from exo.abi import (
     EXO_REGION_END,
     HYPERCALL_PAGE,
@@ -31,8 +29,8 @@ from exo.abi import (
     UVPT_SLOT,
 )
 from exo.frames import EXO, FrameType, over_max_right
-from exo.kernel import MAX_ENVS_PER_APP
 from exo.vm import pte_rights
+from hw.cpu import SYSTEM_PML4E, SYSTEM_SLOT
 from hw.memory import PAGE_SHIFT
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W
 
@@ -43,9 +41,8 @@ _NONZERO = re.compile(rb"[^\x00]")
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 INTERMEDIATE = PTE_P | PTE_W | PTE_U  # what exo writes in PML4/PDPT/PD entries (hw/paging.py entry_address)
 CPU_SET = 0x60  # accessed and dirty: the CPU sets them on a walk (SDM 4.8)
-# Where the vCPU links the descriptor tables into every address space (hw/cpu.py): supervisor only.
-SYSTEM_SLOT = _hwcpu.SYSTEM_SLOT
-SYSTEM_PML4E = _hwcpu.SYSTEM_PML4E
+# SYSTEM_SLOT, SYSTEM_PML4E: where the vCPU links the descriptor tables into every address
+# space (hw/cpu.py), supervisor only.
 assert not SYSTEM_PML4E & PTE_U
 UVPT_ENTRY = PTE_P | PTE_U | PTE_NX  # the recursive slot: read-only, never executable (exo/vm.py)
 
@@ -294,9 +291,11 @@ def accounting(h: Harness, s: Snapshot) -> Iterator[str]:
 
 
 def environments(h: Harness, s: Snapshot) -> Iterator[str]:
-    """Dead environments hold nothing; live ones stay within quota; an app's live count is right."""
+    """Dead environments hold nothing; a live one's mailbox holds a normal frame.
+
+    (An app's live environments against its quota: tenant_quotas.)
+    """
     k = h.k
-    live_per_app: dict[int, int] = defaultdict(int)
     for env in h.new_dead:  # a dead environment never changes again: checked once
         if env.space.pages or env.space.table_frames or env.mailbox is not None:
             yield f"dead env {env.id} still holds pages {env.space.pages}, tables {len(env.space.table_frames)}"
@@ -305,12 +304,8 @@ def environments(h: Harness, s: Snapshot) -> Iterator[str]:
         if env.ctx is not None and env is not h.k.current:
             yield f"dead env {env.id} kept its CPU context"
     for env in h.live:
-        live_per_app[env.tree_root or env.id] += 1
         if env.mailbox is not None and env.mailbox[2] >= 0 and k.frames.type[env.mailbox[2]] != FrameType.NORMAL:
             yield f"env {env.id}'s mailbox holds frame {env.mailbox[2]:#x} of type {k.frames.type[env.mailbox[2]]}"
-    for app, n in live_per_app.items():
-        if n > MAX_ENVS_PER_APP:
-            yield f"app {app} has {n} live environments (at most {MAX_ENVS_PER_APP})"
 
 
 def disk_grants(h: Harness, s: Snapshot) -> Iterator[str]:
@@ -444,7 +439,7 @@ def _state_key(h: Harness) -> tuple[tuple, tuple]:
     pages = []
     for env in h.live:
         sp = env.space
-        spaces.append((env.id, env.tree_root, sp.root, tuple(sp.table_frames), sp.pages,
+        spaces.append((env.id, env.tenant.id, sp.root, tuple(sp.table_frames), sp.pages,
                        sum(sp.frame_maps.values()), env.mailbox))
         pages += [view[f << PAGE_SHIFT : (f + 1) << PAGE_SHIFT] for f in sp.table_frames]
     walk_key = (tuple(spaces), b"".join(pages))

@@ -197,7 +197,7 @@ MANY_ENVS = 8  # an app's live environments above which env_create mostly gives 
 
 def r_env_create(h: Harness, env: Env, c: Chooser) -> list[Call]:
     app = h.tenant(env.id)
-    live = sum(1 for e in h.k.envs.values() if e.alive and (e.tree_root or e.id) == app)
+    live = sum(1 for e in h.k.envs.values() if e.alive and e.tenant.id == app)
     if live >= MANY_ENVS and env.children and c.chance(90):  # keep the invariant walk short
         return [_call(env, "env_destroy", c.pick(env.children))]
     return [_call(env, "env_create")]

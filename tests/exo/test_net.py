@@ -191,7 +191,6 @@ def test_filters_are_checked_and_one_app_cannot_claim_what_another_holds():
     k.net.assign(parent, app_address(0))
     k.net.assign(other, app_address(1))
     child = k.create_env("child", parent)
-    child.tree_root = parent.id
     va = 0x3000_0000
 
     def add(env, ethertype, proto=0, dport=0, sport=0):

@@ -427,3 +427,21 @@ def test_no_mapping_exceeds_its_frames_max_right_in_real_apps(monkeypatch, name:
     b = boot(ROOT / "guest_apps" / name)
     assert all(e.fault is None and e.exit_status == 0 for e in b.envs)
     assert seen and sum(seen) > 0 and bad == []
+
+
+def test_an_exokernel_frame_that_may_be_mapped_must_name_its_kind():
+    """The exokernel's normal frames are shared into every address space: without a kind one would
+    default to GUEST (RWX), so a new exokernel page that forgot its kind is refused, not made writable."""
+    from exo.abi import PERM_W
+    from exo.frames import EXO, FrameKind, FrameType
+    from exo.kernel import Exokernel
+    from hw import Machine
+
+    ft = Exokernel(Machine(16 << 20), on_fault=lambda r: None).frames
+    free = ft.free_count
+    with pytest.raises(AssertionError, match="needs a kind"):
+        ft.alloc(EXO, FrameType.NORMAL)
+    assert ft.free_count == free  # nothing was taken
+    f = ft.alloc(EXO, FrameType.NORMAL, kind=FrameKind.TRAMPOLINE)
+    assert not ft.max_right[f] & PERM_W
+    assert ft.alloc(EXO, FrameType.EXO) and ft.alloc(1, FrameType.NORMAL)  # the other defaults stand

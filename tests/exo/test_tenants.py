@@ -244,6 +244,27 @@ def test_a_disk_rate_quota_delays_in_guest_time_and_fails_nothing(app, tmp_path)
     assert b.kernel.acct.hypercalls["disk_io"] == 10  # a delayed call is retried, counted once
 
 
+def test_a_rate_sleeper_woken_early_by_its_parent_is_kept_once():
+    """A parent that makes its rate-limited child runnable over and over (each time the child reruns
+    its call and sleeps again) must not grow the exokernel's sleeper set: each entry was walked on
+    every scheduling decision, so the parent could slow every app down without bound."""
+    from exo.abi import EnvStatus
+    from exo.kernel import Exokernel
+    from hw import Machine
+
+    k = Exokernel(Machine(16 << 20), on_fault=lambda r: None)
+    parent = k.create_env("parent")
+    child = k.create_env("child", parent)
+    for _ in range(100):
+        k.sleep_until(child, 10**12, "net rate")
+        k.set_status(child, EnvStatus.RUNNABLE)  # env_set_status by the parent: the child reruns its call
+    k.sleep_until(child, 10**12, "net rate")
+    assert list(k.sleepers) == [child]
+    k.machine.clock.advance(10**12)
+    k._wake_sleepers(idle=False)
+    assert not k.sleepers and child.status == EnvStatus.RUNNABLE
+
+
 def test_a_net_flood_beside_a_udp_echo_is_held_to_its_rate(tmp_path):
     """Without a net quota the flood fills the echo server's ring, a client datagram is dropped and
     the client waits forever; with one, the echo's round trips continue (switch: guest to guest)."""
