@@ -506,7 +506,7 @@ class Exokernel:
         return None
 
     def _next_env(self) -> Env | None:
-        """Deficit round robin over tenants, round robin inside each (exo/tenants.py).
+        """Weighted round robin over tenants, round robin inside each (exo/tenants.py).
 
         A turn is ``weight`` slices worth of instructions (virtual clock; slices on the
         wall clock), spent on the tenant's runnable environments in turn; it ends early

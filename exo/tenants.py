@@ -11,9 +11,11 @@ quotas that cover all of its environments together:
 * **envs**: live environments. Over the limit, ``env_create`` gets -EAGAIN
   (as Linux ``fork`` does at RLIMIT_NPROC).
 * **cpu**: a weight. The exokernel's scheduler (exo/kernel.py ``_pick``) is a
-  deficit round robin over tenants (Shreedhar and Varghese, SIGCOMM'95): on its
-  turn a tenant gets ``weight`` slices worth of instructions, spent round robin
-  over its own runnable environments, so an app with 1,000 runnable
+  weighted round robin over tenants: on its turn a tenant gets ``weight`` slices
+  worth of instructions (the last slice is cut to what is left of the turn, so
+  no deficit carries over as in Shreedhar and Varghese's DRR, SIGCOMM'95, where
+  a packet may overrun its quantum), spent round robin over its own runnable
+  environments, so an app with 1,000 runnable
   environments gets no more CPU than an app with one. A yield ends the turn (it
   ended the slice before tenants); an IPC hand-off to a microkernel server runs
   inside the caller's turn and never starts one.
