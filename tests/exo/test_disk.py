@@ -543,10 +543,10 @@ def test_revoking_your_own_range(app, image) -> None:
 def test_revoke_splits_ranges() -> None:
     from types import SimpleNamespace
 
-    from exo.disk import _revoke
+    from exo.disk import revoke_range
 
     env = SimpleNamespace(disk_grants=[(0, 10, True), (20, 5, False)], children=[])
-    _revoke(SimpleNamespace(envs={}), env, 4, 18)
+    revoke_range(SimpleNamespace(envs={}), env, 4, 18)
     assert env.disk_grants == [(0, 4, True), (22, 3, False)]
 
 
