@@ -107,7 +107,7 @@ def test_a_budget_needs_the_virtual_clock():
 
 def test_importing_the_api_loads_no_emulator_or_libos():
     # Start-up matters (issue 12): the API is imported by every embedder; what it needs is loaded on first use.
-    code = ("import sys, exo.api; heavy = [m for m in ('unicorn', 'keystone', 'capstone', 'libos', 'hw', 'rich') "
+    code = ("import sys, exo, exo.api; assert exo.run is exo.api.run and exo.System is exo.api.System; heavy = [m for m in ('unicorn', 'keystone', 'capstone', 'libos', 'hw', 'rich') "
             "if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
