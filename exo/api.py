@@ -279,6 +279,8 @@ class System:
     def run(self, max_instructions: int | None = None) -> Result:
         """Run the guests until none is runnable, or for at most ``max_instructions`` more guest
         instructions (the virtual clock counts them: a budget needs ``clock="virtual"``)."""
+        if self.closed:
+            raise ExoUserError("System", "closed: its machine's devices are gone; boot a new System")
         if max_instructions is not None:
             if max_instructions <= 0:
                 raise ExoUserError("--max-instructions", f"must be positive, got {max_instructions}")

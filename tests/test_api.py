@@ -98,6 +98,15 @@ def test_bad_input_is_a_one_line_user_error(apps, options, what):
     assert what in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_closed_system_does_not_run():
+    from exo.api import System
+
+    s = System([ECHO])
+    s.close()
+    with pytest.raises(ExoUserError, match="closed"):
+        s.run()
+
+
 def test_a_budget_needs_the_virtual_clock():
     from exo.api import System
 
