@@ -19,10 +19,9 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
     A guest that faults or exits non-zero is an error: a benchmark must not time a failure.
     """
     from exo import disk as exodisk
-    from exo.cli import _build, _resolve_libos, collect_stats
+    from exo.api import build, collect_stats
     from exo.kernel import Exokernel
     from exo.loader import spawn
-    from exo.manifest import load_manifest
     from hw import Machine
     from libos.link import link, relink_siblings
 
@@ -31,9 +30,7 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
         (d / "main.s").write_text(source)
         table = "".join(f'{k} = "{v}"\n' for k, v in libos.items())
         (d / "app.toml").write_text(f'name = "{name}"\nsources = ["main.s"]\n' + (f"[libos]\n{table}" if table else ""))
-        m = load_manifest(d)
-        classes = _resolve_libos(m)
-        image = _build(m, classes)
+        _, image, classes = build(d)
     machine = Machine(ram_mib << 20, stdin=stdin, stdout=io.BytesIO(), disk=disk)
     k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
     k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
@@ -77,9 +74,8 @@ def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual
 
     Any fault is an error.
     """
-    from exo.cli import _build, _resolve_libos, spawn_apps
+    from exo.api import build, spawn_apps
     from exo.kernel import Exokernel
-    from exo.manifest import load_manifest
     from hw import Machine
     from hw.nic import open_nic
 
@@ -87,9 +83,7 @@ def boot_apps(apps: list[Path], *, net: str | None = None, clock: str = "virtual
     out = io.BytesIO()
     machine = Machine(128 << 20, clock=clock, stdin=b"", stdout=out, nic=nic)
     k = Exokernel(machine, on_fault=lambda r: None)
-    manifests = [load_manifest(a) for a in apps]
-    linked = [_resolve_libos(m) for m in manifests]
-    spawn_apps(k, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
+    spawn_apps(k, [build(a) for a in apps])
     t0 = time.perf_counter()
     try:
         k.run()

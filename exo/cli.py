@@ -137,70 +137,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
+    from exo.api import System, build_manifest
     from exo.manifest import load_manifest
 
     manifests = [load_manifest(a) for a in args.apps]
     quotas = _quota_options(args.quota, manifests)
-    linked = [_resolve_libos(m) for m in manifests]
-    images = [_build(m, classes, not args.no_cache) for m, classes in zip(manifests, linked)]
-    if args.ram <= 0 or args.ram > 4096:
-        raise ExoUserError("--ram", f"{args.ram} MiB is not between 1 and 4096")
-    if args.slice is not None and args.slice <= 0:
-        raise ExoUserError("--slice", f"must be positive, got {args.slice}")
-    if args.trace and not args.trace.endswith((".json", ".jsonl")):
-        raise ExoUserError(args.trace, "trace file must end in .json (Chrome/Perfetto) or .jsonl (JSON lines)")
+    apps = [build_manifest(m, use_cache=not args.no_cache) for m in manifests]
     if args.max_instructions is not None:
         if args.max_instructions <= 0:
             raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
         if args.clock == "wall":
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
-    if args.net is not None and not args.net.strip():
-        raise ExoUserError("--net", "empty: give tap:IFNAME, user[,hostfwd=...] or switch")
-    if (args.pcap or args.net_faults) and not args.net:
-        raise ExoUserError("--pcap" if args.pcap else "--net-faults", "needs --net")
     for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
-    if args.trace_capacity <= 0:
-        raise ExoUserError("--trace-capacity", f"must be positive, got {args.trace_capacity}")
 
-    from exo.kernel import DEFAULT_SLICE, Exokernel
-    from hw import Machine
-
-    disk = _open_disk(args.disk, args.disk_fail_after) if args.disk else None
-    if disk is None and args.disk_fail_after is not None:
-        raise ExoUserError("--disk-fail-after", "needs --disk")
-    nic = _open_nic(args.net, args.net_faults, args.pcap) if args.net else None
-    slice_seconds = (args.slice or 10_000) / 1e6
-    machine = Machine(args.ram << 20, clock=args.clock, stdin=0, stdout=1, slice_seconds=slice_seconds, disk=disk,
-                      nic=nic)
-    kernel = Exokernel(machine, slice_instructions=args.slice or DEFAULT_SLICE, structure=args.structure)
-    tracer = None
-    if args.trace:
-        from exo.trace import Tracer
-
-        tracer = Tracer(kernel.cpu.instructions, machine.clock.now_ns, args.trace_capacity)
-        kernel.acct.tracer = tracer
-    envs = spawn_apps(kernel, list(zip(manifests, images, linked)), guest_args, quotas)
-    if kernel.net is not None:
-        _check_forwards(nic, kernel.net)
-        for f in getattr(nic.backend, "forwards", ()):
-            # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
-            sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
+    system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
+                    stdin=0, stdout=1, args=guest_args, quotas=quotas, disk=args.disk,
+                    disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
+                    pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
+                    on_fault=_print_report)
+    machine, kernel, envs = system.machine, system.kernel, system.envs
+    for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
+        # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
+        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     interrupted: str | None = None
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
-        kernel.run(max_instructions=args.max_instructions)
+        system.run(args.max_instructions)
     except _Terminated:
         interrupted = "terminated"
     except KeyboardInterrupt:
         interrupted = "interrupted"  # still write what was counted and traced so far
     finally:
         signal.signal(signal.SIGTERM, previous)
-        machine.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md)
-    if tracer is not None:
-        tracer.write(args.trace, {e.id: e.name for e in kernel.envs.values()})
-    stats = collect_stats(kernel)
+        system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
+    stats = system.stats()
     if args.stats_json:
         try:
             Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -259,6 +231,11 @@ def _exo_page_symbol(env, rip: int) -> str | None:
     return None
 
 
+def _print_report(report) -> None:
+    sys.stderr.write(report.render() + "\n")
+    sys.stderr.flush()
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM while guests run (``kill``, a test stopping a server)."""
 
@@ -282,131 +259,6 @@ def _quota_options(specs: list[str], manifests: list) -> dict[str, dict]:
             raise ExoUserError("--quota", f"no booted app is named '{name}' (booted: {', '.join(names)})")
         out.setdefault(name, {}).update(quota)
     return out
-
-
-def spawn_apps(kernel, apps: list, guest_args: list[str] = (), quotas: dict[str, dict] | None = None) -> list:
-    """Start booted apps as `exo boot` does: each ``(manifest, image, libOS classes)`` becomes an
-    environment with its libOS linked, the whole disk granted (if the machine has one) and, on a
-    machine with a NIC, app i's network address (10.0.2.(15+i): exo/net.py). Each is a tenant
-    (exo/tenants.py) with its app.toml [quota], overridden by ``quotas`` (by app name); an app
-    that sets no frame quota gets an equal part of the free frames. The tests and the
-    benchmarks boot through here too."""
-    from exo.loader import spawn
-    from exo.tenants import QuotaError, Tenants
-    from libos.link import LinkError, link, relink_siblings
-
-    kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
-    disk = kernel.machine.disk
-    per_app = [{**m.quota, **(quotas or {}).get(m.name, {})} for m, _, _ in apps]
-    try:
-        share = Tenants.fair_frames(per_app, kernel.frames.free_count)
-    except QuotaError as e:
-        raise ExoUserError("--quota", str(e)) from None
-    envs = []
-    for (m, image, classes), quota in zip(apps, per_app):
-        env = spawn(kernel, image, [*m.args, *guest_args], quota={"frames": share, **quota})
-        if classes:
-            try:
-                link(kernel.libs, env, classes)
-            except LinkError as e:  # another app on this machine has a module on the same page
-                raise ExoUserError(str(m.path), str(e)) from None
-        if disk is not None:
-            from exo.disk import grant
-
-            grant(env, disk)  # the whole disk; read-only on a :ro image
-        if kernel.net is not None:
-            from exo.net import app_address
-
-            kernel.net.assign(env, app_address(len(envs)))
-        envs.append(env)
-    return envs
-
-
-def _open_disk(spec: str, fail_after: int | None):
-    """``IMAGE`` or ``IMAGE:ro`` -> a BlockDevice (an ExoUserError naming the file if it is unusable)."""
-    from hw import MachineConfigError
-    from hw.blockdev import BlockDevice
-
-    path, readonly = spec, False
-    if spec.endswith(":ro"):
-        path, readonly = spec[:-3], True
-    elif spec.endswith(":rw"):
-        path = spec[:-3]
-    if not path:
-        raise ExoUserError("--disk", f"{spec!r} names no image file")
-    if fail_after is not None and fail_after < 0:
-        raise ExoUserError("--disk-fail-after", f"must be >= 0, got {fail_after}")
-    try:
-        return BlockDevice(path, readonly=readonly, fail_after=fail_after)
-    except MachineConfigError as e:
-        raise ExoUserError("--disk", str(e)) from None
-
-
-def _check_forwards(nic, net) -> None:
-    """A hostfwd to an address no booted app has would leave host clients hanging: refuse it."""
-    have = {".".join(map(str, a.ip)): i for i, a in enumerate(net.apps.values())}
-    for f in getattr(nic.backend, "forwards", ()):
-        if f.guest_addr not in have:
-            apps = ", ".join(f"app {i} is {ip}" for ip, i in have.items())
-            raise ExoUserError("--net", f"hostfwd to {f.guest_addr}:{f.guest_port}, which no booted app has ({apps})")
-
-
-def _open_nic(spec: str, faults: str | None, pcap: str | None):
-    """``--net SPEC`` -> a hw Nic (an ExoUserError naming the option if it is unusable)."""
-    from hw.nic import open_nic
-
-    try:
-        return open_nic(spec, faults=faults, pcap=pcap)
-    except ValueError as e:
-        opt = "--net-faults" if faults and "fault" in str(e).lower() else "--net"
-        raise ExoUserError(opt, str(e)) from None
-    except OSError as e:
-        raise ExoUserError("--net", f"{spec}: {e.strerror or e}") from None
-
-
-def _resolve_libos(m) -> list:
-    """The libOS classes an app links (an ExoUserError naming the manifest if it is wrong)."""
-    from libos.link import LinkError, resolve
-
-    try:
-        return resolve(m.libos)
-    except LinkError as e:
-        raise ExoUserError(str(m.path), str(e)) from None
-
-
-def _build(m, classes: list, use_cache: bool = True):
-    from exo.image import build_image
-    from libos.registry import hints, symbols
-
-    names = {c.NAME for c in classes}
-    return build_image(m, use_cache=use_cache, extra_symbols=symbols(names), hints=hints(names))
-
-
-def collect_stats(kernel) -> dict:
-    acct = kernel.acct
-    by_env = acct.by_env
-    kinds = acct.transitions
-    envs = []
-    for e in kernel.envs.values():
-        envs.append({
-            "id": e.id, "name": e.name, "parent": e.parent,
-            "exit": e.exit_summary() if not e.alive else None,
-            "status": e.outcome,
-            "fault": e.fault,
-            "instructions": e.instructions if kernel.machine.clock.mode == "virtual" else None,
-            "transitions": {k: by_env.get(e.id, {}).get(k, 0) for k in kinds},
-        })  # fmt: skip
-    virtual = kernel.machine.clock.mode == "virtual"
-    return {
-        "clock": kernel.machine.clock.mode,
-        "transitions": dict(kinds),
-        "hypercalls": dict(sorted(acct.hypercalls.items())),
-        "guest_instructions": kernel.cpu.retired_total if virtual else None,
-        "envs": envs,
-        "tenants": [t.usage() for t in kernel.tenants],
-        **({"net": {"exokernel": dict(kernel.net.stats), "nic": dict(kernel.net.nic.stats)}}
-           if kernel.net is not None else {}),
-    }
 
 
 def print_stats(stats: dict) -> None:
@@ -462,14 +314,13 @@ def cmd_image(args: argparse.Namespace) -> int:
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
     from exo.abi import HYPERCALL_PAGE, HYPERCALL_STUB_SIZE, LIBOS_END, LIBOS_PAGE, PERM_X
+    from exo.api import build_manifest
     from exo.hypercalls import BY_NR
     from exo.libcall import BASE_HYPERCALLS
     from exo.manifest import load_manifest
     from libos.registry import symbols
 
-    m = load_manifest(args.app)
-    classes = _resolve_libos(m)
-    image = _build(m, classes)
+    image, classes = build_manifest(load_manifest(args.app))[1:]
     by_addr = {v: k for k, v in symbols().items()}
     hypercalls, libcalls, raw = set(), set(), 0
     cs = Cs(CS_ARCH_X86, CS_MODE_64)

@@ -76,7 +76,7 @@ def _add(env: Env, g: tuple[int, int, bool]) -> None:
     env.disk_grants.append(g)
 
 
-def _revoke(k: Exokernel, env: Env, sector: int, nsectors: int) -> None:
+def revoke_range(k: Exokernel, env: Env, sector: int, nsectors: int) -> None:
     """Remove [sector, sector+nsectors) from env's grants and its descendants' (splitting ranges)."""
     end = sector + nsectors
     kept = []
@@ -93,7 +93,7 @@ def _revoke(k: Exokernel, env: Env, sector: int, nsectors: int) -> None:
     for cid in env.children:
         child = k.envs.get(cid)
         if child is not None and child.alive:
-            _revoke(k, child, sector, nsectors)
+            revoke_range(k, child, sector, nsectors)
 
 
 def _disk(k: Exokernel) -> BlockDevice:
@@ -185,7 +185,7 @@ def hc_disk_grant(k: Exokernel, env: Env, envid: int, sector: int, nsectors: int
         raise HypercallError(Errno.EINVAL, f"bad disk_grant mode {mode}")
     _range(disk, sector, nsectors)
     if mode == DiskGrant.REVOKE:
-        _revoke(k, target, sector, nsectors)
+        revoke_range(k, target, sector, nsectors)
         return 0
     writable = mode == DiskGrant.WRITE
     if covering(env, sector, nsectors, writable) is None:

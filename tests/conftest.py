@@ -63,9 +63,8 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
          max_instructions: int | None = 50_000_000, ram_mib: int = 32, net: str | None = None,
          net_faults: str | None = None, pcap: str | None = None, structure: str = "exokernel") -> Booted:
     """Boot ``apps`` in-process as `exo boot` does (libOS modules linked per manifest; app i is 10.0.2.(15+i))."""
-    from exo.cli import _build, _resolve_libos, spawn_apps
+    from exo.api import build, spawn_apps
     from exo.kernel import DEFAULT_SLICE, Exokernel
-    from exo.manifest import load_manifest
     from hw import Machine
 
     out = io.BytesIO()
@@ -77,9 +76,7 @@ def boot(*apps: Path, stdin: bytes = b"", clock: str = "virtual", slice_instruct
     machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=out, slice_seconds=0.005, nic=nic)
     kernel = Exokernel(machine, slice_instructions=slice_instructions or DEFAULT_SLICE, on_fault=lambda r: None,
                        structure=structure)
-    manifests = [load_manifest(a) for a in apps]
-    linked = [_resolve_libos(m) for m in manifests]
-    envs = spawn_apps(kernel, [(m, _build(m, c), c) for m, c in zip(manifests, linked)])
+    envs = spawn_apps(kernel, [build(a) for a in apps])
     try:
         kernel.run(max_instructions=max_instructions)
     finally:

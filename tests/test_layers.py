@@ -13,7 +13,7 @@ FORBIDDEN = {
     "hw": {"exo", "libos"},
     "exo": {"libos"},
 }
-ALLOWED = {("exo", "cli.py")}  # the shell composes everything
+ALLOWED = {("exo", "cli.py"), ("exo", "api.py")}  # the shell and the embedding API compose everything
 # libos may use the ABI constants and nothing else of exo (nor the machine).
 LIBOS_MAY_IMPORT = {"exo.abi"}
 

@@ -158,21 +158,18 @@ def test_udp_echo_n_never_loses_its_last_echo_at_exit(tmp_path):
     import io
     import threading
 
-    from exo.cli import _build, _resolve_libos, spawn_apps
+    from exo.api import build, spawn_apps
     from exo.kernel import Exokernel
-    from exo.manifest import load_manifest
     from hw import Machine
     from hw.nic import open_nic
 
-    m = load_manifest(app_with_args(tmp_path, "udp_echo", ["3"]))
-    classes = _resolve_libos(m)
-    image = _build(m, classes)
+    app = build(app_with_args(tmp_path, "udp_echo", ["3"]))
     for run in range(30):
         nic = open_nic("user,hostfwd=udp:127.0.0.1:0-:7")
         port = nic.backend.forwards[0].host_port
         machine = Machine(32 << 20, clock="wall", stdin=b"", stdout=io.BytesIO(), nic=nic)
         kernel = Exokernel(machine, on_fault=lambda r: None)
-        (env,) = spawn_apps(kernel, [(m, image, classes)])
+        (env,) = spawn_apps(kernel, [app])
         got: list[bytes] = []
         finished = threading.Event()
 

@@ -50,7 +50,7 @@ Deliberate deviations and simplifications:
 
 Sequence numbers: on the wire they are 32-bit and wrap; inside, every sequence
 number is an unbounded integer (ISS + offset), and a wire value is mapped to the
-unbounded one nearest the reference it must be near (``_delta``: RFC 9293 3.4
+unbounded one nearest the reference it must be near (``seq_delta``: RFC 9293 3.4
 modular comparison, RFC 1982 serial arithmetic). Comparisons are then plain
 integer comparisons, which reads closer to the RFC text than ``SEQ_LT`` macros.
 """
@@ -87,7 +87,7 @@ _SYNCHRONIZED = frozenset({SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CL
 _DATA_IN = frozenset({ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2})  # RFC 9293 3.10.7.4 seventh
 
 
-def _delta(a: int, b: int) -> int:
+def seq_delta(a: int, b: int) -> int:
     """a - b for 32-bit sequence numbers, in [-2**31, 2**31) (RFC 9293 3.4, RFC 1982)."""
     return ((a - b + 0x80000000) & _MASK) - 0x80000000
 
@@ -322,7 +322,7 @@ class Tcb:
             return
         flags = seg.flags
         nxt = self.rcv_nxt
-        seq = nxt + _delta(seg.seq, nxt)
+        seq = nxt + seq_delta(seg.seq, nxt)
         plen = len(seg.payload)
         seglen = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
 
@@ -418,7 +418,7 @@ class Tcb:
             self._on_fin(now)
 
     def _unwrap_ack(self, ack: int) -> int:
-        return self.snd_una + _delta(ack, self.snd_una)
+        return self.snd_una + seq_delta(ack, self.snd_una)
 
     def _input_syn_sent(self, seg: Segment, now: int) -> None:
         """RFC 9293 3.10.7.3: SEGMENT ARRIVES in SYN-SENT."""

@@ -41,11 +41,10 @@ def on_image(path: Path, sector: int, count: int = 1) -> bytes:
 
 def boot_disk(*apps: Path, disk=None, grants=None, max_instructions: int = 50_000_000) -> Booted:
     """conftest.boot with a disk: ``grants`` (first, count, writable) per app, default the whole disk."""
-    from exo.cli import _build, _resolve_libos
+    from exo.api import build
     from exo.disk import grant
     from exo.kernel import DEFAULT_SLICE, Exokernel
     from exo.loader import spawn
-    from exo.manifest import load_manifest
     from hw import Machine
     from libos.link import link, relink_siblings
 
@@ -55,9 +54,8 @@ def boot_disk(*apps: Path, disk=None, grants=None, max_instructions: int = 50_00
     kernel.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     envs = []
     for a in apps:
-        m = load_manifest(a)
-        classes = _resolve_libos(m)
-        env = spawn(kernel, _build(m, classes), m.args, quota=m.quota)
+        m, image, classes = build(a)
+        env = spawn(kernel, image, m.args, quota=m.quota)
         if classes:
             link(kernel.libs, env, classes)
         if disk is not None:
@@ -545,10 +543,10 @@ def test_revoking_your_own_range(app, image) -> None:
 def test_revoke_splits_ranges() -> None:
     from types import SimpleNamespace
 
-    from exo.disk import _revoke
+    from exo.disk import revoke_range
 
     env = SimpleNamespace(disk_grants=[(0, 10, True), (20, 5, False)], children=[])
-    _revoke(SimpleNamespace(envs={}), env, 4, 18)
+    revoke_range(SimpleNamespace(envs={}), env, 4, 18)
     assert env.disk_grants == [(0, 4, True), (22, 3, False)]
 
 

@@ -142,7 +142,7 @@ def test_the_env_quota_gives_eagain(app):
 
 
 def test_one_app_alone_gets_all_the_free_frames():
-    from exo.cli import spawn_apps  # noqa: F401  (the path every boot takes)
+    from exo.api import spawn_apps  # noqa: F401  (the path every boot takes)
 
     b = boot(PRIMES, ram_mib=32)
     t = b.kernel.tenants["primes"]

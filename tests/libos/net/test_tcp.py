@@ -24,7 +24,7 @@ from libos.net.tcp import (
     SYN,
     Segment,
     Tcb,
-    _delta,
+    seq_delta,
 )
 
 A_PORT, B_PORT = 40000, 7
@@ -264,10 +264,10 @@ def test_simultaneous_open():
 
 
 def test_delta_wraps():
-    assert _delta(5, 2**32 - 5) == 10
-    assert _delta(2**32 - 5, 5) == -10
-    assert _delta(0x7FFFFFFF, 0) == 0x7FFFFFFF
-    assert _delta(0x80000000, 0) == -0x80000000
+    assert seq_delta(5, 2**32 - 5) == 10
+    assert seq_delta(2**32 - 5, 5) == -10
+    assert seq_delta(0x7FFFFFFF, 0) == 0x7FFFFFFF
+    assert seq_delta(0x80000000, 0) == -0x80000000
 
 
 def test_sequence_wraparound():
