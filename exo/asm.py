@@ -423,6 +423,32 @@ def _text_error(prefix: str, lines: list[Line], base: int, error: KsError, missi
     return _err(bad, f"{message.lower()}: {bad.text.strip()}")
 
 
+def _silent_drop(body_lines: list[str], base: int, original: list[Line]) -> ExoUserError:
+    """Keystone returns no bytes and no error for some statements it cannot encode (a size
+    keyword without ``ptr``: ``mov qword [rax], 1``), dropping the whole text. Find the first
+    line that does it: the shortest prefix that, followed by a ``nop``, assembles to nothing."""
+    def lenient(sym, value):
+        value[0] = 0
+        return True
+
+    def empty(k: int) -> bool:
+        try:
+            return not _ks_asm("\n".join(body_lines[:k]) + "\nnop", base, lenient)
+        except KsError:
+            return False
+
+    lo, hi = 1, len(body_lines)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if empty(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    bad = original[lo - 1] if original else Line("?", 0, "")
+    return _err(bad, f"the assembler cannot encode this (write 'qword ptr [...]' for a sized memory operand): "
+                     f"{bad.text.strip()}")
+
+
 def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
                   data_layout: list[tuple[str, dict[str, int], int]]) -> tuple[bytes, dict[str, int]]:
     """Assemble the code at ``base`` (page aligned) followed by a zero-filled shadow of
@@ -480,6 +506,8 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
         shown = [Line(ln.file, ln.number, t) for ln, t in zip(lines, body_lines)]
         raise _text_error(prefix, shown, base, e, missing, lines) from None
     n = 8 * len(every)
+    if len(out) < n:  # keystone gave up on a statement without an error (e.g. `mov qword [0], 1`)
+        raise _silent_drop(body_lines, base, lines)
     tail = out[len(out) - n :]
     values = {name: int.from_bytes(tail[8 * i : 8 * i + 8], "little") for i, name in enumerate(every)}
     text_len = values.pop(_TEXT_END) - base

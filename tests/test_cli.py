@@ -56,6 +56,7 @@ def test_bad_manifest(tmp_path, manifest, problem):
         ("_start:\n    nop\n_start:\n    nop\n", 3, "defined more than once"),
         ("section .data\nx: dq 1\nmov rax, 1\nsection .text\n_start: nop\n", 3, "not a data directive"),
         ("section .weird\n_start: nop\n", 1, "unknown section"),
+        ("_start:\n    nop\n    mov qword [rax], 1\n    jmp _start\n", 3, "cannot encode"),
     ],
 )
 def test_assembly_error_names_file_and_line(tmp_path, source, lineno, problem):
