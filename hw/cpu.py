@@ -353,12 +353,15 @@ class VCpu:
         soft = self._raw_blob
         size = len(soft)
 
-        def i32(b: bytes, o: int) -> int:
-            return struct.unpack_from("<i", b, o)[0]
-
-        errs = [o for o in range(0, size - 4, 4) if [i32(b, o) for b in blobs] == [e for _, e in probes]]
-        isint = [o for o in range(0, size - 4, 4) if i32(soft, o) == 1 and all(i32(b, o) == 0 for b in blobs)]
-        oldexc = [o for o in range(0, size - 4, 4) if i32(soft, o) == -1 and all(i32(b, o) == 14 for b in blobs)]
+        # Every 32-bit word at offsets 0, 4, ... below size - 4, unpacked in one call per blob (one
+        # struct call per word and blob was 8,000 calls, 3 ms of start-up); the same tests per offset.
+        n = len(range(0, size - 4, 4))
+        soft_words = struct.unpack_from(f"<{n}i", soft)
+        columns = list(zip(*(struct.unpack_from(f"<{n}i", b) for b in blobs)))  # offset -> the blobs' words
+        expected = tuple(e for _, e in probes)
+        errs = [4 * k for k, col in enumerate(columns) if col == expected]
+        isint = [4 * k for k, col in enumerate(columns) if soft_words[k] == 1 and not any(col)]
+        oldexc = [4 * k for k, col in enumerate(columns) if soft_words[k] == -1 and col == (14,) * len(blobs)]
         if len(errs) != 1 or not isint or len(oldexc) != 1:
             raise MachineProbeError(
                 "this Unicorn build keeps fault state where exo cannot find it "
