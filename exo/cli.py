@@ -8,7 +8,6 @@ by a fault (or blocked forever), 2 for bad usage or input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -175,6 +174,8 @@ def cmd_boot(args: argparse.Namespace, guest_args: list[str]) -> int:
     stats = system.stats()
     if args.stats_json:
         try:
+            import json
+
             Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
         except OSError as e:
             raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
@@ -365,6 +366,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         "denied_but_called": sorted(hypercalls - allowed) if allowed is not None else [],
     }  # fmt: skip
     if args.json:
+        import json
+
         print(json.dumps(report, indent=2))
         return 0
     print(f"{image.name}: entry {image.entry:#x}, {image.size} bytes in {len(image.segments)} segments")

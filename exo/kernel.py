@@ -14,6 +14,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from exo.abi import (
     HYPERCALL_PAGE,
@@ -34,7 +35,6 @@ from exo.errors import HypercallError
 from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
-from exo.net import NetMux
 from exo.report import FaultReport, build_report, stuck_reason
 from exo.structures import Structures, slot_code
 from exo.tenants import DEFAULT_ENVS, Tenant, Tenants
@@ -45,6 +45,9 @@ from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
 from hw.regs import GPR_INDEX, GPRS, Reg
 from hw.traps import Trap, TrapKind, Vector
+
+if TYPE_CHECKING:
+    from exo.net import NetMux
 
 DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 # Live environments one booted app (its tree of descendants) may hold by default: its
@@ -121,7 +124,11 @@ class Exokernel:
         if structure != "exokernel":
             self.structures = Structures(self, structure, BY_NAME["svc_return"].nr, BY_NAME["svc_reply_wait"].nr)
         self.libs = LibraryTable(self)
-        self.net: NetMux | None = NetMux(self, machine.nic) if machine.nic is not None else None
+        self.net: NetMux | None = None
+        if machine.nic is not None:  # imported only for a machine with a NIC (start-up: issue 12)
+            from exo.net import NetMux
+
+            self.net = NetMux(self, machine.nic)
 
     # ------------------------------------------------------------ environments
     def create_env(self, name: str, parent: Env | None = None, *, system: bool = False) -> Env:

@@ -73,6 +73,22 @@ def test_second_boot_uses_the_image_cache(tmp_path):
     second = build_image(m)
     assert not first.from_cache and second.from_cache
     assert first.segments == [type(s)(s.name, s.va, s.data, s.memsz, s.perm) for s in second.segments]
+    assert first.symbols == second.symbols and first.entry == second.entry
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00garbage", b"[1, 2]", b"\xfa\x08segments"])
+def test_a_damaged_cached_image_is_reassembled(tmp_path, monkeypatch, damage):
+    from exo.image import build_image
+    from exo.manifest import load_manifest
+
+    monkeypatch.setenv("EXO_CACHE_DIR", str(tmp_path))
+    m = load_manifest(ECHO)
+    good = build_image(m)
+    (cached,) = (tmp_path / "images").iterdir()
+    cached.write_bytes(damage)  # torn by a crash, or written by something else
+    again = build_image(m)
+    assert not again.from_cache and again.segments == good.segments
+    assert build_image(m).from_cache  # and cached again
 
 
 def test_wall_clock_echo(tmp_path):
