@@ -213,23 +213,7 @@ def _locate(kernel, env) -> str:
 
     cpu = kernel.cpu
     rip = cpu.regs.read(Reg.RIP) if env is kernel._live else cpu.context_read(env.ctx, Reg.RIP)
-    symbol = env.symbolize(rip) if env.symbolize else None
-    return location(rip, env.space.fetch_code(rip), symbol or _exo_page_symbol(env, rip))
-
-
-def _exo_page_symbol(env, rip: int) -> str | None:
-    """A name for an address on a page the exokernel maps: a hypercall stub or a library call slot."""
-    from exo.abi import HYPERCALL_PAGE, HYPERCALL_STUB_SIZE, LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, PAGE_SIZE
-    from exo.hypercalls import BY_NR
-
-    if HYPERCALL_PAGE <= rip < HYPERCALL_PAGE + PAGE_SIZE:
-        nr, off = divmod(rip - HYPERCALL_PAGE, HYPERCALL_STUB_SIZE)
-        return f"hypercall stub {BY_NR[nr].name}{f'+{off:#x}' if off else ''}" if nr in BY_NR else None
-    if LIBOS_PAGE <= rip < LIBOS_END:
-        entry = env.libcalls.get(rip - rip % LIBCALL_SLOT)
-        off = rip % LIBCALL_SLOT
-        return f"library call {entry.name}{f'+{off:#x}' if off else ''}" if entry else None
-    return None
+    return location(rip, env.space.fetch_code(rip), kernel.symbol(env, rip))
 
 
 def _print_report(report) -> None:

@@ -313,11 +313,26 @@ class Exokernel:
             self._live = None
         env.ctx = None  # type: ignore[assignment]  # frees the Unicorn context
 
+    def symbol(self, env: Env, rip: int) -> str | None:
+        """A name for ``rip`` in ``env``: its image's label+offset, else a hypercall stub or a
+        library call slot on a page the exokernel maps, else None."""
+        symbol = env.symbolize(rip) if env.symbolize else None
+        if symbol is not None:
+            return symbol
+        if HYPERCALL_PAGE <= rip < HYPERCALL_PAGE + PAGE_SIZE:
+            nr, off = divmod(rip - HYPERCALL_PAGE, HYPERCALL_STUB_SIZE)
+            return f"hypercall stub {BY_NR[nr].name}{f'+{off:#x}' if off else ''}" if nr in BY_NR else None
+        if LIBOS_PAGE <= rip < LIBOS_END:
+            entry = env.libcalls.get(rip - rip % LIBCALL_SLOT)
+            off = rip % LIBCALL_SLOT
+            return f"library call {entry.name}{f'+{off:#x}' if off else ''}" if entry else None
+        return None
+
     def kill(self, env: Env, trap: Trap, reason: str = "", kind: str | None = None) -> None:
         """Stop ``env`` with a fault report; every other environment keeps running."""
         code = env.space.fetch_code(trap.insn_address)
         regs = dict(zip((r.name for r in GPRS), self._read_gprs()))
-        where = env.symbolize(trap.insn_address) if env.symbolize else None
+        where = self.symbol(env, trap.insn_address)
         refused = self.frames.refused.get(env.id)
         if refused is not None and self._still_short(env):
             # A frame was refused to it and it is still short: that is most likely why it faulted

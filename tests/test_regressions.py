@@ -363,3 +363,20 @@ child:
     assert parent.fault == "blocked forever (waiting for event): no environment can wake it"
     assert child.fault == ("not runnable: NOT_RUNNABLE (never started by its parent, or paused by it or by "
                            "itself) and no environment is left to make it runnable")
+
+
+def test_a_fault_in_a_hypercall_stub_names_the_stub(app):
+    """A `ret` from the hypercall page onto an unusable stack faults inside the stub: the report
+    says which stub (the image's labels do not cover exokernel pages), as the watchdog does."""
+    src = """
+section .text
+_start:
+    mov rsp, 0x10
+    jmp HC_ENV_ID
+"""
+    b = boot(app("stub", src), app("w", WITNESS))
+    assert b.stdout == b"ok\n"
+    (r,) = b.reports
+    assert r.kind == "page fault (#PF)"
+    assert r.symbol == "hypercall stub env_id+0x7", r.symbol
+    assert "in hypercall stub env_id+0x7" in r.render()
