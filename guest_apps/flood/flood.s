@@ -52,20 +52,7 @@ send:
 failed_pop:
     add rsp, 8
     jmp failed
-usage:
-    lea rdi, [rip + usage_msg]
-    call LIB_CONSOLE_PUTS
-    mov rdi, 2
-    call LIB_CORE_EXIT
-failed:
-    mov rdi, rax                ; -errno
-    neg rdi
-    call LIB_CORE_STRERROR
-    lea rdi, [rip + fail_msg]
-    mov rsi, rax
-    call LIB_CONSOLE_PRINTF
-    mov rdi, 1
-    call LIB_CORE_EXIT
+%include "usage_fail.inc"
 
 %include "atoi.inc"
 

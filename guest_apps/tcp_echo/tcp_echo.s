@@ -75,20 +75,7 @@ done:
     call LIB_NET_CLOSE
     xor edi, edi
     call LIB_SCHED_THREAD_EXIT  ; the last thread: the environment exits 0
-usage:
-    lea rdi, [rip + usage_msg]
-    call LIB_CONSOLE_PUTS
-    mov rdi, 2
-    call LIB_CORE_EXIT
-failed:
-    mov rdi, rax
-    neg rdi
-    call LIB_CORE_STRERROR
-    lea rdi, [rip + fail_msg]
-    mov rsi, rax
-    call LIB_CONSOLE_PRINTF
-    mov rdi, 1
-    call LIB_CORE_EXIT
+%include "usage_fail.inc"
 
 ; connection(fd): echo until the client closes, then close. Runs as its own thread;
 ; its buffer is on its own stack.
