@@ -311,8 +311,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def raised_at(exc: BaseException, skip: int = 1, depth: int = 3) -> str:
-    """Where ``exc`` was raised, innermost frame first: ``raised at libos/x.py:88 in _fmt, called
-    from libos/x.py:61 in printf``. ``skip`` drops the outer frames of the code that caught it (the
+    """Where ``exc`` was raised, innermost frame first (``raised at libos/x.py:88 in _fmt,
+    called from libos/x.py:61 in printf``). ``skip`` drops the outer frames of the code that caught it (the
     exokernel's own), so what is left is the module's (and what it called); at most ``depth``."""
     frames = traceback.extract_tb(exc.__traceback__)[skip:]
     if not frames:
