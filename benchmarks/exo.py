@@ -68,8 +68,8 @@ YIELD_BODY = "    mov rdi, SCHED_YIELD\n    xor esi, esi\n    call HC_SCHED_OP"
 
 def _guest_runner(body: str, envs: int = 1) -> Callable[[int], None]:
     """A function running ``envs`` guests that each loop ``trips`` times over ``body``."""
-    from exo.asm import assemble as exo_assemble
-    from exo.image import Image, Segment, predefined_symbols
+    from exo.build.asm import assemble as exo_assemble
+    from exo.build.image import Image, Segment, predefined_symbols
     from exo.kernel import Exokernel
     from exo.loader import load_image
     from hw import Machine

@@ -13,8 +13,8 @@ boots one or more apps on one machine with the boot options and runs them to com
 instruction budget, stepwise; `run` is both in one call. Bad input raises `exo.errors.ExoUserError`
 (one line: what and why), which the CLI turns into exit status 2.
 
-Like exo/cli.py, this module composes the layers (it links the library OS into an app), so it is
-the other exo module allowed to import libos (tests/test_layers.py, pyproject's import-linter
+Like the commands (exo/cli/), this module composes the layers (it links the library OS into an app), so it is
+the exo module outside exo/cli/ allowed to import libos (tests/test_layers.py, pyproject's import-linter
 contracts). Imports are lazy: ``import exo.api`` loads neither unicorn nor the toolchain.
 """
 
@@ -38,8 +38,8 @@ class App(NamedTuple):
 
     A tuple so that ``(manifest, image, libos)`` unpacks as `spawn_apps` always took it."""
 
-    manifest: Any  # exo.manifest.Manifest
-    image: Any  # exo.image.Image
+    manifest: Any  # exo.build.manifest.Manifest
+    image: Any  # exo.build.image.Image
     libos: list  # libOS module classes, in link order
 
     @property
@@ -60,14 +60,14 @@ def resolve_libos(manifest: Any) -> list:
 def build(path: str | Path, *, use_cache: bool = True) -> App:
     """Build the guest app in directory ``path`` (its app.toml): assemble and link its sources with the
     symbols of the libOS modules it links. The image is cached (EXO_CACHE_DIR) unless ``use_cache`` is false."""
-    from exo.manifest import load_manifest
+    from exo.build.manifest import load_manifest
 
     return build_manifest(load_manifest(path), use_cache=use_cache)
 
 
 def build_manifest(manifest: Any, *, use_cache: bool = True) -> App:
-    """`build` for an already loaded manifest (exo.manifest.load_manifest)."""
-    from exo.image import build_image
+    """`build` for an already loaded manifest (exo.build.manifest.load_manifest)."""
+    from exo.build.image import build_image
     from libos.registry import hints, symbols
 
     classes = resolve_libos(manifest)

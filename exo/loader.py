@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from exo.abi import INFO_PAGE, PERM_R, PERM_W, PERM_X, STACK_PAGES, STACK_TOP, EnvStatus
 from exo.env import Env
 from exo.errors import ExoUserError, HypercallError
 from exo.frames import FrameKind, FrameType, OutOfFrames
-from exo.image import Image
 from exo.kernel import Exokernel
 from exo.vm import perm_to_pte
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.regs import Reg
+
+if TYPE_CHECKING:  # the kernel takes an image as data; it never imports the toolchain
+    from exo.build.image import Image
 
 # Each environment gets its own copy of its image's pages (no frame is shared between
 # environments by the loader), and each copy may never be mapped with more than its

@@ -27,7 +27,7 @@ quotas that cover all of its environments together:
   environment blocks until the bucket holds enough tokens, in guest time (the
   virtual clock jumps there when nothing else can run).
 
-Defaults (``fair_frames``, used when apps are booted: exo/cli.py ``spawn_apps``): each app gets
+Defaults (``fair_frames``, used when apps are booted: exo/api.py ``spawn_apps``): each app gets
 the free frames at boot divided by the number of apps, 1,024 environments,
 weight 1, and no rate limit. ``exo boot --quota`` and an app's ``[quota]``
 table change them (docs/architecture.md).

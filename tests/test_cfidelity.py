@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, boot, make_app, need_tool
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, USER_TOP
-from exo.elf import PF_X, parse_elf
+from exo.build.elf import PF_X, parse_elf
 
 GUEST_MK = ROOT / "guest_apps" / "include" / "guest.mk"
 

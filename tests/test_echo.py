@@ -64,8 +64,8 @@ def test_stats_json_is_deterministic(tmp_path):
 
 
 def test_second_boot_uses_the_image_cache(tmp_path):
-    from exo.image import build_image
-    from exo.manifest import load_manifest
+    from exo.build.image import build_image
+    from exo.build.manifest import load_manifest
 
     os.environ["EXO_CACHE_DIR"] = str(tmp_path)
     m = load_manifest(ECHO)
@@ -78,8 +78,8 @@ def test_second_boot_uses_the_image_cache(tmp_path):
 
 @pytest.mark.parametrize("damage", [b"", b"\x00garbage", b"[1, 2]", b"\xfa\x08segments"])
 def test_a_damaged_cached_image_is_reassembled(tmp_path, monkeypatch, damage):
-    from exo.image import build_image
-    from exo.manifest import load_manifest
+    from exo.build.image import build_image
+    from exo.build.manifest import load_manifest
 
     monkeypatch.setenv("EXO_CACHE_DIR", str(tmp_path))
     m = load_manifest(ECHO)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exo.guest_iface import OUTPUTS, asm_constants
+from exo.build.guest_iface import OUTPUTS, asm_constants
 from exo.hypercalls import HYPERCALLS
 
 

@@ -41,10 +41,10 @@ from exo.abi import (
     SECTOR_SIZE,
     EnvStatus,
 )
+from exo.build.image import Image, Segment
 from exo.env import Env
 from exo.errors import HypercallError
 from exo.hypercalls import BY_NR
-from exo.image import Image, Segment
 from exo.kernel import Exokernel
 from exo.loader import spawn
 from exo.report import FaultReport

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, USER_TOP
-from exo.elf import PF_R, PF_W, PF_X, ElfSegment, build_elf, parse_elf
+from exo.build.elf import PF_R, PF_W, PF_X, ElfSegment, build_elf, parse_elf
 from exo.errors import ExoUserError
 
 C_GUEST = r"""

@@ -33,9 +33,9 @@ from exo.abi import (
     EnvStatus,
     Errno,
 )
+from exo.build.image import build_image
+from exo.build.manifest import load_manifest
 from exo.hypercalls import BY_NR
-from exo.image import build_image
-from exo.manifest import load_manifest
 
 KERNEL_VA = 0xFFFF_8000_0000_0000  # start of the upper (kernel) half
 

@@ -14,9 +14,9 @@ import pytest
 from conftest import WITNESS, boot
 
 from exo.abi import INFO_PAGE, PAGE_SIZE, STACK_TOP, EnvStatus, Errno
+from exo.build.image import build_image
+from exo.build.manifest import load_manifest
 from exo.frames import FREE
-from exo.image import build_image
-from exo.manifest import load_manifest
 
 EXIT_NEG_RAX = """
     mov rsi, rax

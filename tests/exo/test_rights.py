@@ -267,9 +267,9 @@ def _frames_of_every_kind(app) -> tuple[object, dict[FrameKind, int]]:
     guest = app("kinds", rights_source("xor eax, eax"), libos={"console": "direct"})
     b = boot(guest, structure="monolithic")
     k = b.kernel
-    from exo.image import build_image
+    from exo.build.image import build_image
+    from exo.build.manifest import load_manifest
     from exo.loader import spawn
-    from exo.manifest import load_manifest
 
     env = spawn(k, build_image(load_manifest(guest)), [])
     syms = symbols(guest)

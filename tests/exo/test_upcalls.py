@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import WITNESS, boot
 
 from exo.abi import PAGE_SIZE, STACK_TOP, UTRAPFRAME_FIELDS, UTRAPFRAME_SIZE, UXSTACK_TOP, EnvStatus
-from exo.image import build_image
-from exo.manifest import load_manifest
+from exo.build.image import build_image
+from exo.build.manifest import load_manifest
 
 SETUP_UPCALL = """
     xor edi, edi

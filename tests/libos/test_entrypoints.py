@@ -170,7 +170,7 @@ def test_the_in_tree_modules_are_declared_as_entry_points_with_their_fixed_pages
 # keystone only assembles (the image is cached after the first boot), construct parses only the
 # formats in use (ELF, disk and network headers), rich prints only tables (--stats, benchmarks);
 # exo.net only serves a machine with a NIC, json only writes --stats-json (the image cache is marshal).
-LAZY = ("capstone", "keystone", "construct", "rich", "exo.fuzz", "benchmarks", "exo.asm", "exo.elf", "exo.net", "json")
+LAZY = ("capstone", "keystone", "construct", "rich", "exo.fuzz", "benchmarks", "exo.build.asm", "exo.build.elf", "exo.net", "json")
 
 
 def test_booting_echo_imports_no_module_it_does_not_link(tmp_path):
@@ -186,7 +186,7 @@ def test_booting_echo_imports_no_module_it_does_not_link(tmp_path):
         libos_mods, lazy = r.stdout.decode().splitlines()[-2:]
         assert libos_mods == (
             "0 ['libos', 'libos.console', 'libos.core', 'libos.link', 'libos.module', 'libos.registry']")
-        assembling = ("exo.asm", "keystone") if run == "assembles" else ()
+        assembling = ("exo.build.asm", "keystone") if run == "assembles" else ()
         assert [m for m in ast.literal_eval(lazy) if m.split(".")[0] != "keystone" and m not in assembling] == [], lazy
         assert run == "assembles" or ast.literal_eval(lazy) == [], lazy
 

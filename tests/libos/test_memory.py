@@ -35,10 +35,10 @@ from exo.abi import (
     EnvStatus,
     Errno,
 )
+from exo.build.image import build_image
+from exo.build.manifest import load_manifest
 from exo.frames import EXO, FREE
-from exo.image import build_image
 from exo.libcall import LibFault
-from exo.manifest import load_manifest
 from libos.memory import HEAP_OFF, CowMemory, EagerMemory, Memory
 
 IMPLS = ["cow", "eager"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, PERM_X, USER_TOP
 from exo.errors import ExoUserError
-from exo.manifest import Manifest
+from exo.build.manifest import Manifest
 
 CACHE_VERSION = 3  # 3: marshal instead of JSON
 
@@ -31,7 +31,7 @@ except ImportError:
         from _sha2 import sha256  # CPython 3.12+
     except ImportError:  # an interpreter built without them
         from hashlib import sha256
-INCLUDE_DIR = Path(__file__).resolve().parent.parent / "guest_apps" / "include"
+INCLUDE_DIR = Path(__file__).resolve().parents[2] / "guest_apps" / "include"
 
 
 @dataclass
@@ -73,7 +73,7 @@ _SECTION_PERMS = {".text": PERM_R | PERM_X, ".rodata": PERM_R, ".data": PERM_R |
 
 def predefined_symbols() -> dict[str, int]:
     """Constants every assembly source may use: the ABI (see docs/abi.md)."""
-    from exo.guest_iface import asm_constants
+    from exo.build.guest_iface import asm_constants
 
     return asm_constants()
 
@@ -88,7 +88,7 @@ def _cache_key(m: Manifest, extra: dict[str, int]) -> str:
     h.update(f"exo-image-v{CACHE_VERSION}".encode())
     h.update((Path(__file__).parent / "asm.py").read_bytes())  # a new assembler rebuilds
     h.update(m.path.read_bytes())
-    from exo.guest_iface import asm_constants
+    from exo.build.guest_iface import asm_constants
 
     h.update(repr(sorted(asm_constants().items())).encode())
     files = set(m.sources)
@@ -141,7 +141,7 @@ def build_image(m: Manifest, use_cache: bool = True, extra_symbols: dict[str, in
         cached = _load_cached(cached_path)
         if cached is not None:
             return cached
-    from exo.asm import assemble
+    from exo.build.asm import assemble
 
     asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], {**predefined_symbols(), **extra},
                    display_root=m.root.parent, hints=hints)
@@ -155,7 +155,7 @@ def build_image(m: Manifest, use_cache: bool = True, extra_symbols: dict[str, in
 
 
 def _elf_image(m: Manifest) -> Image:
-    from exo.elf import PF_W, PF_X, parse_elf
+    from exo.build.elf import PF_W, PF_X, parse_elf
 
     src = m.sources[0]
     elf = parse_elf(src.read_bytes(), str(src), user_top=USER_TOP, forbidden=(HYPERCALL_PAGE, EXO_REGION_END))

@@ -13,7 +13,7 @@ from pathlib import Path
 from exo import abi
 from exo.hypercalls import HYPERCALLS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def asm_constants() -> dict[str, int]:

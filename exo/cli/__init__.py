@@ -1,0 +1,75 @@
+"""``python -m exo COMMAND``: the shell over the public API, one module per command.
+
+stdout carries only guest console output; everything exo says goes to stderr. Exit status: 2 for
+bad usage or input (one line, no traceback), 130/143 when interrupted; each command documents the
+rest (``boot``: the first app's exit status, 1 if a guest was stopped by a fault).
+
+A command is a module of this package named in `COMMANDS`, with ``add_arguments(parser)`` and
+``run(args) -> int``. Only the command being run is imported, so that a command's dependencies
+(rich, capstone, the benchmarks, the library OS) cost nothing to the others' start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from exo.errors import ExoUserError
+
+EXIT_FAULT = 1
+EXIT_USAGE = 2
+
+# name -> (module, one-line help). `python -m exo --help` lists them without importing any.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "boot": ("exo.cli.boot", "boot one or more guest apps (guest arguments after --)"),
+    "image": ("exo.cli.image", "describe a guest app's image: modules, library calls, hypercalls, size"),
+    "bench": ("exo.cli.bench", "run a benchmark suite (hw, exo, libos, fs, net)"),
+    "experiment": ("exo.cli.experiment", "run an experiment (ring-transitions)"),
+    "mkfs": ("exo.cli.mkfs", "make an ext2 disk image in pure Python (no e2fsprogs needed)"),
+    "fuzz": ("exo.cli.fuzz", "fuzz the hypercall ABI with several apps, checking invariants (docs/security.md)"),
+    "gen": ("exo.cli.gen", "regenerate docs/abi.md and guest_apps/include/exo.{inc,h} from the ABI table"),
+}
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(f"exo: error: {msg}\n")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = message.replace("the following arguments are required: ", "missing ")
+        message = message.replace(", rest", "").replace(" rest", "")
+        self.exit(EXIT_USAGE, f"exo: error: {message} (see {self.prog} --help)\n")
+
+
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with ``command``, that command's arguments are added (its module imported)."""
+    p = Parser(prog="python -m exo", description="exo: an exokernel and library OS on an emulated x86-64 machine")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for name, (module, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            importlib.import_module(module).add_arguments(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    guest_args: list[str] = []
+    if command == "boot" and "--" in argv:
+        cut = argv.index("--")
+        argv, guest_args = argv[:cut], argv[cut + 1:]
+    args = parser(command if command in COMMANDS else None).parse_args(argv)
+    args.guest_args = guest_args
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    except ExoUserError as e:
+        err(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("exo: interrupted\n")
+        return 130

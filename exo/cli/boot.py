@@ -1,0 +1,213 @@
+"""``exo boot APP... [-- ARGS]``: boot guest apps on one machine and run them to the end.
+
+Exit status: the first app's exit status (its low 8 bits, as POSIX exit() passes), 1 if a guest was
+stopped by a fault or left blocked, 2 for bad usage or input, 130/143 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from exo.cli import EXIT_FAULT
+from exo.errors import ExoUserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("apps", nargs="+", metavar="APP", help="guest app directory (with app.toml)")
+    p.add_argument("--clock", choices=("virtual", "wall"), default="virtual",
+                   help="virtual: deterministic instruction-count time (default); wall: host time, fastest")
+    p.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
+                   help="how service calls reach the libOS services (docs/experiments.md); default exokernel")
+    p.add_argument("--stats", action="store_true", help="print transition counts at exit (stderr)")
+    p.add_argument("--stats-json", metavar="FILE", help="write transition counts as JSON (docs/stats.md)")
+    p.add_argument("--slice", type=int, default=None, metavar="N",
+                   help="time slice: instructions (virtual clock) or microseconds (wall clock)")
+    p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--quota", action="append", default=[], metavar="APP:KEY=V,...",
+                   help="an app's tenant quotas (repeatable; over its app.toml [quota]): frames=N, envs=N, "
+                        "cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "
+                        "(K/M/G suffixes). Default: free frames split evenly, 1024 envs, equal CPU, no rate limit")
+    p.add_argument("--max-instructions", type=int, default=None, metavar="N",
+                   help="stop after N guest instructions in all (a watchdog for autograders)")
+    p.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")
+    p.add_argument("--trace", metavar="FILE", help="record every transition: FILE.json (Perfetto) or FILE.jsonl")
+    p.add_argument("--trace-capacity", type=int, default=1_000_000, metavar="N",
+                   help="keep the newest N trace events (default 1,000,000)")
+    p.add_argument("--disk", metavar="IMAGE[:ro]",
+                   help="attach a raw disk image (512-byte sectors), granted whole to every app; never flushed "
+                        "implicitly (docs/disk.md)")
+    p.add_argument("--disk-fail-after", type=int, default=None, metavar="N",
+                   help="fault injection: drop every disk write after the Nth unflushed one (power loss)")
+    p.add_argument("--net", metavar="SPEC",
+                   help="attach a NIC: tap:IFNAME (needs root or CAP_NET_ADMIN), user[,hostfwd=tcp:127.0.0.1:5556-:7,"
+                        "...] (unprivileged, QEMU-like forwarding) or switch (guests of this run only); app i is "
+                        "10.0.2.(15+i)/24, gateway 10.0.2.2 (docs/net.md)")
+    p.add_argument("--pcap", metavar="FILE", help="capture every frame on the wire to FILE (pcap, for tshark/tcpdump)")
+    p.add_argument("--net-faults", metavar="SPEC",
+                   help="wire fault injection, seeded and deterministic: loss=0.1,dup=0.01,reorder=0.05,"
+                        "corrupt=0.01,seed=1")
+
+
+def run(args: argparse.Namespace) -> int:
+    guest_args = args.guest_args
+    from exo.api import System, build_manifest
+    from exo.build.manifest import load_manifest
+
+    manifests = [load_manifest(a) for a in args.apps]
+    quotas = _quota_options(args.quota, manifests)
+    apps = [build_manifest(m, use_cache=not args.no_cache) for m in manifests]
+    if args.max_instructions is not None:
+        if args.max_instructions <= 0:
+            raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
+        if args.clock == "wall":
+            raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
+    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
+        if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
+            raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
+
+    system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
+                    stdin=0, stdout=1, args=guest_args, quotas=quotas, disk=args.disk,
+                    disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
+                    pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
+                    on_fault=_print_report)
+    machine, kernel, envs = system.machine, system.kernel, system.envs
+    for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
+        # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
+        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
+    interrupted: str | None = None
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
+    try:
+        system.run(args.max_instructions)
+    except _Terminated:
+        interrupted = "terminated"
+    except KeyboardInterrupt:
+        interrupted = "interrupted"  # still write what was counted and traced so far
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
+    stats = system.stats()
+    if args.stats_json:
+        try:
+            import json
+
+            Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        except OSError as e:
+            raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
+    if args.stats:
+        print_stats(stats)
+    if interrupted:
+        for e in kernel.alive():  # where each was, so a guest that never ends has a location
+            sys.stderr.write(f"exo: environment {e.id} ({e.name}) was at {_locate(kernel, e)}\n")
+        sys.stderr.write(f"exo: {interrupted}\n")
+        return 143 if interrupted == "terminated" else 130
+    if machine.console.output_error:
+        sys.stderr.write(f"exo: error: writing the guests' output: {machine.console.output_error}\n")
+        return EXIT_FAULT
+    first = envs[0]
+    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
+    from exo.report import watchdog_reason
+
+    for e in stuck:
+        reason = e.fault or watchdog_reason(e)
+        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n  at {_locate(kernel, e)}\n")
+    if kernel.reports or stuck:
+        return EXIT_FAULT
+    status = first.exit_status or 0
+    if status and not status & 0xFF:  # POSIX passes 8 bits: say when that turns a failure into 0
+        sys.stderr.write(f"exo: environment {first.id} ({first.name}) exited with status {status}; "
+                         f"the process exit status is its low 8 bits: 0\n")
+    return status & 0xFF
+
+
+def _locate(kernel, env) -> str:
+    """Where a live environment is: its RIP (in the vCPU if its state is loaded there, else in its
+    saved context), symbol+offset and the instruction there."""
+    from exo.report import location
+    from hw.regs import Reg
+
+    cpu = kernel.cpu
+    rip = cpu.regs.read(Reg.RIP) if env is kernel._live else cpu.context_read(env.ctx, Reg.RIP)
+    return location(rip, env.space.fetch_code(rip), kernel.symbol(env, rip))
+
+
+def _print_report(report) -> None:
+    sys.stderr.write(report.render() + "\n")
+    sys.stderr.flush()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while guests run (``kill``, a test stopping a server)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _quota_options(specs: list[str], manifests: list) -> dict[str, dict]:
+    """``--quota APP:KEY=V,...`` options -> {app name: parsed quota} (one-line errors, exit 2)."""
+    from exo.tenants import QuotaError, parse_quota_option
+
+    names = [m.name for m in manifests]
+    out: dict[str, dict] = {}
+    for spec in specs:
+        try:
+            name, quota = parse_quota_option(spec)
+        except QuotaError as e:
+            raise ExoUserError("--quota", str(e)) from None
+        if name not in names:
+            raise ExoUserError("--quota", f"no booted app is named '{name}' (booted: {', '.join(names)})")
+        out.setdefault(name, {}).update(quota)
+    return out
+
+
+def print_stats(stats: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    t = Table(title="ring transitions", show_lines=False)
+    t.add_column("kind")
+    t.add_column("count", justify="right")
+    for k, v in stats["transitions"].items():
+        t.add_row(k, str(v))
+    console.print(t)
+    if stats["hypercalls"]:
+        h = Table(title="hypercalls")
+        h.add_column("name")
+        h.add_column("count", justify="right")
+        for k, v in stats["hypercalls"].items():
+            h.add_row(k, str(v))
+        console.print(h)
+    e = Table(title="environments")
+    for col in ("id", "name", "exit", "instructions", "hypercalls", "traps"):
+        e.add_column(col)
+    for env in stats["envs"]:
+        e.add_row(str(env["id"]), env["name"], str(env["exit"]), str(env["instructions"]),
+                  str(env["transitions"]["hypercall"]), str(env["transitions"]["trap"]))
+    console.print(e)
+    if stats["guest_instructions"] is not None:
+        console.print(f"guest instructions: {stats['guest_instructions']}")
+    q = Table(title="tenants: use against quota")
+    for col in ("app", "frames (peak) / quota", "envs / quota", "cpu weight", "instructions", "disk", "net"):
+        q.add_column(col)
+    for t in stats["tenants"]:
+        fr, en = t["frames"], t["envs"]
+        refused = lambda d: f", {d['refused']} refused" if d["refused"] else ""  # noqa: E731
+        rate = lambda d: "-" if d is None else f"{d['limit']}, {d['delays']} delays"  # noqa: E731
+        q.add_row(t["name"] + (" (system)" if t["system"] else ""),
+                  f"{fr['used']} ({fr['peak']}) / {fr['limit']}{refused(fr)}", f"{en['used']} / {en['limit']}{refused(en)}",
+                  str(t["cpu"]["weight"]), str(t["cpu"]["instructions"]), rate(t["disk"]), rate(t["net"]))
+    console.print(q)
+    if "net" in stats:
+        n = Table(title="network frames")
+        n.add_column("where")
+        n.add_column("counter")
+        n.add_column("frames", justify="right")
+        for where, counters in stats["net"].items():
+            for k, v in counters.items():
+                n.add_row(where, k, str(v))
+        console.print(n)

@@ -1,0 +1,84 @@
+"""``exo image APP``: what a guest app's image holds and calls (a static look at its code)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("app", metavar="APP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    from exo.abi import HYPERCALL_PAGE, HYPERCALL_STUB_SIZE, LIBOS_END, LIBOS_PAGE, PERM_X
+    from exo.api import build_manifest
+    from exo.build.manifest import load_manifest
+    from exo.hypercalls import BY_NR
+    from exo.libcall import BASE_HYPERCALLS
+    from libos.registry import symbols
+
+    image, classes = build_manifest(load_manifest(args.app))[1:]
+    by_addr = {v: k for k, v in symbols().items()}
+    hypercalls, libcalls, raw = set(), set(), 0
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    for seg in image.segments:
+        if not seg.perm & PERM_X:
+            continue
+        last_eax = None
+        for insn in cs.disasm(seg.data, seg.va):
+            if insn.mnemonic == "mov" and insn.op_str.startswith(("eax, ", "rax, ")):
+                try:
+                    last_eax = int(insn.op_str.split(", ")[1], 0)
+                except ValueError:
+                    last_eax = None
+            elif insn.mnemonic == "syscall":
+                h = BY_NR.get(last_eax) if last_eax is not None else None
+                if h:
+                    hypercalls.add(h.name)
+                else:
+                    raw += 1
+            elif insn.mnemonic in ("call", "jmp") and insn.op_str.startswith("0x"):
+                target = int(insn.op_str, 16)
+                if HYPERCALL_PAGE <= target < HYPERCALL_PAGE + 4096:
+                    h = BY_NR.get((target - HYPERCALL_PAGE) // HYPERCALL_STUB_SIZE)
+                    hypercalls.add(h.name if h else f"#{(target - HYPERCALL_PAGE) // HYPERCALL_STUB_SIZE}")
+                elif LIBOS_PAGE <= target < LIBOS_END:
+                    libcalls.add(by_addr.get(target, f"{target:#x}").removeprefix("LIB_").lower())
+    allowed = None
+    if classes:
+        allowed = set(BASE_HYPERCALLS)
+        for c in classes:
+            allowed |= c.HYPERCALLS
+    report = {
+        "name": image.name, "entry": image.entry, "size": image.size,
+        "segments": [{"name": s.name, "va": s.va, "size": s.memsz,
+                      "perm": ("r" if s.perm & 1 else "-") + ("w" if s.perm & 2 else "-")
+                      + ("x" if s.perm & 8 else "-")} for s in image.segments],
+        "libos": {c.NAME: c.IMPL for c in classes},
+        "library_calls": sorted(libcalls),
+        "hypercalls_called": sorted(hypercalls),
+        "unresolved_syscalls": raw,
+        "hypercalls_allowed": sorted(allowed) if allowed is not None else "all (no libOS module linked)",
+        "denied_but_called": sorted(hypercalls - allowed) if allowed is not None else [],
+    }  # fmt: skip
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{image.name}: entry {image.entry:#x}, {image.size} bytes in {len(image.segments)} segments")
+    for seg in report["segments"]:
+        print(f"  {seg['name']:8} {seg['va']:#010x} {seg['size']:9} bytes  {seg['perm']}")
+    linked = ", ".join(f"{k} = {v}" for k, v in report["libos"].items()) or "none (the app is its own libOS)"
+    print(f"libOS modules: {linked}")
+    print(f"library calls: {', '.join(report['library_calls']) or 'none'}")
+    print(f"hypercalls called directly: {', '.join(report['hypercalls_called']) or 'none'}"
+          + (f" (+{raw} syscall(s) with a computed number)" if raw else ""))
+    allowed_text = report["hypercalls_allowed"]
+    print(f"hypercalls allowed: {allowed_text if isinstance(allowed_text, str) else ', '.join(allowed_text)}")
+    if report["denied_but_called"]:
+        print(f"warning: called but not allowed (will get -EPERM): {', '.join(report['denied_but_called'])}")
+    return 0
