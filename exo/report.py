@@ -6,7 +6,6 @@ with capstone, the registers, and which environment it was.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +313,8 @@ def raised_at(exc: BaseException, skip: int = 1, depth: int = 3) -> str:
     """Where ``exc`` was raised, innermost frame first (``raised at libos/x.py:88 in _fmt,
     called from libos/x.py:61 in printf``). ``skip`` drops the outer frames of the code that caught it (the
     exokernel's own), so what is left is the module's (and what it called); at most ``depth``."""
+    import traceback  # only when a module raised: not on every boot's import path
+
     frames = traceback.extract_tb(exc.__traceback__)[skip:]
     if not frames:
         return ""

@@ -87,16 +87,50 @@ def installed_entry_points(group: str = GROUP, path: list[str] | None = None) ->
     return out
 
 
+_TABLE = re.compile(r"^\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_PAIR = re.compile(r'^"?([A-Za-z0-9_.\-]+)"?\s*=\s*"([^"\\]*)"\s*(#.*)?$')
+
+
+def _scan_pyproject(text: str) -> tuple[str | None, list[tuple[str, str]]] | None:
+    """(project name, the ``exo.libos`` entry points) read line by line from exo's own pyproject.toml,
+    whose two tables hold only ``key = "value"`` lines: importing tomllib costs a few ms of every
+    start-up. None when a line there is anything else (then tomllib reads the file: `_in_tree`);
+    tests/libos/test_entrypoints.py checks both readings agree."""
+    table, name, found = None, None, []
+    want = f'project.entry-points."{GROUP}"'
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _TABLE.match(line)
+        if m:
+            table = m[1].replace(" ", "")
+            continue
+        if table not in ("project", want):
+            continue
+        pair = _PAIR.match(line)
+        if table == want:
+            if pair is None:
+                return None
+            found.append((pair[1], pair[2]))
+        elif pair is not None and pair[1] == "name":
+            name = pair[2]
+    return name, found
+
+
 def _in_tree() -> list[tuple[str, str]] | None:
     """The checkout's own ``exo.libos`` entry points (None when libos is not run from a checkout)."""
     if not _PYPROJECT.is_file():
         return None
-    import tomllib
+    text = _PYPROJECT.read_text()
+    scanned = _scan_pyproject(text)
+    if scanned is None:
+        import tomllib
 
-    project = tomllib.loads(_PYPROJECT.read_text()).get("project", {})
-    if project.get("name") != "exo":
-        return None
-    return list(project.get("entry-points", {}).get(GROUP, {}).items())
+        project = tomllib.loads(text).get("project", {})
+        scanned = project.get("name"), list(project.get("entry-points", {}).get(GROUP, {}).items())
+    name, entries = scanned
+    return entries if name == "exo" else None
 
 
 # module -> implementation -> the entry point's value ("libos.sched:Stride"), replaced by the

@@ -145,3 +145,22 @@ def test_guest_arguments_after_double_dash(tmp_path):
     r = run_exo("boot", str(d), "--", "/etc/motd", cache=str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"/etc/motd"
+
+
+def test_a_manifest_is_parsed_by_content_so_an_edit_is_seen_and_bad_toml_still_fails(tmp_path, monkeypatch):
+    from exo.build.manifest import load_manifest
+    from exo.errors import ExoUserError
+
+    monkeypatch.setenv("EXO_CACHE_DIR", str(tmp_path / "cache"))
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.s").write_text("section .text\n_start:\n    ret\n")
+    (app / "app.toml").write_text('name = "one"\nsources = ["main.s"]\n')
+    assert load_manifest(app).name == "one"
+    assert len(list((tmp_path / "cache" / "toml").iterdir())) == 1  # remembered
+    assert load_manifest(app).name == "one"  # from the cache
+    (app / "app.toml").write_text('name = "two"\nsources = ["main.s"]\n')
+    assert load_manifest(app).name == "two"
+    (app / "app.toml").write_text('name = "two"\nsources = [\n')
+    with pytest.raises(ExoUserError, match="not valid TOML"):
+        load_manifest(app)

@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-import tomllib
+import marshal
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,41 @@ class Manifest:
         return not self.sources[0].name.endswith(ASM_SUFFIXES)
 
 
+def _toml_cache() -> Path:
+    return Path(os.environ.get("EXO_CACHE_DIR") or Path.home() / ".cache" / "exo") / "toml"
+
+
+def parse_toml(text: str, path: Path) -> dict:
+    """``tomllib.loads(text)``, remembered by the text's SHA-256 under ``$EXO_CACHE_DIR/toml``:
+    importing tomllib takes 3-5 ms, a tenth of `boot echo`'s start-up above ``import unicorn``
+    (docs/performance.md), and an app's manifest rarely changes. Only valid TOML whose values
+    marshal (no dates) is remembered; invalid TOML is an ExoUserError naming ``path``."""
+    from _sha256 import sha256  # not hashlib: its OpenSSL import costs ~2 ms (exo/build/image.py does the same)
+
+    cached = _toml_cache() / f"{sha256(text.encode()).hexdigest()}.marshal"
+    try:
+        data = marshal.loads(cached.read_bytes())
+        if isinstance(data, dict):
+            return data
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ExoUserError(str(path), f"not valid TOML: {e}") from None
+    try:
+        blob = marshal.dumps(data)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, cached)  # atomic: a concurrent reader sees all of it or nothing
+    except (OSError, ValueError):
+        pass  # no cache (read-only home, a date in the TOML): parse every time
+    return data
+
+
 def load_manifest(app: str | Path) -> Manifest:
     """Read ``APP/app.toml`` (or the file named); every problem is an ExoUserError."""
     p = Path(app)
@@ -57,9 +93,7 @@ def load_manifest(app: str | Path) -> Manifest:
     if not path.is_file():
         raise ExoUserError(str(path), "missing manifest (every guest app needs an app.toml)")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ExoUserError(str(path), f"not valid TOML: {e}") from None
+        data = parse_toml(path.read_text(), path)
     except (OSError, UnicodeDecodeError) as e:
         raise ExoUserError(str(path), f"cannot read: {e}") from None
     unknown = sorted(set(data) - KNOWN_KEYS)

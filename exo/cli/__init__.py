@@ -45,25 +45,35 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"exo: error: {message} (see {self.prog} --help)\n")
 
 
-def parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The CLI's parser; with ``command``, that command's arguments are added (its module imported)."""
+def parser() -> argparse.ArgumentParser:
+    """The CLI's parser: every command, named with its help (no command module imported)."""
     p = Parser(prog="python -m exo", description="exo: an exokernel and library OS on an emulated x86-64 machine")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for name, (module, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
-        if name == command:
-            importlib.import_module(module).add_arguments(sp)
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, description=help_)
+    return p
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """One command's parser, on its own: what ``python -m exo COMMAND ...`` parses with. Building
+    only it keeps start-up lean (argparse looks up translations for every parser it makes)."""
+    module, help_ = COMMANDS[command]
+    p = Parser(prog=f"python -m exo {command}", description=help_)
+    importlib.import_module(module).add_arguments(p)
+    p.set_defaults(command=command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
     guest_args: list[str] = []
-    if command == "boot" and "--" in argv:
+    if argv and argv[0] == "boot" and "--" in argv:
         cut = argv.index("--")
         argv, guest_args = argv[:cut], argv[cut + 1:]
-    args = parser(command if command in COMMANDS else None).parse_args(argv)
+    if argv and argv[0] in COMMANDS:
+        args = command_parser(argv[0]).parse_args(argv[1:])
+    else:
+        args = parser().parse_args(argv)  # no command, --help, or a wrong one: says which exist
     args.guest_args = guest_args
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)

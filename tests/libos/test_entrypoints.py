@@ -169,8 +169,10 @@ def test_the_in_tree_modules_are_declared_as_entry_points_with_their_fixed_pages
 # Start-up (issue 12): what booting echo must not import. capstone only disassembles a fault,
 # keystone only assembles (the image is cached after the first boot), construct parses only the
 # formats in use (ELF, disk and network headers), rich prints only tables (--stats, benchmarks);
-# exo.net only serves a machine with a NIC, json only writes --stats-json (the image cache is marshal).
-LAZY = ("capstone", "keystone", "construct", "rich", "exo.fuzz", "benchmarks", "exo.build.asm", "exo.build.elf", "exo.net", "json")
+# exo.net only serves a machine with a NIC, json only writes --stats-json (the image cache is marshal);
+# tomllib parses a manifest only the first time (exo/build/manifest.py parse_toml remembers it).
+LAZY = ("capstone", "keystone", "construct", "rich", "exo.fuzz", "benchmarks", "exo.build.asm", "exo.build.elf", "exo.net",
+        "json", "tomllib")
 
 
 def test_booting_echo_imports_no_module_it_does_not_link(tmp_path):
@@ -186,8 +188,8 @@ def test_booting_echo_imports_no_module_it_does_not_link(tmp_path):
         libos_mods, lazy = r.stdout.decode().splitlines()[-2:]
         assert libos_mods == (
             "0 ['libos', 'libos.console', 'libos.core', 'libos.link', 'libos.module', 'libos.registry']")
-        assembling = ("exo.build.asm", "keystone") if run == "assembles" else ()
-        assert [m for m in ast.literal_eval(lazy) if m.split(".")[0] != "keystone" and m not in assembling] == [], lazy
+        first = ("exo.build.asm", "keystone", "tomllib") if run == "assembles" else ()
+        assert [m for m in ast.literal_eval(lazy) if m not in first and m.split(".")[0] not in first] == [], lazy
         assert run == "assembles" or ast.literal_eval(lazy) == [], lazy
 
 
@@ -289,3 +291,16 @@ def test_an_installed_exo_without_a_checkout_reads_its_own_metadata_first(site, 
                                      "(libos.sched:RoundRobin and aaa_sched:Rr)"]
     finally:
         registry._PYPROJECT = checkout  # (the fixture rediscovers once the site is gone)
+
+
+def test_the_line_scan_of_pyproject_reads_what_tomllib_reads():
+    import tomllib
+
+    from libos import registry
+
+    text = registry._PYPROJECT.read_text()
+    project = tomllib.loads(text)["project"]
+    assert registry._scan_pyproject(text) == (project["name"], list(project["entry-points"]["exo.libos"].items()))
+    # Anything but key = "value" in the table: the scan declines, and tomllib reads it.
+    odd = text.replace('"console.direct" = "libos.console:DirectConsole"', '"console.direct" = \'libos.console:DirectConsole\'')
+    assert odd != text and registry._scan_pyproject(odd) is None
