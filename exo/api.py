@@ -21,11 +21,11 @@ contracts). Imports are lazy: ``import exo.api`` loads neither unicorn nor the t
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from exo.errors import ExoUserError
+from exo.record import Record
 
 __all__ = ["App", "Result", "System", "build", "collect_stats", "run", "spawn_apps"]
 
@@ -184,16 +184,18 @@ def check_forwards(nic: Any, net: Any) -> None:
             raise ExoUserError("--net", f"hostfwd to {f.guest_addr}:{f.guest_port}, which no booted app has ({apps})")
 
 
-@dataclass
-class Result:
+class Result(Record):
     """A finished (or budget-limited) run, as data."""
+    _FIELDS = ('stdout', 'exit_status', 'stats', 'reports', 'stuck', 'watchdog_fired')
 
-    stdout: bytes  # the guests' console output (b"" when it went to a file descriptor)
-    exit_status: int | None  # the first app's exit status (None: it did not exit)
-    stats: dict  # collect_stats: what `--stats-json` writes (docs/stats.md)
-    reports: list = field(default_factory=list)  # exo.report.FaultReport per guest stopped by a fault
-    stuck: dict[str, str] = field(default_factory=dict)  # "ID (NAME)" -> why it has not finished
-    watchdog_fired: bool = False  # the instruction budget ran out before the guests finished
+    def __init__(self, stdout: bytes, exit_status: int | None, stats: dict, reports: list | None = None,
+                 stuck: dict[str, str] | None = None, watchdog_fired: bool = False) -> None:
+        self.stdout = stdout  # the guests' console output (b"" when it went to a file descriptor)
+        self.exit_status = exit_status  # the first app's exit status (None: it did not exit)
+        self.stats = stats  # collect_stats: what `--stats-json` writes (docs/stats.md)
+        self.reports = [] if reports is None else reports  # exo.report.FaultReport per guest stopped by a fault
+        self.stuck = {} if stuck is None else stuck  # "ID (NAME)" -> why it has not finished
+        self.watchdog_fired = watchdog_fired  # the instruction budget ran out before the guests finished
 
     @property
     def ok(self) -> bool:

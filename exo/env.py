@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from exo.abi import EnvStatus
@@ -11,53 +10,55 @@ from exo.vm import AddressSpace
 from hw.cpu import CpuContext
 
 
-@dataclass(eq=False)
 class Env:
-    id: int
-    name: str
-    parent: int | None
-    space: AddressSpace
-    ctx: CpuContext
-    status: EnvStatus = EnvStatus.NOT_RUNNABLE
-    upcall_entry: int = 0  # libOS exception/upcall handler (0: none registered)
-    upcall_stack: int = 0  # top of the exception stack the upcall frame is pushed on
-    exit_status: int | None = None
-    fault: str | None = None  # one-line summary when stopped by a fault
-    allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
-    blocked_on: str | None = None
-    queued: bool = False  # on its tenant's run queue
-    orphaned: bool = False  # reclaimed with its parent before it was ever started
-    instructions: int = 0  # retired while this env ran (virtual clock)
-    children: list[int] = field(default_factory=list)
-    # Its app's Tenant (exo/tenants.py): quotas and CPU share, shared by the whole tree;
-    # tenant.id is the booted app (the tree's root environment) it descends from.
-    tenant: Any = None
-    wake_at: int = 0  # guest ns a rate-limited environment sleeps until (Exokernel.sleep_until)
-    argv: list[str] = field(default_factory=list)
-    symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
-    # libOS linking (exo/libcall.py)
-    port: Any = None  # the LibPort its modules use
-    libcalls: dict[int, Any] = field(default_factory=dict)  # slot address -> Entry
-    modules: dict[int, Any] = field(default_factory=dict)  # module index -> instance
-    timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
-    interrupted: bool = False  # its last slice ended by the timer
-    retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
-    retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
-    libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet
-    # OS structures (exo/structures.py)
-    pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
-    pv_result: int = 0
-    pv_fault: Any = None  # xen-pv: (handler entry, frame) bounced to the guest kernel
-    is_server: bool = False  # microkernel: a server environment
-    request: Any = None  # microkernel server: (client id, entry, args) being served
-    serving: int | None = None  # microkernel server: the client awaiting its reply
-    # IPC (exo/hypercalls.py ipc_*): a one-message mailbox
-    ipc_waiting: bool = False
-    mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)
-    # Disk (exo/disk.py): the block ranges it may use, (first sector, count, writable)
-    disk_grants: list[tuple[int, int, bool]] = field(default_factory=list)
-    # Network (exo/net.py): its receive ring, filters and wait state (None: never used the network)
-    net: Any = None
+    """One environment (a plain class, not a dataclass: hw/traps.py says why)."""
+
+    def __init__(self, id: int, name: str, parent: int | None, space: AddressSpace, ctx: CpuContext) -> None:
+        self.id = id
+        self.name = name
+        self.parent = parent
+        self.space = space
+        self.ctx = ctx
+        self.status: EnvStatus = EnvStatus.NOT_RUNNABLE
+        self.upcall_entry: int = 0  # libOS exception/upcall handler (0: none registered)
+        self.upcall_stack: int = 0  # top of the exception stack the upcall frame is pushed on
+        self.exit_status: int | None = None
+        self.fault: str | None = None  # one-line summary when stopped by a fault
+        self.allowed: frozenset[str] | None = None  # hypercalls it may make (None: all)
+        self.blocked_on: str | None = None
+        self.queued: bool = False  # on its tenant's run queue
+        self.orphaned: bool = False  # reclaimed with its parent before it was ever started
+        self.instructions: int = 0  # retired while this env ran (virtual clock)
+        self.children: list[int] = []
+        # Its app's Tenant (exo/tenants.py): quotas and CPU share, shared by the whole tree;
+        # tenant.id is the booted app (the tree's root environment) it descends from.
+        self.tenant: Any = None
+        self.wake_at: int = 0  # guest ns a rate-limited environment sleeps until (Exokernel.sleep_until)
+        self.argv: list[str] = []
+        self.symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
+        # libOS linking (exo/libcall.py)
+        self.port: Any = None  # the LibPort its modules use
+        self.libcalls: dict[int, Any] = {}  # slot address -> Entry
+        self.modules: dict[int, Any] = {}  # module index -> instance
+        self.timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
+        self.interrupted: bool = False  # its last slice ended by the timer
+        self.retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
+        self.retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
+        self.libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet
+        # OS structures (exo/structures.py)
+        self.pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
+        self.pv_result: int = 0
+        self.pv_fault: Any = None  # xen-pv: (handler entry, frame) bounced to the guest kernel
+        self.is_server: bool = False  # microkernel: a server environment
+        self.request: Any = None  # microkernel server: (client id, entry, args) being served
+        self.serving: int | None = None  # microkernel server: the client awaiting its reply
+        # IPC (exo/hypercalls.py ipc_*): a one-message mailbox
+        self.ipc_waiting: bool = False
+        self.mailbox: tuple[int, int, int, int] | None = None  # (from, value, frame or -1, perm)
+        # Disk (exo/disk.py): the block ranges it may use, (first sector, count, writable)
+        self.disk_grants: list[tuple[int, int, bool]] = []
+        # Network (exo/net.py): its receive ring, filters and wait state (None: never used the network)
+        self.net: Any = None
 
     @property
     def alive(self) -> bool:

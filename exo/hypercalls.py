@@ -15,7 +15,6 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exo.abi import (
@@ -43,35 +42,39 @@ MAX_IO = 1 << 20  # bytes moved by one console call at most (a short count beyon
 MAX_MMU_BATCH = 4096  # requests in one mmu_update
 
 
-@dataclass(frozen=True)
 class Hypercall:
-    nr: int
-    name: str
-    args: tuple[str, ...]
-    returns: str
-    errors: tuple[Errno, ...]
-    doc: str
-    impl: Callable[..., int]
-    counted: bool = True  # False: the implementation accounts for itself (svc)
+    """One row of the table (a plain class, not a dataclass: hw/traps.py says why). Not changed
+    after the table is built."""
+
+    __slots__ = ("nr", "name", "args", "returns", "errors", "doc", "impl", "counted", "args_of")
+
+    def __init__(self, nr: int, name: str, args: tuple[str, ...], returns: str, errors: tuple[Errno, ...],
+                 doc: str, impl: Callable[..., int], counted: bool = True) -> None:
+        self.nr = nr
+        self.name = name
+        self.args = args
+        self.returns = returns
+        self.errors = errors
+        self.doc = doc
+        self.impl = impl
+        self.counted = counted  # False: the implementation accounts for itself (svc)
+        # args_of(gpr) -> the argument tuple, made once per hypercall (itemgetter is C).
+        idx = self.arg_index
+        if not idx:
+            self.args_of = _no_args
+        elif len(idx) == 1:
+            i = idx[0]
+            self.args_of = lambda g, i=i: (g[i],)
+        else:
+            self.args_of = operator.itemgetter(*idx)
+
+    def __repr__(self) -> str:
+        return f"Hypercall({self.nr}, {self.name!r})"
 
     @property
     def arg_index(self) -> tuple[int, ...]:
         """Where the arguments sit in VCpu.gpr (RDI, RSI, RDX, R10, R8)."""
         return ARG_INDEX[: len(self.args)]
-
-    def __post_init__(self) -> None:
-        # args_of(gpr) -> the argument tuple, made once per hypercall (itemgetter is C).
-        idx = self.arg_index
-        if not idx:
-            getter = _no_args
-        elif len(idx) == 1:
-            i = idx[0]
-
-            def getter(g, i=i):
-                return (g[i],)
-        else:
-            getter = operator.itemgetter(*idx)
-        object.__setattr__(self, "args_of", getter)
 
 
 def _no_args(g) -> tuple:

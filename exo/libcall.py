@@ -33,8 +33,7 @@ runs again when the environment is woken: library calls are restartable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from exo.abi import LIBCALL_CODE, LIBCALL_HOOKED, LIBCALL_SLOT, LIBOS_END, LIBOS_PAGE, USER_TOP, Errno
 from exo.errors import HypercallError
@@ -75,8 +74,7 @@ class LibFault(Exception):
         self.errno = errno
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One library entry point. libOS modules build their own objects of this shape
     (libos/module.py): exo needs only the attributes, and libos never imports exo."""
 

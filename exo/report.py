@@ -7,10 +7,10 @@ with capstone, the registers, and which environment it was.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exo.record import Record
 from hw.cpu import GDT_DESCRIPTORS, SEL_UCODE, SEL_UDATA
 from hw.paging import is_canonical as canonical
 from hw.traps import Trap, TrapKind, Vector
@@ -203,20 +203,24 @@ def explain_gp(trap: Trap, code: bytes, registers: dict[str, int]) -> tuple[str,
     return short.format(**facts), long.format(**facts)
 
 
-@dataclass
-class FaultReport:
-    env_id: int
-    env_name: str
-    kind: str  # e.g. "page fault (#PF)"
-    rip: int
-    instruction: str
-    code_bytes: bytes
-    error: str  # decoded error code or reason
-    error_code: int | None
-    fault_address: int | None
-    registers: dict[str, int]
-    reason: str = ""
-    symbol: str | None = None  # e.g. "_start+0x7", from the image's labels
+class FaultReport(Record):
+    _FIELDS = ('env_id', 'env_name', 'kind', 'rip', 'instruction', 'code_bytes', 'error', 'error_code', 'fault_address', 'registers', 'reason', 'symbol')
+
+    def __init__(self, env_id: int, env_name: str, kind: str, rip: int, instruction: str, code_bytes: bytes,
+                 error: str, error_code: int | None, fault_address: int | None, registers: dict[str, int],
+                 reason: str = "", symbol: str | None = None) -> None:
+        self.env_id = env_id
+        self.env_name = env_name
+        self.kind = kind  # e.g. "page fault (#PF)"
+        self.rip = rip
+        self.instruction = instruction
+        self.code_bytes = code_bytes
+        self.error = error  # decoded error code or reason
+        self.error_code = error_code
+        self.fault_address = fault_address
+        self.registers = registers
+        self.reason = reason
+        self.symbol = symbol  # e.g. "_start+0x7", from the image's labels
 
     @property
     def summary(self) -> str:

@@ -39,8 +39,9 @@ Reading usage and limits (the fuzzer's "quotas hold" check, --stats):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
+
+from exo.record import Record
 
 DEFAULT_ENVS = 1024  # live environments per app (JOS has a global NENV of 1024)
 DEFAULT_WEIGHT = 1
@@ -71,14 +72,16 @@ class TokenBucket:
             self._t = now
 
 
-@dataclass
-class RateLimit:
+class RateLimit(Record):
     """bytes/s and ops/s buckets of one device (either may be None: not limited)."""
+    _FIELDS = ('bytes', 'ops', 'delays', 'delayed_ns')
 
-    bytes: TokenBucket | None = None
-    ops: TokenBucket | None = None
-    delays: int = 0  # times a request had to wait
-    delayed_ns: int = 0  # guest time spent waiting, in all
+    def __init__(self, bytes: TokenBucket | None = None, ops: TokenBucket | None = None, delays: int = 0,
+                 delayed_ns: int = 0) -> None:
+        self.bytes = bytes
+        self.ops = ops
+        self.delays = delays  # times a request had to wait
+        self.delayed_ns = delayed_ns  # guest time spent waiting, in all
 
     def wait_ns(self, nbytes: int, nops: int, now: int) -> int:
         """0: the request may go now (its tokens are taken); otherwise how long to wait first."""
@@ -111,25 +114,31 @@ class RateLimit:
         return ", ".join(parts) or "unlimited"
 
 
-@dataclass(eq=False)
 class Tenant:
-    id: int  # the id of the app's first environment
-    name: str
-    frame_limit: int
-    env_limit: int = DEFAULT_ENVS
-    weight: int = DEFAULT_WEIGHT
-    disk: RateLimit | None = None
-    net: RateLimit | None = None
-    system: bool = False  # the exokernel's own (microkernel servers): not a booted app
-    frames_used: int = 0
-    frames_peak: int = 0  # the most it held at once
-    envs_used: int = 0
-    instructions: int = 0  # retired by its environments (virtual clock)
-    frame_refusals: int = 0  # allocations refused by its frame quota
-    env_refusals: int = 0  # env_create refused by its environment quota
-    # Scheduling (exo/kernel.py): its runnable environments, and whether it waits for a turn.
-    runq: deque = field(default_factory=deque)
-    in_ring: bool = False
+    """One app's quotas, use and CPU share (a plain class: exo/record.py says why)."""
+
+    def __init__(self, id: int, name: str, frame_limit: int, env_limit: int = DEFAULT_ENVS,
+                 weight: int = DEFAULT_WEIGHT, disk: RateLimit | None = None, net: RateLimit | None = None,
+                 system: bool = False, frames_used: int = 0, frames_peak: int = 0, envs_used: int = 0,
+                 instructions: int = 0, frame_refusals: int = 0, env_refusals: int = 0,
+                 runq: deque | None = None, in_ring: bool = False) -> None:
+        self.id = id  # the id of the app's first environment
+        self.name = name
+        self.frame_limit = frame_limit
+        self.env_limit = env_limit
+        self.weight = weight
+        self.disk = disk
+        self.net = net
+        self.system = system  # the exokernel's own (microkernel servers): not a booted app
+        self.frames_used = frames_used
+        self.frames_peak = frames_peak  # the most it held at once
+        self.envs_used = envs_used
+        self.instructions = instructions  # retired by its environments (virtual clock)
+        self.frame_refusals = frame_refusals  # allocations refused by its frame quota
+        self.env_refusals = env_refusals  # env_create refused by its environment quota
+        # Scheduling (exo/kernel.py): its runnable environments, and whether it waits for a turn.
+        self.runq = deque() if runq is None else runq
+        self.in_ring = in_ring
 
     @property
     def frames_exhausted(self) -> str:

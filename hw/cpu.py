@@ -39,7 +39,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import struct
-from dataclasses import dataclass
 from typing import Protocol
 
 from unicorn import (
@@ -167,11 +166,18 @@ class TrapHandler(Protocol):
         """
 
 
-@dataclass(slots=True)
 class RunExit:
-    reason: str  # "stopped" (the OS asked), "preempted" (slice over)
-    retired: int | None  # instructions retired in this slice (None in wall mode)
-    stop_reason: object = None
+    """How a slice ended (a plain class: see hw/traps.py on start-up)."""
+
+    __slots__ = ("reason", "retired", "stop_reason")
+
+    def __init__(self, reason: str, retired: int | None, stop_reason: object = None) -> None:
+        self.reason = reason  # "stopped" (the OS asked), "preempted" (slice over)
+        self.retired = retired  # instructions retired in this slice (None in wall mode)
+        self.stop_reason = stop_reason
+
+    def __repr__(self) -> str:
+        return f"RunExit(reason={self.reason!r}, retired={self.retired!r}, stop_reason={self.stop_reason!r})"
 
 
 def link_system_tables(memory: PhysicalMemory, root: int) -> None:

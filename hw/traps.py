@@ -8,7 +8,6 @@ Vector numbers and error-code bits follow the Intel SDM Vol. 3A, chapter 6
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 
 class Vector(enum.IntEnum):
@@ -131,7 +130,13 @@ def decode_mxcsr(mxcsr: int) -> str:
     return f"MXCSR {mxcsr:#06x}: {_fp_conditions(mxcsr & 0x3F, mxcsr >> 7 & 0x3F)}"
 
 
-@dataclass(slots=True)
+# Plain classes, not dataclasses, here and in the modules `exo boot` imports: a dataclass costs
+# 0.3-0.6 ms of start-up to define (it compiles generated code), and start-up is measured
+# against `import unicorn` (docs/performance.md).
+_TRAP_FIELDS = ("kind", "vector", "rip", "error_code", "cr2", "next_rip", "address", "port", "size", "value",
+                "write", "detail", "extra")
+
+
 class Trap:
     """One trap, with what a real CPU would give the kernel.
 
@@ -139,19 +144,35 @@ class Trap:
     (#PF, #GP, #UD, #DE), the next instruction for traps (`int n`, `int3`).
     """
 
-    kind: TrapKind
-    vector: int
-    rip: int
-    error_code: int | None = None
-    cr2: int | None = None  # #PF: the faulting linear address
-    next_rip: int | None = None  # software interrupts: where execution resumes
-    address: int | None = None  # the trapping instruction, when ``rip`` is past it (int n)
-    port: int | None = None  # I/O
-    size: int | None = None  # I/O operand size in bytes
-    value: int | None = None  # `out`: the value written
-    write: bool = False  # I/O direction (`out`) or MC access kind
-    detail: str = ""
-    extra: dict = field(default_factory=dict)
+    __slots__ = _TRAP_FIELDS
+
+    def __init__(self, kind: TrapKind, vector: int, rip: int, error_code: int | None = None,
+                 cr2: int | None = None, next_rip: int | None = None, address: int | None = None,
+                 port: int | None = None, size: int | None = None, value: int | None = None,
+                 write: bool = False, detail: str = "", extra: dict | None = None) -> None:
+        self.kind = kind
+        self.vector = vector
+        self.rip = rip
+        self.error_code = error_code
+        self.cr2 = cr2  # #PF: the faulting linear address
+        self.next_rip = next_rip  # software interrupts: where execution resumes
+        self.address = address  # the trapping instruction, when ``rip`` is past it (int n)
+        self.port = port  # I/O
+        self.size = size  # I/O operand size in bytes
+        self.value = value  # `out`: the value written
+        self.write = write  # I/O direction (`out`) or MC access kind
+        self.detail = detail
+        self.extra = {} if extra is None else extra
+
+    def __repr__(self) -> str:
+        return "Trap(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in _TRAP_FIELDS) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Trap:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _TRAP_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, as the dataclass was)
 
     @property
     def insn_address(self) -> int:

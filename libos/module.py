@@ -13,8 +13,7 @@ import copy
 import inspect
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from exo.abi import (
     LIBOS_DATA,
@@ -41,8 +40,7 @@ def read_upcall_frame(port: Any, frame: int) -> tuple[dict[str, int], dict[str, 
     return f, ctx
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     slot: int
     name: str  # "module.entry"
     fn: Callable[..., int | None]

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import marshal
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, PERM_X, USER_TOP
+from exo.record import Record
 from exo.errors import ExoUserError
 from exo.build.manifest import Manifest
 
@@ -34,22 +34,28 @@ except ImportError:
 INCLUDE_DIR = Path(__file__).resolve().parents[2] / "guest_apps" / "include"
 
 
-@dataclass
-class Segment:
-    name: str
-    va: int
-    data: bytes
-    memsz: int
-    perm: int
+class Segment(Record):
+    _FIELDS = ('name', 'va', 'data', 'memsz', 'perm')
+
+    def __init__(self, name: str, va: int, data: bytes, memsz: int, perm: int) -> None:
+        self.name = name
+        self.va = va
+        self.data = data
+        self.memsz = memsz
+        self.perm = perm
 
 
-@dataclass
-class Image:
-    name: str
-    entry: int
-    segments: list[Segment]
-    symbols: dict[str, int] = field(default_factory=dict)
-    from_cache: bool = False
+
+class Image(Record):
+    _FIELDS = ('name', 'entry', 'segments', 'symbols', 'from_cache')
+
+    def __init__(self, name: str, entry: int, segments: list[Segment], symbols: dict[str, int] | None = None,
+                 from_cache: bool = False) -> None:
+        self.name = name
+        self.entry = entry
+        self.segments = segments
+        self.symbols = {} if symbols is None else symbols
+        self.from_cache = from_cache
 
     @property
     def size(self) -> int:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import marshal
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exo.record import Record
 from exo.errors import ExoUserError
 from exo.tenants import QuotaError, parse_quota
 
@@ -28,17 +28,21 @@ KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages"
 ASM_SUFFIXES = (".s", ".asm", ".S")
 
 
-@dataclass
-class Manifest:
-    path: Path
-    name: str
-    sources: list[Path]
-    entry: str = "_start"
-    libos: dict[str, str] = field(default_factory=dict)
-    description: str = ""
-    args: list[str] = field(default_factory=list)
-    # Parsed [quota] (exo/tenants.py parse_quota); the older key memory_pages = N lands here as frames.
-    quota: dict[str, Any] = field(default_factory=dict)
+class Manifest(Record):
+    _FIELDS = ('path', 'name', 'sources', 'entry', 'libos', 'description', 'args', 'quota')
+
+    def __init__(self, path: Path, name: str, sources: list[Path], entry: str = "_start",
+                 libos: dict[str, str] | None = None, description: str = "", args: list[str] | None = None,
+                 quota: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.name = name
+        self.sources = sources
+        self.entry = entry
+        self.libos = {} if libos is None else libos
+        self.description = description
+        self.args = [] if args is None else args
+        # Parsed [quota] (exo/tenants.py parse_quota); the older key memory_pages = N lands here as frames.
+        self.quota = {} if quota is None else quota
 
     @property
     def root(self) -> Path:

@@ -2,9 +2,9 @@
 
 A region is a run of lines between two marker comments, in the comment syntax of its file::
 
-    # LAB 4 BEGIN pick: pick the next runnable thread      (Python)
+    # LAB <n> BEGIN pick: pick the next runnable thread      (Python; <n> is the lab's number)
     ...the reference solution...
-    # LAB 4 END
+    # LAB <n> END
 
 ``; LAB N ...`` in guest assembly and ``// LAB N ...`` in C take the same form. Optionally the
 region ends with a stub of its own, written as comments after a ``LAB N STUB`` line; without one, the
