@@ -1,3 +1,3 @@
-from exo.cli import main
+from exo.cli import run_process
 
-raise SystemExit(main())
+run_process()

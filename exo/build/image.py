@@ -18,19 +18,13 @@ import os
 from pathlib import Path
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, PERM_X, USER_TOP
-from exo.record import Record
-from exo.errors import ExoUserError
+from exo.build import sha256
 from exo.build.manifest import Manifest
+from exo.errors import ExoUserError
+from exo.record import Record
 
 CACHE_VERSION = 3  # 3: marshal instead of JSON
 
-try:  # the builtin module hashlib itself falls back to when OpenSSL is missing (CPython 3.11)
-    from _sha256 import sha256
-except ImportError:
-    try:
-        from _sha2 import sha256  # CPython 3.12+
-    except ImportError:  # an interpreter built without them
-        from hashlib import sha256
 INCLUDE_DIR = Path(__file__).resolve().parents[2] / "guest_apps" / "include"
 
 

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exo.record import Record
 from exo.errors import ExoUserError
+from exo.record import Record
 from exo.tenants import QuotaError, parse_quota
 
 KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages", "args", "quota"}
@@ -62,7 +62,7 @@ def parse_toml(text: str, path: Path) -> dict:
     importing tomllib takes 3-5 ms, a tenth of `boot echo`'s start-up above ``import unicorn``
     (docs/performance.md), and an app's manifest rarely changes. Only valid TOML whose values
     marshal (no dates) is remembered; invalid TOML is an ExoUserError naming ``path``."""
-    from _sha256 import sha256  # not hashlib: its OpenSSL import costs ~2 ms (exo/build/image.py does the same)
+    from exo.build import sha256
 
     cached = _toml_cache() / f"{sha256(text.encode()).hexdigest()}.marshal"
     try:

@@ -234,7 +234,7 @@ def frame_table(h: Harness, s: Snapshot) -> Iterator[str]:
     k = h.k
     ft = k.frames
     types = ft.type
-    free = ft._free
+    free = ft.free_list()
     if len(set(free)) != len(free):
         yield f"the free list holds duplicates ({len(free) - len(set(free))})"
     kinds = set(map(types.__getitem__, free))
@@ -445,7 +445,7 @@ def _state_key(h: Harness) -> tuple[tuple, tuple]:
     walk_key = (tuple(spaces), b"".join(pages))
     rest = (ft.owner.tobytes(), ft.refs.tobytes(), ft.type.tobytes(), ft.wmaps.tobytes(), ft.xmaps.tobytes(),
             ft.max_right.tobytes(),
-            tuple(ft._free), tuple(sorted((f, tuple(sorted(g.items()))) for f, g in h.grants.items())))
+            tuple(ft.free_list()), tuple(sorted((f, tuple(sorted(g.items()))) for f, g in h.grants.items())))
     return walk_key, rest
 
 

@@ -261,3 +261,33 @@ def test_a_library_bug_is_reported_with_the_module_file_and_line(app, monkeypatc
     text = report.render()
     assert text.count("no such conversion") == 1, text
     assert "libos/console.py" in b.env("p").fault  # the one-line summary (--stats-json) has it too
+
+
+def test_entry_argument_counts_read_from_code_objects_match_inspect_signature():
+    # libos/module.py entry_nargs reads co_argcount (start-up); it must say what inspect.signature says
+    # for every entry of every in-tree implementation, and for the cases it hands to inspect.
+    import functools
+    import inspect
+
+    from libos import registry
+    from libos.module import entry_nargs
+
+    checked = 0
+    for module, impls in registry.MODULES.items():
+        for impl in list(impls):
+            cls = registry.load(module, impl)
+            inst = object.__new__(cls)
+            for name in cls.ENTRIES:
+                fn = getattr(inst, name)
+                assert entry_nargs(fn) == len(inspect.signature(fn).parameters), f"{module}.{impl}.{name}"
+                checked += 1
+    assert checked > 50
+
+    class M:
+        def a(self, x, y=1, *rest, k, **kw): ...
+
+        @functools.wraps(a)
+        def b(self, *args): ...
+
+    m = M()
+    assert [entry_nargs(m.a), entry_nargs(m.b), entry_nargs(lambda: 0)] == [5, 5, 0]
