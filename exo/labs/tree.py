@@ -73,41 +73,41 @@ def _git_files(root: Path) -> list[str] | None:
     return [p for p in r.stdout.decode().split("\0") if p and (root / p).is_file()]
 
 
-def _ignore_patterns(d: Path, rel_dir: str) -> list[tuple[str, str, bool]]:
-    """The patterns of d/.gitignore as (directory they apply under, pattern, directories only).
-    The subset git users write: globs, a leading / anchors, a trailing / means directories;
-    negations (!) are not supported and skipped."""
+def _ignore_patterns(d: Path, rel_dir: str) -> list[tuple[str, str, bool, bool]]:
+    """The patterns of d/.gitignore as (directory they apply under, pattern, directories only,
+    negated). The subset git users write: globs, a leading / anchors, a trailing / means
+    directories, ! re-includes; the last pattern that matches decides, as in git."""
     f = d / ".gitignore"
     if not f.is_file():
         return []
     out = []
     for line in f.read_text(errors="replace").splitlines():
         line = line.strip()
-        if not line or line.startswith(("#", "!")):
+        if not line or line.startswith("#"):
             continue
+        negated = line.startswith("!")
+        line = line.removeprefix("!")
         dir_only = line.endswith("/")
         line = line.rstrip("/")
-        out.append((rel_dir, line, dir_only))
+        out.append((rel_dir, line, dir_only, negated))
     return out
 
 
-def _ignored(rel: str, name: str, is_dir: bool, patterns: list[tuple[str, str, bool]]) -> bool:
-    for base, pat, dir_only in patterns:
+def _ignored(rel: str, name: str, is_dir: bool, patterns: list[tuple[str, str, bool, bool]]) -> bool:
+    ignored = False
+    for base, pat, dir_only, negated in patterns:
         if dir_only and not is_dir:
             continue
         sub = rel[len(base) + 1:] if base else rel
-        if "/" in pat:  # anchored at the .gitignore's directory
-            if fnmatch.fnmatchcase(sub, pat.lstrip("/")):
-                return True
-        elif fnmatch.fnmatchcase(name, pat):
-            return True
-    return False
+        if fnmatch.fnmatchcase(sub, pat.lstrip("/")) if "/" in pat else fnmatch.fnmatchcase(name, pat):
+            ignored = not negated
+    return ignored
 
 
 def _walk(root: Path) -> list[str]:
     out: list[str] = []
 
-    def visit(d: Path, rel_dir: str, patterns: list[tuple[str, str, bool]]) -> None:
+    def visit(d: Path, rel_dir: str, patterns: list[tuple[str, str, bool, bool]]) -> None:
         patterns = patterns + _ignore_patterns(d, rel_dir)
         for entry in sorted(os.scandir(d), key=lambda e: e.name):
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name

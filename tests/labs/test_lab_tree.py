@@ -122,6 +122,9 @@ def ref(tmp_path: Path) -> Path:
     _write(r, "guest_apps/app/.gitignore", "*.o\n/app.bin\n")
     _write(r, "guest_apps/app/main.o", "object code: t.pass_value += t.stride_length * ns\n")
     _write(r, "guest_apps/app/app.bin", "binary")
+    _write(r, ".gitignore", "build/\n!/exo/build/\n")
+    _write(r, "exo/build/asm.py", "ASSEMBLER = 1\n")
+    _write(r, "guest_apps/app/build/out.txt", "built\n")
     return r
 
 
@@ -193,8 +196,9 @@ def test_discover_finds_every_region_in_every_language(ref):
 def test_files_skip_git_caches_build_outputs_ignored_and_hidden(ref):
     got = tree.files(ref)
     assert "libos/sched.py" in got and ".ci/run" in got and "guest_apps/app/.gitignore" in got
+    assert "exo/build/asm.py" in got  # re-included by a ! pattern
     for never in (".git/config", "libos/__pycache__/sched.cpython-311.pyc", "build/lib/sched.py",
-                  "guest_apps/app/main.o", "guest_apps/app/app.bin",
+                  "guest_apps/app/main.o", "guest_apps/app/app.bin", "guest_apps/app/build/out.txt",
                   "exo/labs/hidden/lab2/test_lab2_hidden_charge.py"):
         assert never not in got
 
