@@ -18,13 +18,19 @@ from typing import Any
 from exo.errors import ExoUserError
 from exo.labs import catalog, tree
 
+HELP = "the coursework labs: list them, write a student tree (docs/labs/README.md)"
+
 
 def add_parser(subparsers: Any) -> None:
     """Add ``lab`` (with ``list`` and ``new``) to the CLI's subcommands."""
-    p = subparsers.add_parser("lab", help="the coursework labs: list them, write a student tree (docs/labs/)")
+    add_arguments(subparsers.add_parser("lab", help=HELP, description=HELP))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``lab`` on its own parser (exo/cli's per-command convention)."""
     p.add_argument("--root", metavar="DIR", default=None,
                    help="the reference tree to read (default: the tree this exo runs from)")
-    sub = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    sub = p.add_subparsers(dest="lab_command", required=True, metavar="ACTION", parser_class=type(p))
     ls = sub.add_parser("list", help="the labs: number, title, the code each removes, points, handout")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     new = sub.add_parser("new", help="write the student tree of lab N to DIR (regions of lab N and later stubbed)")
@@ -116,12 +122,19 @@ def _print_table(labs: list[dict[str, Any]]) -> None:
             sys.stdout.write(line(("", "", more, "", "")))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, exit status 2 (as the CLI's parser does)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"exo: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m exo.labs.cmd_lab ACTION ...``: the command on its own (the CLI wires `add_parser`
-    and `run` as ``python -m exo lab``); bad input is one line on stderr and exit status 2."""
-    p = argparse.ArgumentParser(prog="python -m exo")
-    add_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m exo.labs.cmd_lab ACTION ...``: the command on its own (the CLI runs it as
+    ``python -m exo lab``); bad input is one line on stderr and exit status 2."""
+    p = _Parser(prog="python -m exo lab", description=HELP)
+    add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
     except ExoUserError as e:

@@ -409,3 +409,18 @@ def test_real_tree_runs_in_place(tmp_path):
     r = subprocess.run([sys.executable, "-m", "exo", "boot", "guest_apps/echo"], input=b"hi\n",
                        capture_output=True, cwd=tmp_path / "lab2", env=env)
     assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
+
+
+def test_usage_errors_are_one_line_and_the_cli_can_wire_the_command(ref, tmp_path):
+    for argv in (["new"], ["new", "x", "y"], ["bogus"]):
+        r = subprocess.run([sys.executable, "-m", "exo.labs.cmd_lab", *argv], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and r.stderr.startswith("exo: error: ") and r.stderr.count("\n") == 1, r.stderr
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cmd_lab.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["lab", "--root", str(ref), "new", "2", str(tmp_path / "t"), "--from", str(tmp_path / "no")])
+    with pytest.raises(ExoUserError, match="--from: no such directory"):
+        cmd_lab.run(args)
+    args = p.parse_args(["lab", "--root", str(ref), "new", "2", str(tmp_path / "t")])
+    assert cmd_lab.run(args) == 0 and (tmp_path / "t" / tree.META).is_file()
