@@ -380,6 +380,9 @@ def write_tree(n: int, dest: Path, root: Path | None = None, prev: Path | None =
         else:
             cut = regions.cut(text, rel, n)
             out.kept += [r for r in found if r.lab < n]
+            if prev_lab is not None and any(r.lab < n for r in found):
+                out.warnings.append(f"{rel}: not in {prev}: the reference solution stands in for its regions "
+                                    f"of labs before {n}")
         out.stubbed += [r for r in found if r.lab >= n]
         dst.write_text(cut)
         shutil.copymode(src, dst)

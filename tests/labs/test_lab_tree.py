@@ -338,6 +338,10 @@ def test_from_keeps_the_reference_where_the_student_changed_the_surroundings(ref
     assert [r.id for r in w.lost] == ["pick"]
     assert "libos/sched.py:6: LAB 1 (pick): the lines around your code changed" in w.warnings[-1]
     assert "return min(ready, key=lambda t: t.pass_value)" in (tmp_path / "lab2/libos/sched.py").read_text()
+    (lab1 / "guest_apps/app/sum.c").unlink()
+    w = tree.write_tree(2, tmp_path / "lab2b", root=ref, prev=lab1)
+    assert "guest_apps/app/sum.c: not in " in w.warnings[0] and [r.id for r in w.kept] == ["c.sum"]
+    assert "argc_sum_helper(1, 2)" in (tmp_path / "lab2b/guest_apps/app/sum.c").read_text()
 
 
 def test_from_needs_an_earlier_student_tree(ref, tmp_path):
