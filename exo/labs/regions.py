@@ -2,9 +2,9 @@
 
 A region is a run of lines between two marker comments, in the comment syntax of its file::
 
-    # LAB <n> BEGIN pick: pick the next runnable thread      (Python; <n> is the lab's number)
+    # LAB N BEGIN pick: pick the next runnable thread      (Python; N is the lab's number)
     ...the reference solution...
-    # LAB <n> END
+    # LAB N END
 
 ``; LAB N ...`` in guest assembly and ``// LAB N ...`` in C take the same form. Optionally the
 region ends with a stub of its own, written as comments after a ``LAB N STUB`` line; without one, the
@@ -118,25 +118,41 @@ def _uncomment(line: str, prefix: str) -> str:
     return m[1] + m[2] if m else line
 
 
-def cut(text: str, path: str, lab: int) -> str:
-    """The file as the student tree of ``lab`` has it: regions of ``lab`` and later stubbed, earlier
-    ones with their solution and without markers."""
+@dataclass(frozen=True)
+class Piece:
+    """A run of lines of a cut file: text outside every region (``region`` None), or what one
+    region became (its solution for an earlier lab, its stub otherwise)."""
+
+    region: Region | None
+    lines: tuple[str, ...]  # with their line ends, as the cut file has them
+
+
+def pieces(text: str, path: str, lab: int) -> list[Piece]:
+    """`cut`, piece by piece: where each region's text lies in the cut file (``lab new --from``
+    finds a student's code for a region by lining these up with the student's file)."""
     lines = text.splitlines(keepends=True)
     eol = "\n"
-    out: list[str] = []
+    out: list[Piece] = []
     pos = 0
     prefix = COMMENT.get(Path(path).suffix, "#")
     for r in find(text, path):
-        out += lines[pos:r.begin]
+        out.append(Piece(None, tuple(lines[pos:r.begin])))
         if r.lab < lab:
-            out += lines[r.begin + 1:r.stub if r.stub is not None else r.end]
+            body = lines[r.begin + 1:r.stub if r.stub is not None else r.end]
         elif r.stub is not None:
-            out += [_uncomment(s.rstrip("\r\n"), prefix) + eol for s in lines[r.stub + 1:r.end]]
+            body = [_uncomment(s.rstrip("\r\n"), prefix) + eol for s in lines[r.stub + 1:r.end]]
         else:
-            out += [s + eol for s in default_stub(r)]
+            body = [s + eol for s in default_stub(r)]
+        out.append(Piece(r, tuple(body)))
         pos = r.end + 1
-    out += lines[pos:]
-    return "".join(out)
+    out.append(Piece(None, tuple(lines[pos:])))
+    return out
+
+
+def cut(text: str, path: str, lab: int) -> str:
+    """The file as the student tree of ``lab`` has it: regions of ``lab`` and later stubbed, earlier
+    ones with their solution and without markers."""
+    return "".join(line for piece in pieces(text, path, lab) for line in piece.lines)
 
 
 def strip_markers(text: str, path: str) -> str:
