@@ -160,7 +160,7 @@ def _run_pytest(work: Path, tree: Path, paths: list[Path], report: Path, deselec
     launcher = work / "launch.py"
     launcher.write_text(LAUNCHER.format(tree=str(tree)))
     cmd = [sys.executable, str(launcher), *map(str, paths), "-c", str(work / "pytest.ini"),
-           "--rootdir", str(work), "--noconftest", "-p", f"{PKG}.plugin", "-p", "no:cacheprovider",
+           "--rootdir", str(work), "--noconftest", "--continue-on-collection-errors", "-p", f"{PKG}.plugin", "-p", "no:cacheprovider",
            "-p", "no:benchmark", "-q", "--tb=short", "--exo-grade-report", str(report),
            "--exo-wall-timeout", str(wall_timeout)]
     for nodeid in deselect:
@@ -222,18 +222,31 @@ def grade(lab: int, tree: str | Path = ".", *, hidden: str | Path | None = None,
             if not cut or rc == 0:
                 break
             # The process ended inside a test: the wall timeout (faulthandler's dump on stderr) or a crash.
-            why = (f"cut off after {wall_timeout:g} s of wall time: the test hung in Python (a guest's "
-                   f"budget counts instructions and ends first); where it was:\n{_tail(stderr)}"
-                   if "Timeout (" in stderr else
-                   f"the test process died (exit status {rc}):\n{_tail(stderr)}")
-            hung[cut[-1]] = why
+            stacks = _hang_stacks(report.with_suffix(".hang"), work)
+            if stacks:
+                hung[cut[-1]] = (f"cut off after {wall_timeout:g} s of wall time: the test hung in Python "
+                                 f"(a guest's budget counts instructions and ends first); it was at:\n{stacks}")
+            else:
+                hung[cut[-1]] = f"the test process died (exit status {rc}) in this test\n{_tail(stderr)}".rstrip()
             done = sorted(finished)
-        g.tests, g.errors = _results(lab, events, hung, stderr if rc not in (0, 1) else "")
+        g.tests, g.errors = _results(lab, events, hung, stderr if rc not in (0, 1) else "", wall_timeout)
         g.errors = [_clean(e, work, tree) for e in g.errors]
         for t in g.tests:
             t.message, t.output = _clean(t.message, work, tree), _clean(t.output, work, tree)
     g.execution_time = time.monotonic() - start
     return g
+
+
+def _hang_stacks(path: Path, work: Path) -> str:
+    """faulthandler's dump of a run cut off by the wall timeout: the main thread's stack, innermost
+    first, without the pytest machinery under the test."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    if "Timeout (" not in text:
+        return ""
+    # Thread ids differ from run to run: keep the frames only (deterministic output).
+    keep = [ln for ln in text.splitlines()
+            if "File " in ln and "/_pytest/" not in ln and "/pluggy/" not in ln and "launch.py" not in ln]
+    return "\n".join(keep[:30])
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -253,7 +266,8 @@ def _name(nodeid: str) -> str:
     return f"{path.rsplit('/', 1)[-1]}::{rest}" if rest else path.rsplit("/", 1)[-1]
 
 
-def _results(lab: int, events: list[dict], hung: dict[str, str], crash: str) -> tuple[list[TestResult], list[str]]:
+def _results(lab: int, events: list[dict], hung: dict[str, str], crash: str,
+             wall_timeout: float) -> tuple[list[TestResult], list[str]]:
     """The per-test results, in collection order, and the test set's errors."""
     collected: dict[str, dict] = {}
     results: dict[str, dict] = {}
@@ -269,7 +283,8 @@ def _results(lab: int, events: list[dict], hung: dict[str, str], crash: str) -> 
         elif e["event"] == "collect_error" and e["nodeid"] not in seen:
             seen.add(e["nodeid"])  # each rerun after a hung test collects again
             name = _name(e["nodeid"]) or "(collection)"
-            errors.append(f"{name}: cannot be collected\n{e['message']}")
+            last = e["message"].strip().splitlines()[-1:] or [""]
+            errors.append(f"{name} cannot be collected: {last[0].removeprefix('E   ').strip()}")
             out.append(TestResult(name, 0, 0, "error", f"cannot be collected:\n{e['message']}",
                                   f"cannot be collected:\n{e['message']}"))
     if not collected and not out:
@@ -286,7 +301,9 @@ def _results(lab: int, events: list[dict], hung: dict[str, str], crash: str) -> 
         r = results.get(nodeid)
         if r is None:
             why = hung.get(nodeid, "did not run: the test process ended before it" + (f"\n{_tail(crash)}" if crash else ""))
-            out.append(TestResult(name, 0, points, "hung" if nodeid in hung else "error", why, why, hidden))
+            cut_off = hung.get(nodeid, "").startswith("cut off")
+            out.append(TestResult(name, 0, points, "hung" if cut_off else "error", why, why, hidden,
+                                  wall_timeout if cut_off else 0.0))
             continue
         status = _status(r)
         message = r["stub"] if status == "stub" else r["message"].rstrip()

@@ -141,10 +141,12 @@ class _Reporter:
 
     def __init__(self, path: Path, wall_timeout: float) -> None:
         self.out = path.open("a", encoding="utf-8")
+        # Where faulthandler writes the hung test's stacks: not stderr, which pytest captures.
+        self.hang = path.with_suffix(".hang").open("w", encoding="utf-8")
         self.wall = wall_timeout
         self.tests: dict[str, dict] = {}
         # Collection (importing the test modules) gets the same limit as one test.
-        faulthandler.dump_traceback_later(self.wall, exit=True)
+        faulthandler.dump_traceback_later(self.wall, exit=True, file=self.hang)
 
     def _write(self, record: dict) -> None:
         self.out.write(json.dumps(record, sort_keys=True) + "\n")
@@ -162,7 +164,7 @@ class _Reporter:
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         self._write({"event": "start", "nodeid": nodeid})
-        faulthandler.dump_traceback_later(self.wall, exit=True)
+        faulthandler.dump_traceback_later(self.wall, exit=True, file=self.hang)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
@@ -204,3 +206,4 @@ class _Reporter:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         faulthandler.cancel_dump_traceback_later()
         self.out.close()
+        self.hang.close()
