@@ -159,14 +159,17 @@ def _run_pytest(work: Path, tree: Path, paths: list[Path], report: Path, deselec
                 wall_timeout: float) -> tuple[int, str]:
     launcher = work / "launch.py"
     launcher.write_text(LAUNCHER.format(tree=str(tree)))
-    cmd = [sys.executable, str(launcher), *map(str, paths), "-c", str(work / "pytest.ini"),
-           "--rootdir", str(work), "--noconftest", "--continue-on-collection-errors", "-p", f"{PKG}.plugin", "-p", "no:cacheprovider",
-           "-p", "no:benchmark", "-q", "--tb=short", "--exo-grade-report", str(report),
-           "--exo-wall-timeout", str(wall_timeout)]
+    cmd = [sys.executable, str(launcher), *map(str, paths), "-c", str(work / "pytest.ini"), "--rootdir", str(work),
+           "--noconftest", "--continue-on-collection-errors", "-p", f"{PKG}.plugin", "-p", "no:cacheprovider",
+           "-q", "--tb=short", "--exo-grade-report", str(report), "--exo-wall-timeout", str(wall_timeout)]
     for nodeid in deselect:
         cmd += ["--deselect", nodeid]
-    env = {**os.environ, "EXO_CACHE_DIR": str(work / "cache"), "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONHASHSEED": "0"}
+    # A fresh image cache per grading (no submission reads another's images); no bytecode written
+    # into the tree; pytest's options and plugins are the grader's alone (no PYTEST_ADDOPTS, no
+    # auto-loaded plugins such as xdist): the same run on every machine.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(EXO_CACHE_DIR=str(work / "cache"), PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0",
+               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     p = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        stdin=subprocess.DEVNULL, text=True, errors="replace")
     return p.returncode, p.stderr
