@@ -61,6 +61,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_TEST_SET if any(g.errors for g in grades.values()) else 0
     if args.from_installed:
         _check_installed(Path.cwd().resolve(), G.grader_labs())
+    why = G.check_tree(Path.cwd(), compile_python=False)
+    if why.startswith("is not"):
+        raise ExoUserError(str(Path.cwd()), f"{why}: run the grader at the root of an exo tree")
     g = G.grade(args.lab, Path.cwd(), hidden=_dir(args.hidden), tests=_dir(args.tests),
                 from_installed=args.from_installed, wall_timeout=timeout)
     results = Path(args.results or f"grade-results/lab{args.lab}")

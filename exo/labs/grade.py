@@ -93,13 +93,16 @@ class Grade:
 
 
 # ------------------------------------------------------------------------------- the tree
-def check_tree(tree: Path) -> str:
-    """Why ``tree`` cannot be graded ("" if it can): not an exo tree, or Python that does not compile."""
+def check_tree(tree: Path, compile_python: bool = True) -> str:
+    """Why ``tree`` cannot be graded ("" if it can): not an exo tree, or (``compile_python``) Python
+    that does not compile."""
     if not tree.is_dir():
-        return f"{tree.name}: not a directory"
+        return "is not a directory"
     missing = [m for m in TREE_MARKS if not (tree / m).is_file()]
     if missing:
-        return f"not an exo tree: no {missing[0]}"
+        return f"is not an exo tree (no {missing[0]})"
+    if not compile_python:
+        return ""
     for top in ("exo", "hw", "libos"):
         for path in sorted((tree / top).rglob("*.py")):
             try:
@@ -204,7 +207,7 @@ def grade(lab: int, tree: str | Path = ".", *, hidden: str | Path | None = None,
     start = time.monotonic()
     g = Grade(lab)
     g.note = check_tree(tree)
-    if g.note.startswith(("not an exo tree", f"{tree.name}: not a directory")):
+    if g.note.startswith("is not"):
         return g  # nothing to run the tests against
     labs_dir = grader_labs() if from_installed else tree / "exo" / "labs"
     if not (labs_dir / "plugin.py").is_file():
@@ -352,7 +355,7 @@ def table(g: Grade, results_dir: Path | None = None) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"lab {g.lab}: {BY_N[g.lab].title}"]
     if g.note:
-        lines.append(f"the tree {g.note}: it scores 0")
+        lines.append(f"the tree {g.note}: it scores 0")  # "is not an exo tree", "does not compile: ..."
     lines += ["  ".join(c.ljust(w) if i == 0 or i == 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
               for r in rows]
     for t in g.tests:

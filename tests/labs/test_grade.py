@@ -297,7 +297,7 @@ def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(tree, d
     assert (alice["score"], alice["max"], alice["note"]) == ("5", "14", "")
     assert alice["test_lab1_demo.py::test_echo_passes"] == "5" and alice["test_lab1_demo.py::test_spins"] == "0"
     assert bob["score"] == "0" and bob["note"].startswith("does not compile: libos/sched.py:")
-    assert carol["score"] == "0" and carol["note"] == "not an exo tree: no exo/api.py"
+    assert carol["score"] == "0" and carol["note"] == "is not an exo tree (no exo/api.py)"
     for s in ("alice", "bob", "carol"):
         assert set(json.loads((out_dir / f"{s}.json").read_text())) >= {"score", "execution_time", "tests"}
     assert json.loads((out_dir / "bob.json").read_text())["score"] == 0
@@ -310,8 +310,9 @@ def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(tree, d
     (["1", "--submissions", "x"], "--submissions: batch grading needs both"),
     (["1", "--tests", "/nonexistent/dir"], "--tests: /nonexistent/dir: not a directory"),
     (["1", "--timeout", "0"], "--timeout: must be positive"),
+    (["1"], "/: is not an exo tree (no exo/api.py): run the grader at the root of an exo tree"),
 ])
 def test_bad_usage_is_a_one_line_error(args, what, monkeypatch, capsys):
-    rc, out, err = grade_cli(ROOT, *args, monkeypatch=monkeypatch, capsys=capsys)
+    rc, out, err = grade_cli(ROOT if args != ["1"] else Path("/"), *args, monkeypatch=monkeypatch, capsys=capsys)
     assert rc == cmd_grade.EXIT_USAGE
     assert err.startswith(f"exo: error: {what}") and err.count("\n") == 1
