@@ -145,6 +145,8 @@ def prepare(work: Path, lab: int, labs_dir: Path, tests: Path | None, hidden: Pa
     pkg = work / PKG
     shutil.copytree(labs_dir, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "hidden"))
     lab_tests = pkg / "tests" / f"lab{lab}"
+    if tests is None and not lab_tests.is_dir():
+        raise ExoUserError(str(labs_dir / "tests" / f"lab{lab}"), f"no graded tests for lab {lab}")
     if tests is not None:
         shutil.rmtree(lab_tests, ignore_errors=True)
         _copy_package(tests, lab_tests)
