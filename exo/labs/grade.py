@@ -166,7 +166,8 @@ def _run_pytest(work: Path, tree: Path, paths: list[Path], report: Path, deselec
     launcher.write_text(LAUNCHER.format(tree=str(tree)))
     cmd = [sys.executable, str(launcher), *map(str, paths), "-c", str(work / "pytest.ini"), "--rootdir", str(work),
            "--noconftest", "--continue-on-collection-errors", "-p", f"{PKG}.plugin", "-p", "no:cacheprovider",
-           "-q", "--tb=short", "--exo-grade-report", str(report), "--exo-wall-timeout", str(wall_timeout)]
+           "-q", "--tb=short", "--exo-grade-report", str(report), "--exo-wall-timeout", str(wall_timeout),
+           "--basetemp", str(work / "tmp")]  # tmp_path in the grader's directory: a path _clean takes out
     for nodeid in deselect:
         cmd += ["--deselect", nodeid]
     # A fresh image cache per grading (no submission reads another's images); no bytecode written
