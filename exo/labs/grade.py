@@ -443,6 +443,8 @@ def grade_batch(lab: int, submissions: Path, json_dir: Path, *, jobs: int | None
             g = grade(lab, tree, hidden=hidden, tests=tests, from_installed=True, wall_timeout=wall_timeout)
         except ExoUserError as e:  # a problem of this submission only: the batch goes on
             g = Grade(lab, note=str(e))
+        except OSError as e:  # e.g. an unreadable file in the submission
+            g = Grade(lab, note=f"could not be graded: {e}")
         save_results(g, json_dir / tree.name)
         write_json(gradescope(g), json_dir / f"{tree.name}.json")
         return g
