@@ -15,10 +15,16 @@ from exo.errors import ExoUserError
 EXIT_LOST, EXIT_USAGE, EXIT_TEST_SET = 1, 2, 3
 
 
+HELP = "grade this tree for lab N: its graded tests, a table and the score (docs/labs/grading.md)"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    g = subparsers.add_parser("grade", help="grade this tree for lab N (its graded tests; docs/labs/grading.md)",
-                              description="Run lab N's graded tests against the tree in the working directory: "
-                                          "a table, the score, the full output of each test in a results folder.")
+    """The ``grade`` subcommand on an argparse subparsers object."""
+    add_arguments(subparsers.add_parser("grade", help=HELP, description=HELP))
+
+
+def add_arguments(g: argparse.ArgumentParser) -> None:
+    """The command's arguments (exo/cli's convention: COMMANDS names this module)."""
     g.add_argument("lab", type=int, metavar="N", help="the lab (python -m exo lab list)")
     g.add_argument("--hidden", metavar="DIR", help="also run the instructor's tests in DIR (not shipped to students)")
     g.add_argument("--tests", metavar="DIR", help="run the graded tests in DIR instead of the lab's own")

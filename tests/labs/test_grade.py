@@ -339,3 +339,14 @@ def test_every_lab_grades_the_reference_fully_and_the_same_twice(n):
     bad = {t.name: t.message for t in runs[0].tests if t.status not in ("pass", "skip")}
     assert not bad, bad
     assert without_timings(G.gradescope(runs[0])) == without_timings(G.gradescope(runs[1]))
+
+
+def test_python_m_exo_grade_is_the_grader():
+    """`python -m exo grade` runs this module (exo/cli's COMMANDS table names it)."""
+    import exo.cli
+
+    if not hasattr(exo.cli, "COMMANDS"):
+        pytest.skip("this tree's exo/cli.py predates the command table (issue 12): not wired yet")
+    assert exo.cli.COMMANDS["grade"][0] == "exo.labs.cmd_grade"
+    p = subprocess.run([sys.executable, "-m", "exo", "grade", "99"], cwd=ROOT, capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (2, "exo: error: lab: no lab 99: the labs are 1, 2, 3, 4, 5, 6\n")
