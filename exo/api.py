@@ -321,6 +321,18 @@ class System:
                 return e
         raise KeyError(name)
 
+    def locate(self, env: Any) -> tuple[int, str | None, str]:
+        """Where a live environment is: its RIP (in the vCPU if its state is loaded there, else in
+        its saved context), that address's symbol (Exokernel.symbol) and the instruction there.
+        What a budget-limited run reports for a guest that never finished (the grader's timeouts)."""
+        from exo.report import disassemble_one
+        from hw.regs import Reg
+
+        k = self.kernel
+        rip = k.cpu.regs.read(Reg.RIP) if env is k._live else k.cpu.context_read(env.ctx, Reg.RIP)
+        text, _ = disassemble_one(env.space.fetch_code(rip), rip)
+        return rip, k.symbol(env, rip), text
+
     # -- ending
     def close(self) -> None:
         """Close the machine's devices (no implicit disk flush: docs/disk.md) and write the trace."""
