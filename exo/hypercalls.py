@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    ENV_INFO_SIZE,
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
     PAGE_SIZE,
@@ -296,6 +297,27 @@ def _hc_time_now(k: Exokernel, env: Env) -> int:
     return k.machine.clock.now_ns()
 
 
+_ENV_INFO = struct.Struct("<QQQQ32s")
+assert _ENV_INFO.size == ENV_INFO_SIZE
+
+
+def _hc_env_info(k: Exokernel, env: Env, envid: int, info: int) -> int:
+    """Write envid's {id, parent, status, pages, name} at info (exo/abi.py ENV_INFO_SIZE)."""
+    # LAB 1 BEGIN env_info: resolve envid (0: self, or a child), check info and write the record
+    # Who may be named: the caller or one of its children (Kernel.env_for raises ESRCH or
+    # EPERM), as for every call that names an environment; siblings stay invisible.
+    target = k.env_for(env, envid)
+    name = target.name.encode()[:31]  # always NUL-terminated for a C guest
+    record = _ENV_INFO.pack(target.id, target.parent or 0, int(target.status), target.space.pages, name)
+    # space.write checks the whole buffer against the caller's page tables (EFAULT) before
+    # storing a byte: the exokernel never writes where the guest itself could not.
+    env.space.write(info, record)
+    return 0
+    # LAB 1 STUB
+    # raise HypercallError(Errno.ENOSYS, "LAB 1 (env_info): not implemented -- exo/hypercalls.py")
+    # LAB 1 END
+
+
 def _hc_env_set_timer(k: Exokernel, env: Env, envid: int, entry: int) -> int:
     target = k.env_for(env, envid)
     if entry and not 0 < entry < 1 << 47:
@@ -532,6 +554,9 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               (E.ENODEV, E.EINVAL),
               "Block until a frame has been written into the caller's ring since the last net_wait returned "
               "(at once if one was) or time_now reaches deadline (0: none).", _hc_net_wait),
+    Hypercall(31, "env_info", ("envid", "info"), "0", (E.ESRCH, E.EPERM, E.EFAULT),
+              "Write {u64 id, u64 parent (0: none), u64 status, u64 pages mapped, char name[32]} of envid "
+              "(0: self, or a child) at info (ENV_INFO_SIZE bytes).", _hc_env_info),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}
