@@ -138,6 +138,7 @@ def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
     page is mapped, so that ipc_try_send refuses at once rather than leave a
     message that ipc_recv could never take.
     """
+    # LAB 2 BEGIN share: refuse (EPERM) sharing an exokernel frame, exceeding its maximum right, or adding W or X to the source mapping
     if k.frames.owner[frame] == EXO:
         raise HypercallError(Errno.EPERM, "exokernel frames cannot be shared")
     check_max_right(k.frames, frame, pte)
@@ -145,6 +146,8 @@ def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
         raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
     if not pte & PTE_NX and src_pte & PTE_NX:
         raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
+    # LAB 2 STUB
+    # LAB 2 END
 
 
 def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
@@ -197,6 +200,7 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
         try:
             target = k.env_for(env, envid)
             check_user_va(va)
+            # LAB 2 BEGIN mmu_owner: MAP only a frame the caller or the target owns; PROTECT may add W or X only to such a frame (EPERM)
             if op == MmuOp.MAP:
                 pte = perm_to_pte(perm)
                 if not k.frames.valid(frame) or owner[frame] not in (env.id, target.id):
@@ -214,6 +218,18 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
                 if adds and owner[found[0]] not in (env.id, target.id):
                     raise HypercallError(Errno.EPERM, "cannot add rights to a page you do not own")
                 target.space.protect(va, pte)
+            # LAB 2 STUB
+            # if op == MmuOp.MAP:
+            #     if not k.frames.valid(frame):
+            #         raise HypercallError(Errno.EINVAL, f"no frame {frame:#x}")
+            #     target.space.map(va, frame, perm_to_pte(perm))
+            # elif op == MmuOp.UNMAP:
+            #     target.space.unmap(va)
+            # elif op == MmuOp.PROTECT:
+            #     if target.space.lookup(va) is None:
+            #         raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
+            #     target.space.protect(va, perm_to_pte(perm))
+            # LAB 2 END
             else:
                 raise HypercallError(Errno.EINVAL, f"unknown mmu op {op}")
         except HypercallError as e:
