@@ -5,7 +5,6 @@
 ; Hypercalls (docs/abi.md): console_read(buf, len) -> bytes read, 0 at end of input;
 ; console_write(buf, len) -> bytes written; sched_op(SCHED_EXIT, status). A hypercall
 ; clobbers RAX (its result), RCX and R11 (the `syscall` instruction); every other register is kept.
-; Numbers are written in hex: the assembler reads bare decimal immediates as hex (tests/exo/test_hostile.py).
 BUFSIZE equ 0x1000
 
 section .text

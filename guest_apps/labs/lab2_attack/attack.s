@@ -5,7 +5,6 @@
 ;   a fault report: the guest tried the forbidden access itself after the refusal (protect_rodata).
 ; mmu_steal exits EPERM when no frame it could map held the witness's secret and it mapped at
 ; least one frame of its own (0x61: it could map none, the checks refuse too much).
-; Numbers are hex: the assembler reads bare decimal immediates as hex (tests/exo/test_hostile.py).
 VA1 equ 0x40000000
 VA2 equ 0x40001000
 BROKEN equ 0x64
