@@ -319,7 +319,7 @@ assert _ENV_INFO.size == ENV_INFO_SIZE
 
 def _hc_env_info(k: Exokernel, env: Env, envid: int, info: int) -> int:
     """Write envid's {id, parent, status, pages, name} at info (exo/abi.py ENV_INFO_SIZE)."""
-    # LAB 1 BEGIN env_info: resolve envid (0: self, or a child), check info and write the record
+    # LAB 1 BEGIN env_info.impl: resolve envid (0: self, or a child), check info and write the record
     # Who may be named: the caller or one of its children (Kernel.env_for raises ESRCH or
     # EPERM), as for every call that names an environment; siblings stay invisible.
     target = k.env_for(env, envid)
@@ -330,7 +330,7 @@ def _hc_env_info(k: Exokernel, env: Env, envid: int, info: int) -> int:
     env.space.write(info, record)
     return 0
     # LAB 1 STUB
-    # raise HypercallError(Errno.ENOSYS, "LAB 1 (env_info): not implemented -- exo/hypercalls.py")
+    # raise HypercallError(Errno.ENOSYS, "LAB 1 (env_info.impl): not implemented -- exo/hypercalls.py")
     # LAB 1 END
 
 
@@ -570,9 +570,12 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               (E.ENODEV, E.EINVAL),
               "Block until a frame has been written into the caller's ring since the last net_wait returned "
               "(at once if one was) or time_now reaches deadline (0: none).", _hc_net_wait),
+    # LAB 1 BEGIN env_info.entry: add hypercall 31, env_info(envid, info), to the table; then run python -m exo gen
     Hypercall(31, "env_info", ("envid", "info"), "0", (E.ESRCH, E.EPERM, E.EFAULT),
               "Write {u64 id, u64 parent (0: none), u64 status, u64 pages mapped, char name[32]} of envid "
               "(0: self, or a child) at info (ENV_INFO_SIZE bytes).", _hc_env_info),
+    # LAB 1 STUB
+    # LAB 1 END
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}
