@@ -49,26 +49,27 @@ upcase_keep:
     jnz upcase_next
     ret
 
-; say(rdi = text, esi = length): write the text and a newline; keeps rbx (callee-saved, SysV ABI).
+; say(rdi = text, esi = length): write the text and a newline; rax = the bytes written.
+; Keeps rbx, which the SysV ABI makes callee-saved (its callers may keep a value there).
 say:
-; LAB 1 BEGIN fault.say: write the text and then a newline, keeping rbx as the SysV ABI requires
+; LAB 1 BEGIN fault.say: write the text and then a newline, return the bytes written, keep rbx as the SysV ABI requires
     push rbx
-    mov rbx, rsi
-    mov rsi, rbx
     call HC_CONSOLE_WRITE
+    mov rbx, rax                ; the text's count: the next hypercall clobbers rax
     lea rdi, [rip + newline]
     mov esi, 0x1
     call HC_CONSOLE_WRITE
+    add rax, rbx
     pop rbx
     ret
 ; LAB 1 STUB
 ;     push rbx
-;     mov rbx, rsi
-;     mov rsi, rbx
 ;     call HC_CONSOLE_WRITE
+;     mov rbx, rax                ; the text's count: the next hypercall clobbers rax
 ;     lea rdi, [rip + newline]
 ;     mov esi, 0x1
 ;     call HC_CONSOLE_WRITE
+;     add rax, rbx
 ;     ret
 ; LAB 1 END
 
