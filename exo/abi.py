@@ -142,6 +142,9 @@ DISK_INFO_SIZE = 32
 
 # struct ipc_info { u64 from; u64 value; u64 perm; }  written by ipc_recv (perm 0: no page)
 IPC_INFO_SIZE = 24
+# struct env_info { u64 id; u64 parent; u64 status; u64 pages; char name[32]; }  written by env_info
+# (parent 0: none; status: EnvStatus; pages: mapped in its address space; name NUL-padded, at most 31 bytes)
+ENV_INFO_SIZE = 64
 
 # struct mmu_req { u32 op; u32 envid; u64 va; u64 frame; u64 perm; }  (32 bytes)
 MMU_REQ_SIZE = 32

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    ENV_INFO_SIZE,
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
     PAGE_SIZE,
@@ -140,6 +141,7 @@ def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
     page is mapped, so that ipc_try_send refuses at once rather than leave a
     message that ipc_recv could never take.
     """
+    # LAB 2 BEGIN share: refuse (EPERM) sharing an exokernel frame, exceeding its maximum right, or adding W or X to the source mapping
     if k.frames.owner[frame] == EXO:
         raise HypercallError(Errno.EPERM, "exokernel frames cannot be shared")
     check_max_right(k.frames, frame, pte)
@@ -147,6 +149,8 @@ def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
         raise HypercallError(Errno.EPERM, "cannot grant write access to a read-only page")
     if not pte & PTE_NX and src_pte & PTE_NX:
         raise HypercallError(Errno.EPERM, "cannot grant execute access to a non-executable page")
+    # LAB 2 STUB
+    # LAB 2 END
 
 
 def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
@@ -199,6 +203,7 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
         try:
             target = k.env_for(env, envid)
             check_user_va(va)
+            # LAB 2 BEGIN mmu_owner: MAP only a frame the caller or the target owns; PROTECT may add W or X only to such a frame (EPERM)
             if op == MmuOp.MAP:
                 pte = perm_to_pte(perm)
                 if not k.frames.valid(frame) or owner[frame] not in (env.id, target.id):
@@ -216,6 +221,18 @@ def _hc_mmu_update(k: Exokernel, env: Env, reqs: int, count: int, done_ptr: int)
                 if adds and owner[found[0]] not in (env.id, target.id):
                     raise HypercallError(Errno.EPERM, "cannot add rights to a page you do not own")
                 target.space.protect(va, pte)
+            # LAB 2 STUB
+            # if op == MmuOp.MAP:
+            #     if not k.frames.valid(frame):
+            #         raise HypercallError(Errno.EINVAL, f"no frame {frame:#x}")
+            #     target.space.map(va, frame, perm_to_pte(perm))
+            # elif op == MmuOp.UNMAP:
+            #     target.space.unmap(va)
+            # elif op == MmuOp.PROTECT:
+            #     if target.space.lookup(va) is None:
+            #         raise HypercallError(Errno.EINVAL, f"nothing is mapped at {va:#x}")
+            #     target.space.protect(va, perm_to_pte(perm))
+            # LAB 2 END
             else:
                 raise HypercallError(Errno.EINVAL, f"unknown mmu op {op}")
         except HypercallError as e:
@@ -297,6 +314,27 @@ def _hc_env_id(k: Exokernel, env: Env) -> int:
 
 def _hc_time_now(k: Exokernel, env: Env) -> int:
     return k.machine.clock.now_ns()
+
+
+_ENV_INFO = struct.Struct("<QQQQ32s")
+assert _ENV_INFO.size == ENV_INFO_SIZE
+
+
+def _hc_env_info(k: Exokernel, env: Env, envid: int, info: int) -> int:
+    """Write envid's {id, parent, status, pages, name} at info (exo/abi.py ENV_INFO_SIZE)."""
+    # LAB 1 BEGIN env_info.impl: resolve envid (0: self, or a child), check info and write the record
+    # Who may be named: the caller or one of its children (Kernel.env_for raises ESRCH or
+    # EPERM), as for every call that names an environment; siblings stay invisible.
+    target = k.env_for(env, envid)
+    name = target.name.encode()[:31]  # always NUL-terminated for a C guest
+    record = _ENV_INFO.pack(target.id, target.parent or 0, int(target.status), target.space.pages, name)
+    # space.write checks the whole buffer against the caller's page tables (EFAULT) before
+    # storing a byte: the exokernel never writes where the guest itself could not.
+    env.space.write(info, record)
+    return 0
+    # LAB 1 STUB
+    # raise HypercallError(Errno.ENOSYS, "LAB 1 (env_info.impl): not implemented -- exo/hypercalls.py")
+    # LAB 1 END
 
 
 def _hc_env_set_timer(k: Exokernel, env: Env, envid: int, entry: int) -> int:
@@ -535,6 +573,12 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               (E.ENODEV, E.EINVAL),
               "Block until a frame has been written into the caller's ring since the last net_wait returned "
               "(at once if one was) or time_now reaches deadline (0: none).", _hc_net_wait),
+    # LAB 1 BEGIN env_info.entry: add hypercall 31, env_info(envid, info), to the table; then run python -m exo gen
+    Hypercall(31, "env_info", ("envid", "info"), "0", (E.ESRCH, E.EPERM, E.EFAULT),
+              "Write {u64 id, u64 parent (0: none), u64 status, u64 pages mapped, char name[32]} of envid "
+              "(0: self, or a child) at info (ENV_INFO_SIZE bytes).", _hc_env_info),
+    # LAB 1 STUB
+    # LAB 1 END
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

@@ -39,10 +39,13 @@ EXO_REGION = (HYPERCALL_PAGE, EXO_REGION_END)
 
 def perm_to_pte(perm: int) -> int:
     """Guest permission bits (exo/abi.py) to x86 PTE bits; raises EINVAL on bad combinations."""
+    # LAB 2 BEGIN perm: refuse (EINVAL) permission bits that are unknown, lack PERM_R, or ask for W and X together
     if perm & ~PERM_VALID or not perm & PERM_R:
         raise HypercallError(Errno.EINVAL, f"bad permission bits {perm:#x}")
     if perm & PERM_W and perm & PERM_X:
         raise HypercallError(Errno.EINVAL, "W^X: a page cannot be writable and executable")
+    # LAB 2 STUB
+    # LAB 2 END
     pte = PTE_P | PTE_U | (perm & PERM_AVAIL)
     if perm & PERM_W:
         pte |= PTE_W
@@ -68,6 +71,7 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
     guest address can name: a guest that could map a page there would write its
     own segment descriptors and call gates.
     """
+    # LAB 2 BEGIN user_va: refuse a page address that is unaligned or outside the user half (EINVAL), or in the low 64 KiB, the UVPT window or (unless exo) the exokernel's region (EPERM)
     if va & (PAGE_SIZE - 1) or not 0 <= va < USER_TOP:
         raise HypercallError(Errno.EINVAL, f"bad page address {va:#x}")
     if va < USER_BOTTOM:
@@ -76,6 +80,8 @@ def check_user_va(va: int, *, exo: bool = False) -> None:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the read-only page-table window")
     if not exo and EXO_REGION[0] <= va < EXO_REGION[1]:
         raise HypercallError(Errno.EPERM, f"{va:#x} is in the exokernel-managed region")
+    # LAB 2 STUB
+    # LAB 2 END
 
 
 def pte_rights(pte: int) -> int:
@@ -85,9 +91,12 @@ def pte_rights(pte: int) -> int:
 
 def check_max_right(ft: FrameTable, frame: int, pte: int) -> None:
     """EPERM if a mapping with ``pte`` would give more than ``frame``'s maximum right (exo/frames.py)."""
+    # LAB 2 BEGIN max_right: refuse (EPERM) a mapping whose rights exceed the frame's maximum right (ft.max_right)
     rights = pte_rights(pte)
     if rights & ~ft.max_right[frame]:
         raise HypercallError(Errno.EPERM, over_max_right(ft, frame, rights))
+    # LAB 2 STUB
+    # LAB 2 END
 
 
 def _count_wx(ft: FrameTable, frame: int, pte: int, delta: int) -> None:
@@ -102,12 +111,15 @@ def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
 
     ``replaced`` is the entry this mapping replaces for the same frame (0 if none).
     """
+    # LAB 2 BEGIN wx: refuse (EPERM) a writable mapping of a frame mapped executable elsewhere, and the reverse (ft.wmaps, ft.xmaps)
     w_elsewhere = ft.wmaps[frame] - (1 if replaced & PTE_W else 0)
     x_elsewhere = ft.xmaps[frame] - (1 if replaced and not replaced & PTE_NX else 0)
     if pte & PTE_W and x_elsewhere > 0:
         raise HypercallError(Errno.EPERM, f"W^X: frame {frame:#x} is mapped executable elsewhere")
     if not pte & PTE_NX and w_elsewhere > 0:
         raise HypercallError(Errno.EPERM, f"W^X: frame {frame:#x} is mapped writable elsewhere")
+    # LAB 2 STUB
+    # LAB 2 END
 
 
 TLB_ENTRIES = 1024  # translations the exokernel keeps per address space (emptied when full)
@@ -280,8 +292,11 @@ class AddressSpace:
                 if len(tlb) >= TLB_ENTRIES:
                     tlb.clear()
                 e = tlb[page] = (t.pa - (va & (PAGE_SIZE - 1)), t.user, t.writable)
+            # LAB 2 BEGIN user_mem: refuse (EFAULT) a page the guest itself could not access: supervisor-only, or read-only when the exokernel writes
             if not e[1] or (write and not e[2]):
                 raise HypercallError(Errno.EFAULT, f"bad user address {va:#x}")
+            # LAB 2 STUB
+            # LAB 2 END
             off = va & (PAGE_SIZE - 1)
             n = min(length, PAGE_SIZE - off)
             out.append((e[0] + off, n))

@@ -21,9 +21,11 @@ class Lab:
 
 LABS: tuple[Lab, ...] = (
     Lab(1, "Guests and hypercalls", "docs/labs/lab1.md", "exo/labs/tests/lab1",
-        "write guests in assembly and C, read fault reports, add a hypercall through the ABI table"),
+        "guests in assembly (wc) and C on raw hypercalls, a guest fixed from its fault reports, and the "
+        "env_info hypercall of the ABI table"),
     Lab(2, "Protection", "docs/labs/lab2.md", "exo/labs/tests/lab2",
-        "the exokernel's checks on page mappings and hypercall arguments, against attack guests"),
+        "the exokernel's checks on page addresses, permissions, W^X, maximum rights, frame ownership and "
+        "user pointers, graded by attack guests next to a witness"),
     Lab(3, "User-level memory", "docs/labs/lab3.md", "exo/labs/tests/lab3",
         "the libOS page-fault upcall handler, demand-zero heap and copy-on-write fork"),
     Lab(4, "Scheduling", "docs/labs/lab4.md", "exo/labs/tests/lab4",

@@ -65,6 +65,8 @@
 #define NR_NET_SEND 0x1d
 #define HC_NET_WAIT 0x1003c0
 #define NR_NET_WAIT 0x1e
+#define HC_ENV_INFO 0x1003e0
+#define NR_ENV_INFO 0x1f
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -125,6 +127,7 @@
 #define UTRAPFRAME_SIZE 0xa8
 #define MMU_REQ_SIZE 0x20
 #define IPC_INFO_SIZE 0x18
+#define ENV_INFO_SIZE 0x40
 #define UPCALL_TIMER 0x100
 #define UPCALL_NET 0x101
 #define UVPT 0x7f0000000000
@@ -213,5 +216,6 @@ static inline long exo_net_attach(long ring, long nslots, long upcall) { return 
 static inline long exo_net_filter(long op, long arg) { return exo_hypercall(28, op, arg, 0, 0, 0); }
 static inline long exo_net_send(long reqs, long count, long done) { return exo_hypercall(29, reqs, count, done, 0, 0); }
 static inline long exo_net_wait(long deadline) { return exo_hypercall(30, deadline, 0, 0, 0, 0); }
+static inline long exo_env_info(long envid, long info) { return exo_hypercall(31, envid, info, 0, 0, 0); }
 
 #endif
