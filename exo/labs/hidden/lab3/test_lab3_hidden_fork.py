@@ -42,7 +42,7 @@ def test_prime_sieve_forks_from_forked_children(boot):
 @pytest.mark.lab(3, points=5)
 def test_eager_fork_gives_the_same_isolation(tmp_path, boot):
     d = tmp_path / "cowiso-eager"
-    shutil.copytree(APPS / "labs" / "cowiso", d)
+    shutil.copytree(APPS / "labs" / "lab3_cowiso", d)
     toml = d / "app.toml"
     toml.write_text(re.sub(r'(?m)^memory = "cow"', 'memory = "eager"', toml.read_text()))
     r = boot(d)

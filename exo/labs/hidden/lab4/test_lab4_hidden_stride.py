@@ -20,7 +20,7 @@ SLICE = 20_000
 @pytest.mark.lab(4, points=10)
 def test_stride_shares_for_other_tickets(tmp_path, boot):
     d = tmp_path / "spinners-50-50-200"
-    shutil.copytree(ROOT / "guest_apps" / "labs" / "spinners", d)
+    shutil.copytree(ROOT / "guest_apps" / "labs" / "lab4_spinners", d)
     src = d / "spinners.s"
     text, n = re.subn(r"(?m)^tickets: dq 100, 200, 300$", "tickets: dq 50, 50, 200", src.read_text())
     assert n == 1

@@ -19,7 +19,7 @@ ROOT = Path(exo.__file__).resolve().parents[1]
 APPS = ROOT / "guest_apps"
 LABS = APPS / "labs"
 FORKTREE = "".join(f"{i}: I am '{bin(i)[3:]}'\n" for i in range(1, 16)).encode()
-HEAP_PAGES = 64  # guest_apps/labs/heapzero and cowiso
+HEAP_PAGES = 64  # guest_apps/labs/lab3_heapzero and lab3_cowiso
 
 
 def envs(r) -> dict[str, list[dict]]:
@@ -65,7 +65,7 @@ def test_cowtest(boot):
 @pytest.mark.lab(3, points=15)
 def test_heap_demand_zero(boot):
     """malloc'd pages read as zero on first touch and keep what is written to them."""
-    r = boot(LABS / "heapzero")
+    r = boot(LABS / "lab3_heapzero")
     no_reports(r)
     expect(r.stdout, rf"^heap: {HEAP_PAGES} pages read as zero$",
            rf"^heap: sum of page indexes {sum(range(HEAP_PAGES))}$")
@@ -76,9 +76,9 @@ def test_heap_demand_zero(boot):
 def test_heap_is_lazy(boot):
     """One fault per heap page touched, the first time only (read then written: one fault), and none
     for the block the guest never touches: the heap is mapped on demand, not at malloc."""
-    r = boot(LABS / "heapzero")
+    r = boot(LABS / "lab3_heapzero")
     no_reports(r)
-    [env] = envs(r)["heapzero"]
+    [env] = envs(r)["lab3_heapzero"]
     assert env["exit"] == 0
     assert env["transitions"]["upcall"] == HEAP_PAGES, env["transitions"]
     assert env["transitions"]["trap"] == HEAP_PAGES, env["transitions"]
@@ -91,7 +91,7 @@ def test_heap_is_lazy(boot):
 def test_cow_child_sees_fork_time(boot):
     """The child sees every .bss and heap page as it was at fork, not the parent's later write,
     and keeps its own writes."""
-    r = boot(LABS / "cowiso")
+    r = boot(LABS / "lab3_cowiso")
     no_reports(r)
     expect(r.stdout, r"^child: sees the values of fork time$", r"^child: own writes kept$")
 
@@ -99,11 +99,11 @@ def test_cow_child_sees_fork_time(boot):
 @pytest.mark.lab(3, points=10)
 def test_cow_parent_private(boot):
     """None of the child's writes reaches the parent, and the parent's own write after fork stays."""
-    r = boot(LABS / "cowiso")
+    r = boot(LABS / "lab3_cowiso")
     no_reports(r)
     expect(r.stdout, r"^child: own writes kept$", r"^parent: private$")
     assert r.exit_status == 0
-    assert [e["exit"] for e in envs(r)["cowiso"]] == [0, 0]
+    assert [e["exit"] for e in envs(r)["lab3_cowiso"]] == [0, 0]
 
 
 @pytest.mark.lab(3, points=10)
@@ -111,10 +111,10 @@ def test_cow_is_lazy(boot):
     """fork copies no page: the child takes a copy-on-write fault for each page it writes (three,
     plus its stack), the parent for the one it writes, and no fresh frame is spent on the 64 heap
     pages nobody writes after fork (an eager copy spends 64 more)."""
-    r = boot(LABS / "cowiso")
+    r = boot(LABS / "lab3_cowiso")
     no_reports(r)
     expect(r.stdout, r"^parent: private$")
-    parent, child = envs(r)["cowiso"]
+    parent, child = envs(r)["lab3_cowiso"]
     assert 3 <= child["transitions"]["upcall"] <= 6, child["transitions"]
     # the parent: one demand-zero fault per heap page before fork, then its own copy-on-write faults
     assert HEAP_PAGES + 1 <= parent["transitions"]["upcall"] <= HEAP_PAGES + 4, parent["transitions"]
@@ -125,10 +125,10 @@ def test_cow_is_lazy(boot):
 def stopped_beside_witness(boot, app: str):
     """Boot ``app`` with the witness: ``app`` must be stopped by one fault report, the witness must
     finish. Returns the report."""
-    r = boot(LABS / app, LABS / "witness")
+    r = boot(LABS / app, LABS / "lab3_witness")
     expect(r.stdout, r"^witness: still running$")
     e = envs(r)
-    assert e["witness"][0]["exit"] == 0, e["witness"]
+    assert e["lab3_witness"][0]["exit"] == 0, e["lab3_witness"]
     assert len(r.reports) == 1, [x.render() for x in r.reports]
     [report] = r.reports
     assert report.env_name == app, report.render()
@@ -140,7 +140,7 @@ def stopped_beside_witness(boot, app: str):
 def test_rodata_write_is_reported(boot):
     """A write to read-only .rodata is not the handler's to fix: the exokernel stops the guest with the
     standard page-fault report at the faulting instruction, registers intact; the witness runs on."""
-    report = stopped_beside_witness(boot, "badwrite")
+    report = stopped_beside_witness(boot, "lab3_badwrite")
     assert report.kind == "page fault (#PF)", report.render()
     assert report.symbol == "ro_write", report.render()
     assert report.error == "user write of a protected page", report.render()
@@ -151,7 +151,7 @@ def test_rodata_write_is_reported(boot):
 @pytest.mark.lab(3, points=10)
 def test_beyond_break_is_reported(boot):
     """Demand-zero stops at the break: a read above it is stopped with the standard report."""
-    report = stopped_beside_witness(boot, "beyondbrk")
+    report = stopped_beside_witness(boot, "lab3_beyondbrk")
     assert report.kind == "page fault (#PF)", report.render()
     assert report.symbol == "beyond", report.render()
     assert report.error == "user read of a not-present page", report.render()

@@ -59,7 +59,7 @@ def numbers(r, pattern: str) -> list[int]:
 @pytest.mark.lab(4, points=10)
 def test_pingpong_takes_turns(boot):
     """Two threads yield to each other (no preemption): strict turns, and join returns their statuses."""
-    r = boot(LABS / "pingpong")
+    r = boot(LABS / "lab4_pingpong")
     clean(r)
     assert r.stdout.decode() == ("main: created 1 2\n" + "".join(f"ping {i}\npong {i}\n" for i in range(3))
                                  + "main: joined 3 4\n")
@@ -69,7 +69,7 @@ def test_pingpong_takes_turns(boot):
 def test_switch_keeps_registers(boot):
     """A thread starts with its argument and a SysV-aligned stack; across switches it keeps rbx, rbp,
     r12-r15 and xmm0-xmm1 (its FPU/SSE state), and so does main across the joins."""
-    r = boot(LABS / "uregs")
+    r = boot(LABS / "lab4_uregs")
     clean(r)
     expect(r.stdout, r"^uregs: thread 1 -> 0$", r"^uregs: thread 2 -> 0$", r"^uregs: main kept its registers$")
 
@@ -88,7 +88,7 @@ def test_threads_round_robin(boot):
 def test_preemption_shares_equally_under_rr(tmp_path, boot):
     """Three threads that never yield: only the timer upcall switches them, and rr gives each a third
     (within one slice of CPU time: two instructions per count)."""
-    r = boot(with_policy(tmp_path, LABS / "spinners", "rr"), slice=SLICE)
+    r = boot(with_policy(tmp_path, LABS / "lab4_spinners", "rr"), slice=SLICE)
     clean(r)
     counts = numbers(r, r"counts (\d+) (\d+) (\d+)")
     ideal = sum(counts) / 3
@@ -108,7 +108,7 @@ def test_threads_stride_order(tmp_path, boot):
 @pytest.mark.lab(4, points=20)
 def test_stride_shares_follow_tickets(boot):
     """Tickets 100, 200, 300: CPU shares 1/6, 2/6, 3/6, each within one slice of its ideal over 600 slices."""
-    r = boot(LABS / "spinners", slice=SLICE)
+    r = boot(LABS / "lab4_spinners", slice=SLICE)
     clean(r)
     counts = numbers(r, r"counts (\d+) (\d+) (\d+)")
     total = sum(counts)
@@ -121,7 +121,7 @@ def test_stride_shares_follow_tickets(boot):
 def test_stride_no_credit_for_sleeping(boot):
     """B sleeps 4 ms beside A (same tickets), then both count: from B's wake-up on they share equally
     (within two slices), B does not run alone to make up for its sleep."""
-    r = boot(LABS / "wakeshare", slice=SLICE)
+    r = boot(LABS / "lab4_wakeshare", slice=SLICE)
     clean(r)
     at_wake, a, b = numbers(r, r"wakeshare: a_at_wake (\d+) a (\d+) b (\d+)")
     assert abs(at_wake * 2 - 4_000_000) <= 2 * SLICE, at_wake  # A ran alone while B slept
@@ -132,7 +132,7 @@ def test_stride_no_credit_for_sleeping(boot):
 def test_stride_wakeup_latency(boot):
     """An interactive thread beside three hogs (equal tickets): stride runs it within two slices of its
     wake-up (rr makes it wait behind all three hogs, about three)."""
-    r = boot(LABS / "latency")
+    r = boot(LABS / "lab4_latency")
     clean(r)
     total, worst = numbers(r, r"latency: total (\d+) worst (\d+)")
     assert worst <= 2 * DEFAULT_SLICE, worst
