@@ -261,6 +261,7 @@ class Memory(LibModule):
     # ------------------------------------------------------------ faults
     def _handle(self, va: int, write: bool, present: bool) -> bool:
         """Fix what a user access to ``va`` lacks: a copy-on-write or demand-zero page."""
+        # LAB 3 BEGIN handle: tell a copy-on-write write and a demand-zero heap access from other faults, and fix them
         page = va & ~(PAGE_SIZE - 1)
         if present:
             if not write:
@@ -275,9 +276,11 @@ class Memory(LibModule):
             self.stats["zero_faults"] += 1
             return True
         return False
+        # LAB 3 END
 
     def _break_cow(self, page: int, pte: int) -> bool:
         """JOS pgfault: copy through PFTEMP into a fresh frame, map it writable at ``page``."""
+        # LAB 3 BEGIN cow_copy: copy the page through PFTEMP into a fresh frame and map that frame writable at the page
         tmp = self.pftemp
         if self.hc("page_alloc", 0, tmp, PERM_R | PERM_W) < 0:
             return False
@@ -290,6 +293,7 @@ class Memory(LibModule):
             return False
         self.stats["cow_faults"] += 1
         return True
+        # LAB 3 END
 
     def _pager(self, va: int, write: bool) -> bool:
         """LibPort's pager: a library access found ``va`` not present or (write) read-only."""
@@ -302,6 +306,7 @@ class Memory(LibModule):
     def pgfault_upcall(self, frame: int) -> int:
         """The upcall entry: handle the fault and resume the interrupted context (JOS _pgfault_upcall)."""
         self.stats["upcalls"] += 1
+        # LAB 3 BEGIN pgfault: decode the UTrapframe, fix a #PF the library can serve (else unregister the handler), resume
         f, regs = read_upcall_frame(self.port, frame)
         err = f["error_code"]
         try:
@@ -309,21 +314,28 @@ class Memory(LibModule):
                        and self._handle(f["fault_va"], bool(err & _PF_W), bool(err & _PF_P)))
         except self.port.Fault:
             handled = False
-        rip = f["rip"]
         if not handled:
             # Not ours: with no handler registered the fault happens again, and the
             # exokernel reports it and stops the environment as it would without us.
             # (The stack stays registered: timer upcalls, libos/sched.py, use it too.)
             self.stats["unhandled"] += 1
             self.hc("env_set_upcall", 0, 0, self.uxstack_top)
-            if f["vector"] == _VEC_BP:  # a trap: the frame holds the next instruction
-                if self._code_at(rip - 1, 1) == b"\xcc":
-                    rip -= 1
-                elif self._code_at(rip - 2, 2) == b"\xcd\x03":
-                    rip -= 2
-        regs["rip"] = rip
+        regs["rip"] = self._restart_rip(f)
         self.port.resume(regs)
+        # LAB 3 END
         return 0
+
+    def _restart_rip(self, f: dict[str, int]) -> int:
+        """Where the interrupted context resumes: the faulting instruction, which runs again. A
+        breakpoint is a trap (SDM Vol. 3A 6.5): its frame holds the next instruction, so step back
+        over the int3 (or int 3) to have it trap again with no handler."""
+        rip = f["rip"]
+        if f["vector"] == _VEC_BP:
+            if self._code_at(rip - 1, 1) == b"\xcc":
+                return rip - 1
+            if self._code_at(rip - 2, 2) == b"\xcd\x03":
+                return rip - 2
+        return rip
 
     def _code_at(self, va: int, n: int) -> bytes:
         try:
@@ -426,6 +438,7 @@ class Memory(LibModule):
         return clone
 
     def _fork(self) -> int:
+        # LAB 3 BEGIN fork: create the child, give it the address space, an exception stack, the upcall and an entry; start it
         self._child = None
         child = self.hc("env_create")
         if child < 0:
@@ -449,11 +462,13 @@ class Memory(LibModule):
             return rc
         self.stats["forks"] += 1
         return child
+        # LAB 3 END
 
     def _copy_address_space(self, child: int, clone: Memory | None) -> int:
         """Give ``child`` every page fork passes on; 0 or a negative errno."""
         reqs: list[tuple[int, int, int, int, int]] = []
         inherited: dict[int, int] = {}
+        # LAB 3 BEGIN walk: pass on each user page: writable and copy-on-write ones private (_private), the others shared (_share)
         for va, pte in self.user_pages():
             frame = (pte & _ADDR_MASK) >> 12
             perm = pte_perm(pte)
@@ -463,6 +478,7 @@ class Memory(LibModule):
                 rc = self._share(child, va, frame, perm, reqs, inherited)
             if rc < 0:
                 return rc
+        # LAB 3 END
         rc = self._apply(reqs, inherited)
         if clone is not None:
             clone.inherited = inherited
@@ -479,11 +495,13 @@ class Memory(LibModule):
 
     def _private(self, child, va, frame, perm, reqs, inherited) -> int:
         """A page each side must see its own copy of: copy-on-write in both."""
+        # LAB 3 BEGIN duppage: map the page copy-on-write into the child, then make the parent's copy-on-write too
         cow = (perm & ~PERM_W) | PERM_COW
         rc = self._share(child, va, frame, cow, reqs, inherited)
         if rc >= 0 and perm & PERM_W:
             reqs.append((MmuOp.PROTECT, 0, va, 0, cow))
         return rc
+        # LAB 3 END
 
     def _apply(self, reqs, inherited) -> int:
         """Run the batch; a MAP refused for ownership is redone with page_map, then the rest."""

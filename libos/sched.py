@@ -271,6 +271,7 @@ class Scheduler(LibModule):
 
     def _stop_current(self, now: int, state: str, ctx: dict[str, int] | None, preempted: bool = False) -> Thread:
         """The running thread stops running: save its context, charge it, give it ``state``."""
+        # LAB 4 BEGIN save: charge the running thread for its time and save its context (registers and FPU state)
         t = self.cur
         assert t is not None
         used = max(0, now - t.dispatched)
@@ -283,6 +284,7 @@ class Scheduler(LibModule):
         if state == RUNNABLE:
             self._add(t)
         return t
+        # LAB 4 END
 
     def _make_runnable(self, t: Thread) -> None:
         t.state = RUNNABLE
@@ -309,6 +311,7 @@ class Scheduler(LibModule):
                 # Block for good: the exokernel reports the environment as blocked forever.
                 self.hc("sched_op", SchedOp.BLOCK, 0)
             return
+        # LAB 4 BEGIN switch: make the picked thread the running one and load its saved context (FPU state too)
         if t is not prev:
             self.switches += 1
         t.state = RUNNING
@@ -319,6 +322,7 @@ class Scheduler(LibModule):
         if fpu is not None and t is not prev:  # (the same thread again: its state is still live)
             self.port.fpu_restore(fpu)
         self.port.resume(ctx)
+        # LAB 4 END
 
     def _run_idle(self) -> None:
         if not self.idle_ready:
@@ -378,6 +382,7 @@ class Scheduler(LibModule):
         tickets = tickets or DEFAULT_TICKETS
         if tickets > MAX_TICKETS:
             return -Errno.EINVAL
+        # LAB 4 BEGIN create: give the new thread a stack and a first context that enters fn(arg) and returns to thread_return
         slot = self._stack_for()
         if slot is None:
             return -Errno.ENOMEM
@@ -392,6 +397,7 @@ class Scheduler(LibModule):
         self._woken(t)
         self._add(t)
         return t.tid
+        # LAB 4 END
 
     def thread_yield(self) -> int:
         if self.cur is None:
@@ -495,6 +501,7 @@ class Scheduler(LibModule):
         return 0
 
     def timer_upcall(self, frame: int) -> int:
+        # LAB 4 BEGIN preempt: on the timer upcall, put the preempted thread back as runnable and dispatch the next one
         f, ctx = read_upcall_frame(self.port, frame)
         if f["vector"] != UPCALL_TIMER:
             return -Errno.EINVAL
@@ -509,6 +516,7 @@ class Scheduler(LibModule):
             self._stop_current(now, RUNNABLE, ctx, preempted=True)
         self._dispatch(now)
         return 0
+        # LAB 4 END
 
     def idle(self) -> int:
         """Called by the idle loop after each spin: run a thread that woke, or wait for events
@@ -597,6 +605,7 @@ class Stride(Scheduler):
     def _add(self, t: Thread) -> None:
         self.ready.append(t)
 
+    # LAB 4 BEGIN stride: stride scheduling: charge pass by stride * ns used, run the smallest pass, no credit for sleeping
     def _woken(self, t: Thread) -> None:
         t.pass_ = max(t.pass_, self.global_pass)  # no credit for time spent not runnable
 
@@ -610,6 +619,19 @@ class Stride(Scheduler):
         self.ready.remove(t)
         self.global_pass = t.pass_
         return t
+    # LAB 4 STUB
+    # def _woken(self, t: Thread) -> None:
+    #     """t was sleeping or blocked (or is new) and is about to be added: what may its pass be?"""
+    #     raise NotImplementedError("LAB 4 (stride): a woken thread's pass -- libos/sched.py Stride._woken")
+    #
+    # def _charge(self, t: Thread, used: int, preempted: bool) -> None:
+    #     """t ran for ``used`` ns: advance its pass."""
+    #     raise NotImplementedError("LAB 4 (stride): charge the pass -- libos/sched.py Stride._charge")
+    #
+    # def _pick(self, now: int) -> Thread | None:
+    #     """Remove and return the runnable thread with the smallest pass (ties: lowest tid)."""
+    #     raise NotImplementedError("LAB 4 (stride): pick the smallest pass -- libos/sched.py Stride._pick")
+    # LAB 4 END
 
 
 class Mlfq(Scheduler):

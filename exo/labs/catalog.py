@@ -27,9 +27,9 @@ LABS: tuple[Lab, ...] = (
         "the exokernel's checks on page addresses, permissions, W^X, maximum rights, frame ownership and "
         "user pointers, graded by attack guests next to a witness"),
     Lab(3, "User-level memory", "docs/labs/lab3.md", "exo/labs/tests/lab3",
-        "the libOS page-fault upcall handler, demand-zero heap and copy-on-write fork"),
+        "the libOS page-fault upcall handler, a demand-zero heap and copy-on-write fork (libos/memory.py)"),
     Lab(4, "Scheduling", "docs/labs/lab4.md", "exo/labs/tests/lab4",
-        "user-level thread switch and a proportional-share policy on timer upcalls"),
+        "user-level thread creation and switch, preemption on the timer upcall, stride scheduling (libos/sched.py)"),
     Lab(5, "File system", "docs/labs/lab5.md", "exo/labs/tests/lab5",
         "ext2 block and inode allocation, directory insert and remove"),
     Lab(6, "Network", "docs/labs/lab6.md", "exo/labs/tests/lab6",
