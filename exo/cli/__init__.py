@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mkfs": ("exo.cli.mkfs", "make an ext2 disk image in pure Python (no e2fsprogs needed)"),
     "fuzz": ("exo.cli.fuzz", "fuzz the hypercall ABI with several apps, checking invariants (docs/security.md)"),
     "gen": ("exo.cli.gen", "regenerate docs/abi.md and guest_apps/include/exo.{inc,h} from the ABI table"),
+    "lab": ("exo.labs.cmd_lab", "the coursework labs: list them, write a student tree (docs/labs/)"),
+    "grade": ("exo.labs.cmd_grade", "grade this tree for lab N: its graded tests, a table and the score "
+              "(docs/labs/grading.md)"),
 }
 
 
@@ -84,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("exo: interrupted\n")
         return 130
+    except Exception as e:  # a lab's stub reached in the exokernel (docs/labs/): say which, not a traceback
+        from exo.labs.stubs import EXIT_STUB, explain
+
+        line = explain(e)
+        if line is None:
+            raise
+        sys.stderr.write(line + "\n")
+        return EXIT_STUB
 
 
 # Commands after which nothing is left to do at exit: every file they wrote is closed and every

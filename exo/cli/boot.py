@@ -135,7 +135,14 @@ def _locate(kernel, env) -> str:
 
 
 def _print_report(report) -> None:
-    sys.stderr.write(report.render() + "\n")
+    text = report.render()
+    sys.stderr.write(text + "\n")
+    if "LAB " in text:  # a lab's stub reached in the library OS: where to work (docs/labs/)
+        from exo.labs.stubs import explain_text
+
+        line = explain_text(text)
+        if line:
+            sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 

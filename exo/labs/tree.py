@@ -181,6 +181,27 @@ def _cases(decorators: list[ast.expr]) -> int:
     return n
 
 
+def _param_marks(decorators: list[ast.expr], rel: str, lab: int) -> list[int | None] | None:
+    """The points of each case of a literal parametrize list whose cases carry their own lab
+    markers (``pytest.param(..., marks=pytest.mark.lab(N, points=P))``; None for an unmarked
+    case), or None if no case does."""
+    for d in decorators:
+        if not (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "parametrize"
+                and len(d.args) >= 2 and isinstance(d.args[1], (ast.List, ast.Tuple))):
+            continue
+        cases: list[int | None] = []
+        for e in d.args[1].elts:
+            marks = next((k.value for k in getattr(e, "keywords", []) if k.arg == "marks"), None)
+            if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "param" and marks:
+                elts = marks.elts if isinstance(marks, (ast.List, ast.Tuple)) else [marks]
+                cases.append(_marks(elts, rel, lab))
+            else:
+                cases.append(None)
+        if any(c is not None for c in cases):
+            return cases
+    return None
+
+
 def _marker_points(call: ast.Call, where: str, lab: int) -> int:
     try:
         n = ast.literal_eval(call.args[0]) if call.args else None
@@ -219,6 +240,12 @@ def _count(body: list[ast.stmt], inherited: int | None, rel: str, lab: int, out:
             p = _marks(node.decorator_list, rel, lab)
             if p is None:
                 p = inherited
+            cases = _param_marks(node.decorator_list, rel, lab)
+            if cases is not None:  # pytest.param(..., marks=pytest.mark.lab(N, points=P)) per case
+                graded = [c if c is not None else p for c in cases]
+                out.total += sum(c for c in graded if c is not None)
+                out.tests += sum(c is not None for c in graded)
+                continue
             if p is None:
                 continue  # not a graded test (a check of the lab's own)
             k = _cases(node.decorator_list)
