@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if path:
         config.pluginmanager.register(_Reporter(Path(path), config.getoption("--exo-wall-timeout")),
                                       "exo-grade-reporter")
+
+
+def need_tool(available: bool, why: str) -> None:
+    """A graded test that needs an outside tool (gcc, e2fsck): skipped, and so worth 0 points,
+    where the tool is missing; a failure where EXO_REQUIRE_TOOLS=1 (CI), which must not skip."""
+    if not available:
+        if os.environ.get("EXO_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"EXO_REQUIRE_TOOLS=1 but {why}", pytrace=False)
+        pytest.skip(why)
 
 
 def expect(output: bytes | str, *patterns: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exo.labs.plugin import expect
+from exo.labs.plugin import expect, need_tool
 
 WC = "guest_apps/labs/lab1_wc"
 ENVINFO = "guest_apps/labs/lab1_envinfo"
@@ -145,8 +145,8 @@ def test_env_info_describes_a_child(boot):
 # ------------------------------------------------------------------- the C guest
 def build_c(tmp_path: Path) -> Path:
     """Build lab1_envinfo_c from the tree's source with the shared recipe, in a copy of the app."""
-    if shutil.which("gcc") is None or shutil.which("make") is None:
-        pytest.fail("gcc and make are needed to build the C guest", pytrace=False)
+    need_tool(shutil.which("gcc") is not None and shutil.which("make") is not None,
+              "gcc and make are needed to build the C guest")
     app = tmp_path / "lab1_envinfo_c"
     shutil.copytree(ENVINFO_C, app, ignore=shutil.ignore_patterns("envinfo"))
     mk = Path("guest_apps/include/guest.mk").resolve()
