@@ -5,7 +5,9 @@ stop-and-wait echo of guest_apps/labs/stopwait, server and client. Both run the 
 the tests also read the frames that crossed the wire (``pcap``) with a parser of their own: a stack
 that is wrong in the same way at both ends still gets no points for the wire format. Loss,
 duplication and reordering come from the NIC's seeded fault injection (hw/net/faults.py) under the
-virtual clock, so every run, and every score, is the same each time.
+virtual clock, so every run, and every score, is the same each time. For IPv4 reassembly the grader
+is itself a host on the wire (`Peer`): it puts hand-made frames (an ARP request, fragments) on the
+switch and reads the answers from the capture.
 
 Extra credit (not part of the 100): TCP's retransmission timeout, graded by the TCP echo over a lossy
 wire (the test marked ``extra=True``; its points count on top of the lab's 100).
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from exo.api import System
 from exo.labs.plugin import expect
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -111,8 +114,70 @@ def no_faults(r) -> None:
                     + f"\nconsole:\n{r.stdout.decode(errors='replace')}", pytrace=False)
 
 
+class Peer:
+    """The grader as a host on the switch (10.0.2.99): frames it builds itself go on the wire, and
+    what the guest sends back is read from the capture. The guest is udp_echo (app 0, 10.0.2.15)."""
+
+    MAC, IP = bytes.fromhex("02000000aa01"), bytes([10, 0, 2, 99])
+    PORT = 5555
+
+    def __init__(self, tmp_path: Path, datagrams: int) -> None:
+        self.pcap = tmp_path / "wire.pcap"
+        self.system = System([with_args(ROOT / "guest_apps" / "udp_echo", tmp_path, "server", str(datagrams))],
+                             net="switch", pcap=str(self.pcap))
+
+    def _eth(self, dst: bytes, ethertype: int, payload: bytes) -> bytes:
+        return dst + self.MAC + struct.pack("!H", ethertype) + payload
+
+    def arp_request(self) -> bytes:
+        """Who has 10.0.2.15? Tell 10.0.2.99: the server answers, and learns us (RFC 826)."""
+        return self._eth(BROADCAST, 0x0806, struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, self.MAC, self.IP,
+                                                        bytes(6), SERVER))
+
+    def udp(self, data: bytes) -> bytes:
+        """A UDP datagram (header and data) to port 7, with its checksum."""
+        seg = struct.pack("!HHHH", self.PORT, 7, 8 + len(data), 0) + data
+        pseudo = self.IP + SERVER + struct.pack("!BBH", 0, 17, len(seg))
+        return seg[:6] + struct.pack("!H", inet_checksum(pseudo + seg)) + seg[8:]
+
+    def fragment(self, payload: bytes, ident: int, offset: int, more: bool) -> bytes:
+        """One IPv4 fragment of a UDP datagram: PAYLOAD is the piece at byte OFFSET."""
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, (0x2000 if more else 0) | offset // 8,
+                          64, 17, 0, self.IP, SERVER)
+        hdr = hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:]
+        return self._eth(SERVER_MAC, 0x0800, hdr + payload)
+
+    def fragments(self, data: bytes, ident: int, size: int = 512) -> list[bytes]:
+        seg = self.udp(data)
+        return [self.fragment(seg[o:o + size], ident, o, o + size < len(seg)) for o in range(0, len(seg), size)]
+
+    def run(self, frames: list[bytes]) -> list[bytes]:
+        """Boot the server, put FRAMES on the wire, run until it is done (or waits for nothing more);
+        the UDP payloads it sent us, in order (every frame it sent is checked as ipv4_frames does)."""
+        s = self.system
+        try:
+            s.run(BUDGET)
+            for f in frames:
+                s.nic.backend.send(f)
+            r = s.run(BUDGET)
+        finally:
+            s.close()
+        no_faults(r)
+        wire = read_pcap(self.pcap)
+        arps = arp_frames(wire)
+        assert arps and arps[0][1:] == (self.MAC, SERVER_MAC, 2, SERVER_MAC, SERVER, self.MAC, self.IP), \
+            "the server did not answer the grader's ARP request (10.0.2.99 asks who has 10.0.2.15)"
+        out = []
+        for mac, ip, payload in ipv4_frames(wire):
+            assert (mac, ip["src"], ip["dst"], ip["proto"]) == (SERVER_MAC, SERVER, self.IP, 17), ip
+            sport, dport, length, _c = struct.unpack_from("!HHHH", payload)
+            assert (sport, dport, length) == (7, self.PORT, len(payload)), (sport, dport, length)
+            out.append(payload[8:])
+        return out
+
+
 # ---------------------------------------------------------------- the graded tests
-@pytest.mark.lab(6, points=15)
+@pytest.mark.lab(6, points=10)
 def test_arp_request_and_reply(boot, tmp_path):
     """arp-resolve, arp-input, arp-learn: the client asks who has 10.0.2.15 once, the server answers,
     learns the client from the request (so it never asks), and the datagrams then flow."""
@@ -129,7 +194,7 @@ def test_arp_request_and_reply(boot, tmp_path):
     expect(r.stdout, r"^stopwait: 3 datagrams echoed intact, 0 resent")
 
 
-@pytest.mark.lab(6, points=20)
+@pytest.mark.lab(6, points=15)
 def test_udp_echo(boot, tmp_path):
     """ip-output, ip-input, udp-header, udp-input: 20 datagrams of 5 to 1,404 bytes echoed intact."""
     r, _frames = echo(boot, tmp_path, 20)
@@ -178,7 +243,7 @@ def test_port_unreachable(boot, tmp_path):
     assert quoted[12:20] == CLIENT + SERVER and quoted[20:24] == sent[0][:4], "the quoted datagram is not the one sent"
 
 
-@pytest.mark.lab(6, points=25)
+@pytest.mark.lab(6, points=20)
 def test_udp_over_a_lossy_reordering_wire(boot, tmp_path):
     """Everything, under seeded loss, duplication and reordering: 60 datagrams all come back intact
     (the client resends what was lost), and the wire stays well formed."""
@@ -190,7 +255,7 @@ def test_udp_over_a_lossy_reordering_wire(boot, tmp_path):
     ipv4_frames(frames)
 
 
-@pytest.mark.lab(6, points=15)
+@pytest.mark.lab(6, points=10)
 def test_arp_retry_after_a_lost_request(boot, tmp_path):
     """arp-retry: the client's first ARP request is lost (this seed drops it); the stack resends it
     RETRY_NS (1 s) later, the queued datagram leaves when the reply comes, and the echo completes."""
@@ -200,6 +265,37 @@ def test_arp_retry_after_a_lost_request(boot, tmp_path):
     assert requests[0][0] >= 1.0, f"the first ARP request on the wire at {requests[0][0]:.3f} s: not a retry"
     expect(r.stdout, r"^stopwait: 5 datagrams echoed intact")
     assert r.exit_status == 0
+
+
+def pattern(n: int, seed: int) -> bytes:
+    return bytes((i * 13 + seed) & 0xFF for i in range(n))
+
+
+@pytest.mark.lab(6, points=10)
+def test_fragments_reassembled(boot, tmp_path):
+    """reassemble: a 1,200-byte datagram in three fragments, the last first: one echo of the whole."""
+    peer = Peer(tmp_path, 1)
+    data = pattern(1200, 1)
+    first, second, last = peer.fragments(data, ident=77)
+    echoes = peer.run([peer.arp_request(), last, first, second])
+    assert echoes == [data], f"{len(echoes)} echoes; expected one of the reassembled datagram"
+
+
+@pytest.mark.lab(6, points=10)
+def test_duplicate_and_overlapping_fragments(boot, tmp_path):
+    """reassemble: exact duplicate fragments are harmless, and a fragment overlapping data already
+    held (other bytes: a teardrop) is dropped, the first copy winning (RFC 1858, docs/net-stack.md):
+    all three datagrams are echoed once each, intact."""
+    peer = Peer(tmp_path, 3)
+    a, b, c = pattern(1200, 2), pattern(1200, 3), pattern(900, 4)  # three, three and two fragments
+    fa, fb, fc = peer.fragments(a, ident=1), peer.fragments(b, ident=2), peer.fragments(c, ident=3)
+    forged = bytes(x ^ 0xFF for x in peer.udp(b)[256:768])
+    overlap = peer.fragment(forged, 2, 256, True)  # over the end of b's first fragment and its second
+    # (A duplicate that came after its datagram was complete would start a new one: IP does not
+    # remember datagrams, so the duplicates here come before the last fragment.)
+    echoes = peer.run([peer.arp_request(), fa[0], fa[1], fa[0], fb[0], overlap, fb[1], fb[2], fa[1], fa[2], *fc])
+    # b is complete before a (a's last fragment comes after b's): the echoes come in that order.
+    assert echoes == [b, a, c], f"echoes of {[len(e) for e in echoes]} bytes; expected three, intact"
 
 
 @pytest.mark.lab(6, points=10, extra=True)
