@@ -31,9 +31,9 @@ LABS: tuple[Lab, ...] = (
     Lab(4, "Scheduling", "docs/labs/lab4.md", "exo/labs/tests/lab4",
         "user-level thread creation and switch, preemption on the timer upcall, stride scheduling (libos/sched.py)"),
     Lab(5, "File system", "docs/labs/lab5.md", "exo/labs/tests/lab5",
-        "ext2 block and inode allocation, directory insert and remove"),
+        "ext2 block maps, block and inode allocation, directory insert and remove; graded by guests and e2fsck"),
     Lab(6, "Network", "docs/labs/lab6.md", "exo/labs/tests/lab6",
-        "ARP, IPv4 and UDP in the libOS network stack (TCP retransmission for extra credit)"),
+        "ARP, IPv4 and UDP in the libOS network stack over a lossy wire (TCP retransmission for extra credit)"),
 )
 
 BY_N: dict[int, Lab] = {lab.n: lab for lab in LABS}

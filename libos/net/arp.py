@@ -54,6 +54,7 @@ class ArpCache:
 
     def resolve(self, ip: bytes, ethertype: int, payload: bytes, now: int) -> list[bytes]:
         """Frames to send for ``payload`` to next hop ``ip``: the frame, or an ARP request (payload queued)."""
+        # LAB 6 BEGIN arp-resolve: the frame for a resolved next hop, else queue the packet and send the first ARP request
         mac = self.lookup(ip, now)
         if mac is not None:
             return [h.ethernet(mac, self.mac, ethertype, payload)]
@@ -68,8 +69,10 @@ class ArpCache:
             p.tries, p.next_try = 1, now + RETRY_NS
             return [self._request(ip)]
         return []
+        # LAB 6 END
 
     def _learn(self, ip: bytes, mac: bytes, now: int) -> list[bytes]:
+        # LAB 6 BEGIN arp-learn: record an address's MAC (evicting the oldest if full) and send the packets queued for it
         if ip not in self.entries and len(self.entries) >= CACHE_MAX:
             oldest = min(self.entries, key=lambda k: self.entries[k][1])
             del self.entries[oldest]
@@ -78,6 +81,7 @@ class ArpCache:
         if p is None:
             return []
         return [h.ethernet(mac, self.mac, et, payload) for et, payload in p.packets]
+        # LAB 6 END
 
     def input(self, payload: bytes, now: int) -> list[bytes]:
         """An ARP packet (the Ethernet payload): the frames to send in answer."""
@@ -89,6 +93,7 @@ class ArpCache:
         except Exception:  # noqa: BLE001 - construct's ConstError etc.: not Ethernet/IPv4 ARP
             self._count("arp_unsupported")
             return []
+        # LAB 6 BEGIN arp-input: learn from a received ARP packet (RFC 826 'Packet reception') and answer requests for us
         spa, sha = a.spa, a.sha
         if sha == self.mac or spa == self.ip or sha[0] & 1 or spa in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
             self._count("arp_bogus")  # our own address, a multicast sender or no sender: learn nothing
@@ -101,9 +106,11 @@ class ArpCache:
             self._count("arp_replies_sent")
             out.append(h.ethernet(sha, self.mac, h.ETH_P_ARP, h.arp(h.ARP_REPLY, self.mac, self.ip, sha, spa)))
         return out
+        # LAB 6 END
 
     def timers(self, now: int) -> list[bytes]:
         """Retries due now; addresses that never answered drop their queued packets."""
+        # LAB 6 BEGIN arp-retry: resend due ARP requests, once per RETRY_NS, and give up after MAX_TRIES
         out = []
         for ip, p in list(self.pending.items()):
             if p.next_try > now:
@@ -116,6 +123,7 @@ class ArpCache:
             p.next_try = now + RETRY_NS
             out.append(self._request(ip))
         return out
+        # LAB 6 END
 
     def next_timer(self) -> int | None:
         return min((p.next_try for p in self.pending.values()), default=None)

@@ -102,16 +102,20 @@ def ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
 def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int, *, ttl: int = 64,
          df: bool = False) -> bytes:
     """An IPv4 packet with a 20-byte header (no options) and its header checksum."""
+    # LAB 6 BEGIN ip-header: build the 20-byte IPv4 header (RFC 791 3.1) with its header checksum
     hdr = IP.pack(0x45, 0, IP_HLEN + len(payload), ident & 0xFFFF, IP_DF if df else 0, ttl, proto, 0, src, dst)
     c = checksum(hdr)
     return hdr[:10] + c.to_bytes(2, "big") + hdr[12:] + payload
+    # LAB 6 END
 
 
 def udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
+    # LAB 6 BEGIN udp-header: build the UDP header (RFC 768) with the checksum over the pseudo-header
     n = UDP_HLEN + len(payload)
     seg = UDP.pack(sport, dport, n, 0) + payload
     c = l4_checksum(src, dst, IPPROTO_UDP, seg) or 0xFFFF  # RFC 768: a computed 0 is sent as all ones
     return seg[:6] + c.to_bytes(2, "big") + seg[8:]
+    # LAB 6 END
 
 
 def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,

@@ -51,6 +51,7 @@ class Reassembler:
 
     def add(self, key: Key, offset: int, more: bool, data: bytes, now: int) -> bytes | None:
         """One fragment (offset in bytes): the whole payload once complete, else None."""
+        # LAB 6 BEGIN reassemble: hold a fragment (refusing bad, overlapping or inconsistent ones within the limits), return the whole payload once complete
         end = offset + len(data)
         if end > MAX_DATAGRAM or (more and (not data or len(data) % 8)):
             self._count("frag_bad")  # RFC 791: all but the last fragment carry a multiple of 8 bytes
@@ -85,6 +86,7 @@ class Reassembler:
         self.bytes_held -= d.held
         self._count("frag_reassembled")
         return b"".join(d.parts[o] for o in sorted(d.parts))
+        # LAB 6 END
 
     def timers(self, now: int) -> None:
         for key in [k for k, d in self.datagrams.items() if d.expires <= now]:

@@ -111,6 +111,7 @@ class Stack:
 
     def ip_output(self, dst: bytes, proto: int, payload: bytes, now: int, *, df: bool = False) -> None:
         """Send one IPv4 packet (never fragmented: callers keep within the MTU)."""
+        # LAB 6 BEGIN ip-output: build the IPv4 packet and route it: to ourselves, broadcast, or ARP for the next hop
         self.ident = (self.ident + 1) & 0xFFFF
         packet = h.ipv4(self.ip, dst, proto, payload, self.ident, ttl=TTL, df=df)
         self.count("ip_sent")
@@ -122,6 +123,7 @@ class Stack:
             return
         hop = dst if self._same_subnet(dst) else self.gateway
         self._out += self.arp.resolve(hop, h.ETH_P_IP, packet, now)
+        # LAB 6 END
 
     # ---------------------------------------------------------------- input
     def input(self, frame: bytes, now: int | None = None) -> None:
@@ -154,6 +156,7 @@ class Stack:
             self.count("eth_unknown_type")
 
     def _ip_input(self, packet: bytes, now: int) -> None:
+        # LAB 6 BEGIN ip-input: validate a received IPv4 header (RFC 791, RFC 1122 3.2.1), reassemble, hand it to its protocol
         if len(packet) < h.IP_HLEN:
             self.count("ip_truncated")
             return
@@ -188,6 +191,7 @@ class Stack:
             self._icmp_input(src, payload, broadcast, now)
         else:
             self.count("ip_unknown_protocol")  # (RFC 1122 3.2.2.1 would send protocol unreachable)
+        # LAB 6 END
 
     # ---------------------------------------------------------------- ICMP
     def _icmp_input(self, src: bytes, msg: bytes, broadcast: bool, now: int) -> None:
@@ -223,6 +227,7 @@ class Stack:
 
     # ---------------------------------------------------------------- UDP
     def _udp_input(self, src: bytes, dst: bytes, header: bytes, seg: bytes, broadcast: bool, now: int) -> None:
+        # LAB 6 BEGIN udp-input: check a datagram's length and checksum, deliver it to its port or answer port unreachable
         if len(seg) < h.UDP_HLEN:
             self.count("udp_truncated")
             return
@@ -245,6 +250,7 @@ class Stack:
             self.count("udp_delivered")
         else:
             self.count("udp_socket_dropped")
+        # LAB 6 END
 
     def _free_udp_port(self) -> int:
         return self.ephemeral(lambda p: p in self.udp)

@@ -661,6 +661,7 @@ class Tcb:
 
     def _on_rto(self) -> None:
         """RFC 6298 5.4-5.6 and RFC 5681 3.1 (4): retransmission timeout."""
+        # LAB 6 BEGIN tcp-rto: on a retransmission timeout back off, shrink the window and resend from snd_una (extra credit)
         self._rto_at = None
         if self.snd_una >= self.snd_max:
             return
@@ -684,6 +685,7 @@ class Tcb:
         self._rtt_seq = None  # Karn
         self.snd_nxt = self.snd_una  # go back: slow start resends what followed
         self._rexmit_first = True
+        # LAB 6 END
 
     def _on_persist(self, now: int) -> None:
         """RFC 9293 3.8.6.1: probe a zero window with one byte, backing off like the RTO."""

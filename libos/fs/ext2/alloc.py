@@ -41,6 +41,7 @@ class Allocation:
         return -1
 
     def _alloc_block(self, ino: int, inode, goal: int = 0, zero: bool = True) -> int:
+        # LAB 5 BEGIN balloc: find a free block near the goal in the block bitmaps, mark it used and update the free counts
         self._check_writable()
         if not goal or not self.first_data_block <= goal < self.blocks_count:
             goal = self._group_start((ino - 1) // self.inodes_per_group)
@@ -70,8 +71,10 @@ class Allocation:
             inode.i_blocks += self._sectors_per_block()
             return bno
         raise Ext2Error(errno.ENOSPC, "no free blocks left on the device")
+        # LAB 5 END
 
     def _free_block(self, inode, bno: int) -> None:
+        # LAB 5 BEGIN bfree: clear a block's bit in its group's bitmap and give it back to the free counts
         g, bit = divmod(bno - self.first_data_block, self.blocks_per_group)
         if not 0 <= g < self.ngroups:
             raise _corrupt(f"freeing block {bno} outside the disk")
@@ -86,8 +89,10 @@ class Allocation:
         self._gd_dirty = self._sb_dirty = True
         if inode is not None:
             inode.i_blocks = max(0, inode.i_blocks - self._sectors_per_block())
+        # LAB 5 END
 
     def _alloc_inode(self, parent: int, is_dir: bool) -> int:
+        # LAB 5 BEGIN ialloc: find a free inode (parent's group first) in the inode bitmaps, mark it used, update the counts
         self._check_writable()
         g0 = (parent - 1) // self.inodes_per_group
         for k in range(self.ngroups):
@@ -109,8 +114,10 @@ class Allocation:
             self._gd_dirty = self._sb_dirty = True
             return g * self.inodes_per_group + bit + 1
         raise Ext2Error(errno.ENOSPC, "no free inodes left on the device")
+        # LAB 5 END
 
     def _free_inode(self, ino: int, is_dir: bool) -> None:
+        # LAB 5 BEGIN ifree: clear an inode's bit in its group's bitmap and give it back to the free counts
         g, bit = divmod(ino - 1, self.inodes_per_group)
         gd = self.groups[g]
         buf = self._bread(gd.bg_inode_bitmap)
@@ -123,3 +130,4 @@ class Allocation:
             gd.bg_used_dirs_count -= 1
         self.sb.s_free_inodes_count += 1
         self._gd_dirty = self._sb_dirty = True
+        # LAB 5 END

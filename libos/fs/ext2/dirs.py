@@ -100,6 +100,7 @@ class Directories:
         """Add entry ``name`` -> ``ino`` to directory ``dino`` (the caller writes ``dinode`` back)."""
         if len(name) > NAME_MAX:
             raise Ext2Error(errno.ENAMETOOLONG, "file name too long")
+        # LAB 5 BEGIN dir-add: put a new entry in the first gap big enough (splitting a live entry's slack), else in a new block
         self._check_writable()
         need = dirent_size(len(name))
         ft = self._ft(mode)
@@ -127,9 +128,11 @@ class Directories:
         self._bwrite(bno, buf)
         dinode.i_size += self.block_size
         self._touch_dir(dino, dinode)
+        # LAB 5 END
 
     def _dir_remove(self, dino: int, dinode, name: bytes) -> int:
         """Remove entry ``name`` from directory ``dino``; return its inode number."""
+        # LAB 5 BEGIN dir-remove: remove an entry by merging it into the previous entry's rec_len (or freeing the first)
         self._check_writable()
         n = len(name)
         for bno, buf in self._dir_blocks(dino, dinode):
@@ -146,6 +149,7 @@ class Directories:
                     return ino
                 prev = off
         raise Ext2Error(errno.ENOENT, f"no entry {name.decode('utf-8', 'surrogateescape')!r} in directory")
+        # LAB 5 END
 
     def _dir_set(self, dino: int, dinode, name: bytes, ino: int, mode: int) -> None:
         """Point the existing entry ``name`` at ``ino``."""

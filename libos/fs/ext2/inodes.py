@@ -148,6 +148,7 @@ class Inodes:
 
     def _bmap(self, ino: int, inode, lblk: int, alloc: bool = False, goal: int = 0) -> int:
         """Physical block of logical block ``lblk`` (0 for a hole unless ``alloc``)."""
+        # LAB 5 BEGIN bmap: map a file's logical block through its direct and indirect pointers, allocating if asked
         P = self.ptrs_per_block
         if lblk < 12:
             p = self._check_ptr(ino, inode.i_block[lblk])
@@ -185,6 +186,7 @@ class Inodes:
             p = q
             level -= 1
         return p
+        # LAB 5 END
 
     def _ptrs(self, ino: int, bno: int) -> list[int]:
         ptrs = list(struct.unpack(f"<{self.ptrs_per_block}I", self._bread(bno)))

@@ -112,6 +112,7 @@ class Namespace:
             raise Ext2Error(errno.EEXIST, f"file exists: {path}")
         if dinode.i_links_count >= LINK_MAX:
             raise Ext2Error(errno.EMLINK, f"too many links to the parent of {path}")
+        # LAB 5 BEGIN mkdir: give the new directory its first block with '.' and '..', link it in its parent, fix link counts
         ino, inode = self._new_inode(dino, st.S_IFDIR | (mode & 0o7777))
         try:
             bno = self._bmap(ino, inode, 0, alloc=True)
@@ -137,6 +138,7 @@ class Namespace:
         dinode.i_links_count += 1
         self._iput(dino, dinode)
         return ino
+        # LAB 5 END
 
     def unlink(self, path: str) -> None:
         self._check_writable()
