@@ -31,7 +31,9 @@ in ``net_wait`` itself, until the next TCP timer at the latest.
 Batching: every frame the stack transmits during one library call leaves in
 one ``net_send`` hypercall; received frames cost no hypercall (the ring is
 read directly). At exit, connections are closed and the environment lingers
-(up to LINGER_NS) until their data and FIN have been acknowledged.
+until each one's data and FIN have been acknowledged, or TCP gave up on it
+(ETIMEDOUT after Tcb.ORPHAN_RETRIES timeouts), but at most LINGER_MAX_NS;
+connections still unfinished then are reset (docs/net-stack.md, "Exit").
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from libos.net import linux as L
 from libos.net.headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from libos.net.linux import NetError
 from libos.net.stack import Stack
+from libos.net.tcp import Tcb
 
 RING_OFF = 0x1_0000  # the receive ring: RING_SLOTS * NET_SLOT_SIZE bytes, page-aligned
 # One connection's 64 KiB window is 45 full segments in flight towards us; 64 slots dropped a
@@ -71,7 +74,11 @@ SCRATCH_OFF = 0  # net_info, filter structs
 TXREQ_OFF = 0x1000  # the net_send request array (TX_BATCH * 16 bytes)
 MAX_FDS = 64
 FIRST_FD = 3
-LINGER_NS = 5_000_000_000
+# Longest the environment lingers at exit: as long as TCP itself keeps an orphaned connection
+# that makes no progress ((ORPHAN_RETRIES + 1) timeouts of at most RTO_MAX: 9 minutes of guest
+# time). TCP's own limit ends a vanished peer's connection sooner (about 100 s from a 200 ms
+# RTO); this cap only ends one that makes progress but never finishes (a zero window forever).
+LINGER_MAX_NS = Tcb.orphan_lifetime_ns()
 _INFO = struct.Struct("<6sH4s4s4sIQ")
 _FILTER = struct.Struct("<HBBHHII")
 _SLOT = struct.Struct("<HHI")
@@ -631,6 +638,7 @@ class Net(LibModule):
         elif s.conn is not None:
             if not s.shut_wr:
                 self.stack.tcp_close(s.conn)
+            s.conn.tcb.orphan()  # no fd reaches it any more: TCP's orphan retry limit applies
             self.closing.append((s.conn, s.filter_spec))  # the filter stays until the close is over
             return
         self._filter_unref(s.filter_spec)
@@ -653,8 +661,10 @@ class Net(LibModule):
 
     # ------------------------------------------------------------ exit
     def at_exit(self) -> None:
-        """Close every socket, then linger until the connections' data and FINs are acknowledged
-        (at most LINGER_NS): as a kernel would keep sending after the process has gone."""
+        """Close every socket, then linger until every closed connection has its data and FIN
+        acknowledged or TCP has given up on it, as a kernel keeps sending for a process that is
+        gone (RFC 9293 3.6: the data sent before a CLOSE is still delivered reliably). At most
+        LINGER_MAX_NS: what is still unfinished then is reset, so the peer is not left waiting."""
         if self.stack is None:
             return
         self._pump()
@@ -665,13 +675,23 @@ class Net(LibModule):
             self._close(self.socks.pop(fd))
         self._after()
         if self.linger_until is None:
-            self.linger_until = self.t + LINGER_NS
-        while linger and self.t < self.linger_until and any(
-                c.tcb.error is None and c.tcb.state not in _DONE_STATES for c, _ in self.closing):
+            self.linger_until = self.t + LINGER_MAX_NS
+        while linger and (busy := self._unfinished()):
+            if self.t >= self.linger_until:
+                self.log(f"exit: {len(busy)} connection(s) still unfinished after "
+                         f"{LINGER_MAX_NS // 1_000_000_000} s of lingering: reset")
+                for conn in busy:
+                    self.stack.tcp_abort(conn)
+                self._after()
+                return
             nt = self.stack.next_timer()
             self.hc("net_wait", min(nt, self.linger_until) if nt else self.linger_until)  # may raise Blocked
             self._pump()
             self._after()
+
+    def _unfinished(self) -> list[Any]:
+        """Closed connections whose data or FIN the peer has not acknowledged, and TCP still trying."""
+        return [c for c, _ in self.closing if c.tcb.error is None and c.tcb.state not in _DONE_STATES]
 
     def stats(self) -> dict[str, int]:
         out = dict(self.stack.stats) if self.stack is not None else {}

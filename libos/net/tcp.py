@@ -21,7 +21,9 @@ What it implements:
 * RFC 6298 retransmission timer (SRTT/RTTVAR, alpha 1/8, beta 1/4, K 4,
   initial RTO 1 s, Karn's algorithm, exponential backoff up to 60 s); gives up
   with ETIMEDOUT after ``MAX_RETRIES`` (15) retransmissions of the same segment,
-  ``SYN_RETRIES`` (6, Linux's tcp_syn_retries, ~2 minutes) for SYN / SYN-ACK.
+  ``SYN_RETRIES`` (6, Linux's tcp_syn_retries, ~2 minutes) for SYN / SYN-ACK, and
+  ``ORPHAN_RETRIES`` (8, Linux's tcp_orphan_retries) once the application has closed the
+  connection and let go of it (``orphan``); window probes have the same limits.
 * RFC 5681 slow start / congestion avoidance with an RFC 6928 initial window,
   RFC 3042 limited transmit, fast retransmit on the third duplicate ACK and
   RFC 6582 NewReno recovery.
@@ -121,6 +123,7 @@ class Tcb:
     RTO_SYN_DATA_NS = 3 * SEC   # RFC 6298 5.7
     CLOCK_G_NS = 1 * MS         # RFC 6298 2: clock granularity G
     MAX_RETRIES = 15            # Linux tcp_retries2
+    ORPHAN_RETRIES = 8          # Linux tcp_orphan_retries: its default 0 means 8 (">100 s with a 200 ms RTO")
     SYN_RETRIES = 6             # Linux tcp_syn_retries
     RCVBUF = 64 * 1024
     SNDBUF = 256 * 1024
@@ -179,6 +182,7 @@ class Tcb:
         self._persist_at: int | None = None
         self._tw_at: int | None = None
         self._retries = 0
+        self.orphaned = False           # the application closed it and will never look again
         self._persist_backoff = 0
         self._probes = 0
         # Pending output.
@@ -302,6 +306,25 @@ class Tcb:
             elif st == CLOSE_WAIT:
                 self.state = LAST_ACK
             # SYN_RECEIVED: FIN_WAIT_1 once the handshake completes (_enter_established).
+
+    def orphan(self) -> None:
+        """The application has closed the connection and let go of it (Linux's SOCK_DEAD): the
+        data and FIN still go out, but retransmissions and window probes give up after
+        ORPHAN_RETRIES (as Linux's tcp_orphan_retries), so a vanished peer is not retried for
+        the whole MAX_RETRIES budget (about 15 minutes) on behalf of nobody."""
+        self.orphaned = True
+
+    def retry_limit(self) -> int:
+        """Timeouts of the same segment (or window probes) before ETIMEDOUT, as things stand."""
+        limit = self.SYN_RETRIES if self.state in (SYN_SENT, SYN_RECEIVED) else self.MAX_RETRIES
+        return min(limit, self.ORPHAN_RETRIES) if self.orphaned else limit
+
+    @classmethod
+    def orphan_lifetime_ns(cls) -> int:
+        """Longest an orphaned connection can go without progress before the engine gives up:
+        ORPHAN_RETRIES + 1 timeouts (the last one fails), each at most RTO_MAX_NS (RFC 6298 2.5;
+        the persist interval has the same cap). Any ACK that moves SND.UNA starts it again."""
+        return (cls.ORPHAN_RETRIES + 1) * cls.RTO_MAX_NS
 
     def abort(self, now: int) -> None:
         """ABORT (RFC 9293 3.10.5): RST in a synchronized state, then CLOSED."""
@@ -667,7 +690,7 @@ class Tcb:
             return
         self._retries += 1
         handshake = self.state in (SYN_SENT, SYN_RECEIVED)
-        if self._retries > (self.SYN_RETRIES if handshake else self.MAX_RETRIES):
+        if self._retries > self.retry_limit():
             self._fail(ETIMEDOUT)
             return
         self.timeouts += 1
@@ -691,7 +714,7 @@ class Tcb:
         """RFC 9293 3.8.6.1: probe a zero window with one byte, backing off like the RTO."""
         self._persist_at = None
         self._probes += 1
-        if self._probes > self.MAX_RETRIES:
+        if self._probes > self.retry_limit():
             self._fail(ETIMEDOUT)
             return
         self._probe_now = True

@@ -464,6 +464,44 @@ def test_backoff_and_etimedout_when_peer_vanishes():
     assert sim.now - sends[-1] == 60 * SEC  # gives up one (maximal) RTO after the last one
 
 
+def test_an_orphaned_connection_gives_up_after_orphan_retries():
+    # The application closed it and let go (Linux's orphan): its tail is retransmitted
+    # ORPHAN_RETRIES times, not MAX_RETRIES, and it gives up one more timeout later.
+    gone = {"on": False}
+    sim = handshake(delay=1 * MS, drop=lambda src, seg: gone["on"])
+    assert sim.a.rto == 200 * MS
+    gone["on"] = True
+    start = len(sim.log)
+    sim.a.send(b"tail", sim.now)
+    sim.a.close(sim.now)
+    sim.a.orphan()
+    sim.run(lambda: sim.a.state == CLOSED)
+    sends = [t for t, src, s in sim.log[start:] if src == "a" and s.payload == b"tail"]
+    assert len(sends) == 1 + Tcb.ORPHAN_RETRIES == 9
+    assert all(s.flags & FIN for _, src, s in sim.log[start:] if src == "a")  # the FIN rides along
+    assert sim.a.error == ETIMEDOUT
+    # 0.2 s * (2**9 - 1) = 102.2 s: Linux's "> 100 s with a 200 ms RTO" for tcp_orphan_retries 8
+    assert sim.now - sends[0] == 200 * MS * (2**9 - 1) <= Tcb.orphan_lifetime_ns()
+
+
+def test_an_orphan_stops_probing_a_zero_window_after_orphan_retries():
+    # b never reads: its window closes. a closes and lets go; from then on its window probes
+    # are lost, so it gives up after ORPHAN_RETRIES of them (an answered probe would restart the
+    # count: the peer is alive).
+    gone = {"on": False}
+    sim = Sim(delay=1 * MS, b_opts={"rcvbuf": 4096}, drop=lambda src, seg: gone["on"] and src == "a")
+    sim.run(lambda: established(sim))
+    sim.a.send(b"z" * 10_000, sim.now)
+    sim.run(lambda: sim.a.snd_wnd == 0 and sim.a.snd_una == sim.a.snd_max)
+    sim.a.close(sim.now)
+    sim.a.orphan()
+    gone["on"] = True
+    probes = sim.a.probes_sent
+    sim.run(lambda: sim.a.state == CLOSED)
+    assert sim.a.error == ETIMEDOUT
+    assert sim.a.probes_sent - probes == Tcb.ORPHAN_RETRIES
+
+
 def test_syn_retries_then_etimedout():
     sim = Sim(listen=False, drop=lambda src, seg: True)
     sim.run(lambda: sim.a.state == CLOSED)
