@@ -209,6 +209,16 @@ def test_points_are_read_from_the_lab_markers(ref):
     assert tree.points(ref, catalog.BY_N[1]).total == 0
 
 
+def test_points_of_parametrized_cases_that_carry_their_own_markers(ref):
+    _write(ref, "exo/labs/tests/lab2/test_lab2_cases.py",
+           "import pytest\n\n\n@pytest.mark.parametrize('name', [\n"
+           "    pytest.param('a', marks=pytest.mark.lab(2, points=5)),\n"
+           "    pytest.param('b', marks=[pytest.mark.lab(2, points=4)]),\n"
+           "    'ungraded',\n])\ndef test_case(name):\n    pass\n")
+    pts = tree.points(ref, catalog.BY_N[2])
+    assert (pts.total, pts.tests) == (10 + 3 * 5 + 2 * 7 + 5 + 4, 1 + 3 + 2 + 2)
+
+
 def test_points_marker_of_another_lab_is_an_error(ref):
     _write(ref, "exo/labs/tests/lab2/test_lab2_wrong.py",
            "import pytest\n\n\n@pytest.mark.lab(3, points=1)\ndef test_x():\n    pass\n")
