@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.write(G.table(g, results))
     if g.errors:
         return EXIT_TEST_SET
-    return 0 if g.score == g.max_score and not g.note else EXIT_LOST
+    return 0 if all(t.score == t.max_score for t in g.tests) and not g.note else EXIT_LOST
 
 
 def _dir(d: str | None) -> Path | None:

@@ -79,7 +79,8 @@ def describe(root: Path) -> list[dict[str, Any]]:
         out.append({
             "lab": lab.n, "title": lab.title, "summary": lab.summary,
             "handout": lab.handout, "handout_exists": (root / lab.handout).is_file(),
-            "tests": lab.tests, "points": pts.total, "graded_tests": pts.tests,
+            "tests": lab.tests, "points": pts.total, "extra_points": pts.extra,
+            "graded_tests": pts.tests,
             "regions": [{"file": r.path, "line": r.begin + 1, "id": r.id, "what": r.what} for r in by_lab[lab.n]],
         })
     return out
@@ -95,7 +96,8 @@ def _removes(lab: dict[str, Any]) -> list[str]:
 
 
 def _print_table(labs: list[dict[str, Any]]) -> None:
-    rows = [(str(lb["lab"]), lb["title"], _removes(lb), str(lb["points"]),
+    rows = [(str(lb["lab"]), lb["title"], _removes(lb),
+             str(lb["points"]) + (f" +{lb['extra_points']} extra" if lb["extra_points"] else ""),
              lb["handout"] + ("" if lb["handout_exists"] else " (missing)")) for lb in labs]
     head = ("LAB", "TITLE", "REMOVES", "POINTS", "HANDOUT")
     if sys.stdout.isatty():

@@ -73,6 +73,7 @@ class TestResult:
     output: str  # the message, then every boot's console and exo output
     hidden: bool = False
     time: float = 0.0
+    extra: bool = False  # extra credit: its points add to the score, not to the lab's total
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Grade:
 
     @property
     def max_score(self) -> float:
-        return sum(t.max_score for t in self.tests)
+        return sum(t.max_score for t in self.tests if not t.extra)
 
 
 # ------------------------------------------------------------------------------- the tree
@@ -318,7 +319,7 @@ def _results(lab: int, events: list[dict], hung: dict[str, str], crash: str,
         message = r["stub"] if status == "stub" else r["message"].rstrip()
         output = _output(name, status, message, r["runs"])
         out.append(TestResult(name, points if status == "pass" else 0, points, status, message, output, hidden,
-                              round(r["duration"], 3)))
+                              round(r["duration"], 3), bool(t.get("extra"))))
     return out, errors
 
 
@@ -353,7 +354,8 @@ def table(g: Grade, results_dir: Path | None = None) -> str:
 
     rows = [("test", "points", "status", "time")]
     for t in g.tests:
-        rows.append((t.name + (" (hidden)" if t.hidden else ""), f"{_num(t.score)}/{_num(t.max_score)}",
+        rows.append((t.name + (" (hidden)" if t.hidden else "") + (" (extra credit)" if t.extra else ""),
+                     f"{_num(t.score)}/{_num(t.max_score)}",
                      STATUS[t.status][0], f"{t.time:.1f}s"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"lab {g.lab}: {BY_N[g.lab].title}"]

@@ -145,6 +145,12 @@ def _lab_of(item: pytest.Item) -> tuple[int | None, float]:
     return n, m.kwargs.get("points", m.args[1] if len(m.args) > 1 else 1)
 
 
+def _extra(item: pytest.Item) -> bool:
+    """``lab(N, points=P, extra=True)``: extra credit, its points beyond the lab's total."""
+    m = item.get_closest_marker("lab")
+    return bool(m is not None and m.kwargs.get("extra", False))
+
+
 class _Reporter:
     """Writes the grader's report (JSON lines, flushed as they come: a run cut off by the wall
     timeout or a crash still leaves everything before it) and arms the per-test wall timeout."""
@@ -170,7 +176,7 @@ class _Reporter:
         faulthandler.cancel_dump_traceback_later()
         self._write({"event": "collected", "tests": [
             {"nodeid": it.nodeid, "path": str(it.path), "name": it.name, "lab": _lab_of(it)[0],
-             "points": _lab_of(it)[1]} for it in session.items]})
+             "points": _lab_of(it)[1], "extra": _extra(it)} for it in session.items]})
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         self._write({"event": "start", "nodeid": nodeid})

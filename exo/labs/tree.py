@@ -202,6 +202,15 @@ def _param_marks(decorators: list[ast.expr], rel: str, lab: int) -> list[int | N
     return None
 
 
+def _is_extra(decorators: list[ast.expr]) -> bool:
+    """``@pytest.mark.lab(N, points=P, extra=True)``: extra credit."""
+    for c in filter(None, map(_lab_marker, decorators)):
+        for k in c.keywords:
+            if k.arg == "extra" and isinstance(k.value, ast.Constant) and k.value.value is True:
+                return True
+    return False
+
+
 def _marker_points(call: ast.Call, where: str, lab: int) -> int:
     try:
         n = ast.literal_eval(call.args[0]) if call.args else None
@@ -221,6 +230,7 @@ def _marker_points(call: ast.Call, where: str, lab: int) -> int:
 class Points:
     total: int = 0
     tests: int = 0
+    extra: int = 0  # points of extra-credit tests, beyond total
     files: list[str] = field(default_factory=list)
 
 
@@ -249,7 +259,10 @@ def _count(body: list[ast.stmt], inherited: int | None, rel: str, lab: int, out:
             if p is None:
                 continue  # not a graded test (a check of the lab's own)
             k = _cases(node.decorator_list)
-            out.total += p * k
+            if _is_extra(node.decorator_list):
+                out.extra += p * k  # extra credit: beyond the lab's total
+            else:
+                out.total += p * k
             out.tests += k
 
 

@@ -353,3 +353,17 @@ def test_python_m_exo_grade_is_the_grader():
     assert exo.cli.COMMANDS["grade"][0] == "exo.labs.cmd_grade"
     p = subprocess.run([sys.executable, "-m", "exo", "grade", "99"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("exo: error: lab: no lab 99: the labs are 1, 2")
+
+
+def test_extra_credit_adds_to_the_score_not_to_the_total(tree, tmp_path, monkeypatch, capsys):
+    d = tmp_path / "lab1"
+    d.mkdir()
+    (d / "test_lab1_extra.py").write_text(
+        "import pytest\n\n\n@pytest.mark.lab(1, points=3)\ndef test_core():\n    pass\n\n\n"
+        "@pytest.mark.lab(1, points=2, extra=True)\ndef test_bonus():\n    pass\n")
+    js = tmp_path / "r.json"
+    rc, out, err = grade_cli(tree, "1", "--tests", str(d), "--results", str(tmp_path / "res"), "--json", str(js),
+                             monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0, out + err
+    assert "test_lab1_extra.py::test_bonus (extra credit)" in out and "Score: 5/3" in out
+    assert json.loads(js.read_text())["score"] == 5
