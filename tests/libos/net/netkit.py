@@ -53,3 +53,99 @@ class Link:
             self.t = max(self.t, min(times))
             self.a.poll(self.t)
             self.b.poll(self.t)
+
+
+# A guest that accepts one TCP connection on port 9, counts what it receives until EOF and prints
+# the count (test_net_module.py, test_linger.py).
+SINK = """
+section .text
+_start:
+    mov rdi, 1
+    call LIB_NET_SOCKET
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + local]
+    mov rdx, 16
+    call LIB_NET_BIND
+    mov rdi, r13
+    mov rsi, 1
+    call LIB_NET_LISTEN
+    mov rdi, r13
+    xor esi, esi
+    xor edx, edx
+    call LIB_NET_ACCEPT
+    mov r14, rax
+    xor ebx, ebx
+more:
+    mov rdi, r14
+    lea rsi, [rip + buf]
+    mov rdx, 65536
+    xor ecx, ecx
+    call LIB_NET_RECV
+    test rax, rax
+    jle done
+    add rbx, rax
+    jmp more
+done:
+    lea rdi, [rip + fmt]
+    mov rsi, rbx
+    call LIB_CONSOLE_PRINTF
+    xor edi, edi
+    call LIB_CORE_EXIT
+section .data
+local: dw 2
+    db 0, 9
+    dd 0
+    dq 0
+fmt: db "%d", 10, 0
+section .bss
+buf: resb 65536
+"""
+
+
+def sender(nbytes: int) -> str:
+    """A guest that connects to 10.0.2.15:9, sends ``nbytes`` and closes (the other end of SINK)."""
+    return f"\nNBYTES equ {nbytes}\n" + _SENDER_BODY
+
+
+_SENDER_BODY = """section .text
+_start:
+    mov rdi, 1
+    call LIB_NET_SOCKET
+    mov r13, rax
+    mov rdi, r13
+    lea rsi, [rip + server]
+    mov rdx, 16
+    call LIB_NET_CONNECT
+    test rax, rax
+    js failed
+    xor ebx, ebx
+more:
+    mov rdi, r13
+    lea rsi, [rip + data]
+    add rsi, rbx
+    mov rdx, NBYTES
+    sub rdx, rbx
+    xor ecx, ecx
+    call LIB_NET_SEND
+    test rax, rax
+    js failed
+    add rbx, rax
+    cmp rbx, NBYTES
+    jb more
+    mov rdi, r13
+    call LIB_NET_CLOSE
+    xor edi, edi
+    call LIB_CORE_EXIT          ; at once: the library lingers until the data is acknowledged
+failed:
+    neg rax
+    mov rdi, rax
+    call LIB_CORE_EXIT
+section .data
+server: dw 2
+    db 0, 9
+    db 10, 0, 2, 15
+    dq 0
+section .bss
+data: resb NBYTES
+"""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import boot
+from netkit import SINK, sender
 
 from hw.nic import Nic
 from libos.net import LINGER_MAX_NS
@@ -18,95 +19,8 @@ from libos.net.tcp import SEC, Tcb
 SENDER_IP = bytes([10, 0, 2, 16])
 TCP_FIN = 0x01
 
-SENDER = """
-NBYTES equ 200000
-section .text
-_start:
-    mov rdi, 1
-    call LIB_NET_SOCKET
-    mov r13, rax
-    mov rdi, r13
-    lea rsi, [rip + server]
-    mov rdx, 16
-    call LIB_NET_CONNECT
-    test rax, rax
-    js failed
-    xor ebx, ebx
-more:
-    mov rdi, r13
-    lea rsi, [rip + data]
-    add rsi, rbx
-    mov rdx, NBYTES
-    sub rdx, rbx
-    xor ecx, ecx
-    call LIB_NET_SEND
-    test rax, rax
-    js failed
-    add rbx, rax
-    cmp rbx, NBYTES
-    jb more
-    mov rdi, r13
-    call LIB_NET_CLOSE
-    xor edi, edi
-    call LIB_CORE_EXIT          ; at once: the library lingers until the data is acknowledged
-failed:
-    neg rax
-    mov rdi, rax
-    call LIB_CORE_EXIT
-section .data
-server: dw 2
-    db 0, 9
-    db 10, 0, 2, 15
-    dq 0
-section .bss
-data: resb NBYTES
-"""
+SENDER = sender(200_000)
 
-# Counts what it receives until EOF, prints the count.
-SINK = """
-section .text
-_start:
-    mov rdi, 1
-    call LIB_NET_SOCKET
-    mov r13, rax
-    mov rdi, r13
-    lea rsi, [rip + local]
-    mov rdx, 16
-    call LIB_NET_BIND
-    mov rdi, r13
-    mov rsi, 1
-    call LIB_NET_LISTEN
-    mov rdi, r13
-    xor esi, esi
-    xor edx, edx
-    call LIB_NET_ACCEPT
-    mov r14, rax
-    xor ebx, ebx
-more:
-    mov rdi, r14
-    lea rsi, [rip + buf]
-    mov rdx, 65536
-    xor ecx, ecx
-    call LIB_NET_RECV
-    test rax, rax
-    jle done
-    add rbx, rax
-    jmp more
-done:
-    lea rdi, [rip + fmt]
-    mov rsi, rbx
-    call LIB_CONSOLE_PRINTF
-    xor edi, edi
-    call LIB_CORE_EXIT
-section .data
-local: dw 2
-    db 0, 9
-    dd 0
-    dq 0
-fmt: db "%d", 10, 0
-section .bss
-buf: resb 65536
-"""
 
 # Accepts, then never reads (its window closes and stays shut): waits in a second accept.
 DEAF = """

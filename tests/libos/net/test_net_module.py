@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 
 from conftest import ROOT, boot
+from netkit import SINK, sender
 
 
 def with_args(tmp_path, name: str, args: list[str]):
@@ -346,94 +347,8 @@ def test_connect_to_a_closed_port_is_refused_and_nonblocking_gives_eagain(tmp_pa
     assert b.envs[0].modules[6].stack.stats["tcp_resets_sent"] == 1
 
 
-SINK = """
-section .text
-_start:
-    mov rdi, 1
-    call LIB_NET_SOCKET
-    mov r13, rax
-    mov rdi, r13
-    lea rsi, [rip + local]
-    mov rdx, 16
-    call LIB_NET_BIND
-    mov rdi, r13
-    mov rsi, 1
-    call LIB_NET_LISTEN
-    mov rdi, r13
-    xor esi, esi
-    xor edx, edx
-    call LIB_NET_ACCEPT
-    mov r14, rax
-    xor ebx, ebx
-more:
-    mov rdi, r14
-    lea rsi, [rip + buf]
-    mov rdx, 65536
-    xor ecx, ecx
-    call LIB_NET_RECV
-    test rax, rax
-    jle done
-    add rbx, rax
-    jmp more
-done:
-    lea rdi, [rip + fmt]
-    mov rsi, rbx
-    call LIB_CONSOLE_PRINTF
-    xor edi, edi
-    call LIB_CORE_EXIT
-section .data
-local: dw 2
-    db 0, 9
-    dd 0
-    dq 0
-fmt: db "%d", 10, 0
-section .bss
-buf: resb 65536
-"""
 
-SENDER = """
-NBYTES equ 300000
-section .text
-_start:
-    mov rdi, 1
-    call LIB_NET_SOCKET
-    mov r13, rax
-    mov rdi, r13
-    lea rsi, [rip + server]
-    mov rdx, 16
-    call LIB_NET_CONNECT
-    test rax, rax
-    js failed
-    xor ebx, ebx
-more:
-    mov rdi, r13
-    lea rsi, [rip + data]
-    add rsi, rbx
-    mov rdx, NBYTES
-    sub rdx, rbx
-    xor ecx, ecx
-    call LIB_NET_SEND
-    test rax, rax
-    js failed
-    add rbx, rax
-    cmp rbx, NBYTES
-    jb more
-    mov rdi, r13
-    call LIB_NET_CLOSE
-    xor edi, edi
-    call LIB_CORE_EXIT          ; at once: the library lingers until the data is acknowledged
-failed:
-    neg rax
-    mov rdi, rax
-    call LIB_CORE_EXIT
-section .data
-server: dw 2
-    db 0, 9
-    db 10, 0, 2, 15
-    dq 0
-section .bss
-data: resb NBYTES
-"""
+SENDER = sender(300_000)
 
 
 def test_data_sent_before_exit_is_delivered(app):
