@@ -6,6 +6,7 @@ import ast
 import shutil
 import subprocess
 
+import pytest
 from conftest import ROOT, need_tool
 
 # package -> packages it must never import
@@ -80,3 +81,38 @@ def test_the_check_catches_a_violation(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("import os\nfrom exo.kernel import Exokernel\n")
     assert ("exo" in {m for _, m in _imports(bad)})
+
+
+def _group(module: str) -> str:
+    """The package or layer a module belongs to: hw, libos, benchmarks, exo's kernel (the modules at
+    the top of exo/), exo.build, exo.api, exo.cli, exo.labs, exo.fuzz, the package's __init__, its
+    __main__."""
+    parts = module.split(".")
+    if parts[0] != "exo":
+        return parts[0]
+    if module in ("exo", "exo.__main__"):
+        return module
+    return f"exo.{parts[1]}" if parts[1] in ("build", "api", "cli", "labs", "fuzz") else "exo (kernel)"
+
+
+def test_no_import_cycle_between_packages_or_layers():
+    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter")
+    graph = grimp.build_graph("hw", "exo", "libos", "benchmarks", include_external_packages=False,
+                              exclude_type_checking_imports=True)
+    edges: dict[str, set[str]] = {}
+    for m in graph.modules:  # every import, function-level ones included
+        for imported in graph.find_modules_directly_imported_by(m):
+            if _group(m) != _group(imported):
+                edges.setdefault(_group(m), set()).add(_group(imported))
+
+    def reaches(a: str) -> set[str]:
+        seen, todo = set(), [a]
+        while todo:
+            for b in edges.get(todo.pop(), ()):
+                if b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        return seen
+
+    assert edges.get("exo.cli") and edges.get("exo.api")  # the check sees the graph
+    assert [g for g in edges if g in reaches(g)] == []
