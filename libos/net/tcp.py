@@ -870,9 +870,13 @@ class Tcb:
 
     def _pure_ack(self) -> Segment:
         # seq = the highest sent (Linux's snd_nxt): after a go-back-N, SND.NXT may be below
-        # the peer's RCV.NXT, which would make the ACK unacceptable there.
-        return Segment(self.lport, self.rport, self.snd_max & _MASK, self.rcv_nxt & _MASK, ACK,
-                       self._adv_window())
+        # the peer's RCV.NXT, which would make the ACK unacceptable there. But never beyond the
+        # right edge of the peer's window (Linux's tcp_acceptable_seq): sent into a closed window,
+        # the peer's acceptability test drops a zero-length segment past RCV.NXT with its ACK
+        # (RFC 9293 3.10.7.4), so the peer would never learn its data arrived and both sides
+        # could sit in backed-off timers (a 4 MiB echo once stalled 120 s that way).
+        seq = min(self.snd_max, self.snd_una + self.snd_wnd)
+        return Segment(self.lport, self.rport, seq & _MASK, self.rcv_nxt & _MASK, ACK, self._adv_window())
 
     def __repr__(self) -> str:
         return (f"Tcb({self.lport}->{self.rport} {self.state} una={self.snd_una & _MASK} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from libos.net.stack import Stack
 
 MAC_A, MAC_B = "52:54:00:12:34:56", "52:54:00:12:34:57"
@@ -149,3 +151,40 @@ server: dw 2
 section .bss
 data: resb NBYTES
 """
+
+
+class FaultyLink(Link):
+    """A Link whose IPv4 frames are lost, duplicated and reordered (one frame held back until the
+    next overtakes it), seeded: the same seed, the same wire."""
+
+    def __init__(self, seed: int, loss: float = 0.1, dup: float = 0.1, reorder: float = 0.1) -> None:
+        self.rng = random.Random(seed)
+        self.faults = (loss, dup, reorder)
+        self.held: dict[str, bytes | None] = {"a": None, "b": None}
+        super().__init__()
+
+    def _tx(self, to: str):
+        def transmit(frames: list[bytes]) -> None:
+            loss, dup, reorder = self.faults
+            for f in frames:
+                if f[12:14] != b"\x08\x00":  # ARP goes through: the stacks must find each other
+                    self.queues[to].append(f)
+                    continue
+                if self.rng.random() < loss:
+                    continue
+                for c in [f, f] if self.rng.random() < dup else [f]:
+                    if self.held[to] is None and self.rng.random() < reorder:
+                        self.held[to] = c
+                        continue
+                    self.queues[to].append(c)
+                    if self.held[to] is not None:
+                        self.queues[to].append(self.held[to])
+                        self.held[to] = None
+        return transmit
+
+    def release(self) -> None:
+        """Deliver the frames held back (the wire is quiet: nothing else will overtake them)."""
+        for side, f in self.held.items():
+            if f is not None:
+                self.queues[side].append(f)
+                self.held[side] = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from netkit import IP_A, IP_B, MAC_A, MAC_B, Link
+from netkit import IP_A, IP_B, MAC_A, MAC_B, FaultyLink, Link
 
 from libos.net import headers as h
 from libos.net.linux import EADDRINUSE, EMSGSIZE, NetError
@@ -324,3 +324,35 @@ def test_tcp_over_a_lossy_link_runs_on_the_stack_timers():
         got += link.b.tcp_recv(server, 1 << 20)
     assert bytes(got) == data
     assert link.a.stats["tcp_segments_sent"] > len(data) // 1460  # retransmissions happened
+
+
+def test_echo_through_a_closed_window_over_a_lossy_reordering_wire_keeps_moving():
+    # The server's app reads only what it can echo, so its receive window closes while the
+    # client still has data outstanding. The client's ACKs of the echo must stay acceptable to a
+    # closed window (seq at its right edge, Linux's tcp_acceptable_seq): with seq = SND.MAX they
+    # were dropped with their ACK (RFC 9293 3.10.7.4), and this run took 409 s of guest time, in
+    # RTO backoffs up to 60 s, instead of 8 s.
+    link = FaultyLink(seed=3)
+    lst = link.b.tcp_listen(7, 4)
+    client = link.a.tcp_connect(IP_B, 7)
+    link.run(lambda: lst.readable)
+    server = link.b.tcp_accept(lst)
+    data = random.Random(3).randbytes(1 << 20)
+    start, sent, pending, got = link.t, 0, b"", bytearray()
+    while len(got) < len(data):
+        if sent < len(data):
+            sent += link.a.tcp_send(client, data[sent:sent + 65536])
+        if not pending and server.tcb.readable:
+            pending = link.b.tcp_recv(server, 65536)
+        if pending:
+            pending = pending[link.b.tcp_send(server, pending):]
+        got += link.a.tcp_recv(client, 1 << 20)
+        if not link.deliver():
+            link.release()
+            if link.deliver():
+                continue
+            link.t = max(link.t, min(t for t in (link.a.next_timer(), link.b.next_timer()) if t is not None))
+            link.a.poll(link.t)
+            link.b.poll(link.t)
+        assert link.t - start < 60 * 10**9, f"1 MiB not echoed in 60 s of guest time: {len(got)} bytes"
+    assert bytes(got) == data
