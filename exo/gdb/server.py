@@ -81,6 +81,7 @@ class GdbServer:
         self.g_thread = 0  # Hg: registers and memory (0: the stopped one)
         self.c_thread = 0  # Hc: what s steps
         self.stopped: Env | None = None
+        self.stop_signal = SIGTRAP
         self.killed = False
         self._wrap(kernel)
 
@@ -143,7 +144,7 @@ class GdbServer:
         if wait:
             self._accept(block=True)
             if self.conn is not None:
-                self.stop(self._default_thread(), SIGTRAP)
+                self.stop(self._default_thread(), SIGTRAP, announce=False)
         done = 0
         while not self.killed:
             if self.conn is None:
@@ -245,13 +246,18 @@ class GdbServer:
             self._write(frame(escape(data)))
 
     # ------------------------------------------------------------- stopped
-    def stop(self, env: Any, sig: int) -> None:
-        """The machine is stopped at ``env``: serve gdb until it resumes (or goes away)."""
+    def stop(self, env: Any, sig: int, announce: bool = True) -> None:
+        """The machine is stopped at ``env``: serve gdb until it resumes (or goes away).
+
+        ``announce``: send the stop reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C;
+        on a fresh connection it asks with ``?`` instead)."""
         if self.conn is None or env is None:
             return
         self.stopped = env
         self.g_thread = self.c_thread = 0
-        self._send(self._stop_reply(env, sig))
+        self.stop_signal = sig
+        if announce:
+            self._send(self._stop_reply(env, sig))
         while self.conn is not None:
             while not self.dec.events and self.conn is not None:
                 if select.select([self.conn], [], [], IO_TIMEOUT)[0]:
@@ -313,7 +319,7 @@ class GdbServer:
         return (b"l" if off + len(chunk) >= len(doc) else b"m") + chunk
 
     def _why(self, _: bytes) -> bytes:
-        return self._stop_reply(self.stopped, SIGTRAP)
+        return self._stop_reply(self.stopped, self.stop_signal)
 
     def _g(self, _: bytes) -> bytes:
         return self.target.registers(self._env(self.g_thread)).hex().encode()
@@ -397,6 +403,17 @@ class GdbServer:
         self.stepping.add(env.id)
         raise _Resume
 
+    def _continue_signal(self, rest: bytes) -> bytes:
+        # C sig[;addr]: the signal is what the environment gets. A fault's signal is delivered as
+        # the exokernel delivers faults (the fault report, the environment destroyed); ours
+        # (SIGTRAP, SIGINT) are the debugger's and are dropped, as gdb drops them by default.
+        _, _, addr = rest.partition(b";")
+        return self._continue(addr)
+
+    def _step_signal(self, rest: bytes) -> bytes:
+        _, _, addr = rest.partition(b";")
+        return self._step(addr)
+
     def _set_rip(self, rest: bytes) -> None:
         env = self._env(self.c_thread)
         self.target.write_register(env, REG_INDEX["rip"], int(rest, 16).to_bytes(8, "little"))
@@ -439,6 +456,8 @@ class GdbServer:
         (b"T", _T),
         (b"c", _continue),
         (b"s", _step),
+        (b"C", _continue_signal),
+        (b"S", _step_signal),
         (b"Z", lambda self, r: self._z(r, True)),
         (b"z", lambda self, r: self._z(r, False)),
         (b"D", _detach_cmd),
