@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "corrupt=0.01,seed=1")
     p.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1): environments are "
-                        "threads (docs/debugging.md, Attaching gdb); needs --clock virtual")
+                        "threads (docs/debugging.md, Attaching gdb)")
     p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
 
 
@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
     if args.gdb_wait and not args.gdb:
         raise ExoUserError("--gdb-wait", "needs --gdb [HOST:]PORT")
-    if args.gdb and args.clock == "wall":
-        raise ExoUserError("--gdb", "the debugger runs guests in exact instruction chunks: it needs --clock virtual")
     for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")

@@ -1,14 +1,15 @@
 """The gdb session: one TCP connection, the command table, and the run loop under it.
 
-All-stop model on one vCPU. The machine runs in chunks of ``CHUNK`` guest instructions
-(``Exokernel.run(max_instructions=...)``: exact under the virtual clock); between chunks
-the server looks at the socket (a connection, Ctrl-C). A stop inside a chunk, a
+All-stop model on one vCPU. The exokernel's own run loop runs the guests, unchanged (same
+scheduling, same output as without gdb); before it picks each slice the server looks at
+the socket (a connection, Ctrl-C) at most every ``POLL_SECONDS`` of host time, which
+touches no guest-visible state. A stop inside a slice, a
 breakpoint's int3, a single step's #DB (the trap flag, RFLAGS.TF: the CPU's own
 single-step, SDM Vol. 3B 17.3.1.4) or a fault about to kill an environment, reaches the
 server from the trap path, and the session runs right there, inside the vCPU's hook, with
 the stopped environment's registers live; ``c``/``s`` return from it and the guest goes on.
-Nothing is added to the hypercall path: ``Exokernel.trap`` and ``Exokernel.kill`` are
-wrapped on the instance, and only when ``--gdb`` is given.
+Nothing is added to the hypercall path: ``Exokernel.trap``, ``Exokernel.kill`` and
+``Exokernel._pick`` are wrapped on the instance, and only when ``--gdb`` is given.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import select
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ from hw.traps import TrapKind, Vector
 if TYPE_CHECKING:
     from exo.env import Env
 
-CHUNK = 1_000_000  # guest instructions between two looks at the socket
+POLL_SECONDS = 0.02  # host time between two looks at the socket while the guests run
 SIGINT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV = 2, 4, 5, 6, 7, 8, 11
 # The signal a Linux process gets for each exception (arch/x86/kernel/traps.c), which is
 # what gdb users read in "Program received signal ...".
@@ -83,11 +85,12 @@ class GdbServer:
         self.stopped: Env | None = None
         self.stop_signal = SIGTRAP
         self.killed = False
+        self._next_poll = 0.0
         self._wrap(kernel)
 
     # ---------------------------------------------------------------- wiring
     def _wrap(self, kernel: Any) -> None:
-        trap, kill = kernel.trap, kernel.kill
+        trap, kill, pick = kernel.trap, kernel.kill, kernel._pick
 
         def on_trap(cpu: Any, t: Any) -> None:
             if self.conn is not None and t.kind is TrapKind.EXCEPTION and self._debug_trap(t):
@@ -101,7 +104,12 @@ class GdbServer:
                 self.stop(env, sig)
             kill(env, t, reason, kind)
 
-        kernel.trap, kernel.kill = on_trap, on_kill  # instance attributes: the vCPU calls these
+        def on_pick() -> Any:
+            self._between_slices()
+            return pick()
+
+        # Instance attributes: the vCPU and the run loop call these; the class is untouched.
+        kernel.trap, kernel.kill, kernel._pick = on_trap, on_kill, on_pick
         kernel.env_reclaim_hooks.append(self._reclaimed)
 
     def _reclaimed(self, env: Any) -> None:
@@ -139,33 +147,25 @@ class GdbServer:
             self._finish()
 
     def _run(self, wait: bool, max_instructions: int | None) -> None:
-        k = self.kernel
         self.log(f"listening on {self.address[0]}:{self.address[1]}" + (" (waiting for gdb)" if wait else ""))
         if wait:
             self._accept(block=True)
-            if self.conn is not None:
-                self.stop(self._default_thread(), SIGTRAP, announce=False)
-        done = 0
-        while not self.killed:
-            if self.conn is None:
-                self._accept(block=False)
-            else:
-                self._poll()
-            if self.interrupted and self.conn is not None:
-                self.interrupted = False
-                env = self._default_thread()
-                if env is not None:
-                    self.stop(env, SIGINT)
-            chunk = CHUNK if max_instructions is None else min(CHUNK, max_instructions - done)
-            if chunk <= 0:
-                break
-            before = k.cpu.retired_total
-            k.run(max_instructions=chunk)
-            done += k.cpu.retired_total - before
-            if not k.watchdog_fired:
-                break
-        if max_instructions is None or done < max_instructions:
-            k.watchdog_fired = False
+        self.kernel.run(max_instructions=max_instructions)
+
+    def _between_slices(self) -> None:
+        """Before the scheduler picks the next slice: at most every POLL_SECONDS, look at the
+        socket. A new connection, or Ctrl-C from gdb, stops the machine here (no guest runs)."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + POLL_SECONDS
+        if self.conn is None:
+            self._accept(block=False)
+            return
+        self._poll()
+        if self.interrupted and self.conn is not None:
+            self.interrupted = False
+            self.stop(self._default_thread(), SIGINT)
 
     def _default_thread(self) -> Any:
         live = self.kernel._live
@@ -195,6 +195,8 @@ class GdbServer:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn, self.dec = conn, Decoder()
         self.log(f"connection from {peer[0]}:{peer[1]}")
+        self.stop(self._default_thread(), SIGTRAP, announce=False)  # gdb asks why with '?'
+
 
     def _close(self) -> None:
         if self.conn is not None:

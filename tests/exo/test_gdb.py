@@ -44,6 +44,13 @@ msg: db "hello", 10
 status: dq 3
 """
 
+FOREVER = """
+section .text
+_start:
+    inc rax
+    jmp _start
+"""
+
 FAULT = """
 section .text
 _start:
@@ -105,9 +112,9 @@ def test_no_ack_mode_stops_acks():
 class Stub:
     """`exo boot APP --gdb 127.0.0.1:0 --gdb-wait` in the background; its port from stderr."""
 
-    def __init__(self, *args: str, stdin: bytes = b"") -> None:
+    def __init__(self, *args: str, stdin: bytes = b"", wait: bool = True) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "exo", "boot", *args, "--gdb", "127.0.0.1:0",
-                                      "--gdb-wait"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      *(["--gdb-wait"] if wait else [])], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=dict(os.environ))
         self.proc.stdin.write(stdin)
         self.proc.stdin.close()
@@ -148,10 +155,13 @@ def _symbols(app: Path) -> dict[str, int]:
     return build(app).image.symbols
 
 
-def _rsp(sock: socket.socket, data: bytes) -> bytes:
-    """Send a packet, read its ack and reply (no-ack mode not negotiated)."""
-    sock.sendall(frame(data))
+def _rsp(sock: socket.socket, data: bytes | None) -> bytes:
+    """Send a packet (None: send nothing), read its ack and reply (no-ack mode not negotiated)."""
     buf = b""
+    if data is None:
+        buf = b"+"
+    else:
+        sock.sendall(frame(data))
     while not re.search(rb"\$[^#]*#..", buf):
         chunk = sock.recv(4096)
         assert chunk, f"connection closed after {data!r} ({buf!r})"
@@ -179,6 +189,51 @@ def test_raw_client_bad_input_gets_replies_and_guest_finishes(tmp_path):
     code, out, err = stub.finish()
     assert (code, out) == (3, "hello\n"), err
     assert "disconnected in the middle of a packet" in err and "Traceback" not in err
+
+
+def test_ctrl_c_stops_a_running_guest_and_breakpoints_refuse_exokernel_pages(tmp_path):
+    app = make_app(tmp_path, "forever", FOREVER)
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z0,100020,1") == b"E01"  # the hypercall page: every app's, not this one's
+        s.sendall(frame(b"c"))
+        assert s.recv(1) == b"+"
+        time.sleep(0.3)
+        s.sendall(b"\x03")
+        assert _rsp(s, None) == b"T02thread:1;"
+        rip = int.from_bytes(bytes.fromhex(_rsp(s, b"p10").decode()), "little")
+        assert 0x400000 <= rip < 0x400010
+        s.sendall(frame(b"k"))
+    code, _, err = stub.finish()
+    assert code == 137, err
+
+
+def test_attach_while_running(tmp_path):
+    """Without --gdb-wait the guests start at once; a connection stops them wherever they are."""
+    app = make_app(tmp_path, "forever", FOREVER)
+    stub = Stub(str(app), wait=False)
+    time.sleep(0.5)
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"?") == b"T05thread:1;"
+        rax = int.from_bytes(bytes.fromhex(_rsp(s, b"p0").decode()), "little")
+        assert rax > 1000  # it had been running
+        s.sendall(frame(b"k"))
+    code, _, err = stub.finish()
+    assert code == 137, err
+
+
+def test_same_run_with_gdb_attached(tmp_path):
+    """Attached and continuing, the guests run as they do without a debugger: same output, same counts."""
+    from test_echo import run_exo
+
+    app = ROOT / "guest_apps/threads"
+    plain = run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"c") == b"W00"
+    code, out, err = stub.finish()
+    assert (code, out.encode()) == (plain.returncode, plain.stdout), err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
 
 
 # ---------------------------------------------------------------- stock gdb
@@ -243,7 +298,7 @@ def test_kill(tmp_path, gdb_tool):
     (["--gdb-wait"], "--gdb-wait"),
     (["--gdb", "localhost:http"], "PORT must be a number"),
     (["--gdb", "70000"], "not between 0 and 65535"),
-    (["--gdb", "1234", "--clock", "wall"], "needs --clock virtual"),
+    (["--gdb", "nosuchhost.invalid:1234"], "cannot listen on nosuchhost.invalid:1234"),
 ])
 def test_bad_gdb_options(tmp_path, args, what):
     app = make_app(tmp_path, "hello", HELLO)
