@@ -8,8 +8,9 @@ breakpoint's int3, a single step's #DB (the trap flag, RFLAGS.TF: the CPU's own
 single-step, SDM Vol. 3B 17.3.1.4) or a fault about to kill an environment, reaches the
 server from the trap path, and the session runs right there, inside the vCPU's hook, with
 the stopped environment's registers live; ``c``/``s`` return from it and the guest goes on.
-Nothing is added to the hypercall path: ``Exokernel.trap``, ``Exokernel.kill`` and
-``Exokernel._pick`` are wrapped on the instance, and only when ``--gdb`` is given.
+Nothing is added to the hypercall path: ``Exokernel.trap``, ``Exokernel.kill``,
+``Exokernel.code`` (library calls) and ``Exokernel._pick`` are wrapped on the instance, and
+only when ``--gdb`` is given.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class GdbServer:
         self.dec = Decoder()
         self.interrupted = False
         self.stepping: set[int] = set()  # environments with TF set by us
+        self.traced: set[int] = set()  # environments we ever set TF for
         self.g_thread = 0  # Hg: registers and memory (0: the stopped one)
         self.c_thread = 0  # Hc: what s steps
         self.stopped: Env | None = None
@@ -90,12 +92,33 @@ class GdbServer:
 
     # ---------------------------------------------------------------- wiring
     def _wrap(self, kernel: Any) -> None:
-        trap, kill, pick = kernel.trap, kernel.kill, kernel._pick
+        trap, kill, pick, code = kernel.trap, kernel.kill, kernel._pick, kernel.code
 
         def on_trap(cpu: Any, t: Any) -> None:
             if self.conn is not None and t.kind is TrapKind.EXCEPTION and self._debug_trap(t):
                 return
+            env = kernel.current
+            if env.id not in self.stepping:
+                trap(cpu, t)
+                return
+            # A fault in the middle of a single step. A CPU clears TF when it delivers an
+            # exception (SDM Vol. 3A 6.12.1.2); clear it before the exokernel pushes an upcall
+            # frame, or the frame carries it and the handler's return steps on with nobody
+            # asking. If the exokernel sent the environment to a handler, the step stops
+            # at the handler's entry, as gdb steps into a signal handler on Linux.
+            self.target.set_rflags(env, self.target.rflags(env) & ~RFLAGS_TF)
             trap(cpu, t)
+            if env.alive and not cpu.stop_requested:
+                self.target.set_rflags(env, self.target.rflags(env) | RFLAGS_TF)
+
+        def on_code(cpu: Any, address: int) -> None:
+            # A library call: the trampoline's instruction never executes (Python does the call
+            # and writes RIP), so the CPU raises no #DB for it. A step over it ends after the call.
+            env = kernel.current
+            code(cpu, address)
+            if env.id in self.stepping and env.alive and not cpu.stop_requested:
+                self._clear_step(env)
+                self.stop(env, SIGTRAP)
 
         def on_kill(env: Any, t: Any, reason: str = "", kind: str | None = None) -> None:
             if self.conn is not None and env is kernel._live:  # its registers are live: show them
@@ -109,7 +132,7 @@ class GdbServer:
             return pick()
 
         # Instance attributes: the vCPU and the run loop call these; the class is untouched.
-        kernel.trap, kernel.kill, kernel._pick = on_trap, on_kill, on_pick
+        kernel.trap, kernel.kill, kernel._pick, kernel.code = on_trap, on_kill, on_pick, on_code
         kernel.env_reclaim_hooks.append(self._reclaimed)
 
     def _reclaimed(self, env: Any) -> None:
@@ -128,6 +151,11 @@ class GdbServer:
         if t.vector == Vector.DB and env.id in self.stepping:
             self._clear_step(env)
             self.stop(env, SIGTRAP)
+            return True
+        if t.vector == Vector.DB and env.id in self.traced:
+            # A trap flag we set that outlived its step (saved in a frame the libOS restored):
+            # not the guest's doing, so not the guest's fault. Drop it and run on.
+            self.target.set_rflags(env, self.target.rflags(env) & ~RFLAGS_TF)
             return True
         return False
 
@@ -403,6 +431,7 @@ class GdbServer:
         env = self._env(self.c_thread)
         self.target.set_rflags(env, self.target.rflags(env) | RFLAGS_TF)
         self.stepping.add(env.id)
+        self.traced.add(env.id)
         raise _Resume
 
     def _continue_signal(self, rest: bytes) -> bytes:

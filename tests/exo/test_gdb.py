@@ -287,6 +287,21 @@ def test_forktree_threads(gdb_tool):
     assert code == 0 and out.count("I am") == 15, err
 
 
+def test_stepi_through_a_copy_on_write_fault(gdb_tool):
+    """A step that faults enters the libOS handler (its entry is the next stop), steps over its
+    library calls, returns to the faulting store, and leaves no trap flag behind."""
+    child = _symbols(ROOT / "guest_apps/forktree")["child"]
+    store = child + 0x11  # mov byte ptr [rdx + rcx], bl: the first write to the child's .data
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb(f"break *{child:#x}", "continue", "delete", *["stepi"] * 8, "continue")
+    stops = re.findall(r"^(0x[0-9a-f]{16}) in \?\? \(\)$", text, re.M)[1:]  # after the connect's
+    assert stops[:3] == [f"{a:#018x}" for a in (child + 7, child + 0xA, store)], text
+    assert stops.count(f"{store:#018x}") == 2 and f"{store + 3:#018x}" in stops, text  # retried, then on
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
+
+
 def test_fault_stops_with_sigsegv_before_the_report(tmp_path, gdb_tool):
     app = make_app(tmp_path, "fault", FAULT)
     bad = _symbols(app)["bad"]
