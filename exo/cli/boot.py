@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net-faults", metavar="SPEC",
                    help="wire fault injection, seeded and deterministic: loss=0.1,dup=0.01,reorder=0.05,"
                         "corrupt=0.01,seed=1")
+    p.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1): environments are "
+                        "threads (docs/debugging.md, Attaching gdb)")
+    p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError("--max-instructions", f"must be positive, got {args.max_instructions}")
         if args.clock == "wall":
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
+    if args.gdb_wait and not args.gdb:
+        raise ExoUserError("--gdb-wait", "needs --gdb [HOST:]PORT")
     for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
@@ -78,10 +84,22 @@ def run(args: argparse.Namespace) -> int:
     for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
+    gdb = None
+    if args.gdb:
+        from exo.gdb.server import GdbServer, parse_address
+
+        try:
+            gdb = GdbServer(kernel, *parse_address(args.gdb))
+        except BaseException:
+            system.close()
+            raise
     interrupted: str | None = None
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
-        system.run(args.max_instructions)
+        if gdb is not None:
+            gdb.run(args.gdb_wait, args.max_instructions)
+        else:
+            system.run(args.max_instructions)
     except _Terminated:
         interrupted = "terminated"
     except KeyboardInterrupt:
@@ -99,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
     if args.stats:
         print_stats(stats)
+    if gdb is not None and gdb.killed:
+        sys.stderr.write("exo: killed by gdb\n")
+        return 137  # as a shell reports a process ended by SIGKILL
     if interrupted:
         for e in kernel.alive():  # where each was, so a guest that never ends has a location
             sys.stderr.write(f"exo: environment {e.id} ({e.name}) was at {_locate(kernel, e)}\n")

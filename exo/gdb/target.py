@@ -1,0 +1,273 @@
+"""What gdb sees of the machine: environments as threads, their registers, their memory
+through their own page tables, and software breakpoints.
+
+Registers are the environment's live vCPU state when it is the one loaded in the vCPU
+(``Exokernel._live``: always the case inside a trap), else its saved context; both are
+read with Unicorn's own register calls (``uc_reg_read``/``uc_context_reg_read``), so a
+thread that is not running costs no context switch to inspect.
+
+Breakpoints are ``int3`` (0xCC) written into the physical frame behind the address, as
+gdbserver does on Linux: the guest runs at full speed until it reaches one (a code hook
+over every instruction would cost 1-1.6 MIPS: shared/UNICORN_NOTES.md). A frame shared by
+several environments (a forked child's code) breaks in each of them, as a breakpoint in
+a multi-threaded process does. The original byte is shown to memory reads and kept when
+gdb writes over it; the exokernel's own frames (hypercall page, libOS pages, shared by
+every app on the machine) refuse breakpoints and writes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Any
+
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from exo.frames import EXO
+from hw.memory import PAGE_SIZE
+from hw.paging import translate
+
+if TYPE_CHECKING:
+    from exo.env import Env
+    from exo.kernel import Exokernel
+
+INT3 = 0xCC
+RFLAGS_TF = 1 << 8  # trap flag: #DB after the next instruction (SDM Vol. 3B 17.3.1.4)
+
+# The register file gdb is told about (target description below), in 'g' packet order:
+# (name, size in bytes, Unicorn register, gdb type, may gdb write it). The names and the
+# features are gdb's own (gdb/features/i386/64bit-core.xml, 64bit-segments.xml): gdb
+# checks them by name. x87 registers are part of gdb's amd64 core feature; SSE is not sent.
+_CORE = [(n, 8, getattr(X, f"UC_X86_REG_{n.upper()}"), t, True) for n, t in (
+    ("rax", "int64"), ("rbx", "int64"), ("rcx", "int64"), ("rdx", "int64"), ("rsi", "int64"),
+    ("rdi", "int64"), ("rbp", "data_ptr"), ("rsp", "data_ptr"), *((f"r{i}", "int64") for i in range(8, 16)),
+    ("rip", "code_ptr"))]
+_CORE += [("eflags", 4, X.UC_X86_REG_EFLAGS, "i386_eflags", True)]
+# Segment selectors: ring 3's code and stack selectors fix its privilege level; gdb may not change them.
+_CORE += [(s, 4, getattr(X, f"UC_X86_REG_{s.upper()}"), "int32", False) for s in ("cs", "ss", "ds", "es", "fs", "gs")]
+_CORE += [(f"st{i}", 10, None, "i387_ext", True) for i in range(8)]  # stack order: read through TOP (below)
+_CORE += [(n, 4, r, "int", True) for n, r in (
+    ("fctrl", X.UC_X86_REG_FPCW), ("fstat", X.UC_X86_REG_FPSW), ("ftag", X.UC_X86_REG_FPTAG),
+    ("fiseg", None), ("fioff", X.UC_X86_REG_FIP), ("foseg", None), ("fooff", X.UC_X86_REG_FDP),
+    ("fop", X.UC_X86_REG_FOP))]
+_SEGMENTS = [(n, 8, r, "int", True) for n, r in (("fs_base", X.UC_X86_REG_FS_BASE), ("gs_base", X.UC_X86_REG_GS_BASE))]
+REGISTERS = _CORE + _SEGMENTS
+REG_INDEX = {r[0]: i for i, r in enumerate(REGISTERS)}
+_FP_FIRST = REG_INDEX["st0"]
+
+
+def _xml_regs(regs: list) -> str:
+    out = []
+    for name, size, _, typ, _ in regs:
+        group = ' group="float"' if name.startswith(("st", "f")) and not name.endswith("_base") else ""
+        out.append(f'<reg name="{name}" bitsize="{size * 8}" type="{typ}"{group}/>')
+    return "".join(out)
+
+
+_EFLAGS_FLAGS = "".join(f'<field name="{n}" start="{b}" end="{b}"/>' for n, b in (
+    ("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), ("IF", 9), ("DF", 10), ("OF", 11),
+    ("NT", 14), ("RF", 16), ("VM", 17), ("AC", 18), ("VIF", 19), ("VIP", 20), ("ID", 21)))
+
+TARGET_XML = (
+    '<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
+    "<target><architecture>i386:x86-64</architecture>"
+    '<feature name="org.gnu.gdb.i386.core">'
+    f'<flags id="i386_eflags" size="4">{_EFLAGS_FLAGS}</flags>'
+    f"{_xml_regs(_CORE)}</feature>"
+    f'<feature name="org.gnu.gdb.i386.segments">{_xml_regs(_SEGMENTS)}</feature>'
+    "</target>"
+)
+
+_reg_read = uclib.uc_reg_read
+_reg_write = uclib.uc_reg_write
+_ctx_reg_read = uclib.uc_context_reg_read
+_ctx_reg_write = uclib.uc_context_reg_write
+
+
+class TargetError(Exception):
+    """A request gdb made that cannot be done (answered with an E reply, never a crash)."""
+
+
+class Target:
+    """The exokernel's environments as gdb threads."""
+
+    def __init__(self, kernel: Exokernel) -> None:
+        self.kernel = kernel
+        self.cpu = kernel.cpu
+        self.memory = kernel.machine.memory
+        self.breakpoints: dict[int, tuple[int, int]] = {}  # physical address -> (virtual address, original byte)
+        self._buf = ctypes.create_string_buffer(16)
+
+    # ------------------------------------------------------------- threads
+    def threads(self) -> list[Env]:
+        return [e for e in self.kernel.envs.values() if e.alive and not e.is_server]
+
+    def thread(self, tid: int) -> Env:
+        env = self.kernel.envs.get(tid)
+        if env is None or not env.alive:
+            raise TargetError(f"no environment {tid}")
+        return env
+
+    def extra_info(self, env: Env) -> str:
+        status = env.status.name.lower() + (f" on {env.blocked_on}" if env.blocked_on else "")
+        return f"{env.name}, env {env.id}, {status}"
+
+    # ------------------------------------------------------------ registers
+    def _live(self, env: Env) -> bool:
+        return env is self.kernel._live
+
+    def _raw(self, env: Env, ucreg: int) -> int:
+        buf = self._buf
+        ctypes.memset(buf, 0, 16)
+        if self._live(env):
+            _reg_read(self.cpu._h, ucreg, buf)
+        else:
+            _ctx_reg_read(env.ctx.ptr, ucreg, buf)
+        return int.from_bytes(buf.raw, "little")
+
+    def _set_raw(self, env: Env, ucreg: int, value: int) -> None:
+        buf = self._buf
+        buf.raw = (value & (1 << 128) - 1).to_bytes(16, "little")
+        if self._live(env):
+            _reg_write(self.cpu._h, ucreg, buf)
+        else:
+            _ctx_reg_write(env.ctx.ptr, ucreg, buf)
+
+    def read_register(self, env: Env, index: int) -> bytes:
+        if not 0 <= index < len(REGISTERS):
+            raise TargetError(f"no register {index}")
+        name, size, ucreg, _, _ = REGISTERS[index]
+        if ucreg is None and name.startswith("st"):
+            ucreg = self._physical_fp(env, index - _FP_FIRST)
+        value = 0 if ucreg is None else self._raw(env, ucreg)
+        return (value & (1 << size * 8) - 1).to_bytes(size, "little")
+
+    def _physical_fp(self, env: Env, i: int) -> int:
+        """ST(i) is the physical register R[(TOP + i) mod 8] (SDM Vol. 1 8.1.2); Unicorn's FPn are the R's."""
+        top = (self._raw(env, X.UC_X86_REG_FPSW) >> 11) & 7
+        return X.UC_X86_REG_FP0 + (top + i) % 8
+
+    def write_register(self, env: Env, index: int, data: bytes) -> None:
+        if not 0 <= index < len(REGISTERS):
+            raise TargetError(f"no register {index}")
+        name, size, ucreg, _, writable = REGISTERS[index]
+        if len(data) != size:
+            raise TargetError(f"register {name} is {size} bytes, got {len(data)}")
+        value = int.from_bytes(data, "little")
+        if ucreg is None and name.startswith("st"):
+            ucreg = self._physical_fp(env, index - _FP_FIRST)
+        if not writable or ucreg is None:
+            if int.from_bytes(self.read_register(env, index), "little") != value:
+                raise TargetError(f"register {name} cannot be changed")
+            return
+        if name == "rip":
+            self.cpu.flush_code()  # resume where gdb says, never in a block translated for the old RIP
+        self._set_raw(env, ucreg, value)
+
+    def registers(self, env: Env) -> bytes:
+        return b"".join(self.read_register(env, i) for i in range(len(REGISTERS)))
+
+    def write_registers(self, env: Env, data: bytes) -> None:
+        pos = 0
+        for i, (_, size, *_rest) in enumerate(REGISTERS):
+            if pos + size > len(data):
+                break  # gdb may send fewer registers than it was told of
+            self.write_register(env, i, data[pos:pos + size])
+            pos += size
+
+    def rflags(self, env: Env) -> int:
+        return self._raw(env, X.UC_X86_REG_RFLAGS)
+
+    def set_rflags(self, env: Env, value: int) -> None:
+        self._set_raw(env, X.UC_X86_REG_RFLAGS, value)
+
+    def rip(self, env: Env) -> int:
+        return self._raw(env, X.UC_X86_REG_RIP)
+
+    # --------------------------------------------------------------- memory
+    def _pages(self, env: Env, va: int, length: int, write: bool):
+        """(physical address, length) pieces of [va, va+length) as the environment's page tables
+        map them for ring 3 (a debugger gets the environment's own rights: user pages only, and
+        for writes its writable pages)."""
+        if length < 0 or va < 0 or va + length > 1 << 64:
+            raise TargetError("bad range")
+        out = []
+        root = env.space.root
+        while length > 0:
+            t = translate(self.memory, root, va)
+            if t is None or not t.user or (write and not t.writable):
+                raise TargetError(f"{va:#x} is not mapped{' writable' if write else ''} in environment {env.id}")
+            n = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+            out.append((t.pa, n))
+            va += n
+            length -= n
+        return out
+
+    def read_memory(self, env: Env, va: int, length: int) -> bytes:
+        data = bytearray()
+        for pa, n in self._pages(env, va, length, write=False):
+            data += self.memory.read(pa, n)
+            for bp_pa, (_, orig) in self.breakpoints.items():  # a handful: gdb sets few
+                if pa <= bp_pa < pa + n:
+                    data[len(data) - n + bp_pa - pa] = orig
+        return bytes(data)
+
+    def write_memory(self, env: Env, va: int, data: bytes) -> None:
+        pieces = self._pages(env, va, len(data), write=True)
+        off = 0
+        for pa, n in pieces:
+            chunk = bytearray(data[off:off + n])
+            for bp_pa, (bva, _) in list(self.breakpoints.items()):
+                if pa <= bp_pa < pa + n:  # keep the int3, remember the new byte under it
+                    self.breakpoints[bp_pa] = (bva, chunk[bp_pa - pa])
+                    chunk[bp_pa - pa] = INT3
+            self.memory.write(pa, bytes(chunk))
+            off += n
+        self.cpu.flush_code()  # host writes do not invalidate translated code (UNICORN_NOTES trap 4)
+
+    # ----------------------------------------------------------- breakpoints
+    def _code_pa(self, env: Env, va: int) -> int:
+        t = translate(self.memory, env.space.root, va)
+        if t is None or not t.user:
+            raise TargetError(f"{va:#x} is not mapped in environment {env.id}")
+        if self.kernel.frames.owner[t.pa // PAGE_SIZE] == EXO:
+            raise TargetError(f"{va:#x} is on an exokernel page shared by every app")
+        return t.pa
+
+    def insert_breakpoint(self, env: Env, va: int) -> None:
+        pa = self._code_pa(env, va)
+        if pa in self.breakpoints:
+            return
+        self.breakpoints[pa] = (va, self.memory.read(pa, 1)[0])
+        self.memory.write(pa, bytes((INT3,)))
+        self.cpu.flush_code()
+
+    def remove_breakpoint(self, env: Env, va: int) -> None:
+        t = translate(self.memory, env.space.root, va)
+        if t is None or t.pa not in self.breakpoints:
+            return  # already gone (its frame freed with the environment, or never set)
+        self._restore(t.pa)
+        self.cpu.flush_code()
+
+    def _restore(self, pa: int) -> None:
+        _, orig = self.breakpoints.pop(pa)
+        if self.memory.read(pa, 1)[0] == INT3:
+            self.memory.write(pa, bytes((orig,)))
+
+    def remove_all(self) -> None:
+        for pa in list(self.breakpoints):
+            self._restore(pa)
+        self.cpu.flush_code()
+
+    def breakpoint_at(self, env: Env, va: int) -> bool:
+        """Is the int3 at ``va`` in ``env`` one of ours (not the guest's own)?"""
+        t = translate(self.memory, env.space.root, va)
+        return t is not None and t.pa in self.breakpoints
+
+    def forget_frames(self, env: Any) -> None:
+        """An environment is being destroyed: a breakpoint on a frame only it used would be
+        written back into a frame that may be reused; restore those now."""
+        for pa, (va, _) in list(self.breakpoints.items()):
+            t = translate(self.memory, env.space.root, va)
+            if t is not None and t.pa == pa and self.kernel.frames.refs[pa // PAGE_SIZE] <= 1:
+                self._restore(pa)
