@@ -69,6 +69,7 @@ def test_echo_parses_back_with_exos_reader(tmp_path, capsys):
     done = image.symbols["done"]
     assert syms["read_more"] == (image.symbols["read_more"], done - image.symbols["read_more"], STT_FUNC)
     assert syms["_start"][1] == 0  # shares read_more's address: the later label gets the size
+    assert image.symbolize(image.symbols["read_more"] + 12) == "read_more+0xc"  # fault reports agree with gdb
     assert syms["buf"] == (image.symbols["buf"], 4096, STT_OBJECT)
 
 
@@ -135,3 +136,23 @@ def test_bad_out_path_is_one_line(tmp_path, capsys, out):
     assert status == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("exo: error: ") and "cannot write the ELF file" in lines[0]
+
+
+def test_elf_guest_symbols_name_its_fault_report(tmp_path):
+    # An ELF guest's own .symtab (as gcc leaves it, here written by exo's writer) names the
+    # faulting instruction and its caller in the fault report.
+    from conftest import boot
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+    from exo.build.elf import ElfSection, label_symbols, write_elf
+
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm("call 0x400007\nud2\nxor eax, eax\nmov rax, [rax]", 0x400000)[0])
+    text = [ElfSection(".text", 0x400000, code, len(code), PF_R | PF_X)]
+    blob = write_elf(0x400000, text, label_symbols({"_start": 0x400000, "crash": 0x400007}, text))
+    d = tmp_path / "elfcrash"
+    d.mkdir()
+    (d / "prog").write_bytes(blob)
+    (d / "app.toml").write_text('name = "elfcrash"\nsources = ["prog"]\n')
+    (report,) = boot(d).reports
+    assert report.symbol == "crash+0x2"
+    assert [s for _, s in report.backtrace.frames] == ["_start+0x5"]
