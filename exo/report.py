@@ -342,11 +342,14 @@ def backtrace(space: Any, rbp: int, rsp: int, symbol: Callable[[int], str | None
     if guessed:
         va = (rsp + 7) & ~7
         end = va + SCAN_BYTES
+        checked: dict[int, bool] = {}  # a word seen twice is decoded once (at worst 512 distinct: ~21 ms)
         while va < end and len(frames) < MAX_FRAMES - 1:
             word = _read_u64(space, va)
             if word is None:
                 break
-            if _after_call(space, word):
+            if word not in checked:
+                checked[word] = _after_call(space, word)
+            if checked[word]:
                 frames.append(word)
             va += 8
     return Backtrace([(a, symbol(a)) for a in frames], guessed)
