@@ -100,5 +100,5 @@ def _write_elf(out: str, manifest, image) -> None:
             f.write(blob)
     except OSError as e:
         raise ExoUserError(out, f"cannot write the ELF file: {e.strerror or e}") from None
-    what = "copied the guest's own ELF" if manifest.is_elf else f"{len(image.symbols)} symbols"
+    what = "copied the guest's own ELF" if manifest.is_elf else f"{len(image.symbols)} labels as symbols"
     sys.stderr.write(f"exo: wrote {out} ({len(blob)} bytes, {what})\n")
