@@ -4,6 +4,11 @@ Only what a static x86-64 executable needs: the file header (ELF-64 Object File
 Format, version 1.5, section 3) and program headers (section 6); PT_LOAD
 segments are loaded with their own permissions. Position-independent and
 dynamically linked files are refused with a clear message.
+
+The other way: `write_elf` writes an assembled image as an ET_EXEC file with
+section headers and a symbol table (``exo image APP --elf OUT``, for gdb and
+objdump), and `read_symbols` reads a .symtab back (an ELF guest's names in its
+fault reports). docs/debugging.md.
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ def build_elf(entry: int, segments: list[ElfSegment]) -> bytes:
 
 
 # ------------------------------------------------------------ an image as an ELF file, with symbols
-# Section header (ELF-64 Object File Format 1.5, section 4) and symbol table entry (section 5),
+# Section header and symbol table entry (ELF-64 Object File Format 1.5, "Sections", "Symbol Table"),
 # little-endian, written with struct: the layouts are fixed and need no parser library.
 _EHDR = "<4s5B7xHHIQQQIHHHHHH"
 _PHDR = "<IIQQQQQQ"
@@ -153,7 +158,7 @@ SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
 STT_OBJECT, STT_FUNC = 1, 2
 STB_GLOBAL = 1
 SHN_ABS = 0xFFF1
-_PAGE = 0x1000
+_PAGE = 0x1000  # p_align of every PT_LOAD: exo maps each segment on its own 4 KiB pages
 
 
 @dataclass
@@ -207,7 +212,7 @@ def label_symbols(labels: dict[str, int], sections: list[ElfSection]) -> list[El
 def write_elf(entry: int, sections: list[ElfSection], symbols: list[ElfSymbol]) -> bytes:
     """An ET_EXEC ELF64 x86-64 file: one PT_LOAD per section (its own pages, as exo maps it), the
     section headers, and .symtab/.strtab/.shstrtab. Segment data sits at file offsets congruent to
-    their addresses modulo the page size, as the ELF spec requires of a loadable segment (section 6)."""
+    their addresses modulo p_align, as a loadable segment's must be (ELF-64 1.5, "Program Header Table")."""
     ehsize, phentsize, shentsize = struct.calcsize(_EHDR), struct.calcsize(_PHDR), struct.calcsize(_SHDR)
     out = bytearray(ehsize + phentsize * len(sections))
     offsets = []

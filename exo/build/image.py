@@ -183,7 +183,7 @@ def elf_file(image: Image) -> bytes:
     """The image as an ET_EXEC ELF64 file for gdb, objdump or readelf: one PT_LOAD and one section
     per segment, every label a symbol (``exo image APP --elf OUT``, docs/debugging.md). The
     hypercall stubs the exokernel maps are absolute symbols too (``call 0x100020 <HC_CONSOLE_READ>``)."""
-    from exo.abi import HYPERCALL_STUB_SIZE
+    from exo.abi import HYPERCALL_STUB_SIZE, PAGE_SIZE
     from exo.build.elf import PF_R, PF_W, PF_X, STT_FUNC, ElfSection, ElfSymbol, label_symbols, write_elf
 
     sections = [ElfSection(s.name, s.va, bytes(s.data), s.memsz,
@@ -191,5 +191,5 @@ def elf_file(image: Image) -> bytes:
                            | (PF_X if s.perm & PERM_X else 0)) for s in image.segments]
     stubs = [ElfSymbol(name, value, HYPERCALL_STUB_SIZE, STT_FUNC, None)
              for name, value in predefined_symbols().items()
-             if name.startswith("HC_") and HYPERCALL_PAGE <= value < HYPERCALL_PAGE + 0x1000]
+             if name.startswith("HC_") and HYPERCALL_PAGE <= value < HYPERCALL_PAGE + PAGE_SIZE]
     return write_elf(image.entry, sections, label_symbols(image.symbols, sections) + stubs)
