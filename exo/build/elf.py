@@ -209,10 +209,12 @@ def label_symbols(labels: dict[str, int], sections: list[ElfSection]) -> list[El
     return out
 
 
-def write_elf(entry: int, sections: list[ElfSection], symbols: list[ElfSymbol]) -> bytes:
+def write_elf(entry: int, sections: list[ElfSection], symbols: list[ElfSymbol],
+              extra: list[tuple[str, bytes]] = ()) -> bytes:
     """An ET_EXEC ELF64 x86-64 file: one PT_LOAD per section (its own pages, as exo maps it), the
     section headers, and .symtab/.strtab/.shstrtab. Segment data sits at file offsets congruent to
-    their addresses modulo p_align, as a loadable segment's must be (ELF-64 1.5, "Program Header Table")."""
+    their addresses modulo p_align, as a loadable segment's must be (ELF-64 1.5, "Program Header Table").
+    ``extra``: (name, bytes) sections that are not loaded (the DWARF ones)."""
     ehsize, phentsize, shentsize = struct.calcsize(_EHDR), struct.calcsize(_PHDR), struct.calcsize(_SHDR)
     out = bytearray(ehsize + phentsize * len(sections))
     offsets = []
@@ -227,10 +229,10 @@ def write_elf(entry: int, sections: list[ElfSection], symbols: list[ElfSymbol]) 
     for y in symbols:
         shndx = index[y.section] if y.section in index else SHN_ABS
         symtab += struct.pack(_SYM, str_at[y.name], (STB_GLOBAL << 4) | y.kind, 0, shndx, y.value, y.size)
-    names = [s.name for s in sections] + [".symtab", ".strtab", ".shstrtab"]
+    names = [s.name for s in sections] + [n for n, _ in extra] + [".symtab", ".strtab", ".shstrtab"]
     shstrtab, sh_at = _strtab(names)
     tables = []
-    for blob in (bytes(symtab), strtab, shstrtab):
+    for blob in (*(b for _, b in extra), bytes(symtab), strtab, shstrtab):
         out += b"\0" * (-len(out) % 8)
         tables.append(len(out))
         out += blob
@@ -242,11 +244,14 @@ def write_elf(entry: int, sections: list[ElfSection], symbols: list[ElfSymbol]) 
         nobits = not s.data and s.memsz > 0
         shdrs.append(struct.pack(_SHDR, sh_at[s.name], SHT_NOBITS if nobits else SHT_PROGBITS, flags, s.va,
                                  off, s.memsz if nobits else len(s.data), 0, 0, 16 if s.flags & PF_X else 8, 0))
-    strndx = len(sections) + 2
-    shdrs.append(struct.pack(_SHDR, sh_at[".symtab"], SHT_SYMTAB, 0, 0, tables[0], len(symtab), strndx,
+    for (n, blob), off in zip(extra, tables):
+        shdrs.append(struct.pack(_SHDR, sh_at[n], SHT_PROGBITS, 0, 0, off, len(blob), 0, 0, 1, 0))
+    strndx = len(sections) + len(extra) + 2
+    at = tables[len(extra):]
+    shdrs.append(struct.pack(_SHDR, sh_at[".symtab"], SHT_SYMTAB, 0, 0, at[0], len(symtab), strndx,
                              1, 8, struct.calcsize(_SYM)))  # sh_info: first non-local symbol (all are global)
-    shdrs.append(struct.pack(_SHDR, sh_at[".strtab"], SHT_STRTAB, 0, 0, tables[1], len(strtab), 0, 0, 1, 0))
-    shdrs.append(struct.pack(_SHDR, sh_at[".shstrtab"], SHT_STRTAB, 0, 0, tables[2], len(shstrtab), 0, 0, 1, 0))
+    shdrs.append(struct.pack(_SHDR, sh_at[".strtab"], SHT_STRTAB, 0, 0, at[1], len(strtab), 0, 0, 1, 0))
+    shdrs.append(struct.pack(_SHDR, sh_at[".shstrtab"], SHT_STRTAB, 0, 0, at[2], len(shstrtab), 0, 0, 1, 0))
     out += b"".join(shdrs)
     phdrs = b"".join(struct.pack(_PHDR, PT_LOAD, s.flags, off, s.va, s.va, len(s.data), s.memsz, _PAGE)
                      for s, off in zip(sections, offsets))
@@ -303,3 +308,69 @@ def read_symbols(blob: bytes, name: str) -> dict[str, tuple[int, int, int]]:
         if st_name and info & 0xF in (STT_OBJECT, STT_FUNC) and shndx:
             out[_cstr(blob, strtab + st_name)] = (value, size, info & 0xF)
     return out
+
+
+# ------------------------------------------------------------ DWARF line numbers for assembly
+# DWARF 3 (dwarf.org, DWARF Debugging Information Format Version 3): one compilation unit (.debug_info,
+# 7.5; its abbreviation in .debug_abbrev, 7.5.3) whose DW_AT_stmt_list points at a line-number program
+# (.debug_line, 6.2) made of standard opcodes only: set_address, then per row advance_pc,
+# advance_line, set_file, copy. gdb reads line tables only through a compilation unit.
+DW_TAG_compile_unit = 0x11
+DW_AT_name, DW_AT_stmt_list, DW_AT_low_pc, DW_AT_high_pc, DW_AT_language = 0x03, 0x10, 0x11, 0x12, 0x13
+DW_FORM_addr, DW_FORM_data2, DW_FORM_data4, DW_FORM_string = 0x01, 0x05, 0x06, 0x08
+DW_LANG_Mips_Assembler = 0x8001  # the DWARF 3 language code for assembly (7.12)
+DW_LNS_copy, DW_LNS_advance_pc, DW_LNS_advance_line, DW_LNS_set_file = 1, 2, 3, 4
+DW_LNE_end_sequence, DW_LNE_set_address = 1, 2
+_OPCODE_LENGTHS = bytes([0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1])  # operands of standard opcodes 1-12 (6.2.5.2)
+
+
+def _uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _sleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        done = (n == 0 and not b & 0x40) or (n == -1 and b & 0x40)
+        out.append(b | (0 if done else 0x80))
+        if done:
+            return bytes(out)
+
+
+def debug_line_sections(rows: list[tuple[int, str, int]], low: int, high: int, name: str) -> list[tuple[str, bytes]]:
+    """.debug_abbrev, .debug_info and .debug_line for code rows (address, absolute file path, line),
+    sorted by address, all in [low, high)."""
+    files = list(dict.fromkeys(f for _, f, _ in rows))
+    header = bytes([1, 1, (-5) & 0xFF, 14, 13]) + _OPCODE_LENGTHS  # min insn length, default_is_stmt, line_base, range, opcode_base
+    header += b"\0"  # no include directories: file names are absolute
+    header += b"".join(f.encode() + b"\0" + _uleb(0) + _uleb(0) + _uleb(0) for f in files) + b"\0"
+    prog = bytearray(b"\0" + _uleb(9) + bytes([DW_LNE_set_address]) + struct.pack("<Q", low))
+    addr, line, file = low, 1, 1
+    for a, f, n in rows:
+        if a > addr:
+            prog += bytes([DW_LNS_advance_pc]) + _uleb(a - addr)
+            addr = a
+        if n != line:
+            prog += bytes([DW_LNS_advance_line]) + _sleb(n - line)
+            line = n
+        if files.index(f) + 1 != file:
+            file = files.index(f) + 1
+            prog += bytes([DW_LNS_set_file]) + _uleb(file)
+        prog.append(DW_LNS_copy)
+    prog += bytes([DW_LNS_advance_pc]) + _uleb(high - addr) + b"\0" + _uleb(1) + bytes([DW_LNE_end_sequence])
+    body = struct.pack("<H", 3) + struct.pack("<I", len(header)) + header + bytes(prog)
+    debug_line = struct.pack("<I", len(body)) + body
+    abbrev = _uleb(1) + _uleb(DW_TAG_compile_unit) + b"\0" + b"".join(
+        _uleb(a) + _uleb(f) for a, f in ((DW_AT_name, DW_FORM_string), (DW_AT_stmt_list, DW_FORM_data4),
+                                         (DW_AT_low_pc, DW_FORM_addr), (DW_AT_high_pc, DW_FORM_addr),
+                                         (DW_AT_language, DW_FORM_data2), (0, 0))) + b"\0"
+    die = _uleb(1) + name.encode() + b"\0" + struct.pack("<IQQH", 0, low, high, DW_LANG_Mips_Assembler)
+    info_body = struct.pack("<HIB", 3, 0, 8) + die  # version 3, abbrev offset 0, 8-byte addresses
+    return [(".debug_abbrev", abbrev), (".debug_info", struct.pack("<I", len(info_body)) + info_body),
+            (".debug_line", debug_line)]

@@ -179,12 +179,36 @@ def _elf_symbols(src: Path) -> dict[str, int]:
         return {}
 
 
-def elf_file(image: Image) -> bytes:
+def source_lines(m: Manifest, extra_symbols: dict[str, int] | None = None,
+                 hints: dict[str, str] | None = None) -> list[tuple[int, str, int]]:
+    """(address, absolute source path, line) of every code line of an assembly app: assembled again
+    with a label per line (never on a boot's path, never cached), for `elf_file`'s DWARF."""
+    from exo.build.asm import assemble
+
+    if m.is_elf:
+        return []
+    asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], {**predefined_symbols(), **(extra_symbols or {})},
+                   display_root=m.root.parent, hints=hints, line_table=True)
+    return [(a, os.path.abspath(f), n) for a, f, n in asm.lines]
+
+
+def elf_file(image: Image, lines: list[tuple[int, str, int]] | None = None) -> bytes:
     """The image as an ET_EXEC ELF64 file for gdb, objdump or readelf: one PT_LOAD and one section
     per segment, every label a symbol (``exo image APP --elf OUT``, docs/debugging.md). The
-    hypercall stubs the exokernel maps are absolute symbols too (``call 0x100020 <HC_CONSOLE_READ>``)."""
+    hypercall stubs the exokernel maps are absolute symbols too (``call 0x100020 <HC_CONSOLE_READ>``).
+    ``lines`` (`source_lines`): DWARF line numbers, so gdb shows file:line."""
     from exo.abi import HYPERCALL_STUB_SIZE, PAGE_SIZE
-    from exo.build.elf import PF_R, PF_W, PF_X, STT_FUNC, ElfSection, ElfSymbol, label_symbols, write_elf
+    from exo.build.elf import (
+        PF_R,
+        PF_W,
+        PF_X,
+        STT_FUNC,
+        ElfSection,
+        ElfSymbol,
+        debug_line_sections,
+        label_symbols,
+        write_elf,
+    )
 
     sections = [ElfSection(s.name, s.va, bytes(s.data), s.memsz,
                            (PF_R if s.perm & PERM_R else 0) | (PF_W if s.perm & PERM_W else 0)
@@ -192,4 +216,8 @@ def elf_file(image: Image) -> bytes:
     stubs = [ElfSymbol(name, value, HYPERCALL_STUB_SIZE, STT_FUNC, None)
              for name, value in predefined_symbols().items()
              if name.startswith("HC_") and HYPERCALL_PAGE <= value < HYPERCALL_PAGE + PAGE_SIZE]
-    return write_elf(image.entry, sections, label_symbols(image.symbols, sections) + stubs)
+    extra = []
+    text = next((s for s in sections if s.flags & PF_X), None)
+    if lines and text is not None:
+        extra = debug_line_sections(lines, text.va, text.va + text.memsz, image.name)
+    return write_elf(image.entry, sections, label_symbols(image.symbols, sections) + stubs, extra)

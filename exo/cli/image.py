@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     manifest, image, classes = build_manifest(load_manifest(args.app))
     if args.elf:
-        _write_elf(args.elf, manifest, image)
+        _write_elf(args.elf, manifest, image, classes)
     by_addr = {v: k for k, v in symbols().items()}
     hypercalls, libcalls, raw = set(), set(), 0
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -88,13 +88,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_elf(out: str, manifest, image) -> None:
+def _write_elf(out: str, manifest, image, classes) -> None:
     import sys
 
-    from exo.build.image import elf_file
+    from exo.build.image import elf_file, source_lines
     from exo.errors import ExoUserError
+    from libos.registry import hints, symbols
 
-    blob = manifest.sources[0].read_bytes() if manifest.is_elf else elf_file(image)
+    if manifest.is_elf:
+        blob = manifest.sources[0].read_bytes()
+    else:
+        names = {c.NAME for c in classes}
+        blob = elf_file(image, source_lines(manifest, symbols(names), hints(names)))
     try:
         with open(out, "wb") as f:
             f.write(blob)

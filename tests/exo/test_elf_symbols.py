@@ -160,3 +160,47 @@ def test_elf_guest_symbols_name_its_fault_report(tmp_path):
     (report,) = boot(d).reports
     assert report.symbol == "crash+0x2"
     assert [s for _, s in report.backtrace.frames] == ["_start+0x5"]
+
+
+def _line_of(path, text: str) -> int:
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip().startswith(text))
+
+
+def test_source_lines_of_an_assembly_app(tmp_path):
+    from exo.build.image import source_lines
+
+    app = ROOT / "guest_apps" / "echo"
+    built = build(app)
+    src = app / "echo.s"
+    rows = {a: (f, n) for a, f, n in source_lines(built.manifest)}
+    call = built.image.symbols["read_more"] + 14  # lea (7) + mov (7), then `call HC_CONSOLE_READ`
+    assert rows[call] == (str(src), _line_of(src, "call HC_CONSOLE_READ"))
+    assert rows[built.image.symbols["done"]] == (str(src), _line_of(src, "mov rdi, SCHED_EXIT"))
+    assert sorted(rows) == list(rows) and all(a < built.image.symbols["buf"] for a in rows)
+
+
+
+def test_line_labels_change_no_byte(app):
+    # The per-line labels only read addresses back: the code, data and labels are the image's.
+    from exo.abi import IMAGE_BASE
+    from exo.build.asm import assemble
+    from exo.build.image import INCLUDE_DIR, predefined_symbols
+    from libos.registry import symbols
+
+    for d in (ROOT / "guest_apps" / "echo", ROOT / "guest_apps" / "primes", app("sections", SECTIONS)):
+        m, image, classes = build(d)
+        linked = symbols({c.NAME for c in classes})
+        a = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], {**predefined_symbols(), **linked},
+                     display_root=m.root.parent, line_table=True)
+        assert [(n, va, bytes(data), size) for n, va, data, size in a.segments] == \
+            [(s.name, s.va, bytes(s.data), s.memsz) for s in image.segments]
+        assert a.labels == image.symbols and a.lines
+
+
+def test_gdb_shows_file_and_line(tmp_path):
+    app = ROOT / "guest_apps" / "echo"
+    _elf(tmp_path, app)
+    image = build(app).image
+    src = app / "echo.s"
+    out = _gdb(tmp_path / "out.elf", f"info line *{image.symbols['read_more'] + 14:#x}")
+    assert f'Line {_line_of(src, "call HC_CONSOLE_READ")} of "{src}"' in out
