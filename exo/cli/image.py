@@ -8,8 +8,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--elf", metavar="OUT", help="also write the image as an ELF file with every label as a "
-                   "symbol, for gdb/objdump (an ELF guest's own file is copied); docs/debugging.md")
+    p.add_argument("--elf", metavar="OUT", help="also write the image as an ELF file with every label as a symbol and DWARF "
+                   "line numbers, for gdb/objdump (an ELF guest's own file is copied); docs/debugging.md")
 
 
 def run(args: argparse.Namespace) -> int:
