@@ -323,9 +323,9 @@ def _after_call(space: Any, addr: int) -> bool:
 
 def backtrace(space: Any, rbp: int, rsp: int, symbol: Callable[[int], str | None]) -> Backtrace:
     """Who called the faulting code: the rbp chain (``push rbp; mov rbp, rsp`` frames: [rbp] is
-    the caller's rbp, [rbp+8] the return address; System V x86-64 ABI 3.4.1), followed while each
-    rbp is canonical, mapped, aligned and higher than the last and each return address follows a
-    `call`. With no such chain (code that keeps no frame pointer, or a smashed rbp) it scans up
+    the caller's rbp, [rbp+8] the return address; System V x86-64 psABI, "The Stack Frame"),
+    followed while each rbp is canonical, mapped, aligned and higher than the last and each return
+    address follows a `call`. With no such chain (code that keeps no frame pointer, or a smashed rbp) it scans up
     to SCAN_BYTES above RSP for words that follow a `call` instead: a guess, marked as one (a
     stale return address left on the stack looks the same). Made only for a fault report."""
     frames: list[int] = []
