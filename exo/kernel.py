@@ -35,7 +35,7 @@ from exo.errors import HypercallError
 from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
-from exo.report import FaultReport, build_report, stuck_reason
+from exo.report import FaultReport, backtrace, build_report, stuck_reason
 from exo.structures import Structures, slot_code
 from exo.tenants import DEFAULT_ENVS, Tenant, Tenants
 from exo.vm import EXO_REGION, AddressSpace
@@ -339,6 +339,7 @@ class Exokernel:
             # (a copy-on-write or demand-zero fault its pager could not serve, libos/memory.py).
             reason = f"{reason}; {refused}" if reason else refused
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
+        report.backtrace = backtrace(env.space, regs["RBP"], regs["RSP"], lambda a: self.symbol(env, a))
         if kind is not None:
             report.kind = kind
         env.fault = report.summary

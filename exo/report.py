@@ -1,7 +1,7 @@
 """Fault reports: what a student needs to see when a guest is stopped.
 
 Fault kind, address, decoded error code, the faulting instruction disassembled
-with capstone, the registers, and which environment it was.
+with capstone, the registers, a backtrace, and which environment it was.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def explain_gp(trap: Trap, code: bytes, registers: dict[str, int]) -> tuple[str,
 
 
 class FaultReport(Record):
-    _FIELDS = ('env_id', 'env_name', 'kind', 'rip', 'instruction', 'code_bytes', 'error', 'error_code', 'fault_address', 'registers', 'reason', 'symbol')
+    _FIELDS = ('env_id', 'env_name', 'kind', 'rip', 'instruction', 'code_bytes', 'error', 'error_code', 'fault_address', 'registers', 'reason', 'symbol', 'backtrace')
 
     def __init__(self, env_id: int, env_name: str, kind: str, rip: int, instruction: str, code_bytes: bytes,
                  error: str, error_code: int | None, fault_address: int | None, registers: dict[str, int],
@@ -221,6 +221,7 @@ class FaultReport(Record):
         self.registers = registers
         self.reason = reason
         self.symbol = symbol  # e.g. "_start+0x7", from the image's labels
+        self.backtrace: Backtrace | None = None  # the callers (`backtrace`), set by the exokernel
 
     @property
     def summary(self) -> str:
@@ -243,6 +244,8 @@ class FaultReport(Record):
         regs = list(self.registers.items())
         for i in range(0, len(regs), 4):
             lines.append("  " + "  ".join(f"{k.lower():>6} {v:#018x}" for k, v in regs[i : i + 4]))
+        if self.backtrace is not None:
+            lines += self.backtrace.render(self.rip, self.symbol)
         return "\n".join(lines)
 
 
@@ -264,6 +267,92 @@ def build_report(env_id: int, env_name: str, trap: Trap, code: bytes, registers:
     text, size = disassemble_one(code, trap.insn_address)
     return FaultReport(env_id, env_name, trap.name, trap.insn_address, text, code[:size],
                        error, trap.error_code, fault_address, registers, reason, symbol)
+
+
+# ------------------------------------------------------------------ backtraces
+MAX_FRAMES = 16  # frames in a report's backtrace, the faulting one included
+SCAN_BYTES = 4096  # how far above RSP a stack scan looks for return addresses
+# Encodings of `call` end 2 to 7 bytes before the return address: E8 rel32 (5), FF /2 with a
+# register (2, 3 with REX), [reg+disp8] (3-5), [rip+disp32] or [reg+disp32] (6-7) (SDM Vol. 2A, CALL).
+_CALL_LENGTHS = (5, 2, 3, 6, 4, 7)
+
+
+class Backtrace(Record):
+    """The callers of a faulting instruction, innermost first: (return address, symbol) each.
+    ``guessed``: found by scanning the stack, not by following the frame-pointer chain."""
+
+    _FIELDS = ('frames', 'guessed')
+
+    def __init__(self, frames: list[tuple[int, str | None]], guessed: bool) -> None:
+        self.frames = frames
+        self.guessed = guessed
+
+    def render(self, rip: int, symbol: str | None) -> list[str]:
+        how = "guess: stack scan, no usable rbp chain" if self.guessed else "rbp chain"
+        lines = [f"  backtrace ({how})", f"    #0  {rip:#018x}  {symbol or '?'}"]
+        mark = "  (guess: stack scan)" if self.guessed else ""
+        lines += [f"    #{i:<2} {a:#018x}  {s or '?'}{mark}" for i, (a, s) in enumerate(self.frames, 1)]
+        if not self.frames:
+            lines.append("    (no caller found)")
+        return lines
+
+
+def _read_u64(space: Any, va: int) -> int | None:
+    """The user-readable quadword at ``va`` (8-aligned: it is on one page), or None."""
+    t = space.translate(va) if va % 8 == 0 else None
+    if t is None or not t.user:
+        return None
+    return int.from_bytes(space.mem.read(t.pa, 8), "little")
+
+
+def _after_call(space: Any, addr: int) -> bool:
+    """Whether ``addr`` is a return address: user-executable code right after a `call`."""
+    if not canonical(addr) or addr < 8:
+        return False
+    t = space.translate(addr - 1)
+    if t is None or not t.user or not t.executable:
+        return False
+    for n in _CALL_LENGTHS:
+        code = space.fetch_code(addr - n, n)
+        if len(code) == n:
+            text, size = disassemble_one(code, addr - n)
+            if size == n and text.startswith("call"):
+                return True
+    return False
+
+
+def backtrace(space: Any, rbp: int, rsp: int, symbol: Callable[[int], str | None]) -> Backtrace:
+    """Who called the faulting code: the rbp chain (``push rbp; mov rbp, rsp`` frames: [rbp] is
+    the caller's rbp, [rbp+8] the return address; System V x86-64 psABI, "The Stack Frame"),
+    followed while each rbp is canonical, mapped, aligned and higher than the last and each return
+    address follows a `call`. With no such chain (code that keeps no frame pointer, or a smashed rbp) it scans up
+    to SCAN_BYTES above RSP for words that follow a `call` instead: a guess, marked as one (a
+    stale return address left on the stack looks the same). Made only for a fault report."""
+    frames: list[int] = []
+    fp = rbp
+    while len(frames) < MAX_FRAMES - 1 and fp and canonical(fp):
+        saved, ret = _read_u64(space, fp), _read_u64(space, fp + 8)
+        if saved is None or ret is None or not _after_call(space, ret):
+            break
+        frames.append(ret)
+        if saved <= fp:  # the chain must climb the stack: 0 ends it, anything else is a loop or garbage
+            break
+        fp = saved
+    guessed = not frames
+    if guessed:
+        va = (rsp + 7) & ~7
+        end = va + SCAN_BYTES
+        checked: dict[int, bool] = {}  # a word seen twice is decoded once (at worst 512 distinct: ~21 ms)
+        while va < end and len(frames) < MAX_FRAMES - 1:
+            word = _read_u64(space, va)
+            if word is None:
+                break
+            if word not in checked:
+                checked[word] = _after_call(space, word)
+            if checked[word]:
+                frames.append(word)
+            va += 8
+    return Backtrace([(a, symbol(a)) for a in frames], guessed)
 
 
 # ------------------------------------------------- environments left when the machine stopped

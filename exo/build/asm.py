@@ -65,6 +65,7 @@ class Assembled:
     segments: list[tuple[str, int, bytes, int]]  # (section, va, data, memsz)
     symbols: dict[str, int]  # constants and labels
     labels: dict[str, int]  # code and data labels only (for fault reports)
+    lines: list[tuple[int, str, int]] = field(default_factory=list)  # (address, file, line) with line_table
 
 
 def page_up(n: int) -> int:
@@ -334,6 +335,7 @@ def emit_data(items: list[_DataItem], size: int, symbols: dict[str, int]) -> byt
 # ------------------------------------------------------------------ the text
 _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 _TEXT_END = "__exo_text_end"
+_LINE = "__exo_line_"
 
 
 _ks_diag = Ks(KS_ARCH_X86, KS_MODE_64)  # only for diagnosing errors: it carries a resolver
@@ -450,10 +452,13 @@ def _silent_drop(body_lines: list[str], base: int, original: list[Line]) -> ExoU
 
 
 def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
-                  data_layout: list[tuple[str, dict[str, int], int]]) -> tuple[bytes, dict[str, int]]:
+                  data_layout: list[tuple[str, dict[str, int], int]],
+                  line_table: bool = False) -> tuple[bytes, dict[str, int]]:
     """Assemble the code at ``base`` (page aligned) followed by a zero-filled shadow of
     the data sections that carries their labels, so that RIP-relative references
-    to data are resolved by keystone itself; returns the code and every label."""
+    to data are resolved by keystone itself; returns the code and every label.
+    ``line_table``: also a label ``__exo_line_I`` at the start of line I (read back like
+    the others; only `exo image --elf` asks, for DWARF line numbers)."""
     labels = _text_labels(lines)
     dup = {name for name in labels if labels.count(name) > 1}
     data_labels = [name for _, lab, _ in data_layout for name in lab]
@@ -471,6 +476,8 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
         if _HERE.search(text):  # `$` is this instruction's address: keystone drops it silently
             here = f"__exo_here_{i}"
             text = f"{here}: " + _HERE.sub(here, text)
+        if line_table:
+            text = f"{_LINE}{i}: {text}"
         body_lines.append(text)
     shadow = [f"{_TEXT_END}:"]
     for _name, lab, size in data_layout:
@@ -485,7 +492,7 @@ def assemble_text(lines: list[Line], base: int, consts: dict[str, int],
             shadow.append(f"{label}:")
         if size > pos:
             shadow.append(f".skip {size - pos:#x}")
-    every = [*labels, *data_labels, _TEXT_END]
+    every = [*labels, *data_labels, _TEXT_END, *(f"{_LINE}{i}" for i in range(len(lines) if line_table else 0))]
     trailer = "".join(f"\n.quad {name}" for name in every)
     missing: list[str] = []
 
@@ -518,8 +525,10 @@ _HINTS: Mapping[str, str] = {}  # symbol -> what to say when it is undefined (se
 
 
 def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined: dict[str, int],
-             display_root: Path | None = None, hints: Mapping[str, str] | None = None) -> Assembled:
-    """Assemble ``paths``; ``hints`` explains known-but-unavailable symbols (e.g. an unlinked module)."""
+             display_root: Path | None = None, hints: Mapping[str, str] | None = None,
+             line_table: bool = False) -> Assembled:
+    """Assemble ``paths``; ``hints`` explains known-but-unavailable symbols (e.g. an unlinked module).
+    ``line_table``: also the address of every code line (`Assembled.lines`)."""
     global _HINTS
     _HINTS = hints if hints is not None else {}  # kept, not copied: libos computes a hint only for a symbol that is missing
     sections, raw_consts, _ = read_sources(paths, include_dirs, display_root)
@@ -542,7 +551,11 @@ def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined:
     if not text_lines:
         raise ExoUserError(str(paths[0]) if paths else "?", "no code: section .text is empty")
     code, labels = assemble_text(text_lines, base, consts,
-                                 [(name, layouts[name][0], layouts[name][2]) for name in SECTIONS[1:]])
+                                 [(name, layouts[name][0], layouts[name][2]) for name in SECTIONS[1:]], line_table)
+    rows = []
+    if line_table:  # a line that made bytes: its address, file and number
+        starts = [labels.pop(f"{_LINE}{i}") for i in range(len(text_lines))] + [base + len(code)]
+        rows = [(a, ln.file, ln.number) for a, b, ln in zip(starts, starts[1:], text_lines) if b > a]
     symbols = {**consts, **labels}
     segments = [(".text", base, code, len(code))]
     addr = page_up(base + len(code))
@@ -552,4 +565,4 @@ def assemble(paths: list[Path], base: int, include_dirs: list[Path], predefined:
             data = b"" if name == ".bss" else emit_data(items, size, symbols)
             segments.append((name, addr, data, size))
             addr = page_up(addr + size)
-    return Assembled(segments, symbols, labels)
+    return Assembled(segments, symbols, labels, rows)

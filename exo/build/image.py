@@ -56,10 +56,12 @@ class Image(Record):
         return sum(s.memsz for s in self.segments)
 
     def symbolize(self, addr: int) -> str | None:
-        """``label+0x12`` for an address in the image (for fault reports)."""
+        """``label+0x12`` for an address in the image (for fault reports). Of labels at one address
+        the last defined names it (the innermost, as in ``_start: read_more:``), as gdb does with
+        the ELF `elf_file` writes (`exo.build.elf.label_symbols`)."""
         best = None
         for name, value in self.symbols.items():
-            if value <= addr and (best is None or value > best[1]):
+            if value <= addr and (best is None or value >= best[1]):
                 if any(s.va <= value < s.va + s.memsz for s in self.segments):
                     best = (name, value)
         if best is None or not any(s.va <= addr < s.va + s.memsz for s in self.segments):
@@ -163,4 +165,59 @@ def _elf_image(m: Manifest) -> Image:
     for s in elf.segments:
         perm = PERM_R | (PERM_W if s.flags & PF_W else 0) | (PERM_X if s.flags & PF_X else 0)
         segs.append(Segment("elf", s.va, s.data, s.memsz, perm))
-    return Image(m.name, elf.entry, segs)
+    return Image(m.name, elf.entry, segs, _elf_symbols(src))
+
+
+def _elf_symbols(src: Path) -> dict[str, int]:
+    """The function and object symbols of an ELF guest's .symtab, for fault reports; none if it was
+    stripped or its section headers are damaged (they do not matter for loading it)."""
+    from exo.build.elf import read_symbols
+
+    try:
+        return {name: value for name, (value, _, _) in read_symbols(src.read_bytes(), str(src)).items()}
+    except (ExoUserError, OSError):
+        return {}
+
+
+def source_lines(m: Manifest, extra_symbols: dict[str, int] | None = None,
+                 hints: dict[str, str] | None = None) -> list[tuple[int, str, int]]:
+    """(address, absolute source path, line) of every code line of an assembly app: assembled again
+    with a label per line (never on a boot's path, never cached), for `elf_file`'s DWARF."""
+    from exo.build.asm import assemble
+
+    if m.is_elf:
+        return []
+    asm = assemble(m.sources, IMAGE_BASE, [INCLUDE_DIR], {**predefined_symbols(), **(extra_symbols or {})},
+                   display_root=m.root.parent, hints=hints, line_table=True)
+    return [(a, os.path.abspath(f), n) for a, f, n in asm.lines]
+
+
+def elf_file(image: Image, lines: list[tuple[int, str, int]] | None = None) -> bytes:
+    """The image as an ET_EXEC ELF64 file for gdb, objdump or readelf: one PT_LOAD and one section
+    per segment, every label a symbol (``exo image APP --elf OUT``, docs/debugging.md). The
+    hypercall stubs the exokernel maps are absolute symbols too (``call 0x100020 <HC_CONSOLE_READ>``).
+    ``lines`` (`source_lines`): DWARF line numbers, so gdb shows file:line."""
+    from exo.abi import HYPERCALL_STUB_SIZE, PAGE_SIZE
+    from exo.build.elf import (
+        PF_R,
+        PF_W,
+        PF_X,
+        STT_FUNC,
+        ElfSection,
+        ElfSymbol,
+        debug_line_sections,
+        label_symbols,
+        write_elf,
+    )
+
+    sections = [ElfSection(s.name, s.va, bytes(s.data), s.memsz,
+                           (PF_R if s.perm & PERM_R else 0) | (PF_W if s.perm & PERM_W else 0)
+                           | (PF_X if s.perm & PERM_X else 0)) for s in image.segments]
+    stubs = [ElfSymbol(name, value, HYPERCALL_STUB_SIZE, STT_FUNC, None)
+             for name, value in predefined_symbols().items()
+             if name.startswith("HC_") and HYPERCALL_PAGE <= value < HYPERCALL_PAGE + PAGE_SIZE]
+    extra = []
+    text = next((s for s in sections if s.flags & PF_X), None)
+    if lines and text is not None:
+        extra = debug_line_sections(lines, text.va, text.va + text.memsz, image.name)
+    return write_elf(image.entry, sections, label_symbols(image.symbols, sections) + stubs, extra)

@@ -8,6 +8,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--elf", metavar="OUT", help="also write the image as an ELF file with every label as a symbol and DWARF "
+                   "line numbers, for gdb/objdump (an ELF guest's own file is copied); docs/debugging.md")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from exo.libcall import BASE_HYPERCALLS
     from libos.registry import symbols
 
-    image, classes = build_manifest(load_manifest(args.app))[1:]
+    manifest, image, classes = build_manifest(load_manifest(args.app))
+    if args.elf:
+        _write_elf(args.elf, manifest, image, classes)
     by_addr = {v: k for k, v in symbols().items()}
     hypercalls, libcalls, raw = set(), set(), 0
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -82,3 +86,24 @@ def run(args: argparse.Namespace) -> int:
     if report["denied_but_called"]:
         print(f"warning: called but not allowed (will get -EPERM): {', '.join(report['denied_but_called'])}")
     return 0
+
+
+def _write_elf(out: str, manifest, image, classes) -> None:
+    import sys
+
+    from exo.build.image import elf_file, source_lines
+    from exo.errors import ExoUserError
+    from libos.registry import hints, symbols
+
+    if manifest.is_elf:
+        blob = manifest.sources[0].read_bytes()
+    else:
+        names = {c.NAME for c in classes}
+        blob = elf_file(image, source_lines(manifest, symbols(names), hints(names)))
+    try:
+        with open(out, "wb") as f:
+            f.write(blob)
+    except OSError as e:
+        raise ExoUserError(out, f"cannot write the ELF file: {e.strerror or e}") from None
+    what = "copied the guest's own ELF" if manifest.is_elf else f"{len(image.symbols)} labels as symbols"
+    sys.stderr.write(f"exo: wrote {out} ({len(blob)} bytes, {what})\n")
