@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     interrupted: str | None = None
+    from exo.breakpoint import install as install_breakpoint
+
+    # breakpoint() in a libOS module: pdb gets the terminal, the guest keeps its input (docs/debugging.md)
+    uninstall_breakpoint = install_breakpoint(machine.console)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
         system.run(args.max_instructions)
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         interrupted = "interrupted"  # still write what was counted and traced so far
     finally:
         signal.signal(signal.SIGTERM, previous)
+        uninstall_breakpoint()
         system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
     stats = system.stats()
     if args.stats_json:
