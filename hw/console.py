@@ -43,7 +43,9 @@ class ConsoleDevice:
         self._cv = threading.Condition()
         # Terminal hand-over (release_terminal): the reader is asked to park and says when it has.
         self._released = 0  # nested releases outstanding
-        self._parked = False
+        self._asked = 0  # releases asked of the reader; it sets _acked to this once parked
+        self._acked = 0
+        self._ended = False
         self._stopping = False
         self._reader_thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None  # a pipe that gets the reader out of poll()
@@ -78,21 +80,17 @@ class ConsoleDevice:
         try:
             while True:
                 with self._cv:
-                    if self._stopping:
-                        return
-                    if self._released:
-                        # Before parking: what was typed before the hand-over (whole lines, in a
-                        # terminal's canonical mode) is the guest's: read it now, not the debugger.
-                        while not self._eof and _readable(fd):
-                            self._take(_read(fd))
-                        self._parked = True
-                        self._cv.notify_all()
-                        while self._released and not self._stopping and not self._eof:
+                    while self._released and not self._stopping and not self._eof:
+                        if self._acked != self._asked:
+                            # Before parking: what was typed before the hand-over (whole lines, in
+                            # a terminal's canonical mode) is the guest's: read it now, not the debugger.
+                            while not self._eof and _readable(fd):
+                                self._take(_read(fd))
+                            self._acked = self._asked
+                            self._cv.notify_all()
+                        else:
                             self._cv.wait()
-                        self._parked = False
-                        if self._stopping:
-                            return
-                    if self._eof:
+                    if self._stopping or self._eof:
                         return
                 ready = {f for f, _ in poller.poll()}
                 if wake_r in ready:
@@ -103,7 +101,7 @@ class ConsoleDevice:
                         self._take(chunk)
         finally:
             with self._cv:  # under the lock: _nudge never writes to a closed (reused) descriptor
-                self._parked = True  # an ended reader holds the terminal no more than a parked one
+                self._ended = True  # an ended reader holds the terminal no more than a parked one
                 os.close(self._wake[0])
                 os.close(self._wake[1])
                 self._wake = None
@@ -130,9 +128,11 @@ class ConsoleDevice:
         with self._cv:
             self._released += 1
             if self._released > 1:
-                return
-            self._nudge()
-            while not self._parked:
+                return  # nested (pdb's `debug`): parked already, the outer release waited for it
+            self._asked += 1  # a new order even if the reader has not left its last park yet
+            self._nudge()  # out of poll() ...
+            self._cv.notify_all()  # ... or out of its last park
+            while self._acked != self._asked and not self._ended:
                 self._cv.wait()
 
     def reclaim_terminal(self) -> None:
