@@ -137,13 +137,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=TIMEOUT)
 
 
-def _boot_on_terminal(app: Path, env: dict[str, str], stats: Path, debug: bool) -> bytes:
+def _boot_on_terminal(app: Path, env: dict[str, str], debug: bool) -> bytes:
     """exo boot with stdin, stdout and stderr on a terminal: type a line for the guest before the
     breakpoint, talk to pdb (``debug``), type a line after it; what the terminal showed."""
     tty = Terminal()
     if not debug:
         env = dict(env, PYTHONBREAKPOINT="0")
-    proc = _spawn([sys.executable, "-m", "exo", "boot", str(app), "--stats-json", str(stats)], env,
+    proc = _spawn([sys.executable, "-m", "exo", "boot", str(app)], env,
                   stdin=tty.slave, stdout=tty.slave, stderr=tty.slave)
     try:
         tty.type(b"early\n")  # typed before the breakpoint: the guest's, not a pdb command
@@ -163,20 +163,22 @@ def _boot_on_terminal(app: Path, env: dict[str, str], stats: Path, debug: bool) 
         tty.close()
 
 
-def test_pdb_on_the_terminal_the_guest_reads(probe, tmp_path):
+def test_pdb_on_the_terminal_the_guest_reads(probe):
     """The run used to hang: the console reader took the line typed at pdb's prompt."""
     app, env = probe
-    seen = _boot_on_terminal(app, env, tmp_path / "debugged.json", debug=True)
+    seen = _boot_on_terminal(app, env, debug=True)
     assert f"exo_dbgprobe/__init__.py({BREAKPOINT_LINE + 1})poke()".encode() + b"\r\n-> return secret\r\n(Pdb) 43\r\n(Pdb) " in seen
     assert seen.endswith(b"(Pdb) early\r\nlate\r\n")  # nothing typed for the guest was lost or doubled
-    plain = _boot_on_terminal(app, env, tmp_path / "plain.json", debug=False)
+    plain = _boot_on_terminal(app, env, debug=False)
     assert plain == b"early\r\nlate\r\n"
-    # The guest did not run while pdb waited: the same counts, hypercalls and instructions.
-    assert json.loads((tmp_path / "debugged.json").read_text()) == json.loads((tmp_path / "plain.json").read_text())
+    # Counts are compared in the next test, whose input is a pipe: with typed input they depend on
+    # when each line arrives (a console_read that finds nothing blocks and runs again), pdb or not.
 
 
 def test_pdb_talks_to_the_controlling_terminal_when_input_and_output_are_pipes(probe, tmp_path):
-    """`printf ... | exo boot APP > out`: pdb must neither read the guest's input nor write into its output."""
+    """`printf ... | exo boot APP > out`: pdb must neither read the guest's input nor write into its output.
+    With input from a pipe a run is deterministic: stopping in pdb changes no count (the guest does not
+    run while pdb waits, and no virtual time passes)."""
     need_tool(os.path.exists("/dev/tty"), "no /dev/tty on this machine")
     app, env = probe
     tty = Terminal()
