@@ -4,8 +4,9 @@ A libOS module is Python running in exo's own process, so ``breakpoint()`` in it
 Two things stood in the way (exo issue 14):
 
 * on a terminal, the console reader thread (hw/console.py) reads the guest's input from the same
-  terminal as pdb: it took pdb's commands and the run hung. While pdb shows its prompt the reader is
-  parked (``ConsoleDevice.release_terminal``); lines typed before the breakpoint stay the guest's;
+  terminal as pdb: it took pdb's commands and the run hung. From pdb's first prompt until
+  ``continue`` the reader is parked (``ConsoleDevice.release_terminal``); lines typed before the
+  breakpoint stay the guest's;
 * when the guest's input is a pipe or a file (``printf ... | exo boot``), pdb reading stdin would
   eat the guest's input as commands. pdb then talks to the controlling terminal (/dev/tty); with no
   terminal at all (CI, a service) the breakpoint is skipped with a one-line message, as
@@ -26,28 +27,55 @@ from typing import Protocol, TextIO
 
 
 class _Console(Protocol):
-    interactive: bool
-
     def release_terminal(self) -> None: ...
 
     def reclaim_terminal(self) -> None: ...
 
 
-class ConsolePdb(pdb.Pdb):
-    """pdb that parks the guest console's terminal reader while it waits for a command."""
+class TerminalHold:
+    """The console reader parked for pdb, once, whichever Pdb of this run holds it.
 
-    def __init__(self, console: _Console, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    Held from pdb's first prompt until the program goes on by itself (``continue``, ``quit``):
+    between the prompts of ``next`` or ``step`` the terminal stays pdb's, so commands typed ahead
+    (``n`` then ``w``) reach pdb, not the guest. One hold per run, not per Pdb: a ``breakpoint()``
+    reached while stepping makes a new Pdb, and the old one never gives back what it took.
+    """
+
+    def __init__(self, console: _Console) -> None:
+        self.console = console
+        self.held = False
+
+    def take(self) -> None:
+        if not self.held:
+            self.console.release_terminal()
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.console.reclaim_terminal()
+
+
+class ConsolePdb(pdb.Pdb):
+    """pdb that parks the guest console's terminal reader while it is in charge."""
+
+    def __init__(self, hold: TerminalHold, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
         # nosigint: Ctrl-C keeps its meaning in `exo boot` (stop the run, say where each guest was,
         # exit 130) after a `continue`, instead of breaking into pdb somewhere in the exokernel.
         super().__init__(stdin=stdin, stdout=stdout, nosigint=True)
-        self.console = console
+        self.hold = hold
 
     def interaction(self, frame, traceback) -> None:  # noqa: ANN001 - pdb's signature
-        self.console.release_terminal()
-        try:
-            super().interaction(frame, traceback)
-        finally:
-            self.console.reclaim_terminal()
+        self.hold.take()
+        super().interaction(frame, traceback)
+
+    def set_continue(self) -> None:
+        super().set_continue()
+        self.hold.give_back()
+
+    def set_quit(self) -> None:
+        super().set_quit()
+        self.hold.give_back()
 
 
 def _isatty(f: object) -> bool:
@@ -84,6 +112,7 @@ def install(console: _Console, stderr: TextIO | None = None) -> Callable[[], Non
     previous = sys.breakpointhook
     if previous is not sys.__breakpointhook__ or os.environ.get("PYTHONBREAKPOINT", "") not in _PDB:
         return lambda: None
+    hold = TerminalHold(console)
 
     def hook(*args: object, **kwargs: object) -> object:
         choice = os.environ.get("PYTHONBREAKPOINT", "")  # read at each call, as Python does
@@ -98,7 +127,7 @@ def install(console: _Console, stderr: TextIO | None = None) -> Callable[[], Non
                       "for pdb (stdin and stdout are not both terminals, and /dev/tty cannot be opened)\n")
             out.flush()
             return None
-        debugger = ConsolePdb(console, stdin=io[0], stdout=io[1])
+        debugger = ConsolePdb(hold, stdin=io[0], stdout=io[1])
         if header is not None:
             debugger.message(header)
         debugger.set_trace(frame)
@@ -109,5 +138,6 @@ def install(console: _Console, stderr: TextIO | None = None) -> Callable[[], Non
     def uninstall() -> None:
         if sys.breakpointhook is hook:
             sys.breakpointhook = previous
+        hold.give_back()  # the run ended while stepping: the reader is ended by close() anyway
 
     return uninstall

@@ -149,9 +149,10 @@ def _boot_on_terminal(app: Path, env: dict[str, str], debug: bool) -> bytes:
         tty.type(b"early\n")  # typed before the breakpoint: the guest's, not a pdb command
         if debug:
             tty.expect(b"(Pdb) ", proc)
-            tty.type(b"p secret\n")
+            # Typed ahead in one go: pdb keeps the terminal from its first prompt to `c`, also
+            # while it runs `n` (a reader that went back to reading in between took "w" and the rest).
+            tty.type(b"n\nw\np secret\nc\n")
             tty.expect(b"43\r\n(Pdb) ", proc)
-            tty.type(b"c\n")
         tty.expect(b"early\r\n", proc)
         tty.type(b"late\n")  # after `continue`: the guest reads the terminal again
         tty.expect(b"late\r\n", proc)
@@ -167,7 +168,10 @@ def test_pdb_on_the_terminal_the_guest_reads(probe):
     """The run used to hang: the console reader took the line typed at pdb's prompt."""
     app, env = probe
     seen = _boot_on_terminal(app, env, debug=True)
-    assert f"exo_dbgprobe/__init__.py({BREAKPOINT_LINE + 1})poke()".encode() + b"\r\n-> return secret\r\n(Pdb) 43\r\n(Pdb) " in seen
+    at = f"exo_dbgprobe/__init__.py({BREAKPOINT_LINE + 1})poke()".encode()
+    assert at + b"\r\n-> return secret\r\n(Pdb) --Return--\r\n" in seen  # n
+    assert seen.count(at) == 3  # where it stopped, after n, and in w's stack
+    assert b"->43\r\n-> return secret\r\n(Pdb) 43\r\n(Pdb) " in seen  # p secret
     assert seen.endswith(b"(Pdb) early\r\nlate\r\n")  # nothing typed for the guest was lost or doubled
     plain = _boot_on_terminal(app, env, debug=False)
     assert plain == b"early\r\nlate\r\n"
