@@ -7,7 +7,7 @@ Input comes in two modes, chosen by what stdin is:
   you type and other guests keep running meanwhile. ``release_terminal()``
   parks the reader so that someone else in this process (pdb, at a
   ``breakpoint()`` in a libOS module) can read the terminal; ``reclaim_terminal()``
-  lets it read again (exo/breakpoint.py);
+  lets it read again (exo/cli/breakpoint.py);
 * a pipe, a file or bytes given by a test: ``read(n)`` returns exactly ``n``
   bytes unless end of input comes first. Reads then do not depend on how the
   host happened to chunk the data, which keeps runs deterministic (same input,

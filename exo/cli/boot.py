@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
     interrupted: str | None = None
-    from exo.breakpoint import install as install_breakpoint
+    from exo.cli.breakpoint import install as install_breakpoint
 
     # breakpoint() in a libOS module: pdb gets the terminal, the guest keeps its input (docs/debugging.md)
     uninstall_breakpoint = install_breakpoint(machine.console)

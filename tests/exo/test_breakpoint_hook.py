@@ -1,4 +1,4 @@
-"""exo.breakpoint in-process: which hook is installed, and the terminal hold pdb takes and gives back.
+"""exo.cli.breakpoint in-process: which hook is installed, and the terminal hold pdb takes and gives back.
 The whole path through a pseudo-terminal is tests/test_breakpoint.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from exo import breakpoint as bp
+from exo.cli import breakpoint as bp
 
 
 class FakeConsole:

@@ -1,4 +1,5 @@
-"""``breakpoint()`` in a libOS module under ``exo boot``: pdb gets the terminal, the guest its input.
+"""``breakpoint()`` in a libOS module under ``exo boot`` (a helper of exo/cli/boot.py, not a command):
+pdb gets the terminal, the guest its input.
 
 A libOS module is Python running in exo's own process, so ``breakpoint()`` in it starts pdb there.
 Two things stood in the way (exo issue 14):
