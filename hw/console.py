@@ -4,7 +4,10 @@ Input comes in two modes, chosen by what stdin is:
 
 * a terminal: a reader thread fills a buffer and ``read`` never blocks: it
   returns what has arrived (``None`` when nothing has yet), so a guest echoes as
-  you type and other guests keep running meanwhile;
+  you type and other guests keep running meanwhile. ``release_terminal()``
+  parks the reader so that someone else in this process (pdb, at a
+  ``breakpoint()`` in a libOS module) can read the terminal; ``reclaim_terminal()``
+  lets it read again (exo/cli/breakpoint.py);
 * a pipe, a file or bytes given by a test: ``read(n)`` returns exactly ``n``
   bytes unless end of input comes first. Reads then do not depend on how the
   host happened to chunk the data, which keeps runs deterministic (same input,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import threading
 from typing import BinaryIO
 
@@ -37,6 +41,14 @@ class ConsoleDevice:
         self._fd: int | None = None
         self._interactive = False
         self._cv = threading.Condition()
+        # Terminal hand-over (release_terminal): the reader is asked to park and says when it has.
+        self._released = 0  # nested releases outstanding
+        self._asked = 0  # releases asked of the reader; it sets _acked to this once parked
+        self._acked = 0
+        self._ended = False
+        self._stopping = False
+        self._reader_thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # a pipe that gets the reader out of poll()
         if stdin is None:
             self._eof = True
         elif isinstance(stdin, (bytes, bytearray)):
@@ -46,7 +58,9 @@ class ConsoleDevice:
             self._fd = stdin
             self._interactive = os.isatty(stdin)
             if self._interactive:
-                threading.Thread(target=self._reader, name="exo-console", daemon=True).start()
+                self._wake = os.pipe()
+                self._reader_thread = threading.Thread(target=self._reader, name="exo-console", daemon=True)
+                self._reader_thread.start()
 
     @property
     def interactive(self) -> bool:
@@ -54,19 +68,87 @@ class ConsoleDevice:
 
     # ---------------------------------------------------------------- input
     def _reader(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._fd, 4096)
-            except OSError:
-                chunk = b""
-            with self._cv:
-                if chunk:
-                    self._data += chunk
-                else:
-                    self._eof = True
+        # Why poll() and not a blocking os.read(): a thread blocked in read() on a terminal takes
+        # the next line typed, whoever else in the process waits for it, and cannot be called
+        # back: pdb at a breakpoint() in a libOS module never saw its commands (exo issue 14).
+        # The reader reads only what poll() says is there, and parks between two reads when asked.
+        fd = self._fd
+        wake_r = self._wake[0]
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        try:
+            while True:
+                with self._cv:
+                    while self._released and not self._stopping and not self._eof:
+                        if self._acked != self._asked:
+                            # Before parking: what was typed before the hand-over (whole lines, in
+                            # a terminal's canonical mode) is the guest's: read it now, not the debugger.
+                            while not self._eof and _readable(fd):
+                                self._take(_read(fd))
+                            self._acked = self._asked
+                            self._cv.notify_all()
+                        else:
+                            self._cv.wait()
+                    if self._stopping or self._eof:
+                        return
+                ready = {f for f, _ in poller.poll()}
+                if wake_r in ready:
+                    os.read(wake_r, 512)  # only a nudge: the state is in the fields under _cv
+                if fd in ready:  # input, or a hang-up (POLLHUP): the read says which
+                    chunk = _read(fd)
+                    with self._cv:
+                        self._take(chunk)
+        finally:
+            with self._cv:  # under the lock: _nudge never writes to a closed (reused) descriptor
+                self._ended = True  # an ended reader holds the terminal no more than a parked one
+                os.close(self._wake[0])
+                os.close(self._wake[1])
+                self._wake = None
                 self._cv.notify_all()
-            if not chunk:
-                return
+
+    def _take(self, chunk: bytes) -> None:
+        """Buffer a chunk read from the terminal (``b""``: end of input); holding ``_cv``."""
+        if chunk:
+            self._data += chunk
+        else:
+            self._eof = True
+        self._cv.notify_all()
+
+    def release_terminal(self) -> None:
+        """Stop reading the terminal until ``reclaim_terminal()``; returns once the reader is parked.
+
+        Input already typed (complete lines, on a terminal in canonical mode) is read into the
+        guest's buffer first, so nothing meant for the guest is lost; what is typed afterwards
+        stays in the terminal for whoever reads it next. Calls nest. Nothing to do for input
+        that is not a terminal (no reader thread).
+        """
+        if self._reader_thread is None:
+            return
+        with self._cv:
+            self._released += 1
+            if self._released > 1:
+                return  # nested (pdb's `debug`): parked already, the outer release waited for it
+            self._asked += 1  # a new order even if the reader has not left its last park yet
+            self._nudge()  # out of poll() ...
+            self._cv.notify_all()  # ... or out of its last park
+            while self._acked != self._asked and not self._ended:
+                self._cv.wait()
+
+    def reclaim_terminal(self) -> None:
+        """Let the reader read the terminal again (undoes one ``release_terminal()``)."""
+        if self._reader_thread is None:
+            return
+        with self._cv:
+            if self._released:
+                self._released -= 1
+            if not self._released:
+                self._cv.notify_all()
+
+    def _nudge(self) -> None:
+        """Get the reader out of poll() to look at its orders; holding ``_cv``."""
+        if self._wake is not None:  # None: the reader has ended (and closed the pipe)
+            os.write(self._wake[1], b"!")
 
     def read(self, n: int) -> bytes | None:
         """Up to ``n`` bytes; ``b""`` at end of input; ``None`` if none yet (terminal)."""
@@ -129,4 +211,26 @@ class ConsoleDevice:
         return len(data)
 
     def close(self) -> None:
-        pass
+        """Stop the terminal reader (an embedding's REPL keeps its stdin after the run)."""
+        if self._reader_thread is None:
+            return
+        with self._cv:
+            self._stopping = True
+            self._nudge()
+            self._cv.notify_all()
+        self._reader_thread.join(timeout=5)
+
+
+def _readable(fd: int) -> bool:
+    """Something to read (or a hang-up) on ``fd`` right now."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def _read(fd: int) -> bytes:
+    """One read of a terminal that poll() found ready; ``b""`` at hang-up or end of input."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""  # EIO: the terminal hung up

@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             system.close()
             raise
     interrupted: str | None = None
+    from exo.cli.breakpoint import install as install_breakpoint
+
+    # breakpoint() in a libOS module: pdb gets the terminal, the guest keeps its input (docs/debugging.md)
+    uninstall_breakpoint = install_breakpoint(machine.console)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
         if gdb is not None:
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         interrupted = "interrupted"  # still write what was counted and traced so far
     finally:
         signal.signal(signal.SIGTERM, previous)
+        uninstall_breakpoint()
         system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
     stats = system.stats()
     if args.stats_json:

@@ -203,3 +203,113 @@ def test_device_bus_close_closes_every_device() -> None:
     assert "a" in bus and "c" not in bus
     bus.close()
     assert closed == ["a", "b"]
+
+
+def _read_all(con: ConsoleDevice, want: bytes) -> bytes:
+    got = b""
+    deadline = time.monotonic() + 10
+    while len(got) < len(want) and time.monotonic() < deadline:
+        chunk = con.read(4096)
+        if chunk is None:
+            con.wait_input(0.1)
+            continue
+        got += chunk
+    return got
+
+
+def _tty_read(fd: int, timeout: float = 10.0) -> bytes:
+    """What someone else in the process (pdb) reads from the terminal; b"" if nothing came."""
+    import select
+
+    return os.read(fd, 4096) if select.select([fd], [], [], timeout)[0] else b""
+
+
+def _type(master: int, slave: int, con: ConsoleDevice, line: bytes) -> None:
+    """Type ``line`` and wait until the terminal has it (a pty passes input on asynchronously: a line
+    still in flight when the release comes is typed after it, as on a real terminal)."""
+    import fcntl
+    import struct
+    import termios
+
+    os.write(master, line)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with con._cv:
+            if con._data.endswith(line):
+                return
+        if struct.unpack("i", fcntl.ioctl(slave, termios.FIONREAD, b"\0" * 4))[0]:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"{line!r} never reached the terminal")
+
+
+def test_a_released_terminal_is_left_to_someone_else() -> None:
+    """release_terminal (pdb at a breakpoint): lines typed before are the guest's, lines typed while
+    released are left in the terminal for the other reader, and the guest gets the terminal back."""
+    master, slave = os.openpty()
+    con = ConsoleDevice(stdin=slave, stdout=io.BytesIO())
+    try:
+        _type(master, slave, con, b"one\ntwo\n")  # typed before: possibly unread when the release comes
+        con.release_terminal()
+        assert _read_all(con, b"one\ntwo\n") == b"one\ntwo\n"
+        os.write(master, b"p x\n")
+        assert _tty_read(slave) == b"p x\n"  # the debugger's command reached the debugger
+        assert con.read(10) is None and not con.poll()
+        con.release_terminal()  # nested (pdb within pdb): one reclaim is not enough
+        con.reclaim_terminal()
+        os.write(master, b"c\n")
+        assert _tty_read(slave) == b"c\n"
+        con.reclaim_terminal()
+        os.write(master, b"three\n")
+        assert _read_all(con, b"three\n") == b"three\n"
+        assert con.bytes_in == len(b"one\ntwo\nthree\n")
+    finally:
+        con.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_release_and_reclaim_many_times_while_typing() -> None:
+    """No lost line, no deadlock, whatever the reader was doing when asked to park."""
+    master, slave = os.openpty()
+    con = ConsoleDevice(stdin=slave, stdout=io.BytesIO())
+    sent = b""
+    try:
+        for i in range(200):
+            line = b"%d\n" % i
+            _type(master, slave, con, line)
+            sent += line
+            con.release_terminal()  # returns only once the reader has taken the line and parked
+            with con._cv:
+                assert con._data.endswith(line)
+            con.reclaim_terminal()
+        assert _read_all(con, sent) == sent
+    finally:
+        con.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_close_stops_the_terminal_reader() -> None:
+    """After a run, an embedding's REPL on the same terminal keeps what is typed."""
+    master, slave = os.openpty()
+    con = ConsoleDevice(stdin=slave, stdout=io.BytesIO())
+    try:
+        reader = con._reader_thread
+        con.close()
+        assert not reader.is_alive()
+        os.write(master, b"for the REPL\n")
+        assert _tty_read(slave) == b"for the REPL\n"
+        con.release_terminal()  # harmless once the reader has gone
+        con.reclaim_terminal()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_release_is_a_no_op_without_a_terminal() -> None:
+    con = ConsoleDevice(stdin=b"abc", stdout=io.BytesIO())
+    con.release_terminal()
+    con.reclaim_terminal()
+    con.close()
+    assert con.read(10) == b"abc"
