@@ -302,7 +302,7 @@ def test_4_mib_tcp_echo_over_tap_with_10_percent_loss_duplication_and_reordering
     sockets = ""
     try:
         r = peer(netns, "tcp", GUEST, "7", str(4 << 20), timeout=600)
-        if not r["ok"]:  # what the host's TCP saw, for the report (docs/net-stack.md, a stall fixed)
+        if not r["ok"]:  # what the host's TCP saw, for the report (docs/net-stack.md: a stall still open)
             sockets = subprocess.run(["ip", "netns", "exec", netns, "ss", "-tin"], capture_output=True,
                                      text=True).stdout
     finally:
