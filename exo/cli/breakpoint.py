@@ -21,7 +21,6 @@ virtual clock no time passes for it).
 from __future__ import annotations
 
 import os
-import pdb
 import sys
 from collections.abc import Callable
 from typing import Protocol, TextIO
@@ -57,26 +56,47 @@ class TerminalHold:
             self.console.reclaim_terminal()
 
 
-class ConsolePdb(pdb.Pdb):
-    """pdb that parks the guest console's terminal reader while it is in charge."""
+def _console_pdb() -> type:
+    """The ``ConsolePdb`` class, made on first use: importing pdb (with cmd, code, bdb) costs about
+    14 ms, and every `exo boot` installs the hook but few ever hit a breakpoint (start-up is
+    measured: docs/performance.md)."""
+    global _CONSOLE_PDB
+    if _CONSOLE_PDB is not None:
+        return _CONSOLE_PDB
+    import pdb
 
-    def __init__(self, hold: TerminalHold, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
-        # nosigint: Ctrl-C keeps its meaning in `exo boot` (stop the run, say where each guest was,
-        # exit 130) after a `continue`, instead of breaking into pdb somewhere in the exokernel.
-        super().__init__(stdin=stdin, stdout=stdout, nosigint=True)
-        self.hold = hold
+    class ConsolePdb(pdb.Pdb):
+        """pdb that parks the guest console's terminal reader while it is in charge."""
 
-    def interaction(self, frame, traceback) -> None:  # noqa: ANN001 - pdb's signature
-        self.hold.take()
-        super().interaction(frame, traceback)
+        def __init__(self, hold: TerminalHold, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+            # nosigint: Ctrl-C keeps its meaning in `exo boot` (stop the run, say where each guest was,
+            # exit 130) after a `continue`, instead of breaking into pdb somewhere in the exokernel.
+            super().__init__(stdin=stdin, stdout=stdout, nosigint=True)
+            self.hold = hold
 
-    def set_continue(self) -> None:
-        super().set_continue()
-        self.hold.give_back()
+        def interaction(self, frame, traceback) -> None:  # noqa: ANN001 - pdb's signature
+            self.hold.take()
+            super().interaction(frame, traceback)
 
-    def set_quit(self) -> None:
-        super().set_quit()
-        self.hold.give_back()
+        def set_continue(self) -> None:
+            super().set_continue()
+            self.hold.give_back()
+
+        def set_quit(self) -> None:
+            super().set_quit()
+            self.hold.give_back()
+
+    _CONSOLE_PDB = ConsolePdb
+    return _CONSOLE_PDB
+
+
+_CONSOLE_PDB: type | None = None
+
+
+def __getattr__(name: str) -> object:
+    if name == "ConsolePdb":  # exo.cli.breakpoint.ConsolePdb, as before, without the import at start
+        return _console_pdb()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _isatty(f: object) -> bool:
@@ -128,7 +148,7 @@ def install(console: _Console, stderr: TextIO | None = None) -> Callable[[], Non
                       "for pdb (stdin and stdout are not both terminals, and /dev/tty cannot be opened)\n")
             out.flush()
             return None
-        debugger = ConsolePdb(hold, stdin=io[0], stdout=io[1])
+        debugger = _console_pdb()(hold, stdin=io[0], stdout=io[1])
         if header is not None:
             debugger.message(header)
         debugger.set_trace(frame)

@@ -170,9 +170,10 @@ def test_the_in_tree_modules_are_declared_as_entry_points_with_their_fixed_pages
 # keystone only assembles (the image is cached after the first boot), construct parses only the
 # formats in use (ELF, disk and network headers), rich prints only tables (--stats, benchmarks);
 # exo.net only serves a machine with a NIC, json only writes --stats-json (the image cache is marshal);
-# tomllib parses a manifest only the first time (exo/build/manifest.py parse_toml remembers it).
+# tomllib parses a manifest only the first time (exo/build/manifest.py parse_toml remembers it);
+# pdb only when a libOS module calls breakpoint() (exo/cli/breakpoint.py).
 LAZY = ("capstone", "keystone", "construct", "rich", "exo.fuzz", "benchmarks", "exo.build.asm", "exo.build.elf", "exo.net",
-        "json", "tomllib")
+        "json", "tomllib", "pdb")
 
 
 def test_booting_echo_imports_no_module_it_does_not_link(tmp_path):
