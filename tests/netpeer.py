@@ -72,7 +72,11 @@ def _connect(host: str, port: int) -> socket.socket:
     while True:
         try:
             c = socket.create_connection((host, port), timeout=5)
-            c.settimeout(120)
+            # Longer than Linux's longest pause between zero-window probes (TCP_RTO_MAX, 120 s):
+            # when the guest's window update is lost on a lossy wire, the host learns the window
+            # opened only at its next probe, and a probe backed off to 120 s is normal TCP, not a
+            # stall (docs/net-stack.md).
+            c.settimeout(300)
             return c
         except OSError:
             if time.monotonic() - start > READY_TIMEOUT:
