@@ -93,14 +93,19 @@ class Namespace:
         ino, inode = self._new_inode(dino, mode)
         return ino, inode, dino, dinode, name
 
-    def create(self, path: str, mode: int = 0o644) -> int:
-        ino, inode, dino, dinode, name = self._make(path, st.S_IFREG | (mode & 0o7777))
+    def _link_in(self, ino: int, inode: object, dino: int, dinode: object, name: bytes) -> None:
+        """Write a new inode and enter it in its directory; if the entry cannot be made (a full
+        disk, say), the inode and its blocks are given back. The caller writes ``dinode``."""
         self._iput(ino, inode)
         try:
             self._dir_add(dino, dinode, name, ino, inode.i_mode)
         except Ext2Error:
             self._release_inode(ino, inode)
             raise
+
+    def create(self, path: str, mode: int = 0o644) -> int:
+        ino, inode, dino, dinode, name = self._make(path, st.S_IFREG | (mode & 0o7777))
+        self._link_in(ino, inode, dino, dinode, name)
         self._iput(dino, dinode)
         return ino
 
@@ -129,12 +134,7 @@ class Namespace:
         self._bwrite(bno, buf)
         inode.i_size = bs
         inode.i_links_count = 2
-        self._iput(ino, inode)
-        try:
-            self._dir_add(dino, dinode, name, ino, inode.i_mode)
-        except Ext2Error:
-            self._release_inode(ino, inode)
-            raise
+        self._link_in(ino, inode, dino, dinode, name)
         dinode.i_links_count += 1
         self._iput(dino, dinode)
         return ino
@@ -218,12 +218,7 @@ class Namespace:
             buf[:len(data)] = data
             self._bwrite(bno, buf)
         inode.i_size = len(data)
-        self._iput(ino, inode)
-        try:
-            self._dir_add(dino, dinode, name, ino, inode.i_mode)
-        except Ext2Error:
-            self._release_inode(ino, inode)
-            raise
+        self._link_in(ino, inode, dino, dinode, name)
         self._iput(dino, dinode)
         return ino
 
