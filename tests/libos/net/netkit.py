@@ -57,9 +57,9 @@ class Link:
             self.b.poll(self.t)
 
 
-# A guest that accepts one TCP connection on port 9, counts what it receives until EOF and prints
-# the count (test_net_module.py, test_linger.py).
-SINK = """
+# The start of a guest that listens on port 9 and accepts one connection (listener in r13, the
+# connection in rax), and the address it binds (in .data, where a guest's data may follow).
+ACCEPT_ON_9 = """
 section .text
 _start:
     mov rdi, 1
@@ -76,7 +76,18 @@ _start:
     xor esi, esi
     xor edx, edx
     call LIB_NET_ACCEPT
-    mov r14, rax
+"""
+LOCAL_9 = """
+section .data
+local: dw 2
+    db 0, 9
+    dd 0
+    dq 0
+"""
+
+# A guest that accepts one TCP connection on port 9, counts what it receives until EOF and prints
+# the count (test_net_module.py, test_linger.py).
+SINK = ACCEPT_ON_9 + """    mov r14, rax
     xor ebx, ebx
 more:
     mov rdi, r14
@@ -94,12 +105,7 @@ done:
     call LIB_CONSOLE_PRINTF
     xor edi, edi
     call LIB_CORE_EXIT
-section .data
-local: dw 2
-    db 0, 9
-    dd 0
-    dq 0
-fmt: db "%d", 10, 0
+""" + LOCAL_9 + """fmt: db "%d", 10, 0
 section .bss
 buf: resb 65536
 """

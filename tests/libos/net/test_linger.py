@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import boot
-from netkit import SINK, sender
+from netkit import ACCEPT_ON_9, LOCAL_9, SINK, sender
 
 from hw.nic import Nic
 from libos.net import LINGER_MAX_NS
@@ -23,35 +23,13 @@ SENDER = sender(200_000)
 
 
 # Accepts, then never reads (its window closes and stays shut): waits in a second accept.
-DEAF = """
-section .text
-_start:
-    mov rdi, 1
-    call LIB_NET_SOCKET
-    mov r13, rax
-    mov rdi, r13
-    lea rsi, [rip + local]
-    mov rdx, 16
-    call LIB_NET_BIND
-    mov rdi, r13
-    mov rsi, 1
-    call LIB_NET_LISTEN
-    mov rdi, r13
-    xor esi, esi
-    xor edx, edx
-    call LIB_NET_ACCEPT
-    mov rdi, r13
+DEAF = ACCEPT_ON_9 + """    mov rdi, r13
     xor esi, esi
     xor edx, edx
     call LIB_NET_ACCEPT
     xor edi, edi
     call LIB_CORE_EXIT
-section .data
-local: dw 2
-    db 0, 9
-    dd 0
-    dq 0
-"""
+""" + LOCAL_9
 
 
 class Wire:
