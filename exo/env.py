@@ -36,6 +36,7 @@ class Env:
         self.wake_at: int = 0  # guest ns a rate-limited environment sleeps until (Exokernel.sleep_until)
         self.argv: list[str] = []
         self.symbolize: Callable[[int], str | None] | None = None  # address -> 'label+0x12'
+        self.source_line: Callable[[int], str | None] | None = None  # address -> 'echo.s:12'
         # libOS linking (exo/libcall.py)
         self.port: Any = None  # the LibPort its modules use
         self.libcalls: dict[int, Any] = {}  # slot address -> Entry

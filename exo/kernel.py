@@ -181,6 +181,7 @@ class Exokernel:
         cpu.context_write(child.ctx, Reg.RAX, 0)
         child.argv = list(parent.argv)
         child.symbolize = parent.symbolize  # the same image: reports name its labels too
+        child.source_line = parent.source_line
         try:
             for va in range(EXO_REGION[0], EXO_REGION[1], PAGE_SIZE):
                 found = parent.space.lookup(va)
@@ -313,6 +314,11 @@ class Exokernel:
             self._live = None
         env.ctx = None  # type: ignore[assignment]  # frees the Unicorn context
 
+    @staticmethod
+    def source_line(env: Env, rip: int) -> str | None:
+        """``file:line`` of the code at ``rip`` in ``env``'s image, where its sources or DWARF say."""
+        return env.source_line(rip) if env.source_line is not None else None
+
     def symbol(self, env: Env, rip: int) -> str | None:
         """A name for ``rip`` in ``env``: its image's label+offset, else a hypercall stub or a
         library call slot on a page the exokernel maps, else None."""
@@ -340,6 +346,10 @@ class Exokernel:
             reason = f"{reason}; {refused}" if reason else refused
         report = build_report(env.id, env.name, trap, code, regs, reason, where)
         report.backtrace = backtrace(env.space, regs["RBP"], regs["RSP"], lambda a: self.symbol(env, a))
+        if env.source_line is not None:  # read from the image's sources or DWARF on a fault only
+            report.line = env.source_line(trap.insn_address)
+            # A return address is after its call: the call's line is the byte before it (as gdb does).
+            report.backtrace.lines = [env.source_line(a - 1) for a, _ in report.backtrace.frames]
         if kind is not None:
             report.kind = kind
         env.fault = report.summary

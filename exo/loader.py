@@ -74,6 +74,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     cpu.context_write(env.ctx, Reg.RSI, INFO_PAGE + 8)
     env.argv = [a.decode() for a in args]
     env.symbolize = image.symbolize
+    env.source_line = getattr(image, "line_of", None)  # an Image from elsewhere may not have one
     k.make_runnable(env)
 
 

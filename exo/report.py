@@ -221,6 +221,7 @@ class FaultReport(Record):
         self.registers = registers
         self.reason = reason
         self.symbol = symbol  # e.g. "_start+0x7", from the image's labels
+        self.line: str | None = None  # e.g. "echo.s:12", from the image's line table (set by the exokernel)
         self.backtrace: Backtrace | None = None  # the callers (`backtrace`), set by the exokernel
 
     @property
@@ -239,13 +240,13 @@ class FaultReport(Record):
             lines.append(f"  error code  {self.error_code:#x}{'  ' + self.error if self.error else ''}")
         elif self.error:
             lines.append(f"  detail      {self.error}")
-        at = f"  in {self.symbol}" if self.symbol else ""
+        at = (f"  in {self.symbol}" if self.symbol else "") + (f" at {self.line}" if self.line else "")
         lines.append(f"  instruction {self.rip:#018x}: {self.instruction}   [{self.code_bytes.hex(' ')}]{at}")
         regs = list(self.registers.items())
         for i in range(0, len(regs), 4):
             lines.append("  " + "  ".join(f"{k.lower():>6} {v:#018x}" for k, v in regs[i : i + 4]))
         if self.backtrace is not None:
-            lines += self.backtrace.render(self.rip, self.symbol)
+            lines += self.backtrace.render(self.rip, self.symbol, self.line)
         return "\n".join(lines)
 
 
@@ -286,15 +287,21 @@ class Backtrace(Record):
     def __init__(self, frames: list[tuple[int, str | None]], guessed: bool) -> None:
         self.frames = frames
         self.guessed = guessed
+        self.lines: list[str | None] = [None] * len(frames)  # each frame's "file:line" (set by the exokernel)
 
-    def render(self, rip: int, symbol: str | None) -> list[str]:
+    def render(self, rip: int, symbol: str | None, line: str | None = None) -> list[str]:
         how = "guess: stack scan, no usable rbp chain" if self.guessed else "rbp chain"
-        lines = [f"  backtrace ({how})", f"    #0  {rip:#018x}  {symbol or '?'}"]
+        lines = [f"  backtrace ({how})", f"    #0  {rip:#018x}  {symbol or '?'}{_at(line)}"]
         mark = "  (guess: stack scan)" if self.guessed else ""
-        lines += [f"    #{i:<2} {a:#018x}  {s or '?'}{mark}" for i, (a, s) in enumerate(self.frames, 1)]
+        lines += [f"    #{i:<2} {a:#018x}  {s or '?'}{_at(ln)}{mark}"
+                  for i, ((a, s), ln) in enumerate(zip(self.frames, self.lines), 1)]
         if not self.frames:
             lines.append("    (no caller found)")
         return lines
+
+
+def _at(line: str | None) -> str:
+    return f" at {line}" if line else ""
 
 
 def _read_u64(space: Any, va: int) -> int | None:
@@ -390,11 +397,12 @@ def watchdog_reason(env: Any) -> str:
     return why(env) if why else f"{env.status.name.lower()} when the watchdog stopped the machine"
 
 
-def location(rip: int, code: bytes, symbol: str | None) -> str:
-    """``rip 0x401007 (spin+0x2): add rax, 1``: where an environment was, for an infinite loop's
-    report (capstone is imported here, on first use only)."""
+def location(rip: int, code: bytes, symbol: str | None, line: str | None = None) -> str:
+    """``rip 0x401007 (spin+0x2 at spin.s:9): add rax, 1``: where an environment was, for an infinite
+    loop's report (capstone is imported here, on first use only)."""
     text, _ = disassemble_one(code, rip)
-    at = f" ({symbol})" if symbol else ""
+    where = " at ".join(w for w in (symbol, line) if w)
+    at = f" ({where})" if where else ""
     return f"rip {rip:#x}{at}: {text}"
 
 

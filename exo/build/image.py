@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import marshal
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from exo.abi import EXO_REGION_END, HYPERCALL_PAGE, IMAGE_BASE, PERM_R, PERM_W, PERM_X, USER_TOP
@@ -50,6 +51,8 @@ class Image(Record):
         self.segments = segments
         self.symbols = {} if symbols is None else symbols
         self.from_cache = from_cache
+        # address -> "file:line" (`build_image` sets it; read on a fault only: exo/build/lines.py)
+        self.line_of: Callable[[int], str | None] | None = None
 
     @property
     def size(self) -> int:
@@ -135,8 +138,40 @@ def build_image(m: Manifest, use_cache: bool = True, extra_symbols: dict[str, in
     """The app's image. ``extra_symbols`` (the linked libOS entry points) are predefined for
     assembly; ``hints`` explain symbols the app may not use (modules it does not link)."""
     if m.is_elf:
-        return _elf_image(m)
+        image = _elf_image(m)
+        src = m.sources[0]
+        image.line_of = _Lines(lambda: _elf_rows(src))
+        return image
     extra = dict(extra_symbols or {})
+    image = _asm_image(m, use_cache, extra, hints)
+    image.line_of = _Lines(lambda: source_lines(m, extra, hints))
+    return image
+
+
+class _Lines:
+    """``addr -> "file:line"``, its table read on the first call (a fault report), then kept."""
+
+    __slots__ = ("load", "table")
+
+    def __init__(self, load: Callable[[], list]) -> None:
+        self.load = load
+        self.table = None
+
+    def __call__(self, addr: int) -> str | None:
+        if self.table is None:
+            from exo.build.lines import table_or_empty
+
+            self.table = table_or_empty(self.load)
+        return self.table.lookup(addr)
+
+
+def _elf_rows(src: Path) -> list:
+    from exo.build.lines import elf_rows
+
+    return elf_rows(src)
+
+
+def _asm_image(m: Manifest, use_cache: bool, extra: dict[str, int], hints: dict[str, str] | None) -> Image:
     key = _cache_key(m, extra)
     cached_path = _cache_dir() / f"{key}.marshal"
     if use_cache:

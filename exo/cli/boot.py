@@ -157,7 +157,7 @@ def _locate(kernel, env) -> str:
 
     cpu = kernel.cpu
     rip = cpu.regs.read(Reg.RIP) if env is kernel._live else cpu.context_read(env.ctx, Reg.RIP)
-    return location(rip, env.space.fetch_code(rip), kernel.symbol(env, rip))
+    return location(rip, env.space.fetch_code(rip), kernel.symbol(env, rip), kernel.source_line(env, rip))
 
 
 def _print_report(report) -> None:

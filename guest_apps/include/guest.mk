@@ -13,7 +13,7 @@
 # no unwinder.
 GUEST_INCLUDE := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 GUEST_CC ?= gcc
-GUEST_CFLAGS = -O2 -ffreestanding -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables \
+GUEST_CFLAGS = -O2 -g -ffreestanding -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables \
                -I$(GUEST_INCLUDE)
 GUEST_LDFLAGS = -static -nostdlib -no-pie -Wl,-z,separate-code -Wl,--build-id=none
 GUEST_DEPS = $(GUEST_INCLUDE)/exo.h $(GUEST_INCLUDE)/libos.h $(GUEST_INCLUDE)/guest.mk

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, need_tool
@@ -204,3 +205,82 @@ def test_gdb_shows_file_and_line(tmp_path):
     src = app / "echo.s"
     out = _gdb(tmp_path / "out.elf", f"info line *{image.symbols['read_more'] + 14:#x}")
     assert f'Line {_line_of(src, "call HC_CONSOLE_READ")} of "{src}"' in out
+
+
+# ------------------------------------------------------------- file:line in reports
+C_CRASH = r"""#include "exo.h"
+static long *nowhere;
+
+__attribute__((noinline)) long poke(long v) {
+    nowhere[1] = v;
+    return v + 1;
+}
+
+__attribute__((force_align_arg_pointer)) void _start(void) {
+    long r = poke(7);
+    exo_sched_op(SCHED_EXIT, (int)r);
+}
+"""
+
+
+def _gcc_app(tmp_path, source: str, strip: bool = False):
+    need_tool(shutil.which("gcc") is not None and shutil.which("make") is not None, "gcc or make is not installed")
+    (tmp_path / "crash.c").write_text(source)
+    mk = ROOT / "guest_apps" / "include" / "guest.mk"
+    subprocess.run(["make", "-s", "-f", str(mk), "-C", str(tmp_path), "crash"], check=True)
+    if strip:
+        need_tool(shutil.which("strip") is not None, "strip (binutils) is not installed")
+        subprocess.run(["strip", "--strip-debug", str(tmp_path / "crash")], check=True)
+    d = tmp_path / "app"
+    d.mkdir()
+    (tmp_path / "crash").rename(d / "prog")
+    (d / "app.toml").write_text('name = "crash"\nsources = ["prog"]\n')
+    return d
+
+
+def test_c_guest_fault_report_names_the_source_line(tmp_path):
+    # guest.mk compiles with -g: the report reads the binary's own DWARF line table.
+    from conftest import boot
+
+    (report,) = boot(_gcc_app(tmp_path, C_CRASH)).reports
+    src = str(tmp_path / "crash.c")
+    assert report.symbol == "poke"
+    assert report.line == f"{src}:5"  # `nowhere[1] = v;`
+    assert report.backtrace.lines and report.backtrace.lines[0] == f"{src}:10"  # the call in _start
+    text = report.render()
+    assert f"in poke at {src}:5" in text and f"at {src}:10" in text
+
+
+def test_stripped_c_guest_has_symbols_but_no_lines(tmp_path):
+    from conftest import boot
+
+    (report,) = boot(_gcc_app(tmp_path, C_CRASH, strip=True)).reports
+    assert report.symbol == "poke" and report.line is None
+    assert " at " not in report.render().splitlines()[3]
+
+
+def test_damaged_debug_line_costs_only_the_line(tmp_path):
+    # A .debug_line whose bytes are garbage: the report comes out, without a line.
+    from conftest import boot
+
+    d = _gcc_app(tmp_path, C_CRASH)
+    blob = bytearray((d / "prog").read_bytes())
+    (off, size), = [(s.offset, s.size) for s in read_sections(bytes(blob), "prog") if s.name == ".debug_line"]
+    blob[off:off + size] = b"\xff" * size
+    (d / "prog").write_bytes(bytes(blob))
+    (report,) = boot(d).reports
+    assert report.symbol == "poke" and report.line is None
+
+
+def test_assembly_fault_and_watchdog_name_the_source_line(tmp_path, app):
+    from conftest import boot
+
+    src = "section .text\n_start:\n    xor eax, eax\n    mov rax, [rax]\n"
+    (report,) = boot(app("asmcrash", src)).reports
+    assert report.line is not None and report.line.endswith("asmcrash/main.s:4")
+    spin = ROOT / "guest_apps" / "spin"
+    r = subprocess.run([sys.executable, "-m", "exo", "boot", str(spin), "--max-instructions", "100000"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    line = _line_of(spin / "spin.s", "jmp forever")
+    assert f"(forever at guest_apps/spin/spin.s:{line}): jmp" in r.stderr
