@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         for c in classes:
             allowed |= c.HYPERCALLS
     report = {
-        "name": image.name, "entry": image.entry, "size": image.size,
+        "name": image.name, "entry": image.entry, "entry_symbol": image.symbolize(image.entry),
+        "entry_line": image.line_of(image.entry) if image.line_of else None, "size": image.size,
         "segments": [{"name": s.name, "va": s.va, "size": s.memsz,
                       "perm": ("r" if s.perm & 1 else "-") + ("w" if s.perm & 2 else "-")
                       + ("x" if s.perm & 8 else "-")} for s in image.segments],
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{image.name}: entry {image.entry:#x}, {image.size} bytes in {len(image.segments)} segments")
+    where = " at ".join(w for w in (report["entry_symbol"], report["entry_line"]) if w)
+    where = f" ({where})" if where else ""
+    print(f"{image.name}: entry {image.entry:#x}{where}, {image.size} bytes in {len(image.segments)} segments")
     for seg in report["segments"]:
         print(f"  {seg['name']:8} {seg['va']:#010x} {seg['size']:9} bytes  {seg['perm']}")
     linked = ", ".join(f"{k} = {v}" for k, v in report["libos"].items()) or "none (the app is its own libOS)"

@@ -249,6 +249,8 @@ def test_c_guest_fault_report_names_the_source_line(tmp_path):
     assert report.backtrace.lines and report.backtrace.lines[0] == f"{src}:10"  # the call in _start
     text = report.render()
     assert f"in poke at {src}:5" in text and f"at {src}:10" in text
+    r = subprocess.run([sys.executable, "-m", "exo", "image", str(tmp_path / "app")], capture_output=True, text=True)
+    assert f"(_start at {src}:" in r.stdout.splitlines()[0]
 
 
 def test_stripped_c_guest_has_symbols_but_no_lines(tmp_path):
