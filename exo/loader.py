@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from exo.abi import INFO_PAGE, PERM_R, PERM_W, PERM_X, STACK_PAGES, STACK_TOP, EnvStatus
@@ -54,7 +55,9 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     for i in range(1, STACK_PAGES + 1):
         _alloc_page(k, env, STACK_TOP - i * PAGE_SIZE, stack_pte, FrameKind.STACK)
     # Info page: u64 argc, u64 argv[argc + 1], then the NUL-terminated strings.
-    args = [a.encode() for a in [image.name, *argv]]
+    # os.fsencode: an argument the host passed as bytes that are not UTF-8 (`-- $'\xff'`) reaches
+    # the guest as those bytes (Python decoded it with surrogateescape, PEP 383), as on Linux.
+    args = [os.fsencode(a) for a in [image.name, *argv]]
     table = 8 + 8 * (len(args) + 1)
     blob = bytearray()
     ptrs = []
@@ -72,7 +75,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
     cpu.context_write(env.ctx, Reg.RSP, STACK_TOP)
     cpu.context_write(env.ctx, Reg.RDI, len(args))
     cpu.context_write(env.ctx, Reg.RSI, INFO_PAGE + 8)
-    env.argv = [a.decode() for a in args]
+    env.argv = [os.fsdecode(a) for a in args]
     env.symbolize = image.symbolize
     env.source_line = getattr(image, "line_of", None)  # an Image from elsewhere may not have one
     k.make_runnable(env)

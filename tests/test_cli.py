@@ -145,6 +145,10 @@ def test_guest_arguments_after_double_dash(tmp_path):
     r = run_exo("boot", str(d), "--", "/etc/motd", cache=str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"/etc/motd"
+    # Bytes that are not UTF-8 reach the guest as they are (a traceback before: exo issue 16).
+    r = run_exo("boot", str(d), "--", b"caf\xe9\xff", cache=str(tmp_path / "c"))
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+    assert r.stdout == b"caf\xe9\xff"
 
 
 def test_a_manifest_is_parsed_by_content_so_an_edit_is_seen_and_bad_toml_still_fails(tmp_path, monkeypatch):
