@@ -279,9 +279,9 @@ def test_forktree_threads(gdb_tool):
     sym = _symbols(ROOT / "guest_apps/forktree")
     stub = Stub(str(ROOT / "guest_apps/forktree"))
     text = stub.gdb(f"break *{sym['child']:#x}", "continue", "info threads", "delete", "continue")
-    assert "Thread 2 hit Breakpoint 1" in text, text
-    assert re.search(r"\* 2\s+Thread 2 \(forktree\.1, env 2, runnable\)", text), text
-    assert re.search(r"3\s+Thread 3 \(forktree\.2, env 3, runnable\)", text), text
+    assert 'Thread 2 "forktree.1" hit Breakpoint 1' in text, text  # names from qXfer:threads:read
+    assert re.search(r'\* 2\s+Thread 2 "forktree\.1" \(forktree\.1, env 2, runnable\)', text), text
+    assert re.search(r'3\s+Thread 3 "forktree\.2" \(forktree\.2, env 3, runnable\)', text), text
     assert "exited normally" in text, text
     code, out, err = stub.finish()
     assert code == 0 and out.count("I am") == 15, err
@@ -309,7 +309,7 @@ def test_fault_stops_with_sigsegv_before_the_report(tmp_path, gdb_tool):
     text = stub.gdb("continue", "info registers rip", "info threads", "continue")
     assert "received signal SIGSEGV" in text, text
     assert re.search(rf"rip\s+{bad:#x}", text), text
-    assert "Thread 1 (fault, env 1, runnable)" in text, text  # still there while gdb looks
+    assert 'Thread 1 "fault" (fault, env 1, runnable)' in text, text  # still there while gdb looks
     assert "terminated with signal SIGSEGV" in text, text
     code, _, err = stub.finish()
     assert code == 1 and "page fault" in err.lower(), err  # the fault report is still printed
