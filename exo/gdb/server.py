@@ -226,6 +226,8 @@ class GdbServer:
         self.stepping.discard(env.id)
         if self.target.breakpoints:
             self.target.forget_frames(env)
+        if self.target.slots:
+            self.target.forget_slots(env)
 
     def _debug_trap(self, t: Any) -> bool:
         """A trap that is the debugger's (our int3, our single step): stop for gdb; True if so."""

@@ -381,6 +381,16 @@ class Target:
             slot.active = False
         self.hit = None
 
+    def forget_slots(self, env: Any) -> None:
+        """An environment is being destroyed: a slot on a frame only it used would watch whatever
+        the frame is reused for (another environment's memory); drop those now."""
+        refs = self.kernel.frames.refs
+        for slot in self.slots.values():
+            for pa, _, off in slot.pieces:
+                t = translate(self.memory, env.space.root, slot.va + off)
+                if slot.active and t is not None and t.pa == pa and refs[pa // PAGE_SIZE] <= 1:
+                    slot.active = False
+
     def apply_deferred(self) -> None:
         """Outside emulation only: delete the hooks of removed slots (then code translated while
         a memory hook existed, which takes the slow path for every access, is dropped)."""
