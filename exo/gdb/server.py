@@ -122,6 +122,8 @@ class GdbServer:
             env = kernel.current
             if env.id not in self.stepping:
                 trap(cpu, t)
+                if self.target.slots and env.alive:
+                    self.target.follow(env)  # a page-fault handler may have mapped a new frame
                 return
             # A fault in the middle of a single step. A CPU clears TF when it delivers an
             # exception (SDM Vol. 3A 6.12.1.2); clear it before the exokernel pushes an upcall
@@ -138,6 +140,8 @@ class GdbServer:
             # and writes RIP), so the CPU raises no #DB for it. A step over it ends after the call.
             env = kernel.current
             code(cpu, address)
+            if self.target.slots and env.alive:
+                self.target.follow(env)  # a libOS call (fork's copy-on-write copy) may have remapped it
             if env.id in self.stepping and env.alive and not cpu.stop_requested:
                 self._clear_step(env)
                 self.stop(env, SIGTRAP)
@@ -171,6 +175,8 @@ class GdbServer:
         left of its budget, so the run is cut where it would be without gdb."""
         target = self.target
         target.apply_deferred()  # outside emulation: the only safe place to delete hooks
+        if target.slots and self.kernel.current is not None:
+            target.follow(self.kernel.current)  # mappings its hypercalls changed in the last slice
         virtual = self.kernel.machine.clock.mode == "virtual"
         ex = run(budget)
         retired = ex.retired or 0

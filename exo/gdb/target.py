@@ -117,6 +117,7 @@ class DebugSlot:
     va: int
     length: int
     pieces: list[tuple[int, int, int]]  # (physical address, length, offset from va): one per page
+    env_id: int  # the environment it was set in: its mapping of va is followed (``follow``)
     hooks: list[int] = field(default_factory=list)
     active: bool = True
 
@@ -355,16 +356,35 @@ class Target:
             return
         if old is not None:
             self._drop(old)
-        slot = DebugSlot(kind, va, length, pieces)
+        slot = DebugSlot(kind, va, length, pieces, env.id)
         if kind == 1:
             slot.hooks.append(self._hook(UC_HOOK_CODE, self._code_cb, va, va))
         else:
-            for pa, n, _ in pieces:
-                for hook_type in WATCH_KINDS[kind][2]:
-                    slot.hooks.append(self._hook(hook_type, self._mem_cb, pa, pa + n - 1))
+            self._hook_pieces(slot)
         self.slots[key] = slot
         # Hooks are looked up when code is translated: drop what was translated without them.
         self.cpu.flush_code()
+
+    def _hook_pieces(self, slot: DebugSlot) -> None:
+        for pa, n, _ in slot.pieces:
+            for hook_type in WATCH_KINDS[slot.kind][2]:
+                slot.hooks.append(self._hook(hook_type, self._mem_cb, pa, pa + n - 1))
+
+    def follow(self, env: Env) -> None:
+        """``env`` may have been given other frames (a copy-on-write copy, a new mapping): move
+        its watchpoints to the memory now behind their addresses, so that ``watch x`` follows
+        x. New hooks are added now (adding is safe inside a hook); old ones die between slices."""
+        for slot in self.slots.values():
+            if slot.env_id != env.id or slot.kind == 1 or not slot.active:
+                continue
+            try:
+                pieces = self._phys_pieces(env, slot.va, slot.length)
+            except TargetError:
+                continue  # unmapped for now: keep watching the old memory until it is mapped again
+            if pieces != slot.pieces:
+                self._dead_hooks += slot.hooks
+                slot.hooks, slot.pieces = [], pieces
+                self._hook_pieces(slot)
 
     def remove_slot(self, kind: int, va: int, length: int) -> None:
         slot = self.slots.get((kind, va, 1 if kind == 1 else length))

@@ -170,7 +170,12 @@ class Stub:
         return self.proc.returncode, out.decode(), (self.err + err).decode()
 
     def gdb(self, *commands: str) -> str:
-        cmd = ["gdb", "-batch", "-nx", "-ex", "set pagination off", "-ex", f"target remote 127.0.0.1:{self.port}"]
+        return self.gdb_elf(None, *commands)
+
+    def gdb_elf(self, elf: Path | None, *commands: str) -> str:
+        """gdb in batch mode, with the image's ELF file (symbols, lines) when given."""
+        cmd = ["gdb", "-batch", "-nx", *([str(elf)] if elf else []), "-ex", "set pagination off",
+               "-ex", f"target remote 127.0.0.1:{self.port}"]
         for c in commands:
             cmd += ["-ex", c]
         try:
@@ -555,3 +560,19 @@ def test_watchpoint_follows_memory_into_forked_children_and_keeps_the_schedule(t
     assert (code, out) == (plain.returncode, plain.stdout.decode()), err
     assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
     assert threads.count(1) == 2 and len(set(threads)) > 1, threads  # the root's two reads, and children's
+
+
+def test_watch_follows_a_copy_on_write_copy(tmp_path, gdb_tool):
+    """`watch depth` set in a forked child while its .data is still the parent's (shared,
+    copy-on-write): the child's first store copies the page, and the watchpoint moves to the
+    copy with it (Target.follow), so the child's own write to depth is the one reported."""
+    elf = tmp_path / "forktree.elf"
+    subprocess.run([sys.executable, "-m", "exo", "image", str(ROOT / "guest_apps/forktree"), "--elf", str(elf)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=TIMEOUT)
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb_elf(elf, "break child", "continue", "watch *(long *)&depth", "continue", "delete", "continue")
+    assert 'Thread 2 "forktree.1" hit Hardware watchpoint 2: *(long *)&depth' in text, text
+    assert "Old value = 0\nNew value = 1\n" in text, text
+    assert re.search(r"child \(\) at .*forktree\.s:53", text), text  # after `mov qword ptr [rax], rcx` (line 52)
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
