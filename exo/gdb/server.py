@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from exo.env import EnvStatus
 from exo.errors import ExoUserError
 from exo.gdb.rsp import PACKET_SIZE, Decoder, escape, frame, unescape
 from exo.gdb.target import REG_INDEX, RFLAGS_TF, TARGET_XML, WATCH_KINDS, WATCH_STOP, Target, TargetError
@@ -113,9 +114,11 @@ class GdbServer:
         run_slice, wait_input = kernel.cpu.run, kernel.machine.console.wait_input
 
         def on_trap(cpu: Any, t: Any) -> None:
-            if self.target.hit is not None:
+            if self.target.hit is not None and t.vector != Vector.DB:
                 # The instruction that touched watched memory faulted in a later access: it did
                 # not complete, so, as on x86, the fault is reported and not the watchpoint.
+                # (A #DB is a trap after the instruction: a single step that also hit a
+                # watchpoint reports both, as DR6 would, below.)
                 self.target.hit = None
             if self.conn is not None and t.kind is TrapKind.EXCEPTION and self._debug_trap(t):
                 return
@@ -183,7 +186,7 @@ class GdbServer:
         while ex.stop_reason == WATCH_STOP:
             env = self.kernel.current
             hit, target.hit = target.hit, None
-            if env is None or env is not self.kernel._live or not env.alive or env.status.name != "RUNNABLE":
+            if env is None or env is not self.kernel._live or not env.alive or env.status != EnvStatus.RUNNABLE:
                 break  # the accessing instruction faulted and the fault stopped the environment
             if hit is not None:
                 slot, addr = hit
@@ -245,7 +248,8 @@ class GdbServer:
             return True
         if t.vector == Vector.DB and env.id in self.stepping:
             self._clear_step(env)
-            self.stop(env, SIGTRAP)
+            hit, self.target.hit = self.target.hit, None
+            self.stop(env, SIGTRAP, WATCH_KINDS[hit[0].kind][0] + b":%x;" % hit[1] if hit else b"")
             return True
         if t.vector == Vector.DB and env.id in self.traced:
             # A trap flag we set that outlived its step (saved in a frame the libOS restored):

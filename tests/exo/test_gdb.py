@@ -576,3 +576,38 @@ def test_watch_follows_a_copy_on_write_copy(tmp_path, gdb_tool):
     assert re.search(r"child \(\) at .*forktree\.s:53", text), text  # after `mov qword ptr [rax], rcx` (line 52)
     code, out, err = stub.finish()
     assert code == 0 and out.count("I am") == 15, err
+
+
+def test_step_over_a_watched_store_reports_the_watchpoint(tmp_path):
+    """A single step whose instruction hits a watchpoint stops once, after it, saying both (on
+    x86 one #DB sets DR6.BS and the watchpoint's bit): gdb then shows the new value."""
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"c") == b"T05thread:1;"
+        assert _rsp(s, b"z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"Z2,%x,8" % sym["counter"]) == b"OK"
+        assert _rsp(s, b"vCont;s:1;c") == b"T05watch:%x;thread:1;" % sym["counter"]
+        assert _rip(s) == sym["after_store"]
+        assert _rsp(s, b"vCont;s:1;c") == b"T05thread:1;"  # the next step: a nop, nothing watched
+        assert _rsp(s, b"z2,%x,8" % sym["counter"]) == b"OK"
+        assert _rsp(s, b"c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+def test_watchpoints_are_refused_under_the_wall_clock(tmp_path):
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app), "--clock", "wall")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z2,%x,8" % sym["counter"]) == b"E01"
+        assert _rsp(s, b"Z1,%x,1" % sym["after_store"]) == b"OK"  # a code hook needs no counter
+        assert _rsp(s, b"c") == b"T05thread:1;"
+        assert _rip(s) == sym["after_store"]
+        assert _rsp(s, b"z1,%x,1" % sym["after_store"]) == b"OK"
+        assert _rsp(s, b"c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43 and "watchpoints need the virtual clock" in err, err
