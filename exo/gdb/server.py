@@ -215,6 +215,7 @@ class GdbServer:
             # a hook makes Unicorn leave this one and start again there.
             rip = self.target.rip(env)
             self.kernel.cpu.regs.write(Reg.RIP, rip)
+            self.target.uncount()  # the instruction here was counted, and will be again on the restart
             if rip == address and slot.active:
                 self._skip_hbreak = (env.id, address)
 

@@ -425,6 +425,18 @@ class Target:
         self._dead_hooks.clear()
         self.cpu.flush_code()
 
+    def uncount(self) -> None:
+        """Take back one instruction from Unicorn's count (virtual clock, inside a slice): the
+        code hook counted the instruction at a hardware breakpoint, and a restart there (a step
+        from it) counts it again. The count hook compares the same counter with the slice's
+        budget, so the slice gets the instruction back too: counts stay those of a run without
+        gdb. (The reverse-execution branch does the same for int3: exo/gdb/history.py ``uncount``.)"""
+        cpu = self.cpu
+        if cpu._running and cpu._counter_addr and cpu._timer is None:
+            c = ctypes.c_uint64.from_address(cpu._counter_addr)
+            if c.value:
+                c.value -= 1
+
     def _hook(self, hook_type: int, cb: Any, begin: int, end: int) -> int:
         hh = ctypes.c_size_t()
         err = uclib.uc_hook_add(self.cpu._h, ctypes.byref(hh), hook_type, ctypes.cast(cb, ctypes.c_void_p), None,

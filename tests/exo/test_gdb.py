@@ -611,3 +611,25 @@ def test_watchpoints_are_refused_under_the_wall_clock(tmp_path):
         assert _rsp(s, b"c") == b"W2b"
     code, _, err = stub.finish()
     assert code == 43 and "watchpoints need the virtual clock" in err, err
+
+
+def test_hbreak_hits_and_steps_leave_the_counts_unchanged(tmp_path):
+    """gdb continues from a breakpoint by removing it, stepping and putting it back; the step
+    restarts the instruction the code hook had already counted, which is taken back."""
+    from test_echo import run_exo
+
+    app = make_app(tmp_path, "counter", COUNTER)
+    store = _symbols(app)["store"]
+    run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z1,%x,1" % store) == b"OK"
+        for _ in range(3):
+            assert _rsp(s, b"vCont;c") == b"T05thread:1;"
+            assert _rsp(s, b"z1,%x,1" % store) == b"OK"
+            assert _rsp(s, b"vCont;s:1;c") == b"T05thread:1;"
+            assert _rsp(s, b"Z1,%x,1" % store) == b"OK"
+        assert _rsp(s, b"vCont;c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43, err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
