@@ -1,5 +1,6 @@
 """What one watchpoint costs: guest speed with gdb attached and one write watchpoint set, against
-gdb attached with none (benchmarks/gdb_attached.py measures attached against not attached).
+gdb attached with none (benchmarks/gdb_attached.py measures attached against not attached); and,
+for comparison, one hardware breakpoint on code that never runs (a ranged code hook).
 
 ``python -m benchmarks.gdb_watch [RUNS]`` (default 5 runs of each, interleaved). Two guests:
 
@@ -47,6 +48,8 @@ again:
     mov rdi, SCHED_EXIT
     xor esi, esi
     call HC_SCHED_OP
+never:
+    ud2
 section .data
 watched: dq 0
     times 4096 db 0
@@ -65,7 +68,7 @@ def _rsp(c: socket.socket, data: bytes) -> bytes:
     return buf
 
 
-def timed_run(app: str, watch: int | None) -> tuple[float, int]:
+def timed_run(app: str, watch: int | None, hbreak: int | None = None) -> tuple[float, int]:
     """Seconds from ``c`` to the exit reply, and the instructions the guests retired."""
     with System([app]) as s:
         server = GdbServer(s.kernel, "127.0.0.1", 0, log=lambda _: None)
@@ -76,6 +79,8 @@ def timed_run(app: str, watch: int | None) -> tuple[float, int]:
                 _rsp(c, b"?")
                 if watch is not None:
                     assert b"OK" in _rsp(c, b"Z2,%x,1" % watch)
+                if hbreak is not None:
+                    assert b"OK" in _rsp(c, b"Z1,%x,1" % hbreak)
                 times.append(time.perf_counter())
                 reply = _rsp(c, b"c")
                 times.append(time.perf_counter())
@@ -89,7 +94,7 @@ def timed_run(app: str, watch: int | None) -> tuple[float, int]:
 
 
 def _line(name: str, xs: list[float]) -> str:
-    return f"{name:22s} median {statistics.median(xs):6.3f} s  (min {min(xs):.3f}, max {max(xs):.3f})"
+    return f"{name:24s} median {statistics.median(xs):6.3f} s  (min {min(xs):.3f}, max {max(xs):.3f})"
 
 
 def main() -> None:
@@ -99,21 +104,23 @@ def main() -> None:
         loop.mkdir()
         (loop / "main.s").write_text(STORELOOP)
         (loop / "app.toml").write_text('name = "storeloop"\nsources = ["main.s"]\n')
-        apps = [("primes", "guest_apps/primes", "fmt"), ("storeloop", str(loop), "watched")]
-        for name, app, label in apps:
-            addr = build(app).image.symbols[label]
-            none: list[float] = []
-            one: list[float] = []
+        # (name, app, label to watch, label of code that never runs)
+        apps = [("primes", "guest_apps/primes", "fmt", "failed"), ("storeloop", str(loop), "watched", "never")]
+        for name, app, label, cold in apps:
+            symbols = build(app).image.symbols
+            times: dict[str, list[float]] = {"none": [], "watch": [], "hbreak": []}
             counts = set()
             for _ in range(runs):
-                for watch, out in ((None, none), (addr, one)):
-                    dt, n = timed_run(app, watch)
-                    out.append(dt)
+                for kind, args in (("none", (None,)), ("watch", (symbols[label],)), ("hbreak", (None, symbols[cold]))):
+                    dt, n = timed_run(app, *args)
+                    times[kind].append(dt)
                     counts.add(n)
             print(f"{name}: {counts.pop() if len(counts) == 1 else sorted(counts)} guest instructions, {runs} runs each")
-            print(_line("  attached, no watch", none))
-            print(_line("  attached, one watch", one))
-            print(f"  ratio of medians      {statistics.median(one) / statistics.median(none):.2f}")
+            base = statistics.median(times["none"])
+            print(_line("  attached, nothing set", times["none"]))
+            for kind, what in (("watch", "one watch"), ("hbreak", "one hbreak, unhit")):
+                xs = times[kind]
+                print(_line(f"  {what}", xs) + f"  ratio {statistics.median(xs) / base:.2f}")
 
 
 if __name__ == "__main__":
