@@ -633,3 +633,18 @@ def test_hbreak_hits_and_steps_leave_the_counts_unchanged(tmp_path):
     code, _, err = stub.finish()
     assert code == 43, err
     assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+
+
+def test_stepi_in_another_thread_lets_the_stopped_one_run(gdb_tool):
+    """`thread 3; stepi` sends vCont;s:3;c: environment 3 steps one instruction when the scheduler
+    runs it; environment 2, stopped at the breakpoint, runs on meanwhile (forks 4 and 5, exits)."""
+    sym = _symbols(ROOT / "guest_apps/forktree")
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb(f"break *{sym['child']:#x}", "continue", "delete", "thread 3", "p/x $pc", "stepi", "p/x $pc",
+                    "info threads", "continue")
+    pcs = [int(x, 16) for x in re.findall(r"^\$[12] = (0x[0-9a-f]+)$", text, re.M)]
+    assert len(pcs) == 2 and pcs[1] == pcs[0] + 3, text  # one instruction: test rax, rax (3 bytes)
+    assert re.search(r"\* 3\s+Thread 3 \"forktree\.2\"", text) and "Thread 4" in text and "Thread 2 " not in text.split("$2")[1], text
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
