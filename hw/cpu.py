@@ -261,6 +261,7 @@ class VCpu:
         self.handler: TrapHandler = _BootHandler()
         self.user_vectors: frozenset[int] = DEFAULT_USER_VECTORS
         self._stop_reason: object = None
+        self._stop_at: int | None = None  # stop_after_instruction: instructions retired at the stop
         self._running = False
         self._budget = 0
         self.retired_total = 0  # instructions retired in completed slices
@@ -576,6 +577,25 @@ class VCpu:
             self._stop_reason = reason
         self.uc.emu_stop()
 
+    def stop_after_instruction(self, reason: object) -> bool:
+        """From a memory hook: end the slice right after the instruction now executing (a data
+        breakpoint is a trap, SDM Vol. 3B 17.2.5). Virtual clock only; False under the wall clock.
+
+        ``emu_stop`` from a memory hook leaves RIP at the accessing instruction although it
+        completes, so resuming would run it twice (measured: a store hooked once, executed
+        again on restart). Lowering Unicorn's instruction limit (``uc->emu_count``, the word
+        after the counter) to the count so far stops the CPU at the next instruction's count
+        hook instead, which syncs RIP first: the stop a slice's end makes, one instruction early.
+        """
+        if not self._running or not self._counter_addr or self._timer is not None:
+            return False
+        done = ctypes.c_uint64.from_address(self._counter_addr).value
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_at = min(done, self._budget)
+        ctypes.c_uint64.from_address(self._counter_addr + 8).value = done
+        return True
+
     @property
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
@@ -596,6 +616,7 @@ class VCpu:
         if budget <= 0:
             raise MachineConfigError(f"instruction budget must be positive, got {budget}")
         self._stop_reason = None
+        self._stop_at = None
         rip = self.regs.read(Reg.RIP)
         wall = self._timer is not None
         count = 0 if wall else budget
@@ -619,6 +640,8 @@ class VCpu:
         retired = None
         if not wall:
             counter = ctypes.c_uint64.from_address(self._counter_addr).value if self._counter_addr else 0
+            if self._stop_at is not None:
+                counter = self._stop_at  # the next instruction was counted, then stopped before it ran
             retired = min(counter, budget)
             self.retired_total += retired
             fired = counter > budget

@@ -11,6 +11,15 @@ the stopped environment's registers live; ``c``/``s`` return from it and the gue
 Nothing is added to the hypercall path: ``Exokernel.trap``, ``Exokernel.kill``,
 ``Exokernel.code`` (library calls) and ``Exokernel._pick`` are wrapped on the instance, and
 only when ``--gdb`` is given.
+
+Watchpoints stop the vCPU from a memory hook (``Target._on_mem``); the slice then ends after
+the accessing instruction, the session runs outside emulation (``_run_slice``, wrapping
+``VCpu.run`` on the instance), and the rest of the same slice runs on: the slice boundaries,
+and so the guest's preemption points and instruction counts, are those of a run without gdb.
+Hardware breakpoints stop from a ranged code hook, before the instruction, like ``int3``.
+While every guest waits for console input the kernel sleeps in ``console.wait_input``; that
+is wrapped too (``_idle_wait``) so that Ctrl-C or a new connection is served within
+``POLL_SECONDS`` then as well.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from exo.env import EnvStatus
 from exo.errors import ExoUserError
 from exo.gdb.rsp import PACKET_SIZE, Decoder, escape, frame, unescape
-from exo.gdb.target import REG_INDEX, RFLAGS_TF, TARGET_XML, Target, TargetError
+from exo.gdb.target import REG_INDEX, RFLAGS_TF, TARGET_XML, WATCH_KINDS, WATCH_STOP, Target, TargetError
+from hw.cpu import RunExit
 from hw.regs import Reg
 from hw.traps import TrapKind, Vector
 
@@ -43,6 +54,10 @@ SIGNAL_OF_VECTOR = {
 }
 SIGNAL_OF_KIND = {TrapKind.IO: SIGSEGV, TrapKind.MACHINE_CHECK: SIGBUS}
 IO_TIMEOUT = 0.5  # seconds between checks for input while stopped (none is a reason to stop waiting)
+
+
+def escape_xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -86,6 +101,9 @@ class GdbServer:
         self.c_thread = 0  # Hc: what s steps
         self.stopped: Env | None = None
         self.stop_signal = SIGTRAP
+        self.stop_why = b""  # the stop reply's reason (watch:ADDR;, swbreak:;, hwbreak:;)
+        self.features: set[bytes] = set()  # what gdb said it supports in qSupported (swbreak+, hwbreak+)
+        self._skip_hbreak: tuple[int, int] | None = None  # (env, address): resumed there, do not stop again
         self.killed = False
         self._next_poll = 0.0
         self._wrap(kernel)
@@ -93,13 +111,22 @@ class GdbServer:
     # ---------------------------------------------------------------- wiring
     def _wrap(self, kernel: Any) -> None:
         trap, kill, pick, code = kernel.trap, kernel.kill, kernel._pick, kernel.code
+        run_slice, wait_input = kernel.cpu.run, kernel.machine.console.wait_input
 
         def on_trap(cpu: Any, t: Any) -> None:
+            if self.target.hit is not None and t.vector != Vector.DB:
+                # The instruction that touched watched memory faulted in a later access: it did
+                # not complete, so, as on x86, the fault is reported and not the watchpoint.
+                # (A #DB is a trap after the instruction: a single step that also hit a
+                # watchpoint reports both, as DR6 would, below.)
+                self.target.hit = None
             if self.conn is not None and t.kind is TrapKind.EXCEPTION and self._debug_trap(t):
                 return
             env = kernel.current
             if env.id not in self.stepping:
                 trap(cpu, t)
+                if self.target.slots and env.alive:
+                    self.target.follow(env)  # a page-fault handler may have mapped a new frame
                 return
             # A fault in the middle of a single step. A CPU clears TF when it delivers an
             # exception (SDM Vol. 3A 6.12.1.2); clear it before the exokernel pushes an upcall
@@ -116,6 +143,8 @@ class GdbServer:
             # and writes RIP), so the CPU raises no #DB for it. A step over it ends after the call.
             env = kernel.current
             code(cpu, address)
+            if self.target.slots and env.alive:
+                self.target.follow(env)  # a libOS call (fork's copy-on-write copy) may have remapped it
             if env.id in self.stepping and env.alive and not cpu.stop_requested:
                 self._clear_step(env)
                 self.stop(env, SIGTRAP)
@@ -131,14 +160,84 @@ class GdbServer:
             self._between_slices()
             return pick()
 
+        def on_run(budget: int) -> Any:
+            return self._run_slice(run_slice, budget)
+
+        def on_wait_input(timeout: float) -> bool:
+            return self._idle_wait(wait_input, timeout)
+
         # Instance attributes: the vCPU and the run loop call these; the class is untouched.
         kernel.trap, kernel.kill, kernel._pick, kernel.code = on_trap, on_kill, on_pick, on_code
+        kernel.cpu.run, kernel.machine.console.wait_input = on_run, on_wait_input
         kernel.env_reclaim_hooks.append(self._reclaimed)
+        self.target.on_hbreak = self._hbreak
+
+    def _run_slice(self, run: Callable[[int], Any], budget: int) -> Any:
+        """``VCpu.run`` with watchpoint stops served inside the slice: a hit ends ``run`` after the
+        accessing instruction; gdb gets the machine there, then the slice goes on with what is
+        left of its budget, so the run is cut where it would be without gdb."""
+        target = self.target
+        target.apply_deferred()  # outside emulation: the only safe place to delete hooks
+        if target.slots and self.kernel.current is not None:
+            target.follow(self.kernel.current)  # mappings its hypercalls changed in the last slice
+        virtual = self.kernel.machine.clock.mode == "virtual"
+        ex = run(budget)
+        retired = ex.retired or 0
+        while ex.stop_reason == WATCH_STOP:
+            env = self.kernel.current
+            hit, target.hit = target.hit, None
+            if env is None or env is not self.kernel._live or not env.alive or env.status != EnvStatus.RUNNABLE:
+                break  # the accessing instruction faulted and the fault stopped the environment
+            if hit is not None:
+                slot, addr = hit
+                self.stop(env, SIGTRAP, WATCH_KINDS[slot.kind][0] + b":%x;" % addr)
+                target.apply_deferred()
+            left = budget - retired
+            if virtual and left <= 0:
+                return RunExit("preempted", retired)  # the hit was the slice's last instruction
+            ex = run(left if virtual else budget)
+            retired += ex.retired or 0
+            ex = RunExit(ex.reason, retired if virtual else None, ex.stop_reason)
+        return ex
+
+    def _hbreak(self, slot: Any, address: int) -> None:
+        """A hardware breakpoint's code hook: the instruction at ``address`` is about to run."""
+        env = self.kernel.current
+        if self._skip_hbreak == (env.id, address):
+            self._skip_hbreak = None  # the restart below reaches it again: it already stopped here
+            return
+        if self.conn is None:
+            return
+        self._clear_step(env)
+        self.stop(env, SIGTRAP, b"hwbreak:;" if b"hwbreak+" in self.features else b"")
+        if env.alive and (env.id in self.stepping or self.target.rip(env) != address):
+            # A step (TF) or a new RIP takes effect in a freshly translated block: writing RIP from
+            # a hook makes Unicorn leave this one and start again there.
+            rip = self.target.rip(env)
+            self.kernel.cpu.regs.write(Reg.RIP, rip)
+            self.target.uncount()  # the instruction here was counted, and will be again on the restart
+            if rip == address and slot.active:
+                self._skip_hbreak = (env.id, address)
+
+    def _idle_wait(self, wait: Callable[[float], bool], timeout: float) -> bool:
+        """``console.wait_input`` while every guest waits for input: wait in POLL_SECONDS pieces
+        and look at the socket between them, so Ctrl-C (or a connection) stops the machine now."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if wait(max(0.0, min(left, POLL_SECONDS))):
+                return True
+            self._next_poll = 0.0
+            self._between_slices()
+            if time.monotonic() >= deadline:
+                return False
 
     def _reclaimed(self, env: Any) -> None:
         self.stepping.discard(env.id)
         if self.target.breakpoints:
             self.target.forget_frames(env)
+        if self.target.slots:
+            self.target.forget_slots(env)
 
     def _debug_trap(self, t: Any) -> bool:
         """A trap that is the debugger's (our int3, our single step): stop for gdb; True if so."""
@@ -146,11 +245,12 @@ class GdbServer:
         if t.vector == Vector.BP and self.target.breakpoint_at(env, t.address):
             self.kernel.cpu.regs.write(Reg.RIP, t.address)  # report (and resume) at the int3, as gdb expects
             self._clear_step(env)
-            self.stop(env, SIGTRAP)
+            self.stop(env, SIGTRAP, b"swbreak:;" if b"swbreak+" in self.features else b"")
             return True
         if t.vector == Vector.DB and env.id in self.stepping:
             self._clear_step(env)
-            self.stop(env, SIGTRAP)
+            hit, self.target.hit = self.target.hit, None
+            self.stop(env, SIGTRAP, WATCH_KINDS[hit[0].kind][0] + b":%x;" % hit[1] if hit else b"")
             return True
         if t.vector == Vector.DB and env.id in self.traced:
             # A trap flag we set that outlived its step (saved in a frame the libOS restored):
@@ -235,6 +335,7 @@ class GdbServer:
         self.conn = None
         self.stepping.clear()
         self.target.remove_all()
+        self.target.remove_all_slots()
 
     def _detach(self, why: str) -> None:
         self.log(why)
@@ -276,16 +377,17 @@ class GdbServer:
             self._write(frame(escape(data)))
 
     # ------------------------------------------------------------- stopped
-    def stop(self, env: Any, sig: int, announce: bool = True) -> None:
+    def stop(self, env: Any, sig: int, why: bytes = b"", announce: bool = True) -> None:
         """The machine is stopped at ``env``: serve gdb until it resumes (or goes away).
 
-        ``announce``: send the stop reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C;
-        on a fresh connection it asks with ``?`` instead)."""
+        ``why``: the stop reply's reason field (``watch:ADDR;``...). ``announce``: send the stop
+        reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C; on a fresh connection it asks
+        with ``?`` instead)."""
         if self.conn is None or env is None:
             return
         self.stopped = env
         self.g_thread = self.c_thread = 0
-        self.stop_signal = sig
+        self.stop_signal, self.stop_why = sig, why
         if announce:
             self._send(self._stop_reply(env, sig))
         while self.conn is not None:
@@ -310,7 +412,7 @@ class GdbServer:
         self.stopped = None
 
     def _stop_reply(self, env: Any, sig: int) -> bytes:
-        return b"T%02xthread:%x;" % (sig, env.id)
+        return b"T%02x%sthread:%x;" % (sig, self.stop_why, env.id)
 
     def _env(self, tid: int) -> Any:
         if tid in (0, -1):
@@ -331,8 +433,11 @@ class GdbServer:
             self.log(f"bad request {data[:40]!r}: {e}")
             return b"E01"
 
-    def _q_supported(self, _: bytes) -> bytes:
-        return b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+" % PACKET_SIZE
+    def _q_supported(self, rest: bytes) -> bytes:
+        # qSupported:gdbfeature;...: remember what gdb takes in stop replies (swbreak/hwbreak reasons).
+        self.features = set(rest.lstrip(b":").split(b";"))
+        return (b"PacketSize=%x;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+;"
+                b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE)
 
     def _no_ack(self, _: bytes) -> bytes:
         self._send(b"OK")  # acknowledged (by gdb) in ack mode; then no more acks
@@ -343,8 +448,22 @@ class GdbServer:
         annex, _, span = rest.partition(b":")
         if annex != b"target.xml":
             return b"E00"
+        return self._xfer_chunk(TARGET_XML.encode(), span)
+
+    def _xfer_threads(self, rest: bytes) -> bytes:
+        # qXfer:threads:read::OFF,LEN (gdb manual E.4 "Thread List Format"): every environment, its
+        # name (shown by "info threads" in quotes) and the extra information as the text.
+        annex, _, span = rest.partition(b":")
+        if annex:
+            return b"E00"
+        doc = '<?xml version="1.0"?><threads>' + "".join(
+            f'<thread id="{e.id:x}" name="{escape_xml(e.name)}">{escape_xml(self.target.extra_info(e))}</thread>'
+            for e in self.target.threads()) + "</threads>"
+        return self._xfer_chunk(doc.encode(), span)
+
+    @staticmethod
+    def _xfer_chunk(doc: bytes, span: bytes) -> bytes:
         off, length = (int(x, 16) for x in span.split(b","))
-        doc = TARGET_XML.encode()
         chunk = doc[off:off + length]
         return (b"l" if off + len(chunk) >= len(doc) else b"m") + chunk
 
@@ -450,12 +569,47 @@ class GdbServer:
         self.target.write_register(env, REG_INDEX["rip"], int(rest, 16).to_bytes(8, "little"))
 
     def _z(self, rest: bytes, insert: bool) -> bytes:
-        kind, addr, _ = rest.split(b",", 2)
-        if kind != b"0":
-            return b""  # hardware breakpoints and watchpoints: not supported (yet)
-        env = self._env(self.g_thread)
-        (self.target.insert_breakpoint if insert else self.target.remove_breakpoint)(env, int(addr, 16))
+        # Z/z TYPE,ADDR,KIND[;cond...]: 0 int3, 1 hardware breakpoint, 2/3/4 write/read/access watchpoint.
+        kind_s, addr_s, length_s = rest.split(b",", 2)
+        kind, addr, length = int(kind_s, 16), int(addr_s, 16), int(length_s.partition(b";")[0], 16)
+        if kind not in (0, 1, 2, 3, 4):
+            return b""  # not a type the protocol has: "unsupported"
+        if kind == 0:
+            env = self._env(self.g_thread)
+            (self.target.insert_breakpoint if insert else self.target.remove_breakpoint)(env, addr)
+        elif insert:
+            self.target.insert_slot(self._env(self.g_thread), kind, addr, length)
+        else:
+            self.target.remove_slot(kind, addr, length)
         return b"OK"
+
+    def _vcont_query(self, _: bytes) -> bytes:
+        return b"vCont;c;C;s;S"
+
+    def _vcont(self, rest: bytes) -> bytes:
+        """vCont;ACTION[:TID];...: all-stop on one vCPU. The action of each thread is the first one
+        naming it, else the first without a thread. A thread whose action is a step gets the trap
+        flag (it steps when the scheduler next runs it: at once if it is the stopped one); every
+        other environment runs as the scheduler runs it, which is "continue"."""
+        actions: list[tuple[bytes, int | None]] = []
+        for part in rest.split(b";"):
+            act, _, tid = part.partition(b":")
+            if act[:1] not in (b"c", b"C", b"s", b"S") or (act[:1] in (b"c", b"s") and len(act) != 1):
+                raise ValueError(f"vCont action {act!r} is not one of c, Cxx, s, Sxx")
+            if len(act) > 1:
+                int(act[1:], 16)  # the signal: must be hex; dropped as in C/S
+            actions.append((act[:1].lower(), None if not tid or tid == b"-1" else int(tid, 16)))
+        if not actions:
+            raise ValueError("vCont without an action")
+        steps = [tid for act, tid in actions if act == b"s"]
+        if None in steps and self.stopped is None:
+            raise ValueError("no stopped thread to step")
+        envs = [self.stopped if tid is None else self.target.thread(tid) for tid in steps]
+        for env in envs:
+            self.target.set_rflags(env, self.target.rflags(env) | RFLAGS_TF)
+            self.stepping.add(env.id)
+            self.traced.add(env.id)
+        raise _Resume
 
     def _detach_cmd(self, _: bytes) -> bytes:
         self._send(b"OK")
@@ -470,6 +624,7 @@ class GdbServer:
         (b"qSupported", _q_supported),
         (b"QStartNoAckMode", _no_ack),
         (b"qXfer:features:read:", _xfer),
+        (b"qXfer:threads:read:", _xfer_threads),
         (b"qfThreadInfo", _thread_info),
         (b"qsThreadInfo", _thread_info_more),
         (b"qThreadExtraInfo,", _extra),
@@ -484,6 +639,8 @@ class GdbServer:
         (b"M", _M),
         (b"X", _X),
         (b"H", _H),
+        (b"vCont?", _vcont_query),
+        (b"vCont;", _vcont),
         (b"T", _T),
         (b"c", _continue),
         (b"s", _step),

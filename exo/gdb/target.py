@@ -13,13 +13,30 @@ several environments (a forked child's code) breaks in each of them, as a breakp
 a multi-threaded process does. The original byte is shown to memory reads and kept when
 gdb writes over it; the exokernel's own frames (hypercall page, libOS pages, shared by
 every app on the machine) refuse breakpoints and writes.
+
+Hardware breakpoints (``Z1``) and watchpoints (``Z2``-``Z4``) are Unicorn hooks, in as many
+slots as x86 has debug address registers (DR0-DR3, SDM Vol. 3B 17.2.1): a ranged code hook
+at the breakpoint's address (free until it is reached), and memory hooks over the watched
+bytes. Unicorn matches memory hooks against *physical* addresses (``store_helper`` and
+``load_helper`` in its cputlb.c check the hook range against the page's physical address),
+so a watchpoint watches the memory behind the address in the selected environment, and
+fires in whichever environment touches that memory (a frame shared after fork, a shared
+page), as a ``Z0`` breakpoint does for code. A hardware breakpoint is checked the same way
+(the frame behind RIP must be the one it was set on). While any memory hook exists, every
+guest load and store in newly translated code takes Unicorn's slow path (its i386 code
+generator drops the inline TLB fast path when ``tcg_uc_has_hookmem``): see docs/debugging.md
+for the measured cost. Hooks are deleted only outside emulation (``apply_deferred``): a
+deletion inside a hook frees a callback that may still run (UNICORN_NOTES trap 6).
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_READ, UC_MEM_WRITE
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -78,6 +95,33 @@ TARGET_XML = (
     "</target>"
 )
 
+DEBUG_SLOTS = 4  # DR0-DR3: hardware breakpoints and watchpoints together (SDM Vol. 3B 17.2.1)
+MAX_WATCH = 4096  # bytes one watchpoint may cover: more than a debug register's 8 (one hook range per page)
+WATCH_STOP = "gdb-watch"  # the vCPU stop reason of a watchpoint hit (the slice goes on after it)
+# Z type -> (stop reply word, the accesses that hit, the hooks that see them)
+WATCH_KINDS = {
+    2: (b"watch", frozenset({UC_MEM_WRITE}), (UC_HOOK_MEM_WRITE,)),
+    3: (b"rwatch", frozenset({UC_MEM_READ}), (UC_HOOK_MEM_READ,)),
+    4: (b"awatch", frozenset({UC_MEM_READ, UC_MEM_WRITE}), (UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE)),
+}
+_MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int64,
+                           ctypes.c_void_p)  # uc_cb_hookmem_t
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)  # uc_cb_hookcode_t
+
+
+@dataclass
+class DebugSlot:
+    """One hardware breakpoint (kind 1) or watchpoint (2-4): what gdb asked for and its hooks."""
+
+    kind: int
+    va: int
+    length: int
+    pieces: list[tuple[int, int, int]]  # (physical address, length, offset from va): one per page
+    env_id: int  # the environment it was set in: its mapping of va is followed (``follow``)
+    hooks: list[int] = field(default_factory=list)
+    active: bool = True
+
+
 _reg_read = uclib.uc_reg_read
 _reg_write = uclib.uc_reg_write
 _ctx_reg_read = uclib.uc_context_reg_read
@@ -97,6 +141,12 @@ class Target:
         self.memory = kernel.machine.memory
         self.breakpoints: dict[int, tuple[int, int]] = {}  # physical address -> (virtual address, original byte)
         self._buf = ctypes.create_string_buffer(16)
+        self.slots: dict[tuple[int, int, int], DebugSlot] = {}  # (kind, va, length) -> slot (at most DEBUG_SLOTS active)
+        self._dead_hooks: list[int] = []  # to delete outside emulation
+        self.hit: tuple[DebugSlot, int] | None = None  # a watchpoint hit waiting for its instruction to end
+        self.on_hbreak: Callable[[DebugSlot, int], None] | None = None  # the server's stop, from the code hook
+        self._mem_cb = _MEM_CB(self._on_mem)  # kept alive as long as the engine (never freed under it)
+        self._code_cb = _CODE_CB(self._on_code)
 
     # ------------------------------------------------------------- threads
     def threads(self) -> list[Env]:
@@ -271,3 +321,156 @@ class Target:
             t = translate(self.memory, env.space.root, va)
             if t is not None and t.pa == pa and self.kernel.frames.refs[pa // PAGE_SIZE] <= 1:
                 self._restore(pa)
+
+    # ------------------------------------------ hardware breakpoints, watchpoints
+    def _phys_pieces(self, env: Env, va: int, length: int) -> list[tuple[int, int, int]]:
+        out = []
+        off = 0
+        while off < length:
+            t = translate(self.memory, env.space.root, va + off)
+            if t is None or not t.user:
+                raise TargetError(f"{va + off:#x} is not mapped in environment {env.id}")
+            n = min(length - off, PAGE_SIZE - ((va + off) & (PAGE_SIZE - 1)))
+            out.append((t.pa, n, off))
+            off += n
+        return out
+
+    def insert_slot(self, env: Env, kind: int, va: int, length: int) -> None:
+        """``Z1``-``Z4``: a hardware breakpoint (kind 1) or a watchpoint on [va, va+length)."""
+        if kind == 1:
+            length = 1  # gdb sends the instruction-set "kind" (1 on x86), not a length
+        elif not 1 <= length <= MAX_WATCH:
+            raise TargetError(f"watchpoint length {length} is not between 1 and {MAX_WATCH}")
+        elif self.kernel.machine.clock.mode != "virtual":
+            # Only the instruction counter stops the CPU right after an access (VCpu.stop_after_instruction).
+            raise TargetError("watchpoints need the virtual clock (--clock virtual, the default)")
+        key = (kind, va, length)
+        old = self.slots.get(key)
+        if old is not None and old.active:
+            return  # gdb inserts again what is already there: nothing to do
+        if sum(s.active for s in self.slots.values()) >= DEBUG_SLOTS:
+            raise TargetError(f"all {DEBUG_SLOTS} debug slots are in use (x86 has DR0-DR3)")
+        pieces = self._phys_pieces(env, va, length)
+        if old is not None and old.pieces == pieces:
+            old.active = True  # removed and put back in one stop (gdb steps over it): hooks still there
+            return
+        if old is not None:
+            self._drop(old)
+        slot = DebugSlot(kind, va, length, pieces, env.id)
+        if kind == 1:
+            slot.hooks.append(self._hook(UC_HOOK_CODE, self._code_cb, va, va))
+        else:
+            self._hook_pieces(slot)
+        self.slots[key] = slot
+        # Hooks are looked up when code is translated: drop what was translated without them.
+        self.cpu.flush_code()
+
+    def _hook_pieces(self, slot: DebugSlot) -> None:
+        for pa, n, _ in slot.pieces:
+            for hook_type in WATCH_KINDS[slot.kind][2]:
+                slot.hooks.append(self._hook(hook_type, self._mem_cb, pa, pa + n - 1))
+
+    def follow(self, env: Env) -> None:
+        """``env`` may have been given other frames (a copy-on-write copy, a new mapping): move
+        its watchpoints to the memory now behind their addresses, so that ``watch x`` follows
+        x. New hooks are added now (adding is safe inside a hook); old ones die between slices."""
+        for slot in self.slots.values():
+            if slot.env_id != env.id or slot.kind == 1 or not slot.active:
+                continue
+            try:
+                pieces = self._phys_pieces(env, slot.va, slot.length)
+            except TargetError:
+                continue  # unmapped for now: keep watching the old memory until it is mapped again
+            if pieces != slot.pieces:
+                self._dead_hooks += slot.hooks
+                slot.hooks, slot.pieces = [], pieces
+                self._hook_pieces(slot)
+
+    def remove_slot(self, kind: int, va: int, length: int) -> None:
+        slot = self.slots.get((kind, va, 1 if kind == 1 else length))
+        if slot is not None:
+            slot.active = False  # its hooks ignore hits from now on; deleted between slices
+
+    def _drop(self, slot: DebugSlot) -> None:
+        self._dead_hooks += slot.hooks
+        slot.hooks = []
+        slot.active = False
+
+    def remove_all_slots(self) -> None:
+        for slot in self.slots.values():
+            slot.active = False
+        self.hit = None
+
+    def forget_slots(self, env: Any) -> None:
+        """An environment is being destroyed: a slot on a frame only it used would watch whatever
+        the frame is reused for (another environment's memory); drop those now."""
+        refs = self.kernel.frames.refs
+        for slot in self.slots.values():
+            for pa, _, off in slot.pieces:
+                t = translate(self.memory, env.space.root, slot.va + off)
+                if slot.active and t is not None and t.pa == pa and refs[pa // PAGE_SIZE] <= 1:
+                    slot.active = False
+
+    def apply_deferred(self) -> None:
+        """Outside emulation only: delete the hooks of removed slots (then code translated while
+        a memory hook existed, which takes the slow path for every access, is dropped)."""
+        for key, slot in list(self.slots.items()):
+            if not slot.active:
+                self._drop(slot)
+                del self.slots[key]
+        if not self._dead_hooks:
+            return
+        for hh in self._dead_hooks:
+            uclib.uc_hook_del(self.cpu._h, ctypes.c_size_t(hh))
+        self._dead_hooks.clear()
+        self.cpu.flush_code()
+
+    def uncount(self) -> None:
+        """Take back one instruction from Unicorn's count (virtual clock, inside a slice): the
+        code hook counted the instruction at a hardware breakpoint, and a restart there (a step
+        from it) counts it again. The count hook compares the same counter with the slice's
+        budget, so the slice gets the instruction back too: counts stay those of a run without
+        gdb. (The reverse-execution branch does the same for int3: exo/gdb/history.py ``uncount``.)"""
+        cpu = self.cpu
+        if cpu._running and cpu._counter_addr and cpu._timer is None:
+            c = ctypes.c_uint64.from_address(cpu._counter_addr)
+            if c.value:
+                c.value -= 1
+
+    def _hook(self, hook_type: int, cb: Any, begin: int, end: int) -> int:
+        hh = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self.cpu._h, ctypes.byref(hh), hook_type, ctypes.cast(cb, ctypes.c_void_p), None,
+                                ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        if err:
+            raise TargetError(f"the emulator refused the hook (unicorn error {err})")
+        return hh.value
+
+    def _on_mem(self, _uc: int, access: int, pa: int, size: int, _value: int, _ud: int) -> None:
+        # Called before the access: note it and stop the vCPU, which (virtual clock) ends the
+        # slice before the next instruction, so the accessing one completes first, as a data
+        # breakpoint is a trap (SDM Vol. 3B 17.2.5). An access that then faults never gets here
+        # (Unicorn fills the TLB before calling memory hooks).
+        if self.hit is not None:
+            return
+        for slot in self.slots.values():
+            if not slot.active or slot.kind == 1 or access not in WATCH_KINDS[slot.kind][1]:
+                continue
+            for piece_pa, n, off in slot.pieces:
+                if pa < piece_pa + n and piece_pa < pa + size:
+                    if self.cpu.stop_after_instruction(WATCH_STOP):
+                        self.hit = (slot, slot.va + off + max(0, pa - piece_pa))
+                    return
+
+    def _on_code(self, _uc: int, address: int, _size: int, _ud: int) -> None:
+        try:
+            env = self.kernel.current
+            for slot in self.slots.values():
+                if slot.kind == 1 and slot.active and slot.va == address and env is not None:
+                    t = translate(self.memory, env.space.root, address)
+                    if t is not None and t.pa == slot.pieces[0][0] and self.on_hbreak is not None:
+                        self.on_hbreak(slot, address)
+                    return
+        except BaseException as e:  # noqa: BLE001 - as the vCPU's own hooks: raised again after emu_start
+            if self.cpu._hook_error is None:
+                self.cpu._hook_error = e
+            self.cpu.uc.emu_stop()

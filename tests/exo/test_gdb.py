@@ -51,6 +51,35 @@ _start:
     jmp _start
 """
 
+# A variable written three times, each after a loop of 150k instructions (the writes
+# fall in different slices of the default 100k), and read once at the end.
+COUNTER = """
+section .text
+_start:
+    mov rcx, 3
+again:
+    mov rdx, 75000
+spin:
+    dec rdx
+    jnz spin
+    lea rax, [rip + counter]
+    mov rbx, qword ptr [rax]
+load_done:
+    add rbx, 1
+store:
+    mov qword ptr [rax], rbx
+after_store:
+    nop
+    dec rcx
+    jnz again
+    lea rax, [rip + counter]
+    mov rsi, qword ptr [rax]
+    mov rdi, SCHED_EXIT
+    call HC_SCHED_OP
+section .data
+counter: dq 40
+"""
+
 FAULT = """
 section .text
 _start:
@@ -112,12 +141,15 @@ def test_no_ack_mode_stops_acks():
 class Stub:
     """`exo boot APP --gdb 127.0.0.1:0 --gdb-wait` in the background; its port from stderr."""
 
-    def __init__(self, *args: str, stdin: bytes = b"", wait: bool = True) -> None:
+    def __init__(self, *args: str, stdin: bytes | int = b"", wait: bool = True) -> None:
+        """``stdin``: the guest's input, or a file descriptor to read it from (a terminal)."""
         self.proc = subprocess.Popen([sys.executable, "-m", "exo", "boot", *args, "--gdb", "127.0.0.1:0",
-                                      *(["--gdb-wait"] if wait else [])], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      *(["--gdb-wait"] if wait else [])], cwd=ROOT,
+                                     stdin=stdin if isinstance(stdin, int) else subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=dict(os.environ))
-        self.proc.stdin.write(stdin)
-        self.proc.stdin.close()
+        if not isinstance(stdin, int):
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.close()
         self.proc.stdin = None  # communicate() must not flush it
         self.err = b""
         deadline = time.monotonic() + TIMEOUT
@@ -138,7 +170,12 @@ class Stub:
         return self.proc.returncode, out.decode(), (self.err + err).decode()
 
     def gdb(self, *commands: str) -> str:
-        cmd = ["gdb", "-batch", "-nx", "-ex", "set pagination off", "-ex", f"target remote 127.0.0.1:{self.port}"]
+        return self.gdb_elf(None, *commands)
+
+    def gdb_elf(self, elf: Path | None, *commands: str) -> str:
+        """gdb in batch mode, with the image's ELF file (symbols, lines) when given."""
+        cmd = ["gdb", "-batch", "-nx", *([str(elf)] if elf else []), "-ex", "set pagination off",
+               "-ex", f"target remote 127.0.0.1:{self.port}"]
         for c in commands:
             cmd += ["-ex", c]
         try:
@@ -153,6 +190,10 @@ def _symbols(app: Path) -> dict[str, int]:
     from exo.api import build
 
     return build(app).image.symbols
+
+
+def _rip(sock: socket.socket) -> int:
+    return int.from_bytes(bytes.fromhex(_rsp(sock, b"p10").decode()), "little")
 
 
 def _rsp(sock: socket.socket, data: bytes | None) -> bytes:
@@ -279,9 +320,9 @@ def test_forktree_threads(gdb_tool):
     sym = _symbols(ROOT / "guest_apps/forktree")
     stub = Stub(str(ROOT / "guest_apps/forktree"))
     text = stub.gdb(f"break *{sym['child']:#x}", "continue", "info threads", "delete", "continue")
-    assert "Thread 2 hit Breakpoint 1" in text, text
-    assert re.search(r"\* 2\s+Thread 2 \(forktree\.1, env 2, runnable\)", text), text
-    assert re.search(r"3\s+Thread 3 \(forktree\.2, env 3, runnable\)", text), text
+    assert 'Thread 2 "forktree.1" hit Breakpoint 1' in text, text  # names from qXfer:threads:read
+    assert re.search(r'\* 2\s+Thread 2 "forktree\.1" \(forktree\.1, env 2, runnable\)', text), text
+    assert re.search(r'3\s+Thread 3 "forktree\.2" \(forktree\.2, env 3, runnable\)', text), text
     assert "exited normally" in text, text
     code, out, err = stub.finish()
     assert code == 0 and out.count("I am") == 15, err
@@ -309,7 +350,7 @@ def test_fault_stops_with_sigsegv_before_the_report(tmp_path, gdb_tool):
     text = stub.gdb("continue", "info registers rip", "info threads", "continue")
     assert "received signal SIGSEGV" in text, text
     assert re.search(rf"rip\s+{bad:#x}", text), text
-    assert "Thread 1 (fault, env 1, runnable)" in text, text  # still there while gdb looks
+    assert 'Thread 1 "fault" (fault, env 1, runnable)' in text, text  # still there while gdb looks
     assert "terminated with signal SIGSEGV" in text, text
     code, _, err = stub.finish()
     assert code == 1 and "page fault" in err.lower(), err  # the fault report is still printed
@@ -335,3 +376,275 @@ def test_bad_gdb_options(tmp_path, args, what):
                        timeout=TIMEOUT)
     err = r.stderr.decode()
     assert r.returncode == 2 and what in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- watchpoints, hbreak, vCont (issue 14)
+def test_watch_shows_old_and_new_value_after_the_store(tmp_path, gdb_tool):
+    """`watch` stops after the storing instruction (x86 data breakpoints are traps), so gdb reads
+    the new value and RIP is the next instruction; the store ran once (the exit status counts)."""
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"watch *(long *){sym['counter']:#x}", "continue", "info registers rip", "continue",
+                    "continue", "delete", "continue")
+    assert "Hardware watchpoint 1" in text, text
+    for old in (40, 41, 42):
+        assert f"Old value = {old}\nNew value = {old + 1}\n" in text, text
+    assert re.search(rf"rip\s+{sym['after_store']:#x}", text), text
+    assert "exited with code 053" in text, text  # 40 + 3: no store ran twice
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+def test_rwatch_stops_after_the_load(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"rwatch *(long *){sym['counter']:#x}", "continue", "info registers rip rbx", "delete", "continue")
+    assert "Hardware read watchpoint 1" in text and "Value = 40" in text, text
+    assert re.search(rf"rip\s+{sym['load_done']:#x}", text) and re.search(r"rbx\s+0x28\b", text), text
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+def test_hbreak_on_a_label_and_on_an_exokernel_page(tmp_path, gdb_tool):
+    """A hardware breakpoint works where int3 may not be written: the hypercall page."""
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"hbreak *{sym['store']:#x}", "continue", "info registers rip", "stepi", "info registers rip",
+                    "delete", "hbreak *0x100140", "continue", "info registers rip", "delete", "continue")
+    assert f"Hardware assisted breakpoint 1 at {sym['store']:#x}" in text, text
+    assert re.search(rf"Breakpoint 1, {sym['store']:#018x}", text), text
+    assert re.search(rf"rip\s+{sym['after_store']:#x}", text), text  # stepi from it: one instruction
+    assert re.search(r"Breakpoint 2, 0x0000000000100140", text), text  # HC_SCHED_OP's stub
+    assert "exited with code 053" in text, text
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+def test_watchpoint_hits_leave_the_run_unchanged(tmp_path):
+    """Stopping at a watchpoint and continuing leaves output and statistics as without gdb: the
+    slice goes on after the stop instead of ending there."""
+    from test_echo import run_exo
+
+    app = make_app(tmp_path, "counter", COUNTER)
+    counter = _symbols(app)["counter"]
+    plain = run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"qSupported:swbreak+;hwbreak+").count(b"+") >= 5
+        assert _rsp(s, b"Z2,%x,8" % counter) == b"OK"
+        for _ in range(3):
+            assert _rsp(s, b"c") == b"T05watch:%x;thread:1;" % counter
+        assert _rsp(s, b"c") == b"W2b"
+    code, out, err = stub.finish()
+    assert (code, out) == (plain.returncode, plain.stdout.decode()) == (43, ""), err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+
+
+def test_vcont_steps_and_thread_list_xml(tmp_path):
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        supported = _rsp(s, b"qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+")
+        for feature in (b"qXfer:threads:read+", b"swbreak+", b"hwbreak+", b"vContSupported+"):
+            assert feature in supported.split(b";"), supported
+        assert _rsp(s, b"vCont?") == b"vCont;c;C;s;S"
+        assert _rsp(s, b"vCont;s:1;c") == b"T05thread:1;"
+        assert _rip(s) == sym["again"]
+        assert _rsp(s, b"vCont;S05") == b"T05thread:1;"  # a step with a signal (dropped), default thread
+        assert _rip(s) == sym["spin"]
+        xml = _rsp(s, b"qXfer:threads:read::0,fff")
+        assert xml == (b'l<?xml version="1.0"?><threads><thread id="1" name="counter">counter, env 1, runnable'
+                       b"</thread></threads>"), xml
+        assert _rsp(s, b"qXfer:threads:read::5,4") == b"m" + xml[6:10]  # a piece: more to come
+        assert _rsp(s, b"Z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"c") == b"T05swbreak:;thread:1;"  # negotiated: the reason is given
+        assert _rsp(s, b"z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"Z1,%x,1" % sym["after_store"]) == b"OK"
+        assert _rsp(s, b"vCont;c") == b"T05hwbreak:;thread:1;"
+        assert _rip(s) == sym["after_store"]
+        assert _rsp(s, b"z1,%x,1" % sym["after_store"]) == b"OK"
+        assert _rsp(s, b"vCont;c:1") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+@pytest.mark.parametrize("packet, reply", [
+    (b"vCont;x", b"E01"),  # no such action
+    (b"vCont;s:zz", b"E01"),  # thread not hex
+    (b"vCont;s:63", b"E01"),  # no environment 0x63
+    (b"vCont;Cxy", b"E01"),  # signal not hex
+    (b"vCont;", b"E01"),
+    (b"vCont", b""),  # not a packet we know: "unsupported"
+    (b"Z2,401000", b"E01"),  # no length
+    (b"Z2,401000,0", b"E01"),  # empty
+    (b"Z2,401000,2000", b"E01"),  # more than a page
+    (b"Z2,10,8", b"E01"),  # unmapped
+    (b"Z1,zz,1", b"E01"),
+    (b"Z9,401000,1", b""),  # no such type
+    (b"z3,401000,8", b"OK"),  # removing what is not there
+    (b"qXfer:threads:read:x:0,10", b"E00"),
+    (b"qXfer:threads:read::zz", b"E01"),
+])
+def test_malformed_debug_packets_get_errors(tmp_path, packet, reply):
+    app = make_app(tmp_path, "counter", COUNTER)
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, packet) == reply
+        assert _rsp(s, b"c") == b"W2b"  # and the machine runs on, unharmed
+    code, _, err = stub.finish()
+    assert code == 43 and "Traceback" not in err, err
+
+
+def test_fifth_debug_slot_is_refused(tmp_path):
+    """x86 has four debug address registers (DR0-DR3): Z1-Z4 share four slots; more is an error,
+    which gdb reports as "Could not insert hardware watchpoint"."""
+    app = make_app(tmp_path, "counter", COUNTER)
+    counter = _symbols(app)["counter"]
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        for i, kind in enumerate((2, 3, 4, 1)):
+            assert _rsp(s, b"Z%d,%x,1" % (kind, counter + i if kind != 1 else 0x400000)) == b"OK"
+        assert _rsp(s, b"Z2,%x,1" % (counter + 5)) == b"E01"
+        assert _rsp(s, b"z2,%x,1" % counter) == b"OK"
+        assert _rsp(s, b"Z2,%x,1" % (counter + 5)) == b"OK"  # a freed slot is usable again
+        s.sendall(frame(b"k"))
+    code, _, err = stub.finish()
+    assert code == 137, err
+
+
+def test_ctrl_c_while_every_guest_waits_for_input(tmp_path):
+    """On a terminal, the kernel sleeps in the console's wait while every guest is blocked on
+    input; Ctrl-C must stop the machine then too, not when the next key is pressed."""
+    import pty
+
+    master, slave = pty.openpty()
+    stub = Stub(str(ROOT / "guest_apps/echo"), stdin=slave)
+    os.close(slave)
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=10) as s:
+        s.sendall(frame(b"c"))
+        assert s.recv(1) == b"+"
+        time.sleep(0.5)  # the guest is blocked in console_read by now
+        s.sendall(b"\x03")
+        assert _rsp(s, None) == b"T02thread:1;"
+        assert _rsp(s, b"qThreadExtraInfo,1") == b"echo, env 1, blocked on console".hex().encode()
+        assert _rsp(s, b"D") == b"OK"
+    os.write(master, b"typed\n\x04")  # a line, then end of input (^D)
+    code, out, err = stub.finish()
+    os.close(master)
+    assert (code, out) == (0, "typed\n"), err
+
+
+def test_watchpoint_follows_memory_into_forked_children_and_keeps_the_schedule(tmp_path):
+    """A watchpoint watches the memory behind the address (Unicorn's memory hooks match physical
+    addresses): forktree's children read `depth` from their parent's frame until their first
+    write copies it, so `rwatch depth` stops in them too. Each stop is served inside the slice,
+    so the schedule (context switches, output order) and every count stay those of a plain run;
+    ending the slice at the stop would let the next environment run first."""
+    from test_echo import run_exo
+
+    app = ROOT / "guest_apps/forktree"
+    depth = _symbols(app)["depth"]
+    plain = run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"))
+    threads = []
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z3,%x,8" % depth) == b"OK"
+        while (reply := _rsp(s, b"c")).startswith(b"T05rwatch:%x;" % depth):
+            threads.append(int(re.search(rb"thread:([0-9a-f]+);", reply).group(1), 16))
+        assert reply == b"W00", reply
+    code, out, err = stub.finish()
+    assert (code, out) == (plain.returncode, plain.stdout.decode()), err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+    assert threads == [1, 1, 2, 3], threads  # the root's two reads, then each child's first, from the root's frame
+
+
+def test_watch_follows_a_copy_on_write_copy(tmp_path, gdb_tool):
+    """`watch depth` set in a forked child while its .data is still the parent's (shared,
+    copy-on-write): the child's first store copies the page, and the watchpoint moves to the
+    copy with it (Target.follow), so the child's own write to depth is the one reported."""
+    elf = tmp_path / "forktree.elf"
+    subprocess.run([sys.executable, "-m", "exo", "image", str(ROOT / "guest_apps/forktree"), "--elf", str(elf)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=TIMEOUT)
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb_elf(elf, "break child", "continue", "watch *(long *)&depth", "continue", "delete", "continue")
+    assert 'Thread 2 "forktree.1" hit Hardware watchpoint 2: *(long *)&depth' in text, text
+    assert "Old value = 0\nNew value = 1\n" in text, text
+    assert re.search(r"child \(\) at .*forktree\.s:53", text), text  # after `mov qword ptr [rax], rcx` (line 52)
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
+
+
+def test_step_over_a_watched_store_reports_the_watchpoint(tmp_path):
+    """A single step whose instruction hits a watchpoint stops once, after it, saying both (on
+    x86 one #DB sets DR6.BS and the watchpoint's bit): gdb then shows the new value."""
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"c") == b"T05thread:1;"
+        assert _rsp(s, b"z0,%x,1" % sym["store"]) == b"OK"
+        assert _rsp(s, b"Z2,%x,8" % sym["counter"]) == b"OK"
+        assert _rsp(s, b"vCont;s:1;c") == b"T05watch:%x;thread:1;" % sym["counter"]
+        assert _rip(s) == sym["after_store"]
+        assert _rsp(s, b"vCont;s:1;c") == b"T05thread:1;"  # the next step: a nop, nothing watched
+        assert _rsp(s, b"z2,%x,8" % sym["counter"]) == b"OK"
+        assert _rsp(s, b"c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43, err
+
+
+def test_watchpoints_are_refused_under_the_wall_clock(tmp_path):
+    app = make_app(tmp_path, "counter", COUNTER)
+    sym = _symbols(app)
+    stub = Stub(str(app), "--clock", "wall")
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z2,%x,8" % sym["counter"]) == b"E01"
+        assert _rsp(s, b"Z1,%x,1" % sym["after_store"]) == b"OK"  # a code hook needs no counter
+        assert _rsp(s, b"c") == b"T05thread:1;"
+        assert _rip(s) == sym["after_store"]
+        assert _rsp(s, b"z1,%x,1" % sym["after_store"]) == b"OK"
+        assert _rsp(s, b"c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43 and "watchpoints need the virtual clock" in err, err
+
+
+def test_hbreak_hits_and_steps_leave_the_counts_unchanged(tmp_path):
+    """gdb continues from a breakpoint by removing it, stepping and putting it back; the step
+    restarts the instruction the code hook had already counted, which is taken back."""
+    from test_echo import run_exo
+
+    app = make_app(tmp_path, "counter", COUNTER)
+    store = _symbols(app)["store"]
+    run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"))
+    with socket.create_connection(("127.0.0.1", stub.port), timeout=TIMEOUT) as s:
+        assert _rsp(s, b"Z1,%x,1" % store) == b"OK"
+        for _ in range(3):
+            assert _rsp(s, b"vCont;c") == b"T05thread:1;"
+            assert _rsp(s, b"z1,%x,1" % store) == b"OK"
+            assert _rsp(s, b"vCont;s:1;c") == b"T05thread:1;"
+            assert _rsp(s, b"Z1,%x,1" % store) == b"OK"
+        assert _rsp(s, b"vCont;c") == b"W2b"
+    code, _, err = stub.finish()
+    assert code == 43, err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+
+
+def test_stepi_in_another_thread_lets_the_stopped_one_run(gdb_tool):
+    """`thread 3; stepi` sends vCont;s:3;c: environment 3 steps one instruction when the scheduler
+    runs it; environment 2, stopped at the breakpoint, runs on meanwhile (forks 4 and 5, exits)."""
+    sym = _symbols(ROOT / "guest_apps/forktree")
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb(f"break *{sym['child']:#x}", "continue", "delete", "thread 3", "p/x $pc", "stepi", "p/x $pc",
+                    "info threads", "continue")
+    pcs = [int(x, 16) for x in re.findall(r"^\$[12] = (0x[0-9a-f]+)$", text, re.M)]
+    assert len(pcs) == 2 and pcs[1] == pcs[0] + 3, text  # one instruction: test rax, rax (3 bytes)
+    assert re.search(r"\* 3\s+Thread 3 \"forktree\.2\"", text) and "Thread 4" in text and "Thread 2 " not in text.split("$2")[1], text
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
