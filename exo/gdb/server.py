@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from exo.errors import ExoUserError
+from exo.gdb.history import History, HistoryError, uncount
 from exo.gdb.rsp import PACKET_SIZE, Decoder, escape, frame, unescape
 from exo.gdb.target import REG_INDEX, RFLAGS_TF, TARGET_XML, Target, TargetError
 from hw.regs import Reg
@@ -68,7 +69,8 @@ class _Resume(Exception):
 class GdbServer:
     """Serve gdb for the guests of ``kernel`` on ``host:port``."""
 
-    def __init__(self, kernel: Any, host: str, port: int, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, kernel: Any, host: str, port: int, log: Callable[[str], None] | None = None,
+                 history_mib: int = 0) -> None:
         self.kernel = kernel
         self.target = Target(kernel)
         self.log = log or (lambda s: (sys.stderr.write(f"exo: gdb: {s}\n"), sys.stderr.flush()))
@@ -89,6 +91,8 @@ class GdbServer:
         self.killed = False
         self._next_poll = 0.0
         self._wrap(kernel)
+        # Reverse execution (exo/gdb/history.py): checkpoints while the guests run, when asked for.
+        self.history: History | None = History(self, history_mib) if history_mib > 0 else None
 
     # ---------------------------------------------------------------- wiring
     def _wrap(self, kernel: Any) -> None:
@@ -145,6 +149,7 @@ class GdbServer:
         env = self.kernel.current
         if t.vector == Vector.BP and self.target.breakpoint_at(env, t.address):
             self.kernel.cpu.regs.write(Reg.RIP, t.address)  # report (and resume) at the int3, as gdb expects
+            uncount(self.kernel.cpu)  # the int3 is the debugger's: it retires nothing of the guest's
             self._clear_step(env)
             self.stop(env, SIGTRAP)
             return True
@@ -176,6 +181,8 @@ class GdbServer:
 
     def _run(self, wait: bool, max_instructions: int | None) -> None:
         self.log(f"listening on {self.address[0]}:{self.address[1]}" + (" (waiting for gdb)" if wait else ""))
+        if self.history is not None:
+            self.history.start()  # from here on this process is the first runner (the caller's waits)
         if wait:
             self._accept(block=True)
         self.kernel.run(max_instructions=max_instructions)
@@ -183,6 +190,10 @@ class GdbServer:
     def _between_slices(self) -> None:
         """Before the scheduler picks the next slice: at most every POLL_SECONDS, look at the
         socket. A new connection, or Ctrl-C from gdb, stops the machine here (no guest runs)."""
+        if self.history is not None:
+            self.history.between_slices()  # a checkpoint when one is due
+            if self.history.busy:
+                return  # re-executing to a point: gdb waits for that stop
         now = time.monotonic()
         if now < self._next_poll:
             return
@@ -281,7 +292,7 @@ class GdbServer:
 
         ``announce``: send the stop reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C;
         on a fresh connection it asks with ``?`` instead)."""
-        if self.conn is None or env is None:
+        if self.conn is None or env is None or (self.history is not None and self.history.busy):
             return
         self.stopped = env
         self.g_thread = self.c_thread = 0
@@ -332,7 +343,23 @@ class GdbServer:
             return b"E01"
 
     def _q_supported(self, _: bytes) -> bytes:
-        return b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+" % PACKET_SIZE
+        reverse = b";ReverseStep+;ReverseContinue+" if self.history is not None else b""
+        return b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+" % PACKET_SIZE + reverse
+
+    def _reverse(self, rest: bytes, step: bool) -> bytes:
+        # bs / bc: on success this process hands gdb to a re-executed runner and ends here.
+        if self.history is None:
+            return b""
+        try:
+            if step:
+                self.history.reverse_step(self._env(self.c_thread))
+            else:
+                self.history.reverse_continue()
+        except HistoryError as e:
+            self.log(f"cannot go back: {e}")
+            self.history.resume_console()
+            return b"E01"
+        return b"E01"
 
     def _no_ack(self, _: bytes) -> bytes:
         self._send(b"OK")  # acknowledged (by gdb) in ack mode; then no more acks
@@ -485,6 +512,8 @@ class GdbServer:
         (b"X", _X),
         (b"H", _H),
         (b"T", _T),
+        (b"bs", lambda self, r: self._reverse(r, True)),
+        (b"bc", lambda self, r: self._reverse(r, False)),
         (b"c", _continue),
         (b"s", _step),
         (b"C", _continue_signal),
