@@ -499,9 +499,16 @@ class History:
             self._had_reader = True
             c.close()  # its buffer is handed over whole: nothing may be read into it meanwhile
         return {"mode": mode, "target": target, "reason": reason, "breakpoints": bps,
-                "ack": srv.dec.ack, "log": self.log, "console": (bytes(c._data), c._eof),
+                "ack": srv.dec.ack, "log": self.log, "console": self._unread(),
                 "shown": self.shown, "checkpoints": self.checkpoints, "ctrl": self._ctrl_w,
                 "supervisor": self.supervisor}
+
+    def _unread(self) -> tuple[bytes, bool]:
+        """Console input read from the host and not yet by a guest (a runner that never went live
+        still holds the one it was handed)."""
+        if self._pending_console is not None:
+            return self._pending_console
+        return bytes(self.console._data), self.console._eof
 
     def resume_console(self) -> None:
         """Going back failed after the terminal reader was stopped for the hand-over: restart it."""

@@ -1,0 +1,259 @@
+"""Reverse execution in gdb (exo/gdb/history.py): stock gdb in batch mode runs reverse-stepi,
+reverse-step and reverse-continue against real guests; the run must stay the run it was (same
+output, once; same statistics) and leave no process behind.
+
+Every process has a timeout (test_gdb.Stub): a stub that stops answering fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_app
+from test_gdb import ROOT, TIMEOUT, Stub, _symbols
+
+# 3M instructions of spinning (the history has checkpoints at 0, 1M, 2M, 3M), then two
+# labelled register changes and two writes; exits with rbx (8).
+SPIN = """
+section .text
+_start:
+    mov rbx, 5
+    mov rcx, 1500000
+spin:
+    dec rcx
+    jnz spin
+mark:
+    mov rbx, 7
+    add rbx, 1
+after:
+    lea rdi, [rip + msg]
+    mov rsi, 6
+    call HC_CONSOLE_WRITE
+    lea rdi, [rip + msg]
+    mov rsi, 6
+    call HC_CONSOLE_WRITE
+done:
+    mov rdi, SCHED_EXIT
+    mov rsi, rbx
+    call HC_SCHED_OP
+section .data
+msg: db "hello", 10
+"""
+
+# Reads 4 bytes, echoes them, spins 1M instructions, again: console input crosses checkpoints.
+READER = """
+section .text
+_start:
+    mov r12, 2
+again:
+    lea rdi, [rip + buf]
+    mov rsi, 4
+    call HC_CONSOLE_READ
+got:
+    mov rsi, rax
+    lea rdi, [rip + buf]
+    call HC_CONSOLE_WRITE
+    mov rcx, 500000
+spin:
+    dec rcx
+    jnz spin
+    dec r12
+    jnz again
+done:
+    mov rdi, SCHED_EXIT
+    xor esi, esi
+    call HC_SCHED_OP
+section .bss
+buf: resb 16
+"""
+
+
+@pytest.fixture
+def gdb_tool():
+    import shutil
+
+    from conftest import need_tool
+
+    need_tool(shutil.which("gdb") is not None, "gdb is not installed")
+
+
+def _regs(text: str, *names: str) -> list[tuple[int, ...]]:
+    """Every `info registers NAMES` block in gdb's output, in order, as tuples of values."""
+    rows = re.findall(r"^(\w+)\s+(0x[0-9a-f]+)\s", text, re.M)
+    out, cur = [], []
+    for name, value in rows:
+        if name == names[0] and cur:
+            out.append(tuple(cur))
+            cur = []
+        if name in names:
+            cur.append(int(value, 16))
+    if cur:
+        out.append(tuple(cur))
+    return out
+
+
+def _leftovers(marker: str) -> list[str]:
+    """Processes still alive (not zombies reaped later) whose command line names ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def test_reverse_stepi_restores_registers_and_forward_again(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"break *{sym['after']:#x}", "continue", "info registers rip rbx",
+                    "reverse-stepi", "info registers rip rbx",
+                    "reverse-stepi", "info registers rip rbx",
+                    "stepi", "info registers rip rbx",
+                    "stepi", "info registers rip rbx", "delete", "continue")
+    regs = _regs(text, "rip", "rbx")
+    add = sym["mark"] + 7  # mov rbx, 7 is 7 bytes (REX.W C7 /0 imm32)
+    assert regs == [(sym["after"], 8), (add, 7), (sym["mark"], 5), (add, 7), (sym["after"], 8)], text
+    assert "exited with code 010" in text, text
+    code, out, err = stub.finish()
+    assert (code, out) == (8, "hello\nhello\n"), err
+    assert "Traceback" not in err, err
+    assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_reverse_continue_to_earlier_breakpoints_then_beginning(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"break *{sym['mark']:#x}", f"break *{sym['done']:#x}", "continue", "continue",
+                    "info registers rip rbx", "reverse-continue", "info registers rip rbx",
+                    "reverse-continue", "info registers rip rbx", "delete", "continue")
+    assert _regs(text, "rip", "rbx") == [(sym["done"], 8), (sym["mark"], 5), (sym["_start"], 0)], text
+    assert text.count(f"Breakpoint 1, {sym['mark']:#018x}") == 2, text  # forward, then backward
+    assert "No more reverse-execution history." in text, text
+    code, out, err = stub.finish()
+    # Ran from the start a second time: the output it had already shown is not shown again.
+    assert (code, out) == (8, "hello\nhello\n"), err
+    assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_console_input_replayed_and_output_not_duplicated(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "reader", READER)
+    sym = _symbols(app)
+    stub = Stub(str(app), stdin=b"abcdwxyz")
+    text = stub.gdb(f"break *{sym['done']:#x}", f"break *{sym['got']:#x}", "continue", "continue", "continue",
+                    "info registers rax", "reverse-continue", "info registers rax rip",
+                    f"x/4c {sym['buf']:#x}",
+                    "reverse-continue", f"x/4c {sym['buf']:#x}", "delete", "continue")
+    assert "'w'" in text and "'x'" in text, text  # the second read, re-executed from the log
+    code, out, err = stub.finish()
+    assert (code, out) == (0, "abcdwxyz"), err
+    assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_reverse_step_over_assembly_lines(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    elf = tmp_path / "spin.elf"
+    subprocess.run([sys.executable, "-m", "exo", "image", str(app), "--elf", str(elf)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=TIMEOUT)
+    stub = Stub(str(app))
+    cmd = ["gdb", "-batch", "-nx", "-ex", "set pagination off", "-ex", f"target remote 127.0.0.1:{stub.port}",
+           "-ex", "break after", "-ex", "continue", "-ex", "info line *$pc", "-ex", "reverse-step",
+           "-ex", "info line *$pc", "-ex", "reverse-step", "-ex", "info line *$pc", "-ex", "info registers rbx",
+           "-ex", "delete", "-ex", "continue", str(elf)]
+    r = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    text = r.stdout.decode() + r.stderr.decode()
+    lines = [int(n) for n in re.findall(r'^Line (\d+) of "[^"]*main\.s"', text, re.M)]
+    src = (app / "main.s").read_text().splitlines()
+    want = [i + 1 for i, line in enumerate(src) if line.strip() in ("lea rdi, [rip + msg]", "add rbx, 1",
+                                                                   "mov rbx, 7")]
+    assert lines == [want[2], want[1], want[0]], text  # after: the lea; back a line each time
+    assert re.search(r"rbx\s+0x5\b", text), text
+    code, out, err = stub.finish()
+    assert (code, out) == (8, "hello\nhello\n"), err
+
+
+def test_reverse_changes_no_output_or_statistics(tmp_path, gdb_tool):
+    """Breakpoints, going back and forward again: the same output and --stats-json as a plain run."""
+    from test_echo import run_exo
+
+    app = make_app(tmp_path, "reader", READER)
+    sym = _symbols(app)
+    plain = run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"), stdin=b"abcdwxyz")
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"), stdin=b"abcdwxyz")
+    text = stub.gdb(f"break *{sym['spin']:#x}", "continue", "continue", "reverse-stepi", "reverse-continue",
+                    "stepi", "reverse-stepi", "delete", "continue")
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert (code, out.encode()) == (plain.returncode, plain.stdout), err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+
+
+def test_refused_under_the_wall_clock(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    stub = Stub(str(app), "--clock", "wall")
+    text = stub.gdb(f"break *{sym['after']:#x}", "continue", "reverse-stepi", "info registers rip", "delete",
+                    "continue")
+    assert re.search(rf"rip\s+{sym['after']:#x}", text), text  # did not move
+    assert "exited with code 010" in text, text
+    code, out, err = stub.finish()
+    assert code == 8 and "reverse execution off: the wall clock" in err and "cannot go back" in err, err
+
+
+def test_history_off(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    stub = Stub(str(app), "--gdb-history", "0")
+    text = stub.gdb("stepi", "reverse-stepi", "continue")
+    assert "does not support this command" in text, text
+    code, _, err = stub.finish()
+    assert code == 8, err
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--gdb-history", "8"], "needs --gdb"),
+    (["--gdb", "127.0.0.1:0", "--gdb-history", "-1"], "must be >= 0"),
+])
+def test_bad_history_options(tmp_path, args, what):
+    app = make_app(tmp_path, "spin", SPIN)
+    r = subprocess.run([sys.executable, "-m", "exo", "boot", str(app), *args], cwd=ROOT, capture_output=True,
+                       timeout=TIMEOUT)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and what in err and len(err.splitlines()) == 1, err
+
+
+def test_kill_ends_every_process(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    stub.gdb(f"break *{sym['done']:#x}", "continue", "reverse-stepi", "kill")
+    code, out, err = stub.finish()
+    assert code == 137 and "killed by gdb" in err, err
+    assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_breakpoint_hits_change_no_instruction_count(tmp_path, gdb_tool):
+    """A debugger's int3 is not a guest instruction (Unicorn counts it: the stub takes it back), so
+    stopping at breakpoints gives the counts of a plain run, which re-execution relies on."""
+    from test_echo import run_exo
+
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    plain = run_exo("boot", str(app), "--stats-json", str(tmp_path / "plain.json"))
+    stub = Stub(str(app), "--stats-json", str(tmp_path / "gdb.json"), "--gdb-history", "0")
+    text = stub.gdb(f"break *{sym['spin']:#x}", "continue", "continue", "continue", f"break *{sym['done']:#x}",
+                    "delete 1", "continue", "continue")
+    assert "Breakpoint 2," in text and "exited with code 010" in text, text
+    code, out, err = stub.finish()
+    assert (code, out.encode()) == (plain.returncode, plain.stdout), err
+    assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
