@@ -52,6 +52,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from bisect import bisect_right
 from typing import Any
 
@@ -59,7 +60,13 @@ from unicorn import UC_HOOK_CODE
 
 from hw.paging import translate
 
-INTERVAL = 1_000_000  # instructions between checkpoints (about 17 ms of re-execution at 60 MIPS)
+INTERVAL = 1_000_000  # instructions at least between checkpoints (about 17 ms of re-execution at 60 MIPS)
+# Host seconds at least between checkpoints. A checkpoint costs the runner about 1.5 ms of fork
+# and then the copy-on-write faults of every page it writes afterwards: at a checkpoint per 1M
+# instructions a 100M-instruction loop ran 2.8x slower (benchmarks/gdb_reverse.py). Spaced by
+# time, the cost is a bounded share of the run and going back re-executes at most about this long.
+MIN_SECONDS = 0.2
+MEASURE_SECONDS = 1.0  # host seconds between two measurements of the checkpoints' memory
 DEFAULT_MIB = 256  # --gdb-history default: private memory of all checkpoints together
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _SUPERVISOR_CHECK = 1.0  # seconds: a parked checkpoint looks whether the supervisor still lives
@@ -149,6 +156,8 @@ class History:
         self.console = server.kernel.machine.console
         self.budget_kib = budget_mib * 1024
         self.interval = interval
+        self._last_time = 0.0  # host time of the last checkpoint
+        self._last_measure = 0.0
         self.refused = refusal(self.kernel)
         self.started = False
         self.supervisor = 0
@@ -392,9 +401,10 @@ class History:
         now = self.cpu.instructions()
         counts = [c for c, _ in self.checkpoints]
         i = bisect_right(counts, now)
-        if i and now - counts[i - 1] < self.interval:
+        if i and (now - counts[i - 1] < self.interval or time.monotonic() - self._last_time < MIN_SECONDS):
             return
         self._checkpoint(now)
+        self._last_time = time.monotonic()
 
     def _checkpoint(self, now: int) -> None:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -411,7 +421,9 @@ class History:
         lsock.close()
         self.checkpoints.append((now, pid))
         self.checkpoints.sort()
-        self._enforce_budget()
+        if time.monotonic() - self._last_measure >= MEASURE_SECONDS:
+            self._enforce_budget()  # reading smaps_rollup costs about 0.5 ms a process
+            self._last_measure = time.monotonic()
 
     def _park(self, lsock: socket.socket) -> None:
         """A checkpoint: wait for requests; fork a runner for each (it returns from here)."""
