@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,46 @@ def test_breakpoint_hits_change_no_instruction_count(tmp_path, gdb_tool):
     code, out, err = stub.finish()
     assert (code, out.encode()) == (plain.returncode, plain.stdout), err
     assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
+
+
+def test_environments_go_back_each_in_its_own_history(gdb_tool):
+    """forktree: the stop after going back is the same thread, one of its own instructions back,
+    though other environments ran in between; reverse-continue finds that thread's latest hit."""
+    child = _symbols(ROOT / "guest_apps/forktree")["child"]
+    stub = Stub(str(ROOT / "guest_apps/forktree"))
+    text = stub.gdb(f"break *{child:#x}", "continue", "continue", "stepi", "stepi", "info registers rip",
+                    "reverse-stepi", "info registers rip", "thread", "reverse-continue", "thread", "delete", "continue")
+    assert "Thread 3 hit Breakpoint 1" in text, text
+    assert _regs(text, "rip") == [(child + 0xA,), (child + 7,)], text
+    assert text.count("[Current thread is 3 (Thread 3)]") == 2, text
+    assert text.count(f"Thread 3 hit Breakpoint 1, {child:#018x}") == 2, text
+    code, out, err = stub.finish()
+    assert code == 0 and out.count("I am") == 15, err
+
+
+def test_sigterm_to_the_supervisor_ends_every_process(tmp_path):
+    app = make_app(tmp_path, "forever", "section .text\n_start:\n    inc rax\n    jmp _start\n")
+    stub = Stub(str(app), wait=False)
+    deadline = time.monotonic() + TIMEOUT
+    while len(_leftovers(str(app))) < 3 and time.monotonic() < deadline:  # supervisor, runner, a checkpoint
+        time.sleep(0.1)
+    assert len(_leftovers(str(app))) >= 3, _leftovers(str(app))
+    stub.proc.send_signal(signal.SIGTERM)
+    code, _, err = stub.finish()
+    assert code == 143 and "terminated" in err, err
+    assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_history_memory_bound_thins_checkpoints(tmp_path, gdb_tool):
+    """With a 1 MiB bound (less than one checkpoint's private memory) only the newest checkpoint
+    stays: history then begins there, not at the first instruction."""
+    app = make_app(tmp_path, "spin", SPIN.replace("1500000", "60000000"))
+    sym = _symbols(app)
+    stub = Stub(str(app), "--gdb-history", "1")
+    text = stub.gdb(f"break *{sym['done']:#x}", "continue", "reverse-continue", "info registers rip rcx",
+                    "delete", "continue")
+    assert "No more reverse-execution history." in text, text
+    rip, rcx = _regs(text, "rip", "rcx")[0]
+    assert rip in range(sym["spin"], sym["mark"]) and 0 < rcx < 60000000, text  # inside the loop, not at _start
+    code, out, err = stub.finish()
+    assert code == 8 and "history memory over 1 MiB: it now begins at instruction" in err, err
