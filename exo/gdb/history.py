@@ -178,6 +178,7 @@ class History:
         self._reply: socket.socket | None = None  # scan: where the hits go
         self.hits: list[int] = []
         self._had_reader = False
+        self._stderr = -1  # the real stderr while re-execution mutes it
         self._hook_pas: set[int] = set()
 
     @property
@@ -618,6 +619,13 @@ class History:
         self._ctrl_w = state["ctrl"]
         srv.target.remove_all()  # the int3s of the checkpoint's moment; the session's go in on landing
         srv.stepping.clear()
+        # What the exokernel reports on stderr while re-executing (a fault report, a log line) was
+        # reported when it first happened: muted until the point.
+        sys.stderr.flush()
+        self._stderr = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
         if self.mode == "scan":
             self.shown = 1 << 62  # a scan shows nothing
             self._reply = conn
@@ -659,6 +667,11 @@ class History:
         """At the point (inside the slice that runs it, its environment loaded)."""
         self.target = None
         srv = self.server
+        sys.stderr.flush()
+        if self._stderr >= 0:
+            os.dup2(self._stderr, 2)
+            os.close(self._stderr)
+            self._stderr = -1
         if self.mode == "scan":
             _send_msg(self._reply, self.hits)
             self._reply.close()

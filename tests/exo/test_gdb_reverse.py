@@ -302,3 +302,75 @@ def test_history_memory_bound_thins_checkpoints(tmp_path, gdb_tool):
     assert rip in range(sym["spin"], sym["mark"]) and 0 < rcx < 60000000, text  # inside the loop, not at _start
     code, out, err = stub.finish()
     assert code == 8 and "history memory over 1 MiB: it now begins at instruction" in err, err
+
+
+# Echoes what the terminal gives it (reads return what has arrived), 1M instructions of spinning
+# between reads, until end of input.
+TTY_ECHO = """
+section .text
+_start:
+again:
+    lea rdi, [rip + buf]
+    mov rsi, 64
+    call HC_CONSOLE_READ
+got:
+    test rax, rax
+    jz done
+    mov rsi, rax
+    lea rdi, [rip + buf]
+    call HC_CONSOLE_WRITE
+    mov rcx, 500000
+spin:
+    dec rcx
+    jnz spin
+    jmp again
+done:
+    mov rdi, SCHED_EXIT
+    xor esi, esi
+    call HC_SCHED_OP
+section .bss
+buf: resb 64
+"""
+
+
+def test_terminal_input_after_going_back(tmp_path, gdb_tool):
+    """On a terminal: input read before gdb went back is replayed, input typed afterwards reaches
+    the new runner (its console reader thread is restarted after fork), output is shown once."""
+    import pty
+    import threading
+
+    app = make_app(tmp_path, "ttyecho", TTY_ECHO)
+    sym = _symbols(app)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "exo", "boot", str(app), "--gdb", "127.0.0.1:0", "--gdb-wait"],
+                            cwd=ROOT, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(slave)
+    try:
+        err = b""
+        while b"listening" not in err or not err.endswith(b"\n"):
+            err += os.read(proc.stderr.fileno(), 4096)
+        port = int(re.search(rb"listening on 127\.0\.0\.1:(\d+)", err).group(1))
+        os.write(master, b"ab\n")
+
+        def later() -> None:
+            time.sleep(3)
+            os.write(master, b"cd\n")
+            time.sleep(1)
+            os.write(master, b"\x04")  # end of input (a terminal's ^D at the start of a line)
+
+        typist = threading.Thread(target=later)
+        cmd = ["gdb", "-batch", "-nx", "-ex", f"target remote 127.0.0.1:{port}", "-ex", f"break *{sym['got']:#x}",
+               "-ex", "continue", "-ex", "info registers rax", "-ex", "reverse-stepi", "-ex", "reverse-stepi",
+               "-ex", "stepi", "-ex", "delete", "-ex", "continue"]
+        typist.start()
+        text = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL).stdout.decode()
+        typist.join()
+        out, rest = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert re.search(r"rax\s+0x3\b", text), text  # "ab\n"
+    assert "exited normally" in text, text
+    assert (proc.returncode, out) == (0, b"ab\ncd\n"), (err + rest).decode()
+    assert not _leftovers(str(app)), _leftovers(str(app))
