@@ -50,6 +50,7 @@ import pickle
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -144,6 +145,15 @@ def _recv_msg(sock: socket.socket, with_fds: bool = False) -> tuple[Any, list[in
     else:
         head = _recv_exact(sock, 8)
     return pickle.loads(_recv_exact(sock, int.from_bytes(head, "little"))), fds
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Is the peer our own user (SO_PEERCRED, socket(7))? The request is unpickled: code runs."""
+    try:
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return False
+    return uid == os.getuid()
 
 
 class History:
@@ -440,6 +450,9 @@ class History:
                     os._exit(0)  # the supervisor is gone (killed): nobody will ask any more
                 continue
             conn, _ = lsock.accept()
+            if not _same_user(conn):
+                conn.close()  # an abstract socket has no file permissions: only our own user may ask
+                continue
             try:
                 state, fds = _recv_msg(conn, with_fds=True)
             except (OSError, ConnectionError, pickle.PickleError, EOFError):
