@@ -36,8 +36,8 @@ What re-execution must see as the first run saw it: console input (``read``/``po
 are logged in order and replayed; a new runner goes live when it passes the end of the log,
 taking over the old runner's unread input), console output (muted up to the number of bytes
 already written, so nothing shows twice). What it refuses: the wall clock, a network with
-an outside peer, a writable disk image (a shared file: a replayed read would see later
-flushes). A gdb write to memory or registers changes history: the checkpoints after the
+an outside peer. A writable disk image is one file shared by every process: its flushes are
+held in memory (``BlockDevice.hold_flushes``) and written by the last runner at the end. A gdb write to memory or registers changes history: the checkpoints after the
 current point are dropped and output from there on is shown again.
 """
 
@@ -85,9 +85,6 @@ def refusal(kernel: Any) -> str | None:
     nic = getattr(machine, "nic", None)
     if nic is not None and type(nic.backend).__name__ != "SwitchBackend":
         return "the network has an outside peer whose frames are not logged (only --net switch can be re-executed)"
-    disk = getattr(machine, "disk", None)
-    if disk is not None and not disk.readonly:
-        return "a writable disk image is a shared file that re-execution would see changed (use IMAGE:ro)"
     return None
 
 
@@ -217,6 +214,11 @@ class History:
             self._supervise(pid, ctrl_r)  # never returns
         os.close(ctrl_r)
         self.started = True
+        disk = getattr(self.kernel.machine, "disk", None)
+        if disk is not None and not disk.readonly:
+            # The image is one file shared by every checkpoint: flushes stay in memory (copied
+            # with each fork) and the last runner writes them when the machine closes.
+            disk.hold_flushes()
         if interactive:
             self._restart_reader()
         self._wrap()

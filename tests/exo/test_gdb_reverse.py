@@ -374,3 +374,29 @@ def test_terminal_input_after_going_back(tmp_path, gdb_tool):
     assert "exited normally" in text, text
     assert (proc.returncode, out) == (0, b"ab\ncd\n"), (err + rest).decode()
     assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_disk_flush_is_not_seen_by_a_re_executed_read(tmp_path, gdb_tool):
+    """A writable disk image is one file for every checkpoint: going back to before a flush, a
+    read sees the old sector; the flushed contents reach the image at the end all the same."""
+    from test_disk import BUF, CHECK, SECTOR_SIZE, SECTORS, DiskOp, disk_io, fill, program, req, sector_bytes
+    from test_disk import write_console as console
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"".join(sector_bytes(i) for i in range(SECTORS)))
+    body = (req(0, DiskOp.READ, 5, 1, BUF) + disk_io(1) + CHECK + "\nread1:" + console(BUF, 10)
+            + fill(BUF, SECTOR_SIZE, 0x41) + req(0, DiskOp.WRITE, 5, 1, BUF) + req(1, DiskOp.FLUSH, 0, 0, 0)
+            + disk_io(2) + CHECK + "\n    mov rcx, 1500000\nspin:\n    dec rcx\n    jnz spin"
+            + req(0, DiskOp.READ, 5, 1, BUF + 0x1000) + disk_io(1) + CHECK + console(BUF + 0x1000, 10) + "\ndone:")
+    app = make_app(tmp_path, "disk", program(body))
+    sym = _symbols(app)
+    stub = Stub(str(app), "--disk", str(image))
+    text = stub.gdb(f"break *{sym['read1']:#x}", f"break *{sym['done']:#x}", "continue", "continue",
+                    "reverse-continue", f"x/s {BUF:#x}", "delete", "continue")
+    assert text.count(f"Breakpoint 1, {sym['read1']:#018x}") == 2, text
+    assert f'{BUF:#x}:\t"sector 005\\n' in text, text  # re-executed, the read sees the sector as it was
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert (code, out) == (0, "sector 005AAAAAAAAAA"), err
+    assert image.read_bytes()[5 * SECTOR_SIZE:6 * SECTOR_SIZE] == b"A" * SECTOR_SIZE  # written at the end
+    assert image.read_bytes()[6 * SECTOR_SIZE:7 * SECTOR_SIZE] == sector_bytes(6)
