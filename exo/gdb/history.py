@@ -85,6 +85,8 @@ def refusal(kernel: Any) -> str | None:
     nic = getattr(machine, "nic", None)
     if nic is not None and type(nic.backend).__name__ != "SwitchBackend":
         return "the network has an outside peer whose frames are not logged (only --net switch can be re-executed)"
+    if nic is not None and getattr(nic, "pcap", None) is not None:
+        return "--pcap would capture re-executed frames a second time"
     return None
 
 
