@@ -201,16 +201,21 @@ def test_reverse_changes_no_output_or_statistics(tmp_path, gdb_tool):
     assert (tmp_path / "plain.json").read_text() == (tmp_path / "gdb.json").read_text()
 
 
-def test_refused_under_the_wall_clock(tmp_path, gdb_tool):
+@pytest.mark.parametrize("args, why", [
+    (["--clock", "wall"], "the wall clock"),
+    (["--net", "user"], "the network has an outside peer"),
+    (["--net", "switch", "--pcap", "{tmp}/x.pcap"], "--pcap would capture"),
+])
+def test_refused_where_a_run_cannot_be_re_executed(tmp_path, gdb_tool, args, why):
     app = make_app(tmp_path, "spin", SPIN)
     sym = _symbols(app)
-    stub = Stub(str(app), "--clock", "wall")
+    stub = Stub(str(app), *(a.format(tmp=tmp_path) for a in args))
     text = stub.gdb(f"break *{sym['after']:#x}", "continue", "reverse-stepi", "info registers rip", "delete",
                     "continue")
     assert re.search(rf"rip\s+{sym['after']:#x}", text), text  # did not move
     assert "exited with code 010" in text, text
     code, out, err = stub.finish()
-    assert code == 8 and "reverse execution off: the wall clock" in err and "cannot go back" in err, err
+    assert code == 8 and f"reverse execution off: {why}" in err and "cannot go back" in err, err
 
 
 def test_history_off(tmp_path, gdb_tool):
