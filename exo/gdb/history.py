@@ -411,12 +411,12 @@ class History:
 
     def between_slices(self) -> None:
         """At a slice boundary (outside emu_start): fork a checkpoint if one is due."""
-        if not self.started or self.mode == "scan":
+        if not self.started or self.mode == "scan" or time.monotonic() - self._last_time < MIN_SECONDS:
             return
         now = self.cpu.instructions()
         counts = [c for c, _ in self.checkpoints]
         i = bisect_right(counts, now)
-        if i and (now - counts[i - 1] < self.interval or time.monotonic() - self._last_time < MIN_SECONDS):
+        if i and now - counts[i - 1] < self.interval:
             return
         self._checkpoint(now)
         self._last_time = time.monotonic()
