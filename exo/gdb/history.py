@@ -162,7 +162,10 @@ class History:
         self.server = server
         self.kernel = server.kernel
         self.cpu = server.kernel.cpu
-        self.console = server.kernel.machine.console
+        console = server.kernel.machine.console
+        while getattr(console, "_real", None) is not None:
+            console = console._real  # a device wrapped by another (a journal): log and mute the real one
+        self.console = console
         self.budget_kib = budget_mib * 1024
         self.interval = interval
         self._last_time = 0.0  # host time of the last checkpoint

@@ -292,8 +292,10 @@ class GdbServer:
 
         ``announce``: send the stop reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C;
         on a fresh connection it asks with ``?`` instead)."""
-        if self.conn is None or env is None or (self.history is not None and self.history.busy):
+        if self.conn is None or env is None:
             return
+        if self.history is not None and self.history.busy:
+            return  # re-executing towards a point: gdb waits for that stop (exo/gdb/history.py)
         self.stopped = env
         self.g_thread = self.c_thread = 0
         self.stop_signal = sig
@@ -345,21 +347,6 @@ class GdbServer:
     def _q_supported(self, _: bytes) -> bytes:
         reverse = b";ReverseStep+;ReverseContinue+" if self.history is not None else b""
         return b"PacketSize=%x;qXfer:features:read+;QStartNoAckMode+" % PACKET_SIZE + reverse
-
-    def _reverse(self, rest: bytes, step: bool) -> bytes:
-        # bs / bc: on success this process hands gdb to a re-executed runner and ends here.
-        if self.history is None:
-            return b""
-        try:
-            if step:
-                self.history.reverse_step(self._env(self.c_thread))
-            else:
-                self.history.reverse_continue()
-        except HistoryError as e:
-            self.log(f"cannot go back: {e}")
-            self.history.resume_console()
-            return b"E01"
-        return b"E01"
 
     def _no_ack(self, _: bytes) -> bytes:
         self._send(b"OK")  # acknowledged (by gdb) in ack mode; then no more acks
@@ -492,6 +479,21 @@ class GdbServer:
     def _kill(self, _: bytes) -> bytes:
         self.log("killed by gdb")
         raise Killed
+
+    def _reverse(self, rest: bytes, step: bool) -> bytes:
+        # bs / bc: on success this process hands gdb to a re-executed runner and ends here.
+        if self.history is None:
+            return b""
+        try:
+            if step:
+                self.history.reverse_step(self._env(self.c_thread))
+            else:
+                self.history.reverse_continue()
+        except HistoryError as e:
+            self.log(f"cannot go back: {e}")
+            self.history.resume_console()
+            return b"E01"
+        return b"E01"
 
     _TABLE: list[tuple[bytes, Callable[[GdbServer, bytes], bytes | None]]] = [
         (b"qSupported", _q_supported),
