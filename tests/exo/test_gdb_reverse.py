@@ -405,3 +405,18 @@ def test_disk_flush_is_not_seen_by_a_re_executed_read(tmp_path, gdb_tool):
     assert (code, out) == (0, "sector 005AAAAAAAAAA"), err
     assert image.read_bytes()[5 * SECTOR_SIZE:6 * SECTOR_SIZE] == b"A" * SECTOR_SIZE  # written at the end
     assert image.read_bytes()[6 * SECTOR_SIZE:7 * SECTOR_SIZE] == sector_bytes(6)
+
+
+def test_a_write_after_going_back_makes_a_new_future(tmp_path, gdb_tool):
+    """Changing memory where history was re-executed: what follows is new, so its output is shown
+    (not muted as already seen), and the program runs with the change."""
+    app = make_app(tmp_path, "spin", SPIN)
+    sym = _symbols(app)
+    stub = Stub(str(app))
+    text = stub.gdb(f"break *{sym['after']:#x}", f"break *{sym['done']:#x}", "continue", "continue",
+                    "reverse-continue", f"set {{char}}{sym['msg']:#x} = 'J'", "set $rbx = 3", "delete", "continue")
+    assert text.count(f"Breakpoint 1, {sym['after']:#018x}") == 2, text
+    assert "exited with code 03" in text, text
+    code, out, err = stub.finish()
+    assert (code, out) == (3, "hello\nhello\nJello\nJello\n"), err
+    assert not _leftovers(str(app)), _leftovers(str(app))
