@@ -509,7 +509,12 @@ class History:
         while self.checkpoints and self.checkpoints[-1][0] > now:
             self._drop(len(self.checkpoints) - 1)
         self.shown = self.out_total  # output from here on is new
+        # Input the old future consumed is not its own any more: the new future reads it, in order.
+        lost = b"".join(r for r in self.log[self.pos:] if isinstance(r, bytes))
         del self.log[self.pos:]
+        if lost and self._pending_console is not None:
+            data, eof = self._pending_console
+            self._pending_console = (lost + data, eof)
 
     # ---------------------------------------------------------------- going back
     def _previous_point(self, env: Any) -> int | None:

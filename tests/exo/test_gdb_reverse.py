@@ -420,3 +420,16 @@ def test_a_write_after_going_back_makes_a_new_future(tmp_path, gdb_tool):
     code, out, err = stub.finish()
     assert (code, out) == (3, "hello\nhello\nJello\nJello\n"), err
     assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_input_of_the_old_future_goes_to_the_new_one(tmp_path, gdb_tool):
+    """After a write where history was re-executed, the input the old future had read (from a pipe,
+    gone from it) is read again by the new future, in order."""
+    app = make_app(tmp_path, "reader", READER)
+    sym = _symbols(app)
+    stub = Stub(str(app), stdin=b"abcdwxyz")
+    text = stub.gdb(f"break *{sym['got']:#x}", "continue", "continue", "reverse-continue",
+                    f"set {{char}}{sym['buf']:#x} = 'Q'", "delete", "continue")
+    assert "exited normally" in text, text
+    code, out, err = stub.finish()
+    assert (code, out) == (0, "abcdQbcdwxyz"), err  # "abcd" shown before going back
