@@ -70,6 +70,7 @@ MIN_SECONDS = 0.2
 MEASURE_SECONDS = 1.0  # host seconds between two measurements of the checkpoints' memory
 DEFAULT_MIB = 256  # --gdb-history default: private memory of all checkpoints together
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_PR_SET_PDEATHSIG = 1
 _SUPERVISOR_CHECK = 1.0  # seconds: a parked checkpoint looks whether the supervisor still lives
 
 
@@ -218,6 +219,7 @@ class History:
             os.close(self._ctrl_w)
             self._supervise(pid, ctrl_r)  # never returns
         os.close(ctrl_r)
+        self._tie_to_supervisor()
         self.started = True
         disk = getattr(self.kernel.machine, "disk", None)
         if disk is not None and not disk.readonly:
@@ -227,6 +229,20 @@ class History:
         if interactive:
             self._restart_reader()
         self._wrap()
+
+    def _tie_to_supervisor(self) -> None:
+        """A runner dies with the supervisor (killed with SIGKILL, it cannot kill us): the kernel
+        sends SIGKILL when our parent dies, once the supervisor is our parent (a runner forked by
+        a checkpoint is reparented to it, the subreaper, when the process between them exits)."""
+        while os.getppid() != self.supervisor:
+            try:
+                os.kill(self.supervisor, 0)
+            except OSError:
+                os._exit(1)  # the supervisor is gone already
+            time.sleep(0.001)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != self.supervisor:
+            os._exit(1)  # it died between the look and the prctl
 
     def _supervise(self, runner: int, ctrl_r: int) -> None:
         """The supervisor: wait for the runner of the moment; exit as it exited; leave no process."""
@@ -470,6 +486,7 @@ class History:
                 if os.fork():
                     os._exit(0)  # the runner is orphaned at once: the supervisor (subreaper) adopts it
                 lsock.close()
+                self._tie_to_supervisor()
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 self._become(state, fds, conn)
                 return

@@ -297,14 +297,14 @@ def test_sigterm_to_the_supervisor_ends_every_process(tmp_path):
 def test_history_memory_bound_thins_checkpoints(tmp_path, gdb_tool):
     """With a 1 MiB bound (less than one checkpoint's private memory) only the newest checkpoint
     stays: history then begins there, not at the first instruction."""
-    app = make_app(tmp_path, "spin", SPIN.replace("1500000", "60000000"))
+    app = make_app(tmp_path, "spin", SPIN.replace("1500000", "100000000"))
     sym = _symbols(app)
     stub = Stub(str(app), "--gdb-history", "1")
     text = stub.gdb(f"break *{sym['done']:#x}", "continue", "reverse-continue", "info registers rip rcx",
                     "delete", "continue")
     assert "No more reverse-execution history." in text, text
     rip, rcx = _regs(text, "rip", "rcx")[0]
-    assert rip in range(sym["spin"], sym["mark"]) and 0 < rcx < 60000000, text  # inside the loop, not at _start
+    assert rip in range(sym["spin"], sym["mark"]) and 0 < rcx < 100000000, text  # inside the loop, not at _start
     code, out, err = stub.finish()
     assert code == 8 and "history memory over 1 MiB: it now begins at instruction" in err, err
 
@@ -433,3 +433,20 @@ def test_input_of_the_old_future_goes_to_the_new_one(tmp_path, gdb_tool):
     assert "exited normally" in text, text
     code, out, err = stub.finish()
     assert (code, out) == (0, "abcdQbcdwxyz"), err  # "abcd" shown before going back
+
+
+def test_sigkill_to_the_supervisor_leaves_no_process(tmp_path):
+    """The supervisor killed outright cannot clean up: the runner dies with it (parent-death
+    signal), the parked checkpoints notice within a second."""
+    app = make_app(tmp_path, "forever", "section .text\n_start:\n    inc rax\n    jmp _start\n")
+    stub = Stub(str(app), wait=False)
+    deadline = time.monotonic() + TIMEOUT
+    while len(_leftovers(str(app))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_leftovers(str(app))) >= 3, _leftovers(str(app))
+    stub.proc.kill()
+    stub.proc.wait(timeout=TIMEOUT)
+    deadline = time.monotonic() + 10
+    while _leftovers(str(app)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftovers(str(app)), _leftovers(str(app))
