@@ -341,7 +341,6 @@ class History:
             t = self.target
             if t is None or not start <= t < start + budget:
                 return real_run(budget)
-            first = None
             if t > start:
                 first = real_run(t - start)
                 if first.reason != "preempted" or cpu.retired_total != t:
@@ -555,8 +554,7 @@ class History:
             c.close()  # its buffer is handed over whole: nothing may be read into it meanwhile
         return {"mode": mode, "target": target, "reason": reason, "breakpoints": bps,
                 "ack": srv.dec.ack, "log": self.log, "console": self._unread(),
-                "shown": self.shown, "checkpoints": self.checkpoints, "ctrl": self._ctrl_w,
-                "supervisor": self.supervisor}
+                "shown": self.shown, "checkpoints": self.checkpoints, "ctrl": self._ctrl_w}
 
     def _unread(self) -> tuple[bytes, bool]:
         """Console input read from the host and not yet by a guest (a runner that never went live
