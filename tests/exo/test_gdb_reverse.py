@@ -450,3 +450,18 @@ def test_sigkill_to_the_supervisor_leaves_no_process(tmp_path):
     while _leftovers(str(app)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _leftovers(str(app)), _leftovers(str(app))
+
+
+def test_attached_later_history_reaches_the_first_instruction(tmp_path, gdb_tool):
+    app = make_app(tmp_path, "forever", "section .text\n_start:\n    inc rax\n    jmp _start\n")
+    stub = Stub(str(app), wait=False)
+    time.sleep(1)
+    text = stub.gdb("info registers rax", "reverse-stepi", "reverse-stepi", "info registers rax",
+                    "reverse-continue", "info registers rip rax", "kill")
+    values = _regs(text, "rax")
+    # two instructions back (a jmp, an inc): one less; then the very start of the run
+    assert len(values) == 3 and values[0][0] > 100_000 and values[1][0] == values[0][0] - 1, text
+    assert "No more reverse-execution history." in text and re.search(r"rip\s+0x400000\b", text), text
+    assert re.search(r"rax\s+0x0\b", text), text
+    code, _, err = stub.finish()
+    assert code == 137, err
