@@ -66,6 +66,8 @@ class BlockDevice:
             raise
         self.sectors = size // SECTOR_SIZE
         self._dirty: dict[int, bytes] = {}  # sector -> contents not yet on the image
+        # hold_flushes(): sector -> contents flushed but kept in memory, not yet on the image
+        self._held: dict[int, bytes] | None = None
         self._unflushed = 0  # writes accepted since the last flush
         self.crashed = False
         # statistics
@@ -92,12 +94,13 @@ class BlockDevice:
         data = bytearray(os.pread(self._fd, count * SECTOR_SIZE, sector * SECTOR_SIZE))
         if len(data) != count * SECTOR_SIZE:  # the image shrank under us
             raise MachineConfigError(f"{self.path}: short read at sector {sector}")
-        if self._dirty:
-            for s in range(sector, sector + count):
-                d = self._dirty.get(s)
-                if d is not None:
-                    off = (s - sector) * SECTOR_SIZE
-                    data[off : off + SECTOR_SIZE] = d
+        for layer in (self._held, self._dirty):  # the newer layer last
+            if layer:
+                for s in range(sector, sector + count):
+                    d = layer.get(s)
+                    if d is not None:
+                        off = (s - sector) * SECTOR_SIZE
+                        data[off : off + SECTOR_SIZE] = d
         self.reads += 1
         self.sectors_read += count
         return bytes(data)
@@ -135,20 +138,46 @@ class BlockDevice:
         n = len(dirty)
         if self.readonly:
             return 0
-        order = sorted(dirty)
+        if self._held is not None:
+            self._held.update(dirty)  # durable for the guest; on the image at release_flushes()
+            dirty.clear()
+            self._unflushed = 0
+            self.sectors_flushed += n
+            return n
+        self._write_sectors(dirty)
+        dirty.clear()
+        self._unflushed = 0
+        self.sectors_flushed += n
+        return n
+
+    def hold_flushes(self) -> None:
+        """From now on ``flush`` keeps what it makes durable in memory (reads see it) instead of
+        writing the image, until ``release_flushes``. For a debugger that re-executes the past
+        from forked copies of the machine (exo/gdb/history.py): the image is one file shared by
+        every copy, so a re-executed read must not see a flush made later in the first run."""
+        if self._held is None:
+            self._held = {}
+
+    def release_flushes(self) -> int:
+        """Write what was flushed while held to the image (then fsync); the number of sectors."""
+        held, self._held = self._held, None
+        if not held or self._fd is None or self.readonly:
+            return 0
+        self._write_sectors(held)
+        return len(held)
+
+    def _write_sectors(self, sectors: dict[int, bytes]) -> None:
+        """``sectors`` to the image in sector order, contiguous runs in one ``pwrite`` each; fsync."""
+        order = sorted(sectors)
         i = 0
         while i < len(order):
             j = i + 1
             while j < len(order) and order[j] == order[j - 1] + 1:
                 j += 1
-            chunk = b"".join(dirty[s] for s in order[i:j])
+            chunk = b"".join(sectors[s] for s in order[i:j])
             os.pwrite(self._fd, chunk, order[i] * SECTOR_SIZE)
             i = j
         os.fsync(self._fd)
-        dirty.clear()
-        self._unflushed = 0
-        self.sectors_flushed += n
-        return n
 
     # ----------------------------------------------------------- the device
     @property
@@ -168,7 +197,10 @@ class BlockDevice:
         return False  # synchronous: every request has completed when its call returns
 
     def close(self) -> None:
-        """Release the image WITHOUT flushing: unflushed writes are lost, as in a power failure."""
+        """Release the image WITHOUT flushing: unflushed writes are lost, as in a power failure
+        (what was flushed while held, ``hold_flushes``, is written)."""
+        if self._held is not None:
+            self.release_flushes()
         self._dirty.clear()
         if self._fd is not None:
             os.close(self._fd)

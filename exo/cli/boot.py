@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1): environments are "
                         "threads (docs/debugging.md, Attaching gdb)")
     p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
+    p.add_argument("--gdb-history", type=int, default=None, metavar="MIB",
+                   help="with --gdb: memory for reverse execution's checkpoints (default 256; 0: reverse off) "
+                        "(docs/debugging.md, Reverse execution)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
     if args.gdb_wait and not args.gdb:
         raise ExoUserError("--gdb-wait", "needs --gdb [HOST:]PORT")
+    if args.gdb_history is not None and not args.gdb:
+        raise ExoUserError("--gdb-history", "needs --gdb [HOST:]PORT")
+    if args.gdb_history is not None and args.gdb_history < 0:
+        raise ExoUserError("--gdb-history", f"must be >= 0 MiB, got {args.gdb_history}")
     for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
@@ -89,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         from exo.gdb.server import GdbServer, parse_address
 
         try:
-            gdb = GdbServer(kernel, *parse_address(args.gdb))
+            from exo.gdb.history import DEFAULT_MIB
+
+            history = DEFAULT_MIB if args.gdb_history is None else args.gdb_history
+            gdb = GdbServer(kernel, *parse_address(args.gdb), history_mib=history)
         except BaseException:
             system.close()
             raise

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from exo.env import EnvStatus
 from exo.errors import ExoUserError
+from exo.gdb.history import History, HistoryError
 from exo.gdb.rsp import PACKET_SIZE, Decoder, escape, frame, unescape
 from exo.gdb.target import REG_INDEX, RFLAGS_TF, TARGET_XML, WATCH_KINDS, WATCH_STOP, Target, TargetError
 from hw.cpu import RunExit
@@ -83,7 +84,8 @@ class _Resume(Exception):
 class GdbServer:
     """Serve gdb for the guests of ``kernel`` on ``host:port``."""
 
-    def __init__(self, kernel: Any, host: str, port: int, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, kernel: Any, host: str, port: int, log: Callable[[str], None] | None = None,
+                 history_mib: int = 0) -> None:
         self.kernel = kernel
         self.target = Target(kernel)
         self.log = log or (lambda s: (sys.stderr.write(f"exo: gdb: {s}\n"), sys.stderr.flush()))
@@ -107,6 +109,8 @@ class GdbServer:
         self.killed = False
         self._next_poll = 0.0
         self._wrap(kernel)
+        # Reverse execution (exo/gdb/history.py): checkpoints while the guests run, when asked for.
+        self.history: History | None = History(self, history_mib) if history_mib > 0 else None
 
     # ---------------------------------------------------------------- wiring
     def _wrap(self, kernel: Any) -> None:
@@ -206,6 +210,9 @@ class GdbServer:
         if self._skip_hbreak == (env.id, address):
             self._skip_hbreak = None  # the restart below reaches it again: it already stopped here
             return
+        if self.history is not None and self.history.busy:
+            self.history.busy_stop(b"hwbreak:;")  # re-executing: a scan notes the hit, a run goes on
+            return
         if self.conn is None:
             return
         self._clear_step(env)
@@ -244,6 +251,7 @@ class GdbServer:
         env = self.kernel.current
         if t.vector == Vector.BP and self.target.breakpoint_at(env, t.address):
             self.kernel.cpu.regs.write(Reg.RIP, t.address)  # report (and resume) at the int3, as gdb expects
+            self.target.uncount()  # the int3 is the debugger's: it retires nothing of the guest's
             self._clear_step(env)
             self.stop(env, SIGTRAP, b"swbreak:;" if b"swbreak+" in self.features else b"")
             return True
@@ -276,6 +284,8 @@ class GdbServer:
 
     def _run(self, wait: bool, max_instructions: int | None) -> None:
         self.log(f"listening on {self.address[0]}:{self.address[1]}" + (" (waiting for gdb)" if wait else ""))
+        if self.history is not None:
+            self.history.start()  # from here on this process is the first runner (the caller's waits)
         if wait:
             self._accept(block=True)
         self.kernel.run(max_instructions=max_instructions)
@@ -283,6 +293,10 @@ class GdbServer:
     def _between_slices(self) -> None:
         """Before the scheduler picks the next slice: at most every POLL_SECONDS, look at the
         socket. A new connection, or Ctrl-C from gdb, stops the machine here (no guest runs)."""
+        if self.history is not None:
+            self.history.between_slices()  # a checkpoint when one is due
+            if self.history.busy:
+                return  # re-executing to a point: gdb waits for that stop
         now = time.monotonic()
         if now < self._next_poll:
             return
@@ -383,6 +397,11 @@ class GdbServer:
         ``why``: the stop reply's reason field (``watch:ADDR;``...). ``announce``: send the stop
         reply now (gdb waits for one after ``c``, ``s`` or Ctrl-C; on a fresh connection it asks
         with ``?`` instead)."""
+        if self.history is not None and self.history.busy:
+            # Re-executing towards a point: gdb waits for that stop (exo/gdb/history.py). A scan
+            # for reverse-continue notes a watchpoint's hit here.
+            self.history.busy_stop(why)
+            return
         if self.conn is None or env is None:
             return
         self.stopped = env
@@ -436,8 +455,9 @@ class GdbServer:
     def _q_supported(self, rest: bytes) -> bytes:
         # qSupported:gdbfeature;...: remember what gdb takes in stop replies (swbreak/hwbreak reasons).
         self.features = set(rest.lstrip(b":").split(b";"))
+        reverse = b";ReverseStep+;ReverseContinue+" if self.history is not None else b""
         return (b"PacketSize=%x;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+;"
-                b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE)
+                b"swbreak+;hwbreak+;vContSupported+" % PACKET_SIZE) + reverse
 
     def _no_ack(self, _: bytes) -> bytes:
         self._send(b"OK")  # acknowledged (by gdb) in ack mode; then no more acks
@@ -620,6 +640,21 @@ class GdbServer:
         self.log("killed by gdb")
         raise Killed
 
+    def _reverse(self, rest: bytes, step: bool) -> bytes:
+        # bs / bc: on success this process hands gdb to a re-executed runner and ends here.
+        if self.history is None:
+            return b""
+        try:
+            if step:
+                self.history.reverse_step(self._env(self.c_thread))
+            else:
+                self.history.reverse_continue()
+        except HistoryError as e:
+            self.log(f"cannot go back: {e}")
+            self.history.resume_console()
+            return b"E01"
+        return b"E01"
+
     _TABLE: list[tuple[bytes, Callable[[GdbServer, bytes], bytes | None]]] = [
         (b"qSupported", _q_supported),
         (b"QStartNoAckMode", _no_ack),
@@ -642,6 +677,8 @@ class GdbServer:
         (b"vCont?", _vcont_query),
         (b"vCont;", _vcont),
         (b"T", _T),
+        (b"bs", lambda self, r: self._reverse(r, True)),
+        (b"bc", lambda self, r: self._reverse(r, False)),
         (b"c", _continue),
         (b"s", _step),
         (b"C", _continue_signal),

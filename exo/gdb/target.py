@@ -426,11 +426,12 @@ class Target:
         self.cpu.flush_code()
 
     def uncount(self) -> None:
-        """Take back one instruction from Unicorn's count (virtual clock, inside a slice): the
-        code hook counted the instruction at a hardware breakpoint, and a restart there (a step
-        from it) counts it again. The count hook compares the same counter with the slice's
-        budget, so the slice gets the instruction back too: counts stay those of a run without
-        gdb. (The reverse-execution branch does the same for int3: exo/gdb/history.py ``uncount``.)"""
+        """Take back one instruction from Unicorn's count (virtual clock, inside a slice): a
+        debugger's int3 retires nothing of the guest's (measured: a breakpoint hit adds exactly one
+        to the count), and the code hook counted the instruction at a hardware breakpoint that a
+        restart there (a step from it) counts again. The count hook compares the same counter with
+        the slice's budget, so the slice gets the instruction back too: counts stay those of a run
+        without gdb."""
         cpu = self.cpu
         if cpu._running and cpu._counter_addr and cpu._timer is None:
             c = ctypes.c_uint64.from_address(cpu._counter_addr)

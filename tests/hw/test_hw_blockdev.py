@@ -184,3 +184,22 @@ def test_unreadable_image_is_rejected(image) -> None:
         assert str(image) in str(e.value) and "cannot open" in str(e.value)
     finally:
         os.chmod(image, 0o644)
+
+
+def test_held_flushes_stay_in_memory_until_released(image) -> None:
+    """hold_flushes (a debugger re-executing from forked copies): a flush is durable for reads but
+    leaves the shared image file alone until release_flushes, or close."""
+    d = BlockDevice(image)
+    d.hold_flushes()
+    d.write(2, b"A" * SECTOR_SIZE)
+    assert d.flush() == 1 and d.dirty_sectors == 0 and d.sectors_flushed == 1
+    d.write(3, b"B" * SECTOR_SIZE)  # unflushed, over a held sector's neighbour
+    d.write(2, b"C" * SECTOR_SIZE)  # unflushed, over a held sector: the newer wins
+    assert d.read(1, 3) == sector_bytes(1) + b"C" * SECTOR_SIZE + b"B" * SECTOR_SIZE
+    assert on_image(image, 2) == sector_bytes(2)
+    assert d.release_flushes() == 1
+    assert on_image(image, 2) == b"A" * SECTOR_SIZE and on_image(image, 3) == sector_bytes(3)
+    d.hold_flushes()
+    d.flush()  # C and B held
+    d.close()  # writes what was held, still drops what was not flushed
+    assert on_image(image, 2, 2) == b"C" * SECTOR_SIZE + b"B" * SECTOR_SIZE
