@@ -107,11 +107,11 @@ def _file_names(program, cu) -> dict[int, str]:
     for i, fe in enumerate(header["file_entry"]):
         name = _str(fe.name)
         d = fe.dir_index
-        if version >= 5:
-            folder = dirs[d] if d < len(dirs) else ""
-        else:
-            folder = dirs[d - 1] if 0 < d <= len(dirs) else comp_dir
-        path = os.path.join(comp_dir, folder, name) if comp_dir else os.path.join(folder, name)
+        if version >= 5:  # directory 0 is the compilation's; the others are relative to it
+            first = dirs[0] if dirs else comp_dir
+            path = os.path.join(first, dirs[d] if 0 < d < len(dirs) else "", name)
+        else:  # directories from 1, relative to the compilation directory; 0 is that directory
+            path = os.path.join(comp_dir, dirs[d - 1] if 0 < d <= len(dirs) else "", name)
         out[i + base] = os.path.normpath(path)
     return out
 
