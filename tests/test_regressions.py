@@ -297,7 +297,8 @@ def test_an_environment_that_made_itself_not_runnable_is_reported_as_such(tmp_pa
     out = tmp_path / "s.json"
     r = run_exo("boot", str(tmp_path / "nr"), "--stats-json", str(out), cache=str(tmp_path / "c"))
     assert r.returncode == 1
-    assert r.stderr.decode() == f"exo: environment 1 (nr): {msg}\n  at rip 0x40000e (spin): inc rax\n"
+    src = tmp_path / "nr" / "main.s"  # the line of the instruction too (exo/build/lines.py)
+    assert r.stderr.decode() == f"exo: environment 1 (nr): {msg}\n  at rip 0x40000e (spin at {src}:8): inc rax\n"
     (env,) = json.loads(out.read_text())["envs"]
     assert env["fault"] == msg
 
@@ -309,9 +310,9 @@ def test_the_watchdog_says_where_each_environment_was(tmp_path, app):
     # 1001 instructions in one slice: the first copy stopped after `xor` and 500 `add, jmp` pairs
     assert r.stderr.decode() == (
         "exo: environment 1 (loop): still running when the watchdog stopped the machine\n"
-        "  at rip 0x400002 (spin): add rax, 1\n"
+        f"  at rip 0x400002 (spin at {loop}/main.s:4): add rax, 1\n"
         "exo: environment 2 (loop): still running when the watchdog stopped the machine\n"
-        "  at rip 0x400000 (_start): xor eax, eax\n")
+        f"  at rip 0x400000 (_start at {loop}/main.s:2): xor eax, eax\n")
     r = run_exo("boot", str(ROOT / "guest_apps" / "primes"), "--max-instructions", "10000", cache=str(tmp_path / "c"))
     err = r.stderr.decode()
     assert "blocked (waiting for ipc) when the watchdog stopped the machine\n" in err
@@ -340,8 +341,9 @@ def test_sigterm_says_where_each_environment_was(tmp_path, app):
     assert p.returncode == 143
     lines = err.decode().splitlines()
     assert lines[-1] == "exo: terminated"
-    assert lines[0] in ("exo: environment 1 (spin) was at rip 0x400013 (spin): add rax, 1",
-                        "exo: environment 1 (spin) was at rip 0x400016 (spin+0x4): jmp 0x400013"), lines
+    src = spin / "main.s"
+    assert lines[0] in (f"exo: environment 1 (spin) was at rip 0x400013 (spin at {src}:6): add rax, 1",
+                        f"exo: environment 1 (spin) was at rip 0x400016 (spin+0x4 at {src}:7): jmp 0x400013"), lines
 
 
 def test_a_child_never_started_beside_a_blocked_parent_is_reported_as_not_runnable(app):
