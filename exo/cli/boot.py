@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the GDB remote protocol on HOST:PORT (default host 127.0.0.1): environments are "
                         "threads (docs/debugging.md, Attaching gdb)")
     p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
+    p.add_argument("--record", metavar="FILE",
+                   help="record what the run consumes from outside (console input, network frames) to FILE, "
+                        "with the options, image and disk hashes (docs/debugging.md, Record and replay)")
+    p.add_argument("--replay", metavar="FILE",
+                   help="replay a recording made with the same apps and options: same output, stats and trace; "
+                        "the disk is not written")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,16 +77,41 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError("--max-instructions", "counts guest instructions: it needs --clock virtual")
     if args.gdb_wait and not args.gdb:
         raise ExoUserError("--gdb-wait", "needs --gdb [HOST:]PORT")
-    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
+    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap),
+                      ("--record", args.record)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
 
-    system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                    stdin=0, stdout=1, args=guest_args, quotas=quotas, disk=args.disk,
-                    disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
-                    pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
-                    on_fault=_print_report)
+    journal = _journal(args, apps)  # --record / --replay: checked before anything runs
+    disk = args.disk
+    if args.replay and disk:
+        disk = _private_copy(disk)  # a replay never writes the image: it may be replayed again
+    try:
+        system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
+                        stdin=None if args.replay else 0, stdout=1, args=guest_args, quotas=quotas, disk=disk,
+                        disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
+                        pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
+                        on_fault=_print_report)
+    except BaseException:
+        if disk is not args.disk:
+            os.unlink(disk.removesuffix(":ro"))
+        raise
     machine, kernel, envs = system.machine, system.kernel, system.envs
+    tape = None
+    budget = args.max_instructions
+    replay_ended: tuple = ()  # what a replay raises when it needs input past the end of the recording
+    if journal is not None:
+        from exo.replay import ReplayEnded, install
+
+        replay_ended = (ReplayEnded,)
+        try:
+            tape = install(system, journal, replay=bool(args.replay))
+        except BaseException:
+            system.close()
+            raise
+        end = journal.end
+        if args.replay and end is not None and end.data == b"interrupted":
+            budget = min(budget or end.instructions, end.instructions)  # run up to where the recording stopped
     for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
@@ -101,17 +132,26 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
         if gdb is not None:
-            gdb.run(args.gdb_wait, args.max_instructions)
+            gdb.run(args.gdb_wait, budget)
         else:
-            system.run(args.max_instructions)
+            system.run(budget)
+        if budget is not None and budget != args.max_instructions and kernel.watchdog_fired:
+            interrupted = "replay ended"
     except _Terminated:
         interrupted = "terminated"
     except KeyboardInterrupt:
         interrupted = "interrupted"  # still write what was counted and traced so far
+    except replay_ended:
+        interrupted = "replay ended"
     finally:
         signal.signal(signal.SIGTERM, previous)
         uninstall_breakpoint()
         system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
+        if disk is not args.disk:
+            os.unlink(disk.removesuffix(":ro"))
+    if args.record and tape is not None:
+        tape.finish("interrupted" if interrupted else "exit")
+        journal.save(args.record)
     stats = system.stats()
     if args.stats_json:
         try:
@@ -128,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         for e in kernel.alive():  # where each was, so a guest that never ends has a location
             sys.stderr.write(f"exo: environment {e.id} ({e.name}) was at {_locate(kernel, e)}\n")
+        if interrupted == "replay ended":
+            interrupted = (f"replay: the recording ends at instruction {journal.end.instructions} "
+                           "(the recorded run was interrupted there)")
         sys.stderr.write(f"exo: {interrupted}\n")
         return 143 if interrupted == "terminated" else 130
     if machine.console.output_error:
@@ -147,6 +190,48 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"exo: environment {first.id} ({first.name}) exited with status {status}; "
                          f"the process exit status is its low 8 bits: 0\n")
     return status & 0xFF
+
+
+def _journal(args: argparse.Namespace, apps: list):
+    """The journal to record into (a new one) or to replay (loaded and checked against this run); None."""
+    if not (args.record or args.replay):
+        return None
+    if args.record and args.replay:
+        raise ExoUserError("--replay", "record or replay, not both in one run")
+    opt = "--replay" if args.replay else "--record"
+    if args.clock != "virtual":
+        raise ExoUserError(opt, "needs --clock virtual: under the wall clock guest time is the host's and a run "
+                                "cannot be replayed")
+    from exo.replay import Journal, check_header, make_header
+
+    disk = args.disk.removesuffix(":ro").removesuffix(":rw") if args.disk else None
+    if disk is not None and not os.path.isfile(disk):
+        raise ExoUserError("--disk", f"{disk}: no such disk image")
+    options = {"apps": [a.name for a in apps], "args": list(args.guest_args), "clock": args.clock,
+               "structure": args.structure, "slice": args.slice, "ram": args.ram, "quota": sorted(args.quota),
+               "max_instructions": args.max_instructions, "disk": args.disk,
+               "disk_fail_after": args.disk_fail_after, "net": args.net, "net_faults": args.net_faults}
+    header = make_header(apps, options, disk)
+    if args.record:
+        return Journal(header)
+    journal = Journal.load(args.replay)
+    check_header(journal.header, header)
+    return journal
+
+
+def _private_copy(spec: str) -> str:
+    """A temporary copy of a disk image (``IMAGE[:ro|:rw]``) for a replay to write; its spec."""
+    import shutil
+    import tempfile
+
+    path, suffix = spec, ""
+    for s in (":ro", ":rw"):
+        if spec.endswith(s):
+            path, suffix = spec[: -len(s)], s
+    fd, copy = tempfile.mkstemp(prefix="exo-replay-", suffix=".img")
+    os.close(fd)
+    shutil.copyfile(path, copy)
+    return copy + (":ro" if suffix == ":ro" else "")
 
 
 def _locate(kernel, env) -> str:

@@ -1,0 +1,261 @@
+"""Record and replay (`exo boot --record FILE` / `--replay FILE`, issue 14 item 4; exo/replay/).
+
+A recorded run is replayed byte-exactly: the same console output, the same stats JSON, the same
+trace (all but its ``host_ns``, the host's time). What makes a recording worth having is input
+whose arrival depends on the host: typed on a terminal while the guests run, or frames from a peer
+outside the process. Refusals are one line and exit 2. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_app
+from test_breakpoint import TIMEOUT, Terminal, _spawn, _stop
+from test_cli import _one_line_error
+from test_echo import run_exo
+
+from exo.replay import Event, Journal
+from exo.replay.journal import NET_RX, POLL, READ
+
+ECHO = str(ROOT / "guest_apps" / "echo")
+
+# Prints a dot every ROUND iterations, DOTS times, then exits: it computes while input is typed for
+# the echo guest booted beside it, so where the input arrives (in instructions) is up to the host.
+TICKER = """
+    DOTS equ 60
+    ROUND equ 400000
+    section .text
+    _start:
+        mov r12, DOTS
+    again:
+        mov rcx, ROUND
+    spin:
+        dec rcx
+        jnz spin
+        lea rdi, [rip + dot]
+        mov rsi, 1
+        call HC_CONSOLE_WRITE
+        dec r12
+        jnz again
+        mov rdi, SCHED_EXIT
+        xor esi, esi
+        call HC_SCHED_OP
+    section .rodata
+    dot: db "."
+"""
+
+
+def _boot(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return run_exo("boot", *args, stdin=stdin)
+
+
+def _trace(path: Path) -> list[dict]:
+    """The trace without host time (the one field a replay cannot give again)."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    for e in events:
+        e.pop("host_ns", None)
+    return events
+
+
+def _same_run(tmp_path: Path, recorded: str, replayed: str, out: bytes) -> None:
+    assert Path(tmp_path / f"{recorded}.out").read_bytes() == out
+    assert json.loads((tmp_path / f"{recorded}.json").read_text()) == json.loads((tmp_path / f"{replayed}.json").read_text())
+    assert _trace(tmp_path / f"{recorded}.jsonl") == _trace(tmp_path / f"{replayed}.jsonl")
+
+
+def _outputs(tmp_path: Path, name: str) -> list[str]:
+    return ["--stats-json", str(tmp_path / f"{name}.json"), "--trace", str(tmp_path / f"{name}.jsonl")]
+
+
+def test_an_interactive_run_replays_byte_exactly(tmp_path):
+    """Lines typed on a terminal while another guest computes: the replay needs no terminal and
+    gives the same interleaving of output, the same counts and the same trace."""
+    ticker = make_app(tmp_path, "ticker", TICKER, libos={"console": "direct"})
+    rec = tmp_path / "run.rec"
+    apps = [ECHO, str(ticker)]
+    tty = Terminal()
+    out = open(tmp_path / "rec.out", "wb")
+    proc = _spawn([sys.executable, "-m", "exo", "boot", *apps, "--record", str(rec), *_outputs(tmp_path, "rec")],
+                  dict(os.environ), stdin=tty.slave, stdout=out, stderr=subprocess.PIPE)
+    try:
+        def shown(what: bytes) -> None:
+            deadline = time.monotonic() + TIMEOUT
+            while what not in (tmp_path / "rec.out").read_bytes():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "rec.out").read_bytes()
+                time.sleep(0.01)
+
+        shown(b".")
+        tty.type(b"first line\n")
+        shown(b"first line\n")
+        tty.type(b"second\n")
+        shown(b"second\n")
+        tty.type(b"\x04")  # Ctrl-D: end of input
+        assert proc.wait(timeout=TIMEOUT) == 0, proc.stderr.read()
+    finally:
+        _stop(proc)
+        tty.close()
+        out.close()
+    recorded = (tmp_path / "rec.out").read_bytes()
+    assert recorded.replace(b".", b"") == b"first line\nsecond\n" and recorded.count(b".") == 60
+    journal = Journal.load(rec)
+    reads = [e.data for e in journal.events if e.kind == READ]
+    assert reads == [b"first line\n", b"second\n", b""]  # as typed, then end of input
+    assert any(e.kind == POLL for e in journal.events)  # the echo guest waited and the input woke it
+    r = _boot(*apps, "--replay", str(rec), *_outputs(tmp_path, "rep"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == recorded
+    _same_run(tmp_path, "rec", "rep", recorded)
+
+
+def test_a_piped_run_replays_without_its_input(tmp_path):
+    data = os.urandom(50_000) + b"end"
+    rec = str(tmp_path / "pipe.rec")
+    r = _boot(ECHO, "--record", rec, *_outputs(tmp_path, "a"), stdin=data)
+    assert r.returncode == 0 and r.stdout == data, r.stderr.decode()
+    (tmp_path / "a.out").write_bytes(r.stdout)
+    r = _boot(ECHO, "--replay", rec, *_outputs(tmp_path, "b"), stdin=b"other input, never read")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == data
+    _same_run(tmp_path, "a", "b", data)
+
+
+def _free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_a_run_with_a_peer_outside_replays(tmp_path):
+    """udp_echo over user forwarding: the frames come from a host socket (and the idle clock advances
+    by the host time spent waiting for them); the replay has neither and does the same."""
+    port = _free_udp_port()
+    apps = [str(ROOT / "guest_apps" / "udp_echo"), "--net", f"user,hostfwd=udp:127.0.0.1:{port}-:7"]
+    rec = str(tmp_path / "net.rec")
+    proc = subprocess.Popen([sys.executable, "-m", "exo", "boot", *apps, "--record", rec, *_outputs(tmp_path, "a"),
+                             "--", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.5)
+        got = []
+        deadline = time.monotonic() + TIMEOUT
+        for i in range(3):
+            msg = f"datagram {i}".encode()
+            while True:  # until the guest is up and answers (a datagram before that is lost)
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                s.sendto(msg, ("127.0.0.1", port))
+                try:
+                    reply = s.recv(2048)
+                except TimeoutError:
+                    continue
+                got.append(reply)
+                break
+        s.close()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert got == [b"datagram 0", b"datagram 1", b"datagram 2"]
+    (tmp_path / "a.out").write_bytes(out)
+    assert any(e.kind == NET_RX for e in Journal.load(rec).events)
+    r = _boot(*apps, "--replay", rec, *_outputs(tmp_path, "b"), "--", "3")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == out
+    _same_run(tmp_path, "a", "b", out)
+
+
+@pytest.fixture
+def piped(tmp_path) -> str:
+    rec = str(tmp_path / "p.rec")
+    r = _boot(ECHO, "--record", rec, stdin=b"hello\n")
+    assert r.returncode == 0, r.stderr.decode()
+    return rec
+
+
+def test_replay_refuses_other_options(piped):
+    line = _one_line_error(_boot(ECHO, "--replay", piped, "--slice", "5000"))
+    assert line == "exo: error: --replay: the recording was made with --slice (not given); this run has 5000"
+    line = _one_line_error(_boot(ECHO, "--replay", piped, "--", "extra"))
+    assert "the guest arguments" in line
+
+
+def test_replay_refuses_another_image(piped, tmp_path):
+    other = make_app(tmp_path, "echo", TICKER, libos={"console": "direct"})  # same name, other code
+    line = _one_line_error(_boot(str(other), "--replay", piped))
+    assert line == "exo: error: --replay: app 'echo' is not the image that was recorded (rebuilt from changed sources?)"
+
+
+def test_replay_refuses_a_changed_disk_and_never_writes_it(tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(512 * 8))
+    rec = str(tmp_path / "d.rec")
+    r = _boot(ECHO, "--disk", str(disk), "--record", rec, stdin=b"x")
+    assert r.returncode == 0, r.stderr.decode()
+    r = _boot(ECHO, "--disk", str(disk), "--replay", rec)
+    assert r.returncode == 0 and r.stdout == b"x", r.stderr.decode()
+    disk.write_bytes(b"\1" + bytes(512 * 8 - 1))
+    line = _one_line_error(_boot(ECHO, "--disk", str(disk), "--replay", rec))
+    assert line.startswith("exo: error: --replay: the disk changed since the recording: replay needs it as it was")
+    line = _one_line_error(_boot(ECHO, "--replay", rec))
+    assert "--disk" in line
+
+
+def test_replay_refuses_a_truncated_or_foreign_file(piped, tmp_path):
+    raw = Path(piped).read_bytes()
+    cut = tmp_path / "cut.rec"
+    for n in (5, 20, len(raw) - 1, len(raw) - 30):
+        cut.write_bytes(raw[:n])
+        line = _one_line_error(_boot(ECHO, "--replay", str(cut)))
+        assert line.startswith(f"exo: error: {cut}: ") and ("truncated" in line or "not an exo recording" in line), line
+    line = _one_line_error(_boot(ECHO, "--replay", str(ROOT / "README.md")))
+    assert line == f"exo: error: {ROOT / 'README.md'}: not an exo recording (it does not start with EXOREPLAY)"
+
+
+def test_the_wall_clock_is_refused(piped, tmp_path):
+    for opt, path in (("--record", str(tmp_path / "w.rec")), ("--replay", piped)):
+        line = _one_line_error(_boot(ECHO, "--clock", "wall", opt, path))
+        assert line.startswith(f"exo: error: {opt}: needs --clock virtual"), line
+
+
+def test_record_and_replay_together_are_refused(piped, tmp_path):
+    line = _one_line_error(_boot(ECHO, "--record", str(tmp_path / "x.rec"), "--replay", piped))
+    assert line == "exo: error: --replay: record or replay, not both in one run"
+
+
+def test_a_divergence_names_where(piped, tmp_path):
+    """A journal whose first console read was a network frame: the replay stops at that call."""
+    j = Journal.load(piped)
+    first = next(i for i, e in enumerate(j.events) if e.kind == READ)
+    e = j.events[first]
+    j.events[first] = Event(NET_RX, e.seq, e.instructions, e.idle_ns, b"")
+    bad = tmp_path / "bad.rec"
+    bad.write_bytes(j.to_bytes())
+    line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
+    assert line.startswith(f"exo: error: --replay: replay diverged at instruction {e.instructions}, call {e.seq}: "
+                           f"the guest read the console, the recording has a network frame at instruction "
+                           f"{e.instructions}, call {e.seq}"), line
+    # An event the replay passes without consuming it (the recording read later than the replay does).
+    j = Journal.load(piped)
+    e = j.events[first]
+    j.events[first] = e._replace(seq=e.seq + 1000)
+    bad.write_bytes(j.to_bytes())
+    line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
+    assert "replay diverged at instruction" in line and "the recording has console input" in line, line
+
+
+def test_the_journal_round_trips_through_bytes():
+    j = Journal({"exo": "x", "apps": [], "options": {}, "disk": None},
+                [Event(READ, 3, 100, 0, b"abc"), Event(POLL, 4, 120, 7), Event(255, 9, 130, 7, b"exit")])
+    again = Journal.from_bytes(j.to_bytes())
+    assert again.events == j.events and again.header == j.header
