@@ -259,3 +259,56 @@ def test_the_journal_round_trips_through_bytes():
                 [Event(READ, 3, 100, 0, b"abc"), Event(POLL, 4, 120, 7), Event(255, 9, 130, 7, b"exit")])
     again = Journal.from_bytes(j.to_bytes())
     assert again.events == j.events and again.header == j.header
+
+
+def _recorded_echo(data: bytes) -> tuple[Journal, bytes, dict]:
+    from exo.api import System
+    from exo.replay import install
+
+    with System([ECHO], stdin=data) as s:
+        tape = install(s, Journal({}))
+        s.run()
+        tape.finish("exit")
+        return Journal.from_bytes(tape.journal.to_bytes()), s.stdout, s.stats()
+
+
+def test_a_replay_goes_live_where_the_journal_ends_and_can_mute_what_was_shown():
+    """What reverse execution needs: re-execute a prefix from the journal without showing its
+    output again, then go on with the real devices, recording."""
+    from exo.api import System
+    from exo.replay import install
+
+    journal, out, _ = _recorded_echo(b"hello")
+    assert out == b"hello" and [e.data for e in journal.events if e.kind == READ] == [b"hello", b""]
+    del journal.events[1:]  # only the first read: as if the run had been stopped there
+    with System([ECHO], stdin=b" world") as s:  # the real console has what comes after
+        tape = install(s, journal, replay=True, go_live=True, mute_bytes=3)
+        s.run()
+        tape.finish("exit")
+        assert s.stdout == b"lo world"  # "hel" was shown once already
+        assert tape.went_live_at is not None and tape.went_live_at > journal.events[0].instructions
+        assert [e.data for e in tape.journal.events if e.kind == READ] == [b"hello", b" world", b""]
+        live = s.stats()
+    assert live["envs"][0]["exit"] == 0
+    # Two reads and two writes: "hello" from the journal, " world" from the real console, then its end.
+    assert live["hypercalls"] == {"console_read": 3, "console_write": 2, "sched_op": 1}
+
+
+def test_without_go_live_a_replay_past_its_end_says_so(tmp_path):
+    """A recording of a run interrupted while a guest waited for typed input replays up to there."""
+    rec = tmp_path / "cut.rec"
+    tty = Terminal()
+    proc = _spawn([sys.executable, "-m", "exo", "boot", ECHO, "--record", str(rec)], dict(os.environ),
+                  stdin=tty.slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        tty.type(b"typed\n")
+        assert proc.stdout.read(6) == b"typed\n"
+        proc.terminate()
+        assert proc.wait(timeout=TIMEOUT) == 143
+    finally:
+        _stop(proc)
+        tty.close()
+    assert Journal.load(rec).end.data == b"interrupted"
+    r = _boot(ECHO, "--replay", str(rec))
+    assert r.returncode == 130 and r.stdout == b"typed\n", r.stderr.decode()
+    assert r.stderr.decode().endswith("(the recorded run was interrupted there)\n")

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         end = journal.end
         if args.replay and end is not None and end.data == b"interrupted":
-            budget = min(budget or end.instructions, end.instructions)  # run up to where the recording stopped
+            budget = max(1, min(budget or end.instructions, end.instructions))  # up to where the recording stopped
     for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
@@ -146,11 +146,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         uninstall_breakpoint()
+        if args.record and tape is not None:
+            tape.finish("interrupted" if interrupted else "exit")  # stamped while the vCPU's count is there
         system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
         if disk is not args.disk:
             os.unlink(disk.removesuffix(":ro"))
     if args.record and tape is not None:
-        tape.finish("interrupted" if interrupted else "exit")
         journal.save(args.record)
     stats = system.stats()
     if args.stats_json:
