@@ -121,6 +121,8 @@ def test_a_piped_run_replays_without_its_input(tmp_path):
     r = _boot(ECHO, "--record", rec, *_outputs(tmp_path, "a"), stdin=data)
     assert r.returncode == 0 and r.stdout == data, r.stderr.decode()
     (tmp_path / "a.out").write_bytes(r.stdout)
+    r = _boot(ECHO, *_outputs(tmp_path, "plain"), stdin=data)
+    _same_run(tmp_path, "a", "plain", data)  # recording changes nothing the guest sees, nor a count
     r = _boot(ECHO, "--replay", rec, *_outputs(tmp_path, "b"), stdin=b"other input, never read")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == data
@@ -252,6 +254,12 @@ def test_a_divergence_names_where(piped, tmp_path):
     bad.write_bytes(j.to_bytes())
     line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
     assert "replay diverged at instruction" in line and "the recording has console input" in line, line
+    # A recording that ended (end of input) while this replay waits for more input.
+    j = Journal.load(piped)
+    j.events = [e for e in j.events if not (e.kind == READ and e.data == b"")]
+    bad.write_bytes(j.to_bytes())
+    line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
+    assert ": every guest waited for console input, the recording has the end of the run at" in line, line
 
 
 def test_the_journal_round_trips_through_bytes():

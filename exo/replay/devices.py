@@ -31,7 +31,7 @@ _NS = struct.Struct("<Q")
 # The call a replay was making when it found the recording elsewhere (a divergence message).
 CALL_TEXT = {"read": "the guest read the console", "poll": "the kernel polled the console for input",
              "write": "the guest wrote to the console", "recv": "the kernel took frames from the network",
-             "advance": "the kernel advanced the idle clock"}
+             "advance": "the kernel advanced the idle clock", "wait": "every guest waited for console input"}
 
 
 class Diverged(ExoUserError):
@@ -59,8 +59,12 @@ class Tape:
         self.go_live = go_live
         self.replaying = replay
         self.went_live_at: int | None = None  # the instruction count where a replay went live
+        self.reached = 0  # recording: the instruction count at the latest call
         events = journal.events
         self._end = len(events) - 1 if events and events[-1].kind == END else len(events)
+        end = journal.end
+        # An interrupted recording: once its last call is replayed, the next call is past its end.
+        self._last_call = end.seq if replay and not go_live and end is not None and end.data == b"interrupted" else None
         if not replay:
             del events[self._end:]  # an END is written again by `finish`
 
@@ -76,12 +80,25 @@ class Tape:
             self.went_live_at = self.stamp()[0]
         return self.replaying
 
+    def call(self) -> bool:
+        """Count a device call; True if the journal answers it (replaying), False if the device does."""
+        self.seq += 1
+        if self.replay_mode():
+            if self._last_call is not None and self.seq > self._last_call:
+                raise ReplayEnded
+            return True
+        self.reached = self.stamp()[0]
+        return False
+
     def note(self, kind: int, data: bytes = b"") -> None:
         instr, idle = self.stamp()
         self.journal.events.append(Event(kind, self.seq, instr, idle, data))
 
     def take(self, call: str, kind: int) -> Event | None:
         if self.pos >= self._end:
+            end = self.journal.end
+            if end is not None and self.stamp()[0] > end.instructions:
+                raise self.diverged(call, end)  # the recorded run had ended by now
             return None
         ev = self.journal.events[self.pos]
         if ev.seq == self.seq:
@@ -106,7 +123,9 @@ class Tape:
     def finish(self, reason: str) -> None:
         """Append the END event (recording, or a replay that went live)."""
         if not self.replaying:
-            self.note(END, reason.encode())
+            # The vCPU's count misses the instructions of a slice an interrupt (Ctrl-C) cut short.
+            instr, idle = self.stamp()
+            self.journal.events.append(Event(END, self.seq, max(instr, self.reached), idle, reason.encode()))
 
 
 class JournaledConsole:
@@ -123,8 +142,7 @@ class JournaledConsole:
 
     def read(self, n: int) -> bytes | None:
         t = self._tape
-        t.seq += 1
-        if t.replay_mode():
+        if t.call():
             ev = t.take("read", READ)
             if ev is None:
                 return None  # nothing typed yet, as when recording
@@ -138,8 +156,7 @@ class JournaledConsole:
 
     def poll(self) -> bool:
         t = self._tape
-        t.seq += 1
-        if t.replay_mode():
+        if t.call():
             return t.take("poll", POLL) is not None
         ready = self._real.poll()
         if ready:
@@ -150,14 +167,16 @@ class JournaledConsole:
         t = self._tape
         if t.replay_mode():
             if t.exhausted:
+                end = t.journal.end
+                if end is not None and end.data == b"exit":
+                    raise t.diverged("wait", end)  # the recorded run ended; this one waits for more
                 raise ReplayEnded
             return False  # no host time passes in a replay: the next poll says what the recording saw
         return self._real.wait_input(timeout)
 
     def write(self, data: bytes) -> int:
         t = self._tape
-        t.seq += 1
-        if t.replay_mode():
+        if t.call():
             if t.take("write", WRITE_CLOSED) is not None:
                 return -1
             self._show(data)
@@ -197,8 +216,7 @@ class JournaledBackend:
 
     def recv(self) -> list[bytes]:
         t = self._tape
-        t.seq += 1
-        if t.replay_mode():
+        if t.call():
             ev = t.take("recv", NET_RX)
             return [] if ev is None else unpack_frames(ev.data)
         frames = self._real.recv()
@@ -222,8 +240,7 @@ def journal_advance(clock: Any, tape: Tape) -> None:
     advance = clock.advance
 
     def journaled(ns: int) -> None:
-        tape.seq += 1
-        if tape.replay_mode():
+        if tape.call():
             ev = tape.take("advance", ADVANCE)
             if ev is None:
                 raise tape.diverged("advance", tape.journal.events[tape.pos]) if not tape.exhausted else ReplayEnded

@@ -79,11 +79,13 @@ def _show(value: object) -> str:
 
 
 def _stamp_of(system: Any):
+    from hw.clock import NS_PER_INSTRUCTION
+
     cpu, clock = system.kernel.cpu, system.machine.clock
 
     def stamp() -> tuple[int, int]:
         instr = cpu.instructions()
-        return instr, clock.now_ns() - instr  # NS_PER_INSTRUCTION is 1 (hw/clock.py)
+        return instr, clock.now_ns() - instr * NS_PER_INSTRUCTION  # the idle part of the virtual clock
 
     return stamp
 
