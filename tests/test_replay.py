@@ -23,7 +23,7 @@ from test_cli import _one_line_error
 from test_echo import run_exo
 
 from exo.replay import Event, Journal
-from exo.replay.journal import NET_RX, POLL, READ
+from exo.replay.journal import ADVANCE, NET_RX, POLL, READ
 
 ECHO = str(ROOT / "guest_apps" / "echo")
 
@@ -170,7 +170,8 @@ def test_a_run_with_a_peer_outside_replays(tmp_path):
     assert proc.returncode == 0, err.decode()
     assert got == [b"datagram 0", b"datagram 1", b"datagram 2"]
     (tmp_path / "a.out").write_bytes(out)
-    assert any(e.kind == NET_RX for e in Journal.load(rec).events)
+    kinds = {e.kind for e in Journal.load(rec).events}
+    assert NET_RX in kinds and ADVANCE in kinds  # frames, and host time spent waiting for them
     r = _boot(*apps, "--replay", rec, *_outputs(tmp_path, "b"), "--", "3")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == out
@@ -254,6 +255,14 @@ def test_a_divergence_names_where(piped, tmp_path):
     bad.write_bytes(j.to_bytes())
     line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
     assert "replay diverged at instruction" in line and "the recording has console input" in line, line
+    # The same call, consumed at another point of the run (the recording's guest had run one more instruction).
+    j = Journal.load(piped)
+    e = j.events[first]
+    j.events[first] = e._replace(instructions=e.instructions + 1)
+    bad.write_bytes(j.to_bytes())
+    line = _one_line_error(_boot(ECHO, "--replay", str(bad)))
+    assert line.endswith(f"the guest read the console, the recording has console input at instruction "
+                         f"{e.instructions + 1}, call {e.seq}"), line
     # A recording that ended (end of input) while this replay waits for more input.
     j = Journal.load(piped)
     j.events = [e for e in j.events if not (e.kind == READ and e.data == b"")]
