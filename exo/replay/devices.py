@@ -51,9 +51,10 @@ class Tape:
     """
 
     def __init__(self, journal: Journal, stamp: Callable[[], tuple[int, int]], *, replay: bool = False,
-                 go_live: bool = False) -> None:
+                 go_live: bool = False, instructions: Callable[[], int] | None = None) -> None:
         self.journal = journal
         self.stamp = stamp
+        self._instructions = instructions or (lambda: stamp()[0])
         self.seq = 0
         self.pos = 0
         self.go_live = go_live
@@ -87,7 +88,7 @@ class Tape:
             if self._last_call is not None and self.seq > self._last_call:
                 raise ReplayEnded
             return True
-        self.reached = self.stamp()[0]
+        self.reached = self._instructions()
         return False
 
     def note(self, kind: int, data: bytes = b"") -> None:

@@ -102,7 +102,7 @@ def install(system: Any, journal: Journal, *, replay: bool = False, go_live: boo
         raise ExoUserError("--replay" if replay else "--record",
                            "needs --clock virtual: under the wall clock guest time is the host's and a run "
                            "cannot be replayed")
-    tape = Tape(journal, _stamp_of(system), replay=replay, go_live=go_live)
+    tape = Tape(journal, _stamp_of(system), replay=replay, go_live=go_live, instructions=system.kernel.cpu.instructions)
     machine.console = JournaledConsole(machine.console, tape, mute_bytes)
     nic = machine.nic
     if nic is not None:
