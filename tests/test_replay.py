@@ -329,3 +329,36 @@ def test_without_go_live_a_replay_past_its_end_says_so(tmp_path):
     r = _boot(ECHO, "--replay", str(rec))
     assert r.returncode == 130 and r.stdout == b"typed\n", r.stderr.decode()
     assert r.stderr.decode().endswith("(the recorded run was interrupted there)\n")
+
+
+def test_a_replay_under_gdb(piped):
+    """The recorded run, debugged: gdb steps it and lets it go on; the output is the recording's."""
+    import re
+    import select
+    import shutil
+
+    from conftest import need_tool
+
+    need_tool(shutil.which("gdb") is not None, "gdb is not installed")
+    proc = subprocess.Popen([sys.executable, "-m", "exo", "boot", ECHO, "--replay", piped, "--gdb", "127.0.0.1:0",
+                             "--gdb-wait"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        err = b""
+        deadline = time.monotonic() + TIMEOUT
+        while not re.search(rb"listening on 127\.0\.0\.1:(\d+)", err):
+            assert time.monotonic() < deadline and proc.poll() is None, err.decode()
+            if select.select([proc.stderr], [], [], 1)[0]:
+                err += os.read(proc.stderr.fileno(), 4096)
+        port = re.search(rb"listening on 127\.0\.0\.1:(\d+)", err).group(1).decode()
+        r = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"target remote 127.0.0.1:{port}", "-ex", "stepi 3",
+                            "-ex", "info registers rip", "-ex", "continue"], capture_output=True,
+                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        text = r.stdout.decode() + r.stderr.decode()
+        assert "0x0000000000400000 in" in text and re.search(r"rip\s+0x", text) and "exited normally" in text, text
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out == b"hello\n"
