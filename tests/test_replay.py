@@ -207,6 +207,12 @@ def test_replay_refuses_a_changed_disk_and_never_writes_it(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     r = _boot(ECHO, "--disk", str(disk), "--replay", rec)
     assert r.returncode == 0 and r.stdout == b"x", r.stderr.decode()
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(disk.read_bytes())
+    r = _boot(ECHO, "--disk", str(copy), "--replay", rec)  # the disk is its contents, wherever it is
+    assert r.returncode == 0 and r.stdout == b"x", r.stderr.decode()
+    line = _one_line_error(_boot(ECHO, "--disk", f"{copy}:ro", "--replay", rec))
+    assert line == "exo: error: --replay: the recording was made with --disk rw; this run has ro"
     disk.write_bytes(b"\1" + bytes(512 * 8 - 1))
     line = _one_line_error(_boot(ECHO, "--disk", str(disk), "--replay", rec))
     assert line.startswith("exo: error: --replay: the disk changed since the recording: replay needs it as it was")
@@ -362,3 +368,26 @@ def test_a_replay_under_gdb(piped):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and out == b"hello\n"
+
+
+def test_a_run_that_writes_its_disk_replays_from_a_copy_and_never_writes_it(tmp_path):
+    """mkdir writes and flushes the disk: the image the recording started from is kept as a copy;
+    replays from the copy run on a private copy of it, so the copy stays as it was (replayable again)."""
+    disk, orig = tmp_path / "disk.img", tmp_path / "orig.img"
+    r = run_exo("mkfs", str(disk), "--size", "1M")
+    assert r.returncode == 0, r.stderr.decode()
+    orig.write_bytes(disk.read_bytes())
+    mkdir = str(ROOT / "guest_apps" / "mkdir")
+    rec = str(tmp_path / "m.rec")
+    r = _boot(mkdir, "--disk", str(disk), "--record", rec, *_outputs(tmp_path, "a"), "--", "/newdir")
+    assert r.returncode == 0, r.stderr.decode()
+    (tmp_path / "a.out").write_bytes(r.stdout)
+    assert disk.read_bytes() != orig.read_bytes()  # the run wrote it
+    line = _one_line_error(_boot(mkdir, "--disk", str(disk), "--replay", rec, "--", "/newdir"))
+    assert "the disk changed since the recording" in line
+    kept = orig.read_bytes()
+    for name in ("b", "c"):
+        r = _boot(mkdir, "--disk", str(orig), "--replay", rec, *_outputs(tmp_path, name), "--", "/newdir")
+        assert r.returncode == 0, r.stderr.decode()
+        _same_run(tmp_path, "a", name, r.stdout)
+        assert orig.read_bytes() == kept

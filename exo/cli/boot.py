@@ -210,7 +210,9 @@ def _journal(args: argparse.Namespace, apps: list):
         raise ExoUserError("--disk", f"{disk}: no such disk image")
     options = {"apps": [a.name for a in apps], "args": list(args.guest_args), "clock": args.clock,
                "structure": args.structure, "slice": args.slice, "ram": args.ram, "quota": sorted(args.quota),
-               "max_instructions": args.max_instructions, "disk": args.disk,
+               "max_instructions": args.max_instructions,
+               # The disk by its contents (the header's hash) and mode: a copy elsewhere replays too.
+               "disk": None if disk is None else ("ro" if args.disk.endswith(":ro") else "rw"),
                "disk_fail_after": args.disk_fail_after, "net": args.net, "net_faults": args.net_faults}
     header = make_header(apps, options, disk)
     if args.record:
