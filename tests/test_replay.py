@@ -174,6 +174,7 @@ def test_a_run_with_a_peer_outside_replays(tmp_path):
     assert NET_RX in kinds and ADVANCE in kinds  # frames, and host time spent waiting for them
     r = _boot(*apps, "--replay", rec, *_outputs(tmp_path, "b"), "--", "3")
     assert r.returncode == 0, r.stderr.decode()
+    assert b"exo: net:" not in r.stderr  # no forwarding announced: the replay closed its ports
     assert r.stdout == out
     _same_run(tmp_path, "a", "b", out)
 

@@ -207,6 +207,11 @@ class JournaledBackend:
         self._real = real
         self._tape = tape
         self.external = real.external
+        if tape.replaying and not tape.go_live:
+            # Nothing will go through it: give back its ports (hostfwd), its TAP, at once. Its
+            # forwards are not announced: there is nothing to connect to.
+            real.close()
+            self.forwards = ()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
