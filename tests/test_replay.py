@@ -392,3 +392,20 @@ def test_a_run_that_writes_its_disk_replays_from_a_copy_and_never_writes_it(tmp_
         assert r.returncode == 0, r.stderr.decode()
         _same_run(tmp_path, "a", name, r.stdout)
         assert orig.read_bytes() == kept
+
+
+def test_a_run_over_the_switch_replays(tmp_path):
+    """Two guests and the in-process switch (tests/exo/test_net.py's sender and receiver): the frames
+    are journaled as received and the replay's counts, output and trace are the recording's."""
+    from tests.exo.test_net import IP0, IP1, MAC0, MAC1, RX, tx_source, udp_frame
+
+    rx = make_app(tmp_path, "rx", RX)
+    tx = make_app(tmp_path, "tx", tx_source(udp_frame(MAC1, MAC0, IP1, IP0, 7, b"over the switch\n")))
+    rec = str(tmp_path / "sw.rec")
+    r = _boot(str(rx), str(tx), "--net", "switch", "--record", rec, *_outputs(tmp_path, "a"))
+    assert r.returncode == 0 and r.stdout == b"A1\nover the switch\n", r.stderr.decode()
+    (tmp_path / "a.out").write_bytes(r.stdout)
+    assert any(e.kind == NET_RX for e in Journal.load(rec).events)
+    r = _boot(str(rx), str(tx), "--net", "switch", "--replay", rec, *_outputs(tmp_path, "b"))
+    assert r.returncode == 0, r.stderr.decode()
+    _same_run(tmp_path, "a", "b", r.stdout)
