@@ -11,9 +11,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exo.cli import EXIT_FAULT
 from exo.errors import ExoUserError
+
+if TYPE_CHECKING:
+    from exo.replay import Journal
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     return status & 0xFF
 
 
-def _journal(args: argparse.Namespace, apps: list):
+def _journal(args: argparse.Namespace, apps: list) -> Journal | None:
     """The journal to record into (a new one) or to replay (loaded and checked against this run); None."""
     if not (args.record or args.replay):
         return None

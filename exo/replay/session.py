@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _stamp_of(system: Any):
+def _stamp_of(system: Any) -> Callable[[], tuple[int, int]]:
     from hw.clock import NS_PER_INSTRUCTION
 
     cpu, clock = system.kernel.cpu, system.machine.clock
