@@ -11,9 +11,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exo.cli import EXIT_FAULT
 from exo.errors import ExoUserError
+
+if TYPE_CHECKING:
+    from exo.replay import Journal
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gdb-history", type=int, default=None, metavar="MIB",
                    help="with --gdb: memory for reverse execution's checkpoints (default 256; 0: reverse off) "
                         "(docs/debugging.md, Reverse execution)")
+    p.add_argument("--record", metavar="FILE",
+                   help="record what the run consumes from outside (console input, network frames) to FILE, "
+                        "with the options, image and disk hashes (docs/debugging.md, Record and replay)")
+    p.add_argument("--replay", metavar="FILE",
+                   help="replay a recording made with the same apps and options: same output, stats and trace; "
+                        "the disk is not written")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,16 +88,41 @@ def run(args: argparse.Namespace) -> int:
         raise ExoUserError("--gdb-history", "needs --gdb [HOST:]PORT")
     if args.gdb_history is not None and args.gdb_history < 0:
         raise ExoUserError("--gdb-history", f"must be >= 0 MiB, got {args.gdb_history}")
-    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap)):
+    for opt, path in (("--stats-json", args.stats_json), ("--trace", args.trace), ("--pcap", args.pcap),
+                      ("--record", args.record)):
         if path and not (Path(path).resolve().parent.is_dir() and os.access(Path(path).resolve().parent, os.W_OK)):
             raise ExoUserError(path, f"{opt}: the directory does not exist or is not writable")
 
-    system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                    stdin=0, stdout=1, args=guest_args, quotas=quotas, disk=args.disk,
-                    disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
-                    pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
-                    on_fault=_print_report)
+    journal = _journal(args, apps)  # --record / --replay: checked before anything runs
+    disk = args.disk
+    if args.replay and disk:
+        disk = _private_copy(disk)  # a replay never writes the image: it may be replayed again
+    try:
+        system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
+                        stdin=None if args.replay else 0, stdout=1, args=guest_args, quotas=quotas, disk=disk,
+                        disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
+                        pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
+                        on_fault=_print_report)
+    except BaseException:
+        if disk is not args.disk:
+            os.unlink(disk.removesuffix(":ro"))
+        raise
     machine, kernel, envs = system.machine, system.kernel, system.envs
+    tape = None
+    budget = args.max_instructions
+    replay_ended: tuple = ()  # what a replay raises when it needs input past the end of the recording
+    if journal is not None:
+        from exo.replay import ReplayEnded, install
+
+        replay_ended = (ReplayEnded,)
+        try:
+            tape = install(system, journal, replay=bool(args.replay))
+        except BaseException:
+            system.close()
+            raise
+        end = journal.end
+        if args.replay and end is not None and end.data == b"interrupted":
+            budget = max(1, min(budget or end.instructions, end.instructions))  # up to where the recording stopped
     for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
@@ -111,17 +146,27 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
     try:
         if gdb is not None:
-            gdb.run(args.gdb_wait, args.max_instructions)
+            gdb.run(args.gdb_wait, budget)
         else:
-            system.run(args.max_instructions)
+            system.run(budget)
+        if budget is not None and budget != args.max_instructions and kernel.watchdog_fired:
+            interrupted = "replay ended"
     except _Terminated:
         interrupted = "terminated"
     except KeyboardInterrupt:
         interrupted = "interrupted"  # still write what was counted and traced so far
+    except replay_ended:
+        interrupted = "replay ended"
     finally:
         signal.signal(signal.SIGTERM, previous)
         uninstall_breakpoint()
+        if args.record and tape is not None:
+            tape.finish("interrupted" if interrupted else "exit")  # stamped while the vCPU's count is there
         system.close()  # no implicit flush: unflushed disk writes are lost (docs/disk.md); writes the trace
+        if disk is not args.disk:
+            os.unlink(disk.removesuffix(":ro"))
+    if args.record and tape is not None:
+        journal.save(args.record)
     stats = system.stats()
     if args.stats_json:
         try:
@@ -138,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         for e in kernel.alive():  # where each was, so a guest that never ends has a location
             sys.stderr.write(f"exo: environment {e.id} ({e.name}) was at {_locate(kernel, e)}\n")
+        if interrupted == "replay ended":
+            interrupted = (f"replay: the recording ends at instruction {journal.end.instructions} "
+                           "(the recorded run was interrupted there)")
         sys.stderr.write(f"exo: {interrupted}\n")
         return 143 if interrupted == "terminated" else 130
     if machine.console.output_error:
@@ -157,6 +205,50 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"exo: environment {first.id} ({first.name}) exited with status {status}; "
                          f"the process exit status is its low 8 bits: 0\n")
     return status & 0xFF
+
+
+def _journal(args: argparse.Namespace, apps: list) -> Journal | None:
+    """The journal to record into (a new one) or to replay (loaded and checked against this run); None."""
+    if not (args.record or args.replay):
+        return None
+    if args.record and args.replay:
+        raise ExoUserError("--replay", "record or replay, not both in one run")
+    opt = "--replay" if args.replay else "--record"
+    if args.clock != "virtual":
+        raise ExoUserError(opt, "needs --clock virtual: under the wall clock guest time is the host's and a run "
+                                "cannot be replayed")
+    from exo.replay import Journal, check_header, make_header
+
+    disk = args.disk.removesuffix(":ro").removesuffix(":rw") if args.disk else None
+    if disk is not None and not os.path.isfile(disk):
+        raise ExoUserError("--disk", f"{disk}: no such disk image")
+    options = {"apps": [a.name for a in apps], "args": list(args.guest_args), "clock": args.clock,
+               "structure": args.structure, "slice": args.slice, "ram": args.ram, "quota": sorted(args.quota),
+               "max_instructions": args.max_instructions,
+               # The disk by its contents (the header's hash) and mode: a copy elsewhere replays too.
+               "disk": None if disk is None else ("ro" if args.disk.endswith(":ro") else "rw"),
+               "disk_fail_after": args.disk_fail_after, "net": args.net, "net_faults": args.net_faults}
+    header = make_header(apps, options, disk)
+    if args.record:
+        return Journal(header)
+    journal = Journal.load(args.replay)
+    check_header(journal.header, header)
+    return journal
+
+
+def _private_copy(spec: str) -> str:
+    """A temporary copy of a disk image (``IMAGE[:ro|:rw]``) for a replay to write; its spec."""
+    import shutil
+    import tempfile
+
+    path, suffix = spec, ""
+    for s in (":ro", ":rw"):
+        if spec.endswith(s):
+            path, suffix = spec[: -len(s)], s
+    fd, copy = tempfile.mkstemp(prefix="exo-replay-", suffix=".img")
+    os.close(fd)
+    shutil.copyfile(path, copy)
+    return copy + (":ro" if suffix == ":ro" else "")
 
 
 def _locate(kernel, env) -> str:
