@@ -53,8 +53,9 @@ RFLAGS_TF = 1 << 8  # trap flag: #DB after the next instruction (SDM Vol. 3B 17.
 
 # The register file gdb is told about (target description below), in 'g' packet order:
 # (name, size in bytes, Unicorn register, gdb type, may gdb write it). The names and the
-# features are gdb's own (gdb/features/i386/64bit-core.xml, 64bit-segments.xml): gdb
-# checks them by name. x87 registers are part of gdb's amd64 core feature; SSE is not sent.
+# features are gdb's own (gdb/features/i386/64bit-core.xml, 64bit-sse.xml, 64bit-segments.xml):
+# gdb checks them by name. x87 registers are part of gdb's amd64 core feature; SSE is its own
+# (C guests at -O2 keep values in xmm registers: docs/guests.md).
 _CORE = [(n, 8, getattr(X, f"UC_X86_REG_{n.upper()}"), t, True) for n, t in (
     ("rax", "int64"), ("rbx", "int64"), ("rcx", "int64"), ("rdx", "int64"), ("rsi", "int64"),
     ("rdi", "int64"), ("rbp", "data_ptr"), ("rsp", "data_ptr"), *((f"r{i}", "int64") for i in range(8, 16)),
@@ -67,8 +68,10 @@ _CORE += [(n, 4, r, "int", True) for n, r in (
     ("fctrl", X.UC_X86_REG_FPCW), ("fstat", X.UC_X86_REG_FPSW), ("ftag", X.UC_X86_REG_FPTAG),
     ("fiseg", None), ("fioff", X.UC_X86_REG_FIP), ("foseg", None), ("fooff", X.UC_X86_REG_FDP),
     ("fop", X.UC_X86_REG_FOP))]
+_SSE = [(f"xmm{i}", 16, getattr(X, f"UC_X86_REG_XMM{i}"), "vec128", True) for i in range(16)]
+_SSE += [("mxcsr", 4, X.UC_X86_REG_MXCSR, "i386_mxcsr", True)]
 _SEGMENTS = [(n, 8, r, "int", True) for n, r in (("fs_base", X.UC_X86_REG_FS_BASE), ("gs_base", X.UC_X86_REG_GS_BASE))]
-REGISTERS = _CORE + _SEGMENTS
+REGISTERS = _CORE + _SSE + _SEGMENTS
 REG_INDEX = {r[0]: i for i, r in enumerate(REGISTERS)}
 _FP_FIRST = REG_INDEX["st0"]
 
@@ -77,6 +80,7 @@ def _xml_regs(regs: list) -> str:
     out = []
     for name, size, _, typ, _ in regs:
         group = ' group="float"' if name.startswith(("st", "f")) and not name.endswith("_base") else ""
+        group = ' group="vector"' if name.startswith(("xmm", "mxcsr")) else group
         out.append(f'<reg name="{name}" bitsize="{size * 8}" type="{typ}"{group}/>')
     return "".join(out)
 
@@ -85,12 +89,27 @@ _EFLAGS_FLAGS = "".join(f'<field name="{n}" start="{b}" end="{b}"/>' for n, b in
     ("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), ("IF", 9), ("DF", 10), ("OF", 11),
     ("NT", 14), ("RF", 16), ("VM", 17), ("AC", 18), ("VIF", 19), ("VIP", 20), ("ID", 21)))
 
+# The vec128 union and the MXCSR flags, as gdb/features/i386/64bit-sse.xml declares them (the
+# bfloat16 and half views of newer gdbs left out: every gdb since 7 reads this one).
+_SSE_TYPES = "".join(f'<vector id="{i}" type="{t}" count="{n}"/>' for i, t, n in (
+    ("v4f", "ieee_single", 4), ("v2d", "ieee_double", 2), ("v16i8", "int8", 16), ("v8i16", "int16", 8),
+    ("v4i32", "int32", 4), ("v2i64", "int64", 2)))
+_SSE_TYPES += ('<union id="vec128">' + "".join(f'<field name="{n}" type="{t}"/>' for n, t in (
+    ("v4_float", "v4f"), ("v2_double", "v2d"), ("v16_int8", "v16i8"), ("v8_int16", "v8i16"),
+    ("v4_int32", "v4i32"), ("v2_int64", "v2i64"), ("uint128", "uint128"))) + "</union>")
+_SSE_TYPES += ('<flags id="i386_mxcsr" size="4">' + "".join(
+    f'<field name="{n}" start="{b}" end="{b}"/>' for n, b in (
+        ("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5), ("DAZ", 6), ("IM", 7), ("DM", 8),
+        ("ZM", 9), ("OM", 10), ("UM", 11), ("PM", 12), ("FZ", 15))) + "</flags>")
+
 TARGET_XML = (
     '<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
     "<target><architecture>i386:x86-64</architecture>"
     '<feature name="org.gnu.gdb.i386.core">'
     f'<flags id="i386_eflags" size="4">{_EFLAGS_FLAGS}</flags>'
     f"{_xml_regs(_CORE)}</feature>"
+    '<feature name="org.gnu.gdb.i386.sse">'
+    f"{_SSE_TYPES}{_xml_regs(_SSE)}</feature>"
     f'<feature name="org.gnu.gdb.i386.segments">{_xml_regs(_SEGMENTS)}</feature>'
     "</target>"
 )

@@ -648,3 +648,32 @@ def test_stepi_in_another_thread_lets_the_stopped_one_run(gdb_tool):
     assert "exited normally" in text, text
     code, out, err = stub.finish()
     assert code == 0 and out.count("I am") == 15, err
+
+
+SSE_APP = """
+section .text
+_start:
+    mov rax, 0x1122334455667788
+    movq xmm3, rax
+marked:
+    movhlps xmm4, xmm3
+    movq rbx, xmm4
+    mov rdi, SCHED_EXIT
+    mov rsi, rbx
+    call HC_SCHED_OP
+"""
+
+
+def test_sse_registers_read_and_written(tmp_path, gdb_tool):
+    # The org.gnu.gdb.i386.sse feature: gdb shows and changes xmm registers and MXCSR (C at -O2 keeps
+    # values there). The guest exits with xmm3's high half, which only gdb's write can have set.
+    app = make_app(tmp_path, "sse", SSE_APP)
+    stub = Stub(str(app))
+    text = stub.gdb(f"break *{_symbols(app)['marked']:#x}", "continue", "p/x $xmm3.v2_int64", "p $mxcsr",
+                    "set var $xmm3.v2_int64[1] = 5", "p/x $xmm3.uint128", "info registers fs_base", "continue")
+    assert "{0x1122334455667788, 0x0}" in text, text
+    assert "[ IM DM ZM OM UM PM ]" in text, text  # 0x1f80: every exception masked, as at reset
+    assert "0x51122334455667788" in text, text
+    assert re.search(r"^fs_base\s+0x0\s", text, re.M), text  # the segments feature after SSE still reads
+    code, _, err = stub.finish()
+    assert code == 5, err
