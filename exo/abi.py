@@ -158,6 +158,14 @@ UTRAPFRAME_FIELDS = (
 )  # fmt: skip
 UTRAPFRAME_SIZE = 8 * len(UTRAPFRAME_FIELDS)
 
+# env_set_syscall modes (issue 15, docs/posix.md): every `syscall` is a hypercall, or one whose RIP is
+# outside [HYPERCALL_PAGE, EXO_REGION_END) goes to the registered libOS entry (a Linux system call).
+SYSCALL_HYPERCALL = 0
+SYSCALL_REFLECT = 1
+# env_set_fsbase: which base (arch_prctl's ARCH_SET_FS / ARCH_SET_GS)
+FSBASE_FS = 0
+FSBASE_GS = 1
+
 # Upcall vectors beyond the CPU's: events the exokernel announces to the libOS.
 UPCALL_TIMER = 0x100  # a new time slice starts
 UPCALL_NET = 0x101  # frames arrived in the receive ring while the environment was not waiting (exo/net.py)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-KINDS = ("hypercall", "syscall", "trap", "upcall", "interrupt", "context_switch", "libcall", "kcall")
+KINDS = ("hypercall", "syscall", "reflect", "trap", "upcall", "interrupt", "context_switch", "libcall", "kcall")
 
 
 class Accounting:
@@ -26,6 +26,7 @@ class Accounting:
         self._hc: dict[tuple[int, str], int] = {}  # (env id, hypercall name) -> count
         self._ev: dict[tuple[str, int], int] = {}  # (kind, env id) -> count, other kinds
         self._envs: list[int] = []
+        self.reflected: dict[tuple[int, str], int] = {}  # (env id, Linux syscall name) -> count
         # Optional observer (the tracer of the instrumentation issue): called as
         # tracer(kind, env_id, name). None costs one attribute test per event.
         self.tracer: Callable[[str, int, str], None] | None = None
@@ -70,6 +71,14 @@ class Accounting:
         for (kind, env), n in self._ev.items():
             out.setdefault(env, Counter({k: 0 for k in KINDS}))[kind] += n
         return out
+
+    @property
+    def syscalls(self) -> Counter[str]:
+        """Reflected Linux system calls by name (the `reflect` transitions, split by call)."""
+        c: Counter[str] = Counter()
+        for (_, name), n in self.reflected.items():
+            c[name] += n
+        return c
 
     def hypercalls_of(self, env_id: int) -> Counter[str]:
         return Counter({name: n for (e, name), n in self._hc.items() if e == env_id})

@@ -134,6 +134,8 @@ def collect_stats(kernel: Any) -> dict:
         "clock": kernel.machine.clock.mode,
         "transitions": dict(kinds),
         "hypercalls": dict(sorted(acct.hypercalls.items())),
+        # Linux system calls reflected to a libOS (docs/posix.md), by name; only when there were any
+        **({"syscalls": dict(sorted(acct.syscalls.items()))} if acct.reflected else {}),
         "guest_instructions": kernel.cpu.retired_total if virtual else None,
         "envs": envs,
         "tenants": [t.usage() for t in kernel.tenants],

@@ -295,37 +295,40 @@ def _spec(name: str, description: str, *, overrides: Mapping[str, Constant] | No
     return _Spec(name, description, kinds, overrides or {})
 
 
+# `reflect` (a Linux program's `syscall` redirected to its libOS, issue 15) is the same
+# hardware transition as the profile's `syscall` (trap in, return out), so it is charged that
+# constant, with that constant's cited source.
 _SPECS = (
     _spec("native-syscall",
           "Hypercalls cost a native syscall/sysret round trip without page-table isolation; context "
           "switches keep the TLB (PCID).",
-          hypercall=SYSCALL, syscall=SYSCALL, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
+          hypercall=SYSCALL, syscall=SYSCALL, reflect=SYSCALL, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
           context_switch=CTX_TAGGED, libcall=LIBCALL, kcall=KCALL),
     _spec("native-syscall-kpti",
           "Native syscall/sysret with kernel page-table isolation (the Meltdown mitigation) on a CPU with "
           "PCID: every kernel entry and exit writes CR3; nothing is flushed.",
-          hypercall=KPTI_SYSCALL, syscall=KPTI_SYSCALL, trap=KPTI_TRAP, upcall=KPTI_UPCALL,
+          hypercall=KPTI_SYSCALL, syscall=KPTI_SYSCALL, reflect=KPTI_SYSCALL, trap=KPTI_TRAP, upcall=KPTI_UPCALL,
           interrupt=KPTI_INTERRUPT, context_switch=CTX_TAGGED, libcall=LIBCALL, kcall=KCALL),
     _spec("native-syscall-kpti-nopcid",
           "Page-table isolation on a CPU without PCID: every CR3 write flushes the TLB, so every round "
           "trip into the kernel pays a TLB refill, and so does every context switch.",
-          hypercall=NOPCID_SYSCALL, syscall=NOPCID_SYSCALL, trap=NOPCID_TRAP, upcall=KPTI_UPCALL,
+          hypercall=NOPCID_SYSCALL, syscall=NOPCID_SYSCALL, reflect=NOPCID_SYSCALL, trap=NOPCID_TRAP, upcall=KPTI_UPCALL,
           interrupt=NOPCID_INTERRUPT, context_switch=CTX_FLUSH, libcall=LIBCALL, kcall=KCALL),
     _spec("int80",
           "Hypercalls enter through the legacy int 0x80 software interrupt and return with IRET; a kernel "
           "of that era flushes the TLB on every context switch.",
-          hypercall=INT80, syscall=INT80, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
+          hypercall=INT80, syscall=INT80, reflect=INT80, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
           context_switch=LEGACY_CTX, libcall=LIBCALL, kcall=KCALL),
     _spec("kvm-vmx",
           "Each environment is a VM: a hypercall is a VMX exit/entry round trip (a KVM null hypercall), and "
           "so is every trap and interrupt the exokernel must see; console I/O exits to the user-space VMM.",
-          hypercall=KVM_HYPERCALL, syscall=KVM_GUEST_SYSCALL, trap=KVM_EXIT, upcall=KVM_UPCALL,
+          hypercall=KVM_HYPERCALL, syscall=KVM_GUEST_SYSCALL, reflect=KVM_GUEST_SYSCALL, trap=KVM_EXIT, upcall=KVM_UPCALL,
           interrupt=KVM_EXIT, context_switch=KVM_CTX, libcall=LIBCALL, kcall=KCALL,
           overrides={"console_write": KVM_EXIT_TO_USER, "console_read": KVM_EXIT_TO_USER}),
     _spec("xen-pv",
           "Each environment is a Xen PV guest kernel: a hypercall is a SYSCALL into Xen, a trap is bounced "
           "to the guest's handler (the upcall), and a domain switch flushes the TLB.",
-          hypercall=XEN_HYPERCALL, syscall=XEN_GUEST_SYSCALL, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
+          hypercall=XEN_HYPERCALL, syscall=XEN_GUEST_SYSCALL, reflect=XEN_GUEST_SYSCALL, trap=TRAP, upcall=UPCALL, interrupt=INTERRUPT,
           context_switch=XEN_CTX, libcall=LIBCALL, kcall=KCALL),
 )
 

@@ -43,6 +43,10 @@ class Env:
         self.modules: dict[int, Any] = {}  # module index -> instance
         self.timer_entry: int = 0  # upcall entry at the start of a slice after preemption (0: none)
         self.interrupted: bool = False  # its last slice ended by the timer
+        # Syscall reflection (env_set_syscall): the Entry a `syscall` outside the exo region goes to
+        self.reflect: Any = None
+        self.reflect_va: int = 0  # its slot address (re-resolved in a forked child)
+        self.reflect_rip: int = 0  # return RIP of the reflected call in progress (0: none)
         self.retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
         self.retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
         self.libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet

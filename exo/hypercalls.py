@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING
 
 from exo.abi import (
     ENV_INFO_SIZE,
+    FSBASE_FS,
+    FSBASE_GS,
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
     PAGE_SIZE,
+    SYSCALL_HYPERCALL,
+    SYSCALL_REFLECT,
+    USER_TOP,
     EnvStatus,
     Errno,
     IpcFlag,
@@ -345,6 +350,43 @@ def _hc_env_set_timer(k: Exokernel, env: Env, envid: int, entry: int) -> int:
     return 0
 
 
+def _hc_env_set_syscall(k: Exokernel, env: Env, envid: int, mode: int, entry: int) -> int:
+    """Route envid's non-exo-region `syscall`s to the library-call slot at entry (issue 15)."""
+    target = k.env_for(env, envid)
+    if mode == SYSCALL_HYPERCALL:
+        target.reflect, target.reflect_va = None, 0
+        return 0
+    if mode != SYSCALL_REFLECT:
+        raise HypercallError(Errno.EINVAL, f"unknown syscall mode {mode}")
+    if k.structures is not None:
+        # Only the exokernel structure has its path so far (docs/posix.md).
+        raise HypercallError(Errno.ENOSYS, "syscall reflection runs under --structure exokernel only (so far)")
+    slot = target.libcalls.get(entry)
+    if slot is None:
+        raise HypercallError(Errno.EINVAL, f"{entry:#x} is not a library-call slot linked into env {target.id}")
+    target.reflect, target.reflect_va = slot, entry
+    return 0
+
+
+# which -> FS_BASE / GS_BASE (the registers arch_prctl sets; WRFSBASE is #UD, hw/cpu.py hides FSGSBASE)
+_FSBASE_REGS = {FSBASE_FS: Reg.FS_BASE, FSBASE_GS: Reg.GS_BASE}
+
+
+def _hc_env_set_fsbase(k: Exokernel, env: Env, envid: int, which: int, base: int) -> int:
+    """Set envid's FS or GS base: the live register if it runs, else its saved context."""
+    target = k.env_for(env, envid)
+    reg = _FSBASE_REGS.get(which)
+    if reg is None:
+        raise HypercallError(Errno.EINVAL, f"which must be FS (0) or GS (1), not {which}")
+    if base >= USER_TOP:
+        raise HypercallError(Errno.EPERM, f"base {base:#x} is not a user address (arch_prctl's rule)")
+    if target is k.current:
+        k.cpu.regs.write(reg, base)
+    else:
+        k.cpu.context_write(target.ctx, reg, base)
+    return 0
+
+
 # ---------------------------------------------------------------------- IPC
 def _hc_ipc_try_send(k: Exokernel, env: Env, envid: int, value: int, srcva: int, perm: int) -> int:
     """Leave one message (a value and optionally a page) in envid's mailbox."""
@@ -579,6 +621,15 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "(0: self, or a child) at info (ENV_INFO_SIZE bytes).", _hc_env_info),
     # LAB 1 STUB
     # LAB 1 END
+    Hypercall(32, "env_set_syscall", ("envid", "mode", "entry"), "0", (E.ESRCH, E.EPERM, E.EINVAL, E.ENOSYS),
+              "mode SYSCALL_REFLECT: a `syscall` of envid whose RIP is outside the exokernel region (a Linux "
+              "system call) runs the library-call slot at entry (linked into envid) with (nr, RDI, RSI, RDX, R10, "
+              "R8, R9); its result goes to RAX, RCX/R11 as Linux leaves them. SYSCALL_HYPERCALL: every `syscall` is "
+              "a hypercall again. ENOSYS outside the exokernel structure (so far).", _hc_env_set_syscall),
+    Hypercall(33, "env_set_fsbase", ("envid", "which", "base"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
+              "Set envid's FS_BASE (which FSBASE_FS) or GS_BASE (FSBASE_GS) to base (< USER_TOP, else EPERM): "
+              "the live register if envid is running, else its saved context (arch_prctl ARCH_SET_FS).",
+              _hc_env_set_fsbase),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

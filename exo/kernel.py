@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    EXO_REGION_END,
     HYPERCALL_PAGE,
     HYPERCALL_STUB_SIZE,
     LIBCALL_HOOKED,
@@ -110,6 +111,7 @@ class Exokernel:
         self.env_reclaim_hooks: list[Callable[[Env], None]] = []  # an environment's resources go
         regs = self.cpu.regs
         self._gpr = self.cpu.gpr  # live general registers (memory, no library call)
+        self._rip = self.cpu.rip  # live (RIP, EFLAGS), the same way
         self._hc_counts = self.acct._hc  # the accounting's hot counter, updated inline by syscall()
         self._read_gprs = regs.reader(GPRS)
         # The hypercall page: one exokernel frame, mapped read+execute everywhere.
@@ -194,6 +196,8 @@ class Exokernel:
             clone = instance.fork(self.libs.port(child))  # the library's state, for the child
             self.libs.link(child, index, clone, clone.entries(), clone.hypercalls)
         child.timer_entry = parent.timer_entry
+        if parent.reflect is not None:  # its own clone's slot, relinked above
+            child.reflect, child.reflect_va = child.libcalls.get(parent.reflect_va), parent.reflect_va
         child.disk_grants = list(parent.disk_grants)  # inherited, like open file descriptors (exo/disk.py)
         for hook in self.env_create_hooks:
             hook(parent, child)
@@ -380,6 +384,8 @@ class Exokernel:
     def syscall(self, cpu: VCpu) -> None:
         """A hypercall: number in RAX, arguments in RDI, RSI, RDX, R10, R8; result in RAX."""
         env = self.current
+        if env.reflect is not None and not HYPERCALL_PAGE <= self._rip[0] < EXO_REGION_END:
+            return self.reflect(env)
         g = self._gpr
         h = BY_NR.get(g[0])
         if h is None:
@@ -405,6 +411,37 @@ class Exokernel:
             cpu.regs.write(Reg.RIP, cpu.regs.read(Reg.RIP) - 2)
         elif result is not _KEEP:
             g[0] = result & _MASK
+
+    def reflect(self, env: Env) -> None:
+        """A Linux `syscall` (RIP outside the exo region) of an env that asked for reflection.
+
+        Redirected to the libOS entry registered with env_set_syscall, in the same protection
+        domain (Aegis/Xok trap redirection): ``entry(nr, rdi, rsi, rdx, r10, r8, r9)`` returns RAX.
+        RCX and R11 are set as Linux's SYSCALL entry leaves them (return RIP, RFLAGS; Unicorn
+        does not do it before the hook: UNICORN_NOTES trap 5, /work/i15 design 3.2).
+        """
+        g = self._gpr
+        rip = self._rip[0]
+        nr = g[0]
+        if not env.retrying:  # a call re-executed after a wait is counted once
+            names = getattr(getattr(env.reflect.fn, "__self__", None), "SYSCALL_NAMES", {})
+            name = names.get(nr) or f"#{nr}"
+            key = (env.id, name)
+            rc = self.acct.reflected
+            rc[key] = rc.get(key, 0) + 1
+            self.acct.count("reflect", env.id, name)
+        env.retrying = False
+        env.reflect_rip = rip + 2
+        result = self.libs.run_entry(env, env.reflect, (nr, g[7], g[6], g[2], g[10], g[8], g[9]), count=False)
+        env.reflect_rip = 0
+        if result is _RETRY:
+            if env.alive:
+                env.retrying = True
+                self.cpu.regs.write(Reg.RIP, rip)  # Unicorn adds 2: the `syscall` runs again
+        elif result is not _KEEP and not env.port.resumed and env.alive:
+            g[0] = (result or 0) & _MASK
+            g[1] = rip + 2
+            g[11] = self._rip[1]
 
     def dispatch(self, env: Env, h, args, count: bool = True, kernel: bool = False) -> object:
         """Account, check and run hypercall ``h`` for ``env``: its result, RETRY or KEEP.

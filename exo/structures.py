@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from exo.kernel import Exokernel
 
 STRUCTURES = ("exokernel", "monolithic", "xen-pv", "microkernel")
-CROSSINGS = {"hypercall": 2, "syscall": 2, "trap": 1, "upcall": 1, "interrupt": 2,
+CROSSINGS = {"hypercall": 2, "syscall": 2, "reflect": 2, "trap": 1, "upcall": 1, "interrupt": 2,
              "context_switch": 0, "libcall": 0, "kcall": 0}  # fmt: skip
 
 

@@ -286,6 +286,7 @@ class VCpu:
         self._probe_counter()
         self._probe_cpuid()
         self.gpr = self._probe_registers()
+        self.rip = self._probe_rip()
         self.restore(self.template)
         self.handler = _BootHandler()
         if clock == "wall":
@@ -494,6 +495,22 @@ class VCpu:
                 for reg, value in zip((Reg.RAX, Reg.RCX, Reg.RDX), markers):  # markers back for pass 2
                     self.regs.write(reg, value)
         raise MachineProbeError(f"could not find the live registers in Unicorn's CPU state (candidates {len(tried)})")
+
+    def _probe_rip(self) -> ctypes.Array:
+        """A view of (RIP, EFLAGS): QEMU's ``CPUX86State.eip`` and ``eflags`` follow ``regs[16]``.
+
+        Read on every guest ``syscall`` by the exokernel to tell a hypercall (RIP in the exo
+        region) from a Linux system call to reflect: 0.5 us cheaper than ``uc_reg_read(RIP)``
+        (measured, /work/i15 design 1). Checked both ways here, like the registers; EFLAGS there
+        lacks the lazily computed arithmetic flags (only IF/DF/system bits are exact).
+        """
+        view = (ctypes.c_uint64 * 2).from_address(ctypes.addressof(self.gpr) + 16 * 8)
+        for value in (0x1234_5000, 0x7FFF_0000_1000):
+            self.regs.write(Reg.RIP, value)
+            if view[0] != value:
+                raise MachineProbeError("could not find RIP after the live registers in Unicorn's CPU state")
+        self.regs.write(Reg.RIP, 0)
+        return view
 
     def _drop_count_hook(self) -> None:
         """Leave counted mode once, at start-up, for wall-clock slices (count=0).

@@ -37,7 +37,7 @@ def asm_constants() -> dict[str, int]:
         c[f"ENV_{st.name}"] = st.value
     for name in ("PERM_R", "PERM_W", "PERM_X", "PERM_COW", "PAGE_SIZE", "HYPERCALL_PAGE", "LIBOS_PAGE",
                  "INFO_PAGE", "IMAGE_BASE", "STACK_TOP", "UXSTACK_TOP", "UTRAPFRAME_SIZE", "MMU_REQ_SIZE",
-                 "IPC_INFO_SIZE", "ENV_INFO_SIZE", "UPCALL_TIMER", "UPCALL_NET", "UVPT", "UVPD", "UVPDPT", "UVPML4",
+                 "IPC_INFO_SIZE", "ENV_INFO_SIZE", "SYSCALL_HYPERCALL", "SYSCALL_REFLECT", "FSBASE_FS", "FSBASE_GS", "UPCALL_TIMER", "UPCALL_NET", "UVPT", "UVPD", "UVPDPT", "UVPML4",
                  "SECTOR_SIZE", "DISK_REQ_SIZE", "DISK_INFO_SIZE", "NET_MTU", "NET_FRAME_MAX", "NET_SLOT_SIZE",
                  "NET_SLOT_HDR", "NET_MAX_SLOTS", "NET_SLOT_FREE", "NET_SLOT_FULL", "NET_INFO_SIZE",
                  "NET_FILTER_SIZE", "NET_TX_REQ_SIZE", "ETHERTYPE_IPV4", "ETHERTYPE_ARP"):

@@ -67,6 +67,10 @@
 #define NR_NET_WAIT 0x1e
 #define HC_ENV_INFO 0x1003e0
 #define NR_ENV_INFO 0x1f
+#define HC_ENV_SET_SYSCALL 0x100400
+#define NR_ENV_SET_SYSCALL 0x20
+#define HC_ENV_SET_FSBASE 0x100420
+#define NR_ENV_SET_FSBASE 0x21
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -128,6 +132,10 @@
 #define MMU_REQ_SIZE 0x20
 #define IPC_INFO_SIZE 0x18
 #define ENV_INFO_SIZE 0x40
+#define SYSCALL_HYPERCALL 0x0
+#define SYSCALL_REFLECT 0x1
+#define FSBASE_FS 0x0
+#define FSBASE_GS 0x1
 #define UPCALL_TIMER 0x100
 #define UPCALL_NET 0x101
 #define UVPT 0x7f0000000000
@@ -217,5 +225,7 @@ static inline long exo_net_filter(long op, long arg) { return exo_hypercall(28, 
 static inline long exo_net_send(long reqs, long count, long done) { return exo_hypercall(29, reqs, count, done, 0, 0); }
 static inline long exo_net_wait(long deadline) { return exo_hypercall(30, deadline, 0, 0, 0, 0); }
 static inline long exo_env_info(long envid, long info) { return exo_hypercall(31, envid, info, 0, 0, 0); }
+static inline long exo_env_set_syscall(long envid, long mode, long entry) { return exo_hypercall(32, envid, mode, entry, 0, 0); }
+static inline long exo_env_set_fsbase(long envid, long which, long base) { return exo_hypercall(33, envid, which, base, 0, 0); }
 
 #endif
