@@ -162,6 +162,13 @@ UTRAPFRAME_SIZE = 8 * len(UTRAPFRAME_FIELDS)
 # outside [HYPERCALL_PAGE, EXO_REGION_END) goes to the registered libOS entry (a Linux system call).
 SYSCALL_HYPERCALL = 0
 SYSCALL_REFLECT = 1
+# A Linux program's start-up facts, written by the loader in the info page and read by the posix
+# libOS (docs/posix.md): struct linux_info { u64 magic; u64 rsp; u64 entry; u64 phdr; u64 phnum;
+# u64 bias; u64 brk_start; u64 bootfile_len; u64 execfn (va of the program path); u64 seed; }
+LINUX_INFO = INFO_PAGE + 0xC00
+LINUX_INFO_MAGIC = int.from_bytes(b"EXOLNX01", "little")
+LINUX_INFO_FIELDS = ("magic", "rsp", "entry", "phdr", "phnum", "bias", "brk_start", "bootfile_len", "execfn", "seed")
+
 # env_set_fsbase: which base (arch_prctl's ARCH_SET_FS / ARCH_SET_GS)
 FSBASE_FS = 0
 FSBASE_GS = 1

@@ -24,6 +24,7 @@ EXIT_USAGE = 2
 # name -> (module, one-line help). `python -m exo --help` lists them without importing any.
 COMMANDS: dict[str, tuple[str, str]] = {
     "boot": ("exo.cli.boot", "boot one or more guest apps (guest arguments after --)"),
+    "run": ("exo.cli.run", "run a static x86-64 Linux program on the posix libOS (docs/posix.md)"),
     "image": ("exo.cli.image", "describe a guest app's image: modules, library calls, hypercalls, size"),
     "bench": ("exo.cli.bench", "run a benchmark suite (hw, exo, libos, fs, net)"),
     "experiment": ("exo.cli.experiment", "run an experiment (ring-transitions)"),
