@@ -1,0 +1,136 @@
+"""The first slice of issue 15: unmodified static Linux programs under `exo run` (docs/posix.md).
+
+Each test runs the CLI as a user would; busybox (busybox-static) and musl-gcc (musl-tools) are
+outside tools: need_tool skips without them (and fails under EXO_REQUIRE_TOOLS=1, as in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import need_tool
+from test_echo import run_exo
+
+BUSYBOX = shutil.which("busybox")
+
+HELLO = r'#include <stdio.h>' "\n" r'int main(int c, char **v) { printf("hello %d %s\n", c, v[c - 1]); return 3; }'
+NULL_DEREF = "int *p;\n__attribute__((noinline)) int crash(void) { return *p; }\nint main(void) { return crash(); }\n"
+UNKNOWN = r"""#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    long a = syscall(999); int ea = errno; long b = syscall(999); int eb = errno;
+    printf("%ld %d %ld %d\n", a, ea, b, eb);
+    return 0;
+}
+"""
+TLS = r"""#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ARCH_SET_FS 0x1002 /* asm/prctl.h, not in musl's headers */
+#define ARCH_GET_FS 0x1003
+__thread int counter = 41;
+int main(void) {
+    unsigned long fs = 0;
+    counter++;
+    long get = syscall(SYS_arch_prctl, ARCH_GET_FS, &fs);
+    long bad = syscall(SYS_arch_prctl, ARCH_SET_FS, 1UL << 47);
+    int eb = errno;
+    printf("%d %ld %d %ld %d\n", counter, get, fs != 0, bad, eb);
+    return 0;
+}
+"""
+
+
+def _busybox() -> str:
+    need_tool(BUSYBOX is not None, "busybox-static is not installed")
+    return BUSYBOX
+
+
+def _musl(tmp_path: Path, name: str, source: str) -> Path:
+    need_tool(shutil.which("musl-gcc") is not None, "musl-tools is not installed")
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / name
+    subprocess.run(["musl-gcc", "-static", "-O2", "-g", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_busybox_echo():
+    r = run_exo("run", _busybox(), "echo", "hi")
+    assert (r.stdout, r.stderr, r.returncode) == (b"hi\n", b"", 0)
+
+
+def test_musl_hello_argc_and_exit_status(tmp_path):
+    r = run_exo("run", str(_musl(tmp_path, "hello", HELLO)), "a", "b")
+    assert (r.stdout, r.stderr, r.returncode) == (b"hello 3 b\n", b"", 3)
+
+
+def test_same_run_twice_same_stats(tmp_path):
+    busybox = _busybox()
+    stats = []
+    for i in range(2):
+        path = tmp_path / f"s{i}.json"
+        r = run_exo("run", "--stats-json", str(path), busybox, "echo", "hi")
+        assert r.returncode == 0, r.stderr
+        stats.append(path.read_text())
+    assert stats[0] == stats[1]
+    s = json.loads(stats[0])
+    assert s["transitions"]["reflect"] == sum(s["syscalls"].values()) > 0
+    assert s["syscalls"]["write"] == 1 and s["syscalls"]["exit_group"] == 1
+    assert s["hypercalls"]["env_set_syscall"] == 1 and s["hypercalls"]["env_set_fsbase"] == 1
+
+
+def test_unknown_syscall_is_enosys_logged_once(tmp_path):
+    r = run_exo("run", str(_musl(tmp_path, "unknown", UNKNOWN)))
+    assert r.returncode == 0
+    assert r.stdout == b"-1 38 -1 38\n"  # ENOSYS both times
+    lines = r.stderr.decode().splitlines()
+    assert lines == ["exo: environment 1 (unknown): posix: syscall #999 is not implemented (-ENOSYS)"]
+
+
+def test_tls_through_env_set_fsbase(tmp_path):
+    r = run_exo("run", str(_musl(tmp_path, "tls", TLS)))
+    # __thread works (FS base set by arch_prctl), ARCH_GET_FS answers, a kernel-half base is EPERM (1).
+    assert (r.stdout, r.returncode) == (b"42 0 1 -1 1\n", 0), r.stderr
+
+
+def test_null_dereference_report_names_the_function(tmp_path):
+    r = run_exo("run", str(_musl(tmp_path, "null", NULL_DEREF)))
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "page fault (#PF)" in err and "in crash+0x" in err
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "not-elf", "script"])
+def test_bad_program_is_one_line_exit_2(tmp_path, kind):
+    if kind == "dynamic":
+        need_tool(shutil.which("gcc") is not None, "gcc is not installed")
+        (tmp_path / "d.c").write_text("int main(void) { return 0; }\n")
+        prog = tmp_path / "d"
+        subprocess.run(["gcc", "-o", str(prog), str(tmp_path / "d.c")], check=True)
+        want = "dynamically linked (interpreter"
+    elif kind == "not-elf":
+        prog = tmp_path / "data"
+        prog.write_bytes(b"hello, not a program\n")
+        want = "not an ELF executable"
+    else:
+        prog = tmp_path / "s.sh"
+        prog.write_text("#!/bin/sh\necho hi\n")
+        want = "a script (#!/bin/sh)"
+    r = run_exo("run", str(prog))
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and want in lines[0] and "Traceback" not in lines[0]
+
+
+def test_other_structures_refuse_for_now():
+    r = run_exo("run", "--structure", "xen-pv", "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.decode().splitlines() == [
+        "exo: error: --structure: xen-pv: Linux programs run under the exokernel structure only so far "
+        "(docs/posix.md)"]
