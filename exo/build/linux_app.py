@@ -1,4 +1,4 @@
-"""A static x86-64 Linux program as an exo app: its image (segments, start-up facts) and the posix libOS.
+"""A static x86-64 Linux program as an exo app: its image (segments, start-up facts), linking the posix libOS.
 
 `exo run PROGRAM ARGS` (exo/cli/run.py) boots what `linux_app` returns. The ELF checks are
 exo's own (exo/build/elf.py parse_elf: static ET_EXEC, W^X, one segment per page), plus the
@@ -58,9 +58,8 @@ def _phdr_va(blob: bytes, phoff: int, phnum: int) -> int:
 
 
 def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple[bytes, ...] = DEFAULT_ENV):
-    """``(manifest, image, libOS classes)`` for a static Linux ``program`` run with ``argv`` (after argv[0])."""
-    from exo.api import App, resolve_libos
-
+    """``(manifest, image)`` for a static Linux ``program`` run with ``argv`` (after argv[0]); the manifest
+    links the posix libOS (``exo.api.App(manifest, image, resolve_libos(manifest))`` boots it)."""
     path = Path(program)
     try:
         blob = path.read_bytes()
@@ -84,4 +83,4 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
     image.linux = {"path": name.encode(), "env": env, "seed": seed, "phdr": phdr, "phnum": phnum,
                    "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP}
     manifest = Manifest(path, path.name, [path], libos={"posix": "linux"}, args=list(argv))
-    return App(manifest, image, resolve_libos(manifest))
+    return manifest, image

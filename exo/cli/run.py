@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exo.api import System
+    from exo.api import App, System, resolve_libos
     from exo.build.linux_app import linux_app
     from exo.cli.boot import _locate, _print_report, print_stats
 
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         program = found
     if args.stats_json and not Path(args.stats_json).resolve().parent.is_dir():
         raise ExoUserError(args.stats_json, "--stats-json: the directory does not exist")
-    app = linux_app(program, list(args.program_args), seed=args.seed)
+    manifest, image = linux_app(program, list(args.program_args), seed=args.seed)
+    app = App(manifest, image, resolve_libos(manifest))
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                     stdin=0, stdout=1, trace=args.trace, on_fault=_print_report)
     kernel = system.kernel

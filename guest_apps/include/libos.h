@@ -63,5 +63,6 @@
 #define lib_net_close ((long (*)(long))0x107090)
 #define lib_net_shutdown ((long (*)(long, long))0x1070a0)
 #define lib_net_arrival_upcall ((long (*)(long))0x1070b0)
+#define lib_posix_syscall ((long (*)(long, long, long, long, long, long, long))0x109000)
 
 #endif
