@@ -71,6 +71,7 @@ class Posix(LibModule):
         self.rng_counter = 0
         self.comm = b""
         self.warned: set[int] = set()
+        self.pid = 0  # the env id, asked once (a getpid loop makes no hypercall)
         self.table = {nr: getattr(self, f"sys_{name}") for nr, name in SYSCALL_NAMES.items()
                       if hasattr(self, f"sys_{name}")}
 
@@ -78,6 +79,7 @@ class Posix(LibModule):
         clone = super().fork(port)
         clone.table = {nr: getattr(clone, f.__name__) for nr, f in self.table.items()}
         clone.warned = set(self.warned)
+        clone.pid = 0  # the child's own id, asked on first use
         return clone
 
     def start(self) -> None:
@@ -166,7 +168,9 @@ class Posix(LibModule):
     sys_exit = sys_exit_group  # one thread per process so far: exit ends the process
 
     def sys_getpid(self, *_: int) -> int:
-        return self.hc("env_id")
+        if not self.pid:
+            self.pid = self.hc("env_id")
+        return self.pid
 
     sys_gettid = sys_getpid
 
@@ -179,7 +183,7 @@ class Posix(LibModule):
     sys_geteuid = sys_getgid = sys_getegid = sys_getuid
 
     def sys_set_tid_address(self, tidptr: int, *_: int) -> int:
-        return self.hc("env_id")
+        return self.sys_getpid()
 
     def sys_set_robust_list(self, head: int, ln: int, *_: int) -> int:
         return 0 if ln == 24 else -EINVAL  # sizeof(struct robust_list_head)
