@@ -161,9 +161,9 @@ def test_the_in_tree_modules_are_declared_as_entry_points_with_their_fixed_pages
     from libos.registry import BUILTIN, MODULES, module_class
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["exo.libos"]
-    assert {k.split(".")[0] for k in declared} == BUILTIN == {"console", "memory", "sched", "ipc", "fs", "net"}
+    assert {k.split(".")[0] for k in declared} == BUILTIN == {"console", "memory", "sched", "ipc", "fs", "net", "posix"}
     assert {m: module_class(m).INDEX for m in MODULES if m in BUILTIN} == {
-        "console": 1, "memory": 2, "sched": 3, "ipc": 4, "fs": 5, "net": 6}
+        "console": 1, "memory": 2, "sched": 3, "ipc": 4, "fs": 5, "net": 6, "posix": 8}
 
 
 # Start-up (issue 12): what booting echo must not import. capstone only disassembles a fault,
@@ -286,7 +286,7 @@ def test_an_installed_exo_without_a_checkout_reads_its_own_metadata_first(site, 
         site.install("aaa-sched", {"sched.aaa": "aaa_sched:Aaa", "sched.rr": "aaa_sched:Rr"}, {})
         assert {m: list(i) for m, i in registry.MODULES.items()} == {
             "console": ["buffered", "direct"], "memory": ["cow", "eager"], "sched": ["rr", "stride", "mlfq", "aaa"],
-            "ipc": ["jos", "poll"], "fs": ["ext2", "ext2-unbatched"], "net": ["tcpip"]}
+            "ipc": ["jos", "poll"], "fs": ["ext2", "ext2-unbatched"], "net": ["tcpip"], "posix": ["linux"]}
         assert registry.ORIGIN["sched", "rr"] == "exo" and registry.ORIGIN["sched", "aaa"] == "aaa-sched"
         assert registry.PROBLEMS == ["exo and aaa-sched both register sched.rr "
                                      "(libos.sched:RoundRobin and aaa_sched:Rr)"]
