@@ -1,7 +1,7 @@
 """Tracing every ring transition into a bounded ring buffer.
 
-Each event: kind (hypercall, libcall, trap, upcall, interrupt, context_switch),
-environment, name (hypercall or library entry, trap name), guest instructions
+Each event: kind (hypercall, reflect, libcall, trap, upcall, interrupt, context_switch),
+environment, name (hypercall, Linux system call or library entry, trap name), guest instructions
 retired since the previous event, guest time, and host nanoseconds. The buffer
 keeps the newest ``capacity`` events (older ones are counted as dropped), so
 memory stays bounded on long runs.
