@@ -167,16 +167,7 @@ def run(args: argparse.Namespace) -> int:
             os.unlink(disk.removesuffix(":ro"))
     if args.record and tape is not None:
         journal.save(args.record)
-    stats = system.stats()
-    if args.stats_json:
-        try:
-            import json
-
-            Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        except OSError as e:
-            raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
-    if args.stats:
-        print_stats(stats)
+    report_stats(args, system.stats())
     if gdb is not None and gdb.killed:
         sys.stderr.write("exo: killed by gdb\n")
         return 137  # as a shell reports a process ended by SIGKILL
@@ -249,6 +240,19 @@ def _private_copy(spec: str) -> str:
     os.close(fd)
     shutil.copyfile(path, copy)
     return copy + (":ro" if suffix == ":ro" else "")
+
+
+def report_stats(args: argparse.Namespace, stats: dict) -> None:
+    """``--stats-json FILE`` and ``--stats`` of a finished run (exo boot, exo run)."""
+    if args.stats_json:
+        try:
+            import json
+
+            Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        except OSError as e:
+            raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
+    if args.stats:
+        print_stats(stats)
 
 
 def _locate(kernel, env) -> str:

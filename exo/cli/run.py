@@ -8,7 +8,6 @@ usage or input (a dynamic binary, not an ELF file...), 130/143 when interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from exo.api import App, System, resolve_libos
     from exo.build.linux_app import linux_app
-    from exo.cli.boot import _locate, _print_report, print_stats
+    from exo.cli.boot import _locate, _print_report, report_stats
 
     if args.structure != "exokernel":
         raise ExoUserError("--structure", f"{args.structure}: Linux programs run under the exokernel structure "
@@ -63,14 +62,7 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         system.close()
-    stats = system.stats()
-    if args.stats_json:
-        try:
-            Path(args.stats_json).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        except OSError as e:
-            raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
-    if args.stats:
-        print_stats(stats)
+    report_stats(args, system.stats())
     if interrupted:
         sys.stderr.write("exo: interrupted\n")
         return 130
