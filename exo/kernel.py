@@ -418,7 +418,7 @@ class Exokernel:
         Redirected to the libOS entry registered with env_set_syscall, in the same protection
         domain (Aegis/Xok trap redirection): ``entry(nr, rdi, rsi, rdx, r10, r8, r9)`` returns RAX.
         RCX and R11 are set as Linux's SYSCALL entry leaves them (return RIP, RFLAGS; Unicorn
-        does not do it before the hook: UNICORN_NOTES trap 5, /work/i15 design 3.2).
+        does not do it before the hook: shared UNICORN_NOTES trap 5; docs/posix.md).
         """
         g = self._gpr
         rip = self._rip[0]

@@ -19,7 +19,7 @@ from exo.errors import ExoUserError
 # The environment a Linux program gets: fixed, never the host's (deterministic runs).
 DEFAULT_ENV = (b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"HOME=/root", b"TERM=linux", b"LANG=C")
 # AT_HWCAP: CPUID.1:EDX as exo's CPU answers it on the development host (hw/cpu.py _cpuid; measured
-# 0x178bfbff in /work/i15 design section 2); glibc reads it only for its string-function choice.
+# 0x178bfbff; docs/posix.md); glibc reads it only for its string-function choice.
 HWCAP = 0x178B_FBFF
 _PT_INTERP = 3
 _STT_FUNC = 2
