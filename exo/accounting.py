@@ -58,10 +58,7 @@ class Accounting:
 
     @property
     def hypercalls(self) -> Counter[str]:
-        c: Counter[str] = Counter()
-        for (_, name), n in self._hc.items():
-            c[name] += n
-        return c
+        return _by_name(self._hc)
 
     @property
     def by_env(self) -> dict[int, Counter[str]]:
@@ -75,10 +72,21 @@ class Accounting:
     @property
     def syscalls(self) -> Counter[str]:
         """Reflected Linux system calls by name (the `reflect` transitions, split by call)."""
-        c: Counter[str] = Counter()
-        for (_, name), n in self.reflected.items():
-            c[name] += n
-        return c
+        return _by_name(self.reflected)
+
+    def reflect(self, env_id: int, name: str) -> None:
+        """One reflected Linux system call: a `reflect` transition, and its count by name."""
+        key = (env_id, name)
+        self.reflected[key] = self.reflected.get(key, 0) + 1
+        self.count("reflect", env_id, name)
 
     def hypercalls_of(self, env_id: int) -> Counter[str]:
         return Counter({name: n for (e, name), n in self._hc.items() if e == env_id})
+
+
+def _by_name(counts: dict[tuple[int, str], int]) -> Counter[str]:
+    """(env id, name) -> count, summed over environments."""
+    c: Counter[str] = Counter()
+    for (_, name), n in counts.items():
+        c[name] += n
+    return c

@@ -425,11 +425,7 @@ class Exokernel:
         nr = g[0]
         if not env.retrying:  # a call re-executed after a wait is counted once
             names = getattr(getattr(env.reflect.fn, "__self__", None), "SYSCALL_NAMES", {})
-            name = names.get(nr) or f"#{nr}"
-            key = (env.id, name)
-            rc = self.acct.reflected
-            rc[key] = rc.get(key, 0) + 1
-            self.acct.count("reflect", env.id, name)
+            self.acct.reflect(env.id, names.get(nr) or f"#{nr}")
         env.retrying = False
         env.reflect_rip = rip + 2
         result = self.libs.run_entry(env, env.reflect, (nr, g[7], g[6], g[2], g[10], g[8], g[9]), count=False)

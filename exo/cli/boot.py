@@ -183,13 +183,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"exo: error: writing the guests' output: {machine.console.output_error}\n")
         return EXIT_FAULT
     first = envs[0]
-    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
-    from exo.report import watchdog_reason
-
-    for e in stuck:
-        reason = e.fault or watchdog_reason(e)
-        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n  at {_locate(kernel, e)}\n")
-    if kernel.reports or stuck:
+    if report_stuck(kernel):
         return EXIT_FAULT
     status = first.exit_status or 0
     if status and not status & 0xFF:  # POSIX passes 8 bits: say when that turns a failure into 0
@@ -253,6 +247,18 @@ def report_stats(args: argparse.Namespace, stats: dict) -> None:
             raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
     if args.stats:
         print_stats(stats)
+
+
+def report_stuck(kernel) -> bool:
+    """Say why and where each guest still alive at the end was (blocked forever, the watchdog);
+    True if the run failed (those, or a fault report)."""
+    from exo.report import watchdog_reason
+
+    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
+    for e in stuck:
+        reason = e.fault or watchdog_reason(e)
+        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n  at {_locate(kernel, e)}\n")
+    return bool(kernel.reports or stuck)
 
 
 def _locate(kernel, env) -> str:

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from exo.api import App, System, resolve_libos
     from exo.build.linux_app import linux_app
-    from exo.cli.boot import _locate, _print_report, report_stats
+    from exo.cli.boot import _print_report, report_stats, report_stuck
 
     if args.structure != "exokernel":
         raise ExoUserError("--structure", f"{args.structure}: Linux programs run under the exokernel structure "
@@ -66,12 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         sys.stderr.write("exo: interrupted\n")
         return 130
-    from exo.report import watchdog_reason
-
-    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
-    for e in stuck:
-        sys.stderr.write(f"exo: environment {e.id} ({e.name}): {e.fault or watchdog_reason(e)}\n"
-                         f"  at {_locate(kernel, e)}\n")
-    if kernel.reports or stuck:
+    if report_stuck(kernel):
         return EXIT_FAULT
     return (system.envs[0].exit_status or 0) & 0xFF

@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 from bisect import bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from unicorn import UC_HOOK_CODE
@@ -102,6 +103,17 @@ def _private_kib(pid: int) -> int:
     except OSError:
         return 0
     return total
+
+
+def _insert_in_first(envs: list, insert: Callable[[Any], None]) -> None:
+    """Insert a breakpoint or watchpoint through the first environment where its address is
+    mapped (the session's, set at another moment, may not be mapped in every one)."""
+    for e in envs:
+        try:
+            insert(e)
+            return
+        except Exception:  # noqa: BLE001 - not mapped in that environment (yet): try the next
+            continue
 
 
 def _send_msg(sock: socket.socket, obj: Any, fds: list[int] | None = None) -> None:
@@ -708,12 +720,7 @@ class History:
         target.apply_deferred()
         for kind, va, length, env_id in slots:
             envs = [e for e in target.threads() if e.id == env_id] or target.threads()
-            for e in envs:
-                try:
-                    target.insert_slot(e, kind, va, length)
-                    break
-                except Exception:  # noqa: BLE001 - not mapped in that environment (yet): try the next
-                    continue
+            _insert_in_first(envs, lambda e, k=kind, v=va, n=length: target.insert_slot(e, k, v, n))
 
     def busy_stop(self, why: bytes) -> None:
         """A hardware breakpoint or watchpoint hit while re-executing. A scan notes where
@@ -738,12 +745,7 @@ class History:
             os._exit(0)
         self.mode = "run"
         for va in self._breakpoints:
-            for e in [env, *srv.target.threads()]:
-                try:
-                    srv.target.insert_breakpoint(e, va)
-                    break
-                except Exception:  # noqa: BLE001 - not mapped in that environment: try the next
-                    continue
+            _insert_in_first([env, *srv.target.threads()], lambda e, v=va: srv.target.insert_breakpoint(e, v))
         if self.reason == "begin":
             srv.stop(env, 5, b"replaylog:begin;")
         else:
