@@ -59,6 +59,7 @@ class Errno(enum.IntEnum):
     ESRCH = 3  # no such environment
     EIO = 5
     EBADF = 9
+    ECHILD = 10  # env_reap: no ended child to take
     EAGAIN = 11  # would block (non-blocking call)
     ENOMEM = 12  # out of frames or over quota
     EFAULT = 14  # bad pointer: unmapped, not user, or not writable
@@ -168,6 +169,24 @@ SYSCALL_REFLECT = 1
 LINUX_INFO = INFO_PAGE + 0xC00
 LINUX_INFO_MAGIC = int.from_bytes(b"EXOLNX01", "little")
 LINUX_INFO_FIELDS = ("magic", "rsp", "entry", "phdr", "phnum", "bias", "brk_start", "bootfile_len", "execfn", "seed")
+
+# event_wait's mask bits (hypercall 34, docs/posix.md): what a waiting environment is woken by.
+# Xen's SCHEDOP_poll over event channels, with the sources exo has.
+EV_IPC = 1  # its mailbox is not empty
+EV_CONSOLE = 2  # console input (or the end of input) is there
+EV_CHILD = 4  # a child ended and has not been reaped (env_reap)
+EV_NET = 8  # a frame is in its receive ring
+EV_NOTIFY = 16  # another environment of its tenant rang its doorbell (env_notify); consumed by event_wait
+EV_ALL = EV_IPC | EV_CONSOLE | EV_CHILD | EV_NET | EV_NOTIFY
+# env_reap's record: struct reap_info { u64 id; u64 how; s64 status; u64 vector; }
+REAP_EXITED = 0  # sched_op(EXIT, status)
+REAP_FAULTED = 1  # stopped by a fault report: vector is the CPU exception (Vector), status -1
+REAP_DESTROYED = 2  # env_destroy by someone else, or the watchdog
+REAP_INFO_SIZE = 32
+# console_info's record: struct console_info { u64 flags; u16 rows; u16 cols; u32 pad; }
+CONSOLE_TTY = 1  # the console is a terminal
+CONSOLE_RAW = 2  # and exo put it in raw mode: the libOS does the line discipline
+CONSOLE_INFO_SIZE = 16
 
 # env_set_fsbase: which base (arch_prctl's ARCH_SET_FS / ARCH_SET_GS)
 FSBASE_FS = 0

@@ -76,6 +76,7 @@
 #define ESRCH 0x3
 #define EIO 0x5
 #define EBADF 0x9
+#define ECHILD 0xa
 #define EAGAIN 0xb
 #define ENOMEM 0xc
 #define EFAULT 0xe

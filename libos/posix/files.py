@@ -1,0 +1,208 @@
+"""File descriptors and open files: the descriptor table, the file protocol, and the file calls.
+
+An ``OpenFile`` is an open file description (POSIX): dup and fork share it, with its offset and
+status flags; the descriptor table maps small integers to (OpenFile, close-on-exec). Every kind of
+file (console, regular file, directory, pipe, device, socket) is an OpenFile subclass, so read,
+write, poll and ioctl dispatch without an if-chain on the kind.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from libos.posix.system import WouldBlock
+from libos.posix.table import EBADF, EINVAL, EMFILE, ENOTTY, ESPIPE, syscall
+
+if TYPE_CHECKING:
+    from libos.posix import Posix
+
+MAX_FDS = 1024  # RLIMIT_NOFILE's default soft limit on Linux
+O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR = 3, 0, 1, 2
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+
+
+class OpenFile:
+    """An open file description. Methods take the calling process's ``Posix`` instance ``p`` (its
+    port reaches its memory) and return a count or a negative errno; a call that must wait raises
+    ``WouldBlock`` before it consumes anything."""
+
+    wait_mask = 0  # event_wait bits that may make poll() change (EV_NOTIFY, EV_CONSOLE, EV_NET)
+
+    def __init__(self, flags: int = O_RDWR) -> None:
+        self.flags = flags
+        self.offset = 0
+        self.refs = 0  # descriptors (in every process) that refer to it
+
+    def read(self, p: Posix, buf: int, n: int) -> int:
+        return -EBADF if self.flags & O_ACCMODE == O_WRONLY else -EINVAL
+
+    def write(self, p: Posix, buf: int, n: int) -> int:
+        return -EBADF if self.flags & O_ACCMODE == O_RDONLY else -EINVAL
+
+    def lseek(self, p: Posix, offset: int, whence: int) -> int:
+        return -ESPIPE
+
+    def ioctl(self, p: Posix, req: int, arg: int) -> int:
+        return -ENOTTY
+
+    def poll(self, p: Posix) -> int:
+        """The ready events now (POLLIN | POLLOUT | POLLHUP ...)."""
+        return POLLIN | POLLOUT
+
+    def release(self, p: Posix) -> None:
+        """The last descriptor referring to it was closed."""
+
+
+class Console(OpenFile):
+    """The exo console as fds 0, 1, 2 before a terminal takes them (libos/posix/tty.py)."""
+
+    def __init__(self, flags: int = O_RDWR, error: bool = False) -> None:
+        super().__init__(flags)
+        self.error = error  # fd 2: the console's error stream (console_error) once exo has one
+
+    def read(self, p: Posix, buf: int, n: int) -> int:
+        return p.hc("console_read", buf, n) if n else 0
+
+    def write(self, p: Posix, buf: int, n: int) -> int:
+        return p.hc("console_write", buf, n) if n else 0
+
+
+class FdTable:
+    """One process's descriptors: fd -> [OpenFile, close-on-exec]."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, list] = {}
+
+    def get(self, fd: int) -> OpenFile | None:
+        slot = self.slots.get(fd)
+        return slot[0] if slot else None
+
+    def install(self, fd: int, f: OpenFile, cloexec: bool = False) -> int:
+        """Put ``f`` at ``fd`` (which the caller closed first)."""
+        f.refs += 1
+        self.slots[fd] = [f, cloexec]
+        return fd
+
+    def alloc(self, f: OpenFile, cloexec: bool = False, lowest: int = 0) -> int:
+        """The lowest free descriptor >= ``lowest`` for ``f``, or -EMFILE."""
+        fd = lowest
+        while fd in self.slots:
+            fd += 1
+        if fd >= MAX_FDS:
+            return -EMFILE
+        return self.install(fd, f, cloexec)
+
+    def close(self, p: Posix, fd: int) -> int:
+        slot = self.slots.pop(fd, None)
+        if slot is None:
+            return -EBADF
+        f = slot[0]
+        f.refs -= 1
+        if f.refs == 0:
+            f.release(p)
+        return 0
+
+    def fork(self) -> FdTable:
+        """The child's table: the same open file descriptions (POSIX fork)."""
+        child = FdTable()
+        for fd, (f, cloexec) in self.slots.items():
+            child.install(fd, f, cloexec)
+        return child
+
+    def close_on_exec(self, p: Posix) -> None:
+        for fd in [fd for fd, (_, cloexec) in self.slots.items() if cloexec]:
+            self.close(p, fd)
+
+    def close_all(self, p: Posix) -> None:
+        for fd in list(self.slots):
+            self.close(p, fd)
+
+
+def console_fds() -> FdTable:
+    """fds 0, 1 and 2 of the first process: the console."""
+    t = FdTable()
+    t.install(0, Console(O_RDONLY))
+    t.install(1, Console(O_WRONLY))
+    t.install(2, Console(O_WRONLY, error=True))
+    return t
+
+
+# ------------------------------------------------------------ the calls
+@syscall("read")
+def sys_read(p: Posix, fd: int, buf: int, n: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    return -EBADF if f is None else f.read(p, buf, n)
+
+
+@syscall("write")
+def sys_write(p: Posix, fd: int, buf: int, n: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    return -EBADF if f is None else f.write(p, buf, n)
+
+
+def _iov(p: Posix, iov: int, cnt: int) -> list[tuple[int, int]] | int:
+    if not 0 <= cnt <= 1024:  # UIO_MAXIOV
+        return -EINVAL
+    return list(struct.iter_unpack("<QQ", p.port.read(iov, 16 * cnt))) if cnt else []
+
+
+@syscall("writev")
+def sys_writev(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    if f is None:
+        return -EBADF
+    vec = _iov(p, iov, cnt)
+    if isinstance(vec, int):
+        return vec
+    total = 0
+    for base, ln in vec:
+        try:
+            rc = f.write(p, base, ln) if ln else 0
+        except WouldBlock:
+            if total == 0:
+                raise
+            break  # what was written stays written: a short count, as Linux returns
+        if rc < 0:
+            return rc if total == 0 else total
+        total += rc
+        if rc < ln:
+            break
+    return total
+
+
+@syscall("readv")
+def sys_readv(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    if f is None:
+        return -EBADF
+    vec = _iov(p, iov, cnt)
+    if isinstance(vec, int):
+        return vec
+    total = 0
+    for base, ln in vec:
+        if not ln:
+            continue
+        try:
+            rc = f.read(p, base, ln)
+        except WouldBlock:
+            if total == 0:
+                raise
+            break
+        if rc < 0:
+            return rc if total == 0 else total
+        total += rc
+        if rc < ln:
+            break
+    return total
+
+
+@syscall("close")
+def sys_close(p: Posix, fd: int, *_: int) -> int:
+    return p.proc.fds.close(p, fd)
+
+
+@syscall("ioctl")
+def sys_ioctl(p: Posix, fd: int, req: int, arg: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    return -EBADF if f is None else f.ioctl(p, req, arg)
