@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import need_tool
-from test_echo import run_exo
-
-BUSYBOX = shutil.which("busybox")
+from kit import busybox, musl, run_exo
 
 HELLO = r'#include <stdio.h>' "\n" r'int main(int c, char **v) { printf("hello %d %s\n", c, v[c - 1]); return 3; }'
 NULL_DEREF = "int *p;\n__attribute__((noinline)) int crash(void) { return *p; }\nint main(void) { return crash(); }\n"
@@ -47,36 +44,22 @@ int main(void) {
 """
 
 
-def _busybox() -> str:
-    need_tool(BUSYBOX is not None, "busybox-static is not installed")
-    return BUSYBOX
-
-
-def _musl(tmp_path: Path, name: str, source: str) -> Path:
-    need_tool(shutil.which("musl-gcc") is not None, "musl-tools is not installed")
-    src = tmp_path / f"{name}.c"
-    src.write_text(source)
-    out = tmp_path / name
-    subprocess.run(["musl-gcc", "-static", "-O2", "-g", "-o", str(out), str(src)], check=True)
-    return out
-
-
 def test_busybox_echo():
-    r = run_exo("run", _busybox(), "echo", "hi")
+    r = run_exo("run", busybox(), "echo", "hi")
     assert (r.stdout, r.stderr, r.returncode) == (b"hi\n", b"", 0)
 
 
 def test_musl_hello_argc_and_exit_status(tmp_path):
-    r = run_exo("run", str(_musl(tmp_path, "hello", HELLO)), "a", "b")
+    r = run_exo("run", str(musl(tmp_path, "hello", HELLO)), "a", "b")
     assert (r.stdout, r.stderr, r.returncode) == (b"hello 3 b\n", b"", 3)
 
 
 def test_same_run_twice_same_stats(tmp_path):
-    busybox = _busybox()
+    bb = busybox()
     stats = []
     for i in range(2):
         path = tmp_path / f"s{i}.json"
-        r = run_exo("run", "--stats-json", str(path), busybox, "echo", "hi")
+        r = run_exo("run", "--stats-json", str(path), bb, "echo", "hi")
         assert r.returncode == 0, r.stderr
         stats.append(path.read_text())
     assert stats[0] == stats[1]
@@ -87,7 +70,7 @@ def test_same_run_twice_same_stats(tmp_path):
 
 
 def test_unknown_syscall_is_enosys_logged_once(tmp_path):
-    r = run_exo("run", str(_musl(tmp_path, "unknown", UNKNOWN)))
+    r = run_exo("run", str(musl(tmp_path, "unknown", UNKNOWN)))
     assert r.returncode == 0
     assert r.stdout == b"-1 38 -1 38\n"  # ENOSYS both times
     lines = r.stderr.decode().splitlines()
@@ -95,13 +78,13 @@ def test_unknown_syscall_is_enosys_logged_once(tmp_path):
 
 
 def test_tls_through_env_set_fsbase(tmp_path):
-    r = run_exo("run", str(_musl(tmp_path, "tls", TLS)))
+    r = run_exo("run", str(musl(tmp_path, "tls", TLS)))
     # __thread works (FS base set by arch_prctl), ARCH_GET_FS answers, a kernel-half base is EPERM (1).
     assert (r.stdout, r.returncode) == (b"42 0 1 -1 1\n", 0), r.stderr
 
 
 def test_null_dereference_report_names_the_function(tmp_path):
-    r = run_exo("run", str(_musl(tmp_path, "null", NULL_DEREF)))
+    r = run_exo("run", str(musl(tmp_path, "null", NULL_DEREF)))
     assert r.returncode == 1
     err = r.stderr.decode()
     assert "page fault (#PF)" in err and "in crash+0x" in err
@@ -138,5 +121,5 @@ def test_other_structures_refuse_for_now():
 
 def test_stdin_is_read_through_the_console():
     # read(0) -> console_read; the unserved fstat/lseek busybox tries first are -ENOSYS (named on stderr).
-    r = run_exo("run", _busybox(), "wc", "-w", stdin=b"x y\nz\n")
+    r = run_exo("run", busybox(), "wc", "-w", stdin=b"x y\nz\n")
     assert (r.stdout, r.returncode) == (b"3\n", 0)
