@@ -188,6 +188,11 @@ CONSOLE_TTY = 1  # the console is a terminal
 CONSOLE_RAW = 2  # and exo put it in raw mode: the libOS does the line discipline
 CONSOLE_INFO_SIZE = 16
 
+# Where the Linux loader maps a read-only copy of the program file (LINUX_INFO's bootfile_len
+# bytes): the no-disk root's copy of the program and execve("/proc/self/exe") read it (docs/posix.md).
+BOOTFILE = 0x0000_6000_0000_0000
+BOOTFILE_MAX = 256 << 20
+
 # env_set_fsbase: which base (arch_prctl's ARCH_SET_FS / ARCH_SET_GS)
 FSBASE_FS = 0
 FSBASE_GS = 1
