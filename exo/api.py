@@ -188,16 +188,17 @@ def check_forwards(nic: Any, net: Any) -> None:
 
 class Result(Record):
     """A finished (or budget-limited) run, as data."""
-    _FIELDS = ('stdout', 'exit_status', 'stats', 'reports', 'stuck', 'watchdog_fired')
+    _FIELDS = ('stdout', 'exit_status', 'stats', 'reports', 'stuck', 'watchdog_fired', 'stderr')
 
     def __init__(self, stdout: bytes, exit_status: int | None, stats: dict, reports: list | None = None,
-                 stuck: dict[str, str] | None = None, watchdog_fired: bool = False) -> None:
+                 stuck: dict[str, str] | None = None, watchdog_fired: bool = False, stderr: bytes = b"") -> None:
         self.stdout = stdout  # the guests' console output (b"" when it went to a file descriptor)
         self.exit_status = exit_status  # the first app's exit status (None: it did not exit)
         self.stats = stats  # collect_stats: what `--stats-json` writes (docs/stats.md)
         self.reports = [] if reports is None else reports  # exo.report.FaultReport per guest stopped by a fault
         self.stuck = {} if stuck is None else stuck  # "ID (NAME)" -> why it has not finished
         self.watchdog_fired = watchdog_fired  # the instruction budget ran out before the guests finished
+        self.stderr = stderr  # the guests' console error stream (console_error; b"" when it went elsewhere)
 
     @property
     def ok(self) -> bool:
@@ -212,6 +213,7 @@ class System:
     ``clock`` ("virtual": deterministic; "wall"), ``structure``, ``ram_mib``, ``slice`` (instructions
     under the virtual clock, microseconds under the wall clock), ``stdin`` (bytes, or a file
     descriptor), ``stdout`` (None: captured, read it as `stdout`; or a file descriptor / binary file),
+    ``stderr`` (the console's error stream, the same way: None captures it as `stderr`),
     ``args`` (guest arguments, for every app), ``quotas`` ({app name: {"frames": N, ...}}),
     ``disk`` (an image path, ``PATH:ro``, or a hw BlockDevice), ``disk_fail_after``, ``net``
     (``user[,hostfwd=...]``, ``switch`` or ``tap:IFNAME``), ``net_faults``, ``pcap``, ``trace`` (a
@@ -224,7 +226,7 @@ class System:
 
     def __init__(self, apps: list, *, clock: str = "virtual", structure: str = "exokernel", ram_mib: int = 256,
                  slice: int | None = None, stdin: bytes | int = b"", stdout: int | BinaryIO | None = None,
-                 args: list[str] = (), quotas: dict[str, dict] | None = None, disk: Any = None,
+                 stderr: int | BinaryIO | None = None, args: list[str] = (), quotas: dict[str, dict] | None = None, disk: Any = None,
                  disk_fail_after: int | None = None, net: str | None = None, net_faults: str | None = None,
                  pcap: str | None = None, trace: str | None = None, trace_capacity: int = 1_000_000,
                  use_cache: bool = True, on_fault: Any = None) -> None:
@@ -259,7 +261,9 @@ class System:
             disk = open_disk(str(disk), disk_fail_after)
         self.nic = open_nic(net, net_faults, pcap) if net else None
         self._out = io.BytesIO() if stdout is None else None
+        self._err = io.BytesIO() if stderr is None else None
         self.machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=self._out or stdout,
+                               stderr=self._err or stderr,
                                slice_seconds=(slice or 10_000) / 1e6, disk=disk, nic=self.nic)
         self.kernel = Exokernel(self.machine, slice_instructions=slice or DEFAULT_SLICE, structure=structure,
                                 on_fault=on_fault or (lambda report: None))
@@ -302,12 +306,17 @@ class System:
         stuck = {f"{e.id} ({e.name})": e.fault or watchdog_reason(e)
                  for e in k.envs.values() if e.alive and not e.is_server}
         return Result(self.stdout, self.envs[0].exit_status, collect_stats(k), list(k.reports), stuck,
-                      bool(k.watchdog_fired))
+                      bool(k.watchdog_fired), self.stderr)
 
     @property
     def stdout(self) -> bytes:
         """The guests' console output so far (captured only when no ``stdout`` was given)."""
         return self._out.getvalue() if self._out is not None else b""
+
+    @property
+    def stderr(self) -> bytes:
+        """The guests' console error stream so far (captured only when no ``stderr`` was given)."""
+        return self._err.getvalue() if self._err is not None else b""
 
     @property
     def reports(self) -> list:

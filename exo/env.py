@@ -47,6 +47,11 @@ class Env:
         self.reflect: Any = None
         self.reflect_va: int = 0  # its slot address (re-resolved in a forked child)
         self.reflect_rip: int = 0  # return RIP of the reflected call in progress (0: none)
+        # Events (exo/events.py): what its event_wait waits for, its doorbell, its ended children
+        self.wait_mask: int = 0
+        self.notified: bool = False
+        self.zombies: list[tuple[int, int, int, int]] = []  # (id, how, status, vector) per ended child
+        self.fault_vector: int = 0  # the CPU exception that stopped it (with fault)
         self.retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
         self.retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
         self.libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet

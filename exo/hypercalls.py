@@ -18,7 +18,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    CONSOLE_INFO_SIZE,
+    CONSOLE_RAW,
+    CONSOLE_TTY,
     ENV_INFO_SIZE,
+    EV_IPC,
     FSBASE_FS,
     FSBASE_GS,
     IPC_INFO_SIZE,
@@ -35,6 +39,8 @@ from exo.abi import (
 )
 from exo.disk import hc_disk_grant, hc_disk_info, hc_disk_io
 from exo.errors import HypercallError
+from exo.events import hc_env_notify, hc_env_reap, hc_event_wait
+from exo.events import signal as signal_event
 from exo.frames import EXO, FrameType, OutOfFrames
 from exo.vm import check_max_right, check_user_va, perm_to_pte
 from hw.paging import PTE_NX, PTE_W
@@ -109,6 +115,27 @@ def _hc_console_write(k: Exokernel, env: Env, buf: int, length: int) -> int:
     if n < 0:
         raise HypercallError(Errno.EPIPE, "console output closed")
     return n
+
+
+def _hc_console_error(k: Exokernel, env: Env, buf: int, length: int) -> int:
+    length = min(_length(length), MAX_IO)
+    data = env.space.read(buf, length)
+    n = k.machine.console.write_error(data)
+    if n < 0:
+        raise HypercallError(Errno.EPIPE, "console error stream closed")
+    return n
+
+
+_CONSOLE_INFO = struct.Struct("<QHHI")
+assert _CONSOLE_INFO.size == CONSOLE_INFO_SIZE
+
+
+def _hc_console_info(k: Exokernel, env: Env, info: int) -> int:
+    console = k.machine.console
+    flags = (CONSOLE_TTY if console.is_terminal() else 0) | (CONSOLE_RAW if getattr(console, "raw", False) else 0)
+    rows, cols = console.window_size()
+    env.space.write(info, _CONSOLE_INFO.pack(flags, min(rows, 0xFFFF), min(cols, 0xFFFF), 0))
+    return 0
 
 
 def _hc_console_read(k: Exokernel, env: Env, buf: int, length: int) -> int:
@@ -412,6 +439,8 @@ def _hc_ipc_try_send(k: Exokernel, env: Env, envid: int, value: int, srcva: int,
     if target.ipc_waiting:
         target.ipc_waiting = False
         k.make_runnable(target)
+    else:
+        signal_event(k, target, EV_IPC)  # a libOS waiting in event_wait with EV_IPC (exo/events.py)
     return 0
 
 
@@ -630,6 +659,25 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Set envid's FS_BASE (which FSBASE_FS) or GS_BASE (FSBASE_GS) to base (< USER_TOP, else EPERM): "
               "the live register if envid is running, else its saved context (arch_prctl ARCH_SET_FS).",
               _hc_env_set_fsbase),
+    Hypercall(34, "event_wait", ("mask", "deadline"), "the ready events of mask; 0 when the deadline passed",
+              (E.EINVAL,),
+              "Block until one of mask is there: EV_IPC (the mailbox holds a message), EV_CONSOLE (console "
+              "input or its end), EV_CHILD (an ended child not yet reaped), EV_NET (frames in the receive ring; "
+              "consumed, as by net_wait), EV_NOTIFY (the doorbell, env_notify; consumed), or until guest time "
+              "deadline (ns, time_now; 0: none). Xen's SCHEDOP_poll (exo/events.py).", hc_event_wait),
+    Hypercall(35, "env_reap", ("envid", "info"), "the id of the child whose record was taken",
+              (E.ECHILD, E.ESRCH, E.EFAULT),
+              "Take the record an ended child (envid; 0: any) left: {u64 id, u64 how (REAP_EXITED, REAP_FAULTED, "
+              "REAP_DESTROYED), s64 status (exit status; -1 otherwise), u64 vector (the CPU exception of a "
+              "fault)} at info (REAP_INFO_SIZE bytes). ECHILD: none has ended.", hc_env_reap),
+    Hypercall(36, "console_error", ("buf", "len"), "bytes written", (E.EFAULT, E.EINVAL, E.EPIPE),
+              "Write len bytes at buf to the console's error stream (the host's stderr).", _hc_console_error),
+    Hypercall(37, "console_info", ("info",), "0", (E.EFAULT,),
+              "Write {u64 flags (CONSOLE_TTY: a terminal; CONSOLE_RAW: in raw mode, the libOS edits lines), "
+              "u16 rows, u16 cols, u32 0} at info (CONSOLE_INFO_SIZE bytes).", _hc_console_info),
+    Hypercall(38, "env_notify", ("envid",), "0", (E.ESRCH, E.EPERM),
+              "Ring envid's doorbell: its next event_wait with EV_NOTIFY returns at once, and one waiting now "
+              "wakes (Xen's EVTCHNOP_send). envid must belong to the caller's app (tenant).", hc_env_notify),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

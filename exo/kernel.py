@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    EV_CONSOLE,
     EXO_REGION_END,
     HYPERCALL_PAGE,
     HYPERCALL_STUB_SIZE,
@@ -33,6 +34,7 @@ from exo.abi import (
 from exo.accounting import Accounting
 from exo.env import Env
 from exo.errors import HypercallError
+from exo.events import WAITING, child_ended
 from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
@@ -54,7 +56,7 @@ DEFAULT_SLICE = 100_000  # instructions per time slice under the virtual clock
 # Live environments one booted app (its tree of descendants) may hold by default: its
 # tenant's env quota (exo/tenants.py); a fork bomb gets -EAGAIN beyond it.
 MAX_ENVS_PER_APP = DEFAULT_ENVS
-RATE_WAITS = frozenset({"disk rate", "net rate"})  # what an environment in sleep_until waits for
+RATE_WAITS = frozenset({"disk rate", "net rate", WAITING})  # what an environment in sleep_until waits for
 UPCALL_VECTORS = frozenset({Vector.PF, Vector.DE, Vector.UD, Vector.BP})
 _RETRY = object()
 _KEEP = object()  # a hypercall that set RAX and RIP itself (or leaves them to someone else)
@@ -297,6 +299,7 @@ class Exokernel:
             self._reclaim(env)
 
     def _reclaim(self, env: Env) -> None:
+        child_ended(self, env)  # its record for the parent's env_reap (exo/events.py)
         env.tenant.envs_used -= 1
         self.frames.refused.pop(env.id, None)
         if env.mailbox is not None and env.mailbox[2] >= 0:
@@ -357,6 +360,7 @@ class Exokernel:
         if kind is not None:
             report.kind = kind
         env.fault = report.summary
+        env.fault_vector = int(trap.vector)
         self.reports.append(report)
         self.on_fault(report)
         self.destroy(env, exit_status=None)
@@ -536,7 +540,8 @@ class Exokernel:
         console = self.machine.console
         net = self.net
         while True:
-            waiting = [e for e in self.envs.values() if e.status == EnvStatus.BLOCKED and e.blocked_on == "console"]
+            waiting = [e for e in self.envs.values() if e.status == EnvStatus.BLOCKED
+                       and (e.blocked_on == "console" or e.blocked_on == WAITING and e.wait_mask & EV_CONSOLE)]
             if waiting and console.poll():
                 for e in waiting:
                     self.make_runnable(e)

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from exo.abi import (
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
+    EV_NET,
     NET_FILTER_SIZE,
     NET_FRAME_MAX,
     NET_FRAME_MIN,
@@ -65,6 +66,7 @@ from exo.abi import (
     NetFilterOp,
 )
 from exo.errors import HypercallError
+from exo.events import WAITING
 
 if TYPE_CHECKING:
     from exo.env import Env
@@ -416,14 +418,15 @@ class NetMux:
         port.prod += 1
         port.event = True
         self.stats["delivered"] += 1
-        if env.status == EnvStatus.BLOCKED and env.blocked_on == "net":
+        if env.status == EnvStatus.BLOCKED and (env.blocked_on == "net" or _events_waiter(env)):
             self.k.make_runnable(env)
         elif port.upcall_entry:
             port.upcall_pending = True  # it is busy: announce the arrival when it next runs
 
     # ------------------------------------------------------------- the idle loop
     def waiters(self) -> list[Env]:
-        return [e for e in self.k.envs.values() if e.status == EnvStatus.BLOCKED and e.blocked_on == "net"]
+        return [e for e in self.k.envs.values()
+                if e.status == EnvStatus.BLOCKED and (e.blocked_on == "net" or _events_waiter(e))]
 
     def wake_expired(self, waiters: list[Env], now: int) -> None:
         for e in waiters:
@@ -455,3 +458,8 @@ class NetMux:
         else:
             time.sleep((earliest - now) / 1e9)
         return True
+
+
+def _events_waiter(env: Env) -> bool:
+    """``env`` waits in event_wait with EV_NET in its mask (exo/events.py)."""
+    return env.blocked_on == WAITING and bool(env.wait_mask & EV_NET)

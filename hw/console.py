@@ -15,7 +15,8 @@ Input comes in two modes, chosen by what stdin is:
 
 End of input is ``b""``. Output is written unbuffered with ``os.write``; a
 closed reader (``exo boot ... | head``) makes ``write`` return -1 instead of
-raising.
+raising. The error stream (``write_error``, hypercall console_error) is a second
+output of the same kind: the host's stderr, or a file a test captures.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ from typing import BinaryIO
 class ConsoleDevice:
     name = "console"
 
-    def __init__(self, stdin: int | bytes | None = 0, stdout: int | BinaryIO = 1) -> None:
+    def __init__(self, stdin: int | bytes | None = 0, stdout: int | BinaryIO = 1,
+                 stderr: int | BinaryIO = 2) -> None:
         self._out = stdout
+        self._err = stderr
+        self.error_closed = False  # the error stream's reader went away
+        self.bytes_err = 0
         self.output_closed = False
         self.output_error: str | None = None  # why output failed (not for a reader that left: `| head`)
         self.bytes_in = 0
@@ -176,6 +181,25 @@ class ConsoleDevice:
         with self._cv:
             return bool(self._data) or self._eof
 
+    def ready(self) -> bool:
+        """Would ``read`` return without waiting for the guest's sake? Always for a pipe or a file:
+        their reads wait for the host (see the module doc), not for an event."""
+        return self.poll() if self._interactive or self._fd is None else True
+
+    def is_terminal(self) -> bool:
+        """Input is a terminal (and output too): what a guest's isatty() should say."""
+        return self._interactive and isinstance(self._out, int) and os.isatty(self._out)
+
+    def window_size(self) -> tuple[int, int]:
+        """(rows, columns) of the terminal; (0, 0) when the console is not one."""
+        if not self.is_terminal():
+            return 0, 0
+        try:
+            size = os.get_terminal_size(self._out)
+        except OSError:
+            return 0, 0
+        return size.lines, size.columns
+
     def wait_input(self, timeout: float) -> bool:
         """Sleep until input (or end of input) arrives; True if it did."""
         with self._cv:
@@ -189,25 +213,22 @@ class ConsoleDevice:
         """Write all of ``data``; the count written, or -1 once the reader has gone."""
         if self.output_closed:
             return -1
-        out = self._out
-        try:
-            if isinstance(out, int):
-                view = memoryview(data)
-                while view:
-                    n = os.write(out, view)
-                    view = view[n:]
-            else:
-                out.write(data)
-                if not isinstance(out, io.BytesIO):
-                    out.flush()
-        except BrokenPipeError:
-            self.output_closed = True  # the reader went away (`exo boot ... | head`): not an error
-            return -1
-        except (ValueError, OSError) as e:
+        err = _write_all(self._out, data)
+        if err is not None:
             self.output_closed = True
-            self.output_error = getattr(e, "strerror", None) or str(e)
+            self.output_error = err or None  # "": the reader went away (`exo boot ... | head`), not an error
             return -1
         self.bytes_out += len(data)
+        return len(data)
+
+    def write_error(self, data: bytes) -> int:
+        """The same for the error stream (a guest's stderr)."""
+        if self.error_closed:
+            return -1
+        if _write_all(self._err, data) is not None:
+            self.error_closed = True
+            return -1
+        self.bytes_err += len(data)
         return len(data)
 
     def close(self) -> None:
@@ -219,6 +240,25 @@ class ConsoleDevice:
             self._nudge()
             self._cv.notify_all()
         self._reader_thread.join(timeout=5)
+
+
+def _write_all(out: int | BinaryIO, data: bytes) -> str | None:
+    """Write ``data`` to a descriptor or a binary file: None, or why not ("" for a reader that left)."""
+    try:
+        if isinstance(out, int):
+            view = memoryview(data)
+            while view:
+                n = os.write(out, view)
+                view = view[n:]
+        else:
+            out.write(data)
+            if not isinstance(out, io.BytesIO):
+                out.flush()
+    except BrokenPipeError:
+        return ""
+    except (ValueError, OSError) as e:
+        return getattr(e, "strerror", None) or str(e)
+    return None
 
 
 def _readable(fd: int) -> bool:

@@ -24,6 +24,7 @@ class Machine:
         clock: str = "virtual",
         stdin: int | bytes | None = 0,
         stdout: int | BinaryIO = 1,
+        stderr: int | BinaryIO = 2,
         slice_seconds: float = 0.01,
         disk: BlockDevice | None = None,
         nic: Nic | None = None,
@@ -31,7 +32,7 @@ class Machine:
         self.memory = PhysicalMemory(ram_size)
         self.cpu = VCpu(self.memory, clock=clock, slice_seconds=slice_seconds)
         self.clock = Clock(clock, self.cpu.instructions)
-        self.console = ConsoleDevice(stdin, stdout)
+        self.console = ConsoleDevice(stdin, stdout, stderr)
         self.devices = DeviceBus()
         self.devices.attach(self.console)
         self.disk = disk  # hw/blockdev.py; closing the machine does not flush it

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         disk = _private_copy(disk)  # a replay never writes the image: it may be replayed again
     try:
         system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                        stdin=None if args.replay else 0, stdout=1, args=guest_args, quotas=quotas, disk=disk,
+                        stdin=None if args.replay else 0, stdout=1, stderr=2, args=guest_args, quotas=quotas, disk=disk,
                         disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
                         pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
                         on_fault=_print_report)

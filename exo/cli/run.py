@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     manifest, image = linux_app(program, list(args.program_args), seed=args.seed)
     app = App(manifest, image, resolve_libos(manifest))
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                    stdin=0, stdout=1, trace=args.trace, on_fault=_print_report)
+                    stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report)
     kernel = system.kernel
     interrupted = False
     try:

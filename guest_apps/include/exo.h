@@ -71,6 +71,16 @@
 #define NR_ENV_SET_SYSCALL 0x20
 #define HC_ENV_SET_FSBASE 0x100420
 #define NR_ENV_SET_FSBASE 0x21
+#define HC_EVENT_WAIT 0x100440
+#define NR_EVENT_WAIT 0x22
+#define HC_ENV_REAP 0x100460
+#define NR_ENV_REAP 0x23
+#define HC_CONSOLE_ERROR 0x100480
+#define NR_CONSOLE_ERROR 0x24
+#define HC_CONSOLE_INFO 0x1004a0
+#define NR_CONSOLE_INFO 0x25
+#define HC_ENV_NOTIFY 0x1004c0
+#define NR_ENV_NOTIFY 0x26
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -137,6 +147,18 @@
 #define SYSCALL_REFLECT 0x1
 #define FSBASE_FS 0x0
 #define FSBASE_GS 0x1
+#define EV_IPC 0x1
+#define EV_CONSOLE 0x2
+#define EV_CHILD 0x4
+#define EV_NET 0x8
+#define EV_NOTIFY 0x10
+#define REAP_EXITED 0x0
+#define REAP_FAULTED 0x1
+#define REAP_DESTROYED 0x2
+#define REAP_INFO_SIZE 0x20
+#define CONSOLE_TTY 0x1
+#define CONSOLE_RAW 0x2
+#define CONSOLE_INFO_SIZE 0x10
 #define UPCALL_TIMER 0x100
 #define UPCALL_NET 0x101
 #define UVPT 0x7f0000000000
@@ -228,5 +250,10 @@ static inline long exo_net_wait(long deadline) { return exo_hypercall(30, deadli
 static inline long exo_env_info(long envid, long info) { return exo_hypercall(31, envid, info, 0, 0, 0); }
 static inline long exo_env_set_syscall(long envid, long mode, long entry) { return exo_hypercall(32, envid, mode, entry, 0, 0); }
 static inline long exo_env_set_fsbase(long envid, long which, long base) { return exo_hypercall(33, envid, which, base, 0, 0); }
+static inline long exo_event_wait(long mask, long deadline) { return exo_hypercall(34, mask, deadline, 0, 0, 0); }
+static inline long exo_env_reap(long envid, long info) { return exo_hypercall(35, envid, info, 0, 0, 0); }
+static inline long exo_console_error(long buf, long len) { return exo_hypercall(36, buf, len, 0, 0, 0); }
+static inline long exo_console_info(long info) { return exo_hypercall(37, info, 0, 0, 0, 0); }
+static inline long exo_env_notify(long envid) { return exo_hypercall(38, envid, 0, 0, 0, 0); }
 
 #endif

@@ -42,7 +42,8 @@ class Posix(LibModule):
     ENTRIES = ("syscall",)
     LOCAL = frozenset({"syscall"})
     HYPERCALLS = frozenset({"env_set_syscall", "env_set_fsbase", "console_write", "console_read", "page_alloc",
-                            "page_unmap", "sched_op", "time_now", "env_id", "log", "event_wait", "env_notify"})
+                            "page_unmap", "sched_op", "time_now", "env_id", "log", "event_wait", "env_notify", "env_reap",
+                            "console_error", "console_info"})
     DOC = "syscall(nr, a0..a5): a Linux system call reflected by the exokernel (docs/posix.md)"
     SYSCALL_NAMES = SYSCALL_NAMES  # read by the kernel for --stats-json and traces
 

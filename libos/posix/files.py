@@ -59,13 +59,13 @@ class Console(OpenFile):
 
     def __init__(self, flags: int = O_RDWR, error: bool = False) -> None:
         super().__init__(flags)
-        self.error = error  # fd 2: the console's error stream (console_error) once exo has one
+        self.error = error  # fd 2: the console's error stream (console_error), the host's stderr
 
     def read(self, p: Posix, buf: int, n: int) -> int:
         return p.hc("console_read", buf, n) if n else 0
 
     def write(self, p: Posix, buf: int, n: int) -> int:
-        return p.hc("console_write", buf, n) if n else 0
+        return p.hc("console_error" if self.error else "console_write", buf, n) if n else 0
 
 
 class FdTable:

@@ -123,3 +123,9 @@ def test_stdin_is_read_through_the_console():
     # read(0) -> console_read; the unserved fstat/lseek busybox tries first are -ENOSYS (named on stderr).
     r = run_exo("run", busybox(), "wc", "-w", stdin=b"x y\nz\n")
     assert (r.stdout, r.returncode) == (b"3\n", 0)
+
+
+def test_stderr_is_the_console_error_stream(tmp_path):
+    src = '#include <stdio.h>\nint main(void) { fputs("out\\n", stdout); fflush(stdout); fputs("err\\n", stderr); return 0; }\n'
+    r = run_exo("run", str(musl(tmp_path, "err", src)))
+    assert (r.stdout, r.stderr, r.returncode) == (b"out\n", b"err\n", 0)
