@@ -70,10 +70,24 @@ def build_manifest(manifest: Any, *, use_cache: bool = True) -> App:
     from exo.build.image import build_image
     from libos.registry import hints, symbols
 
+    if getattr(manifest, "personality", "exo") == "linux":
+        return _linux_manifest_app(manifest)
     classes = resolve_libos(manifest)
     names = {c.NAME for c in classes}
     image = build_image(manifest, use_cache=use_cache, extra_symbols=symbols(names), hints=hints(names))
     return App(manifest, image, classes)
+
+
+def _linux_manifest_app(manifest: Any) -> App:
+    """An app.toml with personality = "linux": its one source is a static Linux executable, linked with
+    the posix personality's modules unless its [libos] says otherwise (docs/posix.md)."""
+    from exo.build.linux_app import DEFAULT_ENV, linux_app
+
+    env = tuple(DEFAULT_ENV) + tuple(e.encode() for e in manifest.env)
+    linux, image = linux_app(manifest.sources[0], list(manifest.args), env=env)
+    image.name = manifest.name
+    manifest.libos = {**linux.libos, **manifest.libos}
+    return App(manifest, image, resolve_libos(manifest))
 
 
 def spawn_apps(kernel: Any, apps: list, guest_args: list[str] = (), quotas: dict[str, dict] | None = None) -> list:

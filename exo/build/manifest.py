@@ -24,16 +24,18 @@ from exo.errors import ExoUserError
 from exo.record import Record
 from exo.tenants import QuotaError, parse_quota
 
-KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages", "args", "quota"}
+KNOWN_KEYS = {"name", "sources", "entry", "libos", "description", "memory_pages", "args", "quota", "personality",
+              "env"}
+PERSONALITIES = ("exo", "linux")  # exo: exo's own ABI (hypercalls, libOS calls); linux: a static Linux binary
 ASM_SUFFIXES = (".s", ".asm", ".S")
 
 
 class Manifest(Record):
-    _FIELDS = ('path', 'name', 'sources', 'entry', 'libos', 'description', 'args', 'quota')
+    _FIELDS = ('path', 'name', 'sources', 'entry', 'libos', 'description', 'args', 'quota', 'personality', 'env')
 
     def __init__(self, path: Path, name: str, sources: list[Path], entry: str = "_start",
                  libos: dict[str, str] | None = None, description: str = "", args: list[str] | None = None,
-                 quota: dict[str, Any] | None = None) -> None:
+                 quota: dict[str, Any] | None = None, personality: str = "exo", env: list[str] | None = None) -> None:
         self.path = path
         self.name = name
         self.sources = sources
@@ -43,6 +45,10 @@ class Manifest(Record):
         self.args = [] if args is None else args
         # Parsed [quota] (exo/tenants.py parse_quota); the older key memory_pages = N lands here as frames.
         self.quota = {} if quota is None else quota
+        # "linux": sources is one static x86-64 Linux executable, run on the posix libOS (docs/posix.md)
+        # with env (K=V strings) after exo's default environment.
+        self.personality = personality
+        self.env = [] if env is None else env
 
     @property
     def root(self) -> Path:
@@ -146,5 +152,15 @@ def load_manifest(app: str | Path) -> Manifest:
         if "frames" in quota:
             raise ExoUserError(str(path), "memory_pages and [quota] frames both set: keep [quota] frames")
         quota["frames"] = pages
+    personality = need("personality", str, "exo")
+    if personality not in PERSONALITIES:
+        raise ExoUserError(str(path), f"personality {personality!r} is not one of {', '.join(PERSONALITIES)}")
+    env = need("env", list, [])
+    if not all(isinstance(e, str) and "=" in e for e in env):
+        raise ExoUserError(str(path), "'env' must be a list of \"NAME=value\" strings")
+    if env and personality != "linux":
+        raise ExoUserError(str(path), "'env' is for personality = \"linux\" (exo's own guests have no environment)")
+    if personality == "linux" and (len(files) != 1 or files[0].name.endswith(ASM_SUFFIXES)):
+        raise ExoUserError(str(path), "personality = \"linux\" takes one source: a static Linux executable")
     return Manifest(path, name, files, need("entry", str, "_start"), dict(libos),
-                    need("description", str, ""), list(args), quota)
+                    need("description", str, ""), list(args), quota, personality, list(env))

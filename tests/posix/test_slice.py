@@ -129,3 +129,29 @@ def test_stderr_is_the_console_error_stream(tmp_path):
     src = '#include <stdio.h>\nint main(void) { fputs("out\\n", stdout); fflush(stdout); fputs("err\\n", stderr); return 0; }\n'
     r = run_exo("run", str(musl(tmp_path, "err", src)))
     assert (r.stdout, r.stderr, r.returncode) == (b"out\n", b"err\n", 0)
+
+
+def test_app_toml_names_a_linux_binary(tmp_path):
+    d = tmp_path / "bbenv"
+    d.mkdir()
+    shutil.copy(busybox(), d / "busybox")
+    (d / "app.toml").write_text('name = "bbenv"\nsources = ["busybox"]\npersonality = "linux"\n'
+                                'args = ["env"]\nenv = ["GREETING=hi"]\n')
+    r = run_exo("boot", str(d))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"PATH=/bin:/sbin:/usr/bin:/usr/sbin\nHOME=/root\nTERM=linux\nLANG=C\nGREETING=hi\n"
+
+
+@pytest.mark.parametrize("toml,why", [
+    ('personality = "posix"', "personality 'posix' is not one of exo, linux"),
+    ('personality = "linux"\nenv = ["NOEQUALS"]', "'env' must be a list of \"NAME=value\" strings"),
+    ('env = ["A=1"]', "'env' is for personality = \"linux\""),
+])
+def test_bad_linux_manifest_is_one_line(tmp_path, toml, why):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "prog").write_bytes(b"\x7fELF")
+    (d / "app.toml").write_text(f'name = "bad"\nsources = ["prog"]\n{toml}\n')
+    r = run_exo("boot", str(d))
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and why in lines[0], lines
