@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, NamedTuple
 from exo.errors import ExoUserError
 from exo.record import Record
 
-__all__ = ["App", "Result", "System", "build", "collect_stats", "run", "spawn_apps"]
+__all__ = ["App", "Result", "System", "build", "collect_stats", "linux", "run", "run_linux", "spawn_apps"]
 
 STRUCTURES = ("exokernel", "monolithic", "xen-pv", "microkernel")  # docs/experiments.md
 CLOCKS = ("virtual", "wall")
@@ -380,3 +380,19 @@ def run(*apps: str | Path | App, max_instructions: int | None = None, **options:
     ``max_instructions``), close the machine and return the `Result`."""
     with System(list(apps), **options) as s:
         return s.run(max_instructions)
+
+
+def linux(program: str | Path, *args: str, seed: int = 0, env: tuple[str, ...] = ()) -> App:
+    """A static x86-64 Linux ``program`` run with ``args`` (after argv[0]) as an `App`: what `exo run` boots
+    (docs/posix.md). ``env``: "NAME=value" strings after exo's fixed environment."""
+    from exo.build.linux_app import DEFAULT_ENV, linux_app
+
+    manifest, image = linux_app(program, list(args), seed=seed,
+                                env=tuple(DEFAULT_ENV) + tuple(e.encode() for e in env))
+    return App(manifest, image, resolve_libos(manifest))
+
+
+def run_linux(program: str | Path, *args: str, max_instructions: int | None = None, seed: int = 0,
+              env: tuple[str, ...] = (), **options: Any) -> Result:
+    """`run` for one static Linux program: ``run_linux("/bin/busybox", "echo", "hi").stdout == b"hi\\n"``."""
+    return run(linux(program, *args, seed=seed, env=env), max_instructions=max_instructions, **options)

@@ -155,3 +155,11 @@ def test_bad_linux_manifest_is_one_line(tmp_path, toml, why):
     r = run_exo("boot", str(d))
     lines = r.stderr.decode().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and why in lines[0], lines
+
+
+def test_embedding_api_runs_a_linux_program_in_process():
+    from exo.api import run_linux
+
+    r = run_linux(busybox(), "echo", "in", "process")
+    assert (r.stdout, r.stderr, r.exit_status) == (b"in process\n", b"", 0)
+    assert r.stats["syscalls"]["write"] == 1
