@@ -438,7 +438,10 @@ class Exokernel:
             if env.alive:
                 env.retrying = True
                 self.cpu.regs.write(Reg.RIP, rip)  # Unicorn adds 2: the `syscall` runs again
-        elif result is not _KEEP and not env.port.resumed and env.alive:
+        elif env.port.resumed:
+            if env.alive:  # the entry loaded another context (execve, a signal): Unicorn adds 2 to RIP
+                self.cpu.regs.write(Reg.RIP, self._rip[0] - 2)
+        elif result is not _KEEP and env.alive:
             g[0] = (result or 0) & _MASK
             g[1] = rip + 2
             g[11] = self._rip[1]

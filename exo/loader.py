@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from typing import TYPE_CHECKING
 
 from exo.abi import (
+    BOOTFILE,
+    BOOTFILE_MAX,
     INFO_PAGE,
     LINUX_INFO,
     LINUX_INFO_FIELDS,
@@ -23,6 +24,7 @@ from exo.env import Env
 from exo.errors import ExoUserError, HypercallError
 from exo.frames import FrameKind, FrameType, OutOfFrames
 from exo.kernel import Exokernel
+from exo.linux import STACK_PAGES_LINUX, linux_stack
 from exo.vm import perm_to_pte
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.regs import Reg
@@ -49,40 +51,7 @@ def _alloc_page(k: Exokernel, env: Env, va: int, pte: int, kind: FrameKind) -> i
     return frame << PAGE_SHIFT
 
 
-STACK_PAGES_LINUX = 32  # 128 KiB eager stack for a Linux program (design section 2)
 _LINUX_INFO = struct.Struct(f"<{len(LINUX_INFO_FIELDS)}Q")
-# auxv tags (Linux include/uapi/linux/auxvec.h, arch/x86/include/uapi/asm/auxvec.h)
-AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = 0, 3, 4, 5, 6, 7, 8, 9
-AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
-AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN = 23, 25, 26, 31
-
-
-def linux_stack(linux: dict, argv: list[bytes]) -> tuple[bytes, int]:
-    """The System V initial process stack (x86-64 psABI 3.4.1; Linux fs/binfmt_elf.c
-    create_elf_tables) ending at STACK_TOP: (its bytes, the RSP where argc is).
-
-    From the top: AT_RANDOM's 16 bytes, "x86_64", the argv and envp strings, then, 16-byte
-    aligned, argc, argv[], NULL, envp[], NULL, auxv (AT_NULL last). No AT_SYSINFO_EHDR: no vDSO,
-    so clock_gettime stays a counted `syscall` on the guest clock.
-    """
-    envp = list(linux["env"])
-    rnd = hashlib.sha256(b"exo-at-random|%d" % linux["seed"]).digest()[:16]
-    blobs = [rnd, b"x86_64\0", *(a + b"\0" for a in argv), *(e + b"\0" for e in envp)]
-    area = b"".join(blobs)
-    base = STACK_TOP - len(area)
-    addrs, off = [], base
-    for b in blobs:
-        addrs.append(off)
-        off += len(b)
-    argv_va, env_va = addrs[2 : 2 + len(argv)], addrs[2 + len(argv) :]
-    aux = [(AT_PHDR, linux["phdr"]), (AT_PHENT, 56), (AT_PHNUM, linux["phnum"]), (AT_PAGESZ, PAGE_SIZE),
-           (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, linux["entry"]), (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0),
-           (AT_EGID, 0), (AT_PLATFORM, addrs[1]), (AT_HWCAP, linux["hwcap"]), (AT_CLKTCK, 100), (AT_SECURE, 0),
-           (AT_RANDOM, addrs[0]), (AT_HWCAP2, 0), (AT_EXECFN, argv_va[0]), (AT_NULL, 0)]
-    words = [len(argv), *argv_va, 0, *env_va, 0, *(x for pair in aux for x in pair)]
-    rsp = (base - 8 * len(words)) & ~15
-    table = struct.pack(f"<{len(words)}Q", *words)
-    return table + bytes(base - rsp - len(table)) + area, rsp
 
 
 def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
@@ -129,8 +98,16 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
         if STACK_TOP - rsp > STACK_PAGES_LINUX * PAGE_SIZE // 2:
             raise ExoUserError(image.name, f"arguments and environment too long ({STACK_TOP - rsp} bytes)")
         env.space.write(rsp, stack)
+        # The program file, read-only at BOOTFILE: what execve("/proc/self/exe") loads again and the
+        # no-disk root's copy of the program (docs/posix.md). Frames the env may never make writable.
+        blob = linux.get("file", b"")
+        if len(blob) > BOOTFILE_MAX:
+            raise ExoUserError(image.name, f"program file too large ({len(blob)} bytes; at most {BOOTFILE_MAX})")
+        for off in range(0, len(blob), PAGE_SIZE):
+            fpa = _alloc_page(k, env, BOOTFILE + off, perm_to_pte(PERM_R), FrameKind.IMAGE_RODATA)
+            mem.write(fpa, blob[off : off + PAGE_SIZE])
         mem.write(pa + LINUX_INFO - INFO_PAGE, _LINUX_INFO.pack(
-            LINUX_INFO_MAGIC, rsp, image.entry, linux["phdr"], linux["phnum"], 0, linux["brk_start"], 0,
+            LINUX_INFO_MAGIC, rsp, image.entry, linux["phdr"], linux["phnum"], 0, linux["brk_start"], len(blob),
             struct.unpack_from("<Q", stack, 8)[0], linux["seed"]))  # execfn: argv[0]
         cpu.context_write(env.ctx, Reg.RSP, rsp)
     else:

@@ -15,12 +15,10 @@ from exo.build.elf import PF_W, PF_X, parse_elf, read_symbols
 from exo.build.image import Image, Segment
 from exo.build.manifest import Manifest
 from exo.errors import ExoUserError
+from exo.linux import HWCAP
 
 # The environment a Linux program gets: fixed, never the host's (deterministic runs).
 DEFAULT_ENV = (b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"HOME=/root", b"TERM=linux", b"LANG=C")
-# AT_HWCAP: CPUID.1:EDX as exo's CPU answers it on the development host (hw/cpu.py _cpuid; measured
-# 0x178bfbff; docs/posix.md); glibc reads it only for its string-function choice.
-HWCAP = 0x178B_FBFF
 _PT_INTERP = 3
 _STT_FUNC = 2
 
@@ -81,6 +79,6 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
     image = Image(path.name, elf.entry, segments, symbols)
     end = max(s.va + s.memsz for s in elf.segments)
     image.linux = {"path": name.encode(), "env": env, "seed": seed, "phdr": phdr, "phnum": phnum,
-                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP}
-    manifest = Manifest(path, path.name, [path], libos={"posix": "linux"}, args=list(argv))
+                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob}
+    manifest = Manifest(path, path.name, [path], libos={"memory": "cow", "posix": "linux"}, args=list(argv))
     return manifest, image

@@ -28,7 +28,7 @@ from exo.abi import (
     SYSCALL_REFLECT,
 )
 from libos.module import LibModule
-from libos.posix import clock, files, mm, process  # noqa: F401 - each registers its handlers
+from libos.posix import clock, descriptors, exec, files, mm, pipes, process, signals  # noqa: F401 - each registers its handlers
 from libos.posix.system import PosixSystem, Process, WouldBlock
 from libos.posix.table import EINTR, ENOSYS, HANDLERS, SYSCALL_NAMES
 
@@ -43,7 +43,8 @@ class Posix(LibModule):
     LOCAL = frozenset({"syscall"})
     HYPERCALLS = frozenset({"env_set_syscall", "env_set_fsbase", "console_write", "console_read", "page_alloc",
                             "page_unmap", "sched_op", "time_now", "env_id", "log", "event_wait", "env_notify", "env_reap",
-                            "console_error", "console_info"})
+                            "console_error", "console_info", "env_create", "env_set_status", "env_set_entry",
+                            "env_set_upcall", "env_destroy", "mmu_update"})
     DOC = "syscall(nr, a0..a5): a Linux system call reflected by the exokernel (docs/posix.md)"
     SYSCALL_NAMES = SYSCALL_NAMES  # read by the kernel for --stats-json and traces
 
@@ -52,10 +53,12 @@ class Posix(LibModule):
         self.info: dict[str, int] = {}
         self.system: PosixSystem | None = None  # shared by the tenant's processes
         self.proc: Process | None = None  # this environment's process
+        self._child: Posix | None = None  # the clone made for the last env_create (fork_process)
 
     def fork(self, port) -> Posix:
         clone = super().fork(port)  # the same PosixSystem: one process table per tenant
         clone.proc = None  # the fork call gives the child its Process (process.py)
+        self._child = clone
         return clone
 
     def start(self) -> None:

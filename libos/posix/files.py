@@ -28,6 +28,7 @@ class OpenFile:
     ``WouldBlock`` before it consumes anything."""
 
     wait_mask = 0  # event_wait bits that may make poll() change (EV_NOTIFY, EV_CONSOLE, EV_NET)
+    mode = 0o020620  # st_mode for fstat: a character device unless a kind says otherwise
 
     def __init__(self, flags: int = O_RDWR) -> None:
         self.flags = flags
@@ -53,6 +54,12 @@ class OpenFile:
     def release(self, p: Posix) -> None:
         """The last descriptor referring to it was closed."""
 
+    def stat(self, p: Posix) -> bytes:
+        """Its struct stat (fstat)."""
+        from libos.posix.descriptors import stat_bytes
+
+        return stat_bytes(ino=id(self) & 0xFFFF_FFFF, mode=self.mode)
+
 
 class Console(OpenFile):
     """The exo console as fds 0, 1, 2 before a terminal takes them (libos/posix/tty.py)."""
@@ -63,6 +70,14 @@ class Console(OpenFile):
 
     def read(self, p: Posix, buf: int, n: int) -> int:
         return p.hc("console_read", buf, n) if n else 0
+
+    def stat(self, p: Posix) -> bytes:
+        # What a program sees natively when exo's own stdin/stdout are not a terminal: a pipe
+        # (S_IFIFO), so programs buffer and choose as they do in a pipeline; a terminal is the
+        # tty's business (libos/posix/tty.py).
+        from libos.posix.descriptors import stat_bytes
+
+        return stat_bytes(ino=2 + self.error, mode=0o010600)
 
     def write(self, p: Posix, buf: int, n: int) -> int:
         return p.hc("console_error" if self.error else "console_write", buf, n) if n else 0

@@ -8,8 +8,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from exo.abi import FSBASE_FS, FSBASE_GS, SchedOp
-from libos.posix.table import EINVAL, ENOSYS, syscall
+from exo.abi import (
+    EV_CHILD,
+    FSBASE_FS,
+    FSBASE_GS,
+    PAGE_SIZE,
+    PERM_R,
+    PERM_W,
+    REAP_EXITED,
+    REAP_FAULTED,
+    EnvStatus,
+    SchedOp,
+)
+from libos.posix.system import Process, WouldBlock
+from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -24,15 +36,6 @@ _RLIM_INFINITY = (1 << 64) - 1
 UTSNAME = (b"Linux", b"exo", b"6.1.0-exo", b"#1 exo", b"x86_64", b"(none)")
 
 
-@syscall("exit_group", "exit")  # exit: one thread per process so far, so it ends the process
-def sys_exit_group(p: Posix, status: int, *_: int) -> int:
-    for module in p.siblings.values():
-        if module is not p:
-            module.at_exit()
-    p.proc.fds.close_all(p)
-    return p.hc("sched_op", SchedOp.EXIT, status & 0xFF)
-
-
 @syscall("getpid", "gettid")
 def sys_getpid(p: Posix, *_: int) -> int:
     return p.proc.pid
@@ -40,7 +43,8 @@ def sys_getpid(p: Posix, *_: int) -> int:
 
 @syscall("getppid")
 def sys_getppid(p: Posix, *_: int) -> int:
-    return p.proc.ppid
+    parent = p.system.procs.get(p.proc.ppid)
+    return p.proc.ppid if parent is not None and parent.exit_status is None else 0  # an orphan: exo, not init
 
 
 @syscall("getuid", "geteuid", "getgid", "getegid")
@@ -50,6 +54,7 @@ def sys_getuid(p: Posix, *_: int) -> int:
 
 @syscall("set_tid_address")
 def sys_set_tid_address(p: Posix, tidptr: int, *_: int) -> int:
+    p.proc.clear_tid = tidptr
     return p.proc.pid
 
 
@@ -113,3 +118,186 @@ def sys_readlink(p: Posix, path: int, buf: int, size: int, *_: int) -> int:
     data = p.proc.exe.encode()[:size]
     p.port.write(buf, data)
     return len(data)
+
+
+# ------------------------------------------------------------ fork, exit, wait
+# clone flags (include/uapi/linux/sched.h)
+CLONE_VM, CLONE_VFORK, CLONE_PARENT_SETTID = 0x100, 0x4000, 0x100000
+CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x200000, 0x1000000
+WNOHANG = 1
+SIGKILL, SIGSEGV, SIGILL, SIGFPE, SIGTRAP, SIGBUS = 9, 11, 4, 8, 5, 7
+# How a fault's CPU exception shows to the parent: the signal Linux's trap handlers send
+# (arch/x86/kernel/traps.c: #PF and #GP -> SIGSEGV, #UD -> SIGILL, #DE/#MF/#XM -> SIGFPE,
+# #BP/#DB -> SIGTRAP, #AC -> SIGBUS); a machine check (a libOS error) shows as SIGKILL.
+VECTOR_SIGNAL = {14: SIGSEGV, 13: SIGSEGV, 6: SIGILL, 0: SIGFPE, 16: SIGFPE, 19: SIGFPE, 3: SIGTRAP, 1: SIGTRAP,
+                 17: SIGBUS, 12: SIGSEGV, 11: SIGSEGV, 10: SIGSEGV}
+_REAP = struct.Struct("<QQqQ")  # exo/abi.py REAP_INFO_SIZE: {id, how, status, vector}
+
+
+def _s32(v: int) -> int:
+    """A pid_t or int argument: the register's low 32 bits, signed (as the kernel's C types read it)."""
+    v &= 0xFFFF_FFFF
+    return v - (1 << 32) if v & 0x8000_0000 else v
+
+
+def fork_process(p: Posix, flags: int, stack: int, ptid: int, ctid: int) -> int:
+    """A new process: a copy-on-write copy of the caller (the memory module's fork machinery)."""
+    mem = p.siblings.get("memory")
+    if mem is None:
+        return -ENOSYS  # a Linux program links memory = "cow" (exo/build/linux_app.py)
+    p._child = mem._child = None
+    child = p.hc("env_create")  # the child resumes after this `syscall` with RAX 0
+    if child < 0:
+        return -EAGAIN
+    clone, mclone = p._child, mem._child
+    try:
+        rc = mem._copy_address_space(child, mclone)
+        if rc >= 0:
+            rc = p.hc("page_alloc", child, mem.uxstack_top - PAGE_SIZE, PERM_R | PERM_W)
+        if rc >= 0:
+            rc = p.hc("env_set_upcall", child, mem.upcall_entry, mem.uxstack_top)
+        if rc >= 0 and stack:
+            rc = p.hc("env_set_entry", child, p.port.regs()["rip"] + 2, stack)
+    except p.port.Fault as e:
+        rc = -e.errno
+    if rc < 0:
+        p.hc("env_destroy", child)
+        return -ENOMEM if rc == -ENOMEM else -EAGAIN
+    parent = p.proc
+    proc = Process(pid=child, ppid=parent.pid, fds=parent.fds.fork(), pgid=parent.pgid, sid=parent.sid,
+                   cwd=parent.cwd, umask=parent.umask, comm=parent.comm, exe=parent.exe, argv=list(parent.argv),
+                   brk_start=parent.brk_start, brk=parent.brk, mmap_next=parent.mmap_next,
+                   fs_base=parent.fs_base, gs_base=parent.gs_base, execs=parent.execs)
+    proc.sig = parent.sig.fork() if parent.sig is not None else None
+    clone.proc = proc
+    p.system.procs[child] = proc
+    tid = struct.pack("<i", child)
+    if flags & CLONE_PARENT_SETTID and ptid:
+        p.port.write(ptid, tid)
+    if flags & CLONE_CHILD_SETTID and ctid:
+        clone.port.write(ctid, tid)  # in the child's memory (its own copy-on-write copy)
+    if flags & CLONE_CHILD_CLEARTID:
+        proc.clear_tid = ctid
+    p.hc("env_set_status", child, EnvStatus.RUNNABLE)
+    return child
+
+
+@syscall("fork", "vfork")
+def sys_fork(p: Posix, *_: int) -> int:
+    # vfork is a copy-on-write fork here: the parent does not wait for the child's exec (the same
+    # results for every program that uses vfork as POSIX allows; docs/posix.md).
+    return fork_process(p, 0, 0, 0, 0)
+
+
+@syscall("clone")
+def sys_clone(p: Posix, flags: int, stack: int, ptid: int, ctid: int, tls: int, *_: int) -> int:
+    if flags & CLONE_VM and not flags & CLONE_VFORK:
+        return -ENOSYS  # threads: not yet (docs/posix.md)
+    return fork_process(p, flags, 0 if flags & CLONE_VFORK else stack, ptid, ctid)
+
+
+def terminate(p: Posix, wstatus: int, code: int) -> int:
+    """End the calling process: flush, close its descriptors, record ``wstatus`` (the word wait4
+    reports: ``status << 8`` for an exit, the signal number for a kill) and exit with ``code``.
+    The parent learns it from the exokernel (EV_CHILD, env_reap) once the environment is gone."""
+    proc = p.proc
+    for module in p.siblings.values():
+        if module is not p:
+            module.at_exit()
+    proc.fds.close_all(p)
+    proc.exit_status = wstatus
+    if proc.clear_tid:
+        try:
+            p.port.write(proc.clear_tid, bytes(4))
+        except p.port.Fault:
+            pass
+    return p.hc("sched_op", SchedOp.EXIT, code & 0xFF)
+
+
+@syscall("exit_group", "exit")  # exit: one thread per process so far, so it ends the process
+def sys_exit_group(p: Posix, status: int, *_: int) -> int:
+    return terminate(p, (status & 0xFF) << 8, status)
+
+
+def _scratch(p: Posix) -> int:
+    va = p.data_base + PAGE_SIZE  # the posix module's own page for hypercall records
+    p.ensure_page(va)
+    return va
+
+
+def _collect(p: Posix) -> None:
+    """Take every ended child's record from the exokernel: its wait status becomes available."""
+    procs = p.system.procs
+    info = _scratch(p)
+    while p.hc("env_reap", 0, info) > 0:
+        cid, how, status, vector = _REAP.unpack(p.port.read(info, _REAP.size))
+        child = procs.get(cid)
+        if child is None:
+            continue
+        if how == REAP_EXITED:
+            child.wait_status = child.exit_status if child.exit_status is not None else (status & 0xFF) << 8
+        elif how == REAP_FAULTED:
+            child.wait_status = VECTOR_SIGNAL.get(vector, SIGKILL)
+        else:
+            child.wait_status = SIGKILL
+
+
+def _matches(proc: Process, who: int, caller: Process) -> bool:
+    if who > 0:
+        return proc.pid == who
+    if who == 0:
+        return proc.pgid == caller.pgid
+    if who == -1:
+        return True
+    return proc.pgid == -who
+
+
+@syscall("wait4")
+def sys_wait4(p: Posix, pid: int, status: int, options: int, rusage: int, *_: int) -> int:
+    me = p.proc
+    who = _s32(pid)
+    _collect(p)
+    kids = sorted((c for c in p.system.procs.values() if c.ppid == me.pid and _matches(c, who, me)),
+                  key=lambda c: c.pid)
+    if not kids:
+        return -ECHILD
+    for c in kids:
+        if c.wait_status is not None:
+            if status:
+                p.port.write(status, struct.pack("<i", c.wait_status))
+            if rusage:
+                p.port.write(rusage, bytes(144))  # struct rusage: no accounting yet
+            del p.system.procs[c.pid]
+            return c.pid
+    if options & WNOHANG:
+        return 0
+    raise WouldBlock(EV_CHILD)
+
+
+@syscall("getpgrp")
+def sys_getpgrp(p: Posix, *_: int) -> int:
+    return p.proc.pgid
+
+
+@syscall("getpgid", "getsid")
+def sys_getpgid(p: Posix, pid: int, *_: int) -> int:
+    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    return -ESRCH if proc is None else proc.pgid
+
+
+@syscall("setpgid")
+def sys_setpgid(p: Posix, pid: int, pgid: int, *_: int) -> int:
+    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    if proc is None:
+        return -ESRCH
+    proc.pgid = _s32(pgid) or proc.pid
+    return 0
+
+
+@syscall("setsid")
+def sys_setsid(p: Posix, *_: int) -> int:
+    proc = p.proc
+    if proc.pgid == proc.pid:
+        return -EPERM  # already a group leader (Linux's rule)
+    proc.sid = proc.pgid = proc.pid
+    return proc.pid

@@ -49,6 +49,9 @@ class Process:
     gs_base: int = 0
     sig: Any = None  # SignalState (libos/posix/signals.py)
     exit_status: int | None = None  # set at exit: the wait status word wait4 reports
+    wait_status: int | None = None  # set when its environment is gone (env_reap): wait4 may take it
+    execs: int = 0  # execve calls so far (AT_RANDOM differs per exec)
+    clear_tid: int = 0  # CLONE_CHILD_CLEARTID / set_tid_address: written 0 at exit
 
 
 class PosixSystem:

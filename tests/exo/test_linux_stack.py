@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from exo.abi import STACK_TOP
-from exo.loader import AT_EXECFN, AT_NULL, AT_PAGESZ, AT_PHDR, AT_PHNUM, AT_RANDOM, linux_stack
+from exo.linux import AT_EXECFN, AT_NULL, AT_PAGESZ, AT_PHDR, AT_PHNUM, AT_RANDOM, linux_stack
 
 LINUX = {"path": b"/bin/prog", "env": (b"A=1", b"HOME=/root"), "seed": 7, "phdr": 0x400040, "phnum": 9,
          "entry": 0x401000, "brk_start": 0x500000, "hwcap": 0x178BFBFF}
