@@ -17,8 +17,9 @@ FORBIDDEN = {
 # The commands (exo/cli/) and the embedding API (exo/api.py) compose everything.
 ALLOWED_DIRS = {"exo/cli"}
 ALLOWED_FILES = {"exo/api.py"}
-# libos may use the ABI constants and nothing else of exo (nor the machine).
-LIBOS_MAY_IMPORT = {"exo.abi"}
+# libos may use the ABI constants and nothing else of exo (nor the machine); exo/linux.py is the
+# Linux process ABI as pure data (the initial stack, an ELF load plan) for the loader and execve.
+LIBOS_MAY_IMPORT = {"exo.abi", "exo.linux"}
 
 
 def _imports(path):
