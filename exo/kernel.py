@@ -437,7 +437,7 @@ class Exokernel:
         if result is _RETRY:
             if env.alive:
                 env.retrying = True
-                self.cpu.regs.write(Reg.RIP, rip)  # Unicorn adds 2: the `syscall` runs again
+                self.cpu.regs.write(Reg.RIP, rip - 2)  # Unicorn adds 2 after the hook: the `syscall` runs again
         elif env.port.resumed:
             if env.alive:  # the entry loaded another context (execve, a signal): Unicorn adds 2 to RIP
                 self.cpu.regs.write(Reg.RIP, self._rip[0] - 2)

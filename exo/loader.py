@@ -108,7 +108,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
             mem.write(fpa, blob[off : off + PAGE_SIZE])
         mem.write(pa + LINUX_INFO - INFO_PAGE, _LINUX_INFO.pack(
             LINUX_INFO_MAGIC, rsp, image.entry, linux["phdr"], linux["phnum"], 0, linux["brk_start"], len(blob),
-            struct.unpack_from("<Q", stack, 8)[0], linux["seed"]))  # execfn: argv[0]
+            struct.unpack_from("<Q", stack, 8)[0], linux["seed"], linux.get("flags", 0)))  # execfn: argv[0]
         cpu.context_write(env.ctx, Reg.RSP, rsp)
     else:
         cpu.context_write(env.ctx, Reg.RSP, STACK_TOP)

@@ -55,7 +55,8 @@ def _phdr_va(blob: bytes, phoff: int, phnum: int) -> int:
     return 0  # not mapped: a program that needs it fails as it would on Linux without AT_PHDR
 
 
-def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple[bytes, ...] = DEFAULT_ENV):
+def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple[bytes, ...] = DEFAULT_ENV,
+              flags: int = 0):
     """``(manifest, image)`` for a static Linux ``program`` run with ``argv`` (after argv[0]); the manifest
     links the posix libOS (``exo.api.App(manifest, image, resolve_libos(manifest))`` boots it)."""
     path = Path(program)
@@ -79,6 +80,6 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
     image = Image(path.name, elf.entry, segments, symbols)
     end = max(s.va + s.memsz for s in elf.segments)
     image.linux = {"path": name.encode(), "env": env, "seed": seed, "phdr": phdr, "phnum": phnum,
-                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob}
+                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob, "flags": flags}
     manifest = Manifest(path, path.name, [path], libos={"memory": "cow", "posix": "linux"}, args=list(argv))
     return manifest, image

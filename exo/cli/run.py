@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from exo.abi import LINUX_STRACE
 from exo.cli import EXIT_FAULT
 from exo.errors import ExoUserError
 
@@ -24,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
                    help="only exokernel runs Linux programs so far (docs/posix.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of AT_RANDOM and getrandom (default 0)")
+    p.add_argument("--strace", action="store_true",
+                   help="print every system call with its arguments and result on stderr (strace's format)")
     p.add_argument("--stats", action="store_true", help="print transition counts at exit (stderr)")
     p.add_argument("--stats-json", metavar="FILE", help="write transition counts as JSON (docs/stats.md)")
     p.add_argument("--slice", type=int, default=None, metavar="N",
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         program = found
     if args.stats_json and not Path(args.stats_json).resolve().parent.is_dir():
         raise ExoUserError(args.stats_json, "--stats-json: the directory does not exist")
-    manifest, image = linux_app(program, list(args.program_args), seed=args.seed)
+    manifest, image = linux_app(program, list(args.program_args), seed=args.seed,
+                                flags=LINUX_STRACE if args.strace else 0)
     app = App(manifest, image, resolve_libos(manifest))
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                     stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report)

@@ -24,11 +24,12 @@ from exo.abi import (
     LINUX_INFO,
     LINUX_INFO_FIELDS,
     LINUX_INFO_MAGIC,
+    LINUX_STRACE,
     PAGE_SIZE,
     SYSCALL_REFLECT,
 )
 from libos.module import LibModule
-from libos.posix import clock, descriptors, exec, files, mm, pipes, process, signals  # noqa: F401 - each registers its handlers
+from libos.posix import clock, descriptors, exec, files, mm, pipes, poll, process, signals, strace  # noqa: F401 - each registers its handlers
 from libos.posix.system import PosixSystem, Process, WouldBlock
 from libos.posix.table import EINTR, ENOSYS, HANDLERS, SYSCALL_NAMES
 
@@ -54,6 +55,7 @@ class Posix(LibModule):
         self.system: PosixSystem | None = None  # shared by the tenant's processes
         self.proc: Process | None = None  # this environment's process
         self._child: Posix | None = None  # the clone made for the last env_create (fork_process)
+        self.strace = False  # exo run --strace (linux_info.flags)
 
     def fork(self, port) -> Posix:
         clone = super().fork(port)  # the same PosixSystem: one process table per tenant
@@ -67,6 +69,7 @@ class Posix(LibModule):
             return  # not started by the Linux loader: `syscall`s stay hypercalls
         self.info = info
         self.system = PosixSystem(seed=info["seed"])
+        self.strace = bool(info["flags"] & LINUX_STRACE)
         pid = self.hc("env_id")
         exe = self.cstr(info["execfn"])
         self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=files.console_fds(),
@@ -86,13 +89,20 @@ class Posix(LibModule):
                 warned.add(nr)
                 self.log(f"{SYSCALL_NAMES.get(nr, f'syscall #{nr}')} is not implemented (-ENOSYS)")
             return -ENOSYS
+        args = (a0, a1, a2, a3, a4, a5)
+        if self.strace and nr in strace.BEFORE:
+            self.log_raw(strace.line(self, nr, args, None))  # exit never returns; execve replaces the memory
         for _ in range(3):
             try:
-                return fn(self, a0, a1, a2, a3, a4, a5)
+                rc = fn(self, a0, a1, a2, a3, a4, a5)
             except WouldBlock as w:
                 # Blocks (raises Blocked: the `syscall` runs again from the start when woken) unless
                 # an event is already pending; then the call is tried again at once.
                 self.hc("event_wait", w.mask | EV_NOTIFY, w.deadline)
+                continue
+            if self.strace and nr not in strace.BEFORE:
+                strace.trace(self, nr, args, rc)
+            return rc
         return -EINTR  # woken three times with nothing to do: the caller retries, as after a signal
 
     # ------------------------------------------------------------ helpers for the handlers
@@ -106,3 +116,23 @@ class Posix(LibModule):
                 return out + chunk[:i]
             out += chunk
         return out
+
+    def writable(self, va: int, n: int) -> None:
+        """Make [va, va+n) writable before a hypercall stores there: the exokernel checks the pages
+        and does not page in for a hypercall, so a copy-on-write page (after fork) or a demand-zero
+        one is faulted in through the port's pager first, as the CPU would for the program."""
+        port = self.port
+        end = va + n
+        page = va & ~(PAGE_SIZE - 1)
+        while page < end:
+            at = max(page, va)
+            port.write(at, port.read(at, 1))  # rewrite one byte: the pager breaks copy-on-write
+            page += PAGE_SIZE
+
+    def log_raw(self, text: str) -> None:
+        """One line on the console's error stream, as it is (strace output)."""
+        va = self.data_base + 2 * PAGE_SIZE
+        self.ensure_page(va)
+        data = (text + "\n").encode("utf-8", "replace")[:PAGE_SIZE]
+        self.port.write(va, data)
+        self.hc("console_error", va, len(data))

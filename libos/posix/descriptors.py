@@ -104,3 +104,24 @@ def sys_fstat(p: Posix, fd: int, buf: int, *_: int) -> int:
     except p.port.Fault:
         return -EFAULT
     return 0
+
+
+@syscall("lseek")
+def sys_lseek(p: Posix, fd: int, offset: int, whence: int, *_: int) -> int:
+    f = p.proc.fds.get(fd)
+    if f is None:
+        return -EBADF
+    if offset >= 1 << 63:
+        offset -= 1 << 64
+    return f.lseek(p, offset, whence)
+
+
+@syscall("sendfile")
+def sys_sendfile(p: Posix, out_fd: int, in_fd: int, offset: int, count: int, *_: int) -> int:
+    src, dst = p.proc.fds.get(in_fd), p.proc.fds.get(out_fd)
+    if src is None or dst is None:
+        return -EBADF
+    send = getattr(src, "sendfile", None)
+    # Linux takes only a source that can be mapped (a regular file); callers fall back to
+    # read/write on EINVAL (busybox's cat does).
+    return -EINVAL if send is None else send(p, dst, offset, count)

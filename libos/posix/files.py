@@ -12,7 +12,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from libos.posix.system import WouldBlock
-from libos.posix.table import EBADF, EINVAL, EMFILE, ENOTTY, ESPIPE, syscall
+from libos.posix.table import EBADF, EFAULT, EINVAL, EMFILE, ENOTTY, ESPIPE, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -27,7 +27,7 @@ class OpenFile:
     port reaches its memory) and return a count or a negative errno; a call that must wait raises
     ``WouldBlock`` before it consumes anything."""
 
-    wait_mask = 0  # event_wait bits that may make poll() change (EV_NOTIFY, EV_CONSOLE, EV_NET)
+    wait_mask = 0  # event_wait bits besides the doorbell that may make poll() change (EV_CONSOLE, EV_NET)
     mode = 0o020620  # st_mode for fstat: a character device unless a kind says otherwise
 
     def __init__(self, flags: int = O_RDWR) -> None:
@@ -69,7 +69,13 @@ class Console(OpenFile):
         self.error = error  # fd 2: the console's error stream (console_error), the host's stderr
 
     def read(self, p: Posix, buf: int, n: int) -> int:
-        return p.hc("console_read", buf, n) if n else 0
+        if not n:
+            return 0
+        try:
+            p.writable(buf, min(n, 1 << 20))
+        except p.port.Fault:
+            return -EFAULT
+        return p.hc("console_read", buf, n)
 
     def stat(self, p: Posix) -> bytes:
         # What a program sees natively when exo's own stdin/stdout are not a terminal: a pipe

@@ -17,11 +17,12 @@ from exo.abi import (
     PERM_W,
     REAP_EXITED,
     REAP_FAULTED,
+    REAP_INFO_SIZE,
     EnvStatus,
     SchedOp,
 )
 from libos.posix.system import Process, WouldBlock
-from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
+from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ERANGE, ESRCH, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -222,6 +223,9 @@ def sys_exit_group(p: Posix, status: int, *_: int) -> int:
 def _scratch(p: Posix) -> int:
     va = p.data_base + PAGE_SIZE  # the posix module's own page for hypercall records
     p.ensure_page(va)
+    # A write through the port breaks copy-on-write after a fork (the memory module's pager):
+    # the exokernel checks the record's page is writable and does not page in for a hypercall.
+    p.port.write(va, bytes(REAP_INFO_SIZE))
     return va
 
 
@@ -301,3 +305,12 @@ def sys_setsid(p: Posix, *_: int) -> int:
         return -EPERM  # already a group leader (Linux's rule)
     proc.sid = proc.pgid = proc.pid
     return proc.pid
+
+
+@syscall("getcwd")
+def sys_getcwd(p: Posix, buf: int, size: int, *_: int) -> int:
+    path = p.proc.cwd.encode("utf-8", "surrogateescape") + b"\0"
+    if size < len(path):
+        return -ERANGE
+    p.port.write(buf, path)
+    return len(path)

@@ -32,3 +32,19 @@ def musl(tmp_path: Path, name: str, source: str, *flags: str) -> Path:
     out = tmp_path / name
     subprocess.run(["musl-gcc", "-static", "-O2", "-g", *flags, "-o", str(out), str(src)], check=True)
     return out
+
+
+DEFAULT_ENV = {"PATH": "/bin:/sbin:/usr/bin:/usr/sbin", "HOME": "/root", "TERM": "linux", "LANG": "C"}
+
+
+def native(argv: list[str], stdin: bytes = b"", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The same busybox run on the host with exo's fixed environment (exo/build/linux_app.py DEFAULT_ENV)."""
+    return subprocess.run(argv, input=stdin, capture_output=True, env=DEFAULT_ENV, cwd=cwd, timeout=60)
+
+
+def same_as_native(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """Run ``argv`` (argv[0] a host path) under `exo run` and natively; assert the same stdout and status."""
+    mine = run_exo("run", *argv, stdin=stdin)
+    theirs = native(list(argv), stdin)
+    assert (mine.stdout, mine.returncode) == (theirs.stdout, theirs.returncode), mine.stderr.decode()
+    return mine
