@@ -165,11 +165,13 @@ SYSCALL_HYPERCALL = 0
 SYSCALL_REFLECT = 1
 # A Linux program's start-up facts, written by the loader in the info page and read by the posix
 # libOS (docs/posix.md): struct linux_info { u64 magic; u64 rsp; u64 entry; u64 phdr; u64 phnum;
-# u64 bias; u64 brk_start; u64 bootfile_len; u64 execfn (va of the program path); u64 seed; u64 flags; }
+# u64 bias; u64 brk_start; u64 bootfile_len; u64 execfn (va of the program path); u64 seed; u64 flags; u64 cwd; }
 LINUX_INFO = INFO_PAGE + 0xC00
 LINUX_INFO_MAGIC = int.from_bytes(b"EXOLNX01", "little")
 LINUX_INFO_FIELDS = ("magic", "rsp", "entry", "phdr", "phnum", "bias", "brk_start", "bootfile_len", "execfn", "seed",
-                     "flags")
+                     "flags", "cwd")
+LINUX_CWD = LINUX_INFO + 0x100  # the initial working directory, NUL-terminated (linux_info.cwd points here)
+LINUX_CWD_MAX = 0x300
 LINUX_STRACE = 1  # linux_info.flags: print every system call (exo run --strace)
 
 # event_wait's mask bits (hypercall 34, docs/posix.md): what a waiting environment is woken by.

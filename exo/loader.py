@@ -10,6 +10,8 @@ from exo.abi import (
     BOOTFILE,
     BOOTFILE_MAX,
     INFO_PAGE,
+    LINUX_CWD,
+    LINUX_CWD_MAX,
     LINUX_INFO,
     LINUX_INFO_FIELDS,
     LINUX_INFO_MAGIC,
@@ -108,7 +110,11 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
             mem.write(fpa, blob[off : off + PAGE_SIZE])
         mem.write(pa + LINUX_INFO - INFO_PAGE, _LINUX_INFO.pack(
             LINUX_INFO_MAGIC, rsp, image.entry, linux["phdr"], linux["phnum"], 0, linux["brk_start"], len(blob),
-            struct.unpack_from("<Q", stack, 8)[0], linux["seed"], linux.get("flags", 0)))  # execfn: argv[0]
+            struct.unpack_from("<Q", stack, 8)[0], linux["seed"], linux.get("flags", 0), LINUX_CWD))  # execfn: argv[0]
+        cwd = linux.get("cwd", b"/")
+        if len(cwd) >= LINUX_CWD_MAX:
+            raise ExoUserError(image.name, f"working directory too long ({len(cwd)} bytes)")
+        mem.write(pa + LINUX_CWD - INFO_PAGE, cwd + b"\0")
         cpu.context_write(env.ctx, Reg.RSP, rsp)
     else:
         cpu.context_write(env.ctx, Reg.RSP, STACK_TOP)

@@ -56,14 +56,15 @@ def _phdr_va(blob: bytes, phoff: int, phnum: int) -> int:
 
 
 def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple[bytes, ...] = DEFAULT_ENV,
-              flags: int = 0):
+              flags: int = 0, blob: bytes | None = None, cwd: bytes = b"/"):
     """``(manifest, image)`` for a static Linux ``program`` run with ``argv`` (after argv[0]); the manifest
     links the posix libOS (``exo.api.App(manifest, image, resolve_libos(manifest))`` boots it)."""
     path = Path(program)
-    try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise ExoUserError(str(program), f"cannot read: {e.strerror}") from None
+    if blob is None:  # else: read from a disk image by the caller (exo run --disk IMAGE /bin/sh)
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise ExoUserError(str(program), f"cannot read: {e.strerror}") from None
     name = str(program)
     _refuse_linux_only(blob, name)
     elf = parse_elf(blob, name, user_top=USER_TOP, forbidden=(HYPERCALL_PAGE, EXO_REGION_END))
@@ -80,6 +81,6 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
     image = Image(path.name, elf.entry, segments, symbols)
     end = max(s.va + s.memsz for s in elf.segments)
     image.linux = {"path": name.encode(), "env": env, "seed": seed, "phdr": phdr, "phnum": phnum,
-                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob, "flags": flags}
+                   "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob, "flags": flags, "cwd": cwd}
     manifest = Manifest(path, path.name, [path], libos={"memory": "cow", "posix": "linux"}, args=list(argv))
     return manifest, image

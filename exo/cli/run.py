@@ -8,8 +8,10 @@ usage or input (a dynamic binary, not an ELF file...), 130/143 when interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from exo.abi import LINUX_STRACE
@@ -25,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
                    help="only exokernel runs Linux programs so far (docs/posix.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of AT_RANDOM and getrandom (default 0)")
+    p.add_argument("--disk", metavar="IMAGE[:ro]",
+                   help="an ext2 image as the root file system (PROGRAM may be a path inside it); "
+                        "default: a fresh scratch root holding /tmp, /etc and the program")
+    p.add_argument("--cwd", default="/", metavar="DIR", help="the initial working directory (default /)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=value",
+                   help="add to the program's environment (after PATH, HOME, TERM, LANG)")
     p.add_argument("--strace", action="store_true",
                    help="print every system call with its arguments and result on stderr (strace's format)")
     p.add_argument("--stats", action="store_true", help="print transition counts at exit (stderr)")
@@ -39,25 +47,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from exo.api import App, System, resolve_libos
-    from exo.build.linux_app import linux_app
+    from exo.build.linux_app import DEFAULT_ENV, linux_app
     from exo.cli.boot import _print_report, report_stats, report_stuck
 
     if args.structure != "exokernel":
         raise ExoUserError("--structure", f"{args.structure}: Linux programs run under the exokernel structure "
                                           "only so far (docs/posix.md)")
-    program = args.program
-    if "/" not in program:
-        found = shutil.which(program)
-        if found is None:
-            raise ExoUserError(program, "not found on PATH (give a path)")
-        program = found
+    for e in args.env:
+        if "=" not in e:
+            raise ExoUserError("--env", f"{e!r}: give NAME=value")
+    if not args.cwd.startswith("/"):
+        raise ExoUserError("--cwd", f"{args.cwd!r}: give an absolute path")
     if args.stats_json and not Path(args.stats_json).resolve().parent.is_dir():
         raise ExoUserError(args.stats_json, "--stats-json: the directory does not exist")
-    manifest, image = linux_app(program, list(args.program_args), seed=args.seed,
-                                flags=LINUX_STRACE if args.strace else 0)
+    scratch = None
+    program, blob = _program(args)
+    if args.disk:
+        disk = args.disk
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="exo-root-")
+        disk = str(scratch_root(Path(scratch.name) / "root.img", program, blob))
+    env = tuple(DEFAULT_ENV) + tuple(os.fsencode(e) for e in args.env)
+    manifest, image = linux_app(program, list(args.program_args), seed=args.seed, env=env, blob=blob,
+                                flags=LINUX_STRACE if args.strace else 0, cwd=os.fsencode(args.cwd))
     app = App(manifest, image, resolve_libos(manifest))
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                    stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report)
+                    stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report, disk=disk)
     kernel = system.kernel
     interrupted = False
     try:
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         system.close()
+        if scratch is not None:
+            scratch.cleanup()
     report_stats(args, system.stats())
     if interrupted:
         sys.stderr.write("exo: interrupted\n")
@@ -73,3 +90,68 @@ def run(args: argparse.Namespace) -> int:
     if report_stuck(kernel):
         return EXIT_FAULT
     return (system.envs[0].exit_status or 0) & 0xFF
+
+
+def _program(args: argparse.Namespace) -> tuple[str, bytes]:
+    """PROGRAM's path as the program sees it, and its bytes: a path inside --disk's image if it is
+    one there, else a host file (a name without / is looked up on PATH)."""
+    program = args.program
+    if args.disk and program.startswith("/"):
+        data = _read_from_image(args.disk.removesuffix(":ro"), program)
+        if data is not None:
+            return program, data
+    if "/" not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise ExoUserError(program, "not found on PATH (give a path)")
+        program = found
+    try:
+        return program, Path(program).read_bytes()
+    except OSError as e:
+        raise ExoUserError(program, f"cannot read: {e.strerror}") from None
+
+
+def _read_from_image(image: str, path: str) -> bytes | None:
+    """The file at ``path`` in the ext2 image (symlinks followed), or None if it has none there."""
+    from libos.fs.blockio import FileBlockIO
+    from libos.fs.ext2 import Ext2, Ext2Error
+
+    try:
+        dev = FileBlockIO(image, readonly=True)
+    except OSError as e:
+        raise ExoUserError(image, f"cannot open the disk image: {e.strerror}") from None
+    try:
+        fs = Ext2.open(dev, readonly=True)
+        ino = fs.lookup(path, follow=True)
+        return fs.read(ino, 0, fs.stat(ino).size)
+    except Ext2Error:
+        return None
+    finally:
+        dev.close()
+
+
+# The scratch root of a run without --disk: what a Linux program expects to find (docs/posix.md).
+ROOT_FILES = {"etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "etc/group": b"root:x:0:\n"}
+ROOT_DIRS = ("bin", "dev", "etc", "proc", "root", "tmp")
+ROOT_SIZE = 16 << 20
+ROOT_TIME = 1_767_225_600  # 2026-01-01, exo's guest epoch: the same image every run
+
+
+def scratch_root(image: Path, program: str, blob: bytes) -> Path:
+    """A fresh ext2 image holding ROOT_DIRS, ROOT_FILES and the program at its own path."""
+    from libos.fs.mkfs import mkfs
+
+    stage = image.parent / "stage"
+    for d in ROOT_DIRS:
+        (stage / d).mkdir(parents=True, exist_ok=True)
+    for name, data in ROOT_FILES.items():
+        (stage / name).write_bytes(data)
+    where = stage / program.lstrip("/")
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_bytes(blob)
+    where.chmod(0o755)
+    (stage / "tmp").chmod(0o1777)
+    for f in sorted(stage.rglob("*"), reverse=True):
+        os.utime(f, (ROOT_TIME, ROOT_TIME), follow_symlinks=False)
+    mkfs(image, ROOT_SIZE, from_dir=stage, clock=lambda: ROOT_TIME, uuid=bytes(16), label="exo-root")
+    return image

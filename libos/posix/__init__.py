@@ -29,9 +29,10 @@ from exo.abi import (
     SYSCALL_REFLECT,
 )
 from libos.module import LibModule
-from libos.posix import clock, descriptors, exec, files, mm, pipes, poll, process, signals, strace  # noqa: F401 - each registers its handlers
+from libos.posix import clock, descriptors, exec, files, fscalls, mm, pipes, poll, process, signals, strace  # noqa: F401 - each registers its handlers
 from libos.posix.system import PosixSystem, Process, WouldBlock
 from libos.posix.table import EINTR, ENOSYS, HANDLERS, SYSCALL_NAMES
+from libos.posix.vfs import Vfs
 
 _LINUX_INFO = struct.Struct(f"<{len(LINUX_INFO_FIELDS)}Q")
 
@@ -45,7 +46,7 @@ class Posix(LibModule):
     HYPERCALLS = frozenset({"env_set_syscall", "env_set_fsbase", "console_write", "console_read", "page_alloc",
                             "page_unmap", "sched_op", "time_now", "env_id", "log", "event_wait", "env_notify", "env_reap",
                             "console_error", "console_info", "env_create", "env_set_status", "env_set_entry",
-                            "env_set_upcall", "env_destroy", "mmu_update"})
+                            "env_set_upcall", "env_destroy", "mmu_update", "disk_info", "disk_io"})
     DOC = "syscall(nr, a0..a5): a Linux system call reflected by the exokernel (docs/posix.md)"
     SYSCALL_NAMES = SYSCALL_NAMES  # read by the kernel for --stats-json and traces
 
@@ -69,10 +70,12 @@ class Posix(LibModule):
             return  # not started by the Linux loader: `syscall`s stay hypercalls
         self.info = info
         self.system = PosixSystem(seed=info["seed"])
+        self.system.vfs = Vfs()
         self.strace = bool(info["flags"] & LINUX_STRACE)
         pid = self.hc("env_id")
         exe = self.cstr(info["execfn"])
-        self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=files.console_fds(),
+        cwd = self.cstr(info["cwd"]).decode("utf-8", "surrogateescape") if info["cwd"] else "/"
+        self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=files.console_fds(), cwd=cwd,
                             comm=exe.rsplit(b"/", 1)[-1][:15], exe=exe.decode("utf-8", "surrogateescape"),
                             brk_start=info["brk_start"], brk=info["brk_start"], mmap_next=mm.MMAP_TOP)
         self.system.procs[pid] = self.proc

@@ -29,7 +29,8 @@ from exo.abi import (
 from exo.linux import HWCAP, PF_W, PF_X, STACK_PAGES_LINUX, NotExecutable, linux_stack, load_plan
 from libos.module import GPRS
 from libos.posix.mm import MMAP_TOP
-from libos.posix.table import E2BIG, EFAULT, ENOENT, ENOEXEC, ENOSYS, syscall
+from libos.posix.table import E2BIG, EACCES, EFAULT, ENOENT, ENOEXEC, ENOSYS, syscall
+from libos.posix.vfs import RegFile, call
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -77,7 +78,9 @@ def _program(p: Posix, path: bytes) -> bytes | int:
     if isinstance(f, int):
         return f
     try:
-        return f.read_at(p, 0, f.size())
+        if not isinstance(f, RegFile):
+            return -EACCES
+        return call(p, lambda: f.read_at(p, 0, f.file_size(p)))
     finally:
         f.release(p)
 

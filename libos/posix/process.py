@@ -22,7 +22,7 @@ from exo.abi import (
     SchedOp,
 )
 from libos.posix.system import Process, WouldBlock
-from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ERANGE, ESRCH, syscall
+from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -112,15 +112,6 @@ def sys_uname(p: Posix, buf: int, *_: int) -> int:
     return 0
 
 
-@syscall("readlink")
-def sys_readlink(p: Posix, path: int, buf: int, size: int, *_: int) -> int:
-    if p.cstr(path) != b"/proc/self/exe":
-        return -ENOSYS  # no file system yet (docs/posix.md)
-    data = p.proc.exe.encode()[:size]
-    p.port.write(buf, data)
-    return len(data)
-
-
 # ------------------------------------------------------------ fork, exit, wait
 # clone flags (include/uapi/linux/sched.h)
 CLONE_VM, CLONE_VFORK, CLONE_PARENT_SETTID = 0x100, 0x4000, 0x100000
@@ -171,6 +162,7 @@ def fork_process(p: Posix, flags: int, stack: int, ptid: int, ctid: int) -> int:
                    fs_base=parent.fs_base, gs_base=parent.gs_base, execs=parent.execs)
     proc.sig = parent.sig.fork() if parent.sig is not None else None
     clone.proc = proc
+    parent.stage_ready = False  # its staging pages are copy-on-write now (libos/posix/vfs.py)
     p.system.procs[child] = proc
     tid = struct.pack("<i", child)
     if flags & CLONE_PARENT_SETTID and ptid:
@@ -305,12 +297,3 @@ def sys_setsid(p: Posix, *_: int) -> int:
         return -EPERM  # already a group leader (Linux's rule)
     proc.sid = proc.pgid = proc.pid
     return proc.pid
-
-
-@syscall("getcwd")
-def sys_getcwd(p: Posix, buf: int, size: int, *_: int) -> int:
-    path = p.proc.cwd.encode("utf-8", "surrogateescape") + b"\0"
-    if size < len(path):
-        return -ERANGE
-    p.port.write(buf, path)
-    return len(path)

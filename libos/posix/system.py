@@ -52,6 +52,7 @@ class Process:
     wait_status: int | None = None  # set when its environment is gone (env_reap): wait4 may take it
     execs: int = 0  # execve calls so far (AT_RANDOM differs per exec)
     clear_tid: int = 0  # CLONE_CHILD_CLEARTID / set_tid_address: written 0 at exit
+    stage_ready: bool = False  # its disk staging pages are mapped and writable (libos/posix/vfs.py)
     pending_deadline: tuple | None = None  # (call, guest-ns deadline) of a timed wait being re-executed
 
 
