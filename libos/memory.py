@@ -314,6 +314,8 @@ class Memory(LibModule):
                        and self._handle(f["fault_va"], bool(err & _PF_W), bool(err & _PF_P)))
         except self.port.Fault:
             handled = False
+        if not handled and any(m.fault(f, regs) for m in self.siblings.values() if m is not self):
+            return 0  # a sibling took it (posix: the program's SIGSEGV handler runs)
         if not handled:
             # Not ours: with no handler registered the fault happens again, and the
             # exokernel reports it and stops the environment as it would without us.

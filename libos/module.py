@@ -102,6 +102,12 @@ class LibModule:
     def at_exit(self) -> None:
         """Called by core.exit before the environment ends (flush buffers)."""
 
+    def fault(self, f: dict[str, int], regs: dict[str, int]) -> bool:
+        """A CPU exception the pager could not serve (``f``: the UTrapframe's fields, ``regs``: the
+        faulting context). True when this module took it over (posix: the program's signal
+        handler); the memory module asks its siblings before it lets the exokernel stop the env."""
+        return False
+
     # -------------------------------------------------------------- helpers
     @property
     def data_base(self) -> int:

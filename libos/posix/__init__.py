@@ -95,18 +95,33 @@ class Posix(LibModule):
         args = (a0, a1, a2, a3, a4, a5)
         if self.strace and nr in strace.BEFORE:
             self.log_raw(strace.line(self, nr, args, None))  # exit never returns; execve replaces the memory
+        rc = -EINTR  # woken three times with nothing to do: the caller retries, as after a signal
         for _ in range(3):
             try:
                 rc = fn(self, a0, a1, a2, a3, a4, a5)
             except WouldBlock as w:
+                if signals.interrupting(self):  # a signal is due: the wait ends with EINTR (or restarts)
+                    self.proc.pending_deadline = None
+                    rc = -EINTR
+                    if self.strace:
+                        strace.trace(self, nr, args, rc)
+                    return signals.deliver_pending(self, rc, restart_nr=nr)
                 # Blocks (raises Blocked: the `syscall` runs again from the start when woken) unless
                 # an event is already pending; then the call is tried again at once.
                 self.hc("event_wait", w.mask | EV_NOTIFY, w.deadline)
                 continue
-            if self.strace and nr not in strace.BEFORE:
-                strace.trace(self, nr, args, rc)
-            return rc
-        return -EINTR  # woken three times with nothing to do: the caller retries, as after a signal
+            break
+        if self.strace and nr not in strace.BEFORE:
+            strace.trace(self, nr, args, rc)
+        if self.port.resumed or self.proc is None or self.proc.exit_status is not None:
+            return rc  # the call loaded another context itself (execve, rt_sigreturn) or ended the process
+        return signals.deliver_pending(self, rc)
+
+    def fault(self, f: dict[str, int], regs: dict[str, int]) -> bool:
+        """A fault the pager could not serve: the program's handler for its signal, if it has one."""
+        if self.proc is None:
+            return False
+        return signals.deliver_fault(self, f["vector"], f["error_code"], f["fault_va"], regs)
 
     # ------------------------------------------------------------ helpers for the handlers
     def cstr(self, va: int, limit: int = 4096) -> bytes:

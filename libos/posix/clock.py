@@ -7,14 +7,27 @@ import struct
 from typing import TYPE_CHECKING
 
 from libos.posix.table import syscall
+from libos.posix.vfs import EPOCH
 
 if TYPE_CHECKING:
     from libos.posix import Posix
 
 
+# The wall clocks (CLOCK_REALTIME, _COARSE, _ALARM, TAI) start at the file system's epoch,
+# 2026-01-01 (libos/posix/vfs.py EPOCH), so dates and file times agree and every run gives the same;
+# the others (MONOTONIC, BOOTTIME, the CPU-time clocks) count guest time from boot.
+WALL_CLOCKS = frozenset({0, 5, 8, 11})
+
+
+def now_ns(p: Posix, clock: int = 0) -> int:
+    """Clock ``clock`` now, in ns of guest time (the virtual clock under --clock virtual)."""
+    ns = p.hc("time_now")
+    return ns + EPOCH * 1_000_000_000 if clock in WALL_CLOCKS else ns
+
+
 @syscall("clock_gettime")
 def sys_clock_gettime(p: Posix, clock: int, tp: int, *_: int) -> int:
-    ns = p.hc("time_now")  # guest time: the virtual clock under --clock virtual
+    ns = now_ns(p, clock)
     p.port.write(tp, struct.pack("<qq", ns // 1_000_000_000, ns % 1_000_000_000))
     return 0
 
@@ -64,13 +77,14 @@ def sys_clock_nanosleep(p: Posix, clock: int, flags: int, req: int, rem: int, *_
         return -22
     ns = sec * 1_000_000_000 + nsec
     if flags & TIMER_ABSTIME:
+        ns -= now_ns(p, clock) - p.hc("time_now")  # the deadline in guest time
         return _sleep(p, ("clock_nanosleep", req), None, absolute=ns)
     return _sleep(p, ("clock_nanosleep", req), ns)
 
 
 @syscall("gettimeofday")
 def sys_gettimeofday(p: Posix, tv: int, tz: int, *_: int) -> int:
-    ns = p.hc("time_now")
+    ns = now_ns(p)
     if tv:
         p.port.write(tv, _TIMESPEC.pack(ns // 1_000_000_000, ns % 1_000_000_000 // 1000))
     return 0
@@ -78,7 +92,7 @@ def sys_gettimeofday(p: Posix, tv: int, tz: int, *_: int) -> int:
 
 @syscall("time")
 def sys_time(p: Posix, tloc: int, *_: int) -> int:
-    t = p.hc("time_now") // 1_000_000_000
+    t = now_ns(p) // 1_000_000_000
     if tloc:
         p.port.write(tloc, struct.pack("<q", t))
     return t

@@ -1,20 +1,29 @@
-"""A Linux process's memory: the break, anonymous mappings, protection (brk, mmap, munmap, mprotect)."""
+"""A Linux process's memory: the break, mappings, protection (brk, mmap, munmap, mremap, mprotect).
+
+Anonymous mappings are fresh zeroed pages. A file mapping is filled from the file when it is made
+(eager, not demand-paged): MAP_PRIVATE is then exactly Linux's private copy; a writable MAP_SHARED
+mapping is written back to the file at msync, munmap and exit, so another process's read() sees
+the change only then (Linux's page cache makes it visible at once: docs/posix.md lists this).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from exo.abi import PAGE_SIZE, PERM_R, PERM_W
-from libos.posix.table import EINVAL, ENOMEM, ENOSYS, syscall
+from libos.posix.table import EACCES, EBADF, EINVAL, ENODEV, ENOMEM, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
 
 PAGE_MASK = ~(PAGE_SIZE - 1)
 BRK_MAX = 1 << 30  # brk may grow 1 GiB past the image (design section 2)
-MMAP_TOP = 0x0000_6FFF_0000_0000  # anonymous mmap grows down from here, below the libOS data
+MMAP_TOP = 0x0000_6FFF_0000_0000  # mmap grows down from here, below the libOS data
 MMAP_BOTTOM = 0x0000_6000_1000_0000
-MAP_FIXED, MAP_ANONYMOUS = 0x10, 0x20
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+PROT_WRITE = 0x2
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+O_ACCMODE, O_RDONLY, O_WRONLY = 3, 0, 1
 
 
 def map_zero(p: Posix, lo: int, hi: int) -> int:
@@ -31,6 +40,27 @@ def map_zero(p: Posix, lo: int, hi: int) -> int:
     return 0
 
 
+def _unmap(p: Posix, lo: int, hi: int) -> None:
+    for va in range(lo, hi, PAGE_SIZE):
+        p.hc("page_unmap", 0, va)  # an unmapped page is fine, as on Linux
+
+
+def _place(p: Posix, addr: int, size: int, flags: int) -> int:
+    """Where a new mapping of ``size`` bytes goes: MAP_FIXED's address (its old pages dropped,
+    as Linux replaces them) or the next free range below the previous mapping."""
+    if flags & MAP_FIXED:
+        if addr & (PAGE_SIZE - 1):
+            return -EINVAL
+        write_back(p, addr, addr + size)
+        _unmap(p, addr, addr + size)
+        return addr
+    va = p.proc.mmap_next - size
+    if va < MMAP_BOTTOM:
+        return -ENOMEM
+    p.proc.mmap_next = va
+    return va
+
+
 @syscall("brk")
 def sys_brk(p: Posix, addr: int, *_: int) -> int:
     proc = p.proc
@@ -44,35 +74,99 @@ def sys_brk(p: Posix, addr: int, *_: int) -> int:
 
 @syscall("mmap")
 def sys_mmap(p: Posix, addr: int, length: int, prot: int, flags: int, fd: int, off: int) -> int:
-    if not flags & MAP_ANONYMOUS:
-        return -ENOSYS  # file mappings need the file system (docs/posix.md)
-    if length == 0:
+    if length == 0 or length > 1 << 40 or off & (PAGE_SIZE - 1) or not flags & (MAP_SHARED | MAP_PRIVATE):
         return -EINVAL
     size = (length + PAGE_SIZE - 1) & PAGE_MASK
-    proc = p.proc
-    if flags & MAP_FIXED:
-        if addr & (PAGE_SIZE - 1):
-            return -EINVAL
-        va = addr
-    else:
-        va = proc.mmap_next - size
-        if va < MMAP_BOTTOM:
-            return -ENOMEM
-        proc.mmap_next = va
+    f = None
+    if not flags & MAP_ANONYMOUS:
+        f = p.proc.fds.get(fd & 0xFFFF_FFFF)
+        if f is None:
+            return -EBADF
+        if not hasattr(f, "read_at"):
+            return -ENODEV  # a pipe or the console cannot be mapped (Linux: ENODEV)
+        mode = f.flags & O_ACCMODE
+        if mode == O_WRONLY or (flags & MAP_SHARED and prot & PROT_WRITE and mode == O_RDONLY):
+            return -EACCES
+    va = _place(p, addr, size, flags)
+    if va < 0:
+        return va
     # Eager and writable (W^X: never executable); mprotect is accepted without narrowing yet.
-    rc = map_zero(p, va, va + size)
-    return -ENOMEM if rc < 0 else va
+    if map_zero(p, va, va + size) < 0:
+        return -ENOMEM
+    if f is not None:
+        data = f.read_at(p, off, length)  # past the end of the file the pages stay zero, as on Linux
+        if data:
+            p.port.write(va, data)
+        if flags & MAP_SHARED and prot & PROT_WRITE:
+            p.proc.shared_maps.append((va, length, f, off))
+    return va
+
+
+def write_back(p: Posix, lo: int, hi: int, keep: bool = False) -> None:
+    """Write the shared file mappings overlapping [lo, hi) back to their files (and forget them
+    unless ``keep``: msync keeps them mapped)."""
+    kept = []
+    for m in p.proc.shared_maps:
+        va, length, f, off = m
+        if va < hi and lo < va + length:
+            try:
+                f.pwrite_bytes(p, p.port.read(va, length), off)
+            except p.port.Fault:
+                pass  # unmapped meanwhile: nothing to write
+            if not keep:
+                continue
+        kept.append(m)
+    p.proc.shared_maps = kept
+
+
+@syscall("msync")
+def sys_msync(p: Posix, addr: int, length: int, *_: int) -> int:
+    if addr & (PAGE_SIZE - 1):
+        return -EINVAL
+    write_back(p, addr, addr + length, keep=True)
+    return 0
 
 
 @syscall("munmap")
 def sys_munmap(p: Posix, addr: int, length: int, *_: int) -> int:
     if addr & (PAGE_SIZE - 1) or length == 0:
         return -EINVAL
-    for va in range(addr, addr + length, PAGE_SIZE):
-        p.hc("page_unmap", 0, va)  # an unmapped page is fine, as on Linux
+    end = (addr + length + PAGE_SIZE - 1) & PAGE_MASK
+    write_back(p, addr, end)
+    _unmap(p, addr, end)
     return 0
+
+
+@syscall("mremap")
+def sys_mremap(p: Posix, old: int, old_len: int, new_len: int, flags: int, new_addr: int, *_: int) -> int:
+    """Shrink in place, or move to a fresh range (MREMAP_MAYMOVE) copying the contents; growing in
+    place is refused as when the next pages are taken, so callers (musl's realloc) move or copy."""
+    if old & (PAGE_SIZE - 1) or new_len == 0 or flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED):
+        return -EINVAL
+    old_size = (old_len + PAGE_SIZE - 1) & PAGE_MASK
+    new_size = (new_len + PAGE_SIZE - 1) & PAGE_MASK
+    if new_size <= old_size and not flags & MREMAP_FIXED:
+        _unmap(p, old + new_size, old + old_size)
+        return old
+    if not flags & MREMAP_MAYMOVE:
+        return -ENOMEM
+    try:
+        data = p.port.read(old, old_size)
+    except p.port.Fault:
+        return -14  # EFAULT: the old range is not all mapped
+    va = _place(p, new_addr, new_size, MAP_FIXED if flags & MREMAP_FIXED else 0)
+    if va < 0 or map_zero(p, va, va + new_size) < 0:
+        return -ENOMEM
+    p.port.write(va, data[: min(old_size, new_size)])
+    _unmap(p, old, old + old_size)
+    return va
 
 
 @syscall("mprotect")
 def sys_mprotect(p: Posix, *_: int) -> int:
     return 0  # accepted, not applied (RELRO stays writable): docs/posix.md
+
+
+@syscall("madvise")
+def sys_madvise(p: Posix, *_: int) -> int:
+    return 0  # advice only; MADV_DONTNEED's zeroing is not modelled (docs/posix.md)

@@ -21,6 +21,8 @@ from exo.abi import (
     EnvStatus,
     SchedOp,
 )
+from libos.posix import signals
+from libos.posix.signals import SIGKILL, VECTOR_SIGNAL
 from libos.posix.system import Process, WouldBlock
 from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
 
@@ -106,6 +108,17 @@ def sys_prlimit64(p: Posix, pid: int, resource: int, new: int, old: int, *_: int
     return 0
 
 
+@syscall("getrlimit")
+def sys_getrlimit(p: Posix, resource: int, old: int, *_: int) -> int:
+    return sys_prlimit64(p, 0, resource, 0, old)
+
+
+@syscall("sched_yield")
+def sys_sched_yield(p: Posix, *_: int) -> int:
+    p.hc("sched_op", SchedOp.YIELD, 0)  # the other processes run first, as the kernel's yield does
+    return 0
+
+
 @syscall("uname")
 def sys_uname(p: Posix, buf: int, *_: int) -> int:
     p.port.write(buf, b"".join(f.ljust(65, b"\0") for f in UTSNAME))
@@ -117,12 +130,7 @@ def sys_uname(p: Posix, buf: int, *_: int) -> int:
 CLONE_VM, CLONE_VFORK, CLONE_PARENT_SETTID = 0x100, 0x4000, 0x100000
 CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x200000, 0x1000000
 WNOHANG = 1
-SIGKILL, SIGSEGV, SIGILL, SIGFPE, SIGTRAP, SIGBUS = 9, 11, 4, 8, 5, 7
-# How a fault's CPU exception shows to the parent: the signal Linux's trap handlers send
-# (arch/x86/kernel/traps.c: #PF and #GP -> SIGSEGV, #UD -> SIGILL, #DE/#MF/#XM -> SIGFPE,
-# #BP/#DB -> SIGTRAP, #AC -> SIGBUS); a machine check (a libOS error) shows as SIGKILL.
-VECTOR_SIGNAL = {14: SIGSEGV, 13: SIGSEGV, 6: SIGILL, 0: SIGFPE, 16: SIGFPE, 19: SIGFPE, 3: SIGTRAP, 1: SIGTRAP,
-                 17: SIGBUS, 12: SIGSEGV, 11: SIGSEGV, 10: SIGSEGV}
+# How a fault shows to the parent (a machine check, a libOS error, shows as SIGKILL): signals.py.
 _REAP = struct.Struct("<QQqQ")  # exo/abi.py REAP_INFO_SIZE: {id, how, status, vector}
 
 
@@ -197,6 +205,9 @@ def terminate(p: Posix, wstatus: int, code: int) -> int:
     for module in p.siblings.values():
         if module is not p:
             module.at_exit()
+    from libos.posix.mm import write_back
+
+    write_back(p, 0, 1 << 64)  # its writable shared file mappings reach the file
     proc.fds.close_all(p)
     proc.exit_status = wstatus
     if proc.clear_tid:
@@ -204,6 +215,10 @@ def terminate(p: Posix, wstatus: int, code: int) -> int:
             p.port.write(proc.clear_tid, bytes(4))
         except p.port.Fault:
             pass
+    if proc.ppid in p.system.procs:  # SIGCHLD: the parent's handler (a shell's `wait`) learns of it
+        killed = wstatus & 0x7F
+        how, value = (signals.CLD_KILLED, killed) if killed else (signals.CLD_EXITED, wstatus >> 8 & 0xFF)
+        signals.send(p, proc.ppid, signals.SIGCHLD, how, value)
     return p.hc("sched_op", SchedOp.EXIT, code & 0xFF)
 
 
@@ -270,15 +285,54 @@ def sys_wait4(p: Posix, pid: int, status: int, options: int, rusage: int, *_: in
     raise WouldBlock(EV_CHILD)
 
 
+P_ALL, P_PID, P_PGID = 0, 1, 2
+WNOWAIT = 0x0100_0000
+
+
+@syscall("waitid")
+def sys_waitid(p: Posix, idtype: int, ident: int, infop: int, options: int, *_: int) -> int:
+    """wait4's search by (idtype, id), the child described in a siginfo (CLD_EXITED or CLD_KILLED)."""
+    who = {P_ALL: -1, P_PID: _s32(ident), P_PGID: -_s32(ident) if _s32(ident) else 0}.get(idtype)
+    if who is None or (idtype == P_PID and who <= 0):
+        return -EINVAL
+    me = p.proc
+    _collect(p)
+    kids = sorted((c for c in p.system.procs.values() if c.ppid == me.pid and _matches(c, who, me)),
+                  key=lambda c: c.pid)
+    if not kids:
+        return -ECHILD
+    for c in kids:
+        if c.wait_status is not None:
+            st = c.wait_status
+            how, value = (signals.CLD_KILLED, st & 0x7F) if st & 0x7F else (signals.CLD_EXITED, st >> 8 & 0xFF)
+            if infop:
+                info = struct.pack("<iiiiiIi", signals.SIGCHLD, 0, how, 0, c.pid, 0, value)
+                p.port.write(infop, info.ljust(128, b"\0"))
+            if not options & WNOWAIT:
+                del p.system.procs[c.pid]
+            return 0
+    if options & WNOHANG:
+        if infop:
+            p.port.write(infop, bytes(128))  # si_pid 0: nothing has ended yet
+        return 0
+    raise WouldBlock(EV_CHILD)
+
+
 @syscall("getpgrp")
 def sys_getpgrp(p: Posix, *_: int) -> int:
     return p.proc.pgid
 
 
-@syscall("getpgid", "getsid")
+@syscall("getpgid")
 def sys_getpgid(p: Posix, pid: int, *_: int) -> int:
     proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
     return -ESRCH if proc is None else proc.pgid
+
+
+@syscall("getsid")
+def sys_getsid(p: Posix, pid: int, *_: int) -> int:
+    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    return -ESRCH if proc is None else proc.sid
 
 
 @syscall("setpgid")

@@ -54,6 +54,7 @@ class Process:
     clear_tid: int = 0  # CLONE_CHILD_CLEARTID / set_tid_address: written 0 at exit
     stage_ready: bool = False  # its disk staging pages are mapped and writable (libos/posix/vfs.py)
     pending_deadline: tuple | None = None  # (call, guest-ns deadline) of a timed wait being re-executed
+    shared_maps: list = field(default_factory=list)  # writable MAP_SHARED file mappings (libos/posix/mm.py)
 
 
 class PosixSystem:

@@ -263,6 +263,11 @@ class RegFile(OpenFile):
         fs = self._fs(p)
         return fs.read(self.ino, offset, n)
 
+    def pwrite_bytes(self, p: Posix, data: bytes, off: int) -> int:
+        """Write ``data`` at ``off`` (a shared mapping's write-back): bytes written or a negative errno."""
+        fs = self._fs(p)
+        return call(p, lambda: fs.write(self.ino, off, data))
+
     def file_size(self, p: Posix) -> int:
         return self._fs(p).stat(self.ino).size
 

@@ -25,6 +25,13 @@ SCRIPTS = {
     "exit-status": "exit 7",
     "fd-dup": "exec 3>&1; echo to3 >&3; exec 3>&-; echo closed",
     "case-and-functions": "f() { case $1 in a*) echo A;; *) echo other;; esac; }; f apple; f pear",
+    # background jobs and signals (libos/posix/signals.py): `wait` sleeps in sigsuspend until SIGCHLD
+    "background-wait": "sleep 0 & wait; echo wait=$?; (exit 3) & wait $!; echo bg=$?",
+    "background-pipeline": "(echo one; echo two) | sort -r & wait; echo done",
+    "trap-handler": "trap 'echo got USR1' USR1; kill -USR1 $$; echo after",
+    "killed-by-signal": "sh -c 'kill -TERM $$; echo not-reached'; echo status=$?",
+    "trap-exit": "trap 'echo bye' EXIT; echo hi",
+    "sigpipe-ends-writer": "yes | head -c 5; echo; seq 100000 | head -1",
 }
 
 
