@@ -21,6 +21,10 @@ Workloads:
   ctxsw     a context switch between two environments that yield to each other
   create    environment create + destroy (exofork-style: a kernel primitive
             under every structure)
+  pipeline  one two-process shell pipeline run by Debian's busybox-static, unmodified
+            (`echo x | cat >/dev/null` in a `sh -c` loop): fork, pipe2, execve, wait4 and
+            their Linux calls through the posix libOS (docs/posix.md); not under microkernel,
+            which has no Linux path. Needs busybox on PATH (apt-get install busybox-static).
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ WORKLOADS: dict[str, dict] = {
         + _LOOP.format(n="{n}", body="    call HC_ENV_CREATE\n    mov rdi, rax\n    call HC_ENV_DESTROY\n")
         + "    mov rdi, SCHED_EXIT\n    xor esi, esi\n    call HC_SCHED_OP\n",
     },
+    "pipeline": {
+        "doc": "busybox sh: one `echo x | cat` pipeline (fork, pipe, execve, wait)",
+        "linux": ["sh", "-c", "i=0; while [ $i -lt {n} ]; do echo x | cat >/dev/null; i=$((i+1)); done"],
+        "structures": ("exokernel", "monolithic", "xen-pv"),
+        "n": 10,  # pipelines, not hundreds: each is four processes' worth of Linux calls
+        "timing_ops": 20,
+    },
 }
 
 
@@ -137,6 +148,8 @@ def _boot(workload: str, structure: str, n: int, tmp: Path):
     from benchmarks.guest import boot_source
 
     w = WORKLOADS[workload]
+    if "linux" in w:
+        return _boot_linux(w, structure, n)
     d = tmp / f"{workload}-{n}"
     d.mkdir(exist_ok=True)
     disk = _disk_image(d, w["disk"]) if "disk" in w else None
@@ -146,10 +159,30 @@ def _boot(workload: str, structure: str, n: int, tmp: Path):
     return stats, dt
 
 
+def _boot_linux(w: dict, structure: str, n: int):
+    """A Linux workload: busybox run unmodified under `structure` (exo.api.run_linux)."""
+    import shutil
+    import time
+
+    from exo.api import run_linux
+
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise SystemExit("exo experiment: the pipeline workload needs busybox (apt-get install busybox-static)")
+    argv = [a.replace("{n}", str(n)) for a in w["linux"]]
+    t0 = time.perf_counter()
+    r = run_linux(busybox, *argv, structure=structure, max_instructions=2_000_000_000)
+    dt = time.perf_counter() - t0
+    if not r.ok:
+        raise RuntimeError(f"pipeline workload failed under {structure}: {r.stderr.decode()[-300:]}")
+    return r.stats, dt
+
+
 def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
     from exo.structures import crossings
 
     w = WORKLOADS[workload]
+    n = w.get("n", n)
     ops = n * w.get("per_op", 1)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -161,7 +194,7 @@ def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
         hcs = {h: v for h, v in hcs.items() if v}
         insns = (big["guest_instructions"] - small["guest_instructions"]) / ops
         host = []
-        tn = max(n, TIMING_OPS)  # longer runs for host time: short ones are all noise
+        tn = max(n, w.get("timing_ops", TIMING_OPS))  # longer runs for host time: short ones are all noise
         for _ in range(repeat):
             _, t_small = _boot(workload, structure, tn, tmp)
             _, t_big = _boot(workload, structure, 2 * tn, tmp)

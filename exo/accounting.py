@@ -74,11 +74,13 @@ class Accounting:
         """Reflected Linux system calls by name (the `reflect` transitions, split by call)."""
         return _by_name(self.reflected)
 
-    def reflect(self, env_id: int, name: str) -> None:
-        """One reflected Linux system call: a `reflect` transition, and its count by name."""
+    def reflect(self, env_id: int, name: str, kinds: tuple[str, ...] = ("reflect",)) -> None:
+        """One Linux system call: its count by name, and the transitions its path takes under the
+        structure (exo/structures.py REFLECT_PATH: a `reflect` under the exokernel)."""
         key = (env_id, name)
         self.reflected[key] = self.reflected.get(key, 0) + 1
-        self.count("reflect", env_id, name)
+        for kind in kinds:
+            self.count(kind, env_id, name)
 
     def hypercalls_of(self, env_id: int) -> Counter[str]:
         return Counter({name: n for (e, name), n in self._hc.items() if e == env_id})

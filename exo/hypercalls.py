@@ -42,6 +42,7 @@ from exo.errors import HypercallError
 from exo.events import hc_env_notify, hc_env_reap, hc_event_wait
 from exo.events import signal as signal_event
 from exo.frames import EXO, FrameType, OutOfFrames
+from exo.structures import REFLECT_PATH
 from exo.vm import check_max_right, check_user_va, perm_to_pte
 from hw.paging import PTE_NX, PTE_W
 from hw.regs import GPR_INDEX, Reg
@@ -385,9 +386,9 @@ def _hc_env_set_syscall(k: Exokernel, env: Env, envid: int, mode: int, entry: in
         return 0
     if mode != SYSCALL_REFLECT:
         raise HypercallError(Errno.EINVAL, f"unknown syscall mode {mode}")
-    if k.structures is not None:
-        # Only the exokernel structure has its path so far (docs/posix.md).
-        raise HypercallError(Errno.ENOSYS, "syscall reflection runs under --structure exokernel only (so far)")
+    if k.structures is not None and k.structures.name not in REFLECT_PATH:
+        # The microkernel path is not built (exo/structures.py REFLECT_PATH, docs/posix.md).
+        raise HypercallError(Errno.ENOSYS, f"syscall reflection has no {k.structures.name} path")
     slot = target.libcalls.get(entry)
     if slot is None:
         raise HypercallError(Errno.EINVAL, f"{entry:#x} is not a library-call slot linked into env {target.id}")
@@ -654,7 +655,7 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "mode SYSCALL_REFLECT: a `syscall` of envid whose RIP is outside the exokernel region (a Linux "
               "system call) runs the library-call slot at entry (linked into envid) with (nr, RDI, RSI, RDX, R10, "
               "R8, R9); its result goes to RAX, RCX/R11 as Linux leaves them. SYSCALL_HYPERCALL: every `syscall` is "
-              "a hypercall again. ENOSYS outside the exokernel structure (so far).", _hc_env_set_syscall),
+              "a hypercall again. ENOSYS under the microkernel structure (no path built).", _hc_env_set_syscall),
     Hypercall(33, "env_set_fsbase", ("envid", "which", "base"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
               "Set envid's FS_BASE (which FSBASE_FS) or GS_BASE (FSBASE_GS) to base (< USER_TOP, else EPERM): "
               "the live register if envid is running, else its saved context (arch_prctl ARCH_SET_FS).",

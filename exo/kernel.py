@@ -39,7 +39,7 @@ from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
 from exo.libcall import LibFault, LibraryTable
 from exo.report import FaultReport, backtrace, build_report, stuck_reason
-from exo.structures import Structures, slot_code
+from exo.structures import REFLECT_PATH, Structures, slot_code
 from exo.tenants import DEFAULT_ENVS, Tenant, Tenants
 from exo.vm import EXO_REGION, AddressSpace
 from hw.cpu import VCpu
@@ -181,7 +181,9 @@ class Exokernel:
         cr3 = child.ctx.cr3
         cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
         child.ctx.cr3 = cr3
-        cpu.context_write(child.ctx, Reg.RIP, cpu.regs.read(Reg.RIP) + 2)
+        # After the caller's `syscall`: the vCPU's RIP is at it, unless a Linux call is being served
+        # elsewhere (the xen-pv guest kernel's entry), whose return RIP the env keeps.
+        cpu.context_write(child.ctx, Reg.RIP, parent.reflect_rip or cpu.regs.read(Reg.RIP) + 2)
         cpu.context_write(child.ctx, Reg.RAX, 0)
         child.argv = list(parent.argv)
         child.symbolize = parent.symbolize  # the same image: reports name its labels too
@@ -427,13 +429,23 @@ class Exokernel:
         g = self._gpr
         rip = self._rip[0]
         nr = g[0]
+        structure = self.structures.name if self.structures is not None else "exokernel"
         if not env.retrying:  # a call re-executed after a wait is counted once
             names = getattr(getattr(env.reflect.fn, "__self__", None), "SYSCALL_NAMES", {})
-            self.acct.reflect(env.id, names.get(nr) or f"#{nr}")
+            self.acct.reflect(env.id, names.get(nr) or f"#{nr}", REFLECT_PATH[structure])
         env.retrying = False
+        args = (nr, g[7], g[6], g[2], g[10], g[8], g[9])
+        if structure == "xen-pv":
+            self.structures.bounce_reflected(env, args, rip)  # to the guest kernel; it returns by svc_return
+            return
         env.reflect_rip = rip + 2
-        result = self.libs.run_entry(env, env.reflect, (nr, g[7], g[6], g[2], g[10], g[8], g[9]), count=False)
-        env.reflect_rip = 0
+        port = env.port or self.libs.port(env)
+        port.kernel_mode = structure == "monolithic"  # served in ring 0: its resource uses are kcalls
+        try:
+            result = self.libs.run_entry(env, env.reflect, args, count=False)
+        finally:
+            port.kernel_mode = False
+            env.reflect_rip = 0
         if result is _RETRY:
             if env.alive:
                 env.retrying = True

@@ -200,7 +200,9 @@ class LibPort:
         g = cpu.gpr
         out = {r.name.lower(): g[i] for r, i in GPR_INDEX.items()}
         rip = cpu.regs.read(Reg.RIP)
-        if LIBOS_PAGE <= rip < LIBOS_END and rip & (LIBCALL_SLOT - 1) == LIBCALL_HOOKED:
+        if self._env.reflect_rip:
+            rip = self._env.reflect_rip - 2  # serving a Linux call: the program's `syscall` (any structure)
+        elif LIBOS_PAGE <= rip < LIBOS_END and rip & (LIBCALL_SLOT - 1) == LIBCALL_HOOKED:
             rip -= LIBCALL_HOOKED  # inside a library call: resuming this context enters the slot afresh
         out["rip"] = rip
         out["rflags"] = cpu.regs.read(Reg.RFLAGS)

@@ -54,6 +54,20 @@ CROSSINGS = {"hypercall": 2, "syscall": 2, "reflect": 2, "trap": 1, "upcall": 1,
              "context_switch": 0, "libcall": 0, "kcall": 0}  # fmt: skip
 
 
+# The transitions one Linux system call (a reflected `syscall`, issue 15) takes per structure:
+# exokernel: the exokernel redirects it to the libOS in the caller's domain (Aegis/Xok trap
+# redirection: one `reflect`, in and out); monolithic: a system call served in ring 0;
+# xen-pv: Xen takes the `syscall` and bounces it to the guest kernel's callback, which returns
+# with HYPERVISOR_iret (svc_return, counted as its hypercall). The microkernel path (an IPC to a
+# POSIX server that must also set its client's registers for fork, execve and signals) is not
+# built: env_set_syscall refuses it (docs/posix.md).
+REFLECT_PATH: dict[str, tuple[str, ...]] = {
+    "exokernel": ("reflect",),
+    "monolithic": ("syscall",),
+    "xen-pv": ("trap", "upcall"),
+}
+
+
 def crossings(transitions: dict[str, int]) -> int:
     """Ring crossings implied by transition counts."""
     return sum(CROSSINGS.get(k, 0) * n for k, n in transitions.items())
@@ -275,11 +289,29 @@ class Structures:
         env.pv_call = (None, None, None)
 
     # --------------------------------------------------------- xen-pv guest kernel
+    def bounce_reflected(self, env: Env, args: tuple[int, ...], rip: int) -> None:
+        """xen-pv: a Linux `syscall` (RIP at it) taken by the hypervisor and bounced to the guest
+        kernel's syscall callback (Xen's PV syscall path); the guest kernel returns with svc_return."""
+        env.pv_call = (env.reflect, args, rip + 2)
+        env.pv_reflected = True
+        self.k.cpu.regs.write(Reg.RIP, GK_ENTRY - 2)  # Unicorn adds 2 after the hook
+
     def guest_kernel_entry(self, env: Env) -> None:
         """Code hook at GK_ENTRY: the guest kernel runs the service, then svc_return."""
-        entry, args, _ret = env.pv_call
-        result = self._run(env, entry, args, kernel_mode=False)
+        entry, args, ret = env.pv_call
+        port = self.k.libs.port(env)
+        if env.pv_reflected:
+            # A Linux call: the registers it sees are the program's at its `syscall`, and a new
+            # context it loads (execve, a signal handler) is what svc_return returns to.
+            env.reflect_rip = ret
+            port.capture = True
+        try:
+            result = self._run(env, entry, args, kernel_mode=False)
+        finally:
+            env.reflect_rip = 0
+            port.capture = False
         if result is self.k.RETRY:
+            port.captured = None
             return  # the vCPU stopped at GK_ENTRY: the guest kernel runs again when woken
         env.pv_result = result
         # Served: should the vCPU stop before the `nop` (the wall-clock timer's thread can, at any
@@ -292,12 +324,19 @@ class Structures:
             raise HypercallError(Errno.EINVAL, "svc_return outside a bounced service call")
         _entry, _args, ret = env.pv_call
         env.pv_call = None
+        reflected, env.pv_reflected = env.pv_reflected, False
         port = self.k.libs.port(env)
-        if port.captured is not None:  # returning from the guest kernel's fault handler
-            regs, port.captured = port.captured, None
+        if port.captured is not None:  # the guest kernel loaded another context (a fault handler's
+            regs, port.captured = port.captured, None  # return, execve, a signal handler)
             port.apply(regs, rip_bias=-2)  # Unicorn adds 2 to RIP after this hook
             return self.k.KEEP
+        if not env.alive:
+            return self.k.KEEP
         self.k.cpu.regs.write(Reg.RIP, ret - 2)  # Unicorn adds 2 after the hook
+        if reflected:  # Linux's sysret state: RCX = return RIP, R11 = RFLAGS (as Exokernel.reflect)
+            g = self.k.cpu.gpr
+            g[GPR_INDEX[Reg.RCX]] = ret
+            g[GPR_INDEX[Reg.R11]] = self.k.cpu.regs.read(Reg.RFLAGS)
         return env.pv_result
 
     # ------------------------------------------------------- microkernel server
