@@ -243,7 +243,7 @@ class System:
                  stderr: int | BinaryIO | None = None, args: list[str] = (), quotas: dict[str, dict] | None = None, disk: Any = None,
                  disk_fail_after: int | None = None, net: str | None = None, net_faults: str | None = None,
                  pcap: str | None = None, trace: str | None = None, trace_capacity: int = 1_000_000,
-                 use_cache: bool = True, on_fault: Any = None) -> None:
+                 use_cache: bool = True, on_fault: Any = None, raw_terminal: bool = False) -> None:
         if isinstance(apps, (str, Path, App)):
             apps = [apps]
         if not apps:
@@ -279,6 +279,8 @@ class System:
         self.machine = Machine(ram_mib << 20, clock=clock, stdin=stdin, stdout=self._out or stdout,
                                stderr=self._err or stderr,
                                slice_seconds=(slice or 10_000) / 1e6, disk=disk, nic=self.nic)
+        if raw_terminal:  # the guest's libOS is the tty driver (libos/posix/tty.py); close() restores it
+            self.machine.console.enter_raw()
         self.kernel = Exokernel(self.machine, slice_instructions=slice or DEFAULT_SLICE, structure=structure,
                                 on_fault=on_fault or (lambda report: None))
         self.trace_path = trace

@@ -572,7 +572,7 @@ class Exokernel:
             if env is not None:
                 return env
             if self.sleepers:
-                self._wake_sleepers(idle=True)
+                self._wake_sleepers(idle=True, console_waiting=bool(waiting))
                 continue
             if waiting:
                 console.wait_input(0.02 if net_waiting else 0.5)
@@ -627,8 +627,11 @@ class Exokernel:
                 return env
         return None
 
-    def _wake_sleepers(self, idle: bool) -> None:
-        """Wake the environments whose delay is over; ``idle`` (nothing else can run): wait for the first."""
+    def _wake_sleepers(self, idle: bool, console_waiting: bool = False) -> None:
+        """Wake the environments whose delay is over; ``idle`` (nothing else can run): wait for the first.
+
+        ``console_waiting``: someone also waits for console input; on the wall clock that input may
+        come before the first deadline (a Ctrl-C for a sleeping program), so the wait is for either."""
         clock = self.machine.clock
         now = clock.now_ns()
         # Still asleep: a parent may have made one runnable early (it then reran its call).
@@ -639,6 +642,9 @@ class Exokernel:
             if first > now:
                 if clock.mode == "virtual":
                     clock.advance(first - now)  # nothing runs meanwhile: guest time jumps (as exo/net.py idles)
+                elif console_waiting:
+                    if self.machine.console.wait_input((first - now) / 1e9):
+                        return  # typed input: _pick wakes its waiters; the sleepers sleep on
                 else:
                     time.sleep((first - now) / 1e9)
                 now = clock.now_ns()

@@ -54,6 +54,8 @@ class ConsoleDevice:
         self._stopping = False
         self._reader_thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None  # a pipe that gets the reader out of poll()
+        self.raw = False  # enter_raw(): the guest's libOS does the line discipline
+        self._saved_mode: list | None = None  # the terminal's mode before enter_raw
         if stdin is None:
             self._eof = True
         elif isinstance(stdin, (bytes, bytearray)):
@@ -231,8 +233,45 @@ class ConsoleDevice:
         self.bytes_err += len(data)
         return len(data)
 
+    # ---------------------------------------------------------------- raw mode
+    def enter_raw(self) -> bool:
+        """Put the host terminal in raw input mode, so that a guest's libOS does the line discipline
+        (echo, line editing, Ctrl-C as a byte it turns into SIGINT: libos/posix/tty.py) as a kernel's
+        tty driver does. Output processing (OPOST, newline to CR LF) stays the host's. ``close``
+        restores the terminal. True if the console is a terminal and is now raw."""
+        if not self.is_terminal() or self.raw:
+            return self.raw
+        import termios
+
+        try:
+            saved = termios.tcgetattr(self._fd)
+            mode = termios.tcgetattr(self._fd)
+            mode[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.ISTRIP)
+            mode[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
+            mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(self._fd, termios.TCSANOW, mode)
+        except (termios.error, OSError):
+            return False
+        self._saved_mode = saved
+        self.raw = True
+        return True
+
+    def _restore_mode(self) -> None:
+        if self._saved_mode is None:
+            return
+        import termios
+
+        try:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_mode)
+        except (termios.error, OSError):
+            pass
+        self._saved_mode = None
+        self.raw = False
+
     def close(self) -> None:
-        """Stop the terminal reader (an embedding's REPL keeps its stdin after the run)."""
+        """Stop the terminal reader (an embedding's REPL keeps its stdin after the run) and give the
+        terminal back as it was."""
+        self._restore_mode()
         if self._reader_thread is None:
             return
         with self._cv:

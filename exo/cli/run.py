@@ -22,8 +22,9 @@ from exo.errors import ExoUserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("program", metavar="PROGRAM", help="a static x86-64 Linux executable (a path, or a name on PATH)")
     p.add_argument("program_args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments (no -- needed)")
-    p.add_argument("--clock", choices=("virtual", "wall"), default="virtual",
-                   help="virtual: deterministic instruction-count time (default); wall: host time")
+    p.add_argument("--clock", choices=("virtual", "wall"), default=None,
+                   help="virtual: deterministic instruction-count time (the default, unless stdin and stdout "
+                        "are a terminal: then wall, so an interactive `sleep 5` takes 5 s); wall: host time")
     p.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
                    help="only exokernel runs Linux programs so far (docs/posix.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of AT_RANDOM and getrandom (default 0)")
@@ -71,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
     manifest, image = linux_app(program, list(args.program_args), seed=args.seed, env=env, blob=blob,
                                 flags=LINUX_STRACE if args.strace else 0, cwd=os.fsencode(args.cwd))
     app = App(manifest, image, resolve_libos(manifest))
+    if args.clock is None:  # an interactive session is timed by its user: the host's clock
+        args.clock = "wall" if os.isatty(0) and os.isatty(1) else "virtual"
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
-                    stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report, disk=disk)
+                    stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report, disk=disk,
+                    # On a terminal the posix libOS is the tty driver (libos/posix/tty.py): Ctrl-C reaches
+                    # it as a byte it turns into SIGINT for the foreground group, not exo's KeyboardInterrupt.
+                    raw_terminal=True)
     kernel = system.kernel
     interrupted = False
     try:

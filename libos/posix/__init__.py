@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 
 from exo.abi import (
+    EV_CONSOLE,
     EV_NOTIFY,
     LIBCALL_SLOT,
     LIBOS_PAGE,
@@ -29,7 +30,20 @@ from exo.abi import (
     SYSCALL_REFLECT,
 )
 from libos.module import LibModule
-from libos.posix import clock, descriptors, exec, files, fscalls, mm, pipes, poll, process, signals, strace  # noqa: F401 - each registers its handlers
+from libos.posix import (  # noqa: F401 - each registers its handlers
+    clock,
+    descriptors,
+    exec,
+    files,
+    fscalls,
+    mm,
+    pipes,
+    poll,
+    process,
+    signals,
+    strace,
+    tty,
+)
 from libos.posix.system import PosixSystem, Process, WouldBlock
 from libos.posix.table import EINTR, ENOSYS, HANDLERS, SYSCALL_NAMES
 from libos.posix.vfs import Vfs
@@ -75,7 +89,8 @@ class Posix(LibModule):
         pid = self.hc("env_id")
         exe = self.cstr(info["execfn"])
         cwd = self.cstr(info["cwd"]).decode("utf-8", "surrogateescape") if info["cwd"] else "/"
-        self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=files.console_fds(), cwd=cwd,
+        fds = tty.open_terminal(self, pid) or files.console_fds()  # a terminal when exo's console is one
+        self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=fds, cwd=cwd,
                             comm=exe.rsplit(b"/", 1)[-1][:15], exe=exe.decode("utf-8", "surrogateescape"),
                             brk_start=info["brk_start"], brk=info["brk_start"], mmap_next=mm.MMAP_TOP)
         self.system.procs[pid] = self.proc
@@ -100,6 +115,10 @@ class Posix(LibModule):
             try:
                 rc = fn(self, a0, a1, a2, a3, a4, a5)
             except WouldBlock as w:
+                terminal = self.system.tty
+                if terminal is not None and not terminal.hangup:
+                    terminal.pump(self)  # typed input first: a Ctrl-C becomes a signal for the foreground
+                    w.mask |= EV_CONSOLE  # and any wait ends when more is typed
                 if signals.interrupting(self):  # a signal is due: the wait ends with EINTR (or restarts)
                     self.proc.pending_deadline = None
                     rc = -EINTR

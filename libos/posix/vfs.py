@@ -99,6 +99,10 @@ class Vfs:
         full = self.absolute(p, path, dirfd)
         if isinstance(full, int):
             return full
+        if full in ("/dev/tty", "/dev/console") and p.system.tty is not None:
+            from libos.posix.tty import TtyFile
+
+            return TtyFile(p.system.tty, flags)  # the controlling terminal (libos/posix/tty.py)
         dev = DEVICES.get(full)
         if dev is not None:
             return dev(flags)
