@@ -42,6 +42,7 @@ from libos.posix import (  # noqa: F401 - each registers its handlers
     process,
     signals,
     strace,
+    threads,
     tty,
 )
 from libos.posix.system import PosixSystem, Process, WouldBlock
@@ -71,6 +72,7 @@ class Posix(LibModule):
         self.proc: Process | None = None  # this environment's process
         self._child: Posix | None = None  # the clone made for the last env_create (fork_process)
         self.strace = False  # exo run --strace (linux_info.flags)
+        self.caller_tid = 0  # --strace: the thread whose call is being served
 
     def fork(self, port) -> Posix:
         clone = super().fork(port)  # the same PosixSystem: one process table per tenant
@@ -108,8 +110,14 @@ class Posix(LibModule):
                 self.log(f"{SYSCALL_NAMES.get(nr, f'syscall #{nr}')} is not implemented (-ENOSYS)")
             return -ENOSYS
         args = (a0, a1, a2, a3, a4, a5)
-        if self.strace and nr in strace.BEFORE:
-            self.log_raw(strace.line(self, nr, args, None))  # exit never returns; execve replaces the memory
+        proc = self.proc
+        if self.strace:
+            self.caller_tid = threads.tid_of(proc) if proc is not None else 0  # a switch changes it
+            if nr in strace.BEFORE:
+                self.log_raw(strace.line(self, nr, args, None))  # exit never returns; execve replaces the memory
+        if proc is not None and proc.waiting:  # the environment's wait is over: parked threads retry
+            proc.waiting = False
+            threads.woken(self)
         rc = -EINTR  # woken three times with nothing to do: the caller retries, as after a signal
         for _ in range(3):
             try:
@@ -125,9 +133,16 @@ class Posix(LibModule):
                     if self.strace:
                         strace.trace(self, nr, args, rc)
                     return signals.deliver_pending(self, rc, restart_nr=nr)
+                if threads.park(self, nr, w.mask, w.deadline):
+                    return rc  # another thread of the process runs; this one retries the call later
                 # Blocks (raises Blocked: the `syscall` runs again from the start when woken) unless
-                # an event is already pending; then the call is tried again at once.
-                self.hc("event_wait", w.mask | EV_NOTIFY, w.deadline)
+                # an event is already pending; then the call is tried again at once. With threads,
+                # the wait also ends for what the parked ones wait for (libos/posix/threads.py).
+                mask, deadline = threads.wait_for(self, w.mask, w.deadline)
+                self.proc.waiting = True
+                self.hc("event_wait", mask | EV_NOTIFY, deadline)
+                self.proc.waiting = False
+                threads.woken(self)
                 continue
             break
         if self.strace and nr not in strace.BEFORE:

@@ -115,6 +115,9 @@ def _replace_image(p: Posix, plan, blob: bytes, argv: list[bytes], envp: list[by
     proc = p.proc
     # The point of no return: from here a failure can only end the process (as Linux's exec does
     # after flush_old_exec: the old image is gone).
+    from libos.posix.mm import write_back
+
+    write_back(p, 0, 1 << 64)  # the old image's shared file mappings reach their files first
     keep_len = p.info.get("bootfile_len", 0)
     gone = [va for va, _ in mem.user_pages() if not _keep(va, keep_len)]
     rc, _ = mem._mmu([(MmuOp.UNMAP, 0, va, 0, 0) for va in gone])
@@ -152,6 +155,10 @@ def _replace_image(p: Posix, plan, blob: bytes, argv: list[bytes], envp: list[by
     for which in (FSBASE_FS, FSBASE_GS):
         p.hc("env_set_fsbase", 0, which, 0)
     proc.fs_base = proc.gs_base = 0
+    if proc.threads is not None:  # the other threads end (Linux de_thread); the caller keeps the pid
+        for tid in proc.threads.threads:
+            p.system.tids.pop(tid, None)
+        proc.threads = None
     proc.brk_start = proc.brk = end
     proc.mmap_next = MMAP_TOP
     proc.argv = list(argv)

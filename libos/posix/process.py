@@ -21,7 +21,7 @@ from exo.abi import (
     EnvStatus,
     SchedOp,
 )
-from libos.posix import signals
+from libos.posix import signals, threads
 from libos.posix.signals import SIGKILL, VECTOR_SIGNAL
 from libos.posix.system import Process, WouldBlock
 from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
@@ -39,9 +39,14 @@ _RLIM_INFINITY = (1 << 64) - 1
 UTSNAME = (b"Linux", b"exo", b"6.1.0-exo", b"#1 exo", b"x86_64", b"(none)")
 
 
-@syscall("getpid", "gettid")
+@syscall("getpid")
 def sys_getpid(p: Posix, *_: int) -> int:
     return p.proc.pid
+
+
+@syscall("gettid")
+def sys_gettid(p: Posix, *_: int) -> int:
+    return threads.tid_of(p.proc)
 
 
 @syscall("getppid")
@@ -58,7 +63,7 @@ def sys_getuid(p: Posix, *_: int) -> int:
 @syscall("set_tid_address")
 def sys_set_tid_address(p: Posix, tidptr: int, *_: int) -> int:
     p.proc.clear_tid = tidptr
-    return p.proc.pid
+    return threads.tid_of(p.proc)
 
 
 @syscall("set_robust_list")
@@ -115,6 +120,8 @@ def sys_getrlimit(p: Posix, resource: int, old: int, *_: int) -> int:
 
 @syscall("sched_yield")
 def sys_sched_yield(p: Posix, *_: int) -> int:
+    if threads.yield_thread(p):
+        return 0  # another thread of the process runs (libos/posix/threads.py)
     p.hc("sched_op", SchedOp.YIELD, 0)  # the other processes run first, as the kernel's yield does
     return 0
 
@@ -193,7 +200,7 @@ def sys_fork(p: Posix, *_: int) -> int:
 @syscall("clone")
 def sys_clone(p: Posix, flags: int, stack: int, ptid: int, ctid: int, tls: int, *_: int) -> int:
     if flags & CLONE_VM and not flags & CLONE_VFORK:
-        return -ENOSYS  # threads: not yet (docs/posix.md)
+        return threads.clone_thread(p, flags, stack, ptid, ctid, tls)
     return fork_process(p, flags, 0 if flags & CLONE_VFORK else stack, ptid, ctid)
 
 
@@ -222,9 +229,16 @@ def terminate(p: Posix, wstatus: int, code: int) -> int:
     return p.hc("sched_op", SchedOp.EXIT, code & 0xFF)
 
 
-@syscall("exit_group", "exit")  # exit: one thread per process so far, so it ends the process
+@syscall("exit_group")
 def sys_exit_group(p: Posix, status: int, *_: int) -> int:
     return terminate(p, (status & 0xFF) << 8, status)
+
+
+@syscall("exit")
+def sys_exit(p: Posix, status: int, *_: int) -> int:
+    """One thread ends (libos/posix/threads.py); the last one's exit ends the process."""
+    rc = threads.exit_thread(p, status)
+    return terminate(p, (status & 0xFF) << 8, status) if rc is None else rc
 
 
 def _scratch(p: Posix) -> int:

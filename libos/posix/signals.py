@@ -241,6 +241,7 @@ def sys_rt_sigreturn(p: Posix, *_: int) -> int:
 def _targets(p: Posix, pid: int) -> list[int]:
     procs = p.system.procs
     if pid > 0:
+        pid = p.system.tids.get(pid, pid)  # a thread id: its process (the running thread handles it)
         return [pid] if pid in procs else []
     if pid == 0:
         return sorted(q.pid for q in procs.values() if q.pgid == p.proc.pgid and q.exit_status is None)

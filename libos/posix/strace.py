@@ -77,7 +77,7 @@ def line(p: Posix, nr: int, args: tuple[int, ...], rc: int | None) -> str:
         result = f"-1 {ERRNO_NAMES[-rc]}"
     else:
         result = hex(rc) if name in ("mmap", "brk") else str(rc)
-    return f"[pid {p.proc.pid}] {name}({', '.join(shown)}) = {result}"
+    return f"[pid {p.caller_tid}] {name}({', '.join(shown)}) = {result}"
 
 
 def trace(p: Posix, nr: int, args: tuple[int, ...], rc: int) -> None:
@@ -85,5 +85,5 @@ def trace(p: Posix, nr: int, args: tuple[int, ...], rc: int) -> None:
     try:
         text = line(p, nr, args, rc)
     except Exception as e:  # noqa: BLE001 - tracing must never change what the program sees
-        text = f"[pid {p.proc.pid}] {SYSCALL_NAMES.get(nr, nr)}(...) = {rc} (strace: {e})"
+        text = f"[pid {p.caller_tid}] {SYSCALL_NAMES.get(nr, nr)}(...) = {rc} (strace: {e})"
     p.log_raw(text)

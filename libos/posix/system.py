@@ -55,6 +55,8 @@ class Process:
     stage_ready: bool = False  # its disk staging pages are mapped and writable (libos/posix/vfs.py)
     pending_deadline: tuple | None = None  # (call, guest-ns deadline) of a timed wait being re-executed
     shared_maps: list = field(default_factory=list)  # writable MAP_SHARED file mappings (libos/posix/mm.py)
+    threads: Any = None  # ThreadGroup once it has a second thread (libos/posix/threads.py)
+    waiting: bool = False  # its environment is in event_wait: parked threads retry when it wakes
 
 
 class PosixSystem:
@@ -68,9 +70,15 @@ class PosixSystem:
         self.rng_counter = 0
         self.strace: TextIO | None = None  # --strace: every call, strace's format (libos/posix/strace.py)
         self.warned: set[int] = set()  # unimplemented calls already named in the log, per tenant
+        self.tids: dict[int, int] = {}  # thread id -> its process's pid (threads after the first)
+        self.next_tid = 0  # the last thread id given (libos/posix/threads.py FIRST_TID)
 
     def wake(self, caller: Posix, pid: int) -> None:
         """Ring ``pid``'s doorbell (env_notify) so its event_wait returns: a pipe got data, a child
         exec'd, a signal arrived. The hypercall is the caller's, through its own port."""
         if pid != caller.proc.pid and pid in self.procs:
             caller.hc("env_notify", pid)
+        elif pid == caller.proc.pid and caller.proc.threads is not None:
+            from libos.posix.threads import woken
+
+            woken(caller)  # a thread of the caller's own process may wait for it: it retries its call

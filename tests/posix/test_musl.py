@@ -1,6 +1,6 @@
 """musl-gcc static C programs under `exo run`, each compared with the same binary run natively
 (issue 15 acceptance: fork/exec/wait, pipes, signals with handlers, mmap of files, directories,
-time). The sources are in tests/posix/c/; their output avoids pids and wall times, so native and
+time, threads). The sources are in tests/posix/c/; their output avoids pids and wall times, so native and
 exo print the same bytes.
 """
 
@@ -15,10 +15,10 @@ SOURCES = Path(__file__).parent / "c"
 
 
 def build(tmp_path: Path, name: str) -> Path:
-    return musl(tmp_path, name, (SOURCES / f"{name}.c").read_text())
+    return musl(tmp_path, name, (SOURCES / f"{name}.c").read_text(), *(["-pthread"] if name == "threads" else []))
 
 
-@pytest.mark.parametrize("name", ["signals", "procs", "files"])
+@pytest.mark.parametrize("name", ["signals", "procs", "files", "threads"])
 def test_program_same_as_native(tmp_path, name):
     binary = build(tmp_path, name)
     scratch = tmp_path / "scratch"
@@ -45,3 +45,13 @@ def test_child_fault_is_the_parents_business(tmp_path):
     r = run_exo("run", str(build(tmp_path, "signals")))
     assert r.returncode == 0
     assert "page fault (#PF)" in r.stderr.decode() and "in main+0x" in r.stderr.decode()
+
+
+def test_threads_switch_at_futex_and_blocking_calls(tmp_path):
+    """pthread mutexes, condition variables (one timed out), join with return values, __thread
+    data per thread (the FS base switched with the thread), and a thread blocked in read() on a
+    pipe while another thread of the same process writes it (libos/posix/threads.py)."""
+    r = run_exo("run", "--strace", str(build(tmp_path, "threads")))
+    assert r.stdout == b"counter=4000 sum=104 main_tls=7\ntimedwait=timeout\nreader got 4 bytes, tids differ=1\n"
+    err = r.stderr.decode()
+    assert "clone(0x7d0f00" in err and "[pid 100001] " in err and "futex(" in err
