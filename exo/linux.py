@@ -65,6 +65,13 @@ class Load(NamedTuple):
     flags: int  # PF_R | PF_W | PF_X
 
 
+# Where a static-PIE (ET_DYN, no PT_INTERP) is placed: Linux's ELF_ET_DYN_BASE on x86-64 without
+# address randomisation, 2/3 of the 47-bit user space (arch/x86/include/asm/elf.h), the base gdb
+# shows for a PIE run with ASLR off. The program relocates itself (glibc's _dl_relocate_static_pie,
+# musl's _dlstart) from its PT_DYNAMIC.
+PIE_BASE = 0x5555_5555_4000
+
+
 class LoadPlan(NamedTuple):
     entry: int
     loads: list[Load]
@@ -87,9 +94,11 @@ def load_plan(blob: bytes) -> LoadPlan:
     if len(blob) < 64 or blob[4] != 2 or blob[5] != 1:
         raise NotExecutable("not a 64-bit little-endian ELF file")
     e_type, e_machine = struct.unpack_from("<HH", blob, 16)
-    if e_type != 2 or e_machine != 62:  # ET_EXEC, EM_X86_64
-        raise NotExecutable("not a static x86-64 executable (ET_EXEC, EM_X86_64)")
+    if e_type not in (2, 3) or e_machine != 62:  # ET_EXEC or ET_DYN (a static-PIE), EM_X86_64
+        raise NotExecutable("not a static x86-64 executable (ET_EXEC or static-PIE, EM_X86_64)")
+    base = PIE_BASE if e_type == 3 else 0
     entry, phoff = struct.unpack_from("<QQ", blob, 24)
+    entry += base
     phentsize, phnum = struct.unpack_from("<HH", blob, 54)
     if phentsize != 56 or phoff + phnum * 56 > len(blob):
         raise NotExecutable("program headers outside the file")
@@ -103,9 +112,9 @@ def load_plan(blob: bytes) -> LoadPlan:
             continue
         if p_filesz > p_memsz or p_offset + p_filesz > len(blob) or p_vaddr % PAGE_SIZE != p_offset % PAGE_SIZE:
             raise NotExecutable(f"a bad PT_LOAD at {p_vaddr:#x}")
-        loads.append(Load(p_vaddr, p_offset, p_filesz, p_memsz, p_flags))
+        loads.append(Load(p_vaddr + base, p_offset, p_filesz, p_memsz, p_flags))
         if p_offset <= phoff and phoff + phnum * 56 <= p_offset + p_filesz:
-            phdr = p_vaddr + phoff - p_offset
+            phdr = p_vaddr + base + phoff - p_offset
     if not loads:
         raise NotExecutable("nothing to load")
     return LoadPlan(entry, loads, phdr, phnum)

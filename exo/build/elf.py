@@ -74,8 +74,11 @@ class ElfImage:
 
 
 def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, int],
-              user_bottom: int = 0x10000) -> ElfImage:
-    """Parse and check a static ELF64 x86-64 executable; errors name ``name``."""
+              user_bottom: int = 0x10000, pie_base: int = 0) -> ElfImage:
+    """Parse and check a static ELF64 x86-64 executable; errors name ``name``.
+
+    ``pie_base``: a static-PIE (ET_DYN without PT_INTERP, which relocates itself) is placed there,
+    every address shifted by it; 0 refuses ET_DYN (exo's own guests are ET_EXEC)."""
     if len(blob) < Elf64Header.sizeof():
         raise ExoUserError(name, f"too short for an ELF header ({len(blob)} bytes)")
     try:
@@ -88,9 +91,12 @@ def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, in
         raise ExoUserError(name, "not a little-endian ELF file")
     if h.e_machine != EM_X86_64:
         raise ExoUserError(name, f"ELF machine {h.e_machine} is not x86-64 (62)")
+    base = 0
     if h.e_type == ET_DYN:
-        raise ExoUserError(name, "position-independent or shared ELF (ET_DYN): link with -static -no-pie")
-    if h.e_type != ET_EXEC:
+        if not pie_base:
+            raise ExoUserError(name, "position-independent or shared ELF (ET_DYN): link with -static -no-pie")
+        base = pie_base
+    elif h.e_type != ET_EXEC:
         raise ExoUserError(name, f"ELF type {h.e_type} is not an executable (ET_EXEC)")
     if h.e_phentsize != Elf64Phdr.sizeof() or h.e_phnum == 0:
         raise ExoUserError(name, "no usable program headers")
@@ -100,10 +106,11 @@ def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, in
     segments = []
     for i in range(h.e_phnum):
         ph = Elf64Phdr.parse(blob[h.e_phoff + i * h.e_phentsize :])
-        if ph.p_type in (PT_INTERP, PT_DYNAMIC):
+        if ph.p_type == PT_INTERP or (ph.p_type == PT_DYNAMIC and not base):
             raise ExoUserError(name, "dynamically linked ELF: guests need static executables")
         if ph.p_type != PT_LOAD or ph.p_memsz == 0:
             continue
+        ph.p_vaddr += base  # a static-PIE's addresses are offsets from where it is placed
         where = f"segment {i} at {ph.p_vaddr:#x}"
         if ph.p_filesz > ph.p_memsz:
             raise ExoUserError(name, f"{where}: file size {ph.p_filesz:#x} exceeds memory size {ph.p_memsz:#x}")
@@ -119,13 +126,14 @@ def parse_elf(blob: bytes, name: str, *, user_top: int, forbidden: tuple[int, in
         segments.append(ElfSegment(ph.p_vaddr, data, ph.p_memsz, ph.p_flags))
     if not segments:
         raise ExoUserError(name, "no loadable segments")
-    if not any(s.va <= h.e_entry < s.va + s.memsz and s.flags & PF_X for s in segments):
-        raise ExoUserError(name, f"entry point {h.e_entry:#x} is not in an executable segment")
+    entry = h.e_entry + base
+    if not any(s.va <= entry < s.va + s.memsz and s.flags & PF_X for s in segments):
+        raise ExoUserError(name, f"entry point {entry:#x} is not in an executable segment")
     spans = sorted((s.va & ~0xFFF, (s.va + s.memsz + 0xFFF) & ~0xFFF) for s in segments)
     for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise ExoUserError(name, f"segments share the page at {b0:#x} (exo maps each segment on its own pages)")
-    return ElfImage(h.e_entry, segments)
+    return ElfImage(entry, segments)
 
 
 def build_elf(entry: int, segments: list[ElfSegment]) -> bytes:

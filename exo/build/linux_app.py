@@ -15,7 +15,7 @@ from exo.build.elf import PF_W, PF_X, parse_elf, read_symbols
 from exo.build.image import Image, Segment
 from exo.build.manifest import Manifest
 from exo.errors import ExoUserError
-from exo.linux import HWCAP
+from exo.linux import HWCAP, PIE_BASE
 
 # The environment a Linux program gets: fixed, never the host's (deterministic runs).
 DEFAULT_ENV = (b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"HOME=/root", b"TERM=linux", b"LANG=C")
@@ -67,15 +67,16 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
             raise ExoUserError(str(program), f"cannot read: {e.strerror}") from None
     name = str(program)
     _refuse_linux_only(blob, name)
-    elf = parse_elf(blob, name, user_top=USER_TOP, forbidden=(HYPERCALL_PAGE, EXO_REGION_END))
+    elf = parse_elf(blob, name, user_top=USER_TOP, forbidden=(HYPERCALL_PAGE, EXO_REGION_END), pie_base=PIE_BASE)
+    base = PIE_BASE if struct.unpack_from("<H", blob, 16)[0] == 3 else 0  # ET_DYN: a static-PIE
     segments = [Segment(f"load{i}", s.va, s.data, s.memsz,
                         PERM_R | (PERM_W if s.flags & PF_W else 0) | (PERM_X if s.flags & PF_X else 0))
                 for i, s in enumerate(elf.segments)]
     phoff, = struct.unpack_from("<Q", blob, 32)
     phnum, = struct.unpack_from("<H", blob, 56)
-    phdr = _phdr_va(blob, phoff, phnum)
+    phdr = _phdr_va(blob, phoff, phnum) + base if _phdr_va(blob, phoff, phnum) else 0
     try:
-        symbols = {n: v for n, (v, _, t) in read_symbols(blob, name).items() if t == _STT_FUNC}
+        symbols = {n: v + base for n, (v, _, t) in read_symbols(blob, name).items() if t == _STT_FUNC}
     except ExoUserError:
         symbols = {}  # stripped or damaged: reports show addresses
     image = Image(path.name, elf.entry, segments, symbols)

@@ -7,6 +7,7 @@ outside tools: need_tool skips without them (and fails under EXO_REQUIRE_TOOLS=1
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -180,3 +181,37 @@ def test_mkfs_busybox_without_a_busybox_is_one_line(tmp_path):
     r = run_exo("mkfs", str(tmp_path / "x.img"), "--size", "8M", "--busybox", str(tmp_path / "missing"))
     lines = r.stderr.decode().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("exo mkfs: error:")
+
+
+STATIC_PIE = r"""#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static int answer = 42;
+int *where = &answer;  /* a pointer the program's own relocation fixes (R_X86_64_RELATIVE) */
+__attribute__((noinline)) int crash(int *p) { return *p; }
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "again")) { printf("exec'd pie %d\n", *where); return 0; }
+    if (argc > 1 && !strcmp(argv[1], "crash")) return crash(0);
+    printf("pie %d at %s\n", *where, (unsigned long)main >= 0x555555554000UL ? "ELF_ET_DYN_BASE" : "?");
+    fflush(stdout);
+    execl(argv[0], argv[0], "again", (char *)0);
+    return 1;
+}
+"""
+
+
+def test_static_pie_runs_relocated_and_execs_itself(tmp_path):
+    """gcc -static-pie (ET_DYN, no PT_INTERP) is placed at 0x555555554000 and relocates itself;
+    execve loads it the same way; a fault names its function at the placed address."""
+    need_tool(shutil.which("gcc") is not None, "gcc is not installed")
+    src = tmp_path / "pie.c"
+    src.write_text(STATIC_PIE)
+    binary = tmp_path / "pie"
+    subprocess.run(["gcc", "-static-pie", "-O2", "-g", "-o", str(binary), str(src)], check=True)
+    assert subprocess.run(["readelf", "-h", str(binary)], capture_output=True, text=True).stdout.count("DYN") == 1
+    r = run_exo("run", str(binary))
+    assert (r.stdout, r.returncode) == (b"pie 42 at ELF_ET_DYN_BASE\nexec'd pie 42\n", 0), r.stderr.decode()
+    crashed = run_exo("run", str(binary), "crash")
+    err = crashed.stderr.decode()
+    assert crashed.returncode == 1 and "page fault (#PF)" in err
+    assert re.search(r"instruction 0x00005555\w+: .* in crash\b", err), err  # its symbol at the placed address
