@@ -572,6 +572,13 @@ class Exokernel:
             if env is not None:
                 return env
             if self.sleepers:
+                if net_waiting and net.nic.external:
+                    # A peer outside may send before the first sleeper's deadline (a posix process
+                    # waits in event_wait with EV_NET and its next TCP timer): wait in real time, as
+                    # net_wait does, instead of jumping the virtual clock over the host's reply.
+                    net.idle(net_waiting, min(e.wake_at for e in self.sleepers))
+                    self._wake_sleepers(idle=False)
+                    continue
                 self._wake_sleepers(idle=True, console_waiting=bool(waiting))
                 continue
             if waiting:

@@ -433,13 +433,16 @@ class NetMux:
             if e.net is not None and e.net.deadline and e.net.deadline <= now:
                 self.k.make_runnable(e)
 
-    def idle(self, waiters: list[Env]) -> bool:
-        """Nothing is runnable but ``waiters`` wait for the network: wait; False if nothing can wake them."""
+    def idle(self, waiters: list[Env], deadline: int | None = None) -> bool:
+        """Nothing is runnable but ``waiters`` wait for the network: wait; False if nothing can wake them.
+        ``deadline``: another environment's (a sleeper's) guest time to wait until at most."""
         clock = self.k.machine.clock
         self.nic.idle()  # frames held back for reordering go out now
         if self.pump():
             return True
         deadlines = [e.net.deadline for e in waiters if e.net is not None and e.net.deadline]
+        if deadline is not None:
+            deadlines.append(deadline)
         earliest = min(deadlines) if deadlines else None
         now = clock.now_ns()
         if earliest is not None and earliest <= now:

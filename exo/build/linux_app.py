@@ -83,5 +83,5 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
     end = max(s.va + s.memsz for s in elf.segments)
     image.linux = {"path": name.encode(), "env": env, "seed": seed, "phdr": phdr, "phnum": phnum,
                    "entry": elf.entry, "brk_start": (end + 0xFFF) & ~0xFFF, "hwcap": HWCAP, "file": blob, "flags": flags, "cwd": cwd}
-    manifest = Manifest(path, path.name, [path], libos={"memory": "cow", "posix": "linux"}, args=list(argv))
+    manifest = Manifest(path, path.name, [path], libos={"memory": "cow", "posix": "linux", "net": "tcpip"}, args=list(argv))
     return manifest, image

@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
     p.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions (a watchdog)")
+    p.add_argument("--net", metavar="SPEC",
+                   help="attach a NIC for the program's sockets: user[,hostfwd=tcp:127.0.0.1:HOSTPORT-:PORT] "
+                        "(unprivileged), switch, or tap:IFNAME; the program is 10.0.2.15/24 (docs/net.md)")
+    p.add_argument("--pcap", metavar="FILE", help="capture every frame on the wire to FILE (pcap)")
     p.add_argument("--trace", metavar="FILE", help="record every transition: FILE.json (Perfetto) or FILE.jsonl")
 
 
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         args.clock = "wall" if os.isatty(0) and os.isatty(1) else "virtual"
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                     stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report, disk=disk,
+                    net=args.net, pcap=args.pcap,
                     # On a terminal the posix libOS is the tty driver (libos/posix/tty.py): Ctrl-C reaches
                     # it as a byte it turns into SIGINT for the foreground group, not exo's KeyboardInterrupt.
                     raw_terminal=True)

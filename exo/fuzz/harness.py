@@ -189,7 +189,7 @@ class Harness:
             os.close(fd)
             blockdev = BlockDevice(self._tmp)
         nic = open_nic("switch") if self.net else None
-        self.machine = Machine(self.ram_mib << 20, clock="virtual", stdin=b"", stdout=_Sink(),
+        self.machine = Machine(self.ram_mib << 20, clock="virtual", stdin=b"", stdout=_Sink(), stderr=_Sink(),
                                disk=blockdev, nic=nic)
         k = self.k = Exokernel(self.machine, on_fault=self.reports.append)
         k.on_log = self._on_log

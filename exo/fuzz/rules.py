@@ -334,6 +334,33 @@ def r_net(h: Harness, env: Env, c: Chooser) -> list[Call]:
                   c.pick((0, DONE, DONE, CODE_VA)), mem=tuple(mem))]
 
 
+def r_posix_abi(h: Harness, env: Env, c: Chooser) -> list[Call]:
+    """Hypercalls 32-38, the ones a POSIX personality uses (issue 15): reflection and FS base,
+    event waits, the doorbell across apps, child records, the error stream, the console's facts."""
+    roll = c.num(0, 9)
+    if roll < 1:
+        slot = c.pick((0, LIBOS_PAGE, LIBOS_PAGE + 8 * 4096, CODE_VA, KERNEL, U64))
+        return [_call(env, "env_set_syscall", envid(h, env, c), c.pick((0, 1, 1, 2, U64)), slot)]
+    if roll < 3:
+        base = c.pick((0, SCRATCH_VA, USER_TOP - 8, USER_TOP, NONCANON, KERNEL, U64))
+        return [_call(env, "env_set_fsbase", envid(h, env, c), c.pick((0, 1, 2, U64)), base)]
+    if roll < 5:
+        mask = c.pick((1, 2, 4, 8, 16, 31, 0, 32, U64)) if c.chance(80) else c.num(0, U64)
+        now = h.k.machine.clock.now_ns()
+        deadline = c.pick((1, now + 1000, now + 1_000_000, 0 if mask & 31 else 1, U64 >> 1))
+        return [_call(env, "event_wait", mask, deadline)]
+    if roll < 6:
+        k = h.k
+        live = [e.id for e in k.envs.values() if e.alive]
+        return [_call(env, "env_notify", c.pick(live) if live and c.chance(70) else envid(h, env, c))]
+    if roll < 8:
+        return [_call(env, "env_reap", envid(h, env, c) if c.chance(50) else 0, ptr(c, INFO))]
+    if roll < 9:
+        text = b"fuzz: error stream\n"
+        return [_call(env, "console_error", ptr(c, BUF), count(c, len(text)), mem=((BUF, text),))]
+    return [_call(env, "console_info", ptr(c, INFO))]
+
+
 def r_unknown(h: Harness, env: Env, c: Chooser) -> list[Call]:
     nr = c.pick((len(HYPERCALLS), 64, 255, 1 << 32, 1 << 63, U64))
     return [Call(env.id, nr, (small(c),), (), "unknown")]
@@ -365,6 +392,7 @@ RULES: tuple[tuple[Rule, int], ...] = (
     (r_ipc_recv, 6),
     (r_disk, 6),
     (r_net, 8),
+    (r_posix_abi, 5),
     (r_unknown, 1),
     (r_random, 4),
 )

@@ -188,6 +188,9 @@ class Net(LibModule):
             return False
         self.t = self.hc("time_now")
         self.stack = Stack(mac, ip, mask, gw, mtu, self._queue, lambda: self.t)
+        # A Linux program's processes each have a stack and share the app's address: what one
+        # sends to that address and has no socket for may be another process's (libos/posix/sockets.py).
+        self.stack.share_host = "posix" in self.siblings
         # ARP and ICMP for this host, and every IPv4 frame no more specific filter claims
         # (fragments after the first carry no ports; segments to closed ports get a reset).
         # Another environment of the same app may hold these already: then it answers them.
@@ -434,7 +437,7 @@ class Net(LibModule):
         addr, port = self._sockaddr(sa, salen)
         if s.port:
             return -L.EINVAL
-        if addr not in (b"\0\0\0\0", self.stack.ip):
+        if self._local(addr) != self.stack.ip:  # any, ours, or 127.0.0.0/8 (one address: it acts as any)
             return -L.EADDRNOTAVAIL
         self._bind_port(s, port)
         return 0

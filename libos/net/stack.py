@@ -73,6 +73,9 @@ class Stack:
         self.arp = ArpCache(self.mac, self.ip, self.stats)
         self.reasm = Reassembler(self.stats)
         self.udp: dict[int, UdpSocket] = {}
+        # Other stacks answer for this host's address too (a Linux app's processes: libos/posix):
+        # looped-back packets no socket here takes go out on the wire for them (flush).
+        self.share_host = False
         self.conns: dict[tuple[bytes, int, int], TcpConn] = {}
         self.listeners: dict[int, Listener] = {}
         self.echo_replies: list[tuple[bytes, int, int, bytes]] = []  # (from, id, seq, data), for ping
@@ -98,6 +101,13 @@ class Stack:
         while self._loop and n < LOOP_MAX:
             packet = self._loop.pop(0)
             n += 1
+            if self._for_a_sibling(packet):
+                # No socket of this stack takes it: another environment of the same host (app)
+                # may (two processes of one Linux program, each with its own stack, talking over
+                # the host's address): it goes out to our own MAC, and the exokernel's filters
+                # hand it to the environment that claimed the port (exo/net.py).
+                self._out.append(h.ethernet(self.mac, self.mac, h.ETH_P_IP, packet))
+                continue
             self._guarded(self._ip_input, packet, self.now())
         if self._loop:
             self.count("loopback_dropped", len(self._loop))
@@ -105,6 +115,18 @@ class Stack:
         if self._out:
             frames, self._out = self._out, []
             self._transmit(frames)
+
+    def _for_a_sibling(self, packet: bytes) -> bool:
+        """A looped-back TCP or UDP packet no socket here would take (see flush)."""
+        if len(packet) < 24 or packet[9] not in (h.IPPROTO_TCP, h.IPPROTO_UDP) or not self.share_host:
+            return False
+        ihl = (packet[0] & 0xF) * 4
+        if len(packet) < ihl + 4:
+            return False
+        sport, dport = int.from_bytes(packet[ihl:ihl + 2], "big"), int.from_bytes(packet[ihl + 2:ihl + 4], "big")
+        if packet[9] == h.IPPROTO_UDP:
+            return dport not in self.udp
+        return (packet[12:16], sport, dport) not in self.conns and dport not in self.listeners
 
     def _same_subnet(self, ip: bytes) -> bool:
         return (int.from_bytes(ip, "big") ^ int.from_bytes(self.ip, "big")) & self._mask == 0

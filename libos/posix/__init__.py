@@ -41,6 +41,7 @@ from libos.posix import (  # noqa: F401 - each registers its handlers
     poll,
     process,
     signals,
+    sockets,
     strace,
     threads,
     tty,
@@ -138,7 +139,7 @@ class Posix(LibModule):
                 # Blocks (raises Blocked: the `syscall` runs again from the start when woken) unless
                 # an event is already pending; then the call is tried again at once. With threads,
                 # the wait also ends for what the parked ones wait for (libos/posix/threads.py).
-                mask, deadline = threads.wait_for(self, w.mask, w.deadline)
+                mask, deadline = sockets.service(self, *threads.wait_for(self, w.mask, w.deadline))
                 self.proc.waiting = True
                 self.hc("event_wait", mask | EV_NOTIFY, deadline)
                 self.proc.waiting = False

@@ -55,3 +55,56 @@ def test_threads_switch_at_futex_and_blocking_calls(tmp_path):
     assert r.stdout == b"counter=4000 sum=104 main_tls=7\ntimedwait=timeout\nreader got 4 bytes, tids differ=1\n"
     err = r.stderr.decode()
     assert "clone(0x7d0f00" in err and "[pid 100001] " in err and "futex(" in err
+
+
+def test_tcp_echo_between_two_processes_over_the_switch(tmp_path):
+    """A forked server and its parent as client, each with its own TCP/IP stack on the app's one
+    address, frames through the exokernel and the switch backend; then UDP to itself."""
+    binary = build(tmp_path, "sockets")
+    theirs = native([str(binary)])
+    mine = run_exo("run", "--net", "switch", str(binary))
+    assert (mine.stdout, mine.returncode) == (theirs.stdout, 0), mine.stderr.decode()
+    assert mine.stdout.startswith(b"client got: hello from the client\nserver echoed 22 bytes")
+
+
+def test_tcp_echo_to_a_host_peer_through_user_forwarding(tmp_path):
+    """The host connects to the program's port through `--net user,hostfwd=...` (the slirp-like
+    backend) and gets its bytes back."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    binary = build(tmp_path, "echo_server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "exo", "run", "--net", f"user,hostfwd=tcp:127.0.0.1:{host_port}-:7777",
+                             str(binary), "7777"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout.readline() == b"listening on 7777\n"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", host_port), timeout=30)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with conn:
+            payload = b"hello from the host\n" * 500
+            conn.sendall(payload)
+            conn.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := conn.recv(65536):
+                got += chunk
+        assert got == payload
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        assert b"echoed 10000 bytes" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
