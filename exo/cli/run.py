@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attach a NIC for the program's sockets: user[,hostfwd=tcp:127.0.0.1:HOSTPORT-:PORT] "
                         "(unprivileged), switch, or tap:IFNAME; the program is 10.0.2.15/24 (docs/net.md)")
     p.add_argument("--pcap", metavar="FILE", help="capture every frame on the wire to FILE (pcap)")
+    p.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (then: gdb PROGRAM -ex 'target remote :PORT'); processes are "
+                        "threads (docs/debugging.md)")
+    p.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
     p.add_argument("--trace", metavar="FILE", help="record every transition: FILE.json (Perfetto) or FILE.jsonl")
 
 
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise ExoUserError("--env", f"{e!r}: give NAME=value")
     if not args.cwd.startswith("/"):
         raise ExoUserError("--cwd", f"{args.cwd!r}: give an absolute path")
+    if args.gdb_wait and not args.gdb:
+        raise ExoUserError("--gdb-wait", "needs --gdb [HOST:]PORT")
     if args.stats_json and not Path(args.stats_json).resolve().parent.is_dir():
         raise ExoUserError(args.stats_json, "--stats-json: the directory does not exist")
     scratch = None
@@ -85,9 +91,22 @@ def run(args: argparse.Namespace) -> int:
                     # it as a byte it turns into SIGINT for the foreground group, not exo's KeyboardInterrupt.
                     raw_terminal=True)
     kernel = system.kernel
+    gdb = None
+    if args.gdb:
+        from exo.gdb.history import DEFAULT_MIB
+        from exo.gdb.server import GdbServer, parse_address
+
+        try:
+            gdb = GdbServer(kernel, *parse_address(args.gdb), history_mib=DEFAULT_MIB)
+        except BaseException:
+            system.close()
+            raise
     interrupted = False
     try:
-        system.run(args.max_instructions)
+        if gdb is not None:
+            gdb.run(args.gdb_wait, args.max_instructions)
+        else:
+            system.run(args.max_instructions)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -95,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         if scratch is not None:
             scratch.cleanup()
     report_stats(args, system.stats())
+    if gdb is not None and gdb.killed:
+        sys.stderr.write("exo: killed by gdb\n")
+        return 137  # as a shell reports a process ended by SIGKILL
     if interrupted:
         sys.stderr.write("exo: interrupted\n")
         return 130

@@ -215,3 +215,63 @@ def test_static_pie_runs_relocated_and_execs_itself(tmp_path):
     err = crashed.stderr.decode()
     assert crashed.returncode == 1 and "page fault (#PF)" in err
     assert re.search(r"instruction 0x00005555\w+: .* in crash\b", err), err  # its symbol at the placed address
+
+
+GDB_TARGET = r"""#include <stdio.h>
+__attribute__((noinline)) int add(int a, int b) { return a + b; }
+int main(void) { printf("%d\n", add(2, 3)); return 0; }
+"""
+
+
+def test_gdb_breaks_in_a_linux_program(tmp_path):
+    """`exo run --gdb`: gdb with the program's own ELF stops at a function, shows its arguments and
+    the backtrace, and the program finishes when continued."""
+    need_tool(shutil.which("gdb") is not None, "gdb is not installed")
+    import socket
+    import sys
+
+    binary = musl(tmp_path, "g", GDB_TARGET, "-O0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exo = subprocess.Popen([sys.executable, "-m", "exo", "run", "--gdb", f"127.0.0.1:{port}", "--gdb-wait",
+                            str(binary)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        gdb = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", f"target remote 127.0.0.1:{port}",
+                              "-ex", "break add", "-ex", "continue", "-ex", "bt", "-ex", "continue", str(binary)],
+                             capture_output=True, text=True, timeout=120)
+        out, err = exo.communicate(timeout=60)
+    finally:
+        if exo.poll() is None:
+            exo.kill()
+            exo.wait()
+    assert "Breakpoint 1, add (a=2, b=3)" in gdb.stdout, gdb.stdout + gdb.stderr
+    assert "in main () at" in gdb.stdout
+    assert out == b"5\n" and exo.returncode == 0, err.decode()
+
+
+SPIN = "__attribute__((noinline)) void spin(volatile int *x) { for (;;) ++*x; }\nint main(void) { int x = 0; spin(&x); }\n"
+BAD_POINTER = r"""#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    long rc = write(1, (void *)16, 10);        /* a pointer into nothing */
+    int e1 = errno;
+    long rc2 = read(0, (void *)0xffff800000000000UL, 4);   /* the kernel half */
+    printf("%ld %d %ld %d\n", rc, e1, rc2, errno);
+    return 0;
+}
+"""
+
+
+def test_infinite_loop_under_max_instructions_names_the_function(tmp_path):
+    r = run_exo("run", "--max-instructions", "2000000", str(musl(tmp_path, "spin", SPIN, "-O1")))
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert "spin+0x" in err or "(spin)" in err, err
+
+
+def test_bad_syscall_pointer_is_efault_not_a_crash(tmp_path):
+    """Linux answers a bad buffer with EFAULT (14) and the program goes on; so does exo."""
+    r = run_exo("run", str(musl(tmp_path, "badptr", BAD_POINTER)))
+    assert (r.stdout, r.returncode) == (b"-1 14 -1 14\n", 0), r.stderr.decode()
