@@ -59,6 +59,7 @@ class Env:
         self.pv_call: Any = None  # xen-pv: the service call bounced to the guest kernel
         self.pv_result: int = 0
         self.pv_reflected: bool = False  # xen-pv: the bounced call is a Linux `syscall` (issue 15)
+        self.reply_regs: Any = None  # microkernel POSIX server: the registers its reply sets (ReflectPort)
         self.pv_fault: Any = None  # xen-pv: (handler entry, frame) bounced to the guest kernel
         self.is_server: bool = False  # microkernel: a server environment
         self.request: Any = None  # microkernel server: (client id, entry, args) being served

@@ -387,7 +387,7 @@ def _hc_env_set_syscall(k: Exokernel, env: Env, envid: int, mode: int, entry: in
     if mode != SYSCALL_REFLECT:
         raise HypercallError(Errno.EINVAL, f"unknown syscall mode {mode}")
     if k.structures is not None and k.structures.name not in REFLECT_PATH:
-        # The microkernel path is not built (exo/structures.py REFLECT_PATH, docs/posix.md).
+        # Every structure has a path (exo/structures.py REFLECT_PATH); a new one must add its own.
         raise HypercallError(Errno.ENOSYS, f"syscall reflection has no {k.structures.name} path")
     slot = target.libcalls.get(entry)
     if slot is None:
@@ -655,7 +655,7 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "mode SYSCALL_REFLECT: a `syscall` of envid whose RIP is outside the exokernel region (a Linux "
               "system call) runs the library-call slot at entry (linked into envid) with (nr, RDI, RSI, RDX, R10, "
               "R8, R9); its result goes to RAX, RCX/R11 as Linux leaves them. SYSCALL_HYPERCALL: every `syscall` is "
-              "a hypercall again. ENOSYS under the microkernel structure (no path built).", _hc_env_set_syscall),
+              "a hypercall again. Each --structure has its own path (exo/structures.py REFLECT_PATH).", _hc_env_set_syscall),
     Hypercall(33, "env_set_fsbase", ("envid", "which", "base"), "0", (E.ESRCH, E.EPERM, E.EINVAL),
               "Set envid's FS_BASE (which FSBASE_FS) or GS_BASE (FSBASE_GS) to base (< USER_TOP, else EPERM): "
               "the live register if envid is running, else its saved context (arch_prctl ARCH_SET_FS).",

@@ -179,7 +179,10 @@ class Exokernel:
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
         cpu = self.cpu
         cr3 = child.ctx.cr3
-        cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
+        if parent is self._live:
+            cpu.save(child.ctx)  # the live state is the parent's, at its `syscall`
+        else:  # a microkernel POSIX server forks its client: the client's saved state
+            cpu.copy_context(child.ctx, parent.ctx)
         child.ctx.cr3 = cr3
         # After the caller's `syscall`: the vCPU's RIP is at it, unless a Linux call is being served
         # elsewhere (the xen-pv guest kernel's entry), whose return RIP the env keeps.
@@ -437,6 +440,9 @@ class Exokernel:
         args = (nr, g[7], g[6], g[2], g[10], g[8], g[9])
         if structure == "xen-pv":
             self.structures.bounce_reflected(env, args, rip)  # to the guest kernel; it returns by svc_return
+            return
+        if structure == "microkernel":
+            self.structures.ipc_reflected(env, args, rip)  # to the POSIX server; it replies
             return
         env.reflect_rip = rip + 2
         port = env.port or self.libs.port(env)

@@ -32,6 +32,10 @@ costs 0 crossings under exokernel (plus 2 per hypercall its library makes), 2
 under monolithic, 4 under xen-pv (trap into the hypervisor, bounce upcall,
 svc_return hypercall; plus 2 per hypercall of the guest kernel) and 4 under
 microkernel (ipc_call and the server's reply_wait) with 2 context switches.
+
+A Linux program's own `syscall`s (the posix personality, issue 15) take the same four paths
+(REFLECT_PATH below): reflected in its domain, served in ring 0, bounced to the guest kernel,
+or an IPC to the POSIX server, which acts with capabilities over its client (ReflectPort).
 """
 
 from __future__ import annotations
@@ -58,13 +62,14 @@ CROSSINGS = {"hypercall": 2, "syscall": 2, "reflect": 2, "trap": 1, "upcall": 1,
 # exokernel: the exokernel redirects it to the libOS in the caller's domain (Aegis/Xok trap
 # redirection: one `reflect`, in and out); monolithic: a system call served in ring 0;
 # xen-pv: Xen takes the `syscall` and bounces it to the guest kernel's callback, which returns
-# with HYPERVISOR_iret (svc_return, counted as its hypercall). The microkernel path (an IPC to a
-# POSIX server that must also set its client's registers for fork, execve and signals) is not
-# built: env_set_syscall refuses it (docs/posix.md).
+# with HYPERVISOR_iret (svc_return, counted as its hypercall); microkernel: an IPC call to a POSIX
+# server environment, which serves it with capabilities over its client (ReflectPort) and
+# replies (seL4's UnknownSyscall fault IPC, whose reply may set the caller's registers).
 REFLECT_PATH: dict[str, tuple[str, ...]] = {
     "exokernel": ("reflect",),
     "monolithic": ("syscall",),
     "xen-pv": ("trap", "upcall"),
+    "microkernel": (),  # an ipc_call hypercall to the POSIX server, counted as such (ipc_reflected)
 }
 
 
@@ -159,6 +164,103 @@ class ServerPort:
         raise RuntimeError("a microkernel server has no client call frame")
 
 
+class ReflectPort:
+    """What the POSIX server uses while it serves one client's Linux call (microkernel structure).
+
+    A microkernel's POSIX server holds the capabilities of the processes it serves: to their
+    memory (read and written as a kernel IPC copy would), to their address spaces and children
+    (a hypercall the server makes acts on the client: Mach's task port, seL4's TCB and VSpace
+    capabilities), to their registers (the reply to seL4's UnknownSyscall fault sets them: fork,
+    execve and signal delivery need that). The hypercalls are counted as the server's. One that
+    must wait makes the client wait, with its call run again when woken, so one process waiting
+    in wait4 does not stop the server from serving the others.
+    """
+
+    def __init__(self, k: Exokernel, server: Env, client: Env) -> None:
+        self.k, self.server, self.client = k, server, client
+        self.inner = k.libs.port(client)
+        self.Fault = self.inner.Fault
+        self.resumed = False
+        self.new_regs: dict[str, int] | None = None
+
+    @property
+    def env_id(self) -> int:
+        return self.client.id
+
+    def hypercall(self, name: str, *args: int) -> int:
+        from exo.hypercalls import BY_NAME
+
+        k, client = self.k, self.client
+        h = BY_NAME[name]
+        if client.allowed is not None and name not in client.allowed:
+            return -Errno.EPERM
+        if client.retry_hypercall == name:
+            client.retry_hypercall = None  # the call that made the client wait, run again: counted once
+        else:
+            k.acct.hypercall(self.server.id, name)
+        try:
+            result = h.impl(k, client, *args)
+        except HypercallError as e:
+            return -e.errno
+        if result is k.RETRY:
+            from exo.libcall import Blocked
+
+            # The client, not the server, waits: its `syscall` runs again when it is woken, and
+            # the server takes the next request meanwhile (server_dispatch sees RETRY).
+            client.retry_hypercall = name
+            raise Blocked(name)
+        return result
+
+    def read(self, va: int, n: int) -> bytes:
+        return self.inner.read(va, n)
+
+    def write(self, va: int, data: bytes) -> None:
+        self.inner.write(va, data)
+
+    def read_u64(self, va: int) -> int:
+        return self.inner.read_u64(va)
+
+    def write_u64(self, va: int, value: int) -> None:
+        self.inner.write_u64(va, value)
+
+    def read_cstr(self, va: int, limit: int = 4096) -> bytes:
+        return self.inner.read_cstr(va, limit)
+
+    def regs(self) -> dict[str, int]:
+        """The client's registers at its `syscall` (from its saved context)."""
+        cpu, ctx = self.k.cpu, self.client.ctx
+        out = {r.name.lower(): cpu.context_read(ctx, r) for r in GPR_INDEX}
+        out["rip"] = self.client.reflect_rip - 2
+        out["rflags"] = cpu.context_read(ctx, Reg.RFLAGS)
+        return out
+
+    def resume(self, regs: dict[str, int]) -> None:
+        """The reply sets the client's registers (execve, a signal handler, another thread)."""
+        self.resumed = True
+        self.new_regs = dict(regs)
+
+    def _with_client(self, fn):
+        """Run ``fn`` with the client's context loaded (its FPU state lives in the saved context)."""
+        cpu = self.k.cpu
+        mine = cpu.new_context()
+        cpu.save(mine)
+        cpu.restore(self.client.ctx)
+        try:
+            return fn()
+        finally:
+            cpu.save(self.client.ctx)
+            cpu.restore(mine)
+
+    def fpu_save(self) -> bytes:
+        return self._with_client(self.k.cpu.fpu.save)
+
+    def fpu_restore(self, image: bytes) -> None:
+        self._with_client(lambda: self.k.cpu.fpu.restore(image))
+
+    def return_address(self):
+        raise RuntimeError("a POSIX server's client made a `syscall`, not a call")
+
+
 class Structures:
     """The non-exokernel service paths; exo/libcall.py handles the exokernel one."""
 
@@ -168,6 +270,7 @@ class Structures:
         self.k = kernel
         self.name = name
         self.servers: dict[int, Env] = {}  # module index -> server environment (microkernel)
+        self.waiting: dict[int, list[int]] = {}  # server id -> clients whose Linux call found it busy
         f = kernel.frames.alloc(EXO, FrameType.NORMAL, kind=FrameKind.STRUCT)
         kernel.frames.refs[f] = 1
         kernel.machine.memory.write(f << PAGE_SHIFT, struct_page(nr_return, nr_reply_wait))
@@ -340,28 +443,95 @@ class Structures:
         return env.pv_result
 
     # ------------------------------------------------------- microkernel server
+    def ipc_reflected(self, env: Env, args: tuple[int, ...], rip: int) -> None:
+        """A Linux `syscall` (RIP at it) under the microkernel structure: an IPC call to the
+        POSIX server; the client waits for the reply (ReflectPort, server_dispatch)."""
+        k = self.k
+        entry = env.reflect
+        instance = entry.fn.__self__
+        server = self.server_for(instance.INDEX, instance.NAME, env)
+        if server.request is not None:  # serving another client's call: this one comes back later
+            self.waiting.setdefault(server.id, []).append(env.id)
+            env.retrying = True
+            k.cpu.regs.write(Reg.RIP, rip - 2)  # Unicorn adds 2 after the hook: the `syscall` again
+            k.block(env, "ipc_call")
+            return
+        k.acct.hypercall(env.id, "ipc_call")
+        server.request = (env.id, entry, list(args), True)
+        env.reflect_rip = rip + 2
+        env.status = EnvStatus.BLOCKED
+        env.blocked_on = "ipc_call"
+        k.wake_first(server)
+        k.cpu.stop("ipc_call")
+
     def reply_wait(self, server: Env, reply: int) -> object:
         k = self.k
         if server.serving is not None:
             client = k.envs.get(server.serving)
             server.serving = None
+            new_regs, server.reply_regs = server.reply_regs, None
             if client is not None and client.alive and client.blocked_on == "ipc_call":
-                k.cpu.context_write(client.ctx, Reg.RAX, reply)
+                cpu = k.cpu
+                if new_regs is not None:  # the reply sets every register (a Linux call's new context)
+                    for r in GPR_INDEX:
+                        cpu.context_write(client.ctx, r, new_regs[r.name.lower()])
+                    cpu.context_write(client.ctx, Reg.RIP, new_regs["rip"])
+                    cpu.context_write(client.ctx, Reg.RFLAGS, (new_regs.get("rflags", 0x202) & 0xCD5) | 0x202)
+                else:
+                    cpu.context_write(client.ctx, Reg.RAX, reply)
+                    if client.reflect_rip:  # Linux's sysret state: RCX = return RIP, R11 = RFLAGS
+                        cpu.context_write(client.ctx, Reg.RCX, client.reflect_rip)
+                        cpu.context_write(client.ctx, Reg.R11, cpu.context_read(client.ctx, Reg.RFLAGS))
+                client.reflect_rip = 0
                 k.wake_first(client)
                 k.cpu.stop("ipc_reply")
+        for cid in self.waiting.pop(server.id, []):  # clients that found the server busy call again
+            c = k.envs.get(cid)
+            if c is not None and c.alive and c.blocked_on == "ipc_call" and c.status == EnvStatus.BLOCKED:
+                k.make_runnable(c)
         if server.request is None:
             return k.block_and_retry(server, "ipc_request")
         return 0
 
+    def _serve_reflected(self, server: Env, client: Env, entry, args: list[int]) -> None:
+        """Serve one Linux call for ``client`` (see ReflectPort); reply, or let the client wait."""
+        k = self.k
+        g = k.cpu.gpr
+        instance = entry.fn.__self__
+        saved = instance.port
+        port = instance.port = ReflectPort(k, server, client)
+        try:
+            result = k.libs.run_entry(client, entry, args, count=False)  # RETRY: the client waits
+        finally:
+            instance.port = saved
+        server.request = None
+        if result is k.RETRY or not client.alive:
+            # The client waits (its call runs again when woken: RIP back at its `syscall`, the
+            # number in RAX), or it ended (exit, a libOS error): no reply.
+            if client.alive:
+                k.cpu.context_write(client.ctx, Reg.RIP, client.reflect_rip - 2)
+                k.cpu.context_write(client.ctx, Reg.RAX, args[0])
+                client.reflect_rip = 0
+                client.retrying = True
+            g[0] = 0
+            return
+        server.serving = client.id
+        server.reply_regs = port.new_regs if port.resumed else None
+        g[0] = (result or 0) & _MASK
+
+
     def server_dispatch(self, server: Env) -> None:
         """Code hook at SERVER_DISPATCH: serve the pending request."""
         k = self.k
-        client_id, entry, args = server.request
+        client_id, entry, args, *reflected = server.request
         client = k.envs.get(client_id)
         g = k.cpu.gpr
         if client is None or not client.alive:
             server.request = None
             g[0] = -Errno.ESRCH & _MASK
+            return
+        if reflected:
+            self._serve_reflected(server, client, entry, args)
             return
         instance = entry.fn.__self__
         index = instance.INDEX

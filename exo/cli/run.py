@@ -59,9 +59,6 @@ def run(args: argparse.Namespace) -> int:
     from exo.build.linux_app import DEFAULT_ENV, linux_app
     from exo.cli.boot import _print_report, report_stats, report_stuck
 
-    if args.structure == "microkernel":
-        raise ExoUserError("--structure", "microkernel: Linux programs run under exokernel, monolithic and xen-pv "
-                                          "(the POSIX-server path is not built: docs/posix.md)")
     for e in args.env:
         if "=" not in e:
             raise ExoUserError("--env", f"{e!r}: give NAME=value")

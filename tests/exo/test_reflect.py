@@ -103,9 +103,9 @@ def test_env_set_syscall_and_fsbase_checks(app) -> None:
     assert env.exit_status == 0x2A
 
 
-@pytest.mark.parametrize(("structure", "errno"), [("monolithic", 22), ("xen-pv", 22), ("microkernel", 38)])
-def test_reflection_has_a_path_except_under_microkernel(app, structure, errno) -> None:
-    """monolithic and xen-pv check the slot as the exokernel does (0 is no slot: EINVAL); the
-    microkernel structure has no Linux path (exo/structures.py REFLECT_PATH): ENOSYS."""
+@pytest.mark.parametrize(("structure", "errno"), [("monolithic", 22), ("xen-pv", 22), ("microkernel", 22)])
+def test_reflection_checks_the_slot_under_every_structure(app, structure, errno) -> None:
+    """Every structure has a Linux path (exo/structures.py REFLECT_PATH) and checks the slot as
+    the exokernel does: 0 is no library-call slot, EINVAL."""
     b = boot(app("other", ENOSYS_ELSEWHERE), structure=structure)
     assert b.env("other").exit_status == errno

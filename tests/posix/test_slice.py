@@ -112,13 +112,6 @@ def test_bad_program_is_one_line_exit_2(tmp_path, kind):
     assert r.returncode == 2 and len(lines) == 1 and want in lines[0] and "Traceback" not in lines[0]
 
 
-def test_microkernel_structure_is_refused_in_one_line():
-    r = run_exo("run", "--structure", "microkernel", "/bin/true")
-    assert r.returncode == 2
-    lines = r.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("exo: error: --structure: microkernel:")
-
-
 def test_stdin_is_read_through_the_console():
     # read(0) -> console_read; the unserved fstat/lseek busybox tries first are -ENOSYS (named on stderr).
     r = run_exo("run", busybox(), "wc", "-w", stdin=b"x y\nz\n")
