@@ -155,6 +155,7 @@ def _replace_image(p: Posix, plan, blob: bytes, argv: list[bytes], envp: list[by
     for which in (FSBASE_FS, FSBASE_GS):
         p.hc("env_set_fsbase", 0, which, 0)
     proc.fs_base = proc.gs_base = 0
+    proc.guarded = []
     if proc.threads is not None:  # the other threads end (Linux de_thread); the caller keeps the pid
         for tid in proc.threads.threads:
             p.system.tids.pop(tid, None)

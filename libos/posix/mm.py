@@ -1,6 +1,12 @@
 """A Linux process's memory: the break, mappings, protection (brk, mmap, munmap, mremap, mprotect).
 
-Anonymous mappings are fresh zeroed pages. A file mapping is filled from the file when it is made
+Protection is applied to the page tables (mmu_update PROTECT through the memory module): PROT_READ,
+PROT_WRITE and PROT_EXEC as asked, except writable and executable at once, which exo's W^X refuses
+(-EACCES); a copy-on-write page asked to be writable stays copy-on-write (its first write copies
+it). PROT_NONE pages are unmapped and remembered as a reservation (``Process.guarded``): an
+access faults (SIGSEGV, as a guard page should), and a later mprotect gives fresh zeroed pages
+there (Linux would keep their old contents; a guard page has none). Anonymous mappings are fresh
+zeroed pages. A file mapping is filled from the file when it is made
 (eager, not demand-paged): MAP_PRIVATE is then exactly Linux's private copy; a writable MAP_SHARED
 mapping is written back to the file at msync, munmap and exit, so another process's read() sees
 the change only then (Linux's page cache makes it visible at once: docs/posix.md lists this).
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exo.abi import PAGE_SIZE, PERM_R, PERM_W
+from exo.abi import PAGE_SIZE, PERM_COW, PERM_R, PERM_W, PERM_X, MmuOp
 from libos.posix.table import EACCES, EBADF, EINVAL, ENODEV, ENOMEM, syscall
 
 if TYPE_CHECKING:
@@ -21,7 +27,7 @@ BRK_MAX = 1 << 30  # brk may grow 1 GiB past the image (design section 2)
 MMAP_TOP = 0x0000_6FFF_0000_0000  # mmap grows down from here, below the libOS data
 MMAP_BOTTOM = 0x0000_6000_1000_0000
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
-PROT_WRITE = 0x2
+PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 O_ACCMODE, O_RDONLY, O_WRONLY = 3, 0, 1
 
@@ -87,10 +93,15 @@ def sys_mmap(p: Posix, addr: int, length: int, prot: int, flags: int, fd: int, o
         mode = f.flags & O_ACCMODE
         if mode == O_WRONLY or (flags & MAP_SHARED and prot & PROT_WRITE and mode == O_RDONLY):
             return -EACCES
+    if prot & PROT_WRITE and prot & PROT_EXEC:
+        return -EACCES  # exo's W^X (docs/posix.md)
     va = _place(p, addr, size, flags)
     if va < 0:
         return va
-    # Eager and writable (W^X: never executable); mprotect is accepted without narrowing yet.
+    if prot & 7 == 0:  # PROT_NONE: a reservation, no pages (a thread stack's guard, address space kept)
+        p.proc.guarded.append((va, va + size))
+        return va
+    # Eager: filled writable, then given the protection asked for.
     if map_zero(p, va, va + size) < 0:
         return -ENOMEM
     if f is not None:
@@ -99,6 +110,10 @@ def sys_mmap(p: Posix, addr: int, length: int, prot: int, flags: int, fd: int, o
             p.port.write(va, data)
         if flags & MAP_SHARED and prot & PROT_WRITE:
             p.proc.shared_maps.append((va, length, f, off))
+    if prot & 7 != PROT_READ | PROT_WRITE:
+        rc = sys_mprotect(p, va, size, prot)
+        if rc < 0:
+            return rc
     return va
 
 
@@ -134,6 +149,11 @@ def sys_munmap(p: Posix, addr: int, length: int, *_: int) -> int:
     end = (addr + length + PAGE_SIZE - 1) & PAGE_MASK
     write_back(p, addr, end)
     _unmap(p, addr, end)
+    # Reservations inside the range are gone; one that straddles it keeps its outer parts.
+    kept = []
+    for lo, hi in p.proc.guarded:
+        kept += [(a, b) for a, b in ((lo, min(hi, addr)), (max(lo, end), hi)) if a < b]
+    p.proc.guarded = kept
     return 0
 
 
@@ -162,9 +182,47 @@ def sys_mremap(p: Posix, old: int, old_len: int, new_len: int, flags: int, new_a
     return va
 
 
+def _guarded(p: Posix, va: int) -> bool:
+    return any(lo <= va < hi for lo, hi in p.proc.guarded)
+
+
 @syscall("mprotect")
-def sys_mprotect(p: Posix, *_: int) -> int:
-    return 0  # accepted, not applied (RELRO stays writable): docs/posix.md
+def sys_mprotect(p: Posix, addr: int, length: int, prot: int, *_: int) -> int:
+    if addr & (PAGE_SIZE - 1) or prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | 0x0300_0000):
+        return -EINVAL  # (PROT_GROWSDOWN/UP accepted and ignored)
+    prot &= 7
+    if prot & PROT_WRITE and prot & PROT_EXEC:
+        return -EACCES  # exo's W^X (docs/posix.md)
+    mem = p.siblings.get("memory")
+    if mem is None or not length:
+        return 0
+    from libos.memory import pte_perm
+
+    end = (addr + length + PAGE_SIZE - 1) & PAGE_MASK
+    pages = [(va, mem._pte(va)) for va in range(addr, end, PAGE_SIZE)]
+    if any(not pte & 1 and not _guarded(p, va) for va, pte in pages):
+        return -ENOMEM  # part of the range is not mapped, as Linux answers
+    want = PERM_R | (PERM_W if prot & PROT_WRITE else 0) | (PERM_X if prot & PROT_EXEC else 0)
+    reqs = []
+    for va, pte in pages:
+        if not prot:
+            if pte & 1:
+                reqs.append((MmuOp.UNMAP, 0, va, 0, 0))
+            continue
+        if not pte & 1:  # a reserved page becomes accessible: a fresh zeroed one
+            rc = p.hc("page_alloc", 0, va, want)
+            if rc < 0:
+                return -ENOMEM
+            continue
+        perm = want
+        if pte_perm(pte) & PERM_COW and want & PERM_W:
+            perm = (want & ~PERM_W) | PERM_COW  # stays copy-on-write: its first write copies it
+        if perm != pte_perm(pte):
+            reqs.append((MmuOp.PROTECT, 0, va, 0, perm))
+    if not prot:
+        p.proc.guarded.append((addr, end))
+    rc, _ = mem._mmu(reqs) if reqs else (0, 0)
+    return -ENOMEM if rc < 0 else 0
 
 
 @syscall("madvise")

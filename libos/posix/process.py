@@ -176,6 +176,7 @@ def fork_process(p: Posix, flags: int, stack: int, ptid: int, ctid: int) -> int:
                    brk_start=parent.brk_start, brk=parent.brk, mmap_next=parent.mmap_next,
                    fs_base=parent.fs_base, gs_base=parent.gs_base, execs=parent.execs)
     proc.sig = parent.sig.fork() if parent.sig is not None else None
+    proc.guarded = list(parent.guarded)
     clone.proc = proc
     parent.stage_ready = False  # its staging pages are copy-on-write now (libos/posix/vfs.py)
     p.system.procs[child] = proc

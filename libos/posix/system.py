@@ -55,6 +55,7 @@ class Process:
     stage_ready: bool = False  # its disk staging pages are mapped and writable (libos/posix/vfs.py)
     pending_deadline: tuple | None = None  # (call, guest-ns deadline) of a timed wait being re-executed
     shared_maps: list = field(default_factory=list)  # writable MAP_SHARED file mappings (libos/posix/mm.py)
+    guarded: list = field(default_factory=list)  # PROT_NONE reservations [(lo, hi)] (libos/posix/mm.py)
     threads: Any = None  # ThreadGroup once it has a second thread (libos/posix/threads.py)
     waiting: bool = False  # its environment is in event_wait: parked threads retry when it wakes
 

@@ -108,3 +108,12 @@ def test_tcp_echo_to_a_host_peer_through_user_forwarding(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_mprotect_is_applied(tmp_path):
+    """A read-only page faults on write (the handler runs), becomes writable again, a PROT_NONE
+    page is a guard, an unmapped range is ENOMEM; only RWX differs: exo's W^X refuses it."""
+    binary = build(tmp_path, "mprotect")
+    theirs = native([str(binary)]).stdout.replace(b"rwx refused: 0", b"rwx refused: 1")
+    mine = run_exo("run", str(binary))
+    assert (mine.stdout, mine.returncode) == (theirs, 0), mine.stderr.decode()
