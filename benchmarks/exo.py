@@ -224,19 +224,27 @@ def _exit_time(cmd: list[str], env: dict[str, str]) -> float:
     return t * 1e6
 
 
-def bench_process(repeat: int, log: Callable[[str], None]) -> list[Result]:
-    boot = [sys.executable, "-m", "exo", "boot", "guest_apps/echo"]
+def startup_against_unicorn(cmd: list[str], repeat: int) -> tuple[list[float], list[float]]:
+    """Start-to-exit microseconds of ``cmd`` and of ``python -c "import unicorn"``, runs
+    alternating, after one warm-up of each (image and bytecode caches filled, in temporary
+    directories of their own)."""
     bare = [sys.executable, "-c", "import unicorn"]
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pyc:
         env = dict(os.environ, EXO_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pyc)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        for cmd in (boot, bare):  # fill the image cache and the bytecode cache
-            _exit_time(cmd, env)
-        log("whole-process start-up: exo boot echo and python -c 'import unicorn', alternating")
+        for c in (cmd, bare):  # fill the image cache and the bytecode cache
+            _exit_time(c, env)
         samples: tuple[list[float], list[float]] = ([], [])
         for _ in range(repeat):
-            samples[0].append(_exit_time(boot, env))
+            samples[0].append(_exit_time(cmd, env))
             samples[1].append(_exit_time(bare, env))
+    return samples
+
+
+def bench_process(repeat: int, log: Callable[[str], None]) -> list[Result]:
+    boot = [sys.executable, "-m", "exo", "boot", "guest_apps/echo"]
+    log("whole-process start-up: exo boot echo and python -c 'import unicorn', alternating")
+    samples = startup_against_unicorn(boot, repeat)
     uc = result("python -c 'import unicorn': start to exit", Stats.of(samples[1], 1))
     echo = result(
         "exo boot guest_apps/echo, empty input: start to exit",

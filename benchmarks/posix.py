@@ -16,7 +16,6 @@ Needs busybox-static and musl-tools (apt); without them the suite says so and ex
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.exo import NULL_BODY, _exit_time, _hypercall_bench
+from benchmarks.exo import NULL_BODY, _hypercall_bench, startup_against_unicorn
 from benchmarks.harness import Result, Stats, result, suite_main
 
 GETPID_LOOP = r"""
@@ -86,18 +85,8 @@ def bench_getpid(binary: Path, repeat: int, calls: int, seconds: float, log: Cal
 
 
 def bench_true(busybox: str, repeat: int, log: Callable[[str], None]) -> list[Result]:
-    cmd = [sys.executable, "-m", "exo", "run", busybox, "true"]
-    bare = [sys.executable, "-c", "import unicorn"]
-    with tempfile.TemporaryDirectory() as pyc:
-        env = dict(os.environ, PYTHONPYCACHEPREFIX=pyc)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        for c in (cmd, bare):
-            _exit_time(c, env)
-        log("exo run busybox true and python -c 'import unicorn', alternating")
-        samples: tuple[list[float], list[float]] = ([], [])
-        for _ in range(repeat):
-            samples[0].append(_exit_time(cmd, env))
-            samples[1].append(_exit_time(bare, env))
+    log("exo run busybox true and python -c 'import unicorn', alternating")
+    samples = startup_against_unicorn([sys.executable, "-m", "exo", "run", busybox, "true"], repeat)
     uc = result("python -c 'import unicorn': start to exit", Stats.of(samples[1], 1))
     true = result(
         "exo run busybox true: start to exit",

@@ -278,23 +278,30 @@ def _matches(proc: Process, who: int, caller: Process) -> bool:
     return proc.pgid == -who
 
 
-@syscall("wait4")
-def sys_wait4(p: Posix, pid: int, status: int, options: int, rusage: int, *_: int) -> int:
+def _ended_child(p: Posix, who: int) -> Process | int | None:
+    """The first ended child matching ``who`` (wait4's pid argument), None if none has ended
+    yet, -ECHILD if there is no such child."""
     me = p.proc
-    who = _s32(pid)
     _collect(p)
     kids = sorted((c for c in p.system.procs.values() if c.ppid == me.pid and _matches(c, who, me)),
                   key=lambda c: c.pid)
     if not kids:
         return -ECHILD
-    for c in kids:
-        if c.wait_status is not None:
-            if status:
-                p.port.write(status, struct.pack("<i", c.wait_status))
-            if rusage:
-                p.port.write(rusage, bytes(144))  # struct rusage: no accounting yet
-            del p.system.procs[c.pid]
-            return c.pid
+    return next((c for c in kids if c.wait_status is not None), None)
+
+
+@syscall("wait4")
+def sys_wait4(p: Posix, pid: int, status: int, options: int, rusage: int, *_: int) -> int:
+    c = _ended_child(p, _s32(pid))
+    if isinstance(c, int):
+        return c
+    if c is not None:
+        if status:
+            p.port.write(status, struct.pack("<i", c.wait_status))
+        if rusage:
+            p.port.write(rusage, bytes(144))  # struct rusage: no accounting yet
+        del p.system.procs[c.pid]
+        return c.pid
     if options & WNOHANG:
         return 0
     raise WouldBlock(EV_CHILD)
@@ -310,22 +317,18 @@ def sys_waitid(p: Posix, idtype: int, ident: int, infop: int, options: int, *_: 
     who = {P_ALL: -1, P_PID: _s32(ident), P_PGID: -_s32(ident) if _s32(ident) else 0}.get(idtype)
     if who is None or (idtype == P_PID and who <= 0):
         return -EINVAL
-    me = p.proc
-    _collect(p)
-    kids = sorted((c for c in p.system.procs.values() if c.ppid == me.pid and _matches(c, who, me)),
-                  key=lambda c: c.pid)
-    if not kids:
-        return -ECHILD
-    for c in kids:
-        if c.wait_status is not None:
-            st = c.wait_status
-            how, value = (signals.CLD_KILLED, st & 0x7F) if st & 0x7F else (signals.CLD_EXITED, st >> 8 & 0xFF)
-            if infop:
-                info = struct.pack("<iiiiiIi", signals.SIGCHLD, 0, how, 0, c.pid, 0, value)
-                p.port.write(infop, info.ljust(128, b"\0"))
-            if not options & WNOWAIT:
-                del p.system.procs[c.pid]
-            return 0
+    c = _ended_child(p, who)
+    if isinstance(c, int):
+        return c
+    if c is not None:
+        st = c.wait_status
+        how, value = (signals.CLD_KILLED, st & 0x7F) if st & 0x7F else (signals.CLD_EXITED, st >> 8 & 0xFF)
+        if infop:
+            info = struct.pack("<iiiiiIi", signals.SIGCHLD, 0, how, 0, c.pid, 0, value)
+            p.port.write(infop, info.ljust(128, b"\0"))
+        if not options & WNOWAIT:
+            del p.system.procs[c.pid]
+        return 0
     if options & WNOHANG:
         if infop:
             p.port.write(infop, bytes(128))  # si_pid 0: nothing has ended yet

@@ -289,9 +289,8 @@ def _buffer(p: Posix) -> int:
     return va
 
 
-@syscall("sendmsg")
-@_guard
-def sys_sendmsg(p: Posix, fd: int, msg: int, flags: int, *_: int) -> int:
+def _msg(p: Posix, fd: int, msg: int) -> tuple[SocketFile, int, int, list[tuple[int, int]]] | int:
+    """sendmsg/recvmsg's socket, msg_name, msg_namelen and iovecs, or a negative errno."""
     f = _sock(p, fd)
     if isinstance(f, int):
         return f
@@ -299,6 +298,16 @@ def sys_sendmsg(p: Posix, fd: int, msg: int, flags: int, *_: int) -> int:
     if isinstance(got, int):
         return got
     (name, namelen, *_rest), vec = got
+    return f, name, namelen, vec
+
+
+@syscall("sendmsg")
+@_guard
+def sys_sendmsg(p: Posix, fd: int, msg: int, flags: int, *_: int) -> int:
+    got = _msg(p, fd, msg)
+    if isinstance(got, int):
+        return got
+    f, name, namelen, vec = got
     try:
         data = b"".join(p.port.read(base, ln) for base, ln in vec if ln)[: BUF_PAGES * PAGE_SIZE]
     except p.port.Fault:
@@ -311,13 +320,10 @@ def sys_sendmsg(p: Posix, fd: int, msg: int, flags: int, *_: int) -> int:
 @syscall("recvmsg")
 @_guard
 def sys_recvmsg(p: Posix, fd: int, msg: int, flags: int, *_: int) -> int:
-    f = _sock(p, fd)
-    if isinstance(f, int):
-        return f
-    got = _iov(p, msg)
+    got = _msg(p, fd, msg)
     if isinstance(got, int):
         return got
-    (name, namelen, *_rest), vec = got
+    f, name, namelen, vec = got
     va = _buffer(p)
     name_va = va + BUF_PAGES * PAGE_SIZE - 32  # the sender's address, then its length, at the end
     lenptr = name_va + 24
