@@ -43,7 +43,10 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
             link(k.libs, env, classes)
         booted.append(env)
     t0 = time.perf_counter()
-    k.run(max_instructions=max_instructions)
+    try:
+        k.run(max_instructions=max_instructions)
+    finally:
+        machine.close()  # the disk image's lock goes with it: the next run may open it (hw/blockdev.py)
     dt = time.perf_counter() - t0
     bad = [e for e in booted if e.exit_status not in (0, None) or e.fault]
     if k.reports or bad:

@@ -54,6 +54,7 @@ class BlockDevice:
             mode = "reading" if readonly else "reading and writing"
             raise MachineConfigError(f"{self.path}: cannot open the disk image for {mode}: {e.strerror}") from None
         try:
+            self._lock(readonly)
             size = os.fstat(self._fd).st_size
             if size == 0:
                 raise MachineConfigError(f"{self.path}: the disk image is empty")
@@ -80,6 +81,21 @@ class BlockDevice:
         self.dropped_writes = 0  # lost to fault injection
 
     # ---------------------------------------------------------------- checks
+
+    def _lock(self, readonly: bool) -> None:
+        """One writer per image: an advisory lock on the file (flock), exclusive when it is opened
+        writable, shared when read-only, so a second exo process on the same image gets a one-line
+        error instead of both writing it and one's work being lost (readers may share)."""
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            what = "is being written by another process" if readonly else "is in use by another process"
+            raise MachineConfigError(f"{self.path}: the disk image {what} (it is locked); wait for it "
+                                     "to finish") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): as before, unlocked
     def _check(self, sector: int, count: int) -> None:
         if self._fd is None:
             raise MachineConfigError(f"{self.path}: the disk is closed")

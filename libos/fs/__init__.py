@@ -13,7 +13,8 @@ Entry points (SysV arguments; a negative errno on failure):
     read(fd, buf, n) -> bytes read       write(fd, buf, n) -> bytes written
     close(fd)                            lseek(fd, offset, whence) -> new offset (SEEK_SET/CUR/END)
     stat(path, st) / fstat(fd, st)       st: u64 ino, mode, nlink, size, atime, mtime, ctime, blocks
-    readdir(path, index, ent) -> 1/0     ent: u64 ino, u64 type, u64 size, char name[256]
+    readdir(path, index, ent) -> 1/0     ent: u64 ino, u64 type, u64 size, char name[256]; index 0
+                                         reads the directory, 1, 2... continue that listing
     mkdir(path, mode), rmdir(path), unlink(path), rename(old, new)
     fsync(fd), sync()                    write the cache back and flush the disk: the durability barrier
 
@@ -158,6 +159,10 @@ class FileSystem(LibModule):
         super().__init__(port)
         self._fs = None  # the mounted Ext2, on first use
         self.files: dict[int, _File] = {}
+        # readdir's cursor: (path, generation, entries) of the directory being listed, so listing
+        # N entries reads the directory once, not N times (issue 16); any change drops it.
+        self._listing: tuple[str, int, list] | None = None
+        self._generation = 0  # bumped by every call that may change the file system
 
     @property
     def stage(self) -> int:
@@ -188,8 +193,10 @@ class FileSystem(LibModule):
         from libos.fs.ext2 import Ext2Error
 
         try:
-            if modifies and self._mount().dev.readonly:
-                return -E.EROFS  # refused now, not lost at the next sync
+            if modifies:
+                self._generation += 1  # a listing in progress is read again (readdir)
+                if self._mount().dev.readonly:
+                    return -E.EROFS  # refused now, not lost at the next sync
             return fn(*args)
         except Ext2Error as e:
             if e.errno == E.EIO and self._fs is not None:  # a damaged disk: say what is wrong
@@ -296,8 +303,14 @@ class FileSystem(LibModule):
 
         def do() -> int:
             fs = self._mount()
-            entries = [e for e in fs.readdir(name) if e[0] not in (".", "..")]
+            cached = self._listing
+            if cached is not None and cached[0] == name and cached[1] == self._generation and index:
+                entries = cached[2]  # the next entry of the listing in progress: no re-read
+            else:
+                entries = [e for e in fs.readdir(name) if e[0] not in (".", "..")]
+                self._listing = (name, self._generation, entries)
             if index >= len(entries):
+                self._listing = None
                 return 0
             ename, ino, ftype = entries[index]
             size = fs.stat(ino).size

@@ -217,16 +217,37 @@ def _copy_tree(fs: Ext2, host: str, dest: str, links: dict) -> None:
                 fs.link(links[key], target)
                 continue
             ino = fs.create(target, s.st_mode & 0o7777)
-            with open(e.path, "rb") as f:
-                off = 0
-                while chunk := f.read(1 << 20):
-                    if fs.write(ino, off, chunk) != len(chunk):
-                        raise Ext2Error(errno.ENOSPC, f"no space left on the image for {e.path}")
-                    off += len(chunk)
+            _copy_data(fs, ino, e.path, s.st_size)
             fs.set_times(ino, int(s.st_atime), int(s.st_mtime))
             if s.st_nlink > 1:
                 links[key] = target
-        # devices, fifos and sockets are skipped
+        elif st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode) or st.S_ISFIFO(s.st_mode) or st.S_ISSOCK(s.st_mode):
+            ino = fs.mknod(target, s.st_mode, s.st_rdev)  # as mke2fs -d makes them
+            fs.set_times(ino, int(s.st_atime), int(s.st_mtime))
+
+
+def _copy_data(fs: Ext2, ino: int, path: str, size: int) -> None:
+    """A host file's contents, sparse: a block of zeros is left a hole, as mke2fs -d does
+    (misc/create_inode.c copy_file_chunk skips zero blocks), so a sparse file stays sparse."""
+    bs = fs.block_size
+    with open(path, "rb") as f:
+        off = 0
+        while chunk := f.read(1 << 20):
+            n, pos = len(chunk), 0
+            while pos < n:
+                if chunk.count(0, pos, pos + bs) == min(bs, n - pos):  # a block of zeros: a hole
+                    pos += bs
+                    continue
+                end = pos + bs
+                while end < n and chunk.count(0, end, end + bs) != min(bs, n - end):
+                    end += bs
+                piece = chunk[pos:end]
+                if fs.write(ino, off + pos, piece) != len(piece):
+                    raise Ext2Error(errno.ENOSPC, f"no space left on the image for {path}")
+                pos = end
+            off += n
+    if size:
+        fs.truncate(ino, size)  # a file that ends in a hole still has its full size
 
 
 def parse_size(text: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,42 @@ def test_held_flushes_stay_in_memory_until_released(image) -> None:
     d.flush()  # C and B held
     d.close()  # writes what was held, still drops what was not flushed
     assert on_image(image, 2, 2) == b"C" * SECTOR_SIZE + b"B" * SECTOR_SIZE
+
+
+def test_one_writer_per_image(tmp_path):
+    """An image opened writable is locked: a second writer, or a reader, gets a clear error;
+    readers share; closing releases it (issue 16)."""
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(64 * 512))
+    first = BlockDevice(img)
+    with pytest.raises(MachineConfigError, match="in use by another process"):
+        BlockDevice(img)
+    with pytest.raises(MachineConfigError, match="being written by another process"):
+        BlockDevice(img, readonly=True)
+    first.close()
+    readers = [BlockDevice(img, readonly=True), BlockDevice(img, readonly=True)]
+    with pytest.raises(MachineConfigError, match="in use"):
+        BlockDevice(img)
+    for r in readers:
+        r.close()
+    BlockDevice(img).close()
+
+
+def test_second_exo_on_a_written_image_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(64 * 512))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, hw.blockdev as b; d = b.BlockDevice(sys.argv[1]); "
+                               "print('held', flush=True); sys.stdin.read()", str(img)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        r = subprocess.run([sys.executable, "-m", "exo", "boot", "guest_apps/cat", "--disk", str(img), "--", "/x"],
+                           capture_output=True, stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[2])
+        lines = r.stderr.decode().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and str(img) in lines[0] and "locked" in lines[0]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -119,7 +119,7 @@ def test_mkfs_pure_python_roundtrip_and_determinism(tmp_path):
 def test_mkfs_too_small_for_tree(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big").write_bytes(bytes(200 << 10))
+    (src / "big").write_bytes(b"\x01" * (200 << 10))  # not zeros: those would stay a hole
     with pytest.raises(Ext2Error):
         mkfs(str(tmp_path / "x.img"), 128 << 10, from_dir=str(src))
     with pytest.raises(MkfsError):
@@ -152,3 +152,53 @@ def test_main(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("exo mkfs: error:") and err.count("\n") == 1, err
+
+
+def _special_tree(root) -> list[str]:
+    """Sparse and zero-filled files, a FIFO, a socket and (as root) device nodes."""
+    import socket
+
+    root.mkdir()
+    with open(root / "sparse", "wb") as f:
+        f.seek(10 << 20)
+        f.write(b"x")
+    (root / "zeros").write_bytes(bytes(100_000))
+    (root / "mixed").write_bytes(b"a" * 5000 + bytes(20_000) + b"b" * 3000)
+    os.mkfifo(root / "fifo")
+    names = ["sparse", "zeros", "mixed", "fifo", "sock"]
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(root / "sock"))
+    s.close()
+    if os.geteuid() == 0:  # device nodes need CAP_MKNOD: CI runs as root
+        os.mknod(root / "null", 0o20666, os.makedev(1, 3))
+        os.mknod(root / "wide", 0o20600, os.makedev(300, 70000))  # the new 32-bit encoding
+        os.mknod(root / "disk", 0o60600, os.makedev(8, 1))
+        names += ["null", "wide", "disk"]
+    return names
+
+
+def test_mkfs_from_dir_matches_mke2fs_d_for_holes_and_special_files(tmp_path):
+    """Issue 16: a block of zeros stays a hole and FIFOs, sockets and device nodes are made, so
+    each inode's type, block count and device number equal what `mke2fs -d` makes of the same tree."""
+    need_e2fsprogs()
+    need_tool(shutil.which("mke2fs") is not None, "e2fsprogs (mke2fs) is not installed")
+    tree = tmp_path / "tree"
+    names = _special_tree(tree)
+    mine, theirs = str(tmp_path / "exo.img"), str(tmp_path / "mke2fs.img")
+    mkfs(mine, 32 << 20, block_size=1024, from_dir=tree)
+    subprocess.run(["mke2fs", "-q", "-t", "ext2", "-b", "1024", "-d", str(tree), "-F", theirs, "32M"],
+                   check=True, capture_output=True)
+    fsck = subprocess.run(["e2fsck", "-fn", mine], capture_output=True)
+    assert fsck.returncode == 0, fsck.stdout.decode()
+
+    def facts(img: str, name: str) -> list[str]:
+        out = debugfs_r(img, f"stat /{name}").decode()
+        return [line.split("Flags")[0].split("Inode:")[-1].split(maxsplit=1)[-1].strip() if "Type" in line
+                else line.strip() for line in out.splitlines()
+                if "Type:" in line or "Blockcount" in line or "major/minor" in line]
+
+    for name in names:
+        assert facts(mine, name) == facts(theirs, name), name
+    for name in ("sparse", "zeros", "mixed"):
+        assert debugfs_r(mine, f"cat /{name}") == (tree / name).read_bytes(), name
+    assert "Blockcount: 0" in debugfs_r(mine, "stat /zeros").decode()

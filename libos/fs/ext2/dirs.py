@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import stat as st
+import struct
 
 from construct import Int16ul
 
@@ -28,6 +29,8 @@ from .layout import (
     dirent_size,
 )
 
+_DIRENT = struct.Struct("<IHBB")  # inode, rec_len, name_len, file_type: DirEntryHeader
+assert _DIRENT.size == DIRENT_HEADER
 
 class Directories:
     """Mixed into ``Ext2`` (fs.py); maps directory blocks through ``Inodes`` (inodes.py)."""
@@ -54,18 +57,21 @@ class Directories:
         while off < bs:
             if off + DIRENT_HEADER > bs:
                 raise _corrupt(f"directory inode {ino}, block {bno}: entry header at {off} crosses the block")
-            e = DirEntryHeader.parse(bytes(buf[off:off + DIRENT_HEADER]))
-            name_len = e.name_len if self.filetype else e.name_len | e.file_type << 8
-            if e.rec_len < DIRENT_HEADER or e.rec_len % 4 or off + e.rec_len > bs:
-                raise _corrupt(f"directory inode {ino}, block {bno}: bad rec_len {e.rec_len} at offset {off}")
-            if e.inode and name_len + DIRENT_HEADER > e.rec_len:
+            # The header as DirEntryHeader (layout.py) lays it out, unpacked directly: this loop
+            # runs for every entry of every directory search (construct's parse was 8 of the 9 s
+            # that `exo mkfs --from` took for 3,000 files; issue 16).
+            e_inode, rec_len, nl, file_type = _DIRENT.unpack_from(buf, off)
+            name_len = nl if self.filetype else nl | file_type << 8
+            if rec_len < DIRENT_HEADER or rec_len % 4 or off + rec_len > bs:
+                raise _corrupt(f"directory inode {ino}, block {bno}: bad rec_len {rec_len} at offset {off}")
+            if e_inode and name_len + DIRENT_HEADER > rec_len:
                 raise _corrupt(f"directory inode {ino}, block {bno}: name_len {name_len} exceeds rec_len "
-                               f"{e.rec_len} at offset {off}")
-            if e.inode > self.inodes_count:
+                               f"{rec_len} at offset {off}")
+            if e_inode > self.inodes_count:
                 raise _corrupt(f"directory inode {ino}, block {bno}: entry at offset {off} points outside "
-                               f"the disk (inode {e.inode})")
-            yield off, e.inode, e.rec_len, name_len, (e.file_type if self.filetype else 0)
-            off += e.rec_len
+                               f"the disk (inode {e_inode})")
+            yield off, e_inode, rec_len, name_len, (file_type if self.filetype else 0)
+            off += rec_len
 
     def _dir_find(self, dino: int, dinode, name: bytes) -> int | None:
         n = len(name)

@@ -12,6 +12,7 @@ is Linux's EXT2_LINK_MAX (fs/ext2/ext2.h).
 from __future__ import annotations
 
 import errno
+import os
 import stat as st
 
 from .errors import Ext2Error, _corrupt
@@ -105,6 +106,25 @@ class Namespace:
 
     def create(self, path: str, mode: int = 0o644) -> int:
         ino, inode, dino, dinode, name = self._make(path, st.S_IFREG | (mode & 0o7777))
+        self._link_in(ino, inode, dino, dinode, name)
+        self._iput(dino, dinode)
+        return ino
+
+    def mknod(self, path: str, mode: int, rdev: int = 0) -> int:
+        """A FIFO, socket, or character or block device node (``mode`` carries its type). A device
+        number is kept in i_block as Linux's ext2 does (fs/ext2/inode.c ext2_write_inode): the old
+        16-bit encoding in i_block[0] when major and minor fit a byte each, else the new one in
+        i_block[1]."""
+        kind = st.S_IFMT(mode)
+        if kind not in (st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
+            raise Ext2Error(errno.EINVAL, f"mknod of a {oct(kind)} node: only devices, FIFOs and sockets")
+        ino, inode, dino, dinode, name = self._make(path, kind | (mode & 0o7777))
+        if kind in (st.S_IFCHR, st.S_IFBLK):
+            major, minor = os.major(rdev), os.minor(rdev)
+            if major < 256 and minor < 256:
+                inode.i_block[0] = (major << 8) | minor
+            else:
+                inode.i_block[1] = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
         self._link_in(ino, inode, dino, dinode, name)
         self._iput(dino, dinode)
         return ino
