@@ -430,3 +430,17 @@ def test_fuzz_metadata_never_crashes(tmp_path_factory, region, flips):
     except Ext2Error:
         pass
     assert time.monotonic() - t0 < 2.0
+
+
+def test_empty_symlink_is_enoent_when_followed(tmp_path):
+    """debugfs can make a symlink with an empty target; following it is ENOENT as on Linux (it
+    resolved to the symlink's own directory: opening it gave EISDIR; issue 16)."""
+    need_e2fsprogs()
+    img = make_image(tmp_path, 1024)
+    debugfs(img, 'symlink /e ""')
+    fs = open_fs(img)
+    assert fs.readlink("/e") == ""
+    with pytest.raises(Ext2Error) as e:
+        fs.lookup("/e", follow=True)
+    assert e.value.errno == errno.ENOENT
+    assert fs.lookup("/e") > 0  # not followed: the link itself (lstat, unlink)

@@ -56,6 +56,8 @@ class Namespace:
                 if depth[0] > SYMLINK_LOOPS:
                     raise Ext2Error(errno.ELOOP, "too many levels of symbolic links")
                 target = self._readlink_ino(child, cinode)
+                if not target:  # an empty symlink leads nowhere: Linux's ENOENT (fs/namei.c), not its directory
+                    raise Ext2Error(errno.ENOENT, f"empty symbolic link: {'/' + '/'.join(parts[:i + 1])}")
                 tparts = [p for p in target.split("/") if p]
                 child = self._walk(ROOT_INO if target.startswith("/") else ino, tparts, True, depth)
             ino = child
