@@ -40,6 +40,7 @@ from libos.posix import (  # noqa: F401 - each registers its handlers
     pipes,
     poll,
     process,
+    procfs,
     signals,
     sockets,
     strace,
@@ -97,6 +98,7 @@ class Posix(LibModule):
                             comm=exe.rsplit(b"/", 1)[-1][:15], exe=exe.decode("utf-8", "surrogateescape"),
                             brk_start=info["brk_start"], brk=info["brk_start"], mmap_next=mm.MMAP_TOP)
         self.system.procs[pid] = self.proc
+        self.proc.argv = self._initial_argv(info["rsp"])  # /proc/PID/cmdline
         slot = LIBOS_PAGE + self.INDEX * PAGE_SIZE + self.ENTRIES.index("syscall") * LIBCALL_SLOT
         self.hc("env_set_syscall", 0, SYSCALL_REFLECT, slot)
 
@@ -151,6 +153,14 @@ class Posix(LibModule):
         if self.port.resumed or self.proc is None or self.proc.exit_status is not None:
             return rc  # the call loaded another context itself (execve, rt_sigreturn) or ended the process
         return signals.deliver_pending(self, rc)
+
+    def _initial_argv(self, rsp: int) -> list[bytes]:
+        """argv from the System V stack the loader wrote (argc, then the argv pointers)."""
+        try:
+            argc = self.port.read_u64(rsp)
+            return [self.cstr(self.port.read_u64(rsp + 8 * (i + 1))) for i in range(min(argc, 4096))]
+        except self.port.Fault:
+            return []
 
     def fault(self, f: dict[str, int], regs: dict[str, int]) -> bool:
         """A fault the pager could not serve: the program's handler for its signal, if it has one."""

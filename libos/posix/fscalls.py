@@ -271,8 +271,12 @@ def sys_readlinkat(p: Posix, dirfd: int, path: int, buf: int, size: int, *_: int
     full = _resolve(p, dirfd, path)
     if isinstance(full, int):
         return full
-    if full in ("/proc/self/exe", f"/proc/{p.proc.pid}/exe"):
-        target = p.proc.exe
+    if full == "/proc" or full.startswith("/proc/"):
+        from libos.posix.procfs import readlink
+
+        target = readlink(p, full)
+        if isinstance(target, int):
+            return target
     else:
         target = _op(p, lambda fs: fs.readlink(full))
         if isinstance(target, int):

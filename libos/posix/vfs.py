@@ -1,4 +1,4 @@
-"""The file namespace of a Linux process: the disk's ext2 file system, /dev, and /proc/self/exe.
+"""The file namespace of a Linux process: the disk's ext2 file system, /dev, and /proc (procfs.py).
 
 One ``Vfs`` per tenant (PosixSystem.vfs), over ONE mounted ``Ext2`` (libos/fs/ext2): a shell and
 the children it forks see each other's files at once, as processes of one kernel do (the ``fs``
@@ -103,6 +103,10 @@ class Vfs:
             from libos.posix.tty import TtyFile
 
             return TtyFile(p.system.tty, flags)  # the controlling terminal (libos/posix/tty.py)
+        if full == "/proc" or full.startswith("/proc/"):
+            from libos.posix.procfs import open_proc
+
+            return open_proc(p, full, flags, follow=not flags & O_NOFOLLOW)
         dev = DEVICES.get(full)
         if dev is not None:
             return dev(flags)

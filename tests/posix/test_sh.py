@@ -62,3 +62,21 @@ def test_strace_prints_the_calls_of_every_process():
     assert any("] execve(\"/proc/self/exe\", [\"cat\"]" in line for line in err), err
     assert any(line.startswith("[pid 1] wait4(-1, ") for line in err), err
     assert err[-1] == "[pid 1] exit_group(0) = ?"
+
+
+def test_proc_and_system_tools():
+    """/proc made from the libOS's own state (libos/posix/procfs.py): ps sees the shell, a
+    background sleep and itself; id, df, free, mount and nproc work as on a small Linux box."""
+    script = ("sleep 1 & ps; wait; id; df / | tail -1 | cut -c1-9; free | head -2 | tail -1 | tr -s ' ' | cut -d' ' -f1,2;"
+              " mount; nproc; cat /proc/self/status | head -1; readlink /proc/self; ls /proc | grep -c mem")
+    r = run_exo("run", busybox(), "sh", "-c", script)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode().splitlines()
+    # ps shows each process's cmdline: the shell's argv; the forked `ps` (a busybox applet run
+    # without an exec, as on Linux) keeps it and shows its own name in braces.
+    assert out[0] == "PID   USER     COMMAND" and out[1].startswith(f"    1 root     {busybox()} sh -c sleep 1")
+    assert out[2] == "    2 root     sleep 1" and out[3].startswith("    3 root     {ps} ")
+    assert out[4:11] == ["uid=0(root) gid=0(root) groups=0(root)", "/dev/root", "Mem: 262144",
+                         "/dev/root on / type ext2 (rw)", "proc on /proc type proc (rw)", "1", "Name:\tcat"]
+    assert out[11].isdigit() and out[12] == "1"  # /proc/self -> the reader's pid; one meminfo
+    assert b"not implemented" not in r.stderr
