@@ -10,7 +10,9 @@ above that forgets to flush shows it on the next boot.
 Fault injection (``fail_after=N``): after N writes since the last flush, every
 further write is silently dropped (the power failed between the N-th write and
 the next one) and ``crashed`` is set; it stays set, and writes stay dropped,
-for the life of the device. A later ``flush`` still writes what was accepted
+for the life of the device. ``fail_at=N`` fails the same way at the N-th write of the
+device's life (writes 0..N-1 are accepted), so a sweep over N reaches every point of a
+run, whatever its flushes. A later ``flush`` still writes what was accepted
 before the failure, so the image ends up with a prefix of the writes: the crash
 states a file system must survive. Reads after the failure see the accepted
 data only.
@@ -38,12 +40,16 @@ class BlockDevice:
     name = "disk"
     sector_size = SECTOR_SIZE
 
-    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, fail_after: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, fail_after: int | None = None,
+                 fail_at: int | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         if fail_after is not None and fail_after < 0:
             raise MachineConfigError(f"{self.path}: fail_after must be >= 0, got {fail_after}")
+        if fail_at is not None and fail_at < 0:
+            raise MachineConfigError(f"{self.path}: fail_at must be >= 0, got {fail_at}")
         self.fail_after = fail_after
+        self.fail_at = fail_at  # the power fails at the N-th write of the device's life (0-based)
         try:
             self._fd: int | None = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
         except FileNotFoundError:
@@ -130,7 +136,8 @@ class BlockDevice:
         if self.readonly:
             raise MachineConfigError(f"{self.path}: the disk is read-only")
         self.writes += 1
-        if self.crashed or (self.fail_after is not None and self._unflushed >= self.fail_after):
+        if self.crashed or (self.fail_after is not None and self._unflushed >= self.fail_after) \
+                or (self.fail_at is not None and self.writes > self.fail_at):
             self.crashed = True
             self.dropped_writes += 1
             return False

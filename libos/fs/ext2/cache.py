@@ -3,7 +3,10 @@
 Block ``b`` is bytes ``b * block_size`` to ``(b + 1) * block_size`` of the
 device (spec ch. 2 "Definitions", Blocks), i.e. ``block_size / sector_size``
 sectors.  An access outside the disk is corruption and a device error is EIO.
-Dirty blocks are written back when evicted and, in block order, on ``flush``.
+Dirty blocks are written back on ``flush`` in the phases their writers gave them (1 first, a
+device flush as the barrier before the next phase: libos/fs/ext2/fs.py says which blocks go
+when), in block order within a phase; evicting a dirty block writes back every block of an
+earlier phase first, so eviction never breaks that order.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ class BlockCache:
         self.spb = block_size // dev.sector_size
         self._blocks: OrderedDict[int, bytearray] = OrderedDict()
         self._dirty: set[int] = set()
-        self.hits = self.misses = self.writebacks = 0
+        self._phase: dict[int, int] = {}  # dirty block -> the phase it is written back in
+        self.hits = self.misses = self.writebacks = self.barriers = 0
 
     def _check(self, bno: int) -> None:
         if not 0 <= bno < self.nblocks:
@@ -50,8 +54,8 @@ class BlockCache:
         self._insert(bno, buf)
         return buf
 
-    def put(self, bno: int, buf: bytearray) -> None:
-        """Store ``buf`` as block ``bno`` and mark it dirty."""
+    def put(self, bno: int, buf: bytearray, phase: int = 3) -> None:
+        """Store ``buf`` as block ``bno`` and mark it dirty, to be written back in ``phase``."""
         self._check(bno)
         if len(buf) != self.block_size:
             raise ValueError("block of the wrong size")
@@ -61,14 +65,21 @@ class BlockCache:
         else:
             self._insert(bno, buf)
         self._dirty.add(bno)
+        self._phase[bno] = phase
 
     def _insert(self, bno: int, buf: bytearray) -> None:
         self._blocks[bno] = buf
         while len(self._blocks) > self.capacity:
-            old, obuf = self._blocks.popitem(last=False)
+            old = next(iter(self._blocks))
             if old in self._dirty:
-                self._write(old, obuf)
-                self._dirty.discard(old)
+                ph = self._phase[old]
+                if any(self._phase[b] < ph for b in self._dirty):
+                    self.flush()  # what must reach the disk before it, first (in order)
+                else:
+                    self._write(old, self._blocks[old])
+                    self._dirty.discard(old)
+                    del self._phase[old]
+            self._blocks.popitem(last=False)
 
     def _write(self, bno: int, buf: bytearray) -> None:
         self.writebacks += 1
@@ -78,9 +89,19 @@ class BlockCache:
             raise Ext2Error(errno.EIO, f"cannot write block {bno}: {e}") from e
 
     def flush(self) -> None:
-        for bno in sorted(self._dirty):
-            self._write(bno, self._blocks[bno])
+        """Write back every dirty block, phase by phase, a device flush between two phases."""
+        phases = sorted(set(self._phase.values()))
+        for i, ph in enumerate(phases):
+            for bno in sorted(b for b in self._dirty if self._phase[b] == ph):
+                self._write(bno, self._blocks[bno])
+            if i + 1 < len(phases):
+                self.barriers += 1
+                try:
+                    self.dev.flush()
+                except (OSError, ValueError) as e:
+                    raise Ext2Error(errno.EIO, f"cannot flush the device: {e}") from e
         self._dirty.clear()
+        self._phase.clear()
 
     @property
     def dirty_count(self) -> int:

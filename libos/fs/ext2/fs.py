@@ -175,6 +175,17 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
             if gd.bg_free_inodes_count > ipg or gd.bg_free_blocks_count > bpg:
                 raise _corrupt(f"group {g}: bad free counts in the group descriptor")
             self.groups.append(gd)
+        # Write ordering (issue 16; there is no journal): the blocks written back at a sync go in
+        # three phases with a flush (the durability barrier) between them, so a power cut at any
+        # point never leaves metadata pointing at a block that did not arrive: 1. blocks allocated
+        # since the last sync (new data, indirect and directory blocks: what inodes will point
+        # at), 2. inode tables and bitmaps, 3. the rest (directories' existing blocks, whose new
+        # entries point at inodes, the group descriptors, the superblock).
+        self._tables = set()
+        for gd in self.groups:
+            self._tables.update((gd.bg_block_bitmap, gd.bg_inode_bitmap))
+            self._tables.update(range(gd.bg_inode_table, gd.bg_inode_table + itb))
+        self._fresh: set[int] = set()
         P = self.ptrs_per_block
         self.max_blocks = 12 + P + P * P + P * P * P
         self.max_file_size = min(self.max_blocks * bs, (2**32 - 1) * 512 // bs * bs, 2**63)
@@ -184,7 +195,14 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
 
     def _bwrite(self, bno: int, buf: bytearray) -> None:
         self._check_writable()
-        self.cache.put(bno, buf)
+        self.cache.put(bno, buf, 1 if bno in self._fresh else 2 if bno in self._tables else 3)
+
+    def _alloc_block(self, ino: int, inode, goal: int = 0, zero: bool = True) -> int:
+        bno = super()._alloc_block(ino, inode, goal, zero)
+        self._fresh.add(bno)  # written back before anything that points at it (see __init__)
+        if zero:
+            self.cache.put(bno, self.cache.get(bno), 1)
+        return bno
 
     def _check_writable(self) -> None:
         if self.readonly:
@@ -254,6 +272,7 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
                             self._write_super_and_gdt(g)
                 self._sb_dirty = self._gd_dirty = self._backups_dirty = False
             self.cache.flush()
+            self._fresh.clear()
         self.dev.flush()
 
     fsync = sync
