@@ -264,6 +264,44 @@ def test_httpd_without_a_disk_serves_its_built_in_page():
     assert rc == 0, err
 
 
+def _get(port: int, request: bytes = b"GET / HTTP/1.0\r\n\r\n") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+        c.sendall(request)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    return data
+
+
+def test_httpd_answers_a_request_with_bare_lf_line_ends():
+    """RFC 9112 2.2: a server may take a bare LF as a line end; such a request was never answered."""
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall", "--", "1"])
+    try:
+        reply = _get(exo.forwards["tcp:80"], b"GET / HTTP/1.0\n\n")
+    finally:
+        rc, _out, err = exo.finish()
+    assert reply.startswith(b"HTTP/1.0 200 OK") and b"Hello from exo" in reply
+    assert rc == 0, err
+
+
+def test_httpd_keeps_serving_with_500_idle_connections_open():
+    """Issue 16: 500 clients connect and send nothing; 100 new requests are still answered (the
+    net module allowed 64 sockets, so 64 idle clients stopped the server)."""
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall"])
+    port = exo.forwards["tcp:80"]
+    idle = []
+    try:
+        for _ in range(500):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+        answered = sum(_get(port).startswith(b"HTTP/1.0 200 OK") for _ in range(100))
+    finally:
+        for s in idle:
+            s.close()
+        was, err = exo.stop()
+    assert was is None, f"httpd ended: {err}"
+    assert answered == 100
+
+
 # ---------------------------------------------------------------- TAP: the host kernel
 def test_ping_and_1000_udp_echoes_over_tap_and_the_capture_reads_back(netns, tmp_path):
     pcap = tmp_path / "wire.pcap"

@@ -11,6 +11,8 @@
 #include "libos.h"
 
 #define SOCK_STREAM 1
+#define ENFILE 23     /* Linux's numbers (ENOMEM and EMFILE come from exo.h) */
+#define ENOBUFS 105
 #define MAXCONN 1024
 #define REQ_MAX 2048
 
@@ -77,8 +79,11 @@ static long connection(long fd) {
         long n = lib_net_recv(fd, (long)(req + got), REQ_MAX - got, 0);
         if (n <= 0) { lib_net_close(fd); return 0; }
         got += n;
-        for (long i = 3; i < got; i++)
-            if (req[i - 3] == '\r' && req[i - 2] == '\n' && req[i - 1] == '\r' && req[i] == '\n') { end = i; break; }
+        /* The head ends at an empty line: CRLF CRLF, or LF LF from a client that ends lines with a
+         * bare LF, which RFC 9112 2.2 lets a server accept (it was never answered). */
+        for (long i = 1; i < got; i++)
+            if (req[i] == '\n' && (req[i - 1] == '\n' || (i >= 3 && req[i - 1] == '\r' && req[i - 2] == '\n'
+                                                         && req[i - 3] == '\r'))) { end = i; break; }
     }
     req[got] = 0;
     int head = prefix(req, "HEAD ");
@@ -138,11 +143,21 @@ __attribute__((force_align_arg_pointer)) void _start(long argc, char **argv) {
     rc = lib_net_listen(s, 64);
     if (rc < 0) fail("listen", rc);
     long served = 0;
+    int warned = 0;
     while (limit < 0 || served < limit) {
         long c = lib_net_accept(s, 0, 0);
+        if (c == -EMFILE || c == -ENFILE || c == -ENOMEM || c == -ENOBUFS) {
+            /* Out of descriptors or memory: the server lives on. The client waits in the backlog;
+             * a connection that ends frees a descriptor, so try again a little later. */
+            if (!warned) lib_console_printf((long)"httpd: accept: %s: waiting for a connection to end\n",
+                                            lib_core_strerror(c), 0, 0, 0, 0);
+            warned = 1;
+            lib_sched_thread_sleep(10000000);  /* 10 ms of guest time */
+            continue;
+        }
         if (c < 0) fail("accept", c);
         long t = lib_sched_thread_create((long)connection, c, 0);
-        if (t < 0) fail("thread_create", t);
+        if (t < 0) { lib_net_close(c); lib_sched_thread_sleep(10000000); continue; }  /* no thread: refuse it */
         if (limit > 0) tids[served] = t;
         served++;
     }

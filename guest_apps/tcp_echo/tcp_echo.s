@@ -47,7 +47,17 @@ accept_next:
     xor edx, edx
     call LIB_NET_ACCEPT
     test rax, rax
-    js failed
+    jns accepted
+    cmp rax, -EMFILE            ; out of descriptors or memory: the server lives on; a connection
+    je accept_wait              ; that ends frees one, so try again a little later
+    cmp rax, -ENOMEM
+    je accept_wait
+    jmp failed
+accept_wait:
+    mov rdi, 10000000           ; 10 ms of guest time
+    call LIB_SCHED_THREAD_SLEEP
+    jmp accept_next
+accepted:
     lea rdi, [rip + connection]
     mov rsi, rax                ; its fd
     xor edx, edx

@@ -72,7 +72,7 @@ TX_OFF = 0x10_0000  # transmit staging: frames packed back to back, pages mapped
 TX_BATCH = 128  # frames per net_send (the exokernel takes up to 256)
 SCRATCH_OFF = 0  # net_info, filter structs
 TXREQ_OFF = 0x1000  # the net_send request array (TX_BATCH * 16 bytes)
-MAX_FDS = 64
+MAX_FDS = 1024  # sockets per environment: RLIMIT_NOFILE's default soft limit on Linux (64 let 64 idle clients stop a server)
 FIRST_FD = 3
 # Longest the environment lingers at exit: as long as TCP itself keeps an orphaned connection
 # that makes no progress ((ORPHAN_RETRIES + 1) timeouts of at most RTO_MAX: 9 minutes of guest
