@@ -247,10 +247,10 @@ def test_httpd_serves_its_page_and_disk_files_to_curl_through_user_forwarding(tm
         missing = _curl(f"http://127.0.0.1:{port}/nope")
     finally:
         rc, out, err = exo.finish()
-    assert index.stdout.startswith(b"HTTP/1.0 200 OK\r\n") and index.stdout.endswith(b"<h1>from the ext2 disk</h1>\n")
+    assert index.stdout.startswith(b"HTTP/1.1 200 OK\r\n") and index.stdout.endswith(b"<h1>from the ext2 disk</h1>\n")
     head, _, body = big.stdout.partition(b"\r\n\r\n")
     assert b"Content-Length: 300000" in head and body == netpeer.pattern(300_000, 3)
-    assert missing.stdout.startswith(b"HTTP/1.0 404 Not Found")
+    assert missing.stdout.startswith(b"HTTP/1.1 404 Not Found")
     assert rc == 0, err
 
 
@@ -281,6 +281,42 @@ def test_httpd_answers_a_request_with_bare_lf_line_ends():
     finally:
         rc, _out, err = exo.finish()
     assert reply.startswith(b"HTTP/1.0 200 OK") and b"Hello from exo" in reply
+    assert rc == 0, err
+
+
+def _response(c: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    n = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    while len(body) < n:
+        body += c.recv(4096)
+    return head, body
+
+
+def test_httpd_keeps_http_1_1_connections_alive_and_closes_idle_ones():
+    """HTTP/1.1 keep-alive (RFC 9112 9.3): three requests on one connection, then `Connection:
+    close` is honoured; a client that connects and says nothing is shut down after IDLE seconds
+    (here 1: `httpd N IDLE`), so idle clients cannot hold connections for ever."""
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall", "--", "2", "1"])
+    port = exo.forwards["tcp:80"]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+            for _ in range(3):
+                c.sendall(b"GET / HTTP/1.1\r\nHost: exo\r\n\r\n")
+                head, body = _response(c)
+                assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: keep-alive" in head
+                assert b"Hello from exo" in body
+            c.sendall(b"GET / HTTP/1.1\r\nHost: exo\r\nConnection: close\r\n\r\n")
+            head, _ = _response(c)
+            assert b"Connection: close" in head and c.recv(1) == b""
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as idle:
+            assert idle.recv(1) == b""  # closed by the server, not by the 60 s timeout
+    finally:
+        rc, _out, err = exo.finish()
     assert rc == 0, err
 
 
@@ -359,7 +395,7 @@ def test_curl_gets_the_httpd_page_over_tap(netns):
         r = _curl(f"http://{GUEST}/", ns=netns)
     finally:
         rc, out, err = exo.finish()
-    assert r.stdout.startswith(b"HTTP/1.0 200 OK") and b"Hello from exo" in r.stdout, r.stderr
+    assert r.stdout.startswith(b"HTTP/1.1 200 OK") and b"Hello from exo" in r.stdout, r.stderr
     assert rc == 0, err
 
 

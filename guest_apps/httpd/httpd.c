@@ -1,7 +1,11 @@
-/* httpd [N]: a small HTTP/1.0 server on port 80, one user-level thread per
+/* httpd [N [IDLE]]: a small HTTP/1.1 server on port 80, one user-level thread per
  * connection. GET and HEAD of a path serve that file from the ext2 disk
  * (--disk IMAGE); without a disk, / is a built-in page. With N, exit 0 once N
  * connections have been served (autograders); without, serve until stopped.
+ * Connections are kept alive (HTTP/1.1, or 1.0 with "Connection: keep-alive")
+ * until the client closes or asks to, or until IDLE seconds pass with nothing
+ * received (default 10): a janitor thread shuts idle ones down, so clients that
+ * connect and say nothing do not hold a connection for ever.
  *
  *   python -m exo boot guest_apps/httpd --net user,hostfwd=tcp:127.0.0.1:8080-:80 [--disk IMG]
  *   curl http://127.0.0.1:8080/
@@ -44,20 +48,29 @@ static long send_all(long fd, const char *p, long n) {
     return 0;
 }
 
-static long header(long fd, const char *status, const char *type, unsigned long length) {
+/* One connection's state, for the janitor: its socket, when it last received, whether it is
+ * shut down already. Each connection thread owns its slot; the accepting thread hands slots
+ * out; user-level threads switch only at library calls, so no lock is needed. */
+struct slot { long fd, last; int used, shut, keep, v11; };
+static struct slot slots[MAXCONN];
+static long idle_ns = 10000000000L;
+static int stopping;
+
+static long header_for(long fd, struct slot *c, const char *status, const char *type, unsigned long length) {
     char num[24];
     char h[256];
     long n = 0;
-    const char *parts[] = {"HTTP/1.0 ", status, "\r\nServer: exo-httpd\r\nContent-Type: ", type,
-                           "\r\nContent-Length: ", utoa(length, num + sizeof num), "\r\nConnection: close\r\n\r\n"};
+    const char *parts[] = {c->v11 ? "HTTP/1.1 " : "HTTP/1.0 ", status, "\r\nServer: exo-httpd\r\nContent-Type: ",
+                           type, "\r\nContent-Length: ", utoa(length, num + sizeof num),
+                           c->keep ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n"};
     for (unsigned i = 0; i < sizeof parts / sizeof parts[0]; i++)
         for (const char *s = parts[i]; *s && n < (long)sizeof h; s++) h[n++] = *s;
     return send_all(fd, h, n);
 }
 
-static long error_page(long fd, const char *status, int head) {
+static long error_page(long fd, struct slot *c, const char *status, int head) {
     long n = slen(status);
-    long rc = header(fd, status, "text/plain", (unsigned long)n + 1);
+    long rc = header_for(fd, c, status, "text/plain", (unsigned long)n + 1);
     if (rc == 0 && !head) { rc = send_all(fd, status, n); if (rc == 0) rc = send_all(fd, "\n", 1); }
     return rc;
 }
@@ -69,15 +82,21 @@ static const char *type_of(const char *path) {
     return "application/octet-stream";
 }
 
-/* One connection: read the request head, answer, close. */
-static long connection(long fd) {
+static int has(const char *s, long n, const char *word) {  /* ``word`` within s[0..n) */
+    for (long i = 0; i + slen(word) <= n; i++) if (prefix(s + i, word)) return 1;
+    return 0;
+}
+
+/* One request on connection slot ``c``: read its head, answer. 1: keep the connection. */
+static long serve_one(long fd, struct slot *c) {
     char req[REQ_MAX + 1];
     char buf[4096];
     unsigned long st[8];
     long got = 0, end = -1;
     while (end < 0 && got < REQ_MAX) {
         long n = lib_net_recv(fd, (long)(req + got), REQ_MAX - got, 0);
-        if (n <= 0) { lib_net_close(fd); return 0; }
+        if (n <= 0) return 0;  /* the client closed, or the janitor shut an idle connection */
+        c->last = lib_core_time_ns();
         got += n;
         /* The head ends at an empty line: CRLF CRLF, or LF LF from a client that ends lines with a
          * bare LF, which RFC 9112 2.2 lets a server accept (it was never answered). */
@@ -87,30 +106,59 @@ static long connection(long fd) {
     }
     req[got] = 0;
     int head = prefix(req, "HEAD ");
-    if (end < 0) { error_page(fd, "400 Bad Request", 0); lib_net_close(fd); return 0; }
-    if (!prefix(req, "GET ") && !head) { error_page(fd, "405 Method Not Allowed", 0); lib_net_close(fd); return 0; }
+    long line = 0;
+    while (line < got && req[line] != '\n') line++;
+    c->v11 = has(req, line, "HTTP/1.1");
+    /* RFC 9112 9.3: HTTP/1.1 stays open unless the client says close; 1.0 only if it asks. */
+    c->keep = end >= 0 && (c->v11 ? !has(req, got, "onnection: close") : has(req, got, "onnection: keep-alive"));
+    if (end < 0) { c->keep = 0; error_page(fd, c, "400 Bad Request", 0); return 0; }
+    if (!prefix(req, "GET ") && !head) { error_page(fd, c, "405 Method Not Allowed", 0); return c->keep; }
     char *path = req + (head ? 5 : 4);
     long i = 0;
-    while (path[i] && path[i] != ' ' && path[i] != '\r') i++;
+    while (path[i] && path[i] != ' ' && path[i] != '\r' && path[i] != '\n') i++;
     path[i] = 0;
-    if (path[0] != '/') { error_page(fd, "400 Bad Request", head); lib_net_close(fd); return 0; }
+    if (path[0] != '/') { error_page(fd, c, "400 Bad Request", head); return c->keep; }
     const char *file = path;
     if (path[1] == 0) file = "/index.html";
     long f = lib_fs_open((long)file, 0, 0);
     if (f >= 0 && lib_fs_fstat(f, (long)st) == 0 && (st[1] & 0170000) == 0100000) {
-        header(fd, "200 OK", type_of(file), st[3]);
+        header_for(fd, c, "200 OK", type_of(file), st[3]);
         for (long n; !head && (n = lib_fs_read(f, (long)buf, sizeof buf)) > 0;)
-            if (send_all(fd, buf, n) < 0) break;
+            if (send_all(fd, buf, n) < 0) { c->keep = 0; break; }
         lib_fs_close(f);
     } else if (path[1] == 0) {  /* no disk, or no index.html on it: the built-in page */
         if (f >= 0) lib_fs_close(f);
-        header(fd, "200 OK", "text/html", sizeof PAGE - 1);
+        header_for(fd, c, "200 OK", "text/html", sizeof PAGE - 1);
         if (!head) send_all(fd, PAGE, sizeof PAGE - 1);
     } else {
         if (f >= 0) lib_fs_close(f);
-        error_page(fd, "404 Not Found", head);
+        error_page(fd, c, "404 Not Found", head);
     }
-    lib_net_close(fd);
+    return c->keep;
+}
+
+/* One connection: requests until the client closes, asks to close, or goes idle. */
+static long connection(long k) {
+    struct slot *c = &slots[k];
+    while (serve_one(c->fd, c)) {}
+    lib_net_close(c->fd);
+    c->used = 0;
+    return 0;
+}
+
+/* Shut down connections idle for longer than idle_ns: the read side only, so the connection's
+ * own thread sees end of input and closes its socket itself (no descriptor is closed under it). */
+static long janitor(long unused) {
+    (void)unused;
+    while (!stopping) {
+        lib_sched_thread_sleep(idle_ns / 4 < 250000000 ? idle_ns / 4 : 250000000);
+        long now = lib_core_time_ns();
+        for (long k = 0; k < MAXCONN; k++)
+            if (slots[k].used && !slots[k].shut && now - slots[k].last > idle_ns) {
+                slots[k].shut = 1;
+                lib_net_shutdown(slots[k].fd, 0);  /* SHUT_RD */
+            }
+    }
     return 0;
 }
 
@@ -130,10 +178,13 @@ __attribute__((force_align_arg_pointer)) void _start(long argc, char **argv) {
     long limit = -1;
     if (argc >= 2) {
         limit = atoi_(argv[1]);
-        if (limit <= 0 || limit > MAXCONN) {
-            lib_console_puts((long)"usage: httpd [N]   (1 <= N <= 1024: exit after N connections)");
+        long idle = argc >= 3 ? atoi_(argv[2]) : 10;
+        if (limit <= 0 || limit > MAXCONN || idle <= 0) {
+            lib_console_puts((long)"usage: httpd [N [IDLE]]   (1 <= N <= 1024: exit after N connections; "
+                                   "IDLE: seconds before an idle connection is closed, default 10)");
             lib_core_exit(2);
         }
+        idle_ns = idle * 1000000000L;
     }
     struct sockaddr_in local = {2, (unsigned short)(80 << 8), 0, {0}};
     long s = lib_net_socket(SOCK_STREAM);
@@ -144,6 +195,8 @@ __attribute__((force_align_arg_pointer)) void _start(long argc, char **argv) {
     if (rc < 0) fail("listen", rc);
     long served = 0;
     int warned = 0;
+    long jan = lib_sched_thread_create((long)janitor, 0, 0);
+    if (jan < 0) fail("thread_create", jan);
     while (limit < 0 || served < limit) {
         long c = lib_net_accept(s, 0, 0);
         if (c == -EMFILE || c == -ENFILE || c == -ENOMEM || c == -ENOBUFS) {
@@ -156,12 +209,18 @@ __attribute__((force_align_arg_pointer)) void _start(long argc, char **argv) {
             continue;
         }
         if (c < 0) fail("accept", c);
-        long t = lib_sched_thread_create((long)connection, c, 0);
-        if (t < 0) { lib_net_close(c); lib_sched_thread_sleep(10000000); continue; }  /* no thread: refuse it */
+        long k = 0;
+        while (k < MAXCONN && slots[k].used) k++;
+        if (k == MAXCONN) { lib_net_close(c); continue; }  /* every slot taken: refuse it */
+        slots[k] = (struct slot){c, lib_core_time_ns(), 1, 0, 0, 0};
+        long t = lib_sched_thread_create((long)connection, k, 0);
+        if (t < 0) { slots[k].used = 0; lib_net_close(c); lib_sched_thread_sleep(10000000); continue; }  /* refused */
         if (limit > 0) tids[served] = t;
         served++;
     }
     for (long i = 0; i < served; i++) lib_sched_thread_join(tids[i]);
+    stopping = 1;
+    lib_sched_thread_join(jan);
     lib_net_close(s);
     lib_sched_thread_exit(0);
 }

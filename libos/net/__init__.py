@@ -321,9 +321,10 @@ class Net(LibModule):
             return True  # closed by another thread: it will see EBADF
         if what == "accept":
             return s.listener is None or s.listener.readable
-        if what == "recv":
+        if what == "recv":  # data, or an end: the peer's FIN, an error, or shutdown(SHUT_RD) by another thread
             return (s.udp.readable if s.udp is not None else
-                    s.conn is None or s.conn.tcb.readable)
+                    s.conn is None or s.conn.shut_rd or s.conn.tcb.readable or s.conn.tcb.eof
+                    or s.conn.tcb.error is not None)
         if what == "send":
             return s.conn is None or s.conn.tcb.writable or s.conn.tcb.error is not None
         if what == "connect":
