@@ -168,44 +168,22 @@ def _iov(p: Posix, iov: int, cnt: int) -> list[tuple[int, int]] | int:
     return list(struct.iter_unpack("<QQ", p.port.read(iov, 16 * cnt))) if cnt else []
 
 
-@syscall("writev")
-def sys_writev(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
+def _vectored(p: Posix, fd: int, iov: int, cnt: int, writing: bool) -> int:
+    """readv/writev: each buffer in turn until one comes up short. A wait before anything moved
+    waits; after some bytes moved, the call returns what moved (a short count, as Linux does)."""
     f = p.proc.fds.get(fd)
     if f is None:
         return -EBADF
     vec = _iov(p, iov, cnt)
     if isinstance(vec, int):
         return vec
-    total = 0
-    for base, ln in vec:
-        try:
-            rc = f.write(p, base, ln) if ln else 0
-        except WouldBlock:
-            if total == 0:
-                raise
-            break  # what was written stays written: a short count, as Linux returns
-        if rc < 0:
-            return rc if total == 0 else total
-        total += rc
-        if rc < ln:
-            break
-    return total
-
-
-@syscall("readv")
-def sys_readv(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
-    f = p.proc.fds.get(fd)
-    if f is None:
-        return -EBADF
-    vec = _iov(p, iov, cnt)
-    if isinstance(vec, int):
-        return vec
+    op = f.write if writing else f.read
     total = 0
     for base, ln in vec:
         if not ln:
             continue
         try:
-            rc = f.read(p, base, ln)
+            rc = op(p, base, ln)
         except WouldBlock:
             if total == 0:
                 raise
@@ -216,6 +194,16 @@ def sys_readv(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
         if rc < ln:
             break
     return total
+
+
+@syscall("writev")
+def sys_writev(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
+    return _vectored(p, fd, iov, cnt, writing=True)
+
+
+@syscall("readv")
+def sys_readv(p: Posix, fd: int, iov: int, cnt: int, *_: int) -> int:
+    return _vectored(p, fd, iov, cnt, writing=False)
 
 
 @syscall("close")
