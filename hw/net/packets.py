@@ -51,6 +51,21 @@ def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0) -> 
     return h[:10] + struct.pack("!H", checksum(h)) + h[12:] + payload
 
 
+def ipv4_fragments(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int, mtu: int = 1500) -> list[bytes]:
+    """``payload`` as IPv4 packets of at most ``mtu`` bytes: one packet (DF set) if it fits, else
+    fragments (RFC 791 3.2: offsets in 8-byte units, MF on all but the last, DF clear)."""
+    if 20 + len(payload) <= mtu:
+        return [ipv4(src, dst, proto, payload, ident)]
+    step = (mtu - 20) & ~7
+    out = []
+    for off in range(0, len(payload), step):
+        piece = payload[off:off + step]
+        more = 0x2000 if off + step < len(payload) else 0
+        h = _IP.pack(0x45, 0, 20 + len(piece), ident & 0xFFFF, more | (off >> 3), 64, proto, 0, src, dst)
+        out.append(h[:10] + struct.pack("!H", checksum(h)) + h[12:] + piece)
+    return out
+
+
 def icmp(typ: int, code: int, rest: bytes) -> bytes:
     """An ICMP message; ``rest`` is everything after the checksum (identifier, sequence, data)."""
     h = struct.pack("!BBH", typ, code, 0) + rest

@@ -24,7 +24,9 @@ as in QEMU's user-mode networking. The gateway
   10.0.2.2 that belongs to no connection gets an RST (RFC 9293 3.10.7.1).
 
 Frames that fail a checksum are dropped (and counted), like those the gateway
-has no use for (other destinations: there is no outbound NAT; IP fragments).
+has no use for (other destinations: there is no outbound NAT; IP fragments from the guest).
+A host datagram larger than the MTU reaches the guest as IP fragments (RFC 791), which the
+guest's stack reassembles.
 
 One background thread does all the work: it owns the sockets (``selectors``),
 the gateway state and the TCP timers. ``send`` only queues the guest's frame
@@ -56,7 +58,7 @@ GATEWAY_MAC = bytes.fromhex("52550a000202")
 NETWORK = ipaddress.IPv4Network("10.0.2.0/24")
 DEFAULT_GUEST = "10.0.2.15"
 DEFAULT_HOST = "127.0.0.1"
-UDP_MAX_PAYLOAD = 1500 - 20 - 8  # larger host datagrams would need IP fragmentation: dropped
+UDP_MAX_PAYLOAD = 65535 - 20 - 8  # IPv4's largest UDP datagram; above the MTU it goes as fragments
 PORTS = range(49152, 65536)  # the gateway's ephemeral ports (RFC 6335 6)
 ARP_RETRY = 1.0
 PENDING_MAX = 64  # packets held per guest address while its MAC is unknown
@@ -289,14 +291,17 @@ class UserBackend:
     # frames to the guest
     def _to_guest(self, dst_ip: bytes, proto: int, payload: bytes) -> None:
         self._ident = (self._ident + 1) & 0xFFFF
-        pkt = pk.ipv4(GATEWAY_IP, dst_ip, proto, payload, self._ident)
+        # A host datagram larger than the link's MTU goes as IP fragments (the guest reassembles).
+        pkts = pk.ipv4_fragments(GATEWAY_IP, dst_ip, proto, payload, self._ident)
         mac = self._arp.get(dst_ip)
         if mac is not None:
-            self._inbox.put(pk.ethernet(mac, GATEWAY_MAC, pk.ETH_IPV4, pkt))
+            for pkt in pkts:
+                self._inbox.put(pk.ethernet(mac, GATEWAY_MAC, pk.ETH_IPV4, pkt))
             return
         q = self._pending.setdefault(dst_ip, [])
-        if len(q) < PENDING_MAX:
-            q.append(pkt)
+        for pkt in pkts:
+            if len(q) < PENDING_MAX:
+                q.append(pkt)
         now = time.monotonic()
         if now - self._arp_asked.get(dst_ip, -1e9) >= ARP_RETRY:
             self._arp_asked[dst_ip] = now
@@ -357,7 +362,7 @@ class UserBackend:
                 return
             self.stats["udp_in"] += 1
             if len(data) > UDP_MAX_PAYLOAD:
-                self.stats["udp_dropped"] += 1
+                self.stats["udp_dropped"] += 1  # cannot happen over IPv4 (65,507 bytes at most)
                 continue
             key = (id(fwd), peer)
             port = self._udp_by_peer.get(key)

@@ -117,3 +117,34 @@ def test_mprotect_is_applied(tmp_path):
     theirs = native([str(binary)]).stdout.replace(b"rwx refused: 0", b"rwx refused: 1")
     mine = run_exo("run", str(binary))
     assert (mine.stdout, mine.returncode) == (theirs, 0), mine.stderr.decode()
+
+
+def test_large_udp_datagrams_from_the_host_arrive_as_fragments(tmp_path):
+    """Issue 16: a host datagram larger than the MTU (3,000 and 60,000 bytes) crosses the user
+    backend as IP fragments and the guest's stack reassembles it (it was dropped without a word)."""
+    import socket
+    import subprocess
+    import sys
+
+    binary = build(tmp_path, "udp_big")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    net = f"user,hostfwd=udp:127.0.0.1:{host_port}-:9000"
+    proc = subprocess.Popen([sys.executable, "-m", "exo", "run", "--net", net, str(binary)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for n in (1000, 3000, 60000):
+                data = bytes((i * 7 + n) & 0xFF for i in range(n))
+                want = 0
+                for b in data:
+                    want = (want * 31 + b) & 0xFFFF_FFFF_FFFF_FFFF
+                s.sendto(data, ("127.0.0.1", host_port))
+                assert proc.stdout.readline().split() == [str(n).encode(), str(want).encode()]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
