@@ -158,7 +158,7 @@ def collect_stats(kernel: Any) -> dict:
     }
 
 
-def open_disk(spec: str, fail_after: int | None = None) -> Any:
+def open_disk(spec: str, fail_after: int | None = None, fail_at: int | None = None) -> Any:
     """``IMAGE`` or ``IMAGE:ro`` -> a hw BlockDevice (an ExoUserError naming the file if it is unusable)."""
     from hw import MachineConfigError
     from hw.blockdev import BlockDevice
@@ -172,8 +172,10 @@ def open_disk(spec: str, fail_after: int | None = None) -> Any:
         raise ExoUserError("--disk", f"{spec!r} names no image file")
     if fail_after is not None and fail_after < 0:
         raise ExoUserError("--disk-fail-after", f"must be >= 0, got {fail_after}")
+    if fail_at is not None and fail_at < 0:
+        raise ExoUserError("--disk-fail-at", f"must be >= 0, got {fail_at}")
     try:
-        return BlockDevice(path, readonly=readonly, fail_after=fail_after)
+        return BlockDevice(path, readonly=readonly, fail_after=fail_after, fail_at=fail_at)
     except MachineConfigError as e:
         raise ExoUserError("--disk", str(e)) from None
 
@@ -229,7 +231,7 @@ class System:
     descriptor), ``stdout`` (None: captured, read it as `stdout`; or a file descriptor / binary file),
     ``stderr`` (the console's error stream, the same way: None captures it as `stderr`),
     ``args`` (guest arguments, for every app), ``quotas`` ({app name: {"frames": N, ...}}),
-    ``disk`` (an image path, ``PATH:ro``, or a hw BlockDevice), ``disk_fail_after``, ``net``
+    ``disk`` (an image path, ``PATH:ro``, or a hw BlockDevice), ``disk_fail_after``, ``disk_fail_at``, ``net``
     (``user[,hostfwd=...]``, ``switch`` or ``tap:IFNAME``), ``net_faults``, ``pcap``, ``trace`` (a
     .json or .jsonl path, written by `close`), ``trace_capacity``, ``use_cache``, ``on_fault``
     (called with each FaultReport; default: keep it quiet, read `reports`).
@@ -241,7 +243,8 @@ class System:
     def __init__(self, apps: list, *, clock: str = "virtual", structure: str = "exokernel", ram_mib: int = 256,
                  slice: int | None = None, stdin: bytes | int = b"", stdout: int | BinaryIO | None = None,
                  stderr: int | BinaryIO | None = None, args: list[str] = (), quotas: dict[str, dict] | None = None, disk: Any = None,
-                 disk_fail_after: int | None = None, net: str | None = None, net_faults: str | None = None,
+                 disk_fail_after: int | None = None, disk_fail_at: int | None = None, net: str | None = None,
+                 net_faults: str | None = None,
                  pcap: str | None = None, trace: str | None = None, trace_capacity: int = 1_000_000,
                  use_cache: bool = True, on_fault: Any = None, raw_terminal: bool = False) -> None:
         if isinstance(apps, (str, Path, App)):
@@ -266,13 +269,15 @@ class System:
             raise ExoUserError("--pcap" if pcap else "--net-faults", "needs --net")
         if disk is None and disk_fail_after is not None:
             raise ExoUserError("--disk-fail-after", "needs --disk")
+        if disk is None and disk_fail_at is not None:
+            raise ExoUserError("--disk-fail-at", "needs --disk")
         self.apps = [a if isinstance(a, App) else build(a, use_cache=use_cache) for a in apps]
 
         from exo.kernel import DEFAULT_SLICE, Exokernel
         from hw import Machine
 
         if isinstance(disk, (str, Path)):
-            disk = open_disk(str(disk), disk_fail_after)
+            disk = open_disk(str(disk), disk_fail_after, disk_fail_at)
         self.nic = open_nic(net, net_faults, pcap) if net else None
         self._out = io.BytesIO() if stdout is None else None
         self._err = io.BytesIO() if stderr is None else None

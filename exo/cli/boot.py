@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk", metavar="IMAGE[:ro]",
                    help="attach a raw disk image (512-byte sectors), granted whole to every app; never flushed "
                         "implicitly (docs/disk.md)")
+    p.add_argument("--disk-fail-at", type=int, default=None, metavar="N",
+                   help="fault injection: the power fails at the disk's N-th write of the run (0-based), whatever "
+                        "the flushes; run it for every N to reach every crash point (docs/fs.md)")
     p.add_argument("--disk-fail-after", type=int, default=None, metavar="N",
                    help="fault injection: drop every disk write after the Nth unflushed one (power loss)")
     p.add_argument("--net", metavar="SPEC",
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                         stdin=None if args.replay else 0, stdout=1, stderr=2, args=guest_args, quotas=quotas, disk=disk,
-                        disk_fail_after=args.disk_fail_after, net=args.net, net_faults=args.net_faults,
+                        disk_fail_after=args.disk_fail_after, disk_fail_at=args.disk_fail_at, net=args.net,
+                        net_faults=args.net_faults,
                         pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
                         on_fault=_print_report)
     except BaseException:
@@ -212,7 +216,9 @@ def _journal(args: argparse.Namespace, apps: list) -> Journal | None:
                "max_instructions": args.max_instructions,
                # The disk by its contents (the header's hash) and mode: a copy elsewhere replays too.
                "disk": None if disk is None else ("ro" if args.disk.endswith(":ro") else "rw"),
-               "disk_fail_after": args.disk_fail_after, "net": args.net, "net_faults": args.net_faults}
+               "disk_fail_after": args.disk_fail_after, "net": args.net, "net_faults": args.net_faults,
+               # (only when given: recordings made before the option existed still replay)
+               **({"disk_fail_at": args.disk_fail_at} if args.disk_fail_at is not None else {})}
     header = make_header(apps, options, disk)
     if args.record:
         return Journal(header)

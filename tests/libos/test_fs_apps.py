@@ -265,3 +265,18 @@ def test_power_loss_at_every_write_never_leaves_a_pointer_to_an_unwritten_block(
         if bad:
             found[n] = bad[:3]
     assert not found, f"{len(found)} of {total + 1} crash points: {dict(list(found.items())[:3])}"
+
+
+def test_disk_fail_at_from_the_command_line(image, tmp_path):
+    """`exo boot --disk-fail-at N`: the crash sweep's fault, from the CLI; bad values are one line."""
+    c = str(tmp_path / "c")
+    r = boot("fsstress", image, extra=("--disk-fail-at", "150"), cache=c)
+    assert r.returncode == 0, r.stderr.decode()
+    out = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True).stdout
+    assert not [line for line in out.splitlines() if UNWRITTEN_BLOCK.search(line)], out
+    for extra, want in ((("--disk-fail-at", "-1"), "must be >= 0"),):
+        bad = boot("fsstress", image, extra=extra, cache=c)
+        lines = bad.stderr.decode().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and want in lines[0]
+    nodisk = run_exo("boot", str(APPS / "fsstress"), "--disk-fail-at", "3", cache=c)
+    assert nodisk.returncode == 2 and nodisk.stderr.decode().strip() == "exo: error: --disk-fail-at: needs --disk"
