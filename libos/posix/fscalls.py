@@ -9,8 +9,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from libos.posix import procfs
 from libos.posix.files import O_ACCMODE, O_RDONLY
-from libos.posix.table import EBADF, EFAULT, EINVAL, ENAMETOOLONG, ENOENT, ENOTDIR, ERANGE, EROFS, syscall
+from libos.posix.table import (
+    EBADF,
+    EFAULT,
+    EINVAL,
+    ENAMETOOLONG,
+    ENOENT,
+    ENOTDIR,
+    ERANGE,
+    EROFS,
+    s32,
+    syscall,
+)
 from libos.posix.vfs import (
     AT_FDCWD,
     EPOCH,
@@ -30,11 +42,6 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 _STATX = struct.Struct("<IIQIIIHHQQQQ")  # statx's head: mask, blksize, attributes, nlink, uid, gid, mode, pad, ino, size, blocks, attributes_mask
 
 
-def _fd(v: int) -> int:
-    v &= 0xFFFF_FFFF
-    return v - (1 << 32) if v >> 31 else v
-
-
 def _path(p: Posix, va: int) -> str | int:
     if not va:
         return -EFAULT
@@ -51,7 +58,7 @@ def _resolve(p: Posix, dirfd: int, va: int) -> str | int:
     path = _path(p, va)
     if isinstance(path, int):
         return path
-    return Vfs.absolute(p, path, _fd(dirfd))
+    return Vfs.absolute(p, path, s32(dirfd))
 
 
 def _fs(p: Posix):
@@ -84,10 +91,10 @@ def _open(p: Posix, dirfd: int, va: int, flags: int, mode: int) -> int:
         return path
     if p.system.vfs.ext2(p) is not None and p.system.vfs.fs.dev.readonly and (flags & O_ACCMODE != O_RDONLY
                                                                              or flags & 0o100):
-        full = Vfs.absolute(p, path, _fd(dirfd))
+        full = Vfs.absolute(p, path, s32(dirfd))
         if isinstance(full, str) and not full.startswith("/dev/"):
             return -EROFS
-    f = p.system.vfs.open(p, path, flags, mode, _fd(dirfd))
+    f = p.system.vfs.open(p, path, flags, mode, s32(dirfd))
     if isinstance(f, int):
         return f
     return p.proc.fds.alloc(f, bool(flags & O_CLOEXEC))
@@ -111,7 +118,7 @@ def sys_creat(p: Posix, path: int, mode: int, *_: int) -> int:
 # ------------------------------------------------------------ stat
 def _stat(p: Posix, dirfd: int, va: int, buf: int, flags: int) -> int:
     if flags & AT_EMPTY_PATH and va and not p.cstr(va, 1):
-        f = p.proc.fds.get(_fd(dirfd))
+        f = p.proc.fds.get(s32(dirfd))
         if f is None:
             return -EBADF
         p.port.write(buf, f.stat(p))
@@ -271,10 +278,8 @@ def sys_readlinkat(p: Posix, dirfd: int, path: int, buf: int, size: int, *_: int
     full = _resolve(p, dirfd, path)
     if isinstance(full, int):
         return full
-    if full == "/proc" or full.startswith("/proc/"):
-        from libos.posix.procfs import readlink
-
-        target = readlink(p, full)
+    if procfs.is_proc(full):
+        target = procfs.readlink(p, full)
         if isinstance(target, int):
             return target
     else:
@@ -391,7 +396,7 @@ def sys_utimensat(p: Posix, dirfd: int, path: int, times: int, flags: int, *_: i
     if path:
         what = _target(p, dirfd, path)
     else:
-        what = _file_ino(p, _fd(dirfd))
+        what = _file_ino(p, s32(dirfd))
     if isinstance(what, int) and what < 0:
         return what
     now = EPOCH + p.hc("time_now") // 1_000_000_000

@@ -24,7 +24,7 @@ from exo.abi import (
 from libos.posix import signals, threads
 from libos.posix.signals import SIGKILL, VECTOR_SIGNAL
 from libos.posix.system import Process, WouldBlock
-from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, syscall
+from libos.posix.table import EAGAIN, ECHILD, EINVAL, ENOMEM, ENOSYS, EPERM, ESRCH, s32, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -116,7 +116,7 @@ def sys_prlimit64(p: Posix, pid: int, resource: int, new: int, old: int, *_: int
 @syscall("getgroups")
 def sys_getgroups(p: Posix, size: int, lst: int, *_: int) -> int:
     """root's one supplementary group, 0 (as `id` shows on Linux for root)."""
-    size = _s32(size)
+    size = s32(size)
     if size < 0:
         return -EINVAL
     if size:
@@ -164,12 +164,6 @@ CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x200000, 0x1000000
 WNOHANG = 1
 # How a fault shows to the parent (a machine check, a libOS error, shows as SIGKILL): signals.py.
 _REAP = struct.Struct("<QQqQ")  # exo/abi.py REAP_INFO_SIZE: {id, how, status, vector}
-
-
-def _s32(v: int) -> int:
-    """A pid_t or int argument: the register's low 32 bits, signed (as the kernel's C types read it)."""
-    v &= 0xFFFF_FFFF
-    return v - (1 << 32) if v & 0x8000_0000 else v
 
 
 def fork_process(p: Posix, flags: int, stack: int, ptid: int, ctid: int) -> int:
@@ -249,9 +243,7 @@ def terminate(p: Posix, wstatus: int, code: int) -> int:
         except p.port.Fault:
             pass
     if proc.ppid in p.system.procs:  # SIGCHLD: the parent's handler (a shell's `wait`) learns of it
-        killed = wstatus & 0x7F
-        how, value = (signals.CLD_KILLED, killed) if killed else (signals.CLD_EXITED, wstatus >> 8 & 0xFF)
-        signals.send(p, proc.ppid, signals.SIGCHLD, how, value)
+        signals.send(p, proc.ppid, signals.SIGCHLD, *signals.child_code(wstatus))
     return p.hc("sched_op", SchedOp.EXIT, code & 0xFF)
 
 
@@ -317,7 +309,7 @@ def _ended_child(p: Posix, who: int) -> Process | int | None:
 
 @syscall("wait4")
 def sys_wait4(p: Posix, pid: int, status: int, options: int, rusage: int, *_: int) -> int:
-    c = _ended_child(p, _s32(pid))
+    c = _ended_child(p, s32(pid))
     if isinstance(c, int):
         return c
     if c is not None:
@@ -339,15 +331,14 @@ WNOWAIT = 0x0100_0000
 @syscall("waitid")
 def sys_waitid(p: Posix, idtype: int, ident: int, infop: int, options: int, *_: int) -> int:
     """wait4's search by (idtype, id), the child described in a siginfo (CLD_EXITED or CLD_KILLED)."""
-    who = {P_ALL: -1, P_PID: _s32(ident), P_PGID: -_s32(ident) if _s32(ident) else 0}.get(idtype)
+    who = {P_ALL: -1, P_PID: s32(ident), P_PGID: -s32(ident) if s32(ident) else 0}.get(idtype)
     if who is None or (idtype == P_PID and who <= 0):
         return -EINVAL
     c = _ended_child(p, who)
     if isinstance(c, int):
         return c
     if c is not None:
-        st = c.wait_status
-        how, value = (signals.CLD_KILLED, st & 0x7F) if st & 0x7F else (signals.CLD_EXITED, st >> 8 & 0xFF)
+        how, value = signals.child_code(c.wait_status)
         if infop:
             info = struct.pack("<iiiiiIi", signals.SIGCHLD, 0, how, 0, c.pid, 0, value)
             p.port.write(infop, info.ljust(128, b"\0"))
@@ -368,22 +359,22 @@ def sys_getpgrp(p: Posix, *_: int) -> int:
 
 @syscall("getpgid")
 def sys_getpgid(p: Posix, pid: int, *_: int) -> int:
-    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    proc = p.system.procs.get(s32(pid)) if s32(pid) else p.proc
     return -ESRCH if proc is None else proc.pgid
 
 
 @syscall("getsid")
 def sys_getsid(p: Posix, pid: int, *_: int) -> int:
-    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    proc = p.system.procs.get(s32(pid)) if s32(pid) else p.proc
     return -ESRCH if proc is None else proc.sid
 
 
 @syscall("setpgid")
 def sys_setpgid(p: Posix, pid: int, pgid: int, *_: int) -> int:
-    proc = p.system.procs.get(_s32(pid)) if _s32(pid) else p.proc
+    proc = p.system.procs.get(s32(pid)) if s32(pid) else p.proc
     if proc is None:
         return -ESRCH
-    proc.pgid = _s32(pgid) or proc.pid
+    proc.pgid = s32(pgid) or proc.pid
     return 0
 
 

@@ -10,6 +10,7 @@ process, page counts) are 0; memory totals are the fixed figures sysinfo gives.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from libos.posix.files import O_ACCMODE, O_RDONLY, OpenFile
@@ -90,25 +91,52 @@ def _status(q: Process) -> bytes:
             f"Threads:\t{threads}\n").encode()
 
 
-def _system_file(p: Posix, name: str) -> bytes | None:
-    secs = p.hc("time_now") / 1e9
-    procs = _procs(p)
+def _meminfo(p: Posix) -> bytes:
+    return (f"MemTotal:       {MEM_KB:8d} kB\nMemFree:        {MEM_KB // 2:8d} kB\n"
+            f"MemAvailable:   {MEM_KB // 2:8d} kB\nBuffers:               0 kB\nCached:                0 kB\n"
+            "SwapTotal:             0 kB\nSwapFree:              0 kB\n").encode()
+
+
+def _mounts(p: Posix) -> bytes:
     ro = p.system.vfs.fs is not None and p.system.vfs.fs.dev.readonly
-    return {
-        "meminfo": (f"MemTotal:       {MEM_KB:8d} kB\nMemFree:        {MEM_KB // 2:8d} kB\n"
-                    f"MemAvailable:   {MEM_KB // 2:8d} kB\nBuffers:               0 kB\nCached:                0 kB\n"
-                    "SwapTotal:             0 kB\nSwapFree:              0 kB\n").encode(),
-        "mounts": f"/dev/root / ext2 {'ro' if ro else 'rw'} 0 0\nproc /proc proc rw 0 0\n".encode(),
-        "uptime": f"{secs:.2f} {secs:.2f}\n".encode(),
-        "loadavg": f"0.00 0.00 0.00 1/{len(procs)} {procs[-1].pid if procs else 0}\n".encode(),
-        "version": b"Linux version 6.1.0-exo (exo) #1 exo\n",
-        "cpuinfo": b"processor\t: 0\nvendor_id\t: exo\nmodel name\t: exo x86-64 (Unicorn)\ncpu MHz\t\t: 0.000\n"
-                   b"flags\t\t: fpu tsc cx8 cmov mmx fxsr sse sse2 syscall lm\n\n",
-        "stat": f"cpu  0 0 0 0 0 0 0 0 0 0\nprocesses {len(procs)}\nprocs_running 1\nprocs_blocked 0\n".encode(),
-    }.get(name)
+    return f"/dev/root / ext2 {'ro' if ro else 'rw'} 0 0\nproc /proc proc rw 0 0\n".encode()
 
 
-SYSTEM_FILES = ("cpuinfo", "loadavg", "meminfo", "mounts", "stat", "uptime", "version")
+def _uptime(p: Posix) -> bytes:
+    secs = p.hc("time_now") / 1e9
+    return f"{secs:.2f} {secs:.2f}\n".encode()
+
+
+def _loadavg(p: Posix) -> bytes:
+    procs = _procs(p)
+    return f"0.00 0.00 0.00 1/{len(procs)} {procs[-1].pid if procs else 0}\n".encode()
+
+
+def _proc_stat(p: Posix) -> bytes:
+    return f"cpu  0 0 0 0 0 0 0 0 0 0\nprocesses {len(_procs(p))}\nprocs_running 1\nprocs_blocked 0\n".encode()
+
+
+# /proc's own files: name -> the text, made when the file is opened (only that one).
+SYSTEM_TEXT = {
+    "cpuinfo": lambda p: (b"processor\t: 0\nvendor_id\t: exo\nmodel name\t: exo x86-64 (Unicorn)\ncpu MHz\t\t: 0.000\n"
+                          b"flags\t\t: fpu tsc cx8 cmov mmx fxsr sse sse2 syscall lm\n\n"),
+    "loadavg": _loadavg,
+    "meminfo": _meminfo,
+    "mounts": _mounts,
+    "stat": _proc_stat,
+    "uptime": _uptime,
+    "version": lambda p: b"Linux version 6.1.0-exo (exo) #1 exo\n",
+}
+# /proc/PID's text files: name -> the text for process q.
+PID_TEXT = {
+    "cmdline": lambda q: b"".join(a + b"\0" for a in q.argv) if q.argv else q.comm + b"\0",
+    "comm": lambda q: q.comm + b"\n",
+    "stat": _stat_line,
+    "status": _status,
+}
+
+
+SYSTEM_FILES = tuple(SYSTEM_TEXT)
 PID_FILES = ("cmdline", "comm", "cwd", "exe", "stat", "status")
 
 
@@ -134,8 +162,8 @@ def open_proc(p: Posix, full: str, flags: int, follow: bool = True) -> OpenFile 
         entries += [(name, 10 + i, 1) for i, name in enumerate(SYSTEM_FILES)]
         entries += [(str(q.pid), 1000 + q.pid, 2) for q in _procs(p)]
         return DirFile(flags, "/proc", None, entries)
-    if len(parts) == 1 and parts[0] in SYSTEM_FILES:
-        return ProcText(flags, _system_file(p, parts[0]) or b"", 10 + SYSTEM_FILES.index(parts[0]))
+    if len(parts) == 1 and parts[0] in SYSTEM_TEXT:
+        return ProcText(flags, SYSTEM_TEXT[parts[0]](p), 10 + SYSTEM_FILES.index(parts[0]))
     if not parts[0].isdigit():
         return -ENOENT
     q = p.system.procs.get(int(parts[0]))
@@ -150,14 +178,11 @@ def open_proc(p: Posix, full: str, flags: int, follow: bool = True) -> OpenFile 
         return -ENOENT
     name = parts[1]
     ino = base + 1 + PID_FILES.index(name)
+    if name == "cwd" and follow:
+        return p.system.vfs.open(p, q.cwd, flags)  # the directory itself
     if name in ("exe", "cwd"):
-        target = q.exe if name == "exe" else q.cwd
-        if follow:
-            return p.system.vfs.open(p, target, flags) if name == "cwd" else ProcLink(flags, target.encode(), ino)
-        return ProcLink(flags, target.encode("utf-8", "surrogateescape"), ino)
-    data = {"stat": _stat_line(q), "status": _status(q), "comm": q.comm + b"\n",
-            "cmdline": b"".join(a + b"\0" for a in q.argv) if q.argv else q.comm + b"\0"}[name]
-    return ProcText(flags, data, ino)
+        return ProcLink(flags, (q.exe if name == "exe" else q.cwd).encode("utf-8", "surrogateescape"), ino)
+    return ProcText(flags, PID_TEXT[name](q), ino)
 
 
 def readlink(p: Posix, full: str) -> str | int:
@@ -177,22 +202,21 @@ def is_proc(full: str) -> bool:
 
 
 # ------------------------------------------------------------ the calls /proc needs beside it
-_STATFS_FIELDS = 15  # struct statfs (x86-64): type, bsize, blocks, bfree, bavail, files, ffree, fsid, namelen, frsize, flags, spare[4]
+# struct statfs (x86-64): type, bsize, blocks, bfree, bavail, files, ffree, fsid[2], namelen, frsize, flags, spare[4]
+_STATFS = struct.Struct("<qqqqqqqiiqqq4q")
 EXT2_SUPER_MAGIC, PROC_SUPER_MAGIC = 0xEF53, 0x9FA0
 ST_RDONLY = 1
 
 
 def statfs_bytes(p: Posix, full: str) -> bytes | int:
-    import struct
-
     if is_proc(full):
-        return struct.pack("<qqqqqqqiiqqq4q", PROC_SUPER_MAGIC, 4096, 0, 0, 0, 0, 0, 0, 0, 255, 4096, 0, 0, 0, 0, 0)
+        return _STATFS.pack(PROC_SUPER_MAGIC, 4096, 0, 0, 0, 0, 0, 0, 0, 255, 4096, 0, 0, 0, 0, 0)
     fs = p.system.vfs.ext2(p)
     if fs is None:
         return -ENOENT
     sb = fs.sb
     flags = ST_RDONLY if fs.dev.readonly else 0
-    return struct.pack("<qqqqqqqiiqqq4q", EXT2_SUPER_MAGIC, fs.block_size, sb.s_blocks_count, sb.s_free_blocks_count,
+    return _STATFS.pack(EXT2_SUPER_MAGIC, fs.block_size, sb.s_blocks_count, sb.s_free_blocks_count,
                        max(0, sb.s_free_blocks_count - sb.s_r_blocks_count), sb.s_inodes_count,
                        sb.s_free_inodes_count, 0, 0, 255, fs.block_size, flags, 0, 0, 0, 0)
 

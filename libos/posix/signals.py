@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from libos.module import GPRS
 from libos.posix.system import WouldBlock
-from libos.posix.table import EFAULT, EINTR, EINVAL, ESRCH, syscall
+from libos.posix.table import EFAULT, EINTR, EINVAL, ESRCH, s32, syscall
+from libos.posix.threads import after_call
 
 if TYPE_CHECKING:
     from libos.posix import Posix
@@ -118,6 +119,12 @@ def send(p: Posix, pid: int, signo: int, code: int = SI_USER, status: int = 0) -
     return 0
 
 
+def child_code(wstatus: int) -> tuple[int, int]:
+    """A wait status word as siginfo tells it: (CLD_KILLED, the signal) or (CLD_EXITED, the code)."""
+    killed = wstatus & 0x7F
+    return (CLD_KILLED, killed) if killed else (CLD_EXITED, wstatus >> 8 & 0xFF)
+
+
 def interrupting(p: Posix) -> bool:
     """A call about to wait: is there a signal that must interrupt it?"""
     st = p.proc.sig
@@ -142,13 +149,10 @@ def deliver_pending(p: Posix, rc: int, restart_nr: int | None = None) -> int:
         from libos.posix.process import terminate
 
         return terminate(p, signo, 128 + signo)  # its default action ends it (wait4 sees the signal)
-    regs = p.port.regs()
-    regs["rip"] = p.port.regs()["rip"] + 2  # where the program resumes: after its `syscall`
-    regs["rax"] = rc & _MASK
+    regs = after_call(p, rc)  # where the program resumes: after its `syscall`, with rc
     if restart_nr is not None and flags & SA_RESTART:
         regs["rip"] -= 2  # the `syscall` again, with its number back in RAX (-ERESTARTSYS)
-        regs["rax"] = restart_nr
-    regs["rcx"], regs["r11"] = regs["rip"], regs["rflags"]
+        regs["rax"], regs["rcx"] = restart_nr, regs["rip"]
     info = struct.pack("<iiiiiIi", signo, 0, code, 0, sender, 0, status)
     return _enter_handler(p, signo, regs, info)
 
@@ -165,7 +169,7 @@ def deliver_fault(p: Posix, vector: int, error_code: int, fault_va: int, regs: d
 
     True when a handler was entered (the faulting instruction runs again when it returns, as on
     Linux); False when the signal has no handler or is blocked: then the exokernel stops the
-    process with its fault report and wait4 reports the signal (process.py VECTOR_SIGNAL)."""
+    process with its fault report and wait4 reports the signal (VECTOR_SIGNAL)."""
     st = p.proc.sig if p.proc is not None else None
     signo = VECTOR_SIGNAL.get(vector)
     if st is None or signo is None or signo == SIGKILL:
@@ -250,16 +254,11 @@ def _targets(p: Posix, pid: int) -> list[int]:
     return sorted(q.pid for q in procs.values() if q.pgid == -pid and q.exit_status is None)
 
 
-def _s32(v: int) -> int:
-    v &= 0xFFFF_FFFF
-    return v - (1 << 32) if v >> 31 else v
-
-
 @syscall("kill")
 def sys_kill(p: Posix, pid: int, signo: int, *_: int) -> int:
     if not 0 <= signo <= NSIG:
         return -EINVAL
-    targets = _targets(p, _s32(pid))
+    targets = _targets(p, s32(pid))
     if not targets:
         return -ESRCH
     for t in targets:

@@ -132,6 +132,13 @@ def syscall(*names: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def s32(v: int) -> int:
+    """An int argument (a pid_t, an fd, a dirfd): the register's low 32 bits, signed, as the
+    kernel's C types read it."""
+    v &= 0xFFFF_FFFF
+    return v - (1 << 32) if v & 0x8000_0000 else v
+
+
 def errname(rc: int) -> str:
     """``-ENOENT`` for -2: how strace and logs print a failed call's result."""
     return f"-{ERRNO_NAMES.get(-rc, str(-rc))}"

@@ -21,6 +21,7 @@ input arrives already edited and echoed, and is passed through as it comes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from exo.abi import CONSOLE_INFO_SIZE, CONSOLE_RAW, CONSOLE_TTY, EV_CONSOLE, PAGE_SIZE
@@ -259,7 +260,7 @@ def _tcsets(flush: bool):
     return fn
 
 
-def _int_out(value) -> callable:
+def _int_out(value: Callable[[Tty], int]) -> Callable[[Tty, Posix, int], int]:
     def fn(t: Tty, p: Posix, arg: int) -> int:
         p.port.write(arg, struct.pack("<i", value(t)))
         return 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from exo.abi import PAGE_SIZE, PERM_R, PERM_W
 from libos.posix.files import O_ACCMODE, O_RDONLY, O_WRONLY, POLLIN, POLLOUT, Console, OpenFile
+from libos.posix.procfs import is_proc
 from libos.posix.table import EBADF, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class Vfs:
             from libos.posix.tty import TtyFile
 
             return TtyFile(p.system.tty, flags)  # the controlling terminal (libos/posix/tty.py)
-        if full == "/proc" or full.startswith("/proc/"):
+        if is_proc(full):
             from libos.posix.procfs import open_proc
 
             return open_proc(p, full, flags, follow=not flags & O_NOFOLLOW)
@@ -238,12 +239,11 @@ class RegFile(OpenFile):
         return rc
 
     def pwrite(self, p: Posix, buf: int, n: int, off: int) -> int:
-        fs = self._fs(p)
         try:
             data = p.port.read(buf, min(n, 1 << 20))
         except p.port.Fault:
             return -14
-        return call(p, lambda: fs.write(self.ino, off, data))
+        return self.pwrite_bytes(p, data, off)
 
     def lseek(self, p: Posix, offset: int, whence: int) -> int:
         if whence == SEEK_SET:
