@@ -46,7 +46,7 @@ from exo.structures import SERVER_DISPATCH as STRUCT_SERVER_DISPATCH
 from hw.errors import MachineConfigError
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_P, PTE_U
-from hw.regs import GPR_INDEX, Reg
+from hw.regs import GPR_INDEX, Reg, user_rflags
 
 if TYPE_CHECKING:
     from exo.env import Env
@@ -227,7 +227,7 @@ class LibPort:
         g = cpu.gpr
         for r, i in GPR_INDEX.items():
             g[i] = regs[r.name.lower()] & _MASK
-        cpu.regs.write(Reg.RFLAGS, (regs.get("rflags", 0x202) & 0xCD5) | 0x202)  # user-settable flags, IF on
+        cpu.regs.write(Reg.RFLAGS, user_rflags(regs.get("rflags", 0x202)))
         cpu.regs.write(Reg.RIP, regs["rip"] + rip_bias)
 
     def fpu_save(self) -> bytes:

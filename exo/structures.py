@@ -47,7 +47,7 @@ from exo.errors import HypercallError
 from exo.frames import EXO, FrameKind, FrameType
 from hw.memory import PAGE_SHIFT, PAGE_SIZE
 from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W
-from hw.regs import GPR_INDEX, Reg
+from hw.regs import GPR_INDEX, Reg, user_rflags
 
 if TYPE_CHECKING:
     from exo.env import Env
@@ -164,40 +164,39 @@ class ServerPort:
         raise RuntimeError("a microkernel server has no client call frame")
 
 
-class ReflectPort:
+class ReflectPort(ServerPort):
     """What the POSIX server uses while it serves one client's Linux call (microkernel structure).
 
     A microkernel's POSIX server holds the capabilities of the processes it serves: to their
-    memory (read and written as a kernel IPC copy would), to their address spaces and children
-    (a hypercall the server makes acts on the client: Mach's task port, seL4's TCB and VSpace
-    capabilities), to their registers (the reply to seL4's UnknownSyscall fault sets them: fork,
-    execve and signal delivery need that). The hypercalls are counted as the server's. One that
-    must wait makes the client wait, with its call run again when woken, so one process waiting
-    in wait4 does not stop the server from serving the others.
+    memory (read and written as a kernel IPC copy would: every address is the client's, since the
+    process state is the libOS's own), to their address spaces and children (a hypercall the
+    server makes acts on the client: Mach's task port, seL4's TCB and VSpace capabilities), to
+    their registers (the reply to seL4's UnknownSyscall fault sets them: fork, execve and signal
+    delivery need that). The hypercalls are counted as the server's. One that must wait makes the
+    client wait, with its call run again when woken, so one process waiting in wait4 does not
+    stop the server from serving the others.
     """
 
     def __init__(self, k: Exokernel, server: Env, client: Env) -> None:
-        self.k, self.server, self.client = k, server, client
-        self.inner = k.libs.port(client)
-        self.Fault = self.inner.Fault
+        super().__init__(k.libs.port(server), k.libs.port(client), 0)
+        self.k, self.server_env, self.client_env = k, server, client
         self.resumed = False
         self.new_regs: dict[str, int] | None = None
 
-    @property
-    def env_id(self) -> int:
-        return self.client.id
+    def _side(self, va: int):
+        return self.client  # the client's memory, all of it (ServerPort keeps the module's region)
 
     def hypercall(self, name: str, *args: int) -> int:
         from exo.hypercalls import BY_NAME
 
-        k, client = self.k, self.client
+        k, client = self.k, self.client_env
         h = BY_NAME[name]
         if client.allowed is not None and name not in client.allowed:
             return -Errno.EPERM
         if client.retry_hypercall == name:
             client.retry_hypercall = None  # the call that made the client wait, run again: counted once
         else:
-            k.acct.hypercall(self.server.id, name)
+            k.acct.hypercall(self.server_env.id, name)
         try:
             result = h.impl(k, client, *args)
         except HypercallError as e:
@@ -211,26 +210,11 @@ class ReflectPort:
             raise Blocked(name)
         return result
 
-    def read(self, va: int, n: int) -> bytes:
-        return self.inner.read(va, n)
-
-    def write(self, va: int, data: bytes) -> None:
-        self.inner.write(va, data)
-
-    def read_u64(self, va: int) -> int:
-        return self.inner.read_u64(va)
-
-    def write_u64(self, va: int, value: int) -> None:
-        self.inner.write_u64(va, value)
-
-    def read_cstr(self, va: int, limit: int = 4096) -> bytes:
-        return self.inner.read_cstr(va, limit)
-
     def regs(self) -> dict[str, int]:
         """The client's registers at its `syscall` (from its saved context)."""
-        cpu, ctx = self.k.cpu, self.client.ctx
+        cpu, ctx = self.k.cpu, self.client_env.ctx
         out = {r.name.lower(): cpu.context_read(ctx, r) for r in GPR_INDEX}
-        out["rip"] = self.client.reflect_rip - 2
+        out["rip"] = self.client_env.reflect_rip - 2
         out["rflags"] = cpu.context_read(ctx, Reg.RFLAGS)
         return out
 
@@ -244,11 +228,11 @@ class ReflectPort:
         cpu = self.k.cpu
         mine = cpu.new_context()
         cpu.save(mine)
-        cpu.restore(self.client.ctx)
+        cpu.restore(self.client_env.ctx)
         try:
             return fn()
         finally:
-            cpu.save(self.client.ctx)
+            cpu.save(self.client_env.ctx)
             cpu.restore(mine)
 
     def fpu_save(self) -> bytes:
@@ -476,7 +460,7 @@ class Structures:
                     for r in GPR_INDEX:
                         cpu.context_write(client.ctx, r, new_regs[r.name.lower()])
                     cpu.context_write(client.ctx, Reg.RIP, new_regs["rip"])
-                    cpu.context_write(client.ctx, Reg.RFLAGS, (new_regs.get("rflags", 0x202) & 0xCD5) | 0x202)
+                    cpu.context_write(client.ctx, Reg.RFLAGS, user_rflags(new_regs.get("rflags", 0x202)))
                 else:
                     cpu.context_write(client.ctx, Reg.RAX, reply)
                     if client.reflect_rip:  # Linux's sysret state: RCX = return RIP, R11 = RFLAGS

@@ -86,8 +86,6 @@ class BlockDevice:
         self.sectors_flushed = 0  # written to the image by flush
         self.dropped_writes = 0  # lost to fault injection
 
-    # ---------------------------------------------------------------- checks
-
     def _lock(self, readonly: bool) -> None:
         """One writer per image: an advisory lock on the file (flock), exclusive when it is opened
         writable, shared when read-only, so a second exo process on the same image gets a one-line
@@ -102,6 +100,8 @@ class BlockDevice:
                                      "to finish") from None
         except OSError:
             pass  # a file system without locks (some network mounts): as before, unlocked
+
+    # ---------------------------------------------------------------- checks
     def _check(self, sector: int, count: int) -> None:
         if self._fd is None:
             raise MachineConfigError(f"{self.path}: the disk is closed")

@@ -64,6 +64,14 @@ GPR_INDEX: dict[Reg, int] = {
     Reg.R8: 8, Reg.R9: 9, Reg.R10: 10, Reg.R11: 11, Reg.R12: 12, Reg.R13: 13, Reg.R14: 14, Reg.R15: 15,
 }  # fmt: skip
 
+
+def user_rflags(value: int) -> int:
+    """RFLAGS as user code may set them (popfq at CPL 3, SDM Vol. 1 3.4.3): the arithmetic flags
+    CF PF AF ZF SF DF OF (mask 0xCD5) from ``value``, bit 1 set, and IF on (a context exo loads runs
+    with interrupts enabled, as every user context does)."""
+    return (value & 0xCD5) | 0x202
+
+
 _read1 = _lib.uc_reg_read
 _write1 = _lib.uc_reg_write
 _read_batch = _lib.uc_reg_read_batch

@@ -74,7 +74,8 @@ def linux_app(program: str | Path, argv: list[str], *, seed: int = 0, env: tuple
                 for i, s in enumerate(elf.segments)]
     phoff, = struct.unpack_from("<Q", blob, 32)
     phnum, = struct.unpack_from("<H", blob, 56)
-    phdr = _phdr_va(blob, phoff, phnum) + base if _phdr_va(blob, phoff, phnum) else 0
+    phdr = _phdr_va(blob, phoff, phnum)
+    phdr = phdr + base if phdr else 0  # 0: the headers are not mapped
     try:
         symbols = {n: v + base for n, (v, _, t) in read_symbols(blob, name).items() if t == _STT_FUNC}
     except ExoUserError:

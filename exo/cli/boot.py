@@ -130,18 +130,7 @@ def run(args: argparse.Namespace) -> int:
     for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
         # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
         sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
-    gdb = None
-    if args.gdb:
-        from exo.gdb.server import GdbServer, parse_address
-
-        try:
-            from exo.gdb.history import DEFAULT_MIB
-
-            history = DEFAULT_MIB if args.gdb_history is None else args.gdb_history
-            gdb = GdbServer(kernel, *parse_address(args.gdb), history_mib=history)
-        except BaseException:
-            system.close()
-            raise
+    gdb = start_gdb(system, args.gdb, args.gdb_history) if args.gdb else None
     interrupted: str | None = None
     from exo.cli.breakpoint import install as install_breakpoint
 
@@ -255,12 +244,31 @@ def report_stats(args: argparse.Namespace, stats: dict) -> None:
         print_stats(stats)
 
 
+def stuck_envs(kernel) -> list:
+    """The guests still alive at the end of a run (servers wait for ever by design)."""
+    return [e for e in kernel.envs.values() if e.alive and not e.is_server]
+
+
+def start_gdb(system, address: str, history_mib: int | None = None):
+    """A GdbServer on ``address`` for ``system`` (reverse execution with ``history_mib`` MiB of
+    checkpoints, default DEFAULT_MIB); the system is closed if it cannot start."""
+    from exo.gdb.history import DEFAULT_MIB
+    from exo.gdb.server import GdbServer, parse_address
+
+    try:
+        return GdbServer(system.kernel, *parse_address(address),
+                         history_mib=DEFAULT_MIB if history_mib is None else history_mib)
+    except BaseException:
+        system.close()
+        raise
+
+
 def report_stuck(kernel) -> bool:
     """Say why and where each guest still alive at the end was (blocked forever, the watchdog);
     True if the run failed (those, or a fault report)."""
     from exo.report import watchdog_reason
 
-    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
+    stuck = stuck_envs(kernel)
     for e in stuck:
         reason = e.fault or watchdog_reason(e)
         sys.stderr.write(f"exo: environment {e.id} ({e.name}): {reason}\n  at {_locate(kernel, e)}\n")

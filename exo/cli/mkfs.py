@@ -23,17 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def busybox_root(stage: Path, busybox: str) -> None:
     """Fill ``stage`` with a busybox root (see the module's docstring)."""
-    from exo.cli.run import ROOT_DIRS, ROOT_FILES
+    from exo.cli.run import stage_root
 
     try:
         listed = subprocess.run([busybox, "--list-full"], capture_output=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise SystemExit(f"exo mkfs: error: {busybox}: cannot list its applets ({e})") from None
-    for d in ROOT_DIRS:
-        (stage / d).mkdir(parents=True, exist_ok=True)
-    for name, data in ROOT_FILES.items():
-        (stage / name).write_bytes(data)
-    (stage / "tmp").chmod(0o1777)
+    stage_root(stage)
     shutil.copyfile(busybox, stage / "bin" / "busybox")
     (stage / "bin" / "busybox").chmod(0o755)
     for line in listed.decode().split():

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="virtual: deterministic instruction-count time (the default, unless stdin and stdout "
                         "are a terminal: then wall, so an interactive `sleep 5` takes 5 s); wall: host time")
     p.add_argument("--structure", choices=("exokernel", "monolithic", "xen-pv", "microkernel"), default="exokernel",
-                   help="only exokernel runs Linux programs so far (docs/posix.md)")
+                   help="the OS structure a Linux call's path takes (docs/posix.md, OS structures)")
     p.add_argument("--seed", type=int, default=0, help="seed of AT_RANDOM and getrandom (default 0)")
     p.add_argument("--disk", metavar="IMAGE[:ro]",
                    help="an ext2 image as the root file system (PROGRAM may be a path inside it); "
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from exo.api import App, System, resolve_libos
     from exo.build.linux_app import DEFAULT_ENV, linux_app
-    from exo.cli.boot import _print_report, report_stats, report_stuck
+    from exo.cli.boot import _print_report, report_stats, report_stuck, start_gdb, stuck_envs
 
     for e in args.env:
         if "=" not in e:
@@ -88,16 +88,7 @@ def run(args: argparse.Namespace) -> int:
                     # it as a byte it turns into SIGINT for the foreground group, not exo's KeyboardInterrupt.
                     raw_terminal=True)
     kernel = system.kernel
-    gdb = None
-    if args.gdb:
-        from exo.gdb.history import DEFAULT_MIB
-        from exo.gdb.server import GdbServer, parse_address
-
-        try:
-            gdb = GdbServer(kernel, *parse_address(args.gdb), history_mib=DEFAULT_MIB)
-        except BaseException:
-            system.close()
-            raise
+    gdb = start_gdb(system, args.gdb) if args.gdb else None
     interrupted = False
     try:
         if gdb is not None:
@@ -120,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # A fault in a child is the parent's business (wait4 sees its signal): only the first process's
     # fault, or a process left blocked at the end, fails the run.
     first = system.envs[0]
-    stuck = [e for e in kernel.envs.values() if e.alive and not e.is_server]
+    stuck = stuck_envs(kernel)
     if stuck:
         report_stuck(kernel)
     if stuck or first.fault is not None:
@@ -204,19 +195,25 @@ def scratch_root(image: Path, program: str, blob: bytes) -> Path:
     return image
 
 
-def _make_root(image: Path, program: str, blob: bytes) -> None:
-    from libos.fs.mkfs import mkfs
-
-    stage = image.parent / "stage"
+def stage_root(stage: Path) -> None:
+    """Fill ``stage`` with what a Linux program expects of a root: ROOT_DIRS (a world-writable
+    /tmp) and ROOT_FILES. The scratch root and `exo mkfs --busybox` both start from it."""
     for d in ROOT_DIRS:
         (stage / d).mkdir(parents=True, exist_ok=True)
     for name, data in ROOT_FILES.items():
         (stage / name).write_bytes(data)
+    (stage / "tmp").chmod(0o1777)
+
+
+def _make_root(image: Path, program: str, blob: bytes) -> None:
+    from libos.fs.mkfs import mkfs
+
+    stage = image.parent / "stage"
+    stage_root(stage)
     where = stage / program.lstrip("/")
     where.parent.mkdir(parents=True, exist_ok=True)
     where.write_bytes(blob)
     where.chmod(0o755)
-    (stage / "tmp").chmod(0o1777)
     for f in sorted(stage.rglob("*"), reverse=True):
         os.utime(f, (ROOT_TIME, ROOT_TIME), follow_symlinks=False)
     mkfs(image, ROOT_SIZE, from_dir=stage, clock=lambda: ROOT_TIME, uuid=bytes(16), label="exo-root")
