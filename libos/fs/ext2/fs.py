@@ -198,10 +198,10 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         self.cache.put(bno, buf, 1 if bno in self._fresh else 2 if bno in self._tables else 3)
 
     def _alloc_block(self, ino: int, inode, goal: int = 0, zero: bool = True) -> int:
-        bno = super()._alloc_block(ino, inode, goal, zero)
+        bno = super()._alloc_block(ino, inode, goal, zero=False)
         self._fresh.add(bno)  # written back before anything that points at it (see __init__)
         if zero:
-            self.cache.put(bno, self.cache.get(bno), 1)
+            self._bwrite(bno, bytearray(self.block_size))  # zeroed as a fresh block: phase 1
         return bno
 
     def _check_writable(self) -> None:

@@ -106,11 +106,17 @@ class Namespace:
             self._release_inode(ino, inode)
             raise
 
-    def create(self, path: str, mode: int = 0o644) -> int:
-        ino, inode, dino, dinode, name = self._make(path, st.S_IFREG | (mode & 0o7777))
+    def _new_node(self, path: str, mode: int, i_block: dict[int, int] | None = None) -> int:
+        """A new inode of ``mode`` (its i_block words set from ``i_block``) entered at ``path``."""
+        ino, inode, dino, dinode, name = self._make(path, mode)
+        for i, word in (i_block or {}).items():
+            inode.i_block[i] = word
         self._link_in(ino, inode, dino, dinode, name)
         self._iput(dino, dinode)
         return ino
+
+    def create(self, path: str, mode: int = 0o644) -> int:
+        return self._new_node(path, st.S_IFREG | (mode & 0o7777))
 
     def mknod(self, path: str, mode: int, rdev: int = 0) -> int:
         """A FIFO, socket, or character or block device node (``mode`` carries its type). A device
@@ -120,16 +126,14 @@ class Namespace:
         kind = st.S_IFMT(mode)
         if kind not in (st.S_IFCHR, st.S_IFBLK, st.S_IFIFO, st.S_IFSOCK):
             raise Ext2Error(errno.EINVAL, f"mknod of a {oct(kind)} node: only devices, FIFOs and sockets")
-        ino, inode, dino, dinode, name = self._make(path, kind | (mode & 0o7777))
+        words = {}
         if kind in (st.S_IFCHR, st.S_IFBLK):
             major, minor = os.major(rdev), os.minor(rdev)
             if major < 256 and minor < 256:
-                inode.i_block[0] = (major << 8) | minor
+                words[0] = (major << 8) | minor
             else:
-                inode.i_block[1] = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
-        self._link_in(ino, inode, dino, dinode, name)
-        self._iput(dino, dinode)
-        return ino
+                words[1] = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+        return self._new_node(path, kind | (mode & 0o7777), words)
 
     def mkdir(self, path: str, mode: int = 0o755) -> int:
         self._check_writable()
