@@ -28,6 +28,7 @@ from exo.abi import (
     IPC_INFO_SIZE,
     MMU_REQ_SIZE,
     PAGE_SIZE,
+    QUOTA_INFO_SIZE,
     SYSCALL_HYPERCALL,
     SYSCALL_REFLECT,
     USER_TOP,
@@ -136,6 +137,17 @@ def _hc_console_info(k: Exokernel, env: Env, info: int) -> int:
     flags = (CONSOLE_TTY if console.is_terminal() else 0) | (CONSOLE_RAW if getattr(console, "raw", False) else 0)
     rows, cols = console.window_size()
     env.space.write(info, _CONSOLE_INFO.pack(flags, min(rows, 0xFFFF), min(cols, 0xFFFF), 0))
+    return 0
+
+
+_QUOTA_INFO = struct.Struct("<6Q")
+assert _QUOTA_INFO.size == QUOTA_INFO_SIZE
+
+
+def _hc_quota_info(k: Exokernel, env: Env, info: int) -> int:
+    t = env.tenant  # every environment has one (Exokernel.create)
+    env.space.write(info, _QUOTA_INFO.pack(t.frames_used, t.frame_limit, t.envs_used, t.env_limit, t.fd_limit,
+                                           t.weight))
     return 0
 
 
@@ -679,6 +691,10 @@ HYPERCALLS: tuple[Hypercall, ...] = (
     Hypercall(38, "env_notify", ("envid",), "0", (E.ESRCH, E.EPERM),
               "Ring envid's doorbell: its next event_wait with EV_NOTIFY returns at once, and one waiting now "
               "wakes (Xen's EVTCHNOP_send). envid must belong to the caller's app (tenant).", hc_env_notify),
+    Hypercall(39, "quota_info", ("info",), "0", (E.EFAULT,),
+              "Write the caller's app's quotas and use: {u64 frames used, u64 frame limit, u64 environments "
+              "live, u64 environment limit, u64 descriptor limit (per environment, RLIMIT_NOFILE), u64 cpu "
+              "weight} at info (QUOTA_INFO_SIZE bytes; exo/tenants.py).", _hc_quota_info),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

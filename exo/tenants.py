@@ -19,6 +19,10 @@ quotas that cover all of its environments together:
   environments gets no more CPU than an app with one. A yield ends the turn (it
   ended the slice before tenants); an IPC hand-off to a microkernel server runs
   inside the caller's turn and never starts one.
+* **fds**: open descriptors each environment of the app may hold (Linux's
+  RLIMIT_NOFILE, per process). Descriptors are the libOS's, not the exokernel's:
+  the libOS reads its limit with the ``quota_info`` hypercall and answers -EMFILE
+  past it (libos/posix/files.py, libos/net, libos/fs), as getrlimit reports it.
 * **disk** and **net**: token buckets, bytes/s and operations/s with a burst,
   as Firecracker's rate limiters (src/vmm/src/rate_limiter/mod.rs: a
   ``RateLimiter`` holds a bandwidth and an ops ``TokenBucket``; when a request
@@ -29,7 +33,7 @@ quotas that cover all of its environments together:
 
 Defaults (``fair_frames``, used when apps are booted: exo/api.py ``spawn_apps``): each app gets
 the free frames at boot divided by the number of apps, 1,024 environments,
-weight 1, and no rate limit. ``exo boot --quota`` and an app's ``[quota]``
+1,024 descriptors, weight 1, and no rate limit. ``exo boot --quota`` and an app's ``[quota]``
 table change them (docs/architecture.md).
 
 Reading usage and limits (the fuzzer's "quotas hold" check, --stats):
@@ -44,6 +48,8 @@ from typing import Any
 from exo.record import Record
 
 DEFAULT_ENVS = 1024  # live environments per app (JOS has a global NENV of 1024)
+DEFAULT_FDS = 1024  # descriptors per environment: Linux's default RLIMIT_NOFILE soft limit (64 let 64 idle clients stop a server)
+MAX_FDS = 1 << 20  # Linux's fs.nr_open default: the most RLIMIT_NOFILE may be raised to
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 1000
 NS = 1_000_000_000
@@ -118,7 +124,7 @@ class Tenant:
     """One app's quotas, use and CPU share (a plain class: exo/record.py says why)."""
 
     def __init__(self, id: int, name: str, frame_limit: int, env_limit: int = DEFAULT_ENVS,
-                 weight: int = DEFAULT_WEIGHT, disk: RateLimit | None = None, net: RateLimit | None = None,
+                 weight: int = DEFAULT_WEIGHT, fd_limit: int = DEFAULT_FDS, disk: RateLimit | None = None, net: RateLimit | None = None,
                  system: bool = False, frames_used: int = 0, frames_peak: int = 0, envs_used: int = 0,
                  instructions: int = 0, frame_refusals: int = 0, env_refusals: int = 0,
                  runq: deque | None = None, in_ring: bool = False) -> None:
@@ -127,6 +133,7 @@ class Tenant:
         self.frame_limit = frame_limit
         self.env_limit = env_limit
         self.weight = weight
+        self.fd_limit = fd_limit
         self.disk = disk
         self.net = net
         self.system = system  # the exokernel's own (microkernel servers): not a booted app
@@ -154,6 +161,7 @@ class Tenant:
                        "refused": self.frame_refusals},
             "envs": {"used": self.envs_used, "limit": self.env_limit, "refused": self.env_refusals},
             "cpu": {"weight": self.weight, "instructions": self.instructions},
+            "fds": {"limit": self.fd_limit},
         }
         for dev in ("disk", "net"):
             lim: RateLimit | None = getattr(self, dev)
@@ -195,7 +203,7 @@ def _rate(text: str, what: str) -> tuple[int, int | None]:
     return n, burst
 
 
-QUOTA_KEYS = ("frames", "envs", "cpu", "disk", "disk_ops", "net", "net_ops")
+QUOTA_KEYS = ("frames", "envs", "fds", "cpu", "disk", "disk_ops", "net", "net_ops")
 
 
 def parse_quota(items: dict[str, Any]) -> dict[str, Any]:
@@ -210,12 +218,14 @@ def parse_quota(items: dict[str, Any]) -> dict[str, Any]:
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
             raise QuotaError(f"quota {key} must be a number or a string, not {type(raw).__name__}")
         text = str(raw)
-        if key in ("frames", "envs", "cpu"):
+        if key in ("frames", "envs", "fds", "cpu"):
             n = _count(text, key)
             if n <= 0:
                 raise QuotaError(f"quota {key} must be positive, got {text!r}")
             if key == "cpu" and n > MAX_WEIGHT:
                 raise QuotaError(f"cpu weight {n} is above {MAX_WEIGHT}")
+            if key == "fds" and n > MAX_FDS:
+                raise QuotaError(f"fds {n} is above {MAX_FDS} (Linux's fs.nr_open)")
             out[key] = n
         else:
             out[key] = _rate(text, key)
@@ -223,7 +233,7 @@ def parse_quota(items: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_quota_option(spec: str) -> tuple[str, dict[str, Any]]:
-    """``APP:frames=N,envs=N,cpu=W,disk=BYTES/s,net=BYTES/s`` -> (app, parsed quota)."""
+    """``APP:frames=N,envs=N,fds=N,cpu=W,disk=BYTES/s,net=BYTES/s`` -> (app, parsed quota)."""
     app, sep, rest = spec.partition(":")
     if not sep or not app or not rest:
         raise QuotaError(f"{spec!r}: expected APP:KEY=VALUE[,KEY=VALUE...]")
@@ -273,6 +283,8 @@ class Tenants:
                 tenant.frame_limit = value
             elif key == "envs":
                 tenant.env_limit = value
+            elif key == "fds":
+                tenant.fd_limit = value
             elif key == "cpu":
                 tenant.weight = value
             else:

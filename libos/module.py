@@ -21,6 +21,7 @@ from exo.abi import (
     PAGE_SIZE,
     PERM_R,
     PERM_W,
+    QUOTA_INFO_SIZE,
     UTRAPFRAME_FIELDS,
     UTRAPFRAME_SIZE,
 )
@@ -38,6 +39,20 @@ def read_upcall_frame(port: Any, frame: int) -> tuple[dict[str, int], dict[str, 
     ctx = {r: f[r] for r in GPRS}
     ctx["rip"], ctx["rflags"] = f["rip"], f["rflags"]
     return f, ctx
+
+
+QUOTA_FIELDS = ("frames_used", "frame_limit", "envs_used", "env_limit", "fd_limit", "cpu_weight")
+_QUOTA = struct.Struct(f"<{len(QUOTA_FIELDS)}Q")
+assert _QUOTA.size == QUOTA_INFO_SIZE
+DEFAULT_FDS = 1024  # descriptors when the quota cannot be read (exo/tenants.py DEFAULT_FDS)
+
+
+def fd_limit(port: Any, va: int) -> int:
+    """The app's descriptor quota (per environment, Linux's RLIMIT_NOFILE), asked of the exokernel
+    with quota_info; ``va`` is a writable scratch page of the module (the record is written there)."""
+    if port.hypercall("quota_info", va) < 0:
+        return DEFAULT_FDS
+    return dict(zip(QUOTA_FIELDS, _QUOTA.unpack(port.read(va, _QUOTA.size))))["fd_limit"]
 
 
 class Entry(NamedTuple):

@@ -61,7 +61,7 @@ class Exo:
         was = self.proc.poll()
         if was is None:
             self.proc.terminate()
-        _, err = self.proc.communicate(timeout=30)
+        self.out, err = self.proc.communicate(timeout=30)  # the guest's console output, kept for a test
         return was, err.decode()
 
 
@@ -336,6 +336,27 @@ def test_httpd_keeps_serving_with_500_idle_connections_open():
         was, err = exo.stop()
     assert was is None, f"httpd ended: {err}"
     assert answered == 100
+
+
+def test_httpd_at_its_fds_quota_waits_for_idle_connections_to_close_and_keeps_serving():
+    """The net module's descriptors are the app's fds quota (--quota httpd:fds=16): 40 idle clients
+    take every descriptor, accept gets EMFILE, and httpd waits for its janitor (idle after 1 s)
+    instead of exiting; 20 new requests are answered."""
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall",
+               "--quota", "httpd:fds=16", "--", "1024", "1"])
+    port = exo.forwards["tcp:80"]
+    idle = []
+    try:
+        for _ in range(40):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+        answered = sum(_get(port).startswith(b"HTTP/1.0 200 OK") for _ in range(20))
+    finally:
+        for s in idle:
+            s.close()
+        was, err = exo.stop()
+    assert was is None, f"httpd ended: {err}"
+    assert answered == 20
+    assert b"httpd: accept: Too many open files: waiting for a connection to end" in exo.out, exo.out
 
 
 # ---------------------------------------------------------------- TAP: the host kernel

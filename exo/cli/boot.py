@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
     p.add_argument("--quota", action="append", default=[], metavar="APP:KEY=V,...",
                    help="an app's tenant quotas (repeatable; over its app.toml [quota]): frames=N, envs=N, "
-                        "cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "
-                        "(K/M/G suffixes). Default: free frames split evenly, 1024 envs, equal CPU, no rate limit")
+                        "fds=N (descriptors per environment), cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "
+                        "(K/M/G suffixes). Default: free frames split evenly, 1024 envs, 1024 fds, equal CPU, no rate limit")
     p.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions in all (a watchdog for autograders)")
     p.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice", type=int, default=None, metavar="N",
                    help="time slice: instructions (virtual clock) or microseconds (wall clock)")
     p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--quota", metavar="KEY=V,...",
+                   help="the program's quotas (exo boot --quota without APP:): frames=N, envs=N (processes), "
+                        "fds=N (descriptors per process: RLIMIT_NOFILE), cpu, disk, net")
     p.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions (a watchdog)")
     p.add_argument("--net", metavar="SPEC",
@@ -79,11 +82,19 @@ def run(args: argparse.Namespace) -> int:
     manifest, image = linux_app(program, list(args.program_args), seed=args.seed, env=env, blob=blob,
                                 flags=LINUX_STRACE if args.strace else 0, cwd=os.fsencode(args.cwd))
     app = App(manifest, image, resolve_libos(manifest))
+    quotas = None
+    if args.quota:
+        from exo.tenants import QuotaError, parse_quota_option
+
+        try:
+            quotas = dict([parse_quota_option(f"{manifest.name}:{args.quota}")])
+        except QuotaError as e:
+            raise ExoUserError("--quota", str(e)) from None
     if args.clock is None:  # an interactive session is timed by its user: the host's clock
         args.clock = "wall" if os.isatty(0) and os.isatty(1) else "virtual"
     system = System([app], clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                     stdin=0, stdout=1, stderr=2, trace=args.trace, on_fault=_print_report, disk=disk,
-                    net=args.net, pcap=args.pcap,
+                    net=args.net, pcap=args.pcap, quotas=quotas,
                     # On a terminal the posix libOS is the tty driver (libos/posix/tty.py): Ctrl-C reaches
                     # it as a byte it turns into SIGINT for the foreground group, not exo's KeyboardInterrupt.
                     raw_terminal=True)

@@ -335,9 +335,10 @@ def r_net(h: Harness, env: Env, c: Chooser) -> list[Call]:
 
 
 def r_posix_abi(h: Harness, env: Env, c: Chooser) -> list[Call]:
-    """Hypercalls 32-38, the ones a POSIX personality uses (issue 15): reflection and FS base,
-    event waits, the doorbell across apps, child records, the error stream, the console's facts."""
-    roll = c.num(0, 9)
+    """Hypercalls 32-39, the ones a POSIX personality uses (issue 15): reflection and FS base,
+    event waits, the doorbell across apps, child records, the error stream, the console's facts,
+    the app's quotas."""
+    roll = c.num(0, 10)
     if roll < 1:
         slot = c.pick((0, LIBOS_PAGE, LIBOS_PAGE + 8 * 4096, CODE_VA, KERNEL, U64))
         return [_call(env, "env_set_syscall", envid(h, env, c), c.pick((0, 1, 1, 2, U64)), slot)]
@@ -358,7 +359,9 @@ def r_posix_abi(h: Harness, env: Env, c: Chooser) -> list[Call]:
     if roll < 9:
         text = b"fuzz: error stream\n"
         return [_call(env, "console_error", ptr(c, BUF), count(c, len(text)), mem=((BUF, text),))]
-    return [_call(env, "console_info", ptr(c, INFO))]
+    if roll < 10:
+        return [_call(env, "console_info", ptr(c, INFO))]
+    return [_call(env, "quota_info", ptr(c, INFO))]
 
 
 def r_unknown(h: Harness, env: Env, c: Chooser) -> list[Call]:

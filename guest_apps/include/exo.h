@@ -81,6 +81,8 @@
 #define NR_CONSOLE_INFO 0x25
 #define HC_ENV_NOTIFY 0x1004c0
 #define NR_ENV_NOTIFY 0x26
+#define HC_QUOTA_INFO 0x1004e0
+#define NR_QUOTA_INFO 0x27
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -255,5 +257,6 @@ static inline long exo_env_reap(long envid, long info) { return exo_hypercall(35
 static inline long exo_console_error(long buf, long len) { return exo_hypercall(36, buf, len, 0, 0, 0); }
 static inline long exo_console_info(long info) { return exo_hypercall(37, info, 0, 0, 0, 0); }
 static inline long exo_env_notify(long envid) { return exo_hypercall(38, envid, 0, 0, 0, 0); }
+static inline long exo_quota_info(long info) { return exo_hypercall(39, info, 0, 0, 0, 0); }
 
 #endif

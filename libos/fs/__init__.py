@@ -31,7 +31,7 @@ import errno as E
 import struct
 
 from exo.abi import PAGE_SIZE, PERM_R, PERM_W
-from libos.module import LibModule
+from libos.module import DEFAULT_FDS, LibModule, fd_limit
 
 SECTOR = 512
 STAGE_PAGES = 16  # 64 KiB of staging pages: up to 128 sectors per disk_io hypercall
@@ -40,7 +40,6 @@ EPOCH = 1_767_225_600  # 2026-01-01: guest seconds count from here
 O_ACCMODE, O_WRONLY, O_RDWR = 3, 1, 2
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0x40, 0x80, 0x200, 0x400
 S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
-MAX_FDS = 64
 
 
 class DiskIO:
@@ -151,7 +150,7 @@ class FileSystem(LibModule):
     INDEX = 5
     ENTRIES = ("open", "read", "write", "close", "lseek", "stat", "fstat", "readdir", "mkdir", "rmdir",
                "unlink", "rename", "fsync", "sync")
-    HYPERCALLS = frozenset({"disk_info", "disk_io", "page_alloc", "time_now", "log"})
+    HYPERCALLS = frozenset({"disk_info", "disk_io", "page_alloc", "time_now", "log", "quota_info"})
     DOC = "POSIX-like files on an ext2 disk, file system and block cache in the library"
     BATCH_SECTORS = (STAGE_PAGES - 2) * PAGE_SIZE // SECTOR  # one disk_io hypercall moves up to 112 sectors
 
@@ -159,6 +158,7 @@ class FileSystem(LibModule):
         super().__init__(port)
         self._fs = None  # the mounted Ext2, on first use
         self.files: dict[int, _File] = {}
+        self.fd_limit = DEFAULT_FDS  # the app's fds quota, read at mount
         # readdir's cursor: (path, generation, entries) of the directory being listed, so listing
         # N entries reads the directory once, not N times (issue 16); any change drops it.
         self._listing: tuple[str, int, list] | None = None
@@ -186,6 +186,7 @@ class FileSystem(LibModule):
                 self.log(f"cannot mount the disk: {e}")
                 raise
             self._fs.dev = dev
+            self.fd_limit = fd_limit(self.port, self.stage)
         return self._fs
 
     def _call(self, fn, *args, modifies: bool = False):
@@ -229,9 +230,11 @@ class FileSystem(LibModule):
                 return -E.EISDIR
             if flags & O_TRUNC and flags & O_ACCMODE:
                 fs.truncate(ino, 0)
-            fd = next((i for i in range(3, MAX_FDS) if i not in self.files), -1)
-            if fd < 0:
+            if len(self.files) >= self.fd_limit - 3:  # 0-2 are the console's
                 return -E.EMFILE
+            fd = 3
+            while fd in self.files:
+                fd += 1
             self.files[fd] = _File(ino, flags)
             return fd
 

@@ -57,7 +57,7 @@ from exo.abi import (
     UPCALL_NET,
     NetFilterOp,
 )
-from libos.module import LibModule, read_upcall_frame
+from libos.module import DEFAULT_FDS, LibModule, fd_limit, read_upcall_frame
 from libos.net import linux as L
 from libos.net.headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from libos.net.linux import NetError
@@ -72,7 +72,6 @@ TX_OFF = 0x10_0000  # transmit staging: frames packed back to back, pages mapped
 TX_BATCH = 128  # frames per net_send (the exokernel takes up to 256)
 SCRATCH_OFF = 0  # net_info, filter structs
 TXREQ_OFF = 0x1000  # the net_send request array (TX_BATCH * 16 bytes)
-MAX_FDS = 1024  # sockets per environment: RLIMIT_NOFILE's default soft limit on Linux (64 let 64 idle clients stop a server)
 FIRST_FD = 3
 # Longest the environment lingers at exit: as long as TCP itself keeps an orphaned connection
 # that makes no progress ((ORPHAN_RETRIES + 1) timeouts of at most RTO_MAX: 9 minutes of guest
@@ -131,7 +130,7 @@ class Net(LibModule):
     # The stack is library code under every OS structure: the ring and filters are the caller's own.
     LOCAL = frozenset(ENTRIES)
     HYPERCALLS = frozenset({"net_info", "net_attach", "net_filter", "net_send", "net_wait", "time_now",
-                            "page_alloc", "log", "sched_op"})
+                            "page_alloc", "log", "sched_op", "quota_info"})
     DOC = "sockets (TCP, UDP) over a TCP/IP stack in the library; frames through the exokernel's NIC ring"
 
     def __init__(self, port: Any) -> None:
@@ -142,6 +141,7 @@ class Net(LibModule):
         self.stack: Stack | None = None
         self.down = 0  # errno once bringing the network up failed
         self.socks: dict[int, Sock] = {}
+        self.fd_limit = DEFAULT_FDS  # the app's fds quota, read when the network comes up
         self.filters: dict[tuple, list[int]] = {}  # spec -> [filter id, references]
         self.closing: list[tuple[Any, tuple | None]] = []  # closed connections still finishing
         self.rx_next = 0
@@ -174,6 +174,7 @@ class Net(LibModule):
             self.log(f"no network (net_info: errno {-rc}): boot with --net")
             return False
         mac, mtu, ip, mask, gw, _r, _flags = _INFO.unpack(self.port.read(info, _INFO.size))
+        self.fd_limit = fd_limit(self.port, info)
         for off in range(0, RING_SLOTS * NET_SLOT_SIZE, PAGE_SIZE):
             self.ensure_page(base + RING_OFF + off)
         for i in range(RING_SLOTS):  # every slot free (an exofork child's copy may hold its parent's frames)
@@ -200,6 +201,15 @@ class Net(LibModule):
             except NetError:
                 pass
         return True
+
+    def _free_fd(self) -> int:
+        """The lowest free socket descriptor; -1 when the app's fds quota is reached (EMFILE)."""
+        if len(self.socks) >= self.fd_limit:
+            return -1
+        fd = FIRST_FD
+        while fd in self.socks:
+            fd += 1
+        return fd
 
     def start(self) -> None:
         """Nothing at link time: the network comes up on the first socket call (apps may never use it)."""
@@ -321,10 +331,9 @@ class Net(LibModule):
             return True  # closed by another thread: it will see EBADF
         if what == "accept":
             return s.listener is None or s.listener.readable
-        if what == "recv":  # data, or an end: the peer's FIN, an error, or shutdown(SHUT_RD) by another thread
+        if what == "recv":  # data or an end (Tcb.readable: the peer's FIN, an error), or shutdown(SHUT_RD)
             return (s.udp.readable if s.udp is not None else
-                    s.conn is None or s.conn.shut_rd or s.conn.tcb.readable or s.conn.tcb.eof
-                    or s.conn.tcb.error is not None)
+                    s.conn is None or s.conn.shut_rd or s.conn.tcb.readable)
         if what == "send":
             return s.conn is None or s.conn.tcb.writable or s.conn.tcb.error is not None
         if what == "connect":
@@ -426,7 +435,7 @@ class Net(LibModule):
         kind, flags = type & 0xF, type & ~0xF
         if flags & ~(L.SOCK_NONBLOCK | L.SOCK_CLOEXEC) or kind not in (L.SOCK_STREAM, L.SOCK_DGRAM):
             return -L.EINVAL
-        fd = next((i for i in range(FIRST_FD, FIRST_FD + MAX_FDS) if i not in self.socks), -1)
+        fd = self._free_fd()
         if fd < 0:
             return -L.EMFILE
         self.socks[fd] = Sock(kind == L.SOCK_STREAM, bool(flags & L.SOCK_NONBLOCK))
@@ -473,7 +482,7 @@ class Net(LibModule):
         while True:
             lst = s.listener
             if lst.queue:
-                nfd = next((i for i in range(FIRST_FD, FIRST_FD + MAX_FDS) if i not in self.socks), -1)
+                nfd = self._free_fd()
                 if nfd < 0:
                     return -L.EMFILE
                 conn = lst.queue[0]

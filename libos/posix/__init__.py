@@ -29,7 +29,7 @@ from exo.abi import (
     PAGE_SIZE,
     SYSCALL_REFLECT,
 )
-from libos.module import LibModule
+from libos.module import LibModule, fd_limit
 from libos.posix import (  # noqa: F401 - each registers its handlers
     clock,
     descriptors,
@@ -63,7 +63,8 @@ class Posix(LibModule):
     HYPERCALLS = frozenset({"env_set_syscall", "env_set_fsbase", "console_write", "console_read", "page_alloc",
                             "page_unmap", "sched_op", "time_now", "env_id", "log", "event_wait", "env_notify", "env_reap",
                             "console_error", "console_info", "env_create", "env_set_status", "env_set_entry",
-                            "env_set_upcall", "env_destroy", "mmu_update", "disk_info", "disk_io"})
+                            "env_set_upcall", "env_destroy", "mmu_update", "disk_info", "disk_io",
+                            "quota_info"})
     DOC = "syscall(nr, a0..a5): a Linux system call reflected by the exokernel (docs/posix.md)"
     SYSCALL_NAMES = SYSCALL_NAMES  # read by the kernel for --stats-json and traces
 
@@ -94,6 +95,7 @@ class Posix(LibModule):
         exe = self.cstr(info["execfn"])
         cwd = self.cstr(info["cwd"]).decode("utf-8", "surrogateescape") if info["cwd"] else "/"
         fds = tty.open_terminal(self, pid) or files.console_fds()  # a terminal when exo's console is one
+        fds.limit = self.system.fd_limit = fd_limit(self.port, self.data_base + tty.IO_PAGE * PAGE_SIZE)
         self.proc = Process(pid=pid, ppid=0, pgid=pid, sid=pid, fds=fds, cwd=cwd,
                             comm=exe.rsplit(b"/", 1)[-1][:15], exe=exe.decode("utf-8", "surrogateescape"),
                             brk_start=info["brk_start"], brk=info["brk_start"], mmap_next=mm.MMAP_TOP)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from libos.posix.files import MAX_FDS
 from libos.posix.table import EBADF, EFAULT, EINVAL, EMFILE, syscall
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ def _dup_to(p: Posix, old: int, new: int, cloexec: bool) -> int:
     f = table.get(old)
     if f is None:
         return -EBADF
-    if not 0 <= new < MAX_FDS:
+    if not 0 <= new < table.limit:
         return -EBADF
     if new == old:
         return new
@@ -75,7 +74,7 @@ def sys_fcntl(p: Posix, fd: int, cmd: int, arg: int, *_: int) -> int:
         return -EBADF
     f = slot[0]
     if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
-        if arg >= MAX_FDS:
+        if arg >= table.limit:
             return -EINVAL
         rc = table.alloc(f, cmd == F_DUPFD_CLOEXEC, lowest=arg)
         return -EMFILE if rc == -EMFILE else rc

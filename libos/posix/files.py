@@ -17,7 +17,7 @@ from libos.posix.table import EBADF, EFAULT, EINVAL, EMFILE, ENOTTY, ESPIPE, sys
 if TYPE_CHECKING:
     from libos.posix import Posix
 
-MAX_FDS = 1024  # RLIMIT_NOFILE's default soft limit on Linux
+DEFAULT_FDS = 1024  # RLIMIT_NOFILE's default soft limit on Linux, until the app's fds quota is read
 O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR = 3, 0, 1, 2
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 
@@ -92,8 +92,9 @@ class Console(OpenFile):
 class FdTable:
     """One process's descriptors: fd -> [OpenFile, close-on-exec]."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = DEFAULT_FDS) -> None:
         self.slots: dict[int, list] = {}
+        self.limit = limit  # RLIMIT_NOFILE's soft limit: the app's fds quota, or lower (setrlimit)
 
     def get(self, fd: int) -> OpenFile | None:
         slot = self.slots.get(fd)
@@ -110,7 +111,7 @@ class FdTable:
         fd = lowest
         while fd in self.slots:
             fd += 1
-        if fd >= MAX_FDS:
+        if fd >= self.limit:
             return -EMFILE
         return self.install(fd, f, cloexec)
 
@@ -126,7 +127,7 @@ class FdTable:
 
     def fork(self) -> FdTable:
         """The child's table: the same open file descriptions (POSIX fork)."""
-        child = FdTable()
+        child = FdTable(self.limit)
         for fd, (f, cloexec) in self.slots.items():
             child.install(fd, f, cloexec)
         return child

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exo.abi import PAGE_SIZE, PERM_COW, PERM_R, PERM_W, PERM_X, MmuOp
+from libos.posix.files import O_ACCMODE, O_RDONLY, O_WRONLY
 from libos.posix.table import EACCES, EBADF, EINVAL, ENODEV, ENOMEM, syscall
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ MMAP_BOTTOM = 0x0000_6000_1000_0000
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
-O_ACCMODE, O_RDONLY, O_WRONLY = 3, 0, 1
 
 
 def map_zero(p: Posix, lo: int, hi: int) -> int:

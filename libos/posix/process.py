@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _ARCH_SET_GS, _ARCH_SET_FS, _ARCH_GET_FS, _ARCH_GET_GS = 0x1001, 0x1002, 0x1003, 0x1004
 _ARCH_FS = {_ARCH_SET_FS: FSBASE_FS, _ARCH_SET_GS: FSBASE_GS}
 _PR_SET_NAME, _PR_GET_NAME = 15, 16
-_RLIMIT_STACK = 3
+_RLIMIT_STACK, _RLIMIT_NOFILE = 3, 7
 _RLIM_INFINITY = (1 << 64) - 1
 # uname: fixed, so a run never depends on the host (deterministic); struct utsname has 6 x 65 bytes
 UTSNAME = (b"Linux", b"exo", b"6.1.0-exo", b"#1 exo", b"x86_64", b"(none)")
@@ -107,9 +107,22 @@ def sys_prctl(p: Posix, option: int, arg2: int, *_: int) -> int:
 
 @syscall("prlimit64")
 def sys_prlimit64(p: Posix, pid: int, resource: int, new: int, old: int, *_: int) -> int:
+    """Limits as Linux reports them; RLIMIT_NOFILE is the app's fds quota (its hard limit), and a
+    process may lower its soft limit (never raise it past the quota: EPERM). Others are accepted unchanged."""
+    table = p.proc.fds
     if old:
-        limit = (8 << 20, _RLIM_INFINITY) if resource == _RLIMIT_STACK else (_RLIM_INFINITY, _RLIM_INFINITY)
+        if resource == _RLIMIT_NOFILE:
+            limit = (table.limit, p.system.fd_limit)
+        else:
+            limit = (8 << 20, _RLIM_INFINITY) if resource == _RLIMIT_STACK else (_RLIM_INFINITY, _RLIM_INFINITY)
         p.port.write(old, struct.pack("<QQ", *limit))
+    if new and resource == _RLIMIT_NOFILE:
+        soft, hard = struct.unpack("<QQ", p.port.read(new, 16))
+        if soft > hard:
+            return -EINVAL
+        if hard > p.system.fd_limit:
+            return -EPERM
+        table.limit = soft
     return 0
 
 
@@ -141,6 +154,11 @@ def sys_sched_getaffinity(p: Posix, pid: int, size: int, mask: int, *_: int) -> 
 @syscall("getrlimit")
 def sys_getrlimit(p: Posix, resource: int, old: int, *_: int) -> int:
     return sys_prlimit64(p, 0, resource, 0, old)
+
+
+@syscall("setrlimit")
+def sys_setrlimit(p: Posix, resource: int, new: int, *_: int) -> int:
+    return sys_prlimit64(p, 0, resource, new, 0)
 
 
 @syscall("sched_yield")

@@ -68,6 +68,7 @@ class PosixSystem:
         self.vfs: Any = None  # the mount table (libos/posix/vfs.py)
         self.tty: Any = None  # the terminal on fds 0-2 (libos/posix/tty.py)
         self.seed = seed
+        self.fd_limit = 1024  # the app's fds quota (quota_info at start): RLIMIT_NOFILE's hard limit
         self.rng_counter = 0
         self.strace: TextIO | None = None  # --strace: every call, strace's format (libos/posix/strace.py)
         self.warned: set[int] = set()  # unimplemented calls already named in the log, per tenant

@@ -141,6 +141,41 @@ def test_the_env_quota_gives_eagain(app):
     assert (t.env_limit, t.env_refusals) == (8, 1)
 
 
+QUOTA_INFO = """
+section .bss
+info: resb 48
+section .text
+_start:
+    lea rdi, [rip + info]
+    call HC_QUOTA_INFO
+    test rax, rax
+    jnz bad
+    lea rax, [rip + info]
+    cmp qword ptr [rax + 24], 5     ; env limit
+    jne bad
+    cmp qword ptr [rax + 16], 1     ; environments live: this one
+    jne bad
+    cmp qword ptr [rax + 40], 3     ; cpu weight
+    jne bad
+    mov rcx, [rax]                  ; frames used <= frame limit
+    cmp rcx, [rax + 8]
+    ja bad
+    mov rdi, SCHED_EXIT
+    mov rsi, [rax + 32]             ; exit with the descriptor limit
+    call HC_SCHED_OP
+bad:
+    mov rdi, SCHED_EXIT
+    mov rsi, 1
+    call HC_SCHED_OP
+"""
+
+
+def test_quota_info_reports_the_apps_quotas(app):
+    b = boot(with_quota(app("qi", QUOTA_INFO), envs=5, fds=77, cpu=3))
+    assert b.env("qi").exit_status == 77
+    assert boot(app("qd", QUOTA_INFO.replace("], 5 ", "], 1024 ").replace("], 3 ", "], 1 "))).env("qd").exit_status == 1024
+
+
 def test_one_app_alone_gets_all_the_free_frames():
     from exo.api import spawn_apps  # noqa: F401  (the path every boot takes)
 
@@ -156,6 +191,8 @@ def test_one_app_alone_gets_all_the_free_frames():
     ("primes:frames=0", "quota frames must be positive"),
     ("primes:frames=-3", "is not a whole number"),
     ("primes:cpu=5000", "above 1000"),
+    ("primes:fds=0", "quota fds must be positive"),
+    ("primes:fds=2M", "above 1048576 (Linux's fs.nr_open)"),
     ("primes:bogus=1", "unknown quota 'bogus'"),
     ("primes:net=fast", "is not a whole number"),
     ("primes:disk=1M/s:0", "burst must be positive"),

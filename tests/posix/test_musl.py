@@ -148,3 +148,16 @@ def test_large_udp_datagrams_from_the_host_arrive_as_fragments(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_descriptor_limit_is_the_apps_fds_quota(tmp_path):
+    """RLIMIT_NOFILE reads the app's fds quota; past it open and dup are EMFILE; a lower soft
+    limit applies; the hard limit cannot be raised. The same lines as natively under `ulimit -n`."""
+    binary = build(tmp_path, "fdlimit")
+    theirs = native(["sh", "-c", f"ulimit -n 64; exec 3>&- 4>&- 5>&-; exec {binary}"])
+    mine = run_exo("run", "--quota", "fds=64", str(binary))
+    assert theirs.returncode == 0, theirs.stderr.decode()
+    assert mine.stdout.decode().splitlines()[:2] == ["limit 64 hard 64", "last fd 63, then EMFILE"]
+    assert (mine.stdout.decode(), mine.returncode) == (theirs.stdout.decode(), 0), mine.stderr.decode()
+    default = run_exo("run", str(binary))
+    assert default.stdout.decode().splitlines()[:2] == ["limit 1024 hard 1024", "last fd 1023, then EMFILE"]
