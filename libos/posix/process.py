@@ -254,6 +254,8 @@ def terminate(p: Posix, wstatus: int, code: int) -> int:
 
     write_back(p, 0, 1 << 64)  # its writable shared file mappings reach the file
     proc.fds.close_all(p)
+    if all(q is proc or q.exit_status is not None for q in p.system.procs.values()):
+        p.system.vfs.unmount(p)  # the last process: what it and the others wrote reaches the disk
     proc.exit_status = wstatus
     if proc.clear_tid:
         try:

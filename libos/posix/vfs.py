@@ -78,6 +78,13 @@ class Vfs:
             return 0
         return call(p, fs.sync)
 
+    def unmount(self, p: Posix) -> int:
+        """The last process is ending: write everything back and mark the file system clean."""
+        if self.fs is None or self.absent:
+            return 0
+        fs = self.ext2(p)
+        return call(p, fs.close)
+
     # ------------------------------------------------------------ paths
     @staticmethod
     def absolute(p: Posix, path: str, dirfd: int = AT_FDCWD) -> str | int:

@@ -134,3 +134,9 @@ def test_image_is_clean_after_writes(tmp_path):
     assert r.returncode == 0, r.stderr
     check = subprocess.run([e2fsck, "-fn", str(image)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+    # ... and the writes are there: the last process to end writes the file system back (a
+    # Linux program's writes were lost when nothing called sync, and the image stayed "clean").
+    listing = subprocess.run(["debugfs", "-R", "ls -p /w/n", str(image)], capture_output=True, text=True).stdout
+    assert "/m/" in listing and "/a.txt/" in listing and "/csv/" in listing, listing
+    big = subprocess.run(["debugfs", "-R", "cat /w/n/m/big", str(image)], capture_output=True).stdout
+    assert big == b"".join(b"%d\n" % i for i in range(1, 5001))
