@@ -18,7 +18,7 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="IMAGE --size N[K|M|G] [--from DIR] [--busybox [PATH]] [--block-size N]")
+                   help="IMAGE --size N[K|M|G] [--from DIR] [--busybox [PATH]] [--block-size N] [-j [--journal-blocks N]]")
 
 
 def busybox_root(stage: Path, busybox: str) -> None:

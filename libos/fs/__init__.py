@@ -350,7 +350,9 @@ class FileSystem(LibModule):
         return self._call(lambda: self._fs.sync() or 0)
 
     def at_exit(self) -> None:
-        self.sync()
+        """Unmount: sync, and a journaled file system is marked clean (Ext2.close)."""
+        if self._fs is not None:
+            self._call(lambda: self._fs.close() or 0)
 
     def fork(self, port):
         self.sync()  # the child mounts afresh: the disk must hold what the parent wrote

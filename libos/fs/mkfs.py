@@ -5,8 +5,9 @@
 Writes the group layout (sparse_super backups, bitmaps, inode tables), the root
 directory and lost+found, then copies a host directory tree (files, directories,
 symlinks, hard links) through the ext2 library.  Features: filetype,
-sparse_super, large_file; no journal, no resize inode, no htree.  The images
-pass ``e2fsck -fn``.
+sparse_super, large_file, and with ``--journal`` (``-j``) has_journal: an ext3
+journal (JBD2) in inode 8, sized as mke2fs sizes it; no resize inode, no htree.
+The images pass ``e2fsck -fn``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 from .blockio import FileBlockIO
 from .ext2 import (
+    COMPAT_HAS_JOURNAL,
     EXT2_MAGIC,
     FT_DIR,
     GROUP_DESC_SIZE,
@@ -37,6 +39,7 @@ from .ext2 import (
     Superblock,
     _has_super,
 )
+from .ext2.journal import JOURNAL_INO, default_blocks, new_superblock
 
 FIRST_INO = 11
 MIN_BLOCKS = 64
@@ -78,8 +81,10 @@ def _layout(size_bytes: int, bs: int, inode_ratio: int, inode_size: int) -> dict
 def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None,
          from_dir: str | os.PathLike | None = None, inode_ratio: int | None = None,
          clock: Callable[[], int] = lambda: int(time.time()), inode_size: int = 256,
-         label: str = "", uuid: bytes | None = None) -> None:
-    """Write an ext2 file system of ``size_bytes`` to ``path`` (created or overwritten)."""
+         label: str = "", uuid: bytes | None = None, journal: bool = False,
+         journal_blocks: int | None = None) -> None:
+    """Write an ext2 file system of ``size_bytes`` to ``path`` (created or overwritten); with
+    ``journal``, an ext3 one (``journal_blocks``: its size, default mke2fs's)."""
     if block_size is None:
         block_size = 1024 if size_bytes < 512 << 20 else 4096
     if block_size not in (1024, 2048, 4096):
@@ -94,6 +99,12 @@ def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None
         raise MkfsError(f"--from {os.fspath(from_dir)!r} is not a directory")
     bs = block_size
     lay = _layout(size_bytes, bs, inode_ratio, inode_size)
+    if journal:
+        journal_blocks = journal_blocks or default_blocks(lay["blocks"])
+        if not 1024 <= journal_blocks <= lay["blocks"] // 2:
+            raise MkfsError(f"a journal of {journal_blocks} blocks does not fit {lay['blocks']} blocks "
+                            f"(at least 1024 blocks, at most half the file system; mke2fs makes none "
+                            f"below 2048 blocks)")
     fdb, bpg, blocks, ngroups, ipg, itb, gdt = (lay[k] for k in ("fdb", "bpg", "blocks", "ngroups", "ipg",
                                                                  "itb", "gdt"))
     now = clock()
@@ -192,11 +203,35 @@ def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None
     try:
         fs = Ext2.open(dev, clock=clock)
         fs.mkdir("/lost+found", 0o700)
+        if journal:
+            _add_journal(fs, journal_blocks, uuid, now)
         if from_dir is not None:
             _copy_tree(fs, os.fspath(from_dir), "/", {})
         fs.sync()
     finally:
         dev.close()
+
+
+def _add_journal(fs: Ext2, nblocks: int, uuid: bytes, now: int) -> None:
+    """Inode 8 as an empty JBD2 journal of ``nblocks`` blocks, and the superblock's pointers to it
+    (has_journal, s_journal_inum, and s_jnl_blocks: a copy of the inode's block map and size,
+    which e2fsck uses when inode 8 is damaged; e2fsprogs lib/ext2fs/mkjournal.c)."""
+    inode = fs._iget(JOURNAL_INO)
+    inode.i_mode = st.S_IFREG | 0o600
+    inode.i_links_count = 1
+    inode.i_atime = inode.i_ctime = inode.i_mtime = now
+    prev = 0
+    for n in range(nblocks):
+        prev = fs._bmap(JOURNAL_INO, inode, n, alloc=True, goal=prev + 1 if prev else 0)
+    fs._set_size(inode, nblocks * fs.block_size)
+    fs._iput(JOURNAL_INO, inode)
+    fs._bwrite(fs._bmap(JOURNAL_INO, inode, 0), bytearray(new_superblock(fs.block_size, nblocks, uuid)))
+    sb = fs.sb
+    sb.s_feature_compat |= COMPAT_HAS_JOURNAL
+    sb.s_journal_inum = JOURNAL_INO
+    sb.s_jnl_backup_type = 1  # EXT3_JNL_BACKUP_BLOCKS
+    sb.s_jnl_blocks = [*inode.i_block[:15], inode.i_size_high, inode.i_size]
+    fs._sb_dirty = fs._backups_dirty = True
 
 
 def _copy_tree(fs: Ext2, host: str, dest: str, links: dict) -> None:
@@ -279,13 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=None, help="1024, 2048 or 4096 (default: by size)")
     p.add_argument("--inode-ratio", type=int, default=None, help="bytes per inode")
     p.add_argument("--label", default="", help="volume label")
+    p.add_argument("-j", "--journal", action="store_true",
+                   help="add an ext3 journal (crash consistency: docs/fs.md), as mke2fs -j")
+    p.add_argument("--journal-blocks", type=int, default=None, metavar="N",
+                   help="with -j: the journal's size in blocks (default: as mke2fs, 1024 below 32768 blocks)")
     try:
         a = p.parse_args(argv)
         size = parse_size(a.size)
         if not a.force and os.path.isfile(a.image) and os.path.getsize(a.image) > 0:
             raise MkfsError(f"{a.image} exists and is not empty (use --force to overwrite it)")
+        if a.journal_blocks is not None and not a.journal:
+            raise MkfsError("--journal-blocks needs --journal")
         mkfs(a.image, size, block_size=a.block_size, from_dir=a.from_dir, inode_ratio=a.inode_ratio,
-             label=a.label)
+             label=a.label, journal=a.journal, journal_blocks=a.journal_blocks)
     except MkfsError as e:
         print(f"exo mkfs: error: {e}", file=sys.stderr)
         return 2
@@ -296,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"exo mkfs: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    print(f"{a.image}: ext2, {size} bytes", file=sys.stderr)
+    print(f"{a.image}: {'ext3 (journal)' if a.journal else 'ext2'}, {size} bytes", file=sys.stderr)
     return 0
 
 

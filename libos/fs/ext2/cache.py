@@ -7,6 +7,12 @@ Dirty blocks are written back on ``flush`` in the phases their writers gave them
 device flush as the barrier before the next phase: libos/fs/ext2/fs.py says which blocks go
 when), in block order within a phase; evicting a dirty block writes back every block of an
 earlier phase first, so eviction never breaks that order.
+
+With a journal (journal.py) the file system takes the dirty blocks itself at a sync
+(``take_dirty``) and only file data (phase ``DATA``) may be written in place before its
+transaction commits: eviction then keeps dirty metadata in the cache (``pin_metadata``), which
+grows past its capacity until the next sync, rather than write a block the journal has not
+committed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections import OrderedDict
 
 from ..blockio import BlockIO
 from .errors import Ext2Error, _corrupt
+
+DATA = 0  # the phase of a regular file's data block (journaled file systems: written in place, not logged)
 
 
 class BlockCache:
@@ -31,6 +39,7 @@ class BlockCache:
         self._dirty: set[int] = set()
         self._phase: dict[int, int] = {}  # dirty block -> the phase it is written back in
         self.hits = self.misses = self.writebacks = self.barriers = 0
+        self.pin_metadata = False  # a journal: dirty blocks of phases other than DATA stay until a sync
 
     def _check(self, bno: int) -> None:
         if not 0 <= bno < self.nblocks:
@@ -69,6 +78,9 @@ class BlockCache:
 
     def _insert(self, bno: int, buf: bytearray) -> None:
         self._blocks[bno] = buf
+        if self.pin_metadata:
+            self._evict_unpinned()
+            return
         while len(self._blocks) > self.capacity:
             old = next(iter(self._blocks))
             if old in self._dirty:
@@ -80,6 +92,66 @@ class BlockCache:
                     self._dirty.discard(old)
                     del self._phase[old]
             self._blocks.popitem(last=False)
+
+    def _evict_unpinned(self) -> None:
+        """Journaled: evict the least recently used clean or data blocks; dirty metadata stays."""
+        excess = len(self._blocks) - self.capacity
+        if excess <= 0:
+            return
+        victims = []
+        for old in self._blocks:
+            if old not in self._dirty or self._phase[old] == DATA:
+                victims.append(old)
+                if len(victims) == excess:
+                    break
+        for old in victims:
+            if old in self._dirty:
+                self._write(old, self._blocks[old])
+                self._dirty.discard(old)
+                del self._phase[old]
+            del self._blocks[old]
+
+    @property
+    def pinned(self) -> int:
+        """Dirty metadata blocks held for the next transaction (journaled)."""
+        return sum(1 for b in self._dirty if self._phase[b] != DATA) if self.pin_metadata else 0
+
+    def take_dirty(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """(data blocks, metadata blocks), each [(block, contents)] in block order, now clean:
+        a journaled sync writes the first in place and logs the second."""
+        data, meta = [], []
+        for bno in sorted(self._dirty):
+            (data if self._phase[bno] == DATA else meta).append((bno, bytes(self._blocks[bno])))
+        self._dirty.clear()
+        self._phase.clear()
+        return data, meta
+
+    def read_raw(self, bno: int) -> bytes:
+        """Block ``bno`` from the device, past the cache (the journal's own blocks)."""
+        self._check(bno)
+        try:
+            data = self.dev.read(bno * self.spb, self.spb)
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot read block {bno}: {e}") from e
+        if len(data) != self.block_size:
+            raise Ext2Error(errno.EIO, f"short read of block {bno}")
+        return bytes(data)
+
+    def write_raw(self, bno: int, data: bytes) -> None:
+        """Write ``data`` to block ``bno`` now; a cached copy becomes ``data`` (clean)."""
+        self._check(bno)
+        self._write(bno, bytearray(data))
+        if bno in self._blocks:
+            self._blocks[bno] = bytearray(data)
+            self._dirty.discard(bno)
+            self._phase.pop(bno, None)
+
+    def device_flush(self) -> None:
+        self.barriers += 1
+        try:
+            self.dev.flush()
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot flush the device: {e}") from e
 
     def _write(self, bno: int, buf: bytearray) -> None:
         self.writebacks += 1

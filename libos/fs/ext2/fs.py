@@ -13,6 +13,7 @@ sparse_super keeps, Superblock: s_feature_ro_compat) and flushes the device.
 from __future__ import annotations
 
 import errno
+import functools
 import stat as st
 import time
 from collections.abc import Callable
@@ -22,16 +23,18 @@ from construct import ConstructError
 
 from ..blockio import BlockIO
 from .alloc import Allocation
-from .cache import BlockCache
+from .cache import DATA, BlockCache
 from .dirs import Directories
 from .errors import Ext2Error, _corrupt
 from .inodes import Inodes
+from .journal import JOURNAL_INO, Journal
 from .layout import (
     COMPAT_HAS_JOURNAL,
     EXT2_MAGIC,
     GROUP_DESC_SIZE,
     INCOMPAT_FILETYPE,
     INCOMPAT_NAMES,
+    INCOMPAT_RECOVER,
     NAME_MAX,
     RO_COMPAT_SPARSE_SUPER,
     SUPERBLOCK_OFFSET,
@@ -42,6 +45,8 @@ from .layout import (
     _has_super,
 )
 from .namespace import Namespace
+
+_SB_INCOMPAT = 0x60  # s_feature_incompat's offset in the superblock
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,11 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         self.dev = dev
         self.clock = clock
         self.readonly = readonly or bool(getattr(dev, "readonly", False))
+        self.journal: Journal | None = None
         try:
             self._mount(cache_blocks)
+            if self.sb.s_feature_compat & COMPAT_HAS_JOURNAL:
+                self._open_journal(cache_blocks)
         except ConstructError as e:  # pragma: no cover - sizes are checked before parsing
             raise _corrupt(f"unparsable metadata: {e}") from e
 
@@ -107,13 +115,13 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         if bs % ss:
             raise Ext2Error(errno.EINVAL, f"block size {bs} is not a multiple of the sector size {ss}")
         incompat = sb.s_feature_incompat & ~SUPPORTED_INCOMPAT
+        if sb.s_feature_compat & COMPAT_HAS_JOURNAL:
+            incompat &= ~INCOMPAT_RECOVER  # needs_recovery: the journal is replayed below
         if incompat:
             names = [INCOMPAT_NAMES.get(1 << i, hex(1 << i)) for i in range(32) if incompat >> i & 1]
             raise Ext2Error(errno.EINVAL, f"unsupported incompatible features: {', '.join(names)}")
         if sb.s_feature_ro_compat & ~SUPPORTED_RO_COMPAT:
             self.readonly = True  # e.g. metadata_csum, huge_file: readable but we cannot keep them valid
-        if sb.s_feature_compat & COMPAT_HAS_JOURNAL:
-            self.readonly = True
         fdb = 1 if bs == 1024 else 0
         if sb.s_first_data_block != fdb:
             raise _corrupt(f"first data block is {sb.s_first_data_block}, expected {fdb}")
@@ -186,6 +194,12 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
             self._tables.update((gd.bg_block_bitmap, gd.bg_inode_bitmap))
             self._tables.update(range(gd.bg_inode_table, gd.bg_inode_table + itb))
         self._fresh: set[int] = set()
+        # Blocks freed since the last sync are not handed out again before it: the metadata on
+        # the disk may still point at them (a removed directory's block), and new data written
+        # there first would corrupt what a crash leaves (ext3 keeps a freed block until the
+        # transaction that freed it commits: jbd2's b_committed_data).
+        self._held: set[int] = set()
+        self._depth = 0  # nesting of public operations (_operation)
         P = self.ptrs_per_block
         self.max_blocks = 12 + P + P * P + P * P * P
         self.max_file_size = min(self.max_blocks * bs, (2**32 - 1) * 512 // bs * bs, 2**63)
@@ -197,8 +211,31 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         self._check_writable()
         self.cache.put(bno, buf, 1 if bno in self._fresh else 2 if bno in self._tables else 3)
 
+    def _dwrite(self, bno: int, buf: bytearray) -> None:
+        """A regular file's data block. Journaled, it goes in place before the transaction that
+        points at it commits (ordered mode) and is not logged; otherwise as any block."""
+        if self.journal is None:
+            self._bwrite(bno, buf)
+            return
+        self._check_writable()
+        self.cache.put(bno, buf, DATA)
+
+    def _free_block(self, inode, bno: int) -> None:
+        super()._free_block(inode, bno)
+        self._held.add(bno)
+
     def _alloc_block(self, ino: int, inode, goal: int = 0, zero: bool = True) -> int:
-        bno = super()._alloc_block(ino, inode, goal, zero=False)
+        skipped = []
+        try:
+            while True:
+                bno = super()._alloc_block(ino, inode, goal, zero=False)
+                if bno not in self._held:
+                    break
+                skipped.append(bno)  # freed since the last sync: not yet (see _held)
+                goal = bno + 1
+        finally:
+            for b in skipped:
+                Allocation._free_block(self, inode, b)
         self._fresh.add(bno)  # written back before anything that points at it (see __init__)
         if zero:
             self._bwrite(bno, bytearray(self.block_size))  # zeroed as a fresh block: phase 1
@@ -261,7 +298,8 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
                 self._bwrite(sb_blk + 1 + i, buf)
 
     def sync(self) -> None:
-        """Write back dirty blocks, the superblock and the group descriptors; flush the device."""
+        """Write back dirty blocks, the superblock and the group descriptors; flush the device.
+        Journaled, they are one transaction (``_commit``)."""
         if not self.readonly:
             if self._sb_dirty or self._gd_dirty:
                 self.sb.s_wtime = self.clock()
@@ -271,9 +309,110 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
                         if _has_super(g, self.sparse):
                             self._write_super_and_gdt(g)
                 self._sb_dirty = self._gd_dirty = self._backups_dirty = False
-            self.cache.flush()
+            if self.journal is not None:
+                self._commit()
+            else:
+                self.cache.flush()
             self._fresh.clear()
+            self._held.clear()
         self.dev.flush()
+
+    # ------------------------------------------------------------------ the journal
+    def _open_journal(self, cache_blocks: int, replayed: bool = False) -> None:
+        """Find the journal (inode 8), replay what it committed, and journal from now on."""
+        sb = self.sb
+        needs = bool(sb.s_feature_incompat & INCOMPAT_RECOVER)
+        if sb.s_journal_inum != JOURNAL_INO or sb.s_journal_dev:
+            if needs and not replayed:
+                raise Ext2Error(errno.EINVAL, "the file system needs recovery from an external journal: "
+                                              "run e2fsck")
+            self.readonly = True  # an external journal: this library cannot keep it
+            return
+        inode = self._iget(JOURNAL_INO)
+        if not st.S_ISREG(inode.i_mode):
+            raise _corrupt(f"journal inode {JOURNAL_INO} is not a regular file")
+        nblocks = self._size(inode) // self.block_size
+        mapped: dict[int, int] = {}
+
+        def phys(n: int) -> int:
+            b = mapped.get(n)
+            if b is None:
+                if not 0 <= n < nblocks:
+                    raise _corrupt(f"journal block {n} beyond its {nblocks} blocks")
+                b = self._bmap(JOURNAL_INO, inode, n)
+                if not b:
+                    raise _corrupt(f"journal block {n} is a hole")
+                mapped[n] = b
+            return b
+
+        c = self.cache
+        j = Journal(phys, c.read_raw, c.write_raw, c.device_flush, self.block_size, nblocks)
+        if (needs or j.start) and not replayed:
+            blocks = j.recover()
+            if self.readonly:  # replayed in memory only, as Linux does on a read-only device
+                self.dev = _Replayed(self.dev, blocks, self.block_size)
+            else:
+                for bno in sorted(blocks):
+                    c.write_raw(bno, blocks[bno])
+                c.device_flush()
+                j.mark_empty()
+                c.device_flush()
+                self._patch_recover(False)
+                c.device_flush()
+            self._mount(cache_blocks)  # the superblock and descriptors may have been replayed
+            self._open_journal(cache_blocks, replayed=True)
+            self.journal.replayed = len(blocks)
+            return
+        self.journal = j
+        if not j.writable:
+            self.readonly = True
+        if not self.readonly:
+            c.pin_metadata = True
+            # needs_recovery is set while the file system is in use, as Linux's ext3 sets it at
+            # mount: in memory now (so every superblock this writes carries it), on the disk at
+            # the first transaction, and cleared on the disk by close().
+            self.sb.s_feature_incompat |= INCOMPAT_RECOVER
+            self._commit_at = max(8, min(j.capacity, c.capacity) // 2)
+
+    def _recover_on_disk(self) -> bool:
+        blk, off = (1, 0) if self.block_size == 1024 else (0, SUPERBLOCK_OFFSET)
+        raw = self.cache.read_raw(blk)[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4]
+        return bool(int.from_bytes(raw, "little") & INCOMPAT_RECOVER)
+
+    def _patch_recover(self, on: bool) -> None:
+        """Set or clear needs_recovery in the superblock on the disk, changing nothing else."""
+        blk, off = (1, 0) if self.block_size == 1024 else (0, SUPERBLOCK_OFFSET)
+        c = self.cache
+        buf = bytearray(c.read_raw(blk))
+        flags = int.from_bytes(buf[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4], "little")
+        flags = flags | INCOMPAT_RECOVER if on else flags & ~INCOMPAT_RECOVER
+        buf[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4] = flags.to_bytes(4, "little")
+        c._write(blk, buf)
+
+    def _commit(self) -> None:
+        """A journaled sync (ordered mode): file data in place, the metadata as one transaction
+        (split only if it outgrows the journal), then each block in place, then the journal empty.
+
+        Order on the disk: needs_recovery (the first time), flush; data + the log, flush; the
+        commit block, flush (journal.py); the blocks in place (checkpoint), flush; the journal
+        superblock says empty (flushed by sync's last flush)."""
+        c, j = self.cache, self.journal
+        data, meta = c.take_dirty()
+        for bno, buf in data:
+            c._write(bno, bytearray(buf))
+        if not meta:
+            return
+        if not self._recover_on_disk():  # read each time: another mount (a forked child's) may clear it
+            self._patch_recover(True)
+            c.device_flush()
+        cap = j.capacity
+        for i in range(0, len(meta), cap):
+            part = meta[i:i + cap]
+            j.commit(part, self.clock())
+            for bno, buf in part:
+                c._write(bno, bytearray(buf))
+            c.device_flush()
+            j.mark_empty()
 
     fsync = sync
 
@@ -291,4 +430,62 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         }
 
     def close(self) -> None:
+        """Sync, and mark the file system clean (unmount): a journaled one no longer needs recovery."""
         self.sync()
+        if self.journal is not None and not self.readonly and self._recover_on_disk():
+            self._patch_recover(False)
+            self.dev.flush()
+
+
+def _operation(fn: Callable) -> Callable:
+    """A public call that changes the file system. A journal's transactions end between such
+    calls, never inside one: when the outermost returns and more blocks are dirty than half the
+    journal (or the cache) holds, they are committed."""
+
+    @functools.wraps(fn)
+    def op(self: Ext2, *args: object, **kwargs: object) -> object:
+        self._depth += 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if (not self._depth and self.journal is not None and not self.readonly
+                    and self.cache.dirty_count > self._commit_at):
+                self.sync()
+
+    return op
+
+
+for _name in ("create", "mknod", "mkdir", "unlink", "rmdir", "link", "symlink", "rename", "write", "truncate",
+              "set_times", "chmod", "chown"):
+    setattr(Ext2, _name, _operation(getattr(Ext2, _name)))
+
+
+class _Replayed:
+    """A read-only device with a journal's committed blocks laid over it."""
+
+    readonly = True
+
+    def __init__(self, dev: BlockIO, blocks: dict[int, bytes], block_size: int) -> None:
+        self.dev = dev
+        self.blocks = blocks
+        self.sectors = dev.sectors
+        self.sector_size = getattr(dev, "sector_size", 512)
+        self.spb = block_size // self.sector_size
+
+    def read(self, sector: int, count: int) -> bytes:
+        data = bytearray(self.dev.read(sector, count))
+        ss, spb = self.sector_size, self.spb
+        for b in range(sector // spb, (sector + count - 1) // spb + 1):
+            block = self.blocks.get(b)
+            if block is None:
+                continue
+            lo, hi = max(sector, b * spb), min(sector + count, (b + 1) * spb)
+            data[(lo - sector) * ss:(hi - sector) * ss] = block[(lo - b * spb) * ss:(hi - b * spb) * ss]
+        return bytes(data)
+
+    def write(self, sector: int, data: bytes) -> None:
+        raise OSError(errno.EROFS, "read-only device")
+
+    def flush(self) -> None:
+        pass

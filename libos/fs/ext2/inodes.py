@@ -300,7 +300,7 @@ class Inodes:
                 else:
                     buf = bytearray(bs) if take == bs else self._bread(p)
                 buf[boff:boff + take] = mv[done:done + take]
-                self._bwrite(p, buf)
+                self._dwrite(p, buf)
                 prev = p
                 pos += take
                 done += take
@@ -336,7 +336,7 @@ class Inodes:
                 if p:
                     buf = self._bread(p)
                     buf[size % bs:] = bytes(bs - size % bs)
-                    self._bwrite(p, buf)
+                    self._dwrite(p, buf)
         self._set_size(inode, size)
         inode.i_mtime = inode.i_ctime = self.clock()
         self._iput(ino, inode)
