@@ -320,21 +320,28 @@ def test_httpd_keeps_http_1_1_connections_alive_and_closes_idle_ones():
     assert rc == 0, err
 
 
-def test_httpd_keeps_serving_with_500_idle_connections_open():
-    """Issue 16: 500 clients connect and send nothing; 100 new requests are still answered (the
-    net module allowed 64 sockets, so 64 idle clients stopped the server)."""
-    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall"])
+def _idle_clients_then_requests(extra: list[str], idle_clients: int, requests: int) -> tuple[Exo, int]:
+    """httpd over user forwarding: ``idle_clients`` connect and say nothing, then ``requests`` new
+    GETs; (the stopped Exo, how many were answered). httpd must still be running at the end."""
+    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall", *extra])
     port = exo.forwards["tcp:80"]
     idle = []
     try:
-        for _ in range(500):
+        for _ in range(idle_clients):
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=60))
-        answered = sum(_get(port).startswith(b"HTTP/1.0 200 OK") for _ in range(100))
+        answered = sum(_get(port).startswith(b"HTTP/1.0 200 OK") for _ in range(requests))
     finally:
         for s in idle:
             s.close()
         was, err = exo.stop()
     assert was is None, f"httpd ended: {err}"
+    return exo, answered
+
+
+def test_httpd_keeps_serving_with_500_idle_connections_open():
+    """Issue 16: 500 clients connect and send nothing; 100 new requests are still answered (the
+    net module allowed 64 sockets, so 64 idle clients stopped the server)."""
+    _, answered = _idle_clients_then_requests([], 500, 100)
     assert answered == 100
 
 
@@ -342,19 +349,7 @@ def test_httpd_at_its_fds_quota_waits_for_idle_connections_to_close_and_keeps_se
     """The net module's descriptors are the app's fds quota (--quota httpd:fds=16): 40 idle clients
     take every descriptor, accept gets EMFILE, and httpd waits for its janitor (idle after 1 s)
     instead of exiting; 20 new requests are answered."""
-    exo = Exo(["guest_apps/httpd", "--net", "user,hostfwd=tcp:127.0.0.1:0-:80", "--clock", "wall",
-               "--quota", "httpd:fds=16", "--", "1024", "1"])
-    port = exo.forwards["tcp:80"]
-    idle = []
-    try:
-        for _ in range(40):
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=60))
-        answered = sum(_get(port).startswith(b"HTTP/1.0 200 OK") for _ in range(20))
-    finally:
-        for s in idle:
-            s.close()
-        was, err = exo.stop()
-    assert was is None, f"httpd ended: {err}"
+    exo, answered = _idle_clients_then_requests(["--quota", "httpd:fds=16", "--", "1024", "1"], 40, 20)
     assert answered == 20
     assert b"httpd: accept: Too many open files: waiting for a connection to end" in exo.out, exo.out
 

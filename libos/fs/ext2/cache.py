@@ -51,15 +51,8 @@ class BlockCache:
             self.hits += 1
             self._blocks.move_to_end(bno)
             return buf
-        self._check(bno)
         self.misses += 1
-        try:
-            data = self.dev.read(bno * self.spb, self.spb)
-        except (OSError, ValueError) as e:
-            raise Ext2Error(errno.EIO, f"cannot read block {bno}: {e}") from e
-        if len(data) != self.block_size:
-            raise Ext2Error(errno.EIO, f"short read of block {bno}")
-        buf = bytearray(data)
+        buf = bytearray(self.read_raw(bno))
         self._insert(bno, buf)
         return buf
 
@@ -167,11 +160,7 @@ class BlockCache:
             for bno in sorted(b for b in self._dirty if self._phase[b] == ph):
                 self._write(bno, self._blocks[bno])
             if i + 1 < len(phases):
-                self.barriers += 1
-                try:
-                    self.dev.flush()
-                except (OSError, ValueError) as e:
-                    raise Ext2Error(errno.EIO, f"cannot flush the device: {e}") from e
+                self.device_flush()
         self._dirty.clear()
         self._phase.clear()
 
