@@ -130,13 +130,14 @@ def test_image_is_clean_after_writes(tmp_path):
     image = tmp_path / "root.img"
     mkfs(image, 16 << 20, from_dir=stage, clock=lambda: MTIME, uuid=bytes(16))
     r = run_exo("run", "--disk", str(image), "--cwd", "/w", busybox(), "sh", "-c",
-                "mkdir -p n/m && seq 5000 > n/m/big && cp a.txt n/ && rm b.txt && ln -s a.txt s && mv csv n/")
+                "mkdir -p n/m && seq 5000 > n/m/big && cp a.txt n/ && rm b.txt && ln -s a.txt s && mv csv n/ "
+                "&& mkdir -p /w/n/abs/path")  # an absolute -p walks from "/": mkdir("/") must be EEXIST
     assert r.returncode == 0, r.stderr
     check = subprocess.run([e2fsck, "-fn", str(image)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     # ... and the writes are there: the last process to end writes the file system back (a
     # Linux program's writes were lost when nothing called sync, and the image stayed "clean").
     listing = subprocess.run(["debugfs", "-R", "ls -p /w/n", str(image)], capture_output=True, text=True).stdout
-    assert "/m/" in listing and "/a.txt/" in listing and "/csv/" in listing, listing
+    assert "/m/" in listing and "/a.txt/" in listing and "/csv/" in listing and "/abs/" in listing, listing
     big = subprocess.run(["debugfs", "-R", "cat /w/n/m/big", str(image)], capture_output=True).stdout
     assert big == b"".join(b"%d\n" % i for i in range(1, 5001))

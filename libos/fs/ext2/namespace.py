@@ -137,6 +137,10 @@ class Namespace:
 
     def mkdir(self, path: str, mode: int = 0o755) -> int:
         self._check_writable()
+        parts = self._split(path)
+        if not parts or parts[-1] in (".", ".."):  # "/" or "d/.": a directory that exists (Linux: EEXIST,
+            self.lookup(path)  # which `mkdir -p /a/b` expects for "/"); ENOENT if it does not
+            raise Ext2Error(errno.EEXIST, f"file exists: {path}")
         dino, name = self._parent(path)
         dinode = self._live_inode(dino)
         if self._dir_find(dino, dinode, name) is not None:
