@@ -193,6 +193,9 @@ CONSOLE_RAW = 2  # and exo put it in raw mode: the libOS does the line disciplin
 CONSOLE_INFO_SIZE = 16
 # quota_info's record: struct quota_info { u64 frames_used, frame_limit, envs_used, env_limit, fd_limit, cpu_weight; }
 QUOTA_INFO_SIZE = 48
+# Descriptors per environment when an app sets no fds quota (exo/tenants.py): Linux's default
+# RLIMIT_NOFILE soft limit. The libOS uses it too until it has read its app's quota.
+DEFAULT_FDS = 1024
 
 # Where the Linux loader maps a read-only copy of the program file (LINUX_INFO's bootfile_len
 # bytes): the no-disk root's copy of the program and execve("/proc/self/exe") read it (docs/posix.md).

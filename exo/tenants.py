@@ -45,10 +45,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from exo.abi import DEFAULT_FDS
 from exo.record import Record
 
 DEFAULT_ENVS = 1024  # live environments per app (JOS has a global NENV of 1024)
-DEFAULT_FDS = 1024  # descriptors per environment: Linux's default RLIMIT_NOFILE soft limit (64 let 64 idle clients stop a server)
 MAX_FDS = 1 << 20  # Linux's fs.nr_open default: the most RLIMIT_NOFILE may be raised to
 DEFAULT_WEIGHT = 1
 MAX_WEIGHT = 1000

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 from exo.abi import (
+    DEFAULT_FDS,
     LIBOS_DATA,
     LIBOS_DATA_STRIDE,
     PAGE_SIZE,
@@ -44,7 +45,6 @@ def read_upcall_frame(port: Any, frame: int) -> tuple[dict[str, int], dict[str, 
 QUOTA_FIELDS = ("frames_used", "frame_limit", "envs_used", "env_limit", "fd_limit", "cpu_weight")
 _QUOTA = struct.Struct(f"<{len(QUOTA_FIELDS)}Q")
 assert _QUOTA.size == QUOTA_INFO_SIZE
-DEFAULT_FDS = 1024  # descriptors when the quota cannot be read (exo/tenants.py DEFAULT_FDS)
 
 
 def fd_limit(port: Any, va: int) -> int:
@@ -53,6 +53,17 @@ def fd_limit(port: Any, va: int) -> int:
     if port.hypercall("quota_info", va) < 0:
         return DEFAULT_FDS
     return dict(zip(QUOTA_FIELDS, _QUOTA.unpack(port.read(va, _QUOTA.size))))["fd_limit"]
+
+
+def lowest_free_fd(taken: dict[int, Any], first: int, limit: int) -> int:
+    """The lowest descriptor >= ``first`` not in ``taken``; -1 when ``taken`` holds ``limit``
+    already (EMFILE), as the fs and net modules give them out."""
+    if len(taken) >= limit:
+        return -1
+    fd = first
+    while fd in taken:
+        fd += 1
+    return fd
 
 
 class Entry(NamedTuple):

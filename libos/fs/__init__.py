@@ -31,7 +31,7 @@ import errno as E
 import struct
 
 from exo.abi import PAGE_SIZE, PERM_R, PERM_W
-from libos.module import DEFAULT_FDS, LibModule, fd_limit
+from libos.module import DEFAULT_FDS, LibModule, fd_limit, lowest_free_fd
 
 SECTOR = 512
 STAGE_PAGES = 16  # 64 KiB of staging pages: up to 128 sectors per disk_io hypercall
@@ -230,11 +230,9 @@ class FileSystem(LibModule):
                 return -E.EISDIR
             if flags & O_TRUNC and flags & O_ACCMODE:
                 fs.truncate(ino, 0)
-            if len(self.files) >= self.fd_limit - 3:  # 0-2 are the console's
+            fd = lowest_free_fd(self.files, 3, self.fd_limit - 3)  # 0-2 are the console's
+            if fd < 0:
                 return -E.EMFILE
-            fd = 3
-            while fd in self.files:
-                fd += 1
             self.files[fd] = _File(ino, flags)
             return fd
 

@@ -57,7 +57,7 @@ from exo.abi import (
     UPCALL_NET,
     NetFilterOp,
 )
-from libos.module import DEFAULT_FDS, LibModule, fd_limit, read_upcall_frame
+from libos.module import DEFAULT_FDS, LibModule, fd_limit, lowest_free_fd, read_upcall_frame
 from libos.net import linux as L
 from libos.net.headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from libos.net.linux import NetError
@@ -201,15 +201,6 @@ class Net(LibModule):
             except NetError:
                 pass
         return True
-
-    def _free_fd(self) -> int:
-        """The lowest free socket descriptor; -1 when the app's fds quota is reached (EMFILE)."""
-        if len(self.socks) >= self.fd_limit:
-            return -1
-        fd = FIRST_FD
-        while fd in self.socks:
-            fd += 1
-        return fd
 
     def start(self) -> None:
         """Nothing at link time: the network comes up on the first socket call (apps may never use it)."""
@@ -435,7 +426,7 @@ class Net(LibModule):
         kind, flags = type & 0xF, type & ~0xF
         if flags & ~(L.SOCK_NONBLOCK | L.SOCK_CLOEXEC) or kind not in (L.SOCK_STREAM, L.SOCK_DGRAM):
             return -L.EINVAL
-        fd = self._free_fd()
+        fd = lowest_free_fd(self.socks, FIRST_FD, self.fd_limit)
         if fd < 0:
             return -L.EMFILE
         self.socks[fd] = Sock(kind == L.SOCK_STREAM, bool(flags & L.SOCK_NONBLOCK))
@@ -482,7 +473,7 @@ class Net(LibModule):
         while True:
             lst = s.listener
             if lst.queue:
-                nfd = self._free_fd()
+                nfd = lowest_free_fd(self.socks, FIRST_FD, self.fd_limit)
                 if nfd < 0:
                     return -L.EMFILE
                 conn = lst.queue[0]

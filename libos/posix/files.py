@@ -11,13 +11,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from exo.abi import DEFAULT_FDS
 from libos.posix.system import WouldBlock
 from libos.posix.table import EBADF, EFAULT, EINVAL, EMFILE, ENOTTY, ESPIPE, syscall
 
 if TYPE_CHECKING:
     from libos.posix import Posix
 
-DEFAULT_FDS = 1024  # RLIMIT_NOFILE's default soft limit on Linux, until the app's fds quota is read
 O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR = 3, 0, 1, 2
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 

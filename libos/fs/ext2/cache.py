@@ -104,11 +104,6 @@ class BlockCache:
                 del self._phase[old]
             del self._blocks[old]
 
-    @property
-    def pinned(self) -> int:
-        """Dirty metadata blocks held for the next transaction (journaled)."""
-        return sum(1 for b in self._dirty if self._phase[b] != DATA) if self.pin_metadata else 0
-
     def take_dirty(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
         """(data blocks, metadata blocks), each [(block, contents)] in block order, now clean:
         a journaled sync writes the first in place and logs the second."""
