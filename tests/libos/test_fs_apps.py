@@ -236,6 +236,19 @@ UNWRITTEN_BLOCK = re.compile(r"illegal block|i_blocks is|directory corrupted|bad
                              re.IGNORECASE)
 
 
+def fsstress_writes(base, tmp_path) -> int:
+    """How many disk writes a whole fsstress run makes on a copy of ``base`` (which it leaves clean)."""
+    from exo.api import run
+    from hw.blockdev import BlockDevice
+
+    full = tmp_path / "full.img"
+    shutil.copy(base, full)
+    dev = BlockDevice(full)
+    assert run(APPS / "fsstress", disk=dev).exit_status == 0
+    _fsck_clean(full)
+    return dev.writes
+
+
 def test_power_loss_at_every_write_never_leaves_a_pointer_to_an_unwritten_block(tmp_path):
     """Issue 16: fsstress, with the power failing at its N-th disk write, for every N of the run
     (hw BlockDevice fail_at). The write-back goes in phases with a flush between them (blocks
@@ -248,12 +261,7 @@ def test_power_loss_at_every_write_never_leaves_a_pointer_to_an_unwritten_block(
 
     base = tmp_path / "base.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext2", "-b", "1024", "-F", str(base), "8M"], check=True)
-    full = tmp_path / "full.img"
-    shutil.copy(base, full)
-    dev = BlockDevice(full)
-    assert run(APPS / "fsstress", disk=dev).exit_status == 0
-    total = dev.writes
-    _fsck_clean(full)
+    total = fsstress_writes(base, tmp_path)
     assert total > 50
     found = {}
     for n in range(total + 1):

@@ -13,6 +13,7 @@ import subprocess
 
 from conftest import ROOT, need_tool
 from test_echo import run_exo
+from test_fs_apps import fsstress_writes
 
 APPS = ROOT / "guest_apps"
 BS = 1024
@@ -161,12 +162,7 @@ def test_power_loss_at_every_write_of_fsstress_on_ext3_leaves_nothing_to_repair(
 
     base = tmp_path / "base.img"
     _ext3(base)
-    full = tmp_path / "full.img"
-    shutil.copy(base, full)
-    dev = BlockDevice(full)
-    assert run(APPS / "fsstress", disk=dev).exit_status == 0
-    total = dev.writes
-    _fsck_clean(full)
+    total = fsstress_writes(base, tmp_path)
     assert total > 100
     found: dict[int, object] = {}
     replays = 0

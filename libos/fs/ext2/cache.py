@@ -128,7 +128,7 @@ class BlockCache:
     def write_raw(self, bno: int, data: bytes) -> None:
         """Write ``data`` to block ``bno`` now; a cached copy becomes ``data`` (clean)."""
         self._check(bno)
-        self._write(bno, bytearray(data))
+        self._write(bno, data)
         if bno in self._blocks:
             self._blocks[bno] = bytearray(data)
             self._dirty.discard(bno)
@@ -141,7 +141,7 @@ class BlockCache:
         except (OSError, ValueError) as e:
             raise Ext2Error(errno.EIO, f"cannot flush the device: {e}") from e
 
-    def _write(self, bno: int, buf: bytearray) -> None:
+    def _write(self, bno: int, buf: bytes | bytearray) -> None:
         self.writebacks += 1
         try:
             self.dev.write(bno * self.spb, bytes(buf))

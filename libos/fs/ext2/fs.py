@@ -277,13 +277,16 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         inode.i_ctime = self.clock()
         self._iput(ino, inode)
 
+    def _super_at(self, group: int) -> tuple[int, int]:
+        """(block, offset) of ``group``'s superblock copy: the primary is 1024 bytes into the
+        disk, block 0 itself with blocks larger than 1 KiB (spec ch. 3, Superblock)."""
+        if group == 0 and self.block_size > 1024:
+            return 0, SUPERBLOCK_OFFSET
+        return self._group_start(group), 0
+
     def _write_super_and_gdt(self, group: int) -> None:
         bs = self.block_size
-        start = self._group_start(group)
-        if group == 0 and bs > 1024:
-            sb_blk, sb_off = 0, SUPERBLOCK_OFFSET
-        else:
-            sb_blk, sb_off = start, 0
+        sb_blk, sb_off = self._super_at(group)
         self.sb.s_block_group_nr = group
         buf = self._bread(sb_blk)
         buf[sb_off:sb_off + 1024] = Superblock.build(self.sb)
@@ -374,20 +377,23 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
             self.sb.s_feature_incompat |= INCOMPAT_RECOVER
             self._commit_at = max(8, min(j.capacity, c.capacity) // 2)
 
+    def _disk_incompat(self) -> tuple[int, int, bytearray]:
+        """The primary superblock's s_feature_incompat as on the disk (not the cache's copy):
+        (its value, its block, the block's bytes)."""
+        blk, off = self._super_at(0)
+        buf = bytearray(self.cache.read_raw(blk))
+        return int.from_bytes(buf[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4], "little"), blk, buf
+
     def _recover_on_disk(self) -> bool:
-        blk, off = (1, 0) if self.block_size == 1024 else (0, SUPERBLOCK_OFFSET)
-        raw = self.cache.read_raw(blk)[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4]
-        return bool(int.from_bytes(raw, "little") & INCOMPAT_RECOVER)
+        return bool(self._disk_incompat()[0] & INCOMPAT_RECOVER)
 
     def _patch_recover(self, on: bool) -> None:
         """Set or clear needs_recovery in the superblock on the disk, changing nothing else."""
-        blk, off = (1, 0) if self.block_size == 1024 else (0, SUPERBLOCK_OFFSET)
-        c = self.cache
-        buf = bytearray(c.read_raw(blk))
-        flags = int.from_bytes(buf[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4], "little")
+        flags, blk, buf = self._disk_incompat()
         flags = flags | INCOMPAT_RECOVER if on else flags & ~INCOMPAT_RECOVER
-        buf[off + _SB_INCOMPAT:off + _SB_INCOMPAT + 4] = flags.to_bytes(4, "little")
-        c._write(blk, buf)
+        off = self._super_at(0)[1] + _SB_INCOMPAT
+        buf[off:off + 4] = flags.to_bytes(4, "little")
+        self.cache._write(blk, buf)
 
     def _commit(self) -> None:
         """A journaled sync (ordered mode): file data in place, the metadata as one transaction
@@ -399,7 +405,7 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
         c, j = self.cache, self.journal
         data, meta = c.take_dirty()
         for bno, buf in data:
-            c._write(bno, bytearray(buf))
+            c._write(bno, buf)
         if not meta:
             return
         if not self._recover_on_disk():  # read each time: another mount (a forked child's) may clear it
@@ -410,7 +416,7 @@ class Ext2(Namespace, Directories, Inodes, Allocation):
             part = meta[i:i + cap]
             j.commit(part, self.clock())
             for bno, buf in part:
-                c._write(bno, bytearray(buf))
+                c._write(bno, buf)
             c.device_flush()
             j.mark_empty()
 
