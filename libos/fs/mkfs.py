@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import os
 import stat as st
+import struct
 import sys
 import time
 from collections.abc import Callable
 
 from .blockio import FileBlockIO
 from .ext2 import (
+    COMPAT_DIR_INDEX,
     COMPAT_HAS_JOURNAL,
     EXT2_MAGIC,
     FT_DIR,
@@ -39,6 +42,7 @@ from .ext2 import (
     Superblock,
     _has_super,
 )
+from .ext2.htree import FLAGS_SIGNED_HASH, HASH_HALF_MD4
 from .ext2.journal import JOURNAL_INO, default_blocks, new_superblock
 
 FIRST_INO = 11
@@ -157,17 +161,20 @@ def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None
             s_blocks_per_group=bpg, s_frags_per_group=bpg, s_inodes_per_group=ipg, s_mtime=0, s_wtime=now,
             s_mnt_count=0, s_max_mnt_count=-1, s_magic=EXT2_MAGIC, s_state=1, s_errors=1, s_minor_rev_level=0,
             s_lastcheck=now, s_checkinterval=0, s_creator_os=0, s_rev_level=1, s_def_resuid=0, s_def_resgid=0,
-            s_first_ino=FIRST_INO, s_inode_size=inode_size, s_block_group_nr=0, s_feature_compat=0,
+            s_first_ino=FIRST_INO, s_inode_size=inode_size, s_block_group_nr=0, s_feature_compat=COMPAT_DIR_INDEX,
             s_feature_incompat=INCOMPAT_FILETYPE,
             s_feature_ro_compat=RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE,
             s_uuid=uuid, s_volume_name=label.encode()[:16].ljust(16, b"\0"), s_last_mounted=bytes(64),
             s_algorithm_usage_bitmap=0, s_prealloc_blocks=0, s_prealloc_dir_blocks=0, s_reserved_gdt_blocks=0,
-            s_journal_uuid=bytes(16), s_journal_inum=0, s_journal_dev=0, s_last_orphan=0, s_hash_seed=[0] * 4,
-            s_def_hash_version=0, s_jnl_backup_type=0, s_desc_size=0, s_default_mount_opts=0,
+            s_journal_uuid=bytes(16), s_journal_inum=0, s_journal_dev=0, s_last_orphan=0,
+            # dir_index as mke2fs sets it: half_md4, chars hashed signed (x86), a seed (mke2fs draws
+            # a random one; this one comes from the UUID, so a fixed --uuid gives the same image)
+            s_hash_seed=list(struct.unpack("<4I", hashlib.sha256(b"exo dir hash seed" + uuid).digest()[:16])),
+            s_def_hash_version=HASH_HALF_MD4, s_jnl_backup_type=0, s_desc_size=0, s_default_mount_opts=0,
             s_first_meta_bg=0, s_mkfs_time=now, s_jnl_blocks=[0] * 17, s_blocks_count_hi=0,
             s_r_blocks_count_hi=0, s_free_blocks_hi=0,
             s_min_extra_isize=32 if inode_size > 128 else 0, s_want_extra_isize=32 if inode_size > 128 else 0,
-            s_flags=0, s_rest=bytes(1024 - 356),
+            s_flags=FLAGS_SIGNED_HASH, s_rest=bytes(1024 - 356),
         )
         gdt_raw = b"".join(GroupDesc.build(gd) for gd in gds)
         for g, grp in enumerate(groups):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat as st
 import subprocess
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
 from libos.fs.blockio import FileBlockIO, MemoryBlockIO
-from libos.fs.ext2 import INDEX_FL, Ext2, Ext2Error
+from libos.fs.ext2 import Ext2, Ext2Error
 from libos.fs.mkfs import mkfs
 
 CLOCK = 1_700_000_000
@@ -153,7 +154,10 @@ def test_writes_are_fsck_clean_and_read_back_by_debugfs(tmp_path, bs, features):
     assert dcat(img, "/sparse") == bytes(20 * bs + 7) + b"tail"
     assert dcat(img, "/trunc") == pattern(40 * bs, 2)[:13 * bs + 100] + bytes(7 * bs - 100)
     out = debugfs(img, "ls -l /a", "stat /short-link", "stat /long-link", "ls /")
-    assert "n001-" in out and "n000-" not in out and "Fast link dest: \"/a/b/file\"" in out
+    # (a removed name that began a block stays there with inode 0, as Linux leaves it; debugfs lists it)
+    live = re.findall(r"^ +[1-9]\d* +\d+ \(\d+\).* (n\d+)-q+ *$", out, re.M)
+    assert sorted(live) == [f"n{i:03d}" for i in range(1, 60, 2)]
+    assert "Fast link dest: \"/a/b/file\"" in out
     assert "gone" not in out and "empty-dir" not in out
     # and the library reads its own writes after a fresh open
     fs2 = open_fs(img)
@@ -161,26 +165,6 @@ def test_writes_are_fsck_clean_and_read_back_by_debugfs(tmp_path, bs, features):
     assert fs2.stat("/victim").nlink == 2
     assert fs2.stat("/old").nlink == 3 and fs2.stat("/a").nlink == 2
     assert fs2.read(fs2.lookup("/big"), 0, len(big)) == big
-
-
-def test_htree_directory_is_read_and_deindexed_on_write(tmp_path):
-    img = make_image(tmp_path, 1024, "8M")
-    (tmp_path / "e").write_bytes(b"x")
-    debugfs(img, "mkdir big", *[f"write {tmp_path / 'e'} big/file-with-a-long-name-{i:04d}" for i in range(150)])
-    r = subprocess.run(["e2fsck", "-fyD", img], capture_output=True)
-    assert r.returncode in (0, 1), r.stdout
-    fs = open_fs(img)
-    ino = fs.lookup("/big")
-    assert fs._iget(ino).i_flags & INDEX_FL, "e2fsck -D should have indexed the directory"
-    names = {n for n, _, _ in fs.readdir("/big")}
-    assert {f"file-with-a-long-name-{i:04d}" for i in range(150)} <= names
-    assert fs.read(fs.lookup("/big/file-with-a-long-name-0077"), 0, 5) == b"x"
-    fs.unlink("/big/file-with-a-long-name-0003")
-    fs.create("/big/newcomer")
-    fs.sync()
-    assert not fs._iget(ino).i_flags & INDEX_FL
-    fsck_clean(img)
-    assert "newcomer" in debugfs(img, "ls /big")
 
 
 def test_xattr_blocks_and_directory_replacement(tmp_path):

@@ -2,9 +2,9 @@
 
 Reads and writes the feature set ``mke2fs -t ext2`` produces by default
 (ext_attr, resize_inode, dir_index, filetype, sparse_super, large_file) with
-1, 2 or 4 KiB blocks, and ext3's (has_journal: journal.py).  htree (dir_index) directories are read as the linear
-directories they also are; a modified one loses its index flag, which e2fsck
-accepts.  The reserved GDT blocks of resize_inode are never touched.
+1, 2 or 4 KiB blocks, and ext3's (has_journal: journal.py).  htree (dir_index)
+directories are searched and changed through their index (htree.py).  The
+reserved GDT blocks of resize_inode are never touched.
 
 Everything read from disk is bounds-checked: corruption raises
 ``Ext2Error(errno.EIO, ...)`` with a message naming the structure, never an
@@ -22,6 +22,7 @@ Poirier, "The Second Extended File System: Internal Layout") it implements:
   alloc.py      block and inode bitmaps, free counts in descriptors and superblock
   inodes.py     the inode table, block maps (direct/indirect), read/write/truncate
   dirs.py       directory entries: list, find, add, remove, retarget
+  htree.py      the htree index of large directories: name hash, lookup, insert, split
   namespace.py  path resolution and create/mkdir/symlink/link/unlink/rmdir/rename
   journal.py    ext3's journal (JBD2): replay at mount, one ordered-mode transaction per sync
   fs.py         the Ext2 class tying them: mount, stat, sync, statfs

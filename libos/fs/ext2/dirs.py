@@ -4,10 +4,10 @@ A directory is a file whose blocks each hold a chain of entries (inode,
 rec_len, name_len, file_type, name) whose rec_len values cover the block
 exactly; an entry with inode 0 is free space (spec ch. 4 "Directory
 Structure": Linked Directories).  Without the filetype feature name_len is 16
-bits wide and the file_type byte is its high byte.  An htree (dir_index)
-directory is read as the linear directory it also is (Indexed Directory
-Format: its leaf blocks are ordinary linear blocks); changing one clears its
-INDEX_FL, which e2fsck accepts.
+bits wide and the file_type byte is its high byte.  In an htree (dir_index)
+directory a name is looked for only in the leaves its hash leads to, and added
+through the index (htree.py); listing, removing and retargeting work on the
+leaves as on any linear block.
 """
 
 from __future__ import annotations
@@ -73,9 +73,16 @@ class Directories:
             yield off, e_inode, rec_len, name_len, (file_type if self.filetype else 0)
             off += rec_len
 
+    def _dir_search(self, dino: int, dinode, name: bytes):
+        """The blocks that can hold ``name``: with an htree index the leaves its hash leads to
+        (htree.py), otherwise every block."""
+        if name not in (b".", b"..") and self._dx_indexed(dinode):
+            return self._dx_leaves(dino, dinode, name)
+        return self._dir_blocks(dino, dinode)
+
     def _dir_find(self, dino: int, dinode, name: bytes) -> int | None:
         n = len(name)
-        for bno, buf in self._dir_blocks(dino, dinode):
+        for bno, buf in self._dir_search(dino, dinode, name):
             for off, ino, _rl, nl, _ft in self._entries(dino, bno, buf):
                 if ino and nl == n and buf[off + 8:off + 8 + n] == name:
                     return ino
@@ -100,7 +107,24 @@ class Directories:
     def _touch_dir(self, dino: int, dinode) -> None:
         now = self.clock()
         dinode.i_mtime = dinode.i_ctime = now
-        dinode.i_flags &= ~INDEX_FL  # a modified htree directory becomes a plain linear one
+
+    def _dir_insert(self, dino: int, dinode, name: bytes, ino: int, mode: int) -> None:
+        """Add entry ``name`` -> ``ino``: through the htree index when the directory has one,
+        else linearly (``_dir_add``), indexing a directory that has just grown past one block
+        when the file system has dir_index (htree.py). The caller writes ``dinode`` back."""
+        if len(name) > NAME_MAX:
+            raise Ext2Error(errno.ENAMETOOLONG, "file name too long")
+        if self._dx_indexed(dinode):
+            self._check_writable()
+            self._dx_add(dino, dinode, name, ino, mode)
+            self._touch_dir(dino, dinode)
+            return
+        if dinode.i_flags & INDEX_FL:  # an index the superblock does not declare: e2fsck drops it too
+            dinode.i_flags &= ~INDEX_FL
+        one_block = dinode.i_size == self.block_size
+        self._dir_add(dino, dinode, name, ino, mode)
+        if one_block and dinode.i_size == 2 * self.block_size and self._dx_enabled():
+            self._dx_build(dino, dinode)
 
     def _dir_add(self, dino: int, dinode, name: bytes, ino: int, mode: int) -> None:
         """Add entry ``name`` -> ``ino`` to directory ``dino`` (the caller writes ``dinode`` back)."""
@@ -141,7 +165,7 @@ class Directories:
         # LAB 5 BEGIN dir-remove: remove an entry by merging it into the previous entry's rec_len (or freeing the first)
         self._check_writable()
         n = len(name)
-        for bno, buf in self._dir_blocks(dino, dinode):
+        for bno, buf in self._dir_search(dino, dinode, name):
             prev = None
             for off, ino, rl, nl, _ft in self._entries(dino, bno, buf):
                 if ino and nl == n and buf[off + 8:off + 8 + n] == name:
@@ -160,7 +184,7 @@ class Directories:
     def _dir_set(self, dino: int, dinode, name: bytes, ino: int, mode: int) -> None:
         """Point the existing entry ``name`` at ``ino``."""
         n = len(name)
-        for bno, buf in self._dir_blocks(dino, dinode):
+        for bno, buf in self._dir_search(dino, dinode, name):
             for off, eino, _rl, nl, _ft in self._entries(dino, bno, buf):
                 if eino and nl == n and buf[off + 8:off + 8 + n] == name:
                     buf[off:off + 4] = ino.to_bytes(4, "little")

@@ -26,6 +26,7 @@ from .alloc import Allocation
 from .cache import DATA, BlockCache
 from .dirs import Directories
 from .errors import Ext2Error, _corrupt
+from .htree import HashTree
 from .inodes import Inodes
 from .journal import JOURNAL_INO, Journal
 from .layout import (
@@ -65,7 +66,7 @@ class Stat:
     blocks: int
 
 
-class Ext2(Namespace, Directories, Inodes, Allocation):
+class Ext2(Namespace, Directories, HashTree, Inodes, Allocation):
     """An ext2 file system mounted on a BlockIO (what it supports: libos/fs/ext2/__init__.py)."""
 
     def __init__(self, dev: BlockIO, cache_blocks: int = 1024,

@@ -24,9 +24,10 @@ from .layout import (
     INODE_BASE_SIZE,
     RO_COMPAT_LARGE_FILE,
     XATTR_MAGIC,
-    Inode,
     InodeExtraIsize,
     XattrHeader,
+    build_inode,
+    parse_inode,
 )
 
 
@@ -48,12 +49,12 @@ class Inodes:
     def _iget(self, ino: int):
         bno, off = self._inode_loc(ino)
         buf = self._bread(bno)
-        return Inode.parse(bytes(buf[off:off + INODE_BASE_SIZE]))
+        return parse_inode(buf[off:off + INODE_BASE_SIZE])
 
     def _iput(self, ino: int, inode) -> None:
         bno, off = self._inode_loc(ino)
         buf = self._bread(bno)
-        buf[off:off + INODE_BASE_SIZE] = Inode.build(inode)
+        buf[off:off + INODE_BASE_SIZE] = build_inode(inode)
         self._bwrite(bno, buf)
 
     def _size(self, inode) -> int:
@@ -96,7 +97,7 @@ class Inodes:
             extra = min(32, self.inode_size - INODE_BASE_SIZE)
             buf[off + 128:off + 130] = InodeExtraIsize.build(extra)
         self._bwrite(bno, buf)
-        inode = Inode.parse(bytes(INODE_BASE_SIZE))
+        inode = parse_inode(bytes(INODE_BASE_SIZE))
         inode.i_mode = mode
         inode.i_uid, inode.i_uid_high = uid & 0xFFFF, uid >> 16
         inode.i_gid, inode.i_gid_high = gid & 0xFFFF, gid >> 16

@@ -13,8 +13,9 @@ in fs.py, the rest in the concept modules beside this one.
 from __future__ import annotations
 
 import stat as st
+import struct
 
-from construct import Array, Bytes, Int8ul, Int16sl, Int16ul, Int32ul, Struct
+from construct import Array, Bytes, Container, Int8ul, Int16sl, Int16ul, Int32ul, ListContainer, Struct
 
 EXT2_MAGIC = 0xEF53
 SUPERBLOCK_OFFSET = 1024
@@ -156,6 +157,24 @@ Inode = Struct(
 )
 INODE_BASE_SIZE = Inode.sizeof()
 assert INODE_BASE_SIZE == 128
+
+# The same 128 bytes as one struct format, for the inode reads and writes on every path walk:
+# construct's parse and build of Inode cost about 100 us each, 8 per create of a file.
+_INODE_FMT = struct.Struct("<2H5I2H3I15I4I2B3HI")
+_INODE_FIELDS = [c.name for c in Inode.subcons]
+assert _INODE_FMT.size == INODE_BASE_SIZE
+
+
+def parse_inode(raw: bytes) -> Container:
+    """``Inode.parse`` (the same Container, i_block a list of 15), without construct."""
+    v = _INODE_FMT.unpack_from(raw)
+    return Container(zip(_INODE_FIELDS, v[:12] + (ListContainer(v[12:27]),) + v[27:], strict=True))
+
+
+def build_inode(inode) -> bytes:
+    """``Inode.build``, without construct."""
+    v = [inode[f] for f in _INODE_FIELDS]
+    return _INODE_FMT.pack(*v[:12], *v[12], *v[13:])
 InodeExtraIsize = Int16ul  # first field after the 128-byte base when s_inode_size > 128
 
 DirEntryHeader = Struct(

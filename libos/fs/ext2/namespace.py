@@ -101,7 +101,7 @@ class Namespace:
         disk, say), the inode and its blocks are given back. The caller writes ``dinode``."""
         self._iput(ino, inode)
         try:
-            self._dir_add(dino, dinode, name, ino, inode.i_mode)
+            self._dir_insert(dino, dinode, name, ino, inode.i_mode)
         except Ext2Error:
             self._release_inode(ino, inode)
             raise
@@ -223,7 +223,7 @@ class Namespace:
         dinode = self._live_inode(dino)
         if self._dir_find(dino, dinode, name) is not None:
             raise Ext2Error(errno.EEXIST, f"file exists: {new}")
-        self._dir_add(dino, dinode, name, ino, inode.i_mode)
+        self._dir_insert(dino, dinode, name, ino, inode.i_mode)
         self._iput(dino, dinode)
         inode = self._iget(ino)  # dinode may share the block, but re-read for safety
         inode.i_links_count += 1
@@ -307,7 +307,7 @@ class Namespace:
         else:
             if moved and ndinode.i_links_count >= LINK_MAX:
                 raise Ext2Error(errno.EMLINK, f"too many links to the parent of {new}")
-            self._dir_add(ndino, ndinode, nname, ino, inode.i_mode)
+            self._dir_insert(ndino, ndinode, nname, ino, inode.i_mode)
             self._iput(ndino, ndinode)
         odinode = self._live_inode(odino)
         self._dir_remove(odino, odinode, oname)
