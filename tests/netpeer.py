@@ -31,8 +31,9 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return bytes(out[:n])
 
 
-def udp_echo(host: str, port: int, count: int, timeout: float = 2.0) -> dict:
-    """``count`` datagrams, one at a time, each waiting for its echo; the first also waits for the guest."""
+def udp_echo(host: str, port: int, count: int, timeout: float = 2.0, sizes: list[int] | None = None) -> dict:
+    """``count`` datagrams, one at a time, each waiting for its echo; the first also waits for the
+    guest. Sizes 1..1400 bytes, or taken in turn from ``sizes``."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(0.5)
     start = time.monotonic()
@@ -51,7 +52,7 @@ def udp_echo(host: str, port: int, count: int, timeout: float = 2.0) -> dict:
     t0 = time.monotonic()
     intact = 1
     for i in range(1, count):
-        payload = pattern(1 + (i * 37) % 1400, i)
+        payload = pattern(sizes[i % len(sizes)] if sizes else 1 + (i * 37) % 1400, i)
         s.sendto(payload, (host, port))
         try:
             data, _ = s.recvfrom(65536)
@@ -151,7 +152,8 @@ def http_get(url: str) -> dict:
 def main(argv: list[str]) -> int:
     kind = argv[0]
     if kind == "udp":
-        r = udp_echo(argv[1], int(argv[2]), int(argv[3]))
+        sizes = [int(x) for x in argv[4].split(",")] if len(argv) > 4 else None  # e.g. 3000,65507
+        r = udp_echo(argv[1], int(argv[2]), int(argv[3]), sizes=sizes)
     elif kind == "tcp":
         r = tcp_echo(argv[1], int(argv[2]), int(argv[3]))
     elif kind == "http":

@@ -151,6 +151,19 @@ def test_udp_echo_through_user_forwarding():
     assert was is None and "Traceback" not in err, err
 
 
+def test_large_udp_datagrams_through_user_forwarding():
+    """Datagrams up to IPv4's 65,507 bytes: the gateway fragments them to the guest, the guest's
+    stack reassembles them and fragments its echo, and the gateway reassembles that (hw/net/defrag.py)
+    for the host socket."""
+    exo = Exo(["guest_apps/udp_echo", "--net", "user,hostfwd=udp:127.0.0.1:0-:7", "--clock", "wall"])
+    try:
+        r = netpeer.udp_echo("127.0.0.1", exo.forwards["udp:7"], 13, sizes=[1472, 1473, 3000, 8192, 65_507, 20_001])
+    finally:
+        was, err = exo.stop()
+    assert r["ok"] and r["intact"] == 13, r
+    assert was is None and "Traceback" not in err, err
+
+
 def test_udp_echo_n_never_loses_its_last_echo_at_exit(tmp_path):
     # Regression (issue 11): `udp_echo -- 3` over user forwarding lost its last echo in about a
     # third of runs (the gateway's thread stopped before forwarding the guest's last frame).
@@ -373,6 +386,30 @@ def test_ping_and_1000_udp_echoes_over_tap_and_the_capture_reads_back(netns, tmp
     from_guest = [r for r in rows if r[0] == GUEST and r[2] == "ECHO"]
     pings = [r for r in rows if r[2] == "ICMP"]
     assert len(from_guest) >= 1000 and len(pings) >= 6  # (tshark names UDP port 7 ECHO)
+
+
+def test_fragments_over_tap_large_pings_and_datagrams(netns, tmp_path):
+    """The host kernel as the peer: `ping -s 3000` (its request arrives in fragments, the guest's
+    reply leaves in fragments, which the kernel reassembles) and UDP datagrams up to 65,507 bytes
+    echoed both ways."""
+    pcap = tmp_path / "wire.pcap"
+    exo = Exo(["guest_apps/udp_echo", "--net", "tap:exo0", "--clock", "wall", "--pcap", str(pcap)], netns=netns)
+    try:
+        r = peer(netns, "udp", GUEST, "7", "9", "3000,1473,65507,20001")
+        ping = in_ns(netns, "ping", "-c", "3", "-W", "5", "-s", "3000", GUEST, timeout=60)
+    finally:
+        was, err = exo.stop()
+    assert r["ok"] and r["intact"] == 9, r
+    assert ping.returncode == 0 and "3 received" in ping.stdout, ping.stdout + ping.stderr
+    assert "3008 bytes from" in ping.stdout, ping.stdout  # the whole reply (3,000 bytes + 8 of ICMP header)
+    assert was is None and "Traceback" not in err, err
+    need_tool(shutil.which("tshark") is not None, "tshark is not installed")
+    t = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "ip.flags.mf",
+                        "-e", "ip.frag_offset", "-e", "frame.len"], capture_output=True, text=True, timeout=120)
+    rows = [line.split("\t") for line in t.stdout.splitlines()]
+    guest_frags = [r for r in rows if r[0] == GUEST and (r[1] in ("1", "True") or r[2] not in ("", "0"))]
+    assert len(guest_frags) > 50, t.stdout[:2000]
+    assert all(int(r[3]) <= 1514 for r in rows), "a frame over the MTU left the guest"
 
 
 def test_4_mib_tcp_echo_over_tap(netns):

@@ -5,7 +5,7 @@
 ;   python -m exo boot guest_apps/udp_echo --net user,hostfwd=udp:127.0.0.1:5555-:7
 ;   (on the host)  echo hi | nc -u -w1 127.0.0.1 5555
 SOCK_DGRAM equ 2
-BUFSIZE equ 2048
+BUFSIZE equ 65536              ; IPv4's largest UDP datagram carries 65,507 bytes
 
 section .text
 _start:

@@ -24,9 +24,10 @@ as in QEMU's user-mode networking. The gateway
   10.0.2.2 that belongs to no connection gets an RST (RFC 9293 3.10.7.1).
 
 Frames that fail a checksum are dropped (and counted), like those the gateway
-has no use for (other destinations: there is no outbound NAT; IP fragments from the guest).
-A host datagram larger than the MTU reaches the guest as IP fragments (RFC 791), which the
-guest's stack reassembles.
+has no use for (other destinations: there is no outbound NAT). Datagrams travel whole up to
+IPv4's 65,507 bytes of data: the guest's fragments are reassembled (defrag.py, with limits
+against fragment floods) before they are forwarded, and a host datagram larger than the MTU
+reaches the guest as IP fragments (RFC 791), which the guest's stack reassembles.
 
 One background thread does all the work: it owns the sockets (``selectors``),
 the gateway state and the TCP timers. ``send`` only queues the guest's frame
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from hw.errors import MachineConfigError
 from hw.net import packets as pk
 from hw.net.backend import Inbox
+from hw.net.defrag import Defragmenter
 from hw.net.usertcp import ACK, FIN, RST, SYN, GatewayTcp
 
 GATEWAY_IP = socket.inet_aton("10.0.2.2")
@@ -190,6 +192,7 @@ class UserBackend:
         self.stats = {"bad_frames": 0, "ignored": 0, "arp_replies": 0, "pings": 0, "udp_in": 0,
                       "udp_out": 0, "udp_dropped": 0, "tcp_accepted": 0, "tcp_resets_sent": 0,
                       "tcp_retransmits": 0}  # fmt: skip
+        self._defrag = Defragmenter(self.stats)  # the guest's IP fragments, put back together
         self._thread = threading.Thread(target=self._run, name="exo-net-user", daemon=True)
         self._thread.start()
 
@@ -317,9 +320,12 @@ class UserBackend:
 
     # frames from the guest
     def _from_guest(self, frame: bytes, now: float) -> None:
-        p = pk.parse(frame)
+        whole = self._defrag.push(frame, now)
+        if whole is None:
+            return  # a fragment of a datagram not yet complete (or refused: counted)
+        p = pk.parse(whole)
         if p is None:
-            self.stats["bad_frames"] += 1  # corrupt, malformed, or a fragment
+            self.stats["bad_frames"] += 1  # corrupt or malformed
             return
         if p.dst != GATEWAY_MAC and p.dst != pk.BROADCAST:
             self.stats["ignored"] += 1

@@ -61,7 +61,7 @@ from libos.module import DEFAULT_FDS, LibModule, fd_limit, lowest_free_fd, read_
 from libos.net import linux as L
 from libos.net.headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from libos.net.linux import NetError
-from libos.net.stack import Stack
+from libos.net.stack import DATAGRAM_MAX, Stack
 from libos.net.tcp import Tcb
 
 RING_OFF = 0x1_0000  # the receive ring: RING_SLOTS * NET_SLOT_SIZE bytes, page-aligned
@@ -547,7 +547,7 @@ class Net(LibModule):
                 if s.udp is None or s.udp.peer is None:
                     return -L.EDESTADDRREQ
                 dst = s.udp.peer
-            if n > self.stack.mtu - 28:
+            if n > DATAGRAM_MAX:
                 return -L.EMSGSIZE
             if not s.port:
                 self._bind_port(s, 0)

@@ -17,7 +17,7 @@ from libos.net import headers as h
 ENTRY_NS = 60_000_000_000  # a resolved entry is trusted this long
 RETRY_NS = 1_000_000_000  # one request per second while resolving
 MAX_TRIES = 3
-QUEUE_MAX = 32  # packets held per address being resolved
+QUEUE_MAX = 128  # packets held per address being resolved: the 119 fragments of a 65,507-byte datagram at the 576-byte minimum MTU (RFC 791)
 CACHE_MAX = 256
 
 

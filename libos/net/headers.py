@@ -109,6 +109,26 @@ def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int, *, ttl:
     # LAB 6 END
 
 
+def fragment(packet: bytes, mtu: int) -> list[bytes]:
+    """An IPv4 packet (20-byte header, DF clear) as fragments of at most ``mtu`` bytes (RFC 791
+    3.2, "An Example Fragmentation Procedure"): each carries a copy of the header with its own
+    total length and checksum, a multiple of 8 payload bytes but the last, MF on all but the
+    last, the offset in 8-byte units."""
+    step = (mtu - IP_HLEN) & ~7
+    payload = packet[IP_HLEN:]
+    out = []
+    for off in range(0, len(payload), step):
+        piece = payload[off:off + step]
+        flags = (IP_MF if off + step < len(payload) else 0) | off >> 3
+        hdr = bytearray(packet[:IP_HLEN])
+        hdr[2:4] = (IP_HLEN + len(piece)).to_bytes(2, "big")
+        hdr[6:8] = flags.to_bytes(2, "big")
+        hdr[10:12] = b"\0\0"
+        hdr[10:12] = checksum(bytes(hdr)).to_bytes(2, "big")
+        out.append(bytes(hdr) + piece)
+    return out
+
+
 def udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     # LAB 6 BEGIN udp-header: build the UDP header (RFC 768) with the checksum over the pseudo-header
     n = UDP_HLEN + len(payload)

@@ -8,10 +8,11 @@ list. Every frame that cannot be used (truncated, bad checksum, impossible
 lengths, not for this host) is dropped and counted in ``stats``; ``input``
 never raises.
 
-Sends never fragment (the DF bit is set on TCP; a UDP datagram larger than
-the MTU is refused with EMSGSIZE); received fragments are reassembled
+A UDP datagram or ICMP message larger than the MTU is sent as IPv4 fragments
+(``ip_send``; up to 65,507 bytes of data, IPv4's limit); TCP sets DF and keeps
+its segments within the MSS. Received fragments are reassembled
 (libos/net/ip.py). Packets to the host's own address are looped back inside
-the stack (no frame leaves).
+the stack whole (no frame leaves).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from libos.net.tcpconn import (
 from libos.net.udp import UdpSocket
 
 TTL = 64  # RFC 1700 / RFC 1122 3.2.1.7 default
+DATAGRAM_MAX = 65_535 - h.IP_HLEN - h.UDP_HLEN  # 65,507: the most data one IPv4 datagram carries (UDP, ICMP echo)
 LOOP_MAX = 10_000  # looped-back packets handled per call: a reset ping-pong cannot hang the host
 
 
@@ -106,7 +108,8 @@ class Stack:
                 # may (two processes of one Linux program, each with its own stack, talking over
                 # the host's address): it goes out to our own MAC, and the exokernel's filters
                 # hand it to the environment that claimed the port (exo/net.py).
-                self._out.append(h.ethernet(self.mac, self.mac, h.ETH_P_IP, packet))
+                for piece in (h.fragment(packet, self.mtu) if len(packet) > self.mtu else [packet]):
+                    self._out.append(h.ethernet(self.mac, self.mac, h.ETH_P_IP, piece))
                 continue
             self._guarded(self._ip_input, packet, self.now())
         if self._loop:
@@ -146,6 +149,23 @@ class Stack:
         hop = dst if self._same_subnet(dst) else self.gateway
         self._out += self.arp.resolve(hop, h.ETH_P_IP, packet, now)
         # LAB 6 END
+
+    def ip_send(self, dst: bytes, proto: int, payload: bytes, now: int) -> None:
+        """Send ``payload`` to ``dst``: one packet (``ip_output``) when it fits the MTU or stays
+        in this host, else the packet's fragments (headers.fragment), each routed as a packet."""
+        if h.IP_HLEN + len(payload) <= self.mtu or dst == self.ip:
+            self.ip_output(dst, proto, payload, now)
+            return
+        self.ident = (self.ident + 1) & 0xFFFF
+        pieces = h.fragment(h.ipv4(self.ip, dst, proto, payload, self.ident, ttl=TTL), self.mtu)
+        self.count("ip_sent")
+        self.count("ip_fragments_sent", len(pieces))
+        if dst in self._broadcasts:
+            self._out += [h.ethernet(h.BROADCAST_MAC, self.mac, h.ETH_P_IP, p) for p in pieces]
+            return
+        hop = dst if self._same_subnet(dst) else self.gateway
+        for p in pieces:
+            self._out += self.arp.resolve(hop, h.ETH_P_IP, p, now)
 
     # ---------------------------------------------------------------- input
     def input(self, frame: bytes, now: int | None = None) -> None:
@@ -229,7 +249,7 @@ class Stack:
                 self.count("icmp_broadcast_echo_ignored")  # RFC 1122 3.2.2.6 lets a host ignore these
                 return
             self.count("icmp_echo_answered")
-            self.ip_output(src, h.IPPROTO_ICMP, icmp.echo_reply(msg), now)
+            self.ip_send(src, h.IPPROTO_ICMP, icmp.echo_reply(msg), now)
         elif type_ == h.ICMP_ECHO_REPLY:
             self.count("icmp_echo_replies")
             self.echo_replies.append((src, ident, seq, msg[8:]))
@@ -241,10 +261,10 @@ class Stack:
 
     def ping(self, dst: bytes | str, ident: int, seq: int, data: bytes = b"") -> None:
         """Send an ICMP echo request; replies are appended to ``echo_replies``."""
-        if len(data) > self.mtu - h.IP_HLEN - h.ICMP_HLEN:
+        if len(data) > DATAGRAM_MAX:
             raise NetError(EMSGSIZE)
         rest = ident.to_bytes(2, "big") + seq.to_bytes(2, "big")
-        self.ip_output(h.ip_bytes(dst), h.IPPROTO_ICMP, h.icmp(h.ICMP_ECHO, 0, rest, data), self.now())
+        self.ip_send(h.ip_bytes(dst), h.IPPROTO_ICMP, h.icmp(h.ICMP_ECHO, 0, rest, data), self.now())
         self.flush()
 
     # ---------------------------------------------------------------- UDP
@@ -303,12 +323,12 @@ class Stack:
             del self.udp[sock.port]
 
     def udp_sendto(self, sock: UdpSocket, data: bytes, dst: bytes, dport: int) -> int:
-        if len(data) > self.mtu - h.IP_HLEN - h.UDP_HLEN:
-            raise NetError(EMSGSIZE)  # never fragmented on send
+        if len(data) > DATAGRAM_MAX:
+            raise NetError(EMSGSIZE)
         if not 0 < dport <= 0xFFFF or dst == b"\0\0\0\0":
             raise NetError(EINVAL if dport else EADDRNOTAVAIL)
         self.count("udp_sent")
-        self.ip_output(dst, h.IPPROTO_UDP, h.udp(self.ip, dst, sock.port, dport, data), self.now())
+        self.ip_send(dst, h.IPPROTO_UDP, h.udp(self.ip, dst, sock.port, dport, data), self.now())
         self.flush()
         return len(data)
 

@@ -115,11 +115,47 @@ def test_udp_echo():
         link.b.udp_bind(7)
     assert e.value.errno == EADDRINUSE
     with pytest.raises(NetError) as e:
-        link.a.udp_sendto(sa, bytes(1473), B, 7)
+        link.a.udp_sendto(sa, bytes(65_508), B, 7)  # IPv4's limit is 65,507 bytes of UDP data
     assert e.value.errno == EMSGSIZE
     link.a.udp_sendto(sa, bytes(1472), B, 7)  # exactly the MTU: one unfragmented packet
+    assert len(link.queues["b"]) == 1 and not link.a.stats.get("ip_fragments_sent")
     link.deliver()
     assert sb.recvfrom()[0] == bytes(1472)
+
+
+@pytest.mark.parametrize("size,mtu", [(1473, 1500), (3000, 1500), (65_507, 1500), (65_507, 576), (5000, 9000)])
+def test_large_udp_datagrams_go_as_fragments(size, mtu):
+    """Over the MTU, a datagram leaves as RFC 791 fragments (MF on all but the last, payloads of
+    a multiple of 8 bytes, each frame within the MTU) and the peer reassembles it."""
+    link = Link(mtu)
+    sa, sb = link.a.udp_bind(0), link.b.udp_bind(7)
+    data = random.Random(size).randbytes(size)
+    link.a.udp_sendto(sa, data, B, 7)
+    link.deliver()
+    frames = [f for f in link.sent["a"] if f[12:14] == b"\x08\x00"]
+    if size + 28 <= mtu:
+        assert len(frames) == 1
+    else:
+        assert len(frames) == -(-(size + 8) // ((mtu - 20) & ~7))
+        offsets = []
+        for i, f in enumerate(frames):
+            ip = f[14:]
+            total, flags = int.from_bytes(ip[2:4], "big"), int.from_bytes(ip[6:8], "big")
+            assert total <= mtu and h.checksum(ip[:20]) == 0
+            assert bool(flags & h.IP_MF) == (i < len(frames) - 1) and not flags & h.IP_DF
+            assert i == len(frames) - 1 or (total - 20) % 8 == 0
+            offsets.append((flags & h.IP_OFFMASK) * 8)
+        assert offsets == sorted(offsets) and offsets[0] == 0
+        assert link.b.stats["frag_reassembled"] == 1
+    assert sb.recvfrom() == (data, (A, sa.port))
+
+
+def test_large_ping_is_answered_in_fragments():
+    link = Link()
+    link.a.ping(B, 7, 1, bytes(range(256)) * 12)  # 3,072 bytes, as `ping -s 3072`
+    link.deliver()
+    assert link.a.echo_replies[-1] == (B, 7, 1, bytes(range(256)) * 12)
+    assert link.b.stats["ip_fragments_sent"] == 3 and link.a.stats["frag_reassembled"] == 1
 
 
 def test_udp_to_a_closed_port_gets_port_unreachable():
