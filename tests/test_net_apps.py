@@ -422,6 +422,33 @@ def test_4_mib_tcp_echo_over_tap(netns):
     assert rc == 0, err
 
 
+def test_tcp_options_agreed_with_the_host_kernel_over_tap(netns, tmp_path):
+    """Against Linux's TCP: window scaling, SACK and timestamps are offered by both SYNs and then
+    used (tshark reads the capture), and a 4 MiB echo comes back intact."""
+    pcap = tmp_path / "tcp.pcap"
+    exo = Exo(["guest_apps/tcp_echo", "--net", "tap:exo0", "--clock", "wall", "--pcap", str(pcap), "--", "1"],
+              netns=netns)
+    try:
+        r = peer(netns, "tcp", GUEST, "7", str(4 << 20))
+    finally:
+        rc, out, err = exo.finish()
+    assert r["ok"] and r["sha256_sent"] == r["sha256_received"], r
+    assert rc == 0, err
+    need_tool(shutil.which("tshark") is not None, "tshark is not installed")
+    fields = ["ip.src", "tcp.flags.syn", "tcp.options.wscale.shift", "tcp.options.sack_perm",
+              "tcp.options.timestamp.tsval", "tcp.window_size_value", "tcp.window_size"]
+    t = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp", "-T", "fields", *sum((["-e", f] for f in fields), [])],
+                       capture_output=True, text=True, timeout=120)
+    rows = [dict(zip(fields, line.split("\t"), strict=False)) for line in t.stdout.splitlines()]
+    syns = [x for x in rows if x["tcp.flags.syn"] in ("1", "True")]
+    assert len(syns) >= 2, t.stdout[:2000]
+    for x in syns[:2]:  # the host's SYN and the guest's SYN-ACK
+        assert x["tcp.options.wscale.shift"] and x["tcp.options.sack_perm"] and x["tcp.options.timestamp.tsval"], x
+    guest = [x for x in rows if x["ip.src"] == GUEST and x["tcp.flags.syn"] not in ("1", "True")]
+    assert guest and all(x["tcp.options.timestamp.tsval"] for x in guest)
+    assert max(int(x["tcp.window_size"] or 0) for x in guest) > 65535  # scaled past the 16-bit field
+
+
 def test_4_mib_tcp_echo_over_tap_with_10_percent_loss_duplication_and_reordering(netns, tmp_path):
     stats = tmp_path / "stats.json"
     exo = Exo(["guest_apps/tcp_echo", "--net", "tap:exo0", "--clock", "wall", "--stats-json", str(stats),

@@ -6,7 +6,7 @@
 ;   python -m exo boot guest_apps/tcp_echo --net user,hostfwd=tcp:127.0.0.1:5556-:7
 ;   (on the host)  nc 127.0.0.1 5556
 SOCK_STREAM equ 1
-BUFSIZE equ 4096
+BUFSIZE equ 8192                ; half the thread's 16 KiB stack (libos/sched.py STACK_PAGES)
 MAXCONN equ 1024
 
 section .text

@@ -79,8 +79,10 @@ def udp(src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> bytes:
 
 
 def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
-        data: bytes = b"", mss: int | None = None) -> bytes:  # fmt: skip
+        data: bytes = b"", mss: int | None = None, wscale: int | None = None) -> bytes:  # fmt: skip
     opts = struct.pack("!BBH", 2, 4, mss) if mss is not None else b""  # RFC 793 3.1: MSS, kind 2
+    if wscale is not None:
+        opts += bytes((1, 3, 3, wscale))  # NOP, then RFC 7323 2.2: window scale, kind 3, length 3
     h = _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (20 + len(opts)) << 2, flags,
                   window, 0, 0) + opts + data  # fmt: skip
     c = checksum(_pseudo(src, dst, PROTO_TCP, len(h)) + h)
@@ -115,6 +117,7 @@ class Frame:
     flags: int = 0
     window: int = 0
     mss: int | None = None
+    wscale: int | None = None  # RFC 7323 window scale option (kind 3)
     payload: bytes = b""  # ICMP: everything after the checksum; UDP/TCP: the data
 
 
@@ -179,6 +182,8 @@ def parse(frame: bytes) -> Frame | None:
                 return None
             if kind == 2 and opts[i + 1] == 4 and i + 4 <= len(opts):
                 f.mss = struct.unpack_from("!H", opts, i + 2)[0]
+            elif kind == 3 and opts[i + 1] == 3 and i + 3 <= len(opts):
+                f.wscale = opts[i + 2]
             i += opts[i + 1]
         f.payload = body[doff:]
     else:

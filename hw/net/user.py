@@ -199,8 +199,10 @@ class UserBackend:
     # ------------------------------------------------------- machine thread
     def send(self, frame: bytes) -> None:
         with self._lock:
+            idle = not self._guest_frames
             self._guest_frames.append(bytes(frame))
-        self._wakeup()
+        if idle:  # the thread takes every queued frame when it wakes: one wake-up per burst
+            self._wakeup()
 
     def recv(self) -> list[bytes]:
         return self._inbox.drain()
@@ -429,7 +431,7 @@ class UserBackend:
                 self._to_guest(p.ip_src, pk.PROTO_TCP, seg)
                 self.stats["tcp_resets_sent"] += 1
             return
-        c.tcp.input(p.seq, p.ack, p.flags, p.window, p.payload, p.mss, now)
+        c.tcp.input(p.seq, p.ack, p.flags, p.window, p.payload, p.mss, now, p.wscale)
 
     def _host_io(self, c: _Conn, mask: int, now: float) -> None:
         if c.sock is None:
@@ -472,7 +474,7 @@ class UserBackend:
         for seg in t.output(now):
             mss = seg.mss
             raw = pk.tcp(GATEWAY_IP, c.guest_ip, c.gw_port, c.guest_port, seg.seq, seg.ack, seg.flags,
-                         seg.window, seg.payload, mss)  # fmt: skip
+                         seg.window, seg.payload, mss, seg.wscale)  # fmt: skip
             self._to_guest(c.guest_ip, pk.PROTO_TCP, raw)
         self.stats["tcp_retransmits"] += t.retransmits - before
         if c.sock is not None:

@@ -15,11 +15,13 @@ What it does:
   one segment on the third duplicate ACK (RFC 5681 3.2);
 * the guest's advertised window respected (RFC 9293 3.8.6.2.1 window update rule
   with SND.WL1/WL2), zero-window probes of one byte on the persist timer;
-* our receive window is the room left in the buffer toward the host socket;
+* our receive window is the room left in the buffer toward the host socket, up to
+  256 KiB with RFC 7323 window scaling when the guest's SYN-ACK takes the option
+  (the guest's windows are scaled as its option says);
 * FIN both ways, RST both ways (an RST in the window aborts; RFC 5961 is not
   implemented), a lingering state after close that re-ACKs a retransmitted FIN.
 
-What it does not: window scaling, SACK, timestamps, congestion control
+What it does not: SACK, timestamps, congestion control
 (the wire is a local link), urgent data, simultaneous open, keep-alives.
 
 Sequence numbers are kept as unbounded integers relative to our ISS and the
@@ -33,7 +35,8 @@ from dataclasses import dataclass
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MOD = 1 << 32
-RCV_BUF = 65535  # no window scaling: the most we can advertise
+RCV_BUF = 256 * 1024  # toward the host socket; above 65,535 only with window scaling
+WSCALE = 2  # our RFC 7323 shift: 65,535 << 2 covers RCV_BUF
 SND_BUF = 256 * 1024
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: when the SYN carries no MSS option
 OUR_MSS = 1460
@@ -54,6 +57,7 @@ class Out:
     window: int
     payload: bytes = b""
     mss: int | None = None
+    wscale: int | None = None  # on the SYN: the window scale option (RFC 7323 2)
 
 
 def _unwrap(wire: int, near: int) -> int:
@@ -91,6 +95,8 @@ class GatewayTcp:
         self.peer_fin = False  # the guest's FIN was received in order
         self.last_adv = 0
         self.need_ack = False
+        self.snd_shift = 0  # RFC 7323: the guest's window field is shifted by this
+        self.rcv_shift = 0  # and ours, once the guest's SYN-ACK carried the option
         # timers (absolute seconds): retransmission/persist, linger
         self.srtt: float | None = None
         self.rttvar = 0.0
@@ -127,7 +133,7 @@ class GatewayTcp:
         """``n`` bytes of ``to_host`` were written to the host socket: the window reopens."""
         del self.to_host[:n]
         win = self._window()
-        if win - self.last_adv >= min(self.our_mss, RCV_BUF // 2) or (self.last_adv == 0 and win > 0):
+        if win - self.last_adv >= min(self.our_mss, self._window_cap() // 2) or (self.last_adv == 0 and win > 0):
             self.need_ack = True  # a window update (RFC 9293 3.8.6.2.2, receiver SWS avoidance)
 
     def abort(self) -> None:
@@ -147,19 +153,23 @@ class GatewayTcp:
         self.rtx_at = None
         self.linger_until = None
 
+    def _window_cap(self) -> int:
+        return min(RCV_BUF, 0xFFFF << self.rcv_shift)
+
     def _window(self) -> int:
         # out-of-order data sits inside the window already advertised: only delivered bytes shrink it
-        return max(0, RCV_BUF - len(self.to_host))
+        return max(0, self._window_cap() - len(self.to_host))
 
     # ----------------------------------------------------------------- input
     def input(self, seq: int, ack: int, flags: int, window: int, payload: bytes, mss: int | None,
-              now: float) -> None:  # fmt: skip
+              now: float, wscale: int | None = None) -> None:  # fmt: skip
         self.segments_in += 1
         if self.state == "CLOSED":
             return
         if self.state == "SYN_SENT":
-            self._input_syn_sent(seq, ack, flags, window, mss, now)
+            self._input_syn_sent(seq, ack, flags, window, mss, now, wscale)
             return
+        window <<= self.snd_shift  # never a SYN here (RFC 7323 2.2)
         seg_seq = _unwrap(seq, self.irs + self.rcv_nxt) - self.irs
         seg_ack = _unwrap(ack, self.iss + self.snd_una) - self.iss
         if flags & RST:
@@ -179,7 +189,8 @@ class GatewayTcp:
             return
         self._check_done(now)
 
-    def _input_syn_sent(self, seq: int, ack: int, flags: int, window: int, mss: int | None, now: float) -> None:
+    def _input_syn_sent(self, seq: int, ack: int, flags: int, window: int, mss: int | None, now: float,
+                        wscale: int | None = None) -> None:
         ack_ok = flags & ACK and (ack - self.iss) % MOD == 1
         if flags & RST:
             if ack_ok:
@@ -191,6 +202,8 @@ class GatewayTcp:
         self.rcv_nxt = 1
         self.snd_una = 1
         self.peer_mss = max(64, min(mss if mss is not None else DEFAULT_MSS, self.our_mss))
+        if wscale is not None:  # RFC 7323 2.2: both SYNs carried the option
+            self.snd_shift, self.rcv_shift = min(wscale, 14), WSCALE
         self.snd_wnd = window
         self.wl1, self.wl2 = 0, 1
         self.state = "ESTABLISHED"
@@ -310,10 +323,12 @@ class GatewayTcp:
 
     def _seg(self, seq: int, flags: int, payload: bytes = b"", mss: int | None = None) -> Out:
         win = self._window()
-        self.last_adv = win
+        shift = 0 if flags & SYN else self.rcv_shift
+        field = min(0xFFFF, win >> shift)
+        self.last_adv = field << shift
         self.segments_out += 1
         ack = (self.irs + self.rcv_nxt) % MOD if flags & ACK else 0
-        return Out((self.iss + seq) % MOD, ack, flags, win, payload, mss)
+        return Out((self.iss + seq) % MOD, ack, flags, field, payload, mss, WSCALE if flags & SYN else None)
 
     def _data_seg(self, seq: int, n: int) -> Out:
         data_end = self.sndbuf_seq + len(self.sndbuf)

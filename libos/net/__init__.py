@@ -89,7 +89,7 @@ class Sock:
     """One fd: a UDP socket, a listening TCP socket, or a TCP connection (or not yet any)."""
 
     __slots__ = ("stream", "nonblock", "port", "udp", "listener", "conn", "connecting", "shut_wr",
-                 "filter_spec")
+                 "filter_spec", "nodelay")
 
     def __init__(self, stream: bool, nonblock: bool) -> None:
         self.stream = stream
@@ -101,6 +101,9 @@ class Sock:
         self.connecting = False  # a blocking connect is waiting for the handshake
         self.shut_wr = False
         self.filter_spec: tuple | None = None  # the filter this socket holds a reference to
+        # TCP_NODELAY: native sockets send at once (their API has no setsockopt); the posix
+        # personality turns Nagle on for Linux programs, as Linux does, unless they set it.
+        self.nodelay = True
 
 
 def _entry(fn: Callable[..., int]) -> Callable[..., int]:
@@ -466,6 +469,16 @@ class Net(LibModule):
         return 0
 
     @_entry
+    def set_nodelay(self, fd: int, on: bool) -> int:
+        """TCP_NODELAY for socket ``fd`` (the posix personality's setsockopt; Python callers only)."""
+        s = self.socks.get(fd)
+        if s is None:
+            return -L.EBADF
+        s.nodelay = on
+        if s.conn is not None:
+            s.conn.tcb.nodelay = on
+        return 0
+
     def accept(self, fd: int, sa_out: int, salen_ptr: int) -> int:
         s = self._sock(fd)
         if s.listener is None:
@@ -480,7 +493,8 @@ class Net(LibModule):
                 self._put_sockaddr(sa_out, salen_ptr, *conn.remote)  # may fault: nothing taken yet
                 self.stack.tcp_accept(lst)
                 ns = Sock(True, False)
-                ns.port, ns.conn = s.port, conn
+                ns.port, ns.conn, ns.nodelay = s.port, conn, s.nodelay  # inherited, as on Linux
+                conn.tcb.nodelay = s.nodelay
                 self._hold(ns, IPPROTO_TCP, s.port)
                 self.socks[nfd] = ns
                 return nfd
@@ -510,6 +524,7 @@ class Net(LibModule):
             self._hold(s, IPPROTO_TCP, s.port)
             try:
                 s.conn = self.stack.tcp_connect(addr, port, s.port)
+                s.conn.tcb.nodelay = s.nodelay
             except NetError:
                 self._filter_unref(s.filter_spec)
                 s.filter_spec = None

@@ -139,9 +139,10 @@ def udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes
 
 
 def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
-        payload: bytes = b"", mss: int | None = None) -> bytes:
-    """A TCP segment; ``mss``: with the MSS option (RFC 9293 3.7.1; kind 2, length 4)."""
-    opts = b"" if mss is None else struct.pack("!BBH", 2, 4, mss)
+        payload: bytes = b"", mss: int | None = None, options: bytes = b"") -> bytes:
+    """A TCP segment; ``mss``: with the MSS option (RFC 9293 3.7.1; kind 2, length 4), then
+    ``options`` (tcp_options: a multiple of 4 bytes)."""
+    opts = (b"" if mss is None else struct.pack("!BBH", 2, 4, mss)) + options
     off = (TCP_HLEN + len(opts)) // 4
     seg = TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags, min(window, 0xFFFF), 0, 0)
     seg += opts + payload
@@ -158,6 +159,75 @@ def icmp(type_: int, code: int, rest: bytes, payload: bytes) -> bytes:
 
 def arp(op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
     return ArpCompiled.build({"op": op, "sha": sha, "spa": spa, "tha": tha, "tpa": tpa})
+
+
+# TCP option kinds (IANA "TCP Option Kind Numbers"): RFC 7323 (window scale, timestamps),
+# RFC 2018 (SACK permitted, SACK)
+TCPOPT_EOL, TCPOPT_NOP, TCPOPT_MSS, TCPOPT_WSCALE, TCPOPT_SACK_OK, TCPOPT_SACK, TCPOPT_TS = 0, 1, 2, 3, 4, 5, 8
+_TS = struct.Struct("!BBBBII")  # NOP, NOP, kind 8, length 10, TSval, TSecr (RFC 7323 appendix A layout)
+
+
+def tcp_options(wscale: int | None = None, sack_ok: bool = False, ts: tuple[int, int] | None = None,
+                sacks: tuple[tuple[int, int], ...] = ()) -> bytes:
+    """The options after MSS, NOP-padded to 4-byte words as Linux lays them out: [NOP NOP TS]
+    [NOP NOP SACK-permitted | NOP WS] [NOP NOP SACK blocks]."""
+    out = b""
+    if ts is not None:
+        out += _TS.pack(TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TS, 10, ts[0] & 0xFFFFFFFF, ts[1] & 0xFFFFFFFF)
+    if sack_ok:
+        out += bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK_OK, 2))
+    if wscale is not None:
+        out += bytes((TCPOPT_NOP, TCPOPT_WSCALE, 3, wscale))
+    if sacks:
+        out += bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK, 2 + 8 * len(sacks)))
+        out += b"".join(struct.pack("!II", a & 0xFFFFFFFF, b & 0xFFFFFFFF) for a, b in sacks)
+    return out
+
+
+class TcpOptions:
+    """The options of one segment that the engine uses (absent ones None / False / empty)."""
+
+    __slots__ = ("mss", "wscale", "sack_ok", "ts", "sacks")
+
+    def __init__(self) -> None:
+        self.mss: int | None = None
+        self.wscale: int | None = None
+        self.sack_ok = False
+        self.ts: tuple[int, int] | None = None
+        self.sacks: tuple[tuple[int, int], ...] = ()
+
+
+def parse_tcp_options(options: bytes) -> TcpOptions:
+    """MSS, window scale, SACK-permitted, SACK blocks and timestamps from a TCP options field
+    (RFC 9293 3.2: kinds 0 and 1 are one byte, the others kind, length, data). A malformed
+    field ends the parse: what was read before it stands, as Linux's tcp_parse_options does."""
+    o = TcpOptions()
+    i, n = 0, len(options)
+    while i < n:
+        kind = options[i]
+        if kind == TCPOPT_EOL:
+            break
+        if kind == TCPOPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            break
+        length = options[i + 1]
+        if length < 2 or i + length > n:
+            break
+        body = options[i + 2:i + length]
+        if kind == TCPOPT_MSS and length == 4:
+            o.mss = int.from_bytes(body, "big")
+        elif kind == TCPOPT_WSCALE and length == 3:
+            o.wscale = min(body[0], 14)  # RFC 7323 2.3: a shift over 14 is taken as 14
+        elif kind == TCPOPT_SACK_OK and length == 2:
+            o.sack_ok = True
+        elif kind == TCPOPT_TS and length == 10:
+            o.ts = struct.unpack("!II", body)
+        elif kind == TCPOPT_SACK and length >= 10 and (length - 2) % 8 == 0:
+            o.sacks = tuple(struct.unpack_from("!II", body, k) for k in range(0, length - 2, 8))
+        i += length
+    return o
 
 
 def tcp_mss(options: bytes) -> int | None:

@@ -354,8 +354,12 @@ class Stack:
         lst = self.listeners.get(dport)
         if conn is not None or (lst is not None and flags & (SYN | ACK | RST) == SYN):
             tcp = _tcp_module()  # (no connection or listener can exist without it)
-            mss = h.tcp_mss(seg[h.TCP_HLEN:doff]) if flags & SYN else None
-            segment = tcp.Segment(sport, dport, seq, ack, flags, window, payload, mss)
+            segment = tcp.Segment(sport, dport, seq, ack, flags, window, payload)
+            if doff > h.TCP_HLEN:
+                o = h.parse_tcp_options(seg[h.TCP_HLEN:doff])
+                segment.ts, segment.sacks = o.ts, o.sacks
+                if flags & SYN:
+                    segment.mss, segment.wscale, segment.sack_ok = o.mss, o.wscale, o.sack_ok
         if conn is not None:
             self.count("tcp_segments")
             conn.tcb.input(segment, now)

@@ -82,7 +82,9 @@ CLOSED = "CLOSED"
 
 MS = 1_000_000
 SEC = 1_000_000_000
-MAX_WINDOW = 65535  # no window scaling (RFC 7323): the header field is all there is
+MAX_WINDOW = 65535  # the header field; RFC 7323 window scaling shifts it
+MAX_WSCALE = 14  # RFC 7323 2.3
+DELACK_NS = 40 * MS  # delayed ACK timer: Linux's TCP_DELACK_MIN (RFC 1122 4.2.3.2: at most 0.5 s)
 _MASK = 0xFFFFFFFF
 _SYNCHRONIZED = frozenset({SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING,
                            LAST_ACK, TIME_WAIT})
@@ -106,6 +108,10 @@ class Segment:
     window: int
     payload: bytes = b""
     mss: int | None = None  # MSS option (SYN segments only)
+    wscale: int | None = None  # window scale option (SYN segments only; RFC 7323 2)
+    sack_ok: bool = False  # SACK-permitted option (SYN segments only; RFC 2018 2)
+    ts: tuple[int, int] | None = None  # timestamps option (TSval, TSecr; RFC 7323 3)
+    sacks: tuple[tuple[int, int], ...] = ()  # SACK blocks, wire values (RFC 2018 3)
 
     @property
     def seg_len(self) -> int:
@@ -125,12 +131,13 @@ class Tcb:
     MAX_RETRIES = 15            # Linux tcp_retries2
     ORPHAN_RETRIES = 8          # Linux tcp_orphan_retries: its default 0 means 8 (">100 s with a 200 ms RTO")
     SYN_RETRIES = 6             # Linux tcp_syn_retries
-    RCVBUF = 64 * 1024
+    RCVBUF = 256 * 1024         # advertised whole when the peer takes window scaling, else 65535 of it
     SNDBUF = 256 * 1024
     DEFAULT_PEER_MSS = 536      # RFC 9293 3.7.1: no MSS option means 536
 
     def __init__(self, lport: int, rport: int, *, iss: int, now: int, mss: int = 1460,
-                 rcvbuf: int | None = None, sndbuf: int | None = None, msl_ns: int | None = None) -> None:
+                 rcvbuf: int | None = None, sndbuf: int | None = None, msl_ns: int | None = None,
+                 options: bool = True, nodelay: bool = False, delayed_ack: bool = True) -> None:
         self.lport = lport
         self.rport = rport
         self.mss = mss
@@ -140,6 +147,25 @@ class Tcb:
         self.state = CLOSED
         self.error: int | None = None
         self.established = False
+        # RFC 7323 and RFC 2018 options: offered on our SYN when ``options``, in use when both
+        # SYNs carried them. Window shifts: snd_wscale for the windows the peer sends, rcv_wscale
+        # for ours (the smallest that fits the whole receive buffer).
+        self.offer_options = options
+        self.ws_ok = self.ts_ok = self.sack_ok = False
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self._want_wscale = max(0, min(MAX_WSCALE, (self.rcvbuf_size - 1).bit_length() - 16))
+        self.ts_recent = 0              # RFC 7323 4.3: the peer's TSval to echo
+        self._last_ack_sent = 0         # RCV.NXT in the last segment sent (RFC 7323 4.3 Last.ACK.sent)
+        self._sacked: list[list[int]] = []  # RFC 2018 scoreboard: [start, end) the peer holds beyond snd_una
+        self._sack_rexmit = 0           # holes to retransmit now (one per duplicate ACK in recovery)
+        self._hole_hint = 0             # retransmitted up to here in this recovery
+        self._ooo_last = 0              # start of the out-of-order data received last (first SACK block)
+        self.nodelay = nodelay          # no Nagle (TCP_NODELAY)
+        self.delayed_ack = delayed_ack
+        self._delack_at: int | None = None  # a delayed ACK is due (RFC 1122 4.2.3.2)
+        self._unacked = 0               # data segments received in order since the last ACK sent
+        self._tsecr = 0                 # TSecr of the segment being processed (0: none)
         self._active = False
         self._now = now
         # Send sequence space (RFC 9293 3.3.1), unbounded integers. snd_max is the highest
@@ -219,6 +245,16 @@ class Tcb:
         self.rcv_nxt = self.irs + 1
         self._rcv_adv = self.rcv_nxt
         self.peer_mss = syn.mss if syn.mss else self.DEFAULT_PEER_MSS
+        # RFC 7323 2.2 / RFC 2018 2: an option is in use only if both SYNs carry it (our
+        # SYN-ACK answers with exactly the options the SYN offered). The SYN's window is unscaled.
+        if self.offer_options:
+            self.ws_ok = syn.wscale is not None
+            self.snd_wscale = syn.wscale if self.ws_ok else 0
+            self.rcv_wscale = self._want_wscale if self.ws_ok else 0
+            self.sack_ok = syn.sack_ok
+            self.ts_ok = syn.ts is not None
+            if self.ts_ok:
+                self.ts_recent = syn.ts[0]
         self.snd_wnd = syn.window
         self.max_sndwnd = max(self.max_sndwnd, syn.window)
         self.snd_wl1 = self.irs
@@ -226,8 +262,9 @@ class Tcb:
 
     @property
     def eff_mss(self) -> int:
-        """Largest payload to send: the peer's MSS, and never more than our own (same MTU)."""
-        return max(1, min(self.peer_mss, self.mss))
+        """Largest payload to send: the peer's MSS, and never more than our own (same MTU), less
+        the 12 bytes the timestamps option takes in every segment (RFC 7323 / Linux tcp_current_mss)."""
+        return max(1, min(self.peer_mss, self.mss) - (12 if self.ts_ok else 0))
 
     def _enter_established(self) -> None:
         self.established = True
@@ -257,11 +294,15 @@ class Tcb:
         with memoryview(self._rbuf) as mv:
             out = bytes(mv[:n])
         del self._rbuf[:n]
-        # Window update once the right edge can move by enough (RFC 9293 3.8.6.2.2); none once
-        # the peer's FIN is in: it sends nothing more (and may be gone: its reply would be a RST).
-        if (self.state in _SYNCHRONIZED and not self._fin_rcvd
-                and self.rcv_nxt + self._rcv_wnd() - self._rcv_adv >= self._sws_threshold()):
-            self._ack_now = True
+        # Window update once the right edge can move by enough (RFC 9293 3.8.6.2.2) and the
+        # window would at least double (Linux's __tcp_cleanup_rbuf: a reader keeping up must not
+        # turn every read into an ACK, which would undo delayed ACKs); none once the peer's FIN
+        # is in: it sends nothing more (and may be gone: its reply would be a RST).
+        if self.state in _SYNCHRONIZED and not self._fin_rcvd:
+            old = max(self._rcv_adv - self.rcv_nxt, 0)
+            new = self._rcv_wnd()
+            if new - old >= self._sws_threshold() and (new >= 2 * old or not self.delayed_ack):
+                self._ack_now = True
         return out
 
     @property
@@ -358,6 +399,12 @@ class Tcb:
             seglen -= 1
             seg = Segment(seg.sport, seg.dport, seg.seq, seg.ack, flags, seg.window, seg.payload)
 
+        ts = seg.ts if self.ts_ok else None
+        self._tsecr = ts[1] if ts is not None else 0
+        if ts is not None and not flags & RST and seq_delta(ts[0], self.ts_recent) < 0:
+            self._ack_now = True  # RFC 7323 5.3 R1 (PAWS): an old duplicate; ACK it and drop it
+            return
+
         # First: the acceptability test (RFC 9293 3.10.7.4, the four cases).
         wnd = self._rcv_wnd()
         if seglen == 0:
@@ -374,6 +421,8 @@ class Tcb:
                 if st == TIME_WAIT and flags & FIN and seq + seglen == nxt:
                     self._tw_at = now + 2 * self.msl_ns  # retransmitted FIN: restart 2 MSL
             return
+        if ts is not None and seq <= self._last_ack_sent:
+            self.ts_recent = ts[0]  # RFC 7323 4.3 (2); PAWS above made sure it is not older
 
         # Second: RST (RFC 9293 3.10.7.4 with RFC 5961 3.2).
         if flags & RST:
@@ -476,30 +525,42 @@ class Tcb:
         """RFC 9293 3.10.7.4 fifth (ESTABLISHED processing), RFC 5681 / RFC 6582 on each ACK."""
         self._probes = 0  # the peer is alive: persist probing goes on (RFC 9293 3.8.6.1)
         una = self.snd_una
+        window = seg.window << self.snd_wscale  # RFC 7323 2.3 (never on a SYN: _take_syn)
+        if self.sack_ok and seg.sacks:
+            self._take_sacks(seg.sacks)
         if ack > una:
             self._ack_advanced(ack, now)
         elif (ack == una and plen == 0 and not flags & (SYN | FIN) and self.snd_max > una
-              and seg.window == self.snd_wnd):
+              and window == self.snd_wnd):
             self._dupack()  # RFC 5681 2 "DUPLICATE ACKNOWLEDGMENT", all five conditions
         # Window update (RFC 9293 3.10.7.4: SND.UNA =< SEG.ACK, and only from a newer segment
         # by SND.WL1/WL2, so a reordered old segment cannot shrink or reopen the window).
         if ack >= self.snd_una and (self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack)):
-            self.snd_wnd = seg.window
+            self.snd_wnd = window
             self.snd_wl1 = seq
             self.snd_wl2 = ack
-            if seg.window > self.max_sndwnd:
-                self.max_sndwnd = seg.window
-            if seg.window > 0:
+            if window > self.max_sndwnd:
+                self.max_sndwnd = window
+            if window > 0:
                 self._persist_at = None
                 self._persist_backoff = 0
 
     def _ack_advanced(self, ack: int, now: int) -> None:
         una = self.snd_una
         acked = ack - una
+        if self.ts_ok and self._tsecr:
+            # RFC 7323 4.1: the echoed timestamp times the segment being acknowledged, whether
+            # or not it was retransmitted (no Karn ambiguity); the clock ticks in ms.
+            rtt_ms = (now // MS - self._tsecr) & _MASK
+            if rtt_ms < 1 << 31:
+                self.rtt_sample(rtt_ms * MS)
+            self._rtt_seq = None
         # RFC 6298 3 / Karn: a sample only from a segment that was never retransmitted.
-        if self._rtt_seq is not None and ack > self._rtt_seq:
+        elif self._rtt_seq is not None and ack > self._rtt_seq:
             self.rtt_sample(now - self._rtt_time)
             self._rtt_seq = None
+        if self._sacked:
+            self._sacked = [[max(a, ack), b] for a, b in self._sacked if b > ack]
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
@@ -523,7 +584,9 @@ class Tcb:
             else:
                 # RFC 6582 3.2 step 5, partial acknowledgment: retransmit the next hole,
                 # deflate by the amount acknowledged, add back one SMSS if that was >= SMSS.
-                self._rexmit_first = True
+                if not (self.sack_ok and ack < self._hole_hint):  # (not if the holes went already)
+                    self._rexmit_first = True
+                    self._hole_hint = max(self._hole_hint, ack + smss)
                 self.cwnd = max(self.cwnd - acked + (smss if acked >= smss else 0), smss)
                 if not self._partial_seen:
                     self._partial_seen = True
@@ -544,6 +607,8 @@ class Tcb:
         self._dupacks += 1
         if self._in_recovery:
             self.cwnd += smss  # RFC 5681 3.2 step 4 / RFC 6582 3.2 step 4: inflate
+            if self.sack_ok:
+                self._sack_rexmit += 1  # and the next hole the SACK blocks show (RFC 6675 5 (C))
         elif self._dupacks < 3:
             # RFC 3042 limited transmit: each of the first two duplicate ACKs lets one new
             # segment out past cwnd, so a small window still gets its three duplicates.
@@ -560,10 +625,12 @@ class Tcb:
             self._limited = 0
             self.cwnd = self.ssthresh + 3 * smss
             self.fast_retransmits += 1
+            self._hole_hint = self.snd_una + smss  # _rexmit_first resends the first hole
 
     def _take_data(self, payload: bytes, seq: int, fin: bool) -> bool:
-        """Keep the part of payload inside the window; returns fin, cleared if the tail was cut."""
-        self._ack_now = True  # every data segment, in order or not, is ACKed at once
+        """Keep the part of payload inside the window; returns fin, cleared if the tail was cut.
+        In-order data is ACKed every second segment or after DELACK_NS (RFC 1122 4.2.3.2, RFC
+        5681 4.2); out-of-order data, a duplicate, and data that fills a gap at once (RFC 5681 4.2)."""
         nxt = self.rcv_nxt
         data = memoryview(payload)
         if seq < nxt:  # duplicate head: trim (RFC 9293 3.10.7.4 "trimmed")
@@ -574,8 +641,16 @@ class Tcb:
             data = data[:max(limit - seq, 0)]
             fin = False
         if not data:
+            self._ack_now = True
             return fin
         if seq == nxt:
+            if self._ooo:
+                self._ack_now = True  # it fills (part of) a gap
+            self._unacked += 1
+            if self._unacked >= 2 or not self.delayed_ack:
+                self._ack_now = True
+            elif self._delack_at is None:
+                self._delack_at = self._now + DELACK_NS
             self._rbuf += data
             self.rcv_nxt = nxt = seq + len(data)
             ooo = self._ooo
@@ -590,6 +665,8 @@ class Tcb:
                 self._ooo_fin = None
                 self._on_fin(self._now)
         else:
+            self._ack_now = True
+            self._ooo_last = seq
             self._ooo_insert(seq, data)
         return fin
 
@@ -633,20 +710,24 @@ class Tcb:
     # --- windows ---------------------------------------------------------------------------
 
     def _rcv_wnd(self) -> int:
-        return max(0, min(self.rcvbuf_size - len(self._rbuf), MAX_WINDOW))
+        return max(0, min(self.rcvbuf_size - len(self._rbuf), MAX_WINDOW << self.rcv_wscale))
 
     def _sws_threshold(self) -> int:
         return max(1, min(self.rcvbuf_size // 2, self.mss))
 
-    def _adv_window(self) -> int:
-        """Window to advertise, with receiver SWS avoidance (RFC 9293 3.8.6.2.2): the right
-        edge moves only by at least min(RCV.BUFF/2, MSS), and never moves left (3.8.6)."""
+    def _adv_window(self, syn: bool = False) -> int:
+        """The window field to send, with receiver SWS avoidance (RFC 9293 3.8.6.2.2): the right
+        edge moves only by at least min(RCV.BUFF/2, MSS), and never moves left (3.8.6). Scaled
+        by rcv_wscale (rounded up, as Linux does, so the edge cannot move left by the rounding),
+        except on a SYN (RFC 7323 2.2)."""
         wnd = self._rcv_wnd()
         old = max(self._rcv_adv - self.rcv_nxt, 0)
         if old < wnd < old + self._sws_threshold():
             wnd = old
-        self._rcv_adv = self.rcv_nxt + wnd
-        return wnd
+        shift = 0 if syn else self.rcv_wscale
+        field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW)
+        self._rcv_adv = self.rcv_nxt + (field << shift)
+        return field
 
     # --- round-trip time (RFC 6298) --------------------------------------------------------
 
@@ -665,10 +746,10 @@ class Tcb:
 
     def next_timer(self) -> int | None:
         """Absolute ns of the earliest deadline; the last time seen if output is already due."""
-        if self._ctl or self._ack_now or self._rexmit_first or self._probe_now:
+        if self._ctl or self._ack_now or self._rexmit_first or self._probe_now or self._sack_rexmit:
             return self._now
         best: int | None = None
-        for t in (self._rto_at, self._persist_at, self._tw_at):
+        for t in (self._rto_at, self._persist_at, self._tw_at, self._delack_at):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -679,6 +760,11 @@ class Tcb:
             return
         if self._rto_at is not None and now >= self._rto_at:
             self._on_rto()
+            self._sacked.clear()  # RFC 2018 8: after a timeout, SACK information is ignored
+            self._sack_rexmit = 0
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._ack_now = True
         if self._persist_at is not None and now >= self._persist_at:
             self._on_persist(now)
 
@@ -736,6 +822,7 @@ class Tcb:
         self._ack_now = self._rexmit_first = self._probe_now = False
         self._sbuf.clear()
         self._ooo.clear()
+        self._delack_at = None
 
     def _fail(self, errno: int) -> None:
         self.error = errno
@@ -752,10 +839,10 @@ class Tcb:
         Returns it and the sequence space it covers."""
         if seq == self.iss:
             if self.state == SYN_SENT:
-                return Segment(self.lport, self.rport, seq & _MASK, 0, SYN, self._adv_window(),
+                return Segment(self.lport, self.rport, seq & _MASK, 0, SYN, self._adv_window(syn=True),
                                mss=self.mss), 1
             return Segment(self.lport, self.rport, seq & _MASK, self.rcv_nxt & _MASK, SYN | ACK,
-                           self._adv_window(), mss=self.mss), 1
+                           self._adv_window(syn=True), mss=self.mss), 1
         data_end = self._sbase + len(self._sbuf)
         end = min(limit, data_end)
         n = max(end - seq, 0)
@@ -806,6 +893,7 @@ class Tcb:
                 self._ack_now = False
             return out
         smss = self.eff_mss
+        ack_due = self._ack_now
         if self._rexmit_first:
             self._rexmit_first = False
             if self.snd_una < self.snd_max:
@@ -815,6 +903,8 @@ class Tcb:
                 size = min(smss, max(self.snd_wnd, 1))
                 seg, n = self._segment_at(self.snd_una, self.snd_una + size)
                 self._emit(out, seg, self.snd_una, n, now)
+        if self._sack_rexmit:
+            self._send_holes(out, now)
         if self.snd_nxt == self.iss and st in (SYN_SENT, SYN_RECEIVED):
             seg, n = self._segment_at(self.iss, self.iss + 1)
             self._emit(out, seg, self.iss, n, now)
@@ -823,10 +913,90 @@ class Tcb:
             self._emit(out, seg, self.iss, n, now)
         if self.snd_una > self.iss:  # synchronized and our SYN ACKed: data and FIN may go
             self._send_new(out, now)
-        if self._ack_now and st != SYN_SENT:
-            out.append(self._pure_ack())
+        if st != SYN_SENT and (self._ack_now or (ack_due and self._ooo and self.sack_ok)):
+            out.append(self._pure_ack())  # (data segments carry no SACK blocks: an ACK does)
         self._ack_now = False
+        self._stamp(out, now)
         return out
+
+    def _stamp(self, out: list[Segment], now: int) -> None:
+        """Options on the segments leaving: timestamps on all once in use, and on a SYN the ones
+        offered (SYN) or agreed (SYN-ACK); every segment but a RST carries our ACK, so the
+        delayed ACK is done."""
+        for seg in out:
+            flags = seg.flags
+            if flags & RST:
+                continue
+            if flags & SYN:
+                offer = flags & ACK == 0 and self.offer_options
+                if offer or self.ws_ok:
+                    seg.wscale = self._want_wscale
+                seg.sack_ok = offer or self.sack_ok
+                if offer or self.ts_ok:
+                    seg.ts = ((now // MS) & _MASK, self.ts_recent if self.ts_ok else 0)
+            elif self.ts_ok:
+                seg.ts = ((now // MS) & _MASK, self.ts_recent)
+            if flags & ACK:
+                self._last_ack_sent = self.rcv_nxt
+                self._delack_at = None
+                self._unacked = 0
+
+    # --- SACK (RFC 2018) -------------------------------------------------------------------
+
+    def _take_sacks(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        """Add the peer's SACK blocks to the scoreboard: [start, end) ranges above SND.UNA,
+        merged; a block outside (SND.UNA, SND.MAX] (a D-SACK, or nonsense) is ignored."""
+        una = self.snd_una
+        for left, right in blocks:
+            a, b = una + seq_delta(left, una), una + seq_delta(right, una)
+            if not una < a < b <= self.snd_max:
+                continue
+            merged = []
+            for s, e in self._sacked:
+                if e < a or s > b:
+                    merged.append([s, e])
+                else:
+                    a, b = min(a, s), max(b, e)
+            merged.append([a, b])
+            merged.sort()
+            self._sacked = merged
+
+    def _send_holes(self, out: list[Segment], now: int) -> None:
+        """In recovery, retransmit the next holes below the highest SACKed byte, one segment per
+        duplicate ACK (RFC 6675 5 (C) in a simple form: the scoreboard says what is missing)."""
+        n, self._sack_rexmit = self._sack_rexmit, 0
+        if not self._in_recovery or not self._sacked:
+            return
+        smss = self.eff_mss
+        while n > 0:
+            start = max(self._hole_hint, self.snd_una)
+            hole = None
+            for a, b in self._sacked:
+                if start < a:
+                    hole = (start, min(a, start + smss))
+                    break
+                start = max(start, b)
+            if hole is None:
+                return
+            seg, length = self._segment_at(hole[0], hole[1])
+            self._emit(out, seg, hole[0], length, now)
+            self._hole_hint = hole[0] + length
+            n -= 1
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        """The out-of-order data held, as SACK blocks: the one holding the segment that came
+        last first, then the others (RFC 2018 4); 3 fit beside timestamps, 4 without."""
+        if not self.sack_ok or not self._ooo:
+            return ()
+        ranges: list[list[int]] = []
+        for s, d in self._ooo:
+            if ranges and ranges[-1][1] >= s:
+                ranges[-1][1] = max(ranges[-1][1], s + len(d))
+            else:
+                ranges.append([s, s + len(d)])
+        first = [r for r in ranges if r[0] <= self._ooo_last < r[1]]
+        rest = [r for r in reversed(ranges) if r not in first]
+        return tuple((a & _MASK, b & _MASK) for a, b in (first + rest)[:3 if self.ts_ok else 4])
 
     def _send_new(self, out: list[Segment], now: int) -> None:
         smss = self.eff_mss
@@ -838,6 +1008,11 @@ class Tcb:
                 edge = self.snd_una + min(self.snd_wnd, self.cwnd + self._limited)
                 n = min(smss, left, edge - nxt)
                 if n <= 0:
+                    break
+                # Nagle (RFC 1122 4.2.3.4, RFC 896): while data is in flight, a short segment waits
+                # for a full one or for the ACK, unless TCP_NODELAY; the stream's end goes with its FIN.
+                if (n < smss and not self.nodelay and self.snd_max > self.snd_una
+                        and not (self._fin_queued and nxt + n == data_end)):
                     break
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1): a short segment only if it is all
                 # there is, or half the largest window seen, or nothing is in flight.
@@ -876,7 +1051,8 @@ class Tcb:
         # (RFC 9293 3.10.7.4), so the peer would never learn its data arrived and both sides
         # could sit in backed-off timers (a 4 MiB echo once stalled 120 s that way).
         seq = min(self.snd_max, self.snd_una + self.snd_wnd)
-        return Segment(self.lport, self.rport, seq & _MASK, self.rcv_nxt & _MASK, ACK, self._adv_window())
+        return Segment(self.lport, self.rport, seq & _MASK, self.rcv_nxt & _MASK, ACK, self._adv_window(),
+                       sacks=self._sack_blocks())
 
     def __repr__(self) -> str:
         return (f"Tcb({self.lport}->{self.rport} {self.state} una={self.snd_una & _MASK} "

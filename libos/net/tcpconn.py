@@ -84,4 +84,4 @@ def reset_for(sport: int, dport: int, seq: int, ack: int, flags: int, seg_len: i
 def segment_bytes(src: bytes, dst: bytes, seg: Any) -> bytes:
     """A tcp.Segment as TCP header + payload, with its checksum."""
     return h.tcp(src, dst, seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, seg.window, seg.payload,
-                 seg.mss)
+                 seg.mss, h.tcp_options(seg.wscale, seg.sack_ok, seg.ts, seg.sacks))

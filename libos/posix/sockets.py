@@ -35,6 +35,7 @@ SOCK_STREAM, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC = 1, 2, 0o4000, 0o2000000
 MSG_DONTWAIT, MSG_NOSIGNAL = 0x40, 0x4000
 EAGAIN, EINPROGRESS, EALREADY, EISCONN, EPIPE = 11, 115, 114, 106, 32
 SOL_SOCKET, SO_TYPE, SO_ERROR = 1, 3, 4
+IPPROTO_TCP, TCP_NODELAY = 6, 1  # Linux <netinet/tcp.h>
 O_NONBLOCK = 0o4000
 BUF_PAGE = 48  # the posix module's pages for sendmsg/recvmsg: 16 pages after the disk staging
 BUF_PAGES = 16
@@ -186,9 +187,11 @@ def sys_socket(p: Posix, domain: int, type_: int, protocol: int, *_: int) -> int
     if domain != AF_INET:
         return -EAFNOSUPPORT  # AF_UNIX, AF_INET6, netlink...: not served (docs/posix.md)
     kind = type_ & 0xF
-    nfd = _net(p).socket(kind | SOCK_NONBLOCK)
+    net = _net(p)
+    nfd = net.socket(kind | SOCK_NONBLOCK)
     if nfd < 0:
         return nfd
+    net.set_nodelay(nfd, False)  # Nagle on, as a Linux socket starts (TCP_NODELAY turns it off)
     return _install(p, SocketFile(p.proc.pid, nfd, kind == SOCK_STREAM, O_RDWR | (type_ & SOCK_NONBLOCK)), type_)
 
 
@@ -359,9 +362,20 @@ def sys_shutdown(p: Posix, fd: int, how: int, *_: int) -> int:
 
 
 @syscall("setsockopt")
-def sys_setsockopt(p: Posix, fd: int, *_: int) -> int:
+@_guard
+def sys_setsockopt(p: Posix, fd: int, level: int, name: int, val: int, vlen: int, *_: int) -> int:
     f = _sock(p, fd)
-    return f if isinstance(f, int) else 0  # SO_REUSEADDR, TCP_NODELAY...: accepted (docs/posix.md)
+    if isinstance(f, int):
+        return f
+    if level == IPPROTO_TCP and name == TCP_NODELAY:
+        if vlen < 4:
+            return -EINVAL
+        try:
+            on = struct.unpack("<i", p.port.read(val, 4))[0] != 0
+        except p.port.Fault:
+            return -EFAULT
+        return _net(p).set_nodelay(f.nfd, on)
+    return 0  # SO_REUSEADDR, SO_KEEPALIVE...: accepted (docs/posix.md)
 
 
 @syscall("getsockopt")
@@ -371,10 +385,12 @@ def sys_getsockopt(p: Posix, fd: int, level: int, name: int, val: int, lenp: int
     if isinstance(f, int):
         return f
     value = 0
-    if level == SOL_SOCKET and name == SO_TYPE:
+    s = _net(p).socks.get(f.nfd)
+    if level == IPPROTO_TCP and name == TCP_NODELAY:
+        value = int(s is not None and s.nodelay)
+    elif level == SOL_SOCKET and name == SO_TYPE:
         value = SOCK_STREAM if f.stream else SOCK_DGRAM
     elif level == SOL_SOCKET and name == SO_ERROR:
-        s = _net(p).socks.get(f.nfd)
         err = s.conn.tcb.error if s is not None and s.conn is not None else None
         value = err or 0
     try:

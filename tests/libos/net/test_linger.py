@@ -110,8 +110,12 @@ def test_a_vanished_peer_ends_the_linger_after_the_orphan_retry_limit(app, monke
 def test_a_peer_that_never_opens_its_window_is_reset_after_the_linger_limit(app, monkeypatch, capsys):
     # The receiver accepts and never reads: its window closes, and it answers every window probe
     # (it is alive), so TCP never gives up; the linger limit ends it with a reset.
-    b, wire, sender = run(app, lambda rec, sent: False, monkeypatch, receiver=DEAF)
-    assert sender.exit_status == 0
+    sink = app("sink", DEAF, libos={"net": "tcpip", "console": "buffered"})
+    more = app("sender", sender(2 * Tcb.RCVBUF), libos={"net": "tcpip"})  # more than its window takes
+    wire = Wire(monkeypatch, lambda rec, sent: False)
+    b = boot(sink, more, net="switch", max_instructions=400_000_000)
+    sender_env = b.env("sender")
+    assert sender_env.exit_status == 0
     syn, rst = wire.sent[0], wire.sent[-1]
     assert syn[1] & 0x02 and rst[1] & 0x04  # from its SYN to a RST at the end
     # It exited (and began to linger) right after its sends, a moment after the handshake.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from libos.net.tcp import (
     ACK,
     CLOSED,
+    DELACK_NS,
     ECONNREFUSED,
     ECONNRESET,
     ETIMEDOUT,
@@ -28,6 +29,9 @@ from libos.net.tcp import (
 )
 
 A_PORT, B_PORT = 40000, 7
+# The RFC 9293 engine without the RFC 7323 / RFC 2018 options and delayed ACKs, and with a
+# 64 KiB buffer, as most tests here were written for (the options: the tests at the end).
+CLASSIC = {"options": False, "delayed_ack": False, "rcvbuf": 64 * 1024}
 
 
 class Sim:
@@ -45,7 +49,7 @@ class Sim:
         self.loss, self.dup, self.reorder, self.corrupt = loss, dup, reorder, corrupt
         self.rng = random.Random(seed)
         self.b_iss = b_iss
-        self.b_opts = {"msl_ns": 100 * MS, **(b_opts or {})}
+        self.b_opts = {"msl_ns": 100 * MS, **CLASSIC, **(b_opts or {})}
         self.listen = listen
         self.drop = drop
         self.q: list[tuple[int, int, str, Segment]] = []
@@ -53,7 +57,8 @@ class Sim:
         self.log: list[tuple[int, str, Segment]] = []        # every transmitted segment
         self.delivered: list[tuple[int, str, Segment]] = []  # every segment handed to an endpoint
         self.on_deliver: Callable[[str, Segment], None] | None = None
-        self.a: Tcb = Tcb.connect(A_PORT, B_PORT, iss=a_iss, now=0, **{"msl_ns": 100 * MS, **(a_opts or {})})
+        self.a: Tcb = Tcb.connect(A_PORT, B_PORT, iss=a_iss, now=0,
+                                  **{"msl_ns": 100 * MS, **CLASSIC, **(a_opts or {})})
         self.b: Tcb | None = None
         self.states: dict[str, list[str]] = {"a": [self.a.state], "b": []}
 
@@ -750,3 +755,132 @@ def test_property_intact_or_error(seed, loss, dup, reorder, size, iss):
     assert bytes(app.got["a"]) == data_b[:len(app.got["a"])]
     if sim.a.error is None and sim.b is not None and sim.b.error is None:
         assert app.intact() and both_finished(sim)
+
+
+# --- RFC 7323 and RFC 2018 options, delayed ACK, Nagle -----------------------------------------
+
+MODERN = {"options": True, "delayed_ack": True, "rcvbuf": 256 * 1024}
+
+
+def modern(**kw) -> Sim:
+    return handshake(a_opts={**MODERN, **kw.pop("a_opts", {})}, b_opts={**MODERN, **kw.pop("b_opts", {})}, **kw)
+
+
+def test_options_are_offered_and_used_only_when_both_syns_carry_them():
+    sim = modern()
+    syn, synack = sim.log[0][2], sim.log[1][2]
+    assert syn.wscale == 2 and syn.sack_ok and syn.ts == (0, 0)  # 256 KiB needs a shift of 2
+    assert synack.wscale == 2 and synack.sack_ok and synack.ts is not None and synack.ts[1] == 0
+    for t in (sim.a, sim.b):
+        assert t.ws_ok and t.ts_ok and t.sack_ok and t.snd_wscale == 2 and t.rcv_wscale == 2
+        assert t.eff_mss == 1460 - 12  # the timestamps option's 12 bytes come out of every segment
+    # A peer that offers nothing (an old stack): the SYN-ACK answers with nothing, nothing is used.
+    old = modern(a_opts={"options": False})
+    synack = old.log[1][2]
+    assert synack.wscale is None and not synack.sack_ok and synack.ts is None
+    assert not (old.b.ws_ok or old.b.ts_ok or old.b.sack_ok) and old.b.rcv_wscale == 0
+    assert old.b._adv_window() <= 65535
+
+
+def test_window_scaling_keeps_more_than_64_kib_in_flight():
+    sim = modern(delay=20 * MS)
+    data = random.Random(3).randbytes(600_000)
+    sim.a.send(data[:256 * 1024], sim.now)
+    sent = 256 * 1024
+    peak = 0
+    got = bytearray()
+
+    def app(s: Sim) -> None:
+        nonlocal sent, peak
+        got.extend(s.b.recv(1 << 20))
+        if sent < len(data):
+            sent += s.a.send(data[sent:], s.now)
+        peak = max(peak, s.a.in_flight)
+
+    sim.run(lambda: len(got) == len(data), app=app)
+    assert bytes(got) == data
+    assert peak > 65535, peak
+    assert max(seg.window for _t, src, seg in sim.log if src == "b") <= 65535  # the field, scaled
+
+
+def test_timestamps_echo_time_rtt_and_paws_drops_an_old_duplicate():
+    sim = modern(delay=7 * MS)
+    got = bytearray()
+    for _ in range(20):  # two segments at a time: the second is ACKed at once
+        sim.a.send(b"x" * 2 * 1448, sim.now)
+        sim.run(lambda: sim.a.snd_una == sim.a.snd_max, app=lambda s: got.extend(s.b.recv(1 << 20)))
+    data_segs = [seg for _t, src, seg in sim.log if src == "a" and seg.payload]
+    acks = [seg for _t, src, seg in sim.log if src == "b" and not seg.payload and seg.ts]
+    assert all(seg.ts is not None for seg in data_segs) and acks
+    assert any(ack.ts[1] == data_segs[0].ts[0] for ack in acks)  # TSecr echoes TSval
+    assert abs(sim.a.srtt - 14 * MS) < MS, sim.a.srtt  # two 7 ms hops, timed by the echoed stamps
+    b = sim.b
+    nxt = b.rcv_nxt
+    old = Segment(A_PORT, B_PORT, nxt & 0xFFFFFFFF, sim.a.rcv_nxt & 0xFFFFFFFF, ACK, 1000, b"stale",
+                  ts=((b.ts_recent - 5) & 0xFFFFFFFF, 0))
+    b.input(old, sim.now)
+    assert b.rcv_nxt == nxt and b.recv(10) == b""  # dropped (RFC 7323 5.3 R1)
+    out = b.output(sim.now)
+    assert len(out) == 1 and out[0].flags == ACK and not out[0].payload  # and acknowledged
+
+
+def test_sack_retransmits_each_hole_once_without_a_timeout():
+    lost: set[int] = set()
+
+    def drop(src: str, seg: Segment) -> bool:
+        k = (seg.seq - 1001) // 1448
+        if src == "a" and seg.payload and k in (2, 5, 7, 11) and k not in lost:
+            lost.add(k)
+            return True
+        return False
+
+    sim = modern(delay=10 * MS, drop=drop)
+    data = random.Random(9).randbytes(20 * 1448)
+    sim.a.send(data, sim.now)
+    got = bytearray()
+    sim.run(lambda: sim.a.snd_una == sim.a.snd_max, app=lambda s: got.extend(s.b.recv(1 << 20)))
+    assert bytes(got) == data
+    assert sim.a.timeouts == 0 and sim.a.retransmits == 4 and sim.a.fast_retransmits == 1
+    blocks = [seg.sacks for _t, src, seg in sim.log if src == "b" and seg.sacks]
+    assert blocks and max(len(b) for b in blocks) >= 2  # several holes reported at once
+    # The receiver names the most recent block first (RFC 2018 4).
+    assert all(len(set(b)) == len(b) for b in blocks)
+
+
+def test_delayed_ack_every_second_segment_and_after_40_ms():
+    sim = modern(delay=1 * MS)
+    data = bytes(40 * 1448)
+    sim.a.send(data, sim.now)
+    got = bytearray()
+    sim.run(lambda: sim.a.snd_una == sim.a.snd_max, app=lambda s: got.extend(s.b.recv(1 << 20)))
+    segs = sum(1 for _t, src, seg in sim.log[3:] if src == "a" and seg.payload)
+    acks = sum(1 for _t, src, seg in sim.log[3:] if src == "b" and not seg.payload)
+    assert segs == 40 and acks <= segs // 2 + 3, (segs, acks)  # (window updates after reads)
+    # One small segment alone is acknowledged DELACK_NS after it arrived.
+    start = len(sim.log)
+    sim.a.send(b"hi", sim.now)
+    sim.run(lambda: sim.a.snd_una == sim.a.snd_max)
+    (t_data, _s, _d), (t_ack, src, ack) = sim.log[start], sim.log[start + 1]
+    assert src == "b" and not ack.payload and t_ack - t_data == 1 * MS + DELACK_NS
+
+
+@pytest.mark.parametrize("nodelay,want", [(False, 2), (True, 10)])
+def test_nagle_coalesces_small_writes_while_data_is_in_flight(nodelay, want):
+    sim = modern(delay=5 * MS, a_opts={"nodelay": nodelay})
+    for _ in range(10):
+        sim.a.send(b"0123456789", sim.now)
+        sim.flush()
+    sim.run(lambda: sim.a.snd_una == sim.a.snd_max)
+    segs = [seg for _t, src, seg in sim.log if src == "a" and seg.payload]
+    assert len(segs) == want, (nodelay, [len(s.payload) for s in segs])
+    assert b"".join(s.payload for s in segs) == b"0123456789" * 10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulk_with_options_survives_loss_duplication_and_reordering(seed):
+    sim = Sim(delay=5 * MS, loss=0.08, dup=0.05, reorder=0.1, seed=seed, a_iss=2**32 - 3000,
+              a_opts=MODERN, b_opts=MODERN)
+    app = Bulk(random.Random(seed).randbytes(300_000), random.Random(seed + 1).randbytes(200_000))
+    sim.run(lambda: both_finished(sim), app=app)
+    assert app.intact() and sim.a.error is None and sim.b.error is None
+    assert sim.a.sack_ok and any(seg.sacks for _t, _src, seg in sim.log)
