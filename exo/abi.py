@@ -215,20 +215,33 @@ UPCALL_NET = 0x101  # frames arrived in the receive ring while the environment w
 NET_MTU = 1500
 NET_FRAME_MAX = 14 + NET_MTU  # an Ethernet II header and the MTU (no FCS: the NIC strips it)
 NET_FRAME_MIN = 14
+# Offloads (hw/net/offload.py): net_send takes a TCP frame of up to NET_GSO_FRAME_MAX bytes with a
+# segment size and the NIC cuts it into MTU-sized frames (TSO); received TCP segments of one flow
+# may arrive merged into one frame of up to NET_GSO_FRAME_MAX bytes (GRO), its checksums verified.
+NET_GSO_FRAME_MAX = 65_535  # (the slot's u16 length)
 # The receive ring: nslots slots of NET_SLOT_SIZE bytes in the environment's memory.
-# struct net_slot { u16 length; u16 status; u32 filter; u8 frame[]; }  status: NET_SLOT_FREE / NET_SLOT_FULL
+# struct net_slot { u16 length; u16 status; u32 filter; u8 frame[]; }  status: NET_SLOT_FREE / NET_SLOT_FULL,
+# with NET_SLOT_CSUM_OK when the NIC verified the frame's checksums (a merged frame's TCP checksum
+# field is then not valid). A frame longer than NET_SLOT_SIZE - NET_SLOT_HDR continues over the
+# following slots, never wrapping round the ring's end: a FULL slot of length 0 before it means
+# "continue at slot 0". The libOS frees each slot it took.
 NET_SLOT_SIZE = 2048
 NET_SLOT_HDR = 8
 NET_MAX_SLOTS = 512
 NET_SLOT_FREE = 0  # the exokernel may write the slot
 NET_SLOT_FULL = 1  # a frame for the libOS; it sets the status back to FREE when done
+NET_SLOT_CSUM_OK = 0x100  # (or-ed into FULL) checksums verified by the NIC
 # struct net_info { u8 mac[6]; u16 mtu; u32 ip; u32 netmask; u32 gateway; u32 reserved; u64 flags; }
+# flags: NET_INFO_OFFLOAD: net_send takes TSO frames and the ring may hold merged ones (above)
 # (ip, netmask, gateway as on the wire: network byte order)
 NET_INFO_SIZE = 32
 # struct net_filter { u16 ethertype; u8 ip_proto; u8 reserved; u16 dst_port; u16 src_port; u32 src_ip; u32 reserved; }
 # 0 = any; src_ip in network byte order; the destination (MAC, IP) is implicitly the caller's app's own.
 NET_FILTER_SIZE = 16
-# struct net_tx { u64 buf; u64 len; }
+NET_INFO_OFFLOAD = 1
+# struct net_tx { u64 buf; u32 len; u16 gso_size; u16 reserved; }  gso_size 0: one frame of at
+# most NET_FRAME_MAX bytes; else an IPv4 TCP frame of at most NET_GSO_FRAME_MAX bytes sent as
+# segments of gso_size payload bytes
 NET_TX_REQ_SIZE = 16
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_ARP = 0x0806

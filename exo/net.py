@@ -52,9 +52,12 @@ from exo.abi import (
     NET_FILTER_SIZE,
     NET_FRAME_MAX,
     NET_FRAME_MIN,
+    NET_GSO_FRAME_MAX,
+    NET_INFO_OFFLOAD,
     NET_INFO_SIZE,
     NET_MAX_SLOTS,
     NET_MTU,
+    NET_SLOT_CSUM_OK,
     NET_SLOT_FREE,
     NET_SLOT_FULL,
     NET_SLOT_HDR,
@@ -67,6 +70,7 @@ from exo.abi import (
 )
 from exo.errors import HypercallError
 from exo.events import WAITING
+from hw.net.offload import coalesce
 
 if TYPE_CHECKING:
     from exo.env import Env
@@ -80,7 +84,16 @@ IDLE_WAIT_MAX = 0.5  # seconds one idle wait on external peers lasts at most (Ct
 
 _INFO = struct.Struct("<6sH4s4s4sIQ")
 _FILTER = struct.Struct("<HBBHHII")
-_TX = struct.Struct("<QQ")
+_TX = struct.Struct("<QIHxx")
+
+
+def _tso_frame(frame: bytes, gso: int) -> bool:
+    """One IPv4 TCP segment filling the frame (no IP options, not a fragment) whose pieces of
+    ``gso`` payload bytes, with their headers, fit the MTU: what TSO may cut (hw/net/offload.py)."""
+    return (len(frame) >= 54 and frame[12:14] == b"\x08\x00" and frame[14] == 0x45 and frame[23] == 6
+            and int.from_bytes(frame[16:18], "big") == len(frame) - 14
+            and int.from_bytes(frame[20:22], "big") & 0x3FFF == 0
+            and 14 + 20 + (frame[46] >> 4) * 4 + gso <= NET_FRAME_MAX)
 _SLOT = struct.Struct("<HHI")
 assert _INFO.size == NET_INFO_SIZE and _FILTER.size == NET_FILTER_SIZE and _TX.size == NET_TX_REQ_SIZE
 assert _SLOT.size == NET_SLOT_HDR and NET_FRAME_MAX + NET_SLOT_HDR <= NET_SLOT_SIZE
@@ -159,7 +172,7 @@ class NetMux:
         self._app_filters: dict[int, list[Filter]] = {}  # app -> its filters, oldest first
         self._next_filter = 1
         self.stats = {"rx": 0, "delivered": 0, "unclaimed": 0, "malformed": 0, "ring_full": 0,
-                      "tx": 0, "tx_refused": 0, "tx_delayed": 0}
+                      "tx": 0, "tx_refused": 0, "tx_delayed": 0, "coalesced": 0}
         kernel.env_reclaim_hooks.append(self.detach)
 
     # ------------------------------------------------------------ addresses
@@ -188,7 +201,7 @@ class NetMux:
     # ----------------------------------------------------------- hypercalls
     def info(self, env: Env, va: int) -> int:
         a = self.address(env)
-        env.space.write(va, _INFO.pack(a.mac, NET_MTU, a.ip, a.netmask, a.gateway, 0, 0))
+        env.space.write(va, _INFO.pack(a.mac, NET_MTU, a.ip, a.netmask, a.gateway, 0, NET_INFO_OFFLOAD))
         return 0
 
     def attach(self, env: Env, ring: int, nslots: int, upcall: int = 0) -> int:
@@ -270,7 +283,7 @@ class NetMux:
         if limit is not None:
             # The app's token buckets (exo/tenants.py): over its rate the whole batch waits, in
             # guest time, and is then sent (Firecracker delays a rate-limited TX queue, never drops).
-            nbytes = sum(min(_TX.unpack_from(raw, i * NET_TX_REQ_SIZE)[1], NET_FRAME_MAX) for i in range(count))
+            nbytes = sum(min(_TX.unpack_from(raw, i * NET_TX_REQ_SIZE)[1], NET_GSO_FRAME_MAX) for i in range(count))
             now = self.k.machine.clock.now_ns()
             wait = limit.wait_ns(nbytes, count, now)
             if wait:
@@ -279,17 +292,21 @@ class NetMux:
         sent = 0
         error: HypercallError | None = None
         for i in range(count):
-            buf, length = _TX.unpack_from(raw, i * NET_TX_REQ_SIZE)
+            buf, length, gso = _TX.unpack_from(raw, i * NET_TX_REQ_SIZE)
             try:
-                if not NET_FRAME_MIN <= length <= NET_FRAME_MAX:
-                    raise HypercallError(Errno.EMSGSIZE, f"frame {i}: {length} bytes ({NET_FRAME_MIN}..{NET_FRAME_MAX})")
+                most = NET_GSO_FRAME_MAX if gso else NET_FRAME_MAX
+                if not NET_FRAME_MIN <= length <= most:
+                    raise HypercallError(Errno.EMSGSIZE, f"frame {i}: {length} bytes ({NET_FRAME_MIN}..{most})")
                 frame = env.space.read(buf, length)
                 self._check_source(frame, addr, i)
+                if length > NET_FRAME_MAX and not _tso_frame(frame, gso):
+                    raise HypercallError(Errno.EINVAL, f"frame {i}: a {length}-byte frame with segment size {gso} "
+                                         "must be one IPv4 TCP segment whose pieces fit the MTU")
             except HypercallError as e:
                 error = e
                 self.stats["tx_refused"] += 1
                 break
-            self.nic.transmit(frame)
+            self.nic.transmit(frame, gso)
             if self.nic.external and (frame[0:6] == BROADCAST or frame[0:6] in self.by_mac):
                 self.deliver(frame)  # another app of this machine: the host's wire will not hand it back
             sent += 1
@@ -331,16 +348,18 @@ class NetMux:
 
     # -------------------------------------------------------------- delivery
     def pump(self) -> int:
-        """Deliver every frame the NIC has received; how many."""
+        """Deliver every frame the NIC has received, runs of one TCP flow merged (GRO); how many."""
         frames = self.nic.receive()
-        for f in frames:
-            self.deliver(f)
+        for f, verified, parts in coalesce(frames):
+            if len(parts) > 1:
+                self.stats["coalesced"] += len(parts)
+            self.deliver(f, verified, parts)
         return len(frames)
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes, verified: bool = False, parts: list[bytes] | None = None) -> None:
         self.stats["rx"] += 1
         n = len(frame)
-        if n < 14 or n > NET_FRAME_MAX:
+        if n < 14 or n > NET_GSO_FRAME_MAX:
             self.stats["malformed"] += 1
             return
         dst = frame[0:6]
@@ -355,7 +374,7 @@ class NetMux:
             f = self._match(app, frame)
             if f is not None:
                 claimed = True
-                self._write(self.k.envs.get(f.env), f, frame)
+                self._write(self.k.envs.get(f.env), f, frame, verified, parts)
         if not claimed:
             self.stats["unclaimed"] += 1
 
@@ -398,24 +417,52 @@ class NetMux:
                 best = f
         return best
 
-    def _write(self, env: Env | None, f: Filter, frame: bytes) -> None:
+    @staticmethod
+    def _slots_free(space: object, port: object, at: int, k: int) -> bool:
+        try:
+            return all(_SLOT.unpack(space.read(port.ring + (at + j) * NET_SLOT_SIZE, NET_SLOT_HDR))[1]
+                       == NET_SLOT_FREE for j in range(k))
+        except HypercallError:
+            return False
+
+    def _write(self, env: Env | None, f: Filter, frame: bytes, verified: bool = False,
+               parts: list[bytes] | None = None) -> None:
         port = env.net if env is not None and env.alive else None
         if port is None or not port.nslots:
             self.stats["ring_full"] += 1
             return
-        slot = port.ring + (port.prod & (port.nslots - 1)) * NET_SLOT_SIZE
+        k = (NET_SLOT_HDR + len(frame) + NET_SLOT_SIZE - 1) // NET_SLOT_SIZE  # slots it spans
+        at = port.prod & (port.nslots - 1)
         space = env.space
-        try:
-            _, status, _ = _SLOT.unpack(space.read(slot, NET_SLOT_HDR))
-            if status != NET_SLOT_FREE:
+        if k > 1 and at + k > port.nslots:
+            # A large frame never wraps round the ring's end: an empty frame (length 0) tells the
+            # libOS to go on at slot 0, where the frame goes if the slots there are free.
+            if k > port.nslots or not self._slots_free(space, port, 0, k):
                 self.stats["ring_full"] += 1
                 return
+            try:
+                if not self._slots_free(space, port, at, 1):
+                    self.stats["ring_full"] += 1
+                    return
+                space.write(port.ring + at * NET_SLOT_SIZE, _SLOT.pack(0, NET_SLOT_FULL, 0))
+            except HypercallError:
+                self.stats["ring_full"] += 1
+                return
+            port.prod += port.nslots - at
+            at = 0
+        slot = port.ring + at * NET_SLOT_SIZE
+        try:
+            for j in range(k):
+                _, status, _ = _SLOT.unpack(space.read(slot + j * NET_SLOT_SIZE, NET_SLOT_HDR))
+                if status != NET_SLOT_FREE:
+                    self.stats["ring_full"] += 1
+                    return
             space.write(slot + NET_SLOT_HDR, frame)
-            space.write(slot, _SLOT.pack(len(frame), NET_SLOT_FULL, f.id))
+            space.write(slot, _SLOT.pack(len(frame), NET_SLOT_FULL | (NET_SLOT_CSUM_OK if verified else 0), f.id))
         except HypercallError:  # the libOS unmapped or write-protected its own ring
             self.stats["ring_full"] += 1
             return
-        port.prod += 1
+        port.prod += k
         port.event = True
         self.stats["delivered"] += 1
         if env.status == EnvStatus.BLOCKED and (env.blocked_on == "net" or _events_waiter(env)):

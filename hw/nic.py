@@ -28,12 +28,14 @@ import os
 from collections.abc import Callable
 
 from hw.errors import MachineConfigError
+from hw.net import offload
 from hw.net.backend import Backend
 from hw.net.faults import Faults
 from hw.net.pcap import PcapWriter
 
 FRAME_MIN = 14  # an Ethernet II header and nothing else
 FRAME_MAX = 1514  # header + 1500-byte MTU, no FCS
+GSO_FRAME_MAX = 65_535  # a TSO frame (offload.py): one TCP segment to be cut at the MTU
 
 
 class Nic:
@@ -58,16 +60,23 @@ class Nic:
         return self.clock_ns() / 1e9 if self.clock_ns is not None else None
 
     # ----------------------------------------------------------------- transmit
-    def transmit(self, frame: bytes) -> None:
-        """Guest -> wire: faults, then the pcap, then the backend."""
+    def transmit(self, frame: bytes, gso: int = 0) -> None:
+        """Guest -> wire: faults, then the pcap, then the backend. With ``gso``, a large TCP
+        frame is cut into segments of ``gso`` payload bytes first (TSO, offload.py), unless
+        the backend is the peer itself and takes it whole (the user backend's gateway)."""
         if self._closed:
             raise MachineConfigError("nic: transmit on a closed NIC")
-        if not FRAME_MIN <= len(frame) <= FRAME_MAX:
-            raise MachineConfigError(f"nic: a {len(frame)}-byte frame is outside {FRAME_MIN}..{FRAME_MAX} bytes")
+        most = GSO_FRAME_MAX if gso else FRAME_MAX
+        if not FRAME_MIN <= len(frame) <= most:
+            raise MachineConfigError(f"nic: a {len(frame)}-byte frame is outside {FRAME_MIN}..{most} bytes")
         frame = bytes(frame)
-        self._tx += 1
-        out = self.faults.apply(frame, "tx") if self.faults else [frame]
-        self._put_on_wire(out)
+        if len(frame) > FRAME_MAX and not getattr(self.backend, "takes_large_frames", False):
+            frames = offload.segment(frame, gso)
+        else:
+            frames = [frame]
+        for f in frames:
+            self._tx += 1
+            self._put_on_wire(self.faults.apply(f, "tx") if self.faults else [f])
 
     def _put_on_wire(self, frames: list[bytes]) -> None:
         for f in frames:

@@ -90,7 +90,7 @@ static int has(const char *s, long n, const char *word) {  /* ``word`` within s[
 /* One request on connection slot ``c``: read its head, answer. 1: keep the connection. */
 static long serve_one(long fd, struct slot *c) {
     char req[REQ_MAX + 1];
-    char buf[4096];
+    char buf[8192];  /* half the thread's 16 KiB stack (libos/sched.py): one send of 8 KiB is one TSO frame */
     unsigned long st[8];
     long got = 0, end = -1;
     while (end < 0 && got < REQ_MAX) {

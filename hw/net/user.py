@@ -154,6 +154,7 @@ class _Conn:
 
 
 class UserBackend:
+    takes_large_frames = True  # the gateway is the guest's TCP peer: TSO frames need no cutting (hw/nic.py)
     external = True
 
     @classmethod

@@ -334,7 +334,9 @@ class GatewayTcp:
         data_end = self.sndbuf_seq + len(self.sndbuf)
         off = seq - self.sndbuf_seq
         payload = bytes(self.sndbuf[off : off + n])
-        flags = ACK | (PSH if payload else 0)
+        # PSH on the segment that empties what the host gave us (RFC 9293 3.9.1.2), not on every
+        # one: the guest's NIC merges a run of segments only up to a PSH (hw/net/offload.py)
+        flags = ACK | (PSH if payload and seq + len(payload) == data_end else 0)
         if self.fin_queued and seq + len(payload) == data_end:
             flags |= FIN
         return self._seg(seq, flags, payload)

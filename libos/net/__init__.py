@@ -50,6 +50,9 @@ from exo.abi import (
     LIBOS_PAGE,
     NET_FRAME_MAX,
     NET_FRAME_MIN,
+    NET_GSO_FRAME_MAX,
+    NET_INFO_OFFLOAD,
+    NET_SLOT_CSUM_OK,
     NET_SLOT_FULL,
     NET_SLOT_HDR,
     NET_SLOT_SIZE,
@@ -70,6 +73,7 @@ RING_OFF = 0x1_0000  # the receive ring: RING_SLOTS * NET_SLOT_SIZE bytes, page-
 RING_SLOTS = 256
 TX_OFF = 0x10_0000  # transmit staging: frames packed back to back, pages mapped as needed
 TX_BATCH = 128  # frames per net_send (the exokernel takes up to 256)
+TX_BYTES = 512 * 1024  # and at most this much staged per net_send (TSO frames are up to 64 KiB)
 SCRATCH_OFF = 0  # net_info, filter structs
 TXREQ_OFF = 0x1000  # the net_send request array (TX_BATCH * 16 bytes)
 FIRST_FD = 3
@@ -192,6 +196,7 @@ class Net(LibModule):
             return False
         self.t = self.hc("time_now")
         self.stack = Stack(mac, ip, mask, gw, mtu, self._queue, lambda: self.t)
+        self.stack.tso = bool(_flags & NET_INFO_OFFLOAD)  # hw/net/offload.py: send up to 64 KiB at once
         # A Linux program's processes each have a stack and share the app's address: what one
         # sends to that address and has no socket for may be another process's (libos/posix/sockets.py).
         self.stack.share_host = "posix" in self.siblings
@@ -262,17 +267,28 @@ class Net(LibModule):
         stack = self.stack
         ring = self.data_base + RING_OFF
         read, write = self.port.read, self.port.write
-        for _ in range(RING_SLOTS):
-            slot = ring + (self.rx_next % RING_SLOTS) * NET_SLOT_SIZE
+        taken = 0
+        while taken < RING_SLOTS:
+            at = self.rx_next % RING_SLOTS
+            slot = ring + at * NET_SLOT_SIZE
             length, status, _fid = _SLOT.unpack(read(slot, NET_SLOT_HDR))
-            if status != NET_SLOT_FULL:
+            if status & 0xFF != NET_SLOT_FULL:
                 break
-            if NET_FRAME_MIN <= length <= NET_FRAME_MAX:
-                stack.input(read(slot + NET_SLOT_HDR, length), self.t)
+            if length == 0:  # the next frame did not fit before the ring's end: it is at slot 0
+                write(slot + 2, b"\0\0")
+                self.rx_next += RING_SLOTS - at
+                taken += RING_SLOTS - at
+                continue
+            # A merged (GRO) frame spans the slots after its first; never past the ring's end.
+            k = min((NET_SLOT_HDR + length + NET_SLOT_SIZE - 1) // NET_SLOT_SIZE, RING_SLOTS - at)
+            if NET_FRAME_MIN <= length <= NET_GSO_FRAME_MAX and NET_SLOT_HDR + length <= k * NET_SLOT_SIZE:
+                stack.input(read(slot + NET_SLOT_HDR, length), self.t, verified=bool(status & NET_SLOT_CSUM_OK))
             else:
                 stack.count("ring_bad_length")
-            write(slot + 2, b"\0\0")
-            self.rx_next += 1
+            for j in range(k):
+                write(slot + j * NET_SLOT_SIZE + 2, b"\0\0")
+            self.rx_next += k
+            taken += k
         nt = stack.next_timer()
         if nt is not None and nt <= self.t:
             stack.poll(self.t)
@@ -283,7 +299,11 @@ class Net(LibModule):
     def _flush(self) -> None:
         """Everything the stack transmitted: one net_send per TX_BATCH frames."""
         while self.txq:
-            batch, self.txq = self.txq[:TX_BATCH], self.txq[TX_BATCH:]
+            n, nbytes = 0, 0
+            while n < min(TX_BATCH, len(self.txq)) and (n == 0 or nbytes + len(self.txq[n]) <= TX_BYTES):
+                nbytes += len(self.txq[n])
+                n += 1
+            batch, self.txq = self.txq[:n], self.txq[n:]
             base = self.data_base + TX_OFF
             blob = b"".join(batch)
             need = (len(blob) + PAGE_SIZE - 1) // PAGE_SIZE
@@ -292,7 +312,8 @@ class Net(LibModule):
                 self.tx_pages += 1
             reqs, off = [], 0
             for f in batch:
-                reqs.append(struct.pack("<QQ", base + off, len(f)))
+                gso = self.stack.gso_size(f) if len(f) > NET_FRAME_MAX else 0
+                reqs.append(struct.pack("<QIHxx", base + off, len(f), gso))
                 off += len(f)
             self.port.write(base, blob)
             self.port.write(self.data_base + TXREQ_OFF, b"".join(reqs))

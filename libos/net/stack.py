@@ -59,6 +59,28 @@ def _tcp_module():
     return tcp
 
 
+TSO_MAX = 65_535 - h.IP_HLEN - h.TCP_HLEN - 40  # payload of one TSO segment (IPv4's limit, options)
+
+
+def _tso_merge(segs: list, mss: int) -> list:
+    """Runs of full-sized data segments that follow each other (as one ``output`` sends a
+    window's worth) as one large segment, for the NIC to cut again (TSO): the same ACK,
+    window and timestamps; PSH and FIN may only end a run."""
+    out: list = []
+    for seg in segs:
+        prev = out[-1] if out else None
+        if (prev is not None and seg.payload and prev.payload and not seg.flags & (SYN | RST)
+                and prev.flags == ACK and len(prev.payload) % mss == 0 and not prev.sacks and not seg.sacks
+                and seg.seq == (prev.seq + len(prev.payload)) & 0xFFFFFFFF and seg.ack == prev.ack
+                and seg.window == prev.window and seg.ts == prev.ts
+                and len(prev.payload) + len(seg.payload) <= TSO_MAX):
+            out[-1] = type(seg)(prev.sport, prev.dport, prev.seq, prev.ack, seg.flags, prev.window,
+                                prev.payload + seg.payload, ts=prev.ts)
+        else:
+            out.append(seg)
+    return out
+
+
 class Stack:
     def __init__(self, mac: bytes | str, ip: bytes | str, netmask: bytes | str, gateway: bytes | str,
                  mtu: int = 1500, transmit: Callable[[list[bytes]], None] | None = None,
@@ -69,6 +91,8 @@ class Stack:
         self.gateway = h.ip_bytes(gateway)
         self.mtu = mtu
         self.mss = mtu - h.IP_HLEN - h.TCP_HLEN
+        self.tso = False  # the NIC cuts large TCP segments (hw/net/offload.py): send up to 64 KiB at once
+        self._verified = False  # the frame being input had its checksums verified by the NIC
         self._transmit = transmit or (lambda frames: None)
         self._now = now or time.monotonic_ns
         self.stats: dict[str, int] = {}
@@ -168,10 +192,15 @@ class Stack:
             self._out += self.arp.resolve(hop, h.ETH_P_IP, p, now)
 
     # ---------------------------------------------------------------- input
-    def input(self, frame: bytes, now: int | None = None) -> None:
-        """One received Ethernet frame. Anything unusable is dropped and counted; never raises."""
+    def input(self, frame: bytes, now: int | None = None, verified: bool = False) -> None:
+        """One received Ethernet frame (``verified``: the NIC checked its TCP checksum, which a
+        merged frame no longer has). Anything unusable is dropped and counted; never raises."""
         now = self.now() if now is None else now
-        self._guarded(self._eth_input, bytes(frame), now)
+        self._verified = verified
+        try:
+            self._guarded(self._eth_input, bytes(frame), now)
+        finally:
+            self._verified = False
         self.flush()
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
@@ -345,7 +374,7 @@ class Stack:
         if broadcast or sport == 0 or dport == 0:
             self.count("tcp_bad_address")  # RFC 9293 3.10.7.2: no connection from a broadcast
             return
-        if h.l4_checksum(src, dst, h.IPPROTO_TCP, seg):
+        if not self._verified and h.l4_checksum(src, dst, h.IPPROTO_TCP, seg):
             self.count("tcp_bad_checksum")
             return
         payload = seg[doff:]
@@ -386,8 +415,14 @@ class Stack:
         """Transmit what the Tcb wants to send, then move it along its life (accept queue, freed)."""
         tcb = conn.tcb
         rip = conn.key[0]
-        for seg in tcb.output(now):
-            self.count("tcp_segments_sent")
+        segs = tcb.output(now)
+        self.count("tcp_segments_sent", len(segs))
+        if self.tso and len(segs) > 1:
+            n = len(segs)
+            segs = _tso_merge(segs, tcb.eff_mss)
+            if len(segs) < n:
+                self.count("tso_merged", n - len(segs))
+        for seg in segs:
             self.ip_output(rip, h.IPPROTO_TCP, segment_bytes(self.ip, rip, seg), now, df=True)
         lst = conn.listener
         if lst is not None and not conn.queued:
@@ -405,6 +440,14 @@ class Stack:
                 conn.listener = None
         if tcb.finished and self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
+
+    def gso_size(self, frame: bytes) -> int:
+        """The segment size to cut a large TCP frame of ours at: its connection's MSS."""
+        ihl = (frame[14] & 0xF) * 4
+        sport = int.from_bytes(frame[14 + ihl:16 + ihl], "big")
+        dport = int.from_bytes(frame[16 + ihl:18 + ihl], "big")
+        conn = self.conns.get((frame[30:34], dport, sport))
+        return conn.tcb.eff_mss if conn is not None else self.mss - 12
 
     def tcp_port_used(self, port: int) -> bool:
         return port in self.listeners or any(k[2] == port for k in self.conns)

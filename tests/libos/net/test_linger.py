@@ -12,6 +12,7 @@ import pytest
 from conftest import boot
 from netkit import ACCEPT_ON_9, LOCAL_9, SINK, sender
 
+from hw.net import offload
 from hw.nic import Nic
 from libos.net import LINGER_MAX_NS
 from libos.net.tcp import SEC, Tcb
@@ -42,17 +43,18 @@ class Wire:
         real = Nic.transmit
         wire = self
 
-        def transmit(nic: Nic, frame: bytes) -> None:
-            ip = frame[14:]
-            if frame[12:14] == b"\x08\x00" and ip[9] == 6 and ip[12:16] == SENDER_IP:
-                tcp = ip[(ip[0] & 0xF) * 4:]
-                payload = len(ip[:int.from_bytes(ip[2:4], "big")]) - (ip[0] & 0xF) * 4 - (tcp[12] >> 4) * 4
-                rec = (nic.clock_ns(), tcp[13], payload)
-                wire.sent.append(rec)
-                if drop(rec, wire.sent):
-                    wire.dropped += 1
-                    return
-            real(nic, frame)
+        def transmit(nic: Nic, frame: bytes, gso: int = 0) -> None:
+            for piece in (offload.segment(frame, gso) if gso else [frame]):  # what the wire carries (TSO)
+                ip = piece[14:]
+                if piece[12:14] == b"\x08\x00" and ip[9] == 6 and ip[12:16] == SENDER_IP:
+                    tcp = ip[(ip[0] & 0xF) * 4:]
+                    payload = len(ip[:int.from_bytes(ip[2:4], "big")]) - (ip[0] & 0xF) * 4 - (tcp[12] >> 4) * 4
+                    rec = (nic.clock_ns(), tcp[13], payload)
+                    wire.sent.append(rec)
+                    if drop(rec, wire.sent):
+                        wire.dropped += 1
+                        continue
+                real(nic, piece)
 
         monkeypatch.setattr(Nic, "transmit", transmit)
 
@@ -95,7 +97,9 @@ def test_a_vanished_peer_ends_the_linger_after_the_orphan_retry_limit(app, monke
     assert len(fins) == 1 + Tcb.ORPHAN_RETRIES  # the first FIN and every retransmission of it
     gaps = [y - x for x, y in zip(fins, fins[1:])]
     ms = SEC // 1000  # (the virtual clock also counts the instructions around each timeout)
-    assert all(abs(y - min(2 * x, Tcb.RTO_MAX_NS)) < ms for x, y in zip(gaps, gaps[1:])), gaps  # RFC 6298 5.5
+    # RFC 6298 5.5: each timeout doubles the next (from the second: the first RTO may still be
+    # the one set before the sink's delayed ACK of the last data arrived and re-timed it)
+    assert all(abs(y - min(2 * x, Tcb.RTO_MAX_NS)) < ms for x, y in zip(gaps[1:], gaps[2:])), gaps
     assert sender.exit_status == 0
     ended = b.kernel.machine.clock.now_ns()  # the sink waits for ever: time stopped at the exit
     assert fins[-1] < ended <= fins[0] + Tcb.orphan_lifetime_ns()
