@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from tests.conftest import WITNESS, boot
 
 RING = 0x2000_0000
@@ -67,7 +69,7 @@ def _db(data: bytes) -> str:
     return "db " + ", ".join(str(b) for b in data)
 
 
-def tx_source(frame: bytes, after: str = "") -> str:
+def tx_source(frame: bytes, after: str = "", gso: int = 0) -> str:
     """Send ``frame`` with net_send (after yielding so the receiver is waiting), print rax as a byte."""
     return f"""
 section .text
@@ -99,7 +101,7 @@ again:
     xor esi, esi
     call HC_SCHED_OP
 section .data
-req: dq 0, {len(frame)}
+req: dq 0, {len(frame) | gso << 32}
 done: dq 0
 out: db "??", 10
 frame: {_db(frame)}
@@ -124,6 +126,27 @@ def test_a_spoofed_source_is_refused_and_nothing_leaves(app):
     assert b.stdout.startswith(b"%c0\n" % (ord("A") + 99))  # -EADDRNOTAVAIL, 0 sent
     assert b"forged" not in b.stdout
     assert b.kernel.net.stats["tx_refused"] == 1 and b.kernel.net.nic.stats["tx"] == 0
+
+
+@pytest.mark.parametrize("kind,gso,want", [
+    ("tcp", 1460, "A1"),  # TSO: one 3,000-byte segment leaves as three frames
+    ("tcp", 1461, "W0"),  # pieces over the MTU: EINVAL
+    ("udp", 1460, "W0"),  # only TCP is cut: EINVAL
+    ("tcp", 0, chr(ord("A") + 90) + "0"),  # over the MTU without a segment size: EMSGSIZE
+])
+def test_net_send_cuts_a_large_tcp_frame_at_its_segment_size(app, kind, gso, want):
+    from hw.net import packets as pk
+
+    data = bytes(range(256)) * 12 + bytes(28)  # 3,100 bytes
+    if kind == "tcp":
+        seg = pk.tcp(IP1, IP0, 1234, 9, 1, 0, 0x18, 1000, data[:3000])
+        frame = MAC0 + MAC1 + b"\x08\x00" + pk.ipv4(IP1, IP0, pk.PROTO_TCP, seg)
+    else:
+        frame = udp_frame(MAC1, MAC0, IP1, IP0, 9, data[:3000])
+    tx = app("tx", tx_source(frame, gso=gso))
+    b = boot(app("rx", RX), tx, net="switch", max_instructions=2_000_000)
+    assert b.stdout.startswith(want.encode("latin-1") + b"\n"), b.stdout
+    assert b.kernel.net.nic.stats["tx"] == (3 if want == "A1" else 0)
 
 
 def test_a_frame_for_a_port_nobody_claims_is_dropped_and_counted(app):
