@@ -5,7 +5,10 @@ For each path a client measures, on the host, the rate it sees:
 * UDP: round trips per second, one 1..1400-byte datagram at a time
   (tests/netpeer.py ``udp_echo``, after the server has answered once);
 * TCP: MB/s of payload moved both ways while one connection echoes
-  ``--tcp-mib`` MiB (sent and received at once; counted as 2x the size).
+  ``--tcp-mib`` MiB (sent and received at once; counted as 2x the size);
+* HTTP: MB/s of one GET of a 16 MiB file (random bytes) from ``httpd`` serving an
+  ext2 image made by ``exo mkfs --from`` (user path), against Python's
+  ``http.server`` serving the same file from the host's disk.
 
 Paths: the guest apps ``udp_echo`` and ``tcp_echo`` under ``exo boot --clock
 wall`` behind ``--net user`` (host sockets on loopback, forwarded by the user
@@ -20,8 +23,10 @@ each guest figure's ratio is guest / native (below 1: slower).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -148,6 +154,56 @@ class TapNamespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 
+HTTP_FILE_MIB = 16
+
+
+def _http_files(tmp: Path) -> tuple[Path, Path]:
+    """The file for the HTTP figure, as a host directory and as an ext2 image for httpd."""
+    from libos.fs.mkfs import mkfs
+
+    src = tmp / "www"
+    src.mkdir(exist_ok=True)
+    (src / "big.bin").write_bytes(random.Random(1).randbytes(HTTP_FILE_MIB << 20))
+    img = tmp / "www.img"
+    if not img.exists():
+        mkfs(img, (HTTP_FILE_MIB + 16) << 20, from_dir=src)
+    return src, img
+
+
+def _get_rate(url: str) -> float:
+    """MB/s of one GET of the big file (the server answered a first request already)."""
+    t0 = time.monotonic()
+    r = netpeer.http_get(url)
+    dt = time.monotonic() - t0
+    if not r.get("ok") or r.get("length") != HTTP_FILE_MIB << 20:
+        raise SystemExit(f"exo: error: bench net: GET {url} failed: {r}")
+    return r["length"] / dt / 1e6
+
+
+def _native_http(src: Path) -> float:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(src)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        return _get_rate(f"http://127.0.0.1:{srv.server_address[1]}/big.bin")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _user_http(img: Path) -> float:
+    proc, ports = _exo(["guest_apps/httpd", "--disk", str(img), "--net", "user,hostfwd=tcp:127.0.0.1:0-:80",
+                        "--clock", "wall"])
+    try:
+        netpeer.http_get(f"http://127.0.0.1:{ports['tcp']}/")  # waits for the guest to serve
+        return _get_rate(f"http://127.0.0.1:{ports['tcp']}/big.bin")
+    finally:
+        _stop(proc)
+
+
 def tap_available() -> bool:
     return os.geteuid() == 0 and os.path.exists("/dev/net/tun") and shutil.which("ip") is not None
 
@@ -172,6 +228,7 @@ def run(repeat: int = 3, quick: bool = False, log: Callable[[str], None] | None 
     repeat = min(repeat, 2) if quick else repeat
     native = NativeEcho()
     samples: dict[str, tuple[list[float], list[float]]] = {}
+    http_rates: dict[str, list[float]] = {}
 
     def sample(path: str, udp: Callable[[], dict], tcp: Callable[[], dict]) -> None:
         u, t = samples.setdefault(path, ([], []))
@@ -190,6 +247,10 @@ def run(repeat: int = 3, quick: bool = False, log: Callable[[str], None] | None 
                 sample("exo, --net user",
                        lambda: _user("udp_echo", "udp", 7, lambda p: netpeer.udp_echo("127.0.0.1", p, count)),
                        lambda: _user("tcp_echo", "tcp", 7, lambda p: netpeer.tcp_echo("127.0.0.1", p, tcp_bytes)))
+                log(f"HTTP GET of {HTTP_FILE_MIB} MiB: host-native and httpd behind --net user")
+                src, img = _http_files(Path(tmp))
+                http_rates.setdefault("native", []).append(_native_http(src))
+                http_rates.setdefault("user", []).append(_user_http(img))
                 if tap is not None:
                     def tap_run(app: str, *args: str) -> dict:
                         proc, _ = _exo([f"guest_apps/{app}", "--net", "tap:exo0", "--clock", "wall"], netns=tap.name)
@@ -225,6 +286,10 @@ def run(repeat: int = 3, quick: bool = False, log: Callable[[str], None] | None 
             continue
         out.append(result(f"UDP echo, {path}", Stats.of(u, 1), unit="round trips/s", baseline=base_u))
         out.append(result(f"TCP echo, {path}", Stats.of(t, 1), unit="MB/s", baseline=base_t))
+    base_h = result(f"HTTP GET of a {HTTP_FILE_MIB} MiB file, host-native Python http.server",
+                    Stats.of(http_rates["native"], 1), unit="MB/s")
+    out += [base_h, result(f"HTTP GET of a {HTTP_FILE_MIB} MiB file, exo httpd, --net user",
+                           Stats.of(http_rates["user"], 1), unit="MB/s", baseline=base_h)]
     if tap is None:
         out[-1] = Result(out[-1].name, out[-1].stats, out[-1].unit, out[-1].baseline, out[-1].ratio,
                          note="(no TAP figures: they need root and /dev/net/tun)")

@@ -28,8 +28,9 @@ MERGE_MAX = 65_535 - 14  # a merged frame's length fits the ring slot's u16 (exo
 _ACK, _PSH = 0x10, 0x08
 
 
-def _tcp_checksum(src: bytes, dst: bytes, seg: bytes | bytearray) -> int:
-    return pk.checksum(src + dst + struct.pack("!BBH", 0, pk.PROTO_TCP, len(seg)) + seg)
+def _tcp_checksum(src: bytes, dst: bytes, seg: bytes | bytearray | memoryview) -> int:
+    pseudo = src + dst + struct.pack("!BBH", 0, pk.PROTO_TCP, len(seg))  # RFC 9293 3.1
+    return pk.checksum(seg, 0xFFFF - pk.checksum(pseudo))  # the pseudo-header's sum, added in
 
 
 def segment(frame: bytes, mss: int) -> list[bytes]:

@@ -12,9 +12,9 @@ What it implements:
   ARRIVES" processing, including simultaneous close, RST handling (SYN-SENT:
   ECONNREFUSED; synchronized states: ECONNRESET), the acceptability test of
   3.10.7.4, duplicate SYN/FIN, and an ACK for every unacceptable segment.
-* Sliding window and flow control: receive buffer (default 64 KiB; the window
-  advertised is its free space, capped at 65535 because there is no window
-  scaling, RFC 7323), send buffer (default 256 KiB), zero-window persist probes
+* Sliding window and flow control: receive buffer (default 256 KiB; the window
+  advertised is its free space, all of it with RFC 7323 window scaling, else
+  capped at 65535), send buffer (default 256 KiB), zero-window persist probes
   (RFC 9293 3.8.6.1), silly-window avoidance on both sides (3.8.6.2),
   reassembly of out-of-order segments (kept, delivered in order, duplicates
   dropped, overlaps trimmed).
@@ -29,6 +29,19 @@ What it implements:
   RFC 6582 NewReno recovery.
 * MSS option on SYN and SYN-ACK (RFC 9293 3.7.1); no segment exceeds the
   peer's MSS (536 when the option is absent, RFC 9293 3.7.1 / RFC 1122 4.2.2.6).
+* RFC 7323 window scaling (our shift the smallest that covers the buffer) and
+  timestamps (a 1 ms clock; RTT measured from the echoed TSecr, PAWS drops old
+  duplicates, TS.Recent kept by 4.3's rule), and RFC 2018 SACK (the receiver
+  reports up to 3 blocks, the most recent first; the sender keeps a scoreboard
+  and in recovery retransmits the next hole below the highest SACKed byte for
+  each duplicate ACK, RFC 6675's idea in a simple form). Each is offered on our
+  SYN and used only when the peer's SYN carries it too (``options``).
+* Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): in-order data is ACKed every
+  second segment or after 40 ms (Linux's minimum delayed-ACK timer); out-of-order
+  data, duplicates and data that fills a gap are ACKed at once. A read sends a
+  window update only when the window would at least double (Linux's rule).
+* Nagle (RFC 1122 4.2.3.4, RFC 896): while data is unacknowledged a short
+  segment waits for a full one or the ACK, unless ``nodelay`` (TCP_NODELAY).
 
 Deliberate deviations and simplifications:
 
@@ -36,14 +49,13 @@ Deliberate deviations and simplifications:
   SHOULD be rounded up to 1 s: links here (in-process switch, QEMU user mode)
   have sub-millisecond RTTs, and a 1 s floor turns every tail loss into a
   one-second stall. 2.4 is a SHOULD, and Linux has used 200 ms for decades.
-* Every data segment is ACKed at once (no delayed ACK, RFC 9293 3.8.6.3 makes
-  delaying a SHOULD); out-of-order segments are ACKed at once as RFC 5681 4.2
-  asks, which is what drives fast retransmit. The SYN is timed for an RTT
-  sample too (as Linux does), unless it was retransmitted (Karn).
+* The SYN is timed for an RTT sample too (as Linux does), unless it was
+  retransmitted (Karn). After a timeout the SACK scoreboard is dropped (RFC
+  2018 8) and go-back-N resends from SND.UNA.
 * No restart of slow start after idle (RFC 5681 4.1) and no FIN_WAIT_2 timeout
   (Linux's tcp_fin_timeout for orphaned sockets): the stack may ``abort``.
-* No Nagle (as TCP_NODELAY), no SACK, no timestamps, no window scaling, URG is
-  ignored (RFC 6093 deprecates it). An RST is accepted only with exactly the
+* URG is ignored (RFC 6093 deprecates it); no D-SACK (RFC 2883): a block
+  below SND.UNA is ignored. An RST is accepted only with exactly the
   expected sequence number; an in-window one gets a challenge ACK, and so does
   a SYN in a synchronized state (RFC 5961 3.2 and 4.2 as adopted by RFC 9293
   3.10.7.4): the real peer answers a challenge ACK with an exact RST.
