@@ -67,7 +67,8 @@ class DiskIO:
         self.requests = fs.stage + PAGE_SIZE  # request array on its own page
         self.batch = fs.BATCH_SECTORS
         self.pending: dict[int, bytes] = {}  # sector -> data, written at the next flush
-        self.ahead: dict[int, bytes] = {}  # sector -> data read ahead
+        self.ahead: dict[int, bytes] = {}  # sector -> data read ahead (while writes are pending)
+        self.chunk: tuple[int, bytes] = (0, b"")  # (first sector, data) read ahead, no write pending
 
     def _io(self, reqs: list[tuple[int, int, int, bytes | None]]) -> None:
         """One disk_io hypercall: (op, sector, count, data) requests, each at most one staging page."""
@@ -85,6 +86,17 @@ class DiskIO:
             raise OSError(-rc, f"disk_io failed at sector {reqs[0][1]}")
 
     def read(self, sector: int, count: int) -> bytes:
+        if not self.pending:
+            # Nothing waiting to be written: the disk is current. Serve from the last chunk read
+            # ahead, else read a new chunk (at least a batch) straight into one buffer.
+            start, chunk = self.chunk
+            if start <= sector and sector + count <= start + len(chunk) // SECTOR:
+                return chunk[(sector - start) * SECTOR:(sector - start + count) * SECTOR]
+            n = min(max(count, self.batch), self.sectors - sector)
+            data = self._read_direct(sector, n)
+            if n > count:
+                self.chunk = (sector, data)
+            return data[:count * SECTOR]
         out = bytearray()
         for s in range(sector, sector + count):
             data = self.pending.get(s) or self.ahead.get(s)
@@ -92,6 +104,24 @@ class DiskIO:
                 self._read_ahead(s, sector + count - s)
                 data = self.ahead[s]
             out += data
+        return bytes(out)
+
+    def _read_direct(self, sector: int, count: int) -> bytes:
+        """A long read (a run of file blocks) with nothing waiting to be written: straight
+        from the disk, a batch per disk_io hypercall, past the per-sector read-ahead."""
+        per = PAGE_SIZE // SECTOR
+        bufs = self.fs.stage + 2 * PAGE_SIZE
+        out = bytearray()
+        s, end = sector, sector + count
+        while s < end:
+            reqs = []
+            while s < end and len(reqs) < self.batch // per:
+                k = min(per, end - s)
+                reqs.append((0, s, k, None))
+                s += k
+            self._io(reqs)
+            for i, (_op, _s, k, _d) in enumerate(reqs):
+                out += self.port.read(bufs + i * PAGE_SIZE, k * SECTOR)
         return bytes(out)
 
     def _read_ahead(self, sector: int, want: int) -> None:
@@ -109,6 +139,7 @@ class DiskIO:
                 self.ahead[s + j] = data[j * SECTOR : (j + 1) * SECTOR]
 
     def write(self, sector: int, data: bytes) -> None:
+        self.chunk = (0, b"")  # (it may hold the old contents)
         for j in range(len(data) // SECTOR):
             chunk = bytes(data[j * SECTOR : (j + 1) * SECTOR])
             self.pending[sector + j] = chunk

@@ -430,3 +430,24 @@ def test_empty_symlink_is_enoent_when_followed(tmp_path):
         fs.lookup("/e", follow=True)
     assert e.value.errno == errno.ENOENT
     assert fs.lookup("/e") > 0  # not followed: the link itself (lstat, unlink)
+
+
+def test_large_reads_take_runs_from_the_disk_and_newer_blocks_from_the_cache(tmp_path):
+    """A read of many blocks goes to the device in runs of consecutive blocks (Inodes.read);
+    a block changed in the cache since, and a hole, must still read as they are now."""
+    img = make_image(tmp_path, 1024, "8M")
+    fs = open_fs(img)
+    ino = fs.create("/f")
+    data = bytearray(pattern(300 * 1024, 3))
+    fs.write(ino, 0, bytes(data))
+    fs.sync()
+    fs.cache._blocks.clear()  # nothing cached: the next read is all runs from the device
+    assert fs.read(ino, 0, len(data)) == data
+    fs.cache._blocks.clear()
+    fs.write(ino, 150 * 1024 + 10, b"NEWER")  # dirty in the cache, not on the disk yet
+    data[150 * 1024 + 10:150 * 1024 + 15] = b"NEWER"
+    assert fs.read(ino, 1000, 200 * 1024) == data[1000:1000 + 200 * 1024]
+    fs.truncate(ino, 400 * 1024)  # a hole after the data
+    assert fs.read(ino, 290 * 1024, 110 * 1024) == bytes(data[290 * 1024:]) + bytes(100 * 1024)
+    fs.close()
+    fsck_clean(img)

@@ -125,6 +125,23 @@ class BlockCache:
             raise Ext2Error(errno.EIO, f"short read of block {bno}")
         return bytes(data)
 
+    def read_run(self, bno: int, n: int) -> bytes:
+        """Blocks ``bno`` .. ``bno + n - 1`` from the device in one read, past the cache (a
+        large read of file data: it neither needs them cached nor should evict metadata for
+        them). The caller takes cached blocks from the cache: they may be newer."""
+        self._check(bno)
+        self._check(bno + n - 1)
+        try:
+            data = self.dev.read(bno * self.spb, n * self.spb)
+        except (OSError, ValueError) as e:
+            raise Ext2Error(errno.EIO, f"cannot read blocks {bno}..{bno + n - 1}: {e}") from e
+        if len(data) != n * self.block_size:
+            raise Ext2Error(errno.EIO, f"short read of blocks {bno}..{bno + n - 1}")
+        return bytes(data)
+
+    def cached(self, bno: int) -> bool:
+        return bno in self._blocks
+
     def write_raw(self, bno: int, data: bytes) -> None:
         """Write ``data`` to block ``bno`` now; a cached copy becomes ``data`` (clean)."""
         self._check(bno)

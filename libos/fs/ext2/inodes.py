@@ -30,6 +30,8 @@ from .layout import (
     parse_inode,
 )
 
+READ_RUN_MAX = 256  # blocks per device read of a run (the disk library cuts it into hypercalls)
+
 
 class Inodes:
     """Mixed into ``Ext2`` (fs.py); allocates through ``Allocation`` (alloc.py)."""
@@ -254,19 +256,30 @@ class Inodes:
         if offset >= end:
             return b""
         bs = self.block_size
+        if (end - 1) // bs >= self.max_blocks:
+            raise _corrupt(f"inode {ino} has size {size} beyond the largest mappable file")
         out = bytearray()
-        pos = offset
-        while pos < end:
-            lblk, boff = divmod(pos, bs)
-            take = min(bs - boff, end - pos)
-            if lblk >= self.max_blocks:
-                raise _corrupt(f"inode {ino} has size {size} beyond the largest mappable file")
+        lblk, last = offset // bs, (end - 1) // bs
+        while lblk <= last:
+            # Physically consecutive blocks not in the cache are read from the device at once
+            # (a large sequential read was one cache lookup, and a miss, per block).
             p = self._bmap(ino, inode, lblk)
-            if p:
-                out += self._bread(p)[boff:boff + take]
+            n = 1
+            if not p:
+                data: bytes | bytearray = bytes(bs)
+            elif self.cache.cached(p):
+                data = self._bread(p)
             else:
-                out += bytes(take)
-            pos += take
+                while lblk + n <= last and n < READ_RUN_MAX:
+                    q = self._bmap(ino, inode, lblk + n)
+                    if q != p + n or self.cache.cached(q):
+                        break
+                    n += 1
+                data = self.cache.read_run(p, n) if n > 1 else self._bread(p)
+            lo = offset - lblk * bs if lblk * bs < offset else 0
+            hi = min(n * bs, end - lblk * bs)
+            out += memoryview(data)[lo:hi]
+            lblk += n
         if not self.readonly and (inode.i_atime < inode.i_mtime or inode.i_atime < inode.i_ctime):
             inode.i_atime = self.clock()
             self._iput(ino, inode)
