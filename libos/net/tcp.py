@@ -176,7 +176,7 @@ class Tcb:
         self.nodelay = nodelay          # no Nagle (TCP_NODELAY)
         self.delayed_ack = delayed_ack
         self._delack_at: int | None = None  # a delayed ACK is due (RFC 1122 4.2.3.2)
-        self._unacked = 0               # data segments received in order since the last ACK sent
+        self._unacked = 0               # bytes received in order since the last ACK sent
         self._tsecr = 0                 # TSecr of the segment being processed (0: none)
         self._active = False
         self._now = now
@@ -539,7 +539,18 @@ class Tcb:
         una = self.snd_una
         window = seg.window << self.snd_wscale  # RFC 7323 2.3 (never on a SYN: _take_syn)
         if self.sack_ok and seg.sacks:
-            self._take_sacks(seg.sacks)
+            newly = self._take_sacks(seg.sacks)
+            if self._in_recovery and newly >= 2 * self.eff_mss:
+                # Every segment the peer reports received has left the network: that many
+                # holes may go (RFC 6675's pipe, simply; one ACK may report a merged run).
+                self._sack_rexmit += newly // self.eff_mss - 1
+            # RFC 6675 5 (DupThresh): more than 2 segments' worth SACKed above SND.UNA means a
+            # loss, however few ACKs said so (a receiver's NIC that merges segments sends one ACK
+            # for what were many duplicates).
+            if (not self._in_recovery and ack == una and una >= self._recover
+                    and sum(b - a for a, b in self._sacked) > 2 * self.eff_mss and self._dupacks < 3):
+                self._dupacks = 3
+                self._enter_recovery()
         if ack > una:
             self._ack_advanced(ack, now)
         elif (ack == una and plen == 0 and not flags & (SYN | FIN) and self.snd_max > una
@@ -626,18 +637,22 @@ class Tcb:
             # segment out past cwnd, so a small window still gets its three duplicates.
             self._limited = self._dupacks * smss
         elif self._dupacks == 3 and self.snd_una >= self._recover:
-            # RFC 5681 3.2 steps 2-3, RFC 6582 3.2 steps 2-3: only when the ACK covers
-            # more than "recover", so the duplicates of a go-back-N do not start it again.
-            flight = self.snd_max - self.snd_una
-            self.ssthresh = max(flight // 2, 2 * smss)
-            self._recover = self.snd_max
-            self._in_recovery = True
-            self._partial_seen = False
-            self._rexmit_first = True
-            self._limited = 0
-            self.cwnd = self.ssthresh + 3 * smss
-            self.fast_retransmits += 1
-            self._hole_hint = self.snd_una + smss  # _rexmit_first resends the first hole
+            self._enter_recovery()
+
+    def _enter_recovery(self) -> None:
+        """Fast retransmit and recovery: RFC 5681 3.2 steps 2-3, RFC 6582 3.2 steps 2-3 (only when
+        the ACK covers more than "recover", so the duplicates of a go-back-N do not start it again)."""
+        smss = self.eff_mss
+        flight = self.snd_max - self.snd_una
+        self.ssthresh = max(flight // 2, 2 * smss)
+        self._recover = self.snd_max
+        self._in_recovery = True
+        self._partial_seen = False
+        self._rexmit_first = True
+        self._limited = 0
+        self.cwnd = self.ssthresh + 3 * smss
+        self.fast_retransmits += 1
+        self._hole_hint = self.snd_una + smss  # _rexmit_first resends the first hole
 
     def _take_data(self, payload: bytes, seq: int, fin: bool) -> bool:
         """Keep the part of payload inside the window; returns fin, cleared if the tail was cut.
@@ -658,8 +673,10 @@ class Tcb:
         if seq == nxt:
             if self._ooo:
                 self._ack_now = True  # it fills (part of) a gap
-            self._unacked += 1
-            if self._unacked >= 2 or not self.delayed_ack:
+            # Counted in bytes, as Linux does: two full segments' worth, so that a merged run
+            # (the NIC's receive coalescing) is acknowledged at once, not as one segment.
+            self._unacked += len(data)
+            if self._unacked >= 2 * (self.mss - 40) or not self.delayed_ack:
                 self._ack_now = True
             elif self._delack_at is None:
                 self._delack_at = self._now + DELACK_NS
@@ -955,10 +972,12 @@ class Tcb:
 
     # --- SACK (RFC 2018) -------------------------------------------------------------------
 
-    def _take_sacks(self, blocks: tuple[tuple[int, int], ...]) -> None:
+    def _take_sacks(self, blocks: tuple[tuple[int, int], ...]) -> int:
         """Add the peer's SACK blocks to the scoreboard: [start, end) ranges above SND.UNA,
-        merged; a block outside (SND.UNA, SND.MAX] (a D-SACK, or nonsense) is ignored."""
+        merged; a block outside (SND.UNA, SND.MAX] (a D-SACK, or nonsense) is ignored.
+        Returns how many bytes are newly SACKed."""
         una = self.snd_una
+        before = sum(b - a for a, b in self._sacked)
         for left, right in blocks:
             a, b = una + seq_delta(left, una), una + seq_delta(right, una)
             if not una < a < b <= self.snd_max:
@@ -972,6 +991,7 @@ class Tcb:
             merged.append([a, b])
             merged.sort()
             self._sacked = merged
+        return sum(b - a for a, b in self._sacked) - before
 
     def _send_holes(self, out: list[Segment], now: int) -> None:
         """In recovery, retransmit the next holes below the highest SACKed byte, one segment per
