@@ -34,10 +34,13 @@ What it implements:
   duplicates, TS.Recent kept by 4.3's rule), and RFC 2018 SACK (the receiver
   reports up to 3 blocks, the most recent first; the sender keeps a scoreboard
   and in recovery retransmits the next hole below the highest SACKed byte for
-  each duplicate ACK, RFC 6675's idea in a simple form). Each is offered on our
+  each duplicate ACK or newly SACKed segment, RFC 6675's idea in a simple form;
+  recovery also starts once more than two segments' worth is SACKed, its
+  DupThresh). Each is offered on our
   SYN and used only when the peer's SYN carries it too (``options``).
-* Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): in-order data is ACKed every
-  second segment or after 40 ms (Linux's minimum delayed-ACK timer); out-of-order
+* Delayed ACK (RFC 1122 4.2.3.2, RFC 5681 4.2): in-order data is ACKed once two
+  full segments' worth of bytes is in (as Linux counts: a run the NIC merged is
+  ACKed at once) or after 40 ms (Linux's minimum delayed-ACK timer); out-of-order
   data, duplicates and data that fills a gap are ACKed at once. A read sends a
   window update only when the window would at least double (Linux's rule).
 * Nagle (RFC 1122 4.2.3.4, RFC 896): while data is unacknowledged a short
@@ -656,7 +659,7 @@ class Tcb:
 
     def _take_data(self, payload: bytes, seq: int, fin: bool) -> bool:
         """Keep the part of payload inside the window; returns fin, cleared if the tail was cut.
-        In-order data is ACKed every second segment or after DELACK_NS (RFC 1122 4.2.3.2, RFC
+        In-order data is ACKed after two full segments' worth or DELACK_NS (RFC 1122 4.2.3.2, RFC
         5681 4.2); out-of-order data, a duplicate, and data that fills a gap at once (RFC 5681 4.2)."""
         nxt = self.rcv_nxt
         data = memoryview(payload)
