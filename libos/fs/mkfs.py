@@ -20,6 +20,7 @@ import stat as st
 import struct
 import sys
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 
 from .blockio import FileBlockIO
@@ -86,9 +87,19 @@ def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None
          from_dir: str | os.PathLike | None = None, inode_ratio: int | None = None,
          clock: Callable[[], int] = lambda: int(time.time()), inode_size: int = 256,
          label: str = "", uuid: bytes | None = None, journal: bool = False,
-         journal_blocks: int | None = None) -> None:
+         journal_blocks: int | None = None, timestamp: int | None = None) -> None:
     """Write an ext2 file system of ``size_bytes`` to ``path`` (created or overwritten); with
-    ``journal``, an ext3 one (``journal_blocks``: its size, default mke2fs's)."""
+    ``journal``, an ext3 one (``journal_blocks``: its size, default mke2fs's).
+
+    ``timestamp`` (seconds since the epoch) makes the image reproducible: it is the time of
+    every change mkfs makes, and copied files' times are clamped to it, their access time set to
+    their modification time (reading the tree must not change the next image), as the
+    reproducible-builds SOURCE_DATE_EPOCH convention asks. With ``uuid`` fixed too, the same
+    files give the same bytes."""
+    if timestamp is not None:
+        if not 0 <= timestamp < 1 << 32:
+            raise MkfsError(f"timestamp {timestamp} is outside ext2's 32-bit seconds")
+        clock = lambda: timestamp  # noqa: E731 - the file system's clock
     if block_size is None:
         block_size = 1024 if size_bytes < 512 << 20 else 4096
     if block_size not in (1024, 2048, 4096):
@@ -213,7 +224,7 @@ def mkfs(path: str | os.PathLike, size_bytes: int, block_size: int | None = None
         if journal:
             _add_journal(fs, journal_blocks, uuid, now)
         if from_dir is not None:
-            _copy_tree(fs, os.fspath(from_dir), "/", {})
+            _copy_tree(fs, os.fspath(from_dir), "/", {}, timestamp)
         fs.sync()
     finally:
         dev.close()
@@ -241,7 +252,16 @@ def _add_journal(fs: Ext2, nblocks: int, uuid: bytes, now: int) -> None:
     fs._sb_dirty = fs._backups_dirty = True
 
 
-def _copy_tree(fs: Ext2, host: str, dest: str, links: dict) -> None:
+def _times(s: os.stat_result, clamp: int | None) -> tuple[int, int]:
+    """(atime, mtime) to give a copied inode: the host's, or with ``clamp`` (a reproducible
+    image) the modification time, no later than it, for both."""
+    if clamp is None:
+        return int(s.st_atime), int(s.st_mtime)
+    t = min(int(s.st_mtime), clamp)
+    return t, t
+
+
+def _copy_tree(fs: Ext2, host: str, dest: str, links: dict, clamp: int | None = None) -> None:
     with os.scandir(host) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
@@ -251,8 +271,8 @@ def _copy_tree(fs: Ext2, host: str, dest: str, links: dict) -> None:
             fs.symlink(os.readlink(e.path), target)
         elif st.S_ISDIR(s.st_mode):
             ino = fs.mkdir(target, s.st_mode & 0o7777)
-            _copy_tree(fs, e.path, target, links)
-            fs.set_times(ino, int(s.st_atime), int(s.st_mtime))
+            _copy_tree(fs, e.path, target, links, clamp)
+            fs.set_times(ino, *_times(s, clamp))
         elif st.S_ISREG(s.st_mode):
             key = (s.st_dev, s.st_ino)
             if s.st_nlink > 1 and key in links:
@@ -260,12 +280,12 @@ def _copy_tree(fs: Ext2, host: str, dest: str, links: dict) -> None:
                 continue
             ino = fs.create(target, s.st_mode & 0o7777)
             _copy_data(fs, ino, e.path, s.st_size)
-            fs.set_times(ino, int(s.st_atime), int(s.st_mtime))
+            fs.set_times(ino, *_times(s, clamp))
             if s.st_nlink > 1:
                 links[key] = target
         elif st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode) or st.S_ISFIFO(s.st_mode) or st.S_ISSOCK(s.st_mode):
             ino = fs.mknod(target, s.st_mode, s.st_rdev)  # as mke2fs -d makes them
-            fs.set_times(ino, int(s.st_atime), int(s.st_mtime))
+            fs.set_times(ino, *_times(s, clamp))
 
 
 def _copy_data(fs: Ext2, ino: int, path: str, size: int) -> None:
@@ -312,6 +332,30 @@ class _Parser(argparse.ArgumentParser):
         raise MkfsError(message)
 
 
+def _reproducible(timestamp: str | None, text_uuid: str | None, label: str,
+                  size: str) -> tuple[int | None, bytes | None]:
+    """--timestamp (else SOURCE_DATE_EPOCH, https://reproducible-builds.org/specs/source-date-epoch/)
+    and --uuid as mkfs takes them. A fixed timestamp without --uuid gives a UUID derived from it
+    (and the label and size), so that the same command and files make the same image."""
+    source = "--timestamp"
+    if timestamp is None and os.environ.get("SOURCE_DATE_EPOCH"):
+        timestamp, source = os.environ["SOURCE_DATE_EPOCH"], "SOURCE_DATE_EPOCH"
+    when = None
+    if timestamp is not None:
+        if not timestamp.strip().isdigit() or int(timestamp) >= 1 << 32:
+            raise MkfsError(f"{source} {timestamp!r} is not a time in seconds since 1970 (0..4294967295)")
+        when = int(timestamp)
+    raw: bytes | None = None
+    if text_uuid is not None:
+        try:
+            raw = uuidlib.UUID(text_uuid).bytes
+        except ValueError:
+            raise MkfsError(f"--uuid {text_uuid!r} is not a UUID") from None
+    elif when is not None:
+        raw = uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"exo-mkfs:{when}:{label}:{size}").bytes
+    return when, raw
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exo mkfs", description="Make an ext2 file system image (pure Python).")
     p.add_argument("image", help="image file to create")
@@ -325,15 +369,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="add an ext3 journal (crash consistency: docs/fs.md), as mke2fs -j")
     p.add_argument("--journal-blocks", type=int, default=None, metavar="N",
                    help="with -j: the journal's size in blocks (default: as mke2fs, 1024 below 32768 blocks)")
+    p.add_argument("--uuid", default=None, help="the file system's UUID (default: random, or derived from "
+                   "the timestamp when one is fixed)")
+    p.add_argument("--timestamp", default=None, metavar="SECONDS",
+                   help="make a reproducible image: this time for every change, copied files' times clamped "
+                   "to it (default: $SOURCE_DATE_EPOCH when set)")
     try:
         a = p.parse_args(argv)
+        timestamp, fs_uuid = _reproducible(a.timestamp, a.uuid, a.label, a.size)
         size = parse_size(a.size)
         if not a.force and os.path.isfile(a.image) and os.path.getsize(a.image) > 0:
             raise MkfsError(f"{a.image} exists and is not empty (use --force to overwrite it)")
         if a.journal_blocks is not None and not a.journal:
             raise MkfsError("--journal-blocks needs --journal")
         mkfs(a.image, size, block_size=a.block_size, from_dir=a.from_dir, inode_ratio=a.inode_ratio,
-             label=a.label, journal=a.journal, journal_blocks=a.journal_blocks)
+             label=a.label, journal=a.journal, journal_blocks=a.journal_blocks, uuid=fs_uuid,
+             timestamp=timestamp)
     except MkfsError as e:
         print(f"exo mkfs: error: {e}", file=sys.stderr)
         return 2

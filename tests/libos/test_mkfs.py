@@ -202,3 +202,50 @@ def test_mkfs_from_dir_matches_mke2fs_d_for_holes_and_special_files(tmp_path):
     for name in ("sparse", "zeros", "mixed"):
         assert debugfs_r(mine, f"cat /{name}") == (tree / name).read_bytes(), name
     assert "Blockcount: 0" in debugfs_r(mine, "stat /zeros").decode()
+
+
+def _tree(root):
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a.txt").write_bytes(b"alpha\n" * 100)
+    (root / "b.bin").write_bytes(bytes(range(256)) * 40)
+    os.utime(root / "b.bin", (1_800_000_000, 1_900_000_000))  # mtime after the timestamp: clamped
+    return root
+
+
+def test_reproducible_images_from_timestamp_and_uuid(tmp_path, monkeypatch, capsys):
+    """The same files, --timestamp and --uuid give byte-identical images, even after the files
+    were read in between (atimes changed); SOURCE_DATE_EPOCH alone does too (the UUID then comes
+    from it); without either two images differ. Bad values are one-line errors."""
+    src = _tree(tmp_path / "src")
+    args = ["--size", "4M", "--from", str(src), "--timestamp", "1700000000",
+            "--uuid", "12345678-1234-5678-1234-567812345678"]
+    assert main([str(tmp_path / "a.img"), *args]) == 0
+    for p in src.rglob("*"):
+        if p.is_file():
+            p.read_bytes()
+            os.utime(p, (1_750_000_000, os.stat(p).st_mtime))  # a later access time
+    assert main([str(tmp_path / "b.img"), *args]) == 0
+    a, b = (tmp_path / "a.img").read_bytes(), (tmp_path / "b.img").read_bytes()
+    assert a == b
+    fs = Ext2.open(FileBlockIO(str(tmp_path / "a.img")), readonly=True)
+    assert bytes(fs.sb.s_uuid).hex() == "12345678123456781234567812345678"
+    assert fs.sb.s_mkfs_time == 1_700_000_000
+    st_b = fs.stat("/b.bin")
+    assert st_b.mtime == st_b.atime == 1_700_000_000  # clamped to the timestamp
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1600000000")
+    assert main([str(tmp_path / "c.img"), "--size", "4M", "--from", str(src)]) == 0
+    assert main([str(tmp_path / "d.img"), "--size", "4M", "--from", str(src)]) == 0
+    assert (tmp_path / "c.img").read_bytes() == (tmp_path / "d.img").read_bytes()
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert main([str(tmp_path / "e.img"), "--size", "4M", "--from", str(src)]) == 0
+    assert (tmp_path / "e.img").read_bytes() != (tmp_path / "c.img").read_bytes()
+    capsys.readouterr()
+    for bad, words in ((["--uuid", "not-a-uuid"], "--uuid 'not-a-uuid' is not a UUID"),
+                       (["--timestamp", "yesterday"], "--timestamp 'yesterday' is not a time"),
+                       (["--timestamp", str(1 << 32)], "is not a time")):
+        assert main([str(tmp_path / "x.img"), "--size", "4M", *bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "-5")
+    assert main([str(tmp_path / "y.img"), "--size", "4M"]) == 2
+    assert "SOURCE_DATE_EPOCH '-5' is not a time" in capsys.readouterr().err
