@@ -118,6 +118,7 @@ class Row:
     host_us: list[float] = field(default_factory=list)
     modelled: dict[str, float] = field(default_factory=dict)  # profile -> cycles per op
     note: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # input -> sha256 (inputs_of)
 
     @property
     def host_median(self) -> float:
@@ -138,8 +139,38 @@ def _disk_image(d: Path, files: dict[str, bytes]):
     for name, data in files.items():
         (src / name).write_bytes(data)
     img = d / "disk.img"
-    mkfs(img, 4 << 20, block_size=1024, from_dir=src, clock=lambda: 1_767_225_600, uuid=bytes(16))
+    mkfs(img, 4 << 20, block_size=1024, from_dir=src, timestamp=1_767_225_600, uuid=bytes(16))  # reproducible
     return BlockDevice(str(img))
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def inputs_of(workload: str, tmp: Path) -> dict[str, str]:
+    """SHA-256 of everything a workload's runs take in besides exo itself: the guest program
+    (its source and library OS modules), its disk image (made reproducibly: fixed clock and
+    UUID), the Linux binary it runs. Results carry them, so that two results can be told to
+    come from the same inputs, or not."""
+    w = WORKLOADS[workload]
+    if "linux" in w:
+        import shutil
+
+        busybox = shutil.which("busybox")
+        out = {"argv": _sha256(json.dumps(w["linux"]).encode())}
+        if busybox is not None:
+            out["busybox"] = _sha256(Path(busybox).read_bytes())
+        return out
+    out = {"source": _sha256(w["source"].encode()), "libos": _sha256(json.dumps(w.get("libos", {}),
+                                                                                 sort_keys=True).encode())}
+    if "disk" in w:
+        d = tmp / "inputs"
+        d.mkdir(parents=True, exist_ok=True)
+        _disk_image(d, w["disk"])
+        out["disk"] = _sha256((d / "disk.img").read_bytes())
+    return out
 
 
 def _boot(workload: str, structure: str, n: int, tmp: Path):
@@ -198,7 +229,8 @@ def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
             _, t_small = _boot(workload, structure, tn, tmp)
             _, t_big = _boot(workload, structure, 2 * tn, tmp)
             host.append((t_big - t_small) / (tn * w.get("per_op", 1)) * 1e6)
-    row = Row(workload, structure, per_op, crossings(per_op), insns, hcs, host)
+        inputs = inputs_of(workload, tmp)
+    row = Row(workload, structure, per_op, crossings(per_op), insns, hcs, host, inputs=inputs)
     try:
         from exo.costmodel import PROFILES, model
 
@@ -253,7 +285,7 @@ def _as_dict(r: Row) -> dict:
             "guest_instructions": r.instructions, "hypercalls": r.hypercalls,
             "host_us": {"median": r.host_median, "min": r.host_spread[0], "max": r.host_spread[1],
                         "samples": r.host_us},
-            "modelled_cycles": r.modelled, "note": r.note}
+            "modelled_cycles": r.modelled, "note": r.note, "inputs": r.inputs}
 
 
 def _plot(rows: list[Row], path: str) -> bool:

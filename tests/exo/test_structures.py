@@ -80,6 +80,20 @@ def test_experiment_command_runs_a_small_configuration(tmp_path):
     assert all(isinstance(x["host_us"]["median"], float) and len(x["host_us"]["samples"]) == 1 for x in rows)
     assert (tmp_path / "r.csv").read_text().startswith("workload,structure,crossings")
     assert b"null" in r.stdout
+    # Every input's hash is recorded (issue 18 part 5): the same workload, the same hashes.
+    assert all(set(x["inputs"]) == {"source", "libos"} and len(x["inputs"]["source"]) == 64 for x in rows)
+    assert rows[0]["inputs"] == rows[1]["inputs"] != rows[2]["inputs"]
+
+
+def test_a_disk_workload_records_its_reproducible_image_hash(tmp_path):
+    import time
+
+    from benchmarks.ring_transitions import inputs_of
+
+    a = inputs_of("file", tmp_path / "a")
+    time.sleep(1.1)  # the files are written again, a second later: their times must not matter
+    b = inputs_of("file", tmp_path / "b")
+    assert a["disk"] == b["disk"] and len(a["disk"]) == 64
 
 
 def test_experiment_rejects_unknown_names(tmp_path):
