@@ -90,12 +90,15 @@ def _linux_manifest_app(manifest: Any) -> App:
     return App(manifest, image, resolve_libos(manifest))
 
 
-def spawn_apps(kernel: Any, apps: list, guest_args: list[str] = (), quotas: dict[str, dict] | None = None) -> list:
+def spawn_apps(kernel: Any, apps: list, guest_args: list[str] = (), quotas: dict[str, dict] | None = None,
+               app_args: dict[str, list[str]] | None = None) -> list:
     """Start booted apps as `exo boot` does: each `App` (or ``(manifest, image, libOS classes)``) becomes an
     environment with its libOS linked, the whole disk granted (if the machine has one) and, on a
     machine with a NIC, app i's network address (10.0.2.(15+i): exo/net.py). Each is a tenant
     (exo/tenants.py) with its app.toml [quota], overridden by ``quotas`` (by app name); an app
-    that sets no frame quota gets an equal part of the free frames. Returns the environments."""
+    that sets no frame quota gets an equal part of the free frames. Each app's arguments are its
+    app.toml ``args`` and then ``app_args[name]`` if given, else ``guest_args``. Returns the
+    environments."""
     from exo.loader import spawn
     from exo.tenants import QuotaError, Tenants
     from libos.link import LinkError, link, relink_siblings
@@ -109,7 +112,8 @@ def spawn_apps(kernel: Any, apps: list, guest_args: list[str] = (), quotas: dict
         raise ExoUserError("--quota", str(e)) from None
     envs = []
     for (m, image, classes), quota in zip(apps, per_app):
-        env = spawn(kernel, image, [*m.args, *guest_args], quota={"frames": share, **quota})
+        extra = (app_args or {}).get(m.name, guest_args)
+        env = spawn(kernel, image, [*m.args, *extra], quota={"frames": share, **quota})
         if classes:
             try:
                 link(kernel.libs, env, classes)
@@ -230,7 +234,8 @@ class System:
     under the virtual clock, microseconds under the wall clock), ``stdin`` (bytes, or a file
     descriptor), ``stdout`` (None: captured, read it as `stdout`; or a file descriptor / binary file),
     ``stderr`` (the console's error stream, the same way: None captures it as `stderr`),
-    ``args`` (guest arguments, for every app), ``quotas`` ({app name: {"frames": N, ...}}),
+    ``args`` (guest arguments, for every app), ``app_args`` ({app name: its arguments}, instead of
+    ``args`` for that app), ``quotas`` ({app name: {"frames": N, ...}}),
     ``disk`` (an image path, ``PATH:ro``, or a hw BlockDevice), ``disk_fail_after``, ``disk_fail_at``, ``net``
     (``user[,hostfwd=...]``, ``switch`` or ``tap:IFNAME``), ``net_faults``, ``pcap``, ``trace`` (a
     .json or .jsonl path, written by `close`), ``trace_capacity``, ``use_cache``, ``on_fault``
@@ -246,7 +251,8 @@ class System:
                  disk_fail_after: int | None = None, disk_fail_at: int | None = None, net: str | None = None,
                  net_faults: str | None = None,
                  pcap: str | None = None, trace: str | None = None, trace_capacity: int = 1_000_000,
-                 use_cache: bool = True, on_fault: Any = None, raw_terminal: bool = False) -> None:
+                 use_cache: bool = True, on_fault: Any = None, raw_terminal: bool = False,
+                 app_args: dict[str, list[str]] | None = None) -> None:
         if isinstance(apps, (str, Path, App)):
             apps = [apps]
         if not apps:
@@ -296,7 +302,7 @@ class System:
             self.tracer = Tracer(self.kernel.cpu.instructions, self.machine.clock.now_ns, trace_capacity)
             self.kernel.acct.tracer = self.tracer
         try:
-            self.envs = spawn_apps(self.kernel, self.apps, list(args), quotas)
+            self.envs = spawn_apps(self.kernel, self.apps, list(args), quotas, app_args)
             if self.kernel.net is not None:
                 check_forwards(self.nic, self.kernel.net)
         except BaseException:

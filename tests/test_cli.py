@@ -168,3 +168,18 @@ def test_a_manifest_is_parsed_by_content_so_an_edit_is_seen_and_bad_toml_still_f
     (app / "app.toml").write_text('name = "two"\nsources = [\n')
     with pytest.raises(ExoUserError, match="not valid TOML"):
         load_manifest(app)
+
+
+def test_per_app_arguments_in_a_multi_app_boot(tmp_path):
+    """--args APP=ARGS gives one app its own arguments (split as a shell would); the arguments
+    after -- go to the apps without --args. A client/server pair needs no hand-written manifests."""
+    r = run_exo("boot", "guest_apps/udp_echo", "guest_apps/nettest", "--net", "switch",
+                "--args", "nettest=udp 10.0.2.15 7 5", "--", "5", cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"udp: 5 datagrams echoed intact" in r.stdout
+    for bad, words in ((["--args", "nope=1"], b"--args: no booted app is named 'nope' (booted: udp_echo)"),
+                       (["--args", "udp_echo"], b"--args: 'udp_echo' is not APP=ARGS"),
+                       (["--args", "udp_echo='1"], b"--args: udp_echo: No closing quotation"),
+                       (["--args", "udp_echo=1", "--args", "udp_echo=2"], b"'udp_echo' is given twice")):
+        r = run_exo("boot", "guest_apps/udp_echo", *bad, cache=str(tmp_path / "c"))
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count(b"\n") == 1, r.stderr

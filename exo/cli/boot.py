@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an app's tenant quotas (repeatable; over its app.toml [quota]): frames=N, envs=N, "
                         "fds=N (descriptors per environment), cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "
                         "(K/M/G suffixes). Default: free frames split evenly, 1024 envs, 1024 fds, equal CPU, no rate limit")
+    p.add_argument("--args", action="append", default=[], metavar="APP=ARGS", dest="app_args",
+                   help="one app's arguments, split as a shell would (repeatable; instead of those after --, "
+                        "which go to every other app): --args 'nettest=tcp 10.0.2.15 7 4096'")
     p.add_argument("--max-instructions", type=int, default=None, metavar="N",
                    help="stop after N guest instructions in all (a watchdog for autograders)")
     p.add_argument("--no-cache", action="store_true", help="reassemble even if a cached image exists")
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     manifests = [load_manifest(a) for a in args.apps]
     quotas = _quota_options(args.quota, manifests)
+    app_args = _app_args(args.app_args, manifests)
     apps = [build_manifest(m, use_cache=not args.no_cache) for m in manifests]
     if args.max_instructions is not None:
         if args.max_instructions <= 0:
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         system = System(apps, clock=args.clock, structure=args.structure, ram_mib=args.ram, slice=args.slice,
                         stdin=None if args.replay else 0, stdout=1, stderr=2, args=guest_args, quotas=quotas, disk=disk,
+                        app_args=app_args,
                         disk_fail_after=args.disk_fail_after, disk_fail_at=args.disk_fail_at, net=args.net,
                         net_faults=args.net_faults,
                         pcap=args.pcap, trace=args.trace, trace_capacity=args.trace_capacity,
@@ -201,6 +206,7 @@ def _journal(args: argparse.Namespace, apps: list) -> Journal | None:
     if disk is not None and not os.path.isfile(disk):
         raise ExoUserError("--disk", f"{disk}: no such disk image")
     options = {"apps": [a.name for a in apps], "args": list(args.guest_args), "clock": args.clock,
+               **({"app_args": sorted(args.app_args)} if args.app_args else {}),
                "structure": args.structure, "slice": args.slice, "ram": args.ram, "quota": sorted(args.quota),
                "max_instructions": args.max_instructions,
                # The disk by its contents (the header's hash) and mode: a copy elsewhere replays too.
@@ -320,6 +326,27 @@ def _quota_options(specs: list[str], manifests: list) -> dict[str, dict]:
         if name not in names:
             raise ExoUserError("--quota", f"no booted app is named '{name}' (booted: {', '.join(names)})")
         out.setdefault(name, {}).update(quota)
+    return out
+
+
+def _app_args(specs: list[str], manifests: list) -> dict[str, list[str]]:
+    """``--args APP=ARGS`` options -> {app name: its arguments, split by shlex} (one-line errors)."""
+    import shlex
+
+    names = [m.name for m in manifests]
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, eq, text = spec.partition("=")
+        if not eq or not name:
+            raise ExoUserError("--args", f"{spec!r} is not APP=ARGS")
+        if name not in names:
+            raise ExoUserError("--args", f"no booted app is named '{name}' (booted: {', '.join(names)})")
+        if name in out:
+            raise ExoUserError("--args", f"'{name}' is given twice")
+        try:
+            out[name] = shlex.split(text)
+        except ValueError as e:
+            raise ExoUserError("--args", f"{name}: {e}") from None
     return out
 
 
