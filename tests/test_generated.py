@@ -24,3 +24,15 @@ def test_libos_headers_match_the_registry():
 
     stale = [str(p) for p, render in outputs().items() if not p.exists() or p.read_text() != render()]
     assert not stale, f"run `python -m exo gen`: stale {stale}"
+
+
+def test_the_experiment_tables_match_the_code_and_the_results():
+    """docs/experiments.md's slot table is the code's slot bytes disassembled, and its results
+    table is the committed JSON (issue 18: it had drifted, saying the exokernel slot was `ret`)."""
+    from benchmarks import experiment_doc
+
+    assert experiment_doc.DOC.read_text() == experiment_doc.render(), "run `python -m exo gen`"
+    slots = experiment_doc.slots_table()
+    assert "| exokernel | `jmp 2; jmp qword ptr [rsp - 8]` |" in slots
+    assert "`mov r10, rcx; mov eax, NR_SVC; syscall; ret`" in slots
+    assert "| microkernel |" in slots and "and 2 context switches" in slots
