@@ -126,9 +126,9 @@ class BlockCache:
         return bytes(data)
 
     def read_run(self, bno: int, n: int) -> bytes:
-        """Blocks ``bno`` .. ``bno + n - 1`` from the device in one read, past the cache (a
-        large read of file data: it neither needs them cached nor should evict metadata for
-        them). The caller takes cached blocks from the cache: they may be newer."""
+        """Blocks ``bno`` .. ``bno + n - 1``, none of them cached, from the device in one read,
+        then cached as ``get`` would (a file read again is served from the cache: the ring-
+        transition experiment's file workload counts on it)."""
         self._check(bno)
         self._check(bno + n - 1)
         try:
@@ -137,7 +137,12 @@ class BlockCache:
             raise Ext2Error(errno.EIO, f"cannot read blocks {bno}..{bno + n - 1}: {e}") from e
         if len(data) != n * self.block_size:
             raise Ext2Error(errno.EIO, f"short read of blocks {bno}..{bno + n - 1}")
-        return bytes(data)
+        data = bytes(data)
+        bs = self.block_size
+        self.misses += n
+        for i in range(n):
+            self._insert(bno + i, bytearray(data[i * bs:(i + 1) * bs]))
+        return data
 
     def cached(self, bno: int) -> bool:
         return bno in self._blocks
