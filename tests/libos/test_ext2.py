@@ -451,3 +451,23 @@ def test_large_reads_take_runs_from_the_disk_and_newer_blocks_from_the_cache(tmp
     assert fs.read(ino, 290 * 1024, 110 * 1024) == bytes(data[290 * 1024:]) + bytes(100 * 1024)
     fs.close()
     fsck_clean(img)
+
+
+def test_a_file_read_again_comes_from_the_block_cache(tmp_path):
+    """A run read from the device is cached like single blocks: reading the same 64 KiB again
+    reads nothing from the device (the ring-transition experiment's file workload relies on
+    it: 0 hypercalls per read under the exokernel structure)."""
+    img = make_image(tmp_path, 1024, "8M")
+    fs = open_fs(img)
+    ino = fs.create("/f")
+    fs.write(ino, 0, pattern(64 * 1024, 5))
+    fs.sync()
+    fs.cache._blocks.clear()
+    reads = []
+    real = fs.dev.read
+    fs.dev.read = lambda sector, count: reads.append((sector, count)) or real(sector, count)
+    assert fs.read(ino, 0, 64 * 1024) == pattern(64 * 1024, 5)
+    assert reads and max(c for _s, c in reads) > 2  # blocks came in runs, not one at a time
+    reads.clear()
+    assert fs.read(ino, 0, 64 * 1024) == pattern(64 * 1024, 5)
+    assert reads == []
