@@ -613,6 +613,22 @@ class VCpu:
         ctypes.c_uint64.from_address(self._counter_addr + 8).value = done
         return True
 
+    def raise_from_signal(self, exc: BaseException) -> None:
+        """Raise ``exc`` for a signal handler (SIGTERM, Ctrl-C) in the thread that runs the machine.
+
+        A Python signal handler runs between two bytecodes, which during a slice may be inside one
+        of Unicorn's callbacks, even before its ``try``: raised there, ctypes prints the exception
+        and drops it, and the guest runs on from a half-done hook (seen: a library call's return
+        address never popped, then a fault at RIP 0). So during a slice the exception is kept and
+        the slice stopped, and run() raises it once emu_start has returned; outside a slice it is
+        raised at once."""
+        if self._running:
+            if self._hook_error is None:
+                self._hook_error = exc
+            self.uc.emu_stop()
+            return
+        raise exc
+
     @property
     def stop_requested(self) -> bool:
         return self._stop_reason is not None

@@ -346,6 +346,37 @@ def test_sigterm_says_where_each_environment_was(tmp_path, app):
                         f"exo: environment 1 (spin) was at rip 0x400016 (spin+0x4 at {src}:7): jmp 0x400013"), lines
 
 
+def test_sigterm_during_library_calls_is_never_lost_in_a_hook(tmp_path, app):
+    """Regression: SIGTERM that arrived inside one of Unicorn's callbacks (here: the library-call
+    hook, before its `try`) was printed as "Exception ignored" and dropped, and the guest ran on
+    from the half-done call to a fault at RIP 0. A guest that does nothing but library calls, so
+    the signal nearly always lands in a hook, must end "terminated" every time."""
+    import random
+    import signal
+    import sys
+    import time
+
+    calls = app("calls", "_start:\n    lea rdi, [rip + go]\n    mov rsi, 3\n    call LIB_CONSOLE_WRITE\n"
+                         "again:\n    call LIB_CORE_NULL\n    jmp again\nsection .rodata\ngo: db \"go\", 10\n",
+                libos={"console": "direct"})
+    rng = random.Random(7)
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-m", "exo", "boot", str(calls)], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             env={**__import__("os").environ, "EXO_CACHE_DIR": str(tmp_path / "c")})
+        try:
+            assert p.stdout.readline() == b"go\n"
+            time.sleep(rng.uniform(0.05, 0.3))
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        text = err.decode()
+        assert p.returncode == 143 and text.splitlines()[-1] == "exo: terminated", text
+        assert "Exception ignored" not in text and "stopped:" not in text, text
+
+
 def test_a_child_never_started_beside_a_blocked_parent_is_reported_as_not_runnable(app):
     src = """
 section .text

@@ -141,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
     # breakpoint() in a libOS module: pdb gets the terminal, the guest keeps its input (docs/debugging.md)
     uninstall_breakpoint = install_breakpoint(machine.console)
-    previous = signal.signal(signal.SIGTERM, _terminate)  # a server stopped with kill: as with Ctrl-C
+    # A server stopped with kill ends as with Ctrl-C; both are raised where the vCPU can take them
+    # (VCpu.raise_from_signal: not inside one of Unicorn's callbacks, where they would be lost).
+    cpu = kernel.cpu
+    previous = signal.signal(signal.SIGTERM, lambda _s, _f: cpu.raise_from_signal(_Terminated()))
+    previous_int = signal.signal(signal.SIGINT, lambda _s, _f: cpu.raise_from_signal(KeyboardInterrupt()))
     try:
         if gdb is not None:
             gdb.run(args.gdb_wait, budget)
@@ -157,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         interrupted = "replay ended"
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         uninstall_breakpoint()
         if args.record and tape is not None:
             tape.finish("interrupted" if interrupted else "exit")  # stamped while the vCPU's count is there
@@ -306,10 +311,6 @@ def _print_report(report) -> None:
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM while guests run (``kill``, a test stopping a server)."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 def _quota_options(specs: list[str], manifests: list) -> dict[str, dict]:
