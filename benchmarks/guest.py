@@ -12,7 +12,7 @@ from pathlib import Path
 
 def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdin: bytes = b"",
                 envs: int = 1, disk=None, structure: str = "exokernel", ram_mib: int = 128,
-                max_instructions: int = 2_000_000_000) -> tuple[float, dict]:
+                max_instructions: int = 2_000_000_000, slice: int | None = None) -> tuple[float, dict]:
     """(host seconds of the run, stats as `--stats-json` writes them) for ``source`` linked with ``libos``.
 
     ``disk`` (a hw BlockDevice) is granted whole to every environment booted.
@@ -32,7 +32,8 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
         (d / "app.toml").write_text(f'name = "{name}"\nsources = ["main.s"]\n' + (f"[libos]\n{table}" if table else ""))
         _, image, classes = build(d)
     machine = Machine(ram_mib << 20, stdin=stdin, stdout=io.BytesIO(), disk=disk)
-    k = Exokernel(machine, structure=structure, on_fault=lambda r: None)
+    k = Exokernel(machine, structure=structure, on_fault=lambda r: None,
+                  **({"slice_instructions": slice} if slice else {}))
     k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
     booted = []
     for _ in range(envs):

@@ -173,23 +173,26 @@ def inputs_of(workload: str, tmp: Path) -> dict[str, str]:
     return out
 
 
-def _boot(workload: str, structure: str, n: int, tmp: Path):
-    """Boot one workload with ``n`` operations; (stats dict, host seconds of the run)."""
+def _boot(workload: str, structure: str, n: int, tmp: Path, slice: int | None = None, seed: int = 0):
+    """Boot one workload with ``n`` operations; (stats dict, host seconds of the run).
+
+    ``slice``: the time slice in guest instructions (None: exo's default); ``seed``: the seed of the
+    guest's randomness (a Linux program's AT_RANDOM bytes; the assembly workloads have none)."""
     from benchmarks.guest import boot_source
 
     w = WORKLOADS[workload]
     if "linux" in w:
-        return _boot_linux(w, structure, n)
+        return _boot_linux(w, structure, n, slice, seed)
     d = tmp / f"{workload}-{n}"
     d.mkdir(exist_ok=True)
     disk = _disk_image(d, w["disk"]) if "disk" in w else None
     dt, stats = boot_source(w["source"].replace("{n}", str(n)), w.get("libos", {}), name=workload,
                             stdin=w.get("stdin", lambda n: b"")(n), envs=w.get("envs", 1), disk=disk,
-                            structure=structure, ram_mib=64, max_instructions=500_000_000)
+                            structure=structure, ram_mib=64, max_instructions=500_000_000, slice=slice)
     return stats, dt
 
 
-def _boot_linux(w: dict, structure: str, n: int):
+def _boot_linux(w: dict, structure: str, n: int, slice: int | None = None, seed: int = 0):
     """A Linux workload: busybox run unmodified under `structure` (exo.api.run_linux)."""
     import shutil
     import time
@@ -201,7 +204,7 @@ def _boot_linux(w: dict, structure: str, n: int):
         raise SystemExit("exo experiment: the pipeline workload needs busybox (apt-get install busybox-static)")
     argv = [a.replace("{n}", str(n)) for a in w["linux"]]
     t0 = time.perf_counter()
-    r = run_linux(busybox, *argv, structure=structure, max_instructions=2_000_000_000)
+    r = run_linux(busybox, *argv, structure=structure, max_instructions=2_000_000_000, slice=slice, seed=seed)
     dt = time.perf_counter() - t0
     if not r.ok:
         raise RuntimeError(f"pipeline workload failed under {structure}: {r.stderr.decode()[-300:]}")
@@ -319,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions for host time (median, min-max)")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--csv", metavar="FILE")
-    p.add_argument("--plot", metavar="FILE", help="grouped bar chart of crossings (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="grouped bar chart of crossings (needs matplotlib); with "
+                   "--sweep, one chart per workload: FILE-<workload>.png")
+    p.add_argument("--sweep", metavar="SPEC", help="a grid of runs (a TOML/JSON file or 'key=a,b;key=c'; "
+                   "benchmarks/sweep.py), each an independent job on --executor")
+    p.add_argument("--executor", default="local", metavar="KIND",
+                   help="with --sweep: local[:N] processes (default: one per core), or ray[:ADDRESS] "
+                        "(pip install 'exo[ray]'; a local Ray when no ADDRESS)")
     args = p.parse_args(argv)
     structures = [s for s in args.structures.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -328,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         what = f"unknown {bad[0]!r}" if bad else "--ops and --repeat must be positive"
         sys.stderr.write(f"exo: error: {what} (structures: {', '.join(STRUCTURES)}; workloads: {', '.join(WORKLOADS)})\n")
         return 2
+    if args.sweep:
+        return _sweep(args, structures, workloads)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -352,6 +363,41 @@ def main(argv: list[str] | None = None) -> int:
                 w.writerow([r.workload, r.structure, r.crossings, r.instructions, r.host_median,
                             *(r.per_op[k] for k in rows[0].per_op)])
     if args.plot and not _plot(rows, args.plot):
+        return 2
+    return 0
+
+
+def _sweep(args: argparse.Namespace, structures: list[str], workloads: list[str]) -> int:
+    """--sweep: every run of the grid on the executor; a summary table, the tidy rows as JSON/CSV."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from benchmarks import sweep as S
+    from exo import jobs
+    from exo.errors import ExoUserError
+
+    try:
+        grid = S.parse(args.sweep, {"structures": structures, "workloads": workloads, "repeats": args.repeat,
+                                    "ops": args.ops})
+        executor = jobs.parse(args.executor)
+        if args.plot:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise ExoUserError(args.plot, "--plot needs matplotlib (pip install 'exo[plot]')")
+        console = Console(stderr=True)
+        console.print(f"sweep: {len(grid.points())} runs on {executor}", highlight=False)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"runs on {executor}", total=len(grid.points()))
+            rows = S.run(grid, str(executor), lambda done, total: bar.update(task, completed=done))
+        out = Console()
+        S.summary(rows, out if out.is_terminal else Console(width=160))
+        S.write(rows, args.json, args.csv)
+        if args.plot:
+            for f in S.plot(rows, args.plot):
+                console.print(f"wrote {f}", highlight=False)
+    except ExoUserError as e:
+        sys.stderr.write(f"exo: error: {e}\n")
         return 2
     return 0
 

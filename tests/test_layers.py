@@ -86,14 +86,14 @@ def test_the_check_catches_a_violation(tmp_path):
 
 def _group(module: str) -> str:
     """The package or layer a module belongs to: hw, libos, benchmarks, exo's kernel (the modules at
-    the top of exo/), exo.build, exo.api, exo.cli, exo.labs, exo.fuzz, exo.gdb, exo.replay, the package's __init__, its
+    the top of exo/), exo.build, exo.api, exo.cli, exo.labs, exo.fuzz, exo.gdb, exo.replay, exo.jobs, the package's __init__, its
     __main__."""
     parts = module.split(".")
     if parts[0] != "exo":
         return parts[0]
     if module in ("exo", "exo.__main__"):
         return module
-    return f"exo.{parts[1]}" if parts[1] in ("build", "api", "cli", "labs", "fuzz", "gdb", "replay") else "exo (kernel)"
+    return f"exo.{parts[1]}" if parts[1] in ("build", "api", "cli", "labs", "fuzz", "gdb", "replay", "jobs") else "exo (kernel)"
 
 
 def test_no_import_cycle_between_packages_or_layers():

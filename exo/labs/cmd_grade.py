@@ -38,6 +38,9 @@ def add_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--submissions", metavar="DIR", help="batch: grade every student tree in DIR (one folder each)")
     g.add_argument("--json-dir", metavar="OUT", help="batch: OUT/<student>.json, OUT/<student>/ and OUT/summary.csv")
     g.add_argument("--jobs", type=int, default=None, metavar="K", help="batch: trees graded at once (default: the cores)")
+    g.add_argument("--executor", default=None, metavar="KIND",
+                   help="batch: where trees are graded: thread[:N] (default), local[:N] processes, or "
+                        "ray[:ADDRESS] (pip install 'exo[ray]'; nodes must see the same paths)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,14 +55,17 @@ def _run(args: argparse.Namespace) -> int:
     from exo.labs import grade as G
 
     timeout = G.WALL_TIMEOUT if args.timeout is None else args.timeout
-    if args.submissions or args.json_dir or args.jobs is not None:
+    if args.submissions or args.json_dir or args.jobs is not None or args.executor:
         if not (args.submissions and args.json_dir):
             raise ExoUserError("--submissions", "batch grading needs both --submissions DIR and --json-dir OUT")
         for opt, v in (("--json", args.json), ("--results", args.results)):
             if v:
                 raise ExoUserError(opt, "not with --submissions: each student's results go to --json-dir")
+        if args.executor and args.jobs is not None:
+            raise ExoUserError("--jobs", "not with --executor: give the workers there (thread:N, local:N)")
         grades = G.grade_batch(args.lab, Path(args.submissions), Path(args.json_dir), jobs=args.jobs,
-                               hidden=_dir(args.hidden), tests=_dir(args.tests), wall_timeout=timeout)
+                               hidden=_dir(args.hidden), tests=_dir(args.tests), wall_timeout=timeout,
+                               executor=args.executor)
         for student, g in grades.items():
             note = f"  ({g.note})" if g.note else ""
             print(f"{student}: {G._num(g.score)}/{G._num(g.max_score)}{note}")

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -428,10 +427,16 @@ def write_json(data: dict, path: Path) -> None:
 # ------------------------------------------------------------------------------- a class at once
 def grade_batch(lab: int, submissions: Path, json_dir: Path, *, jobs: int | None = None,
                 hidden: Path | None = None, tests: Path | None = None,
-                wall_timeout: float = WALL_TIMEOUT) -> dict[str, Grade]:
+                wall_timeout: float = WALL_TIMEOUT, executor: str | None = None) -> dict[str, Grade]:
     """Grade every subfolder of ``submissions`` (one student tree each), ``jobs`` at a time, always
     with the running grader's tests (``from_installed``): json_dir/<student>.json (Gradescope format),
-    json_dir/<student>/ (the per-test output) and json_dir/summary.csv."""
+    json_dir/<student>/ (the per-test output) and json_dir/summary.csv.
+
+    ``executor`` (exo/jobs): where the trees are graded: ``thread[:N]`` (the default: each grade
+    waits on its own pytest process), ``local[:N]`` processes or ``ray[:ADDRESS]`` (a cluster whose
+    nodes see the same paths). Every grade comes back here, and only this process writes files."""
+    from exo import jobs as J
+
     if not submissions.is_dir():
         raise ExoUserError("--submissions", f"{submissions}: not a directory")
     students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -439,22 +444,26 @@ def grade_batch(lab: int, submissions: Path, json_dir: Path, *, jobs: int | None
         raise ExoUserError("--submissions", f"{submissions}: no submission folders in it")
     if jobs is not None and jobs <= 0:
         raise ExoUserError("--jobs", f"must be positive, got {jobs}")
-
-    def one(tree: Path) -> Grade:
-        try:
-            g = grade(lab, tree, hidden=hidden, tests=tests, from_installed=True, wall_timeout=wall_timeout)
-        except ExoUserError as e:  # a problem of this submission only: the batch goes on
-            g = Grade(lab, note=str(e))
-        except OSError as e:  # e.g. an unreadable file in the submission
-            g = Grade(lab, note=f"could not be graded: {e}")
+    ex = J.parse(executor) if executor else J.Executor("thread", workers=jobs)
+    results = J.run(_grade_one, [(lab, tree, hidden, tests, wall_timeout) for tree in students], ex)
+    grades = {}
+    for tree, g in zip(students, results):
         save_results(g, json_dir / tree.name)
         write_json(gradescope(g), json_dir / f"{tree.name}.json")
-        return g
-
-    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        grades = dict(zip((s.name for s in students), pool.map(one, students)))
+        grades[tree.name] = g
     write_summary(grades, json_dir / "summary.csv")
     return grades
+
+
+def _grade_one(job: tuple[int, Path, Path | None, Path | None, float]) -> Grade:
+    """One tree of a batch (a job of exo/jobs: it may run in another process or on another node)."""
+    lab, tree, hidden, tests, wall_timeout = job
+    try:
+        return grade(lab, tree, hidden=hidden, tests=tests, from_installed=True, wall_timeout=wall_timeout)
+    except ExoUserError as e:  # a problem of this submission only: the batch goes on
+        return Grade(lab, note=str(e))
+    except OSError as e:  # e.g. an unreadable file in the submission
+        return Grade(lab, note=f"could not be graded: {e}")
 
 
 def write_summary(grades: dict[str, Grade], path: Path) -> None:

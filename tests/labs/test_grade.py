@@ -8,6 +8,7 @@ these tests do not depend on the labs' own graded tests and stay fast: tiny gues
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 
 from exo.labs import cmd_grade
 
@@ -283,7 +285,12 @@ def test_from_installed_refuses_to_be_the_trees_own_grader(monkeypatch, capsys):
     assert err.count("\n") == 1
 
 
-def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(tree, demo, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", [["--jobs", "2"], ["--executor", "local:2"], ["--executor", "ray"]],
+                         ids=["threads", "processes", "ray"])
+def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(where, tree, demo, tmp_path, monkeypatch,
+                                                                         capsys):
+    if where[-1] == "ray":  # the sweeps' executor (exo/jobs) grades a class on a cluster too
+        need_tool(importlib.util.find_spec("ray") is not None, "ray is not installed (pip install 'exo[ray]')")
     subs = tmp_path / "subs"
     subs.mkdir()
     shutil.copytree(tree, subs / "alice")
@@ -294,7 +301,7 @@ def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(tree, d
     (subs / "carol" / "notes.txt").write_text("my lab\n")
     out_dir = tmp_path / "out"
     rc, out, err = grade_cli(tmp_path, "1", "--tests", str(demo), "--submissions", str(subs), "--json-dir",
-                             str(out_dir), "--jobs", "2", monkeypatch=monkeypatch, capsys=capsys)
+                             str(out_dir), *where, monkeypatch=monkeypatch, capsys=capsys)
     assert rc == 0, err
     rows = list(csv.DictReader((out_dir / "summary.csv").open()))
     assert [r["student"] for r in rows] == ["alice", "bob", "carol"]
@@ -313,6 +320,8 @@ def test_batch_grades_each_tree_and_a_broken_one_gets_zero_with_a_reason(tree, d
 @pytest.mark.parametrize("args, what", [
     (["99"], "lab: no lab 99"),
     (["1", "--submissions", "x"], "--submissions: batch grading needs both"),
+    (["1", "--submissions", "x", "--json-dir", "y", "--jobs", "2", "--executor", "ray"], "--jobs: not with --executor"),
+    (["1", "--submissions", "exo", "--json-dir", "/tmp/unused", "--executor", "cloud"], "--executor: unknown executor"),
     (["1", "--tests", "/nonexistent/dir"], "--tests: /nonexistent/dir: not a directory"),
     (["1", "--timeout", "0"], "--timeout: must be positive"),
     (["1"], "/: is not an exo tree (no exo/api.py): run the grader at the root of an exo tree"),
