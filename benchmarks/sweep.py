@@ -128,9 +128,9 @@ def run_point(point: dict) -> dict:
     import tempfile
     import time
 
-    from benchmarks.ring_transitions import WORKLOADS, _boot, inputs_of
+    from benchmarks.ring_transitions import WORKLOADS, _boot, inputs_of, modelled
     from exo import jobs
-    from exo.costmodel import PROFILES, model
+    from exo.costmodel import PROFILES
     from exo.structures import crossings
 
     w = WORKLOADS[point["workload"]]
@@ -155,7 +155,7 @@ def run_point(point: dict) -> dict:
             "ops": n, "timing_ops": tn, "per_op": per_op, "crossings": crossings(per_op),
             "guest_instructions": (big["guest_instructions"] - small["guest_instructions"]) / (n * per),
             "hypercalls": hcs,
-            "modelled_cycles": {p: model(per_op, PROFILES[p], hcs)["total"] for p in point["profiles"]},
+            "modelled_cycles": modelled(small, big, n * per, {p: PROFILES[p] for p in point["profiles"]}),
             "host_us": (t_big - t_small) / (tn * per) * 1e6,
             "job_seconds": time.perf_counter() - t_start,
             "inputs": inputs, "machine": jobs.machine()}

@@ -297,7 +297,15 @@ class Structures:
         args = [g[i] for i in SVC_ARGS[: entry.nargs]]
         if self.name == "monolithic":
             k.acct.count("syscall", env.id, entry.name)
-            return self._run(env, entry, args, kernel_mode=True)
+            result = self._run(env, entry, args, kernel_mode=True)
+            if result is not k.RETRY and env.port.resumed:
+                # The call switched the environment's threads (sched parked the caller: libos/sched.py
+                # block_restart), as a kernel switches to another thread when one sleeps in it; the
+                # other thread's registers are loaded. Unicorn adds 2 to RIP after this hook.
+                if env.alive:
+                    cpu.regs.write(Reg.RIP, cpu.regs.read(Reg.RIP) - 2)
+                return k.KEEP
+            return result
         if self.name == "xen-pv":
             k.acct.count("trap", env.id, "syscall:" + entry.name)  # user -> hypervisor (no direct return)
             env.pv_call = (entry, args, rip + 2)
@@ -307,9 +315,13 @@ class Structures:
         # microkernel: an IPC call to the module's server
         index = ((slot & ~(PAGE_SIZE - 1)) - LIBOS_PAGE) // PAGE_SIZE
         server = self.server_for(index, entry.name.split(".")[0], env)
-        if server.request is not None:
-            raise HypercallError(Errno.EAGAIN, "server busy")  # one request at a time, as in L4
+        if server.request is not None:  # serving another client's call: this one comes back later
+            self.waiting.setdefault(server.id, []).append(env.id)
+            cpu.regs.write(Reg.RIP, rip - 2)  # Unicorn adds 2 after the hook: the `syscall` again
+            k.block(env, "ipc_call")
+            return k.KEEP
         k.acct.hypercall(env.id, "ipc_call")
+        env.reflect_rip = rip + 2  # where the reply returns to; a parked thread resumes at rip
         server.request = (env.id, entry, args)
         env.status = EnvStatus.BLOCKED
         env.blocked_on = "ipc_call"
@@ -387,11 +399,11 @@ class Structures:
         """Code hook at GK_ENTRY: the guest kernel runs the service, then svc_return."""
         entry, args, ret = env.pv_call
         port = self.k.libs.port(env)
-        if env.pv_reflected:
-            # A Linux call: the registers it sees are the program's at its `syscall`, and a new
-            # context it loads (execve, a signal handler) is what svc_return returns to.
-            env.reflect_rip = ret
-            port.capture = True
+        # The registers the service sees are the application's at its `syscall` (where a thread the
+        # guest kernel parks resumes: the call runs again), and a context it loads (a thread switch,
+        # execve, a signal handler) is what svc_return returns to, as the guest kernel's iret would.
+        env.reflect_rip = ret
+        port.capture = True
         try:
             result = self._run(env, entry, args, kernel_mode=False)
         finally:
@@ -504,6 +516,35 @@ class Structures:
         g[0] = (result or 0) & _MASK
 
 
+    def _serve_with_capabilities(self, server: Env, client: Env, entry, args: list[int]) -> None:
+        """Serve a call of a module whose server holds capabilities over its client (net: the
+        client's NIC, its memory, where the receive ring is, and its registers), as the POSIX
+        server does (ReflectPort): every module of the client runs on that port meanwhile, so the
+        thread library can park the calling thread and the reply switches the client to another
+        (an L4 reply that sets the registers). A call that must wait makes the client, not the
+        server, wait: its `syscall` runs again when it is woken."""
+        k = self.k
+        g = k.cpu.gpr
+        port = ReflectPort(k, server, client)
+        saved = [(m, m.port) for m in client.modules.values()]
+        for m, _ in saved:
+            m.port = port
+        try:
+            result = k.libs.run_entry(client, entry, args, count=False)  # RETRY: the client waits
+        finally:
+            for m, p in saved:
+                m.port = p
+        server.request = None
+        if result is k.RETRY or not client.alive:
+            if client.alive:  # back at its `syscall` (RAX still holds NR_SVC): the call runs again
+                k.cpu.context_write(client.ctx, Reg.RIP, client.reflect_rip - 2)
+                client.reflect_rip = 0
+            g[0] = 0
+            return
+        server.serving = client.id
+        server.reply_regs = port.new_regs if port.resumed else None
+        g[0] = (result or 0) & _MASK
+
     def server_dispatch(self, server: Env) -> None:
         """Code hook at SERVER_DISPATCH: serve the pending request."""
         k = self.k
@@ -518,6 +559,9 @@ class Structures:
             self._serve_reflected(server, client, entry, args)
             return
         instance = entry.fn.__self__
+        if getattr(instance, "SERVER_CAPABILITIES", False):
+            self._serve_with_capabilities(server, client, entry, args)
+            return
         index = instance.INDEX
         lo = LIBOS_DATA + index * LIBOS_DATA_STRIDE
         if any(lo <= a < lo + LIBOS_DATA_STRIDE for a in args):

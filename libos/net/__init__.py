@@ -134,8 +134,14 @@ class Net(LibModule):
     INDEX = 6
     ENTRIES = ("socket", "bind", "listen", "accept", "connect", "send", "recv", "sendto", "recvfrom",
                "close", "shutdown", "arrival_upcall")
-    # The stack is library code under every OS structure: the ring and filters are the caller's own.
-    LOCAL = frozenset(ENTRIES)
+    # Socket calls take each OS structure's service path (exo/structures.py: the stack in the
+    # kernel, in the Xen guest kernel, or in a network server). The arrival upcall stays a library
+    # entry: the exokernel's upcall into the environment (only with sched linked).
+    LOCAL = frozenset({"arrival_upcall"})
+    # Under the microkernel structure the network server acts with capabilities over its client:
+    # the NIC (its address, filters and receive ring, in the client's memory) is the client's, and
+    # a thread the call parks is the client's (exo/structures.py _serve_with_capabilities).
+    SERVER_CAPABILITIES = True
     HYPERCALLS = frozenset({"net_info", "net_attach", "net_filter", "net_send", "net_wait", "time_now",
                             "page_alloc", "log", "sched_op", "quota_info"})
     DOC = "sockets (TCP, UDP) over a TCP/IP stack in the library; frames through the exokernel's NIC ring"

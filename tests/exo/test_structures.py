@@ -114,6 +114,62 @@ def test_page_fault_paths_per_structure():
     assert rows["xen-pv"].crossings == 6
 
 
+# One UDP round trip between two apps over the switch (lat_udp): the client's sendto and recvfrom,
+# the server's recvfrom and sendto, and the two receives that waited and ran again when woken.
+EXPECTED_UDP = {
+    "exokernel": ({"libcall": 6, "hypercall": 14, "context_switch": 2},
+                  {"time_now": 8, "net_send": 2, "net_wait": 4}, 28),
+    "monolithic": ({"syscall": 6, "kcall": 14, "context_switch": 2}, {}, 12),  # the stack in ring 0
+    "xen-pv": ({"trap": 4, "upcall": 4, "hypercall": 18, "context_switch": 2},
+               {"time_now": 8, "net_send": 2, "net_wait": 4, "svc_return": 4}, 44),
+    # the network server: each call an ipc_call and its reply, a wait parks the client, not the server
+    "microkernel": ({"hypercall": 24, "context_switch": 12},
+                    {"ipc_call": 6, "svc_reply_wait": 6, "time_now": 8, "net_send": 2, "net_wait": 2}, 48),
+}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_udp_round_trip_takes_each_structures_service_path(structure):
+    row = measure("udp", structure, n=10, repeat=1)
+    kinds, hypercalls, cross = EXPECTED_UDP[structure]
+    assert {k: v for k, v in row.per_op.items() if v} == kinds
+    assert row.hypercalls == hypercalls
+    assert row.crossings == cross
+
+
+def test_tcp_stream_with_threads_under_every_structure():
+    """64 KiB sends (bw_tcp) between two apps that link the thread library: a receive that waits
+    parks the calling thread (sched.block_restart) in the library, in the kernel, in the guest
+    kernel, or by the network server's reply; the receiver checks every byte arrived."""
+    rows = {s: measure("tcp", s, n=8, repeat=1) for s in STRUCTURES}
+    assert [rows[s].crossings for s in STRUCTURES] == [85.5, 79.75, 112.5, 112.5]
+    ex, mono, xen, micro = (rows[s].per_op for s in STRUCTURES)
+    assert ex["syscall"] == ex["trap"] == 0 and ex["libcall"] == 15  # socket calls are library calls
+    assert mono["syscall"] == 6.75 and mono["kcall"] > 0  # socket calls trap into the kernel's stack
+    assert xen["trap"] == 6.75 and rows["xen-pv"].hypercalls["svc_return"] == 6.75
+    assert rows["microkernel"].hypercalls["ipc_call"] == rows["microkernel"].hypercalls["svc_reply_wait"] == 6.75
+    assert micro["context_switch"] == ex["context_switch"] + 2 * 6.75
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_threaded_tcp_server_serves_under_every_structure(tmp_path, structure):
+    """tcp_echo (a user-level thread per connection) and nettest over the switch: the socket calls
+    reach the stack the structure's way (counted below), and the threads still take turns."""
+    from conftest import ROOT
+
+    r = run_exo("boot", str(ROOT / "guest_apps" / "tcp_echo"), str(ROOT / "guest_apps" / "nettest"),
+                "--net", "switch", "--structure", structure, "--args", "nettest=tcp 10.0.2.15 7 100000",
+                "--stats-json", str(tmp_path / "s.json"), "--", "1", cache=str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"100000 bytes echoed intact" in r.stdout
+    t = json.loads((tmp_path / "s.json").read_text())["transitions"]
+    path = {"exokernel": "libcall", "monolithic": "syscall", "xen-pv": "trap", "microkernel": "hypercall"}[structure]
+    assert t[path] > 0
+    if structure == "microkernel":
+        hcs = json.loads((tmp_path / "s.json").read_text())["hypercalls"]
+        assert hcs["ipc_call"] > 20 and "net_send" in hcs
+
+
 @pytest.mark.parametrize("structure", ["monolithic", "xen-pv"])
 def test_cow_fork_works_under_other_structures(tmp_path, structure):
     from conftest import ROOT
