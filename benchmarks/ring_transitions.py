@@ -15,7 +15,7 @@ Workloads:
   read      a 1-byte console read through the console service (direct)
   fault     a page fault on an untouched heap page (demand-zero): the library's
             handler under exokernel, the kernel's pager under monolithic, the
-            guest kernel's under xen-pv (not under microkernel: see docs/experiments.md)
+            guest kernel's under xen-pv, a pager server's under microkernel (page_grant)
   file      reading a 64 KiB file: open, one 64 KiB read, close (fs = ext2; the
             file stays in the library's block cache after the first pass)
   ctxsw     a context switch between two environments that yield to each other
@@ -83,7 +83,6 @@ WORKLOADS: dict[str, dict] = {
     "fault": {
         "doc": "page fault on an untouched page (user-level handler)",
         "libos": {"console": "direct", "memory": "cow"},
-        "structures": ("exokernel", "monolithic", "xen-pv"),
         "source": "section .text\n_start:\n    mov rdi, {n} * 4096 + 4096\n    call LIB_MEMORY_MALLOC\n"
         "    add rax, 4095\n    and rax, -4096\n    mov rbx, rax\n"
         + _LOOP.format(n="{n}", body="    mov byte ptr [rbx], 1\n    add rbx, 4096\n") + _EXIT,

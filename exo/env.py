@@ -53,6 +53,10 @@ class Env:
         self.zombies: list[tuple[int, int, int, int]] = []  # (id, how, status, vector) per ended child
         self.fault_vector: int = 0  # the CPU exception that stopped it (with fault)
         self.retrying: bool = False  # its next hypercall reruns one that had to wait (counted once)
+        # Its pager (microkernel structure): the server environment that may grant it pages
+        # (page_grant), and whether that pager just refused a fault (the next one is the library's).
+        self.pager: int | None = None
+        self.pager_refused: bool = False
         self.retry_hypercall: str | None = None  # the same, for a library call that waited in a hypercall
         self.libcall_rsp: int | None = None  # RSP of a library call that entered its slot and has not run yet
         # OS structures (exo/structures.py)

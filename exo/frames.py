@@ -178,6 +178,23 @@ class FrameTable:
             self.on_code_write()
         return f
 
+    def transfer(self, f: int, owner: int) -> None:
+        """Give frame ``f`` to ``owner`` (page_grant): charged to the new owner's app, given back
+        to the old one's; refused (QuotaExceeded) when the new owner's app is at its quota."""
+        old = self.tenant_of.get(self.owner[f])
+        t = self.tenant_of.get(owner)
+        if t is not old:
+            if t is not None:
+                if t.frames_used >= t.frame_limit:
+                    t.frame_refusals += 1
+                    why = self.refused[owner] = t.frames_exhausted
+                    raise QuotaExceeded(why)
+                t.frames_used += 1
+                t.frames_peak = max(t.frames_peak, t.frames_used)
+            if old is not None:
+                old.frames_used -= 1
+        self.owner[f] = owner
+
     def free(self, f: int) -> None:
         if self.type[f] == FrameType.FREE:
             raise AssertionError(f"double free of frame {f:#x}")

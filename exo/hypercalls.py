@@ -214,6 +214,42 @@ def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dst
     return 0
 
 
+def _hc_page_grant(k: Exokernel, env: Env, dstid: int, srcva: int, dstva: int, perm: int) -> int:
+    """L4's grant: the frame mapped at srcva in the caller moves to dstva in dstid, with its ownership
+    (charged to dstid's app). Only dstid's pager may grant it pages (the microkernel structure names
+    the pager: exo/structures.py), and only a frame it owns and maps once, so that nothing it keeps
+    still reaches the page; perm may not add rights. A mapping at dstva is replaced (a copy-on-write
+    frame there loses one reference)."""
+    dst = k.envs.get(dstid)
+    if dst is None or not dst.alive:
+        raise HypercallError(Errno.ESRCH, f"no environment {dstid}")
+    if dst.pager != env.id:
+        raise HypercallError(Errno.EPERM, f"environment {env.id} is not environment {dstid}'s pager")
+    check_user_va(srcva)
+    check_user_va(dstva)
+    pte = perm_to_pte(perm)
+    found = env.space.lookup(srcva)
+    if found is None:
+        raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {env.id}")
+    frame, src_pte = found
+    if k.frames.owner[frame] != env.id or k.frames.refs[frame] != 1:
+        raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not the caller's alone to grant")
+    _check_share(k, frame, src_pte, pte)
+    try:
+        k.frames.transfer(frame, dst.id)
+    except OutOfFrames as e:
+        raise HypercallError(Errno.ENOMEM, str(e)) from None
+    try:
+        dst.space.map(dstva, frame, pte)
+    except HypercallError:
+        k.frames.transfer(frame, env.id)
+        raise
+    env.space.unmap(srcva)  # the frame's one other reference: the caller keeps nothing
+    k.flush_if_current(env)
+    k.flush_if_current(dst)
+    return 0
+
+
 def _hc_page_unmap(k: Exokernel, env: Env, envid: int, va: int) -> int:
     target = k.env_for(env, envid)
     check_user_va(va)
@@ -695,6 +731,11 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Write the caller's app's quotas and use: {u64 frames used, u64 frame limit, u64 environments "
               "live, u64 environment limit, u64 descriptor limit (per environment, RLIMIT_NOFILE), u64 cpu "
               "weight} at info (QUOTA_INFO_SIZE bytes; exo/tenants.py).", _hc_quota_info),
+    Hypercall(40, "page_grant", ("dstenv", "srcva", "dstva", "perm"), "0",
+              (E.ESRCH, E.EPERM, E.EINVAL, E.ENOMEM),
+              "Move the frame mapped at srcva (the caller's alone) to dstva in dstenv, with its ownership; "
+              "only dstenv's pager may (L4's grant; the microkernel structure's pager server).",
+              _hc_page_grant),
 )
 
 BY_NR: dict[int, Hypercall] = {h.nr: h for h in HYPERCALLS}

@@ -86,6 +86,7 @@ SERVER_LOOP = STRUCT_PAGE + 0x100  # microkernel: reply_wait; dispatch; jmp loop
 SERVER_DISPATCH = SERVER_LOOP + 10  # the `nop` after the reply_wait syscall
 SERVER_STACK_TOP = 0x0000_7FFF_FFF0_0000
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
+FAULT_REPLY: dict[str, int] = {}  # reply_regs of a pager's reply: the client's registers stay as they are
 SVC_ARGS = tuple(GPR_INDEX[r] for r in (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8, Reg.R9))
 
 
@@ -348,6 +349,8 @@ class Structures:
         ``svc_return``. exokernel and microkernel keep the exokernel's path (an
         upcall into the application's own library pager).
         """
+        if self.name == "microkernel":
+            return self._fault_to_pager(env, trap)
         if self.name not in ("monolithic", "xen-pv"):
             return False
         entry = env.libcalls.get(env.upcall_entry)
@@ -372,6 +375,57 @@ class Structures:
         g[GPR_INDEX[Reg.RDI]] = frame
         k.cpu.regs.write(Reg.RIP, GK_FAULT)
         return True
+
+    def _fault_to_pager(self, env: Env, trap) -> bool:
+        """microkernel: a page fault becomes an IPC to the environment's pager server (L4: the
+        kernel sends the fault to the faulting thread's pager on its behalf), if its handler's
+        module offers one (``pager_fault``, libos/memory.py). The pager maps a page it allocated
+        into the client with page_grant (only the pager may) and replies; the client then runs the
+        faulting instruction again. A fault the pager refuses goes, once, the exokernel's way: to
+        the environment's own handler, which reports it (or delivers a signal)."""
+        if env.pager_refused:
+            env.pager_refused = False
+            return False
+        entry = env.libcalls.get(env.upcall_entry)
+        instance = getattr(entry.fn, "__self__", None) if entry is not None else None
+        if trap.vector != 14 or not hasattr(instance, "pager_fault"):  # #PF, served by a pager module
+            return False
+        k = self.k
+        server = self.server_for(instance.INDEX, instance.NAME, env)
+        env.pager = server.id  # the structure names each client's pager (L4: its creator does)
+        k.cpu.regs.write(Reg.RIP, trap.rip)  # resumed at the faulting instruction, which runs again
+        if server.request is not None:  # serving another request: the fault happens again later
+            self.waiting.setdefault(server.id, []).append(env.id)
+            k.block(env, "ipc_call")
+            return True
+        k.acct.count("trap", env.id, trap.name)  # into the kernel, which sends the fault IPC
+        err = trap.error_code or 0
+        server.request = (env.id, instance, [trap.cr2 or 0, bool(err & 2), bool(err & 1)], "fault")
+        k.block(env, "ipc_call")
+        k.wake_first(server)
+        return True
+
+    def _serve_fault(self, server: Env, client: Env, instance, args: list) -> None:
+        """The pager server runs the client's memory module (its own hypercalls, its own scratch
+        page: ServerPort) to serve one fault; the reply resumes the client."""
+        k = self.k
+        saved = instance.port
+        instance.port = ServerPort(k.libs.port(server), k.libs.port(client), instance.INDEX)
+        try:
+            served = bool(instance.pager_fault(*args, client.id))
+        except (instance.port.Fault, HypercallError):
+            served = False
+        except Exception as e:  # noqa: BLE001 - a module's bug must not take the exokernel down
+            k.abort(client, "libOS error in the pager", f"{type(e).__name__}: {e}",
+                    reason="a bug in the libOS module's Python code: only this environment is stopped")
+            served = False
+        finally:
+            instance.port = saved
+        server.request = None
+        server.serving = client.id
+        server.reply_regs = FAULT_REPLY
+        client.pager_refused = not served
+        k.cpu.gpr[0] = 0 if served else -Errno.EFAULT & _MASK
 
     def guest_kernel_fault(self, env: Env) -> None:
         """Code hook at GK_FAULT: the guest kernel's pager runs; its resume waits for svc_return."""
@@ -468,7 +522,9 @@ class Structures:
             new_regs, server.reply_regs = server.reply_regs, None
             if client is not None and client.alive and client.blocked_on == "ipc_call":
                 cpu = k.cpu
-                if new_regs is not None:  # the reply sets every register (a Linux call's new context)
+                if new_regs is FAULT_REPLY:
+                    pass  # a pager's reply: the client runs its faulting instruction again, as it was
+                elif new_regs is not None:  # the reply sets every register (a Linux call's new context)
                     for r in GPR_INDEX:
                         cpu.context_write(client.ctx, r, new_regs[r.name.lower()])
                     cpu.context_write(client.ctx, Reg.RIP, new_regs["rip"])
@@ -554,6 +610,9 @@ class Structures:
         if client is None or not client.alive:
             server.request = None
             g[0] = -Errno.ESRCH & _MASK
+            return
+        if reflected == ["fault"]:
+            self._serve_fault(server, client, entry, args)
             return
         if reflected:
             self._serve_reflected(server, client, entry, args)

@@ -148,7 +148,7 @@ class Memory(LibModule):
     # (exo/structures.py routes only the services that other structures put elsewhere).
     LOCAL = frozenset(ENTRIES)
     HYPERCALLS = frozenset({
-        "page_alloc", "page_map", "page_unmap", "mmu_update",
+        "page_alloc", "page_map", "page_unmap", "mmu_update", "page_grant",
         "env_create", "env_set_entry", "env_set_status", "env_set_upcall",
         "env_destroy",  # for fork-based programs that end a child (spin)
     })  # fmt: skip
@@ -292,6 +292,35 @@ class Memory(LibModule):
             self.hc("page_unmap", 0, tmp)
             return False
         self.stats["cow_faults"] += 1
+        return True
+        # LAB 3 END
+
+    def pager_fault(self, va: int, write: bool, present: bool, client: int) -> bool:
+        """Serve a fault of environment ``client`` as its pager server (the microkernel structure,
+        exo/structures.py): the same decision as the library's handler (_handle), but the page is a
+        fresh frame in the server's own space (at PFTEMP, its private region), zeroed or filled with
+        the copy-on-write page's contents (read from the client, as a kernel IPC copy would), and
+        moved to the client with page_grant, L4's grant: only the client's pager may."""
+        # LAB 3 BEGIN pager: as the client's pager server, make handle's decisions, fill a fresh page at PFTEMP in your own space and page_grant it to the client
+        page = va & ~(PAGE_SIZE - 1)
+        pte = self._pte(page)  # the client's page tables (UVPT), read-only to it and to us
+        if present:
+            if not write or not pte & _PTE_P or pte & _PTE_W or not pte & PERM_COW:
+                return False
+            perm = (pte_perm(pte) & ~(PERM_COW | PERM_X)) | PERM_W
+        elif self.heap_base <= page < _page_up(self.brk) and not pte & _PTE_P:
+            perm = PERM_R | PERM_W
+        else:
+            return False
+        tmp = self.pftemp
+        if self.hc("page_alloc", 0, tmp, PERM_R | PERM_W) < 0:
+            return False
+        if present:
+            self.port.write(tmp, self.port.read(page, PAGE_SIZE))
+        if self.hc("page_grant", client, tmp, page, perm) < 0:
+            self.hc("page_unmap", 0, tmp)
+            return False
+        self.stats["cow_faults" if present else "zero_faults"] += 1
         return True
         # LAB 3 END
 

@@ -83,6 +83,8 @@
 #define NR_ENV_NOTIFY 0x26
 #define HC_QUOTA_INFO 0x1004e0
 #define NR_QUOTA_INFO 0x27
+#define HC_PAGE_GRANT 0x100500
+#define NR_PAGE_GRANT 0x28
 #define EPERM 0x1
 #define ENOENT 0x2
 #define ESRCH 0x3
@@ -258,5 +260,6 @@ static inline long exo_console_error(long buf, long len) { return exo_hypercall(
 static inline long exo_console_info(long info) { return exo_hypercall(37, info, 0, 0, 0, 0); }
 static inline long exo_env_notify(long envid) { return exo_hypercall(38, envid, 0, 0, 0, 0); }
 static inline long exo_quota_info(long info) { return exo_hypercall(39, info, 0, 0, 0, 0); }
+static inline long exo_page_grant(long dstenv, long srcva, long dstva, long perm) { return exo_hypercall(40, dstenv, srcva, dstva, perm, 0); }
 
 #endif

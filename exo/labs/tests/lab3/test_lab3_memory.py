@@ -61,6 +61,18 @@ def test_cowtest(boot):
     assert r.exit_status == 0
 
 
+@pytest.mark.lab(3, points=10, extra=True)
+def test_extra_cowtest_through_a_pager_server(boot):
+    """Under the microkernel structure the faults go to a pager server, which grants the client its
+    pages (page_grant): the same program, the same private copies, every fault served by the pager."""
+    r = boot(APPS / "cowtest", structure="microkernel")
+    no_reports(r)
+    expect(r.stdout, r"^child: data=10 heap=20$", r"^parent: data=1 heap=2$",
+           r"^parent and child see private copies after fork$")
+    assert r.exit_status == 0
+    assert r.stats["hypercalls"].get("page_grant", 0) >= 4, r.stats["hypercalls"]
+
+
 # ------------------------------------------------------------------ demand zero
 @pytest.mark.lab(3, points=15)
 def test_heap_demand_zero(boot):
