@@ -198,16 +198,22 @@ def _check_share(k: Exokernel, frame: int, src_pte: int, pte: int) -> None:
     # LAB 2 END
 
 
-def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
-    src = k.env_for(env, srcid)
-    dst = k.env_for(env, dstid)
+def _mapped_source(src: Env, srcva: int, dstva: int, perm: int) -> tuple[int, int, int]:
+    """page_map's and page_grant's arguments checked: (the frame at srcva in src, its PTE flags,
+    the PTE flags perm asks for at dstva)."""
     check_user_va(srcva)
     check_user_va(dstva)
     pte = perm_to_pte(perm)
     found = src.space.lookup(srcva)
     if found is None:
         raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {src.id}")
-    frame, src_pte = found
+    return found[0], found[1], pte
+
+
+def _hc_page_map(k: Exokernel, env: Env, srcid: int, srcva: int, dstid: int, dstva: int, perm: int) -> int:
+    src = k.env_for(env, srcid)
+    dst = k.env_for(env, dstid)
+    frame, src_pte, pte = _mapped_source(src, srcva, dstva, perm)
     _check_share(k, frame, src_pte, pte)
     dst.space.map(dstva, frame, pte)
     k.flush_if_current(dst)
@@ -225,13 +231,7 @@ def _hc_page_grant(k: Exokernel, env: Env, dstid: int, srcva: int, dstva: int, p
         raise HypercallError(Errno.ESRCH, f"no environment {dstid}")
     if dst.pager != env.id:
         raise HypercallError(Errno.EPERM, f"environment {env.id} is not environment {dstid}'s pager")
-    check_user_va(srcva)
-    check_user_va(dstva)
-    pte = perm_to_pte(perm)
-    found = env.space.lookup(srcva)
-    if found is None:
-        raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {env.id}")
-    frame, src_pte = found
+    frame, src_pte, pte = _mapped_source(env, srcva, dstva, perm)
     if k.frames.owner[frame] != env.id or k.frames.refs[frame] != 1:
         raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not the caller's alone to grant")
     _check_share(k, frame, src_pte, pte)
