@@ -39,8 +39,8 @@ def test_spec_inline_file_and_defaults(tmp_path):
     assert len(sw.points()) == 2 * 2 * 3
     j = tmp_path / "grid.json"
     j.write_text(json.dumps({"structures": ["microkernel"], "workloads": ["null", "fault"]}))
-    # fault is not measured under the microkernel structure: the grid leaves those points out
-    assert {p["workload"] for p in S.parse(str(j), DEFAULTS).points()} == {"null"}
+    assert [(p["workload"], p["structure"]) for p in S.parse(str(j), DEFAULTS).points()] == [
+        ("null", "microkernel"), ("fault", "microkernel")]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -105,7 +105,8 @@ def test_sweep_on_local_processes_is_tidy_and_repeatable(tmp_path):
         assert by_structure.setdefault(key, same) == same
     assert by_structure["exokernel"]["crossings"] == 0 and by_structure["microkernel"]["crossings"] == 4
     assert by_structure["microkernel"]["per_op"]["context_switch"] == 2
-    assert all(r["host_us"] > 0 and r["machine"]["host"] and r["executor"] == "local" for r in rows)
+    # host time is measured, never judged here (a difference of two timed runs may even be negative)
+    assert all(isinstance(r["host_us"], float) and r["machine"]["host"] and r["executor"] == "local" for r in rows)
     S.write(rows, str(tmp_path / "s.json"), str(tmp_path / "s.csv"))
     table = list(csv.DictReader((tmp_path / "s.csv").open()))
     assert len(table) == 8 and {"cycles_kvm-vmx", "cycles_xen-pv", "per_op_libcall", "host", "cpu"} <= set(table[0])
