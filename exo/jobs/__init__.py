@@ -95,6 +95,13 @@ def run(fn: Callable[[Any], Any], items: Iterable[Any], executor: Executor | str
     return out
 
 
+def _source_path() -> str:
+    """The directory exo is imported from, ahead of any PYTHONPATH already set."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rest = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + rest if rest else "")
+
+
 def _ray(fn: Callable[[Any], Any], items: list[Any], address: str | None,
          progress: Callable[[int, int], None] | None) -> list[Any]:
     try:
@@ -106,8 +113,11 @@ def _ray(fn: Callable[[Any], Any], items: list[Any], address: str | None,
         try:
             # A local Ray (address None) is started for this run and shut down after it. Ray's
             # dashboard and log forwarding are noise for a batch of jobs.
+            # A local one's workers import exo from where this process does, as spawned local
+            # processes do (an editable install's path hook may not reach them from their cwd).
+            runtime_env = None if address else {"env_vars": {"PYTHONPATH": _source_path()}}
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False, runtime_env=runtime_env)
         except ConnectionError as e:
             raise ExoUserError("--executor", f"cannot reach the Ray cluster at {address}: {e}") from None
     try:
