@@ -3,7 +3,10 @@
 * null hypercall round trip (``env_id``: number in, id out) and a 4-argument
   hypercall (``null``), each as a ratio to the bare Unicorn ``syscall`` hook
   round trip (empty Python hook, no paging) measured in the same run;
-  target: null hypercall within 3x;
+  target: null hypercall within 3x; the null hypercall again with ``--trace``'s
+  tracer on, as a ratio to the untraced one; whole runs of guest_apps/primes
+  (IPC between 8 environments) and guest_apps/threads with and without
+  ``--trace`` (the file written included), interleaved;
 * environment create + destroy (address space, hypercall page, saved
   context), target under 100 us; compared with Firecracker's published 150
   microVMs per second per host (about 6.7 ms each);
@@ -23,6 +26,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -66,8 +70,9 @@ FOUR_BODY = "    mov rdi, 1\n    mov rsi, 2\n    mov rdx, 3\n    mov r10, 4\n   
 YIELD_BODY = "    mov rdi, SCHED_YIELD\n    xor esi, esi\n    call HC_SCHED_OP"
 
 
-def _guest_runner(body: str, envs: int = 1) -> Callable[[int], None]:
-    """A function running ``envs`` guests that each loop ``trips`` times over ``body``."""
+def _guest_runner(body: str, envs: int = 1, trace: bool = False) -> Callable[[int], None]:
+    """A function running ``envs`` guests that each loop ``trips`` times over ``body`` (``trace``:
+    with a tracer recording every call, as ``--trace`` does, into its default 1,000,000-event buffer)."""
     from exo.build.asm import assemble as exo_assemble
     from exo.build.image import Image, Segment, predefined_symbols
     from exo.kernel import Exokernel
@@ -87,6 +92,10 @@ def _guest_runner(body: str, envs: int = 1) -> Callable[[int], None]:
 
     def run(trips: int) -> None:
         k = Exokernel(machine, slice_instructions=1 << 30)
+        if trace:
+            from exo.trace import Tracer
+
+            k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.now_ns, at=machine.clock.at)
         for _ in range(envs):
             env = k.create_env("loop")
             load_image(k, env, image, [])
@@ -99,8 +108,8 @@ def _guest_runner(body: str, envs: int = 1) -> Callable[[int], None]:
     return run
 
 
-def _hypercall_bench(body: str, repeat: int, seconds: float) -> Stats:
-    run = _guest_runner(body)
+def _hypercall_bench(body: str, repeat: int, seconds: float, trace: bool = False) -> Stats:
+    run = _guest_runner(body, trace=trace)
     trips = calibrate(run, seconds, n=2000)
     return _time_loop(run, trips, trips, repeat)
 
@@ -128,7 +137,36 @@ def bench_hypercalls(repeat: int, seconds: float, log: Callable[[str], None]) ->
         baseline=bare,
         note="the same with 4 argument registers set and read in one batch",
     )
-    return [bare, null, four]
+    log("null hypercall, traced")
+    traced = result(
+        "null hypercall, traced (--trace)",
+        _hypercall_bench(NULL_BODY, repeat, seconds, trace=True),
+        baseline=null,
+        note="the same loop with a tracer: each call recorded as a span with its arguments and result "
+        "(exo/trace.py); the ratio is to the untraced null hypercall",
+    )
+    return [bare, null, four, traced]
+
+
+def bench_traced_runs(repeat: int, log: Callable[[str], None]) -> list[Result]:
+    """Whole runs with and without --trace (interleaved), trace file written included."""
+    from benchmarks.harness import Bench, measure_interleaved
+    from exo.api import run
+
+    root = Path(__file__).resolve().parent.parent / "guest_apps"
+    out: list[Result] = []
+    with tempfile.TemporaryDirectory() as d:
+        for app in ("primes", "threads"):
+            log(f"{app}: a whole run, untraced and traced")
+            path = Path(d) / f"{app}.json"
+            plain, traced = measure_interleaved(
+                [Bench(lambda a=app: run(root / a, stdin=b"")),
+                 Bench(lambda a=app, p=path: run(root / a, stdin=b"", trace=str(p)))], repeat=repeat)
+            events = len([e for e in json.loads(path.read_text())["traceEvents"] if e["ph"] != "M"])
+            base = result(f"exo boot {app}, untraced", plain)
+            out += [base, result(f"exo boot {app}, --trace ({events:,} events)", traced, baseline=base,
+                                 note="the same run with a trace of every call written to a .json file")]
+    return out
 
 
 def bench_envs(repeat: int, log: Callable[[str], None]) -> list[Result]:
@@ -263,8 +301,8 @@ def run(repeat: int = 7, quick: bool = False, log: Callable[[str], None] | None 
     seconds = 0.05 if quick else 0.3
     if quick:
         repeat = min(repeat, 3)
-    return (bench_hypercalls(repeat, seconds, log) + bench_envs(repeat, log) + bench_start(repeat, log)
-            + bench_process(repeat, log))
+    return (bench_hypercalls(repeat, seconds, log) + bench_traced_runs(repeat, log) + bench_envs(repeat, log)
+            + bench_start(repeat, log) + bench_process(repeat, log))
 
 
 def main(argv: list[str] | None = None) -> int:

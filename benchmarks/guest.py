@@ -12,7 +12,8 @@ from pathlib import Path
 
 def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdin: bytes = b"",
                 envs: int = 1, disk=None, structure: str = "exokernel", ram_mib: int = 128,
-                max_instructions: int = 2_000_000_000, slice: int | None = None) -> tuple[float, dict]:
+                max_instructions: int = 2_000_000_000, slice: int | None = None,
+                trace: str | None = None) -> tuple[float, dict]:
     """(host seconds of the run, stats as `--stats-json` writes them) for ``source`` linked with ``libos``.
 
     ``disk`` (a hw BlockDevice) is granted whole to every environment booted.
@@ -35,6 +36,10 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
     k = Exokernel(machine, structure=structure, on_fault=lambda r: None,
                   **({"slice_instructions": slice} if slice else {}))
     k.env_create_hooks.append(lambda parent, child: relink_siblings(child.modules))
+    if trace:
+        from exo.trace import Tracer
+
+        k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.now_ns, at=machine.clock.at)
     booted = []
     for _ in range(envs):
         env = spawn(k, image, [])
@@ -48,6 +53,8 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
         k.run(max_instructions=max_instructions)
     finally:
         machine.close()  # the disk image's lock goes with it: the next run may open it (hw/blockdev.py)
+        if trace:
+            k.acct.tracer.write(trace, {e.id: e.name for e in k.envs.values()})
     dt = time.perf_counter() - t0
     bad = [e for e in booted if e.exit_status not in (0, None) or e.fault]
     if k.reports or bad:

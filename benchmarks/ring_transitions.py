@@ -243,28 +243,32 @@ def inputs_of(workload: str, tmp: Path) -> dict[str, str]:
     return out
 
 
-def _boot(workload: str, structure: str, n: int, tmp: Path, slice: int | None = None, seed: int = 0):
+def boot(workload: str, structure: str, n: int, tmp: Path, slice: int | None = None, seed: int = 0,
+          trace: str | None = None):
     """Boot one workload with ``n`` operations; (stats dict, host seconds of the run).
 
     ``slice``: the time slice in guest instructions (None: exo's default); ``seed``: the seed of the
-    guest's randomness (a Linux program's AT_RANDOM bytes; the assembly workloads have none)."""
+    guest's randomness (a Linux program's AT_RANDOM bytes; the assembly workloads have none);
+    ``trace``: write the run's trace there (.json or .jsonl: exo/trace.py)."""
     from benchmarks.guest import boot_source
 
     w = WORKLOADS[workload]
     if "linux" in w:
-        return _boot_linux(w, structure, n, slice, seed)
+        return _boot_linux(w, structure, n, slice, seed, trace)
     if "apps" in w:
-        return _boot_apps(workload, w, structure, n, tmp, slice)
+        return _boot_apps(workload, w, structure, n, tmp, slice, trace)
     d = tmp / f"{workload}-{n}"
     d.mkdir(exist_ok=True)
     disk = _disk_image(d, w["disk"]) if "disk" in w else None
     dt, stats = boot_source(w["source"].replace("{n}", str(n)), w.get("libos", {}), name=workload,
                             stdin=w.get("stdin", lambda n: b"")(n), envs=w.get("envs", 1), disk=disk,
-                            structure=structure, ram_mib=64, max_instructions=500_000_000, slice=slice)
+                            structure=structure, ram_mib=64, max_instructions=500_000_000, slice=slice,
+                            trace=trace)
     return stats, dt
 
 
-def _boot_apps(workload: str, w: dict, structure: str, n: int, tmp: Path, slice: int | None = None):
+def _boot_apps(workload: str, w: dict, structure: str, n: int, tmp: Path, slice: int | None = None,
+               trace: str | None = None):
     """A workload of several apps (a server and its client) on one machine, with the NIC backend
     ``w["net"]`` (app i is 10.0.2.(15+i)); every app must exit 0."""
     import time
@@ -281,7 +285,7 @@ def _boot_apps(workload: str, w: dict, structure: str, n: int, tmp: Path, slice:
         dirs.append(d)
     t0 = time.perf_counter()
     r = run(*dirs, structure=structure, net=w.get("net"), ram_mib=64, slice=slice, max_instructions=2_000_000_000,
-            use_cache=False)
+            use_cache=False, trace=trace)
     dt = time.perf_counter() - t0
     bad = {f"{e['id']} {e['name']}": e["exit"] for e in r.stats["envs"] if e["exit"] not in (0, None)}
     if not r.ok or bad:
@@ -290,7 +294,8 @@ def _boot_apps(workload: str, w: dict, structure: str, n: int, tmp: Path, slice:
     return r.stats, dt
 
 
-def _boot_linux(w: dict, structure: str, n: int, slice: int | None = None, seed: int = 0):
+def _boot_linux(w: dict, structure: str, n: int, slice: int | None = None, seed: int = 0,
+                trace: str | None = None):
     """A Linux workload: busybox run unmodified under `structure` (exo.api.run_linux)."""
     import shutil
     import time
@@ -302,14 +307,15 @@ def _boot_linux(w: dict, structure: str, n: int, slice: int | None = None, seed:
         raise SystemExit("exo experiment: the pipeline workload needs busybox (apt-get install busybox-static)")
     argv = [a.replace("{n}", str(n)) for a in w["linux"]]
     t0 = time.perf_counter()
-    r = run_linux(busybox, *argv, structure=structure, max_instructions=2_000_000_000, slice=slice, seed=seed)
+    r = run_linux(busybox, *argv, structure=structure, max_instructions=2_000_000_000, slice=slice, seed=seed,
+                  trace=trace)
     dt = time.perf_counter() - t0
     if not r.ok:
         raise RuntimeError(f"pipeline workload failed under {structure}: {r.stderr.decode()[-300:]}")
     return r.stats, dt
 
 
-def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
+def measure(workload: str, structure: str, n: int, repeat: int, trace_dir: str | None = None) -> Row:
     from exo.structures import crossings
 
     w = WORKLOADS[workload]
@@ -317,8 +323,9 @@ def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
     ops = n * w.get("per_op", 1)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        small, _ = _boot(workload, structure, n, tmp)
-        big, _ = _boot(workload, structure, 2 * n, tmp)
+        trace = str(Path(trace_dir) / f"{workload}-{structure}.json") if trace_dir else None
+        small, _ = boot(workload, structure, n, tmp, trace=trace)  # (traced: counts are the same)
+        big, _ = boot(workload, structure, 2 * n, tmp)
         per_op = {k: (big["transitions"][k] - small["transitions"][k]) / ops for k in big["transitions"]}
         names = set(big["hypercalls"]) | set(small["hypercalls"])
         hcs = {h: (big["hypercalls"].get(h, 0) - small["hypercalls"].get(h, 0)) / ops for h in names}
@@ -327,8 +334,8 @@ def measure(workload: str, structure: str, n: int, repeat: int) -> Row:
         host = []
         tn = max(n, w.get("timing_ops", TIMING_OPS))  # longer runs for host time: short ones are all noise
         for _ in range(repeat):
-            _, t_small = _boot(workload, structure, tn, tmp)
-            _, t_big = _boot(workload, structure, 2 * tn, tmp)
+            _, t_small = boot(workload, structure, tn, tmp)
+            _, t_big = boot(workload, structure, 2 * tn, tmp)
             host.append((t_big - t_small) / (tn * w.get("per_op", 1)) * 1e6)
         inputs = inputs_of(workload, tmp)
     row = Row(workload, structure, per_op, crossings(per_op), insns, hcs, host, inputs=inputs)
@@ -351,13 +358,14 @@ def modelled(small: dict, big: dict, ops: float, profiles: dict) -> dict[str, fl
             for name, p in profiles.items()}
 
 
-def run(structures=STRUCTURES, workloads=tuple(WORKLOADS), n: int = 200, repeat: int = 3, progress=None) -> list[Row]:
+def run(structures=STRUCTURES, workloads=tuple(WORKLOADS), n: int = 200, repeat: int = 3, progress=None,
+        trace_dir: str | None = None) -> list[Row]:
     rows = []
     plan = [(w, s) for w in workloads for s in structures if s in WORKLOADS[w].get("structures", STRUCTURES)]
     for i, (w, s) in enumerate(plan):
         if progress:
             progress(i, len(plan), f"{w} under {s}")
-        rows.append(measure(w, s, n, repeat))
+        rows.append(measure(w, s, n, repeat, trace_dir))
     if progress:
         progress(len(plan), len(plan), "done")
     return rows
@@ -432,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", metavar="FILE")
     p.add_argument("--plot", metavar="FILE", help="grouped bar chart of crossings (needs matplotlib); with "
                    "--sweep, one chart per workload: FILE-<workload>.png")
+    p.add_argument("--trace", metavar="DIR", help="write a trace of each workload's counted run under each "
+                   "structure: DIR/<workload>-<structure>.json (opens in Perfetto; docs/trace.md)")
     p.add_argument("--sweep", metavar="SPEC", help="a grid of runs (a TOML/JSON file or 'key=a,b;key=c'; "
                    "benchmarks/sweep.py), each an independent job on --executor")
     p.add_argument("--executor", default="local", metavar="KIND",
@@ -445,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         what = f"unknown {bad[0]!r}" if bad else "--ops and --repeat must be positive"
         sys.stderr.write(f"exo: error: {what} (structures: {', '.join(STRUCTURES)}; workloads: {', '.join(WORKLOADS)})\n")
         return 2
+    if args.sweep and args.trace:
+        sys.stderr.write("exo: error: --trace traces the runs of one experiment, not of a --sweep\n")
+        return 2
     if args.sweep:
         return _sweep(args, structures, workloads)
     from rich.console import Console
@@ -457,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         def progress(i, total, what):
             bar.update(task, total=total, completed=i, description=what)
 
-        rows = run(structures, workloads, args.ops, args.repeat, progress)
+        if args.trace:
+            Path(args.trace).mkdir(parents=True, exist_ok=True)
+        rows = run(structures, workloads, args.ops, args.repeat, progress, args.trace)
     out = Console()
     _table(rows, out if out.is_terminal else Console(width=160))
     if args.json:

@@ -128,7 +128,7 @@ def run_point(point: dict) -> dict:
     import tempfile
     import time
 
-    from benchmarks.ring_transitions import WORKLOADS, _boot, inputs_of, modelled
+    from benchmarks.ring_transitions import WORKLOADS, boot, inputs_of, modelled
     from exo import jobs
     from exo.costmodel import PROFILES
     from exo.structures import crossings
@@ -141,11 +141,11 @@ def run_point(point: dict) -> dict:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        small, _ = _boot(*args, n, tmp, **opts)
-        big, _ = _boot(*args, 2 * n, tmp, **opts)
+        small, _ = boot(*args, n, tmp, **opts)
+        big, _ = boot(*args, 2 * n, tmp, **opts)
         tn = point["timing_ops"] or max(n, w.get("timing_ops", 1000))
-        _, t_small = _boot(*args, tn, tmp, **opts)
-        _, t_big = _boot(*args, 2 * tn, tmp, **opts)
+        _, t_small = boot(*args, tn, tmp, **opts)
+        _, t_big = boot(*args, 2 * tn, tmp, **opts)
         inputs = inputs_of(point["workload"], tmp)
     per_op = {k: (big["transitions"][k] - small["transitions"][k]) / (n * per) for k in big["transitions"]}
     names = set(big["hypercalls"]) | set(small["hypercalls"])

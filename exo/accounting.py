@@ -27,24 +27,26 @@ class Accounting:
         self._ev: dict[tuple[str, int], int] = {}  # (kind, env id) -> count, other kinds
         self._envs: list[int] = []
         self.reflected: dict[tuple[int, str], int] = {}  # (env id, Linux syscall name) -> count
-        # Optional observer (the tracer of the instrumentation issue): called as
-        # tracer(kind, env_id, name). None costs one attribute test per event.
+        # Optional exo/trace.py Tracer: called as tracer(kind, env_id, name) for each
+        # transition that is not traced as a call's span (the kernel opens and closes
+        # those with its other methods). None costs one attribute test per event.
         self.tracer: Callable[[str, int, str], None] | None = None
 
     def add_env(self, env_id: int) -> None:
         self._envs.append(env_id)
 
-    def hypercall(self, env_id: int, name: str) -> None:
+    def hypercall(self, env_id: int, name: str, trace: bool = True) -> None:
+        """One hypercall. ``trace=False``: the caller records it in the trace itself (as a span)."""
         key = (env_id, name)
         hc = self._hc
         hc[key] = hc.get(key, 0) + 1
-        if self.tracer is not None:
+        if self.tracer is not None and trace:
             self.tracer("hypercall", env_id, name)
 
-    def count(self, kind: str, env_id: int, name: str = "") -> None:
+    def count(self, kind: str, env_id: int, name: str = "", trace: bool = True) -> None:
         key = (kind, env_id)
         self._ev[key] = self._ev.get(key, 0) + 1
-        if self.tracer is not None:
+        if self.tracer is not None and trace:
             self.tracer(kind, env_id, name)
 
     # ------------------------------------------------------------- totals

@@ -299,7 +299,8 @@ class System:
         if trace:
             from exo.trace import Tracer
 
-            self.tracer = Tracer(self.kernel.cpu.instructions, self.machine.clock.now_ns, trace_capacity)
+            self.tracer = Tracer(self.kernel.cpu.instructions, self.machine.clock.now_ns, trace_capacity,
+                                 at=self.machine.clock.at)
             self.kernel.acct.tracer = self.tracer
         try:
             self.envs = spawn_apps(self.kernel, self.apps, list(args), quotas, app_args)

@@ -297,6 +297,8 @@ class Exokernel:
     def destroy(self, env: Env, exit_status: int | None) -> None:
         if exit_status is not None:
             env.exit_status = exit_status
+        if self.acct.tracer is not None:
+            self.acct.tracer.env_ended(env.id)  # its open calls end here (an exit never returns)
         if env is self.current:
             env.status = EnvStatus.DYING
             self.cpu.stop("exit")
@@ -413,7 +415,7 @@ class Exokernel:
                 result = -e.errno
         else:
             rerun, env.retrying = env.retrying, False  # a retried hypercall is counted once
-            result = self.dispatch(env, h, h.args_of(g), count=h.counted and not rerun)
+            result = self.dispatch(env, h, h.args_of(g), count=h.counted and not rerun, guest=rerun)
         if result is _RETRY:
             # Run the `syscall` again when woken: Unicorn adds 2 to RIP after this hook.
             env.retrying = True
@@ -433,11 +435,15 @@ class Exokernel:
         rip = self._rip[0]
         nr = g[0]
         structure = self.structures.name if self.structures is not None else "exokernel"
-        if not env.retrying:  # a call re-executed after a wait is counted once
-            names = getattr(getattr(env.reflect.fn, "__self__", None), "SYSCALL_NAMES", {})
-            self.acct.reflect(env.id, names.get(nr) or f"#{nr}", REFLECT_PATH[structure])
+        tr = self.acct.tracer
+        if not env.retrying or tr is not None:
+            name = getattr(getattr(env.reflect.fn, "__self__", None), "SYSCALL_NAMES", {}).get(nr) or f"#{nr}"
+            if not env.retrying:  # a call re-executed after a wait is counted once
+                self.acct.reflect(env.id, name, REFLECT_PATH[structure])
         env.retrying = False
         args = (nr, g[7], g[6], g[2], g[10], g[8], g[9])
+        if tr is not None:  # the call's span, closed when it answers (under xen-pv and microkernel: later)
+            tr.service_begin(env.id, name, args[1:])
         if structure == "xen-pv":
             self.structures.bounce_reflected(env, args, rip)  # to the guest kernel; it returns by svc_return
             return
@@ -463,14 +469,21 @@ class Exokernel:
             g[0] = (result or 0) & _MASK
             g[1] = rip + 2
             g[11] = self._rip[1]
+        if tr is not None and result is not _RETRY:
+            tr.service_end(env.id, None if result is _KEEP or env.port.resumed else result)
 
-    def dispatch(self, env: Env, h, args, count: bool = True, kernel: bool = False) -> object:
+    def dispatch(self, env: Env, h, args, count: bool = True, kernel: bool = False,
+                 guest: bool | None = None) -> object:
         """Account, check and run hypercall ``h`` for ``env``: its result, RETRY or KEEP.
 
         Guest `syscall`s and libOS modules (exo/libcall.py) both come through here.
         ``kernel``: a service inside the kernel (monolithic structure) uses the
         resource: checked the same way, counted as a ``kcall``, not a transition.
+        ``guest``: the guest's own `syscall` (True when it is the retry of one that
+        waited): a trace keeps such a call's span open while it waits.
         """
+        if self.acct.tracer is not None:
+            return self._dispatch_traced(env, h, args, count, kernel, guest)
         if kernel:
             self.acct.count("kcall", env.id, h.name)
         elif count:
@@ -481,6 +494,26 @@ class Exokernel:
             return h.impl(self, env, *args)
         except HypercallError as e:
             return -e.errno
+
+    def _dispatch_traced(self, env: Env, h, args, count: bool, kernel: bool, guest: bool | None) -> object:
+        """dispatch() with a span for the call in the trace (exo/trace.py): arguments, result, wait."""
+        kind = "kcall" if kernel else "hypercall"
+        if kernel:
+            self.acct.count(kind, env.id, h.name, trace=False)
+        elif count:
+            self.acct.hypercall(env.id, h.name, trace=False)
+        tr = self.acct.tracer
+        span = tr.hypercall(kind, env.id, h.name, h.args, args, rerun=bool(guest))
+        if not kernel and env.allowed is not None and h.name not in env.allowed:
+            result = -Errno.EPERM
+        else:
+            try:
+                result = h.impl(self, env, *args)
+            except HypercallError as e:
+                result = -e.errno
+        tr.hypercall_done(span, None if result is _KEEP else result, waits=result is _RETRY,
+                          counted=count or kernel, keep=guest is not None)
+        return result
 
     def code(self, cpu: VCpu, address: int) -> None:
         """Guest code entered a libOS trampoline slot: a library call."""

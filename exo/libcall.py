@@ -114,6 +114,13 @@ class LibPort:
     def env_id(self) -> int:
         return self._env.id
 
+    def trace_thread(self, tid: int, name: str) -> None:
+        """Name the user-level thread that runs from now on (a libOS scheduler's switch), so that a
+        trace puts its calls on their own track (exo/trace.py). No transition, no effect untraced."""
+        tr = self._k.acct.tracer
+        if tr is not None:
+            tr.set_thread(self._env.id, tid, name)
+
     # ------------------------------------------------------------ hypercalls
     def hypercall(self, name: str, *args: int) -> int:
         """Make hypercall ``name``; returns its result (negative errno on failure).
@@ -126,7 +133,7 @@ class LibPort:
         # same hypercall again: count it once, as for a retried `syscall`.
         rerun = env.retry_hypercall == name
         env.retry_hypercall = None
-        result = self._k.dispatch(env, BY_NAME[name], args, count=not rerun, kernel=self.kernel_mode)
+        result = self._k.dispatch(env, BY_NAME[name], args, count=not rerun, kernel=self.kernel_mode, guest=rerun)
         if result is self._k.RETRY:
             env.retry_hypercall = name
             raise Blocked(name)
@@ -343,8 +350,24 @@ class LibraryTable:
                 return
         g[_RSP] += 8  # pop the return address: the slot's `jmp qword ptr [rsp-8]` takes it
 
+    def _run_traced(self, env: Env, entry: Entry, args, tr) -> object:
+        """run_entry with a span in the trace: the call's arguments and result (or that it waited)."""
+        self.k.acct.count("libcall", env.id, entry.name, trace=False)
+        span = tr.resume_libcall(env.id, entry.name) or \
+            tr.begin("libcall", env.id, entry.name, {f"a{i}": v for i, v in enumerate(args)})
+        result = self.run_entry(env, entry, args, count=False)
+        if result is self.k.RETRY and env.alive:
+            tr.libcall_waits(span)  # the call runs again from the start when woken: one span, waits included
+            return result
+        port = env.port
+        tr.libcall_done(span, None if port is not None and port.resumed else result)
+        return result
+
     def run_entry(self, env: Env, entry: Entry, args: list[int], count: bool = True) -> object:
         """Run a module entry for ``env``: its result, or RETRY (the vCPU was stopped to wait)."""
+        tr = self.k.acct.tracer
+        if tr is not None and count:
+            return self._run_traced(env, entry, args, tr)
         if count:
             self.k.acct.count("libcall", env.id, entry.name)
         port = env.port or self.port(env)

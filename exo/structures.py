@@ -134,6 +134,9 @@ class ServerPort:
     def env_id(self) -> int:
         return self.client.env_id
 
+    def trace_thread(self, tid: int, name: str) -> None:
+        self.client.trace_thread(tid, name)  # the client's threads are switched
+
     def _side(self, va: int):
         return self.server if self.lo <= va < self.hi else self.client
 
@@ -296,9 +299,14 @@ class Structures:
             raise HypercallError(Errno.ENOSYS, "svc outside a service trampoline")
         g = cpu.gpr
         args = [g[i] for i in SVC_ARGS[: entry.nargs]]
+        tr = k.acct.tracer
+        if tr is not None:  # the call's span (exo/trace.py), closed when it answers
+            tr.service_begin(env.id, entry.name, args)
         if self.name == "monolithic":
             k.acct.count("syscall", env.id, entry.name)
             result = self._run(env, entry, args, kernel_mode=True)
+            if tr is not None and result is not k.RETRY:
+                tr.service_end(env.id, None if env.port.resumed else result)
             if result is not k.RETRY and env.port.resumed:
                 # The call switched the environment's threads (sched parked the caller: libos/sched.py
                 # block_restart), as a kernel switches to another thread when one sleeps in it; the
@@ -322,6 +330,8 @@ class Structures:
             k.block(env, "ipc_call")
             return k.KEEP
         k.acct.hypercall(env.id, "ipc_call")
+        if tr is not None:
+            tr.flow_out(env.id, server.id, "call")
         env.reflect_rip = rip + 2  # where the reply returns to; a parked thread resumes at rip
         server.request = (env.id, entry, args)
         env.status = EnvStatus.BLOCKED
@@ -399,6 +409,8 @@ class Structures:
             k.block(env, "ipc_call")
             return True
         k.acct.count("trap", env.id, trap.name)  # into the kernel, which sends the fault IPC
+        if k.acct.tracer is not None:
+            k.acct.tracer.flow_out(env.id, server.id, "call")
         err = trap.error_code or 0
         server.request = (env.id, instance, [trap.cr2 or 0, bool(err & 2), bool(err & 1)], "fault")
         k.block(env, "ipc_call")
@@ -479,6 +491,8 @@ class Structures:
         env.pv_call = None
         reflected, env.pv_reflected = env.pv_reflected, False
         port = self.k.libs.port(env)
+        if self.k.acct.tracer is not None:  # the call's span ends with the guest kernel's iret
+            self.k.acct.tracer.service_end(env.id, None if port.captured is not None else env.pv_result)
         if port.captured is not None:  # the guest kernel loaded another context (a fault handler's
             regs, port.captured = port.captured, None  # return, execve, a signal handler)
             port.apply(regs, rip_bias=-2)  # Unicorn adds 2 to RIP after this hook
@@ -507,6 +521,8 @@ class Structures:
             k.block(env, "ipc_call")
             return
         k.acct.hypercall(env.id, "ipc_call")
+        if k.acct.tracer is not None:
+            k.acct.tracer.flow_out(env.id, server.id, "call")
         server.request = (env.id, entry, list(args), True)
         env.reflect_rip = rip + 2
         env.status = EnvStatus.BLOCKED
@@ -535,6 +551,11 @@ class Structures:
                         cpu.context_write(client.ctx, Reg.RCX, client.reflect_rip)
                         cpu.context_write(client.ctx, Reg.R11, cpu.context_read(client.ctx, Reg.RFLAGS))
                 client.reflect_rip = 0
+                tr = k.acct.tracer
+                if tr is not None:  # the reply's arrow, and the end of the client's call
+                    tr.flow_out(server.id, client.id, "reply")
+                    tr.flow_in(client.id, "reply")
+                    tr.service_end(client.id, reply if new_regs is None else None)
                 k.wake_first(client)
                 k.cpu.stop("ipc_reply")
         for cid in self.waiting.pop(server.id, []):  # clients that found the server busy call again
@@ -607,6 +628,8 @@ class Structures:
         client_id, entry, args, *reflected = server.request
         client = k.envs.get(client_id)
         g = k.cpu.gpr
+        if k.acct.tracer is not None:
+            k.acct.tracer.flow_in(server.id, "call")
         if client is None or not client.alive:
             server.request = None
             g[0] = -Errno.ESRCH & _MASK

@@ -28,6 +28,13 @@ class Clock:
             return self._instructions() * NS_PER_INSTRUCTION + self._idle_ns
         return time.monotonic_ns() - self._boot
 
+    def at(self, instructions: int) -> int:
+        """now_ns() when ``instructions`` is the count of retired instructions (read once by a caller
+        that needs both)."""
+        if self.mode == "virtual":
+            return instructions * NS_PER_INSTRUCTION + self._idle_ns
+        return time.monotonic_ns() - self._boot
+
     def advance(self, ns: int) -> None:
         """Virtual clock: ``ns`` passed with no instruction retired (the OS idled until a timer)."""
         if self.mode == "virtual" and ns > 0:

@@ -120,6 +120,7 @@ STRIDE1 = 1 << 20
 MLFQ_LEVELS = 3
 MLFQ_ALLOT = (1, 2)  # timer preemptions a thread may take at levels 0, 1 before moving down
 MLFQ_BOOST_NS = 5_000_000
+IDLE_TID = 999_999  # the idle loop's track in a trace (thread ids count up from 1)
 IDLE_SPIN = 2000  # iterations of the idle loop between two looks at the sleepers
 
 # This module's data region (data_base + ...): unmapped pages are guards.
@@ -311,6 +312,7 @@ class Scheduler(LibModule):
                 # Block for good: the exokernel reports the environment as blocked forever.
                 self.hc("sched_op", SchedOp.BLOCK, 0)
             return
+        self.port.trace_thread(t.tid, "main" if t.tid == 0 else f"thread {t.tid}")  # its calls' track
         # LAB 4 BEGIN switch: make the picked thread the running one and load its saved context (FPU state too)
         if t is not prev:
             self.switches += 1
@@ -325,6 +327,7 @@ class Scheduler(LibModule):
         # LAB 4 END
 
     def _run_idle(self) -> None:
+        self.port.trace_thread(IDLE_TID, "idle")
         if not self.idle_ready:
             self._setup_idle()
         regs = dict.fromkeys(GPRS, 0)

@@ -100,6 +100,8 @@ def _run(p: Posix, g: ThreadGroup, t: Thread) -> None:
     if t.fpu:
         p.port.fpu_restore(t.fpu)
     regs, t.regs = t.regs, None
+    main = t.tid == proc.pid
+    p.port.trace_thread(0 if main else t.tid, "main" if main else f"thread {t.tid}")  # its calls' track
     p.port.resume(regs)
 
 
