@@ -24,6 +24,7 @@ from hw.memory import PAGE_SHIFT, PhysicalMemory
 
 FREE = -1
 EXO = 0  # owner id of the exokernel itself; environments are numbered from 1
+SHARED = -2  # owned by no environment: an image's read-only pages, mapped by its instances (exo/images.py)
 
 
 class FrameType(enum.IntEnum):
@@ -115,6 +116,7 @@ class FrameTable:
         self.wmaps = array("i", [0]) * n
         self.xmaps = array("i", [0]) * n
         self.on_code_write: Callable[[], None] = lambda: None
+        self.on_shared_free: Callable[[int], None] = lambda f: None  # exo/images.py forgets the page
         # Owner id -> its tenant (exo/tenants.py): every frame is charged to its owner's app
         # when handed out and given back when freed. refused: owner -> why its last allocation
         # was refused, for the fault report of an environment that then faults.
@@ -198,9 +200,12 @@ class FrameTable:
     def free(self, f: int) -> None:
         if self.type[f] == FrameType.FREE:
             raise AssertionError(f"double free of frame {f:#x}")
-        t = self.tenant_of.get(self.owner[f])
+        owner = self.owner[f]
+        t = self.tenant_of.get(owner)
         if t is not None:
             t.frames_used -= 1
+        elif owner == SHARED:
+            self.on_shared_free(f)
         self.owner[f] = FREE
         self.type[f] = FrameType.FREE
         self.kind[f] = FrameKind.FREE

@@ -37,6 +37,7 @@ from exo.errors import HypercallError
 from exo.events import WAITING, child_ended
 from exo.frames import EXO, FrameKind, FrameTable, FrameType
 from exo.hypercalls import BY_NAME, BY_NR, HYPERCALLS
+from exo.images import SharedImages
 from exo.libcall import LibFault, LibraryTable
 from exo.report import FaultReport, backtrace, build_report, stuck_reason
 from exo.structures import REFLECT_PATH, Structures, slot_code
@@ -88,9 +89,13 @@ class Exokernel:
         self.machine = machine
         self.cpu: VCpu = machine.cpu
         self.frames = FrameTable(machine.memory, machine.reserved_bytes)
+        self.images = SharedImages(self.frames)  # read-only image pages, one copy for all instances
         self.frames.on_code_write = self.cpu.flush_code
         self.acct = Accounting()
         self.envs: dict[int, Env] = {}
+        # The environments not yet reclaimed: what scheduling scans (self.envs keeps the dead ones for
+        # their exit status and reports, and grows with every instance a server ever started).
+        self.live_envs: dict[int, Env] = {}
         # One tenant per booted app (exo/tenants.py): quotas over all its environments, and
         # the unit the scheduler shares the CPU between (``_next_env``).
         self.tenants = Tenants(self.frames.free_count)
@@ -164,6 +169,7 @@ class Exokernel:
             raise
         tenant.envs_used += 1
         self.envs[eid] = env
+        self.live_envs[eid] = env
         if parent is not None:
             parent.children.append(eid)
             env.allowed = parent.allowed
@@ -316,6 +322,7 @@ class Exokernel:
             hook(env)
         env.space.destroy()
         env.status = EnvStatus.DEAD
+        self.live_envs.pop(env.id, None)
         env.queued = False
         # A child left NOT_RUNNABLE (never started, or paused) can never run
         # again: only its parent may make it runnable. Give its frames back too.
@@ -594,7 +601,7 @@ class Exokernel:
         console = self.machine.console
         net = self.net
         while True:
-            waiting = [e for e in self.envs.values() if e.status == EnvStatus.BLOCKED
+            waiting = [e for e in self.live_envs.values() if e.status == EnvStatus.BLOCKED
                        and (e.blocked_on == "console" or e.blocked_on == WAITING and e.wait_mask & EV_CONSOLE)]
             if waiting and console.poll():
                 for e in waiting:
@@ -757,7 +764,7 @@ class Exokernel:
                 env.interrupted = True
             if env.status == EnvStatus.RUNNABLE:
                 self._enqueue(env)
-        for env in list(self.envs.values()):
+        for env in list(self.live_envs.values()):
             if env.is_server and env.alive:
                 self._reclaim(env)  # a microkernel server outlives no client
             elif env.alive and not self.watchdog_fired and (why := stuck_reason(env)) is not None:
@@ -765,4 +772,4 @@ class Exokernel:
 
     # ----------------------------------------------------------------- queries
     def alive(self) -> list[Env]:
-        return [e for e in self.envs.values() if e.alive]
+        return [e for e in self.live_envs.values() if e.alive]

@@ -34,9 +34,11 @@ from hw.regs import Reg
 if TYPE_CHECKING:  # the kernel takes an image as data; it never imports the toolchain
     from exo.build.image import Image
 
-# Each environment gets its own copy of its image's pages (no frame is shared between
-# environments by the loader), and each copy may never be mapped with more than its
-# segment's permission: no writable alias of code or read-only data, no executable data.
+# Each environment gets its own copy of its image's pages, unless it is loaded as an instance
+# (``share``): then the image's code and read-only data are loaded once and mapped by every
+# instance (exo/images.py), and only its writable data and bss are its own. No page may ever be
+# mapped with more than its segment's permission: no writable alias of code or read-only data,
+# no executable data.
 SEGMENT_KIND = {
     PERM_R | PERM_X: FrameKind.IMAGE_CODE,
     PERM_R: FrameKind.IMAGE_RODATA,
@@ -56,19 +58,35 @@ def _alloc_page(k: Exokernel, env: Env, va: int, pte: int, kind: FrameKind) -> i
 _LINUX_INFO = struct.Struct(f"<{len(LINUX_INFO_FIELDS)}Q")
 
 
-def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
+def load_image(k: Exokernel, env: Env, image: Image, argv: list[str], share: bool = False) -> None:
+    """Load ``image`` into ``env`` with ``argv`` and make it runnable at the image's entry.
+
+    ``share``: map the image's read-only pages from the frames every instance of this ``Image``
+    shares (exo/images.py) rather than copy them. The instance cannot tell: the pages are
+    read-only either way. It cannot make them its own (mmu_update maps and adds rights only to
+    frames it owns), and one environment's copies stay its own to alias (tests/exo/test_rights.py)."""
     mem = k.machine.memory
     for seg in image.segments:
         pte = perm_to_pte(seg.perm)
         kind = SEGMENT_KIND[seg.perm & (PERM_R | PERM_W | PERM_X)]
         start = seg.va & ~(PAGE_SIZE - 1)
         end = (seg.va + seg.memsz + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        shared = share and not seg.perm & PERM_W
         for va in range(start, end, PAGE_SIZE):
             if env.space.lookup(va) is not None:
                 raise ExoUserError(image.name, f"segments {seg.name} overlap at {va:#x}")
-            pa = _alloc_page(k, env, va, pte, kind)
             lo = max(seg.va, va)
             hi = min(seg.va + len(seg.data), va + PAGE_SIZE)
+            if shared:
+                # The page's bytes from its offset in the page (a segment may start inside it).
+                data = bytes(lo - va) + seg.data[lo - seg.va : hi - seg.va] if hi > lo else b""
+                try:
+                    frame, _ = k.images.page(image, va, kind, data)
+                except OutOfFrames as e:
+                    raise ExoUserError(env.name, f"out of memory while loading: {e}") from None
+                env.space.map(va, frame, pte)
+                continue
+            pa = _alloc_page(k, env, va, pte, kind)
             if hi > lo:
                 mem.write(pa + (lo - va), seg.data[lo - seg.va : hi - seg.va])
     linux = getattr(image, "linux", None)  # a Linux program (exo/build/linux_app.py): its own stack
@@ -127,17 +145,18 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str]) -> None:
 
 
 def spawn(k: Exokernel, image: Image, argv: list[str] | None = None, name: str | None = None,
-          quota: dict | None = None) -> Env:
+          quota: dict | None = None, share: bool = False) -> Env:
     """Create an environment running ``image`` (what `exo boot` does for each app).
 
     It starts a new tenant; ``quota`` (exo/tenants.py parse_quota) sets its limits
-    before the image is loaded, so loading counts against them.
+    before the image is loaded, so loading counts against them. ``share``: an instance,
+    mapping the image's read-only pages shared with the other instances (load_image).
     """
     env = k.create_env(name or image.name)
     if quota:
         k.tenants.apply(env.tenant, quota)
     try:
-        load_image(k, env, image, argv or [])
+        load_image(k, env, image, argv or [], share=share)
     except HypercallError as e:
         raise ExoUserError(image.name, f"cannot load: {e}") from None
     assert env.status == EnvStatus.RUNNABLE

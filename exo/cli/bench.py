@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("hw", "exo", "libos", "fs", "net", "posix")  # modules of benchmarks/
+SUITES = ("hw", "exo", "libos", "fs", "net", "posix", "density")  # modules of benchmarks/
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

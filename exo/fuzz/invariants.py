@@ -28,7 +28,7 @@ from exo.abi import (
     USER_TOP,
     UVPT_SLOT,
 )
-from exo.frames import EXO, FrameType, over_max_right
+from exo.frames import EXO, SHARED, FrameType, over_max_right
 from exo.vm import pte_rights
 from hw.cpu import SYSTEM_PML4E, SYSTEM_SLOT
 from hw.memory import PAGE_SHIFT
@@ -265,6 +265,10 @@ def write_exclusive(h: Harness, s: Snapshot) -> Iterator[str]:
         w = [m for m in leaves if m.writable]
         if w and any(m.executable for m in leaves):
             yield f"frame {f:#x}: writable at env {w[0].env} va {w[0].va:#x} and executable elsewhere (W^X)"
+        if ft.owner[f] == SHARED:  # an image's read-only page, mapped by its instances: never writable
+            if w:
+                yield f"frame {f:#x}: a shared image page is writable at env {w[0].env} va {w[0].va:#x}"
+            continue
         owner_app = tenant(ft.owner[f])
         granted = h.grants.get(f, {})
         for m in leaves:
