@@ -5,14 +5,14 @@ read-only pages shared (exo/images.py; ``exo.loader.spawn(..., share=True)``):
 
 * **churn**: spawn an instance of a small app and destroy it, per instance; beside a bare
   environment create + destroy (no image) and a copying spawn (every page its own), measured in
-  the same run; and spawn, run to its exit (it writes one byte) and reclaim, an instance per
-  request without the network;
+  the same run; spawn, run to its exit (it writes one byte) and reclaim, an instance per
+  request without the network; and start an instance from a snapshot of the app waiting for
+  input (exo/instances.py) and destroy it;
 * **resident**: N instances (1,000 and 10,000; ``--full`` adds 50,000) each blocked in
   ``ipc_recv`` waiting for input, each N in a fresh process: the process's resident set (RSS,
   /proc/self/statm) and guest frames per instance, and the slope of RSS against N.
 
-Per-request serving over the network (``exo serve --per-request``) and starting instances from a
-snapshot are not built yet (docs/performance.md says what these figures therefore are).
+Per-request serving over the network (``exo serve --per-request``) is not built yet.
 """
 
 from __future__ import annotations
@@ -87,10 +87,15 @@ def bench_churn(repeat: int, quick: bool, log: Callable[[str], None]) -> list[Re
         spawn(k, image, ["go"], share=True)
         k.run(max_instructions=100_000)  # it writes its byte and exits; the exit reclaims it
 
+    snap = _snapshot(k, image)
+
+    def from_snapshot() -> None:
+        k.destroy(snap.start(), exit_status=0)
+
     log("instance churn: bare env, shared spawn, copying spawn, spawn+run+exit")
     free0 = k.frames.free_count
     stats = measure_interleaved([Bench(bare, inner), Bench(shared, inner), Bench(copied, inner),
-                                 Bench(request, inner)], repeat=repeat)
+                                 Bench(request, inner), Bench(from_snapshot, inner)], repeat=repeat)
     if k.frames.free_count != free0:
         raise RuntimeError(f"instances leaked {free0 - k.frames.free_count} frames")
     base = result("environment create + destroy (no image)", stats[0])
@@ -104,7 +109,21 @@ def bench_churn(repeat: int, quick: bool, log: Callable[[str], None]) -> list[Re
                note="what exo boot does for one app: each page its own"),
         result("instance spawn, run to exit (1 byte out), reclaim", stats[3], baseline=base,
                note="a fresh instance per request, without the network: its whole life"),
+        result("instance start from a snapshot + destroy", stats[4], baseline=base,
+               target="<= 50 us (issue 17)", check=lambda r: stats[4].median <= 50,
+               note=f"{1e6 / stats[4].median:,.0f} instances/s; the app snapshotted waiting in ipc_recv "
+               f"(exo/instances.py): {snap.shared_pages} pages shared, {snap.private_pages} copied"),
     ]
+
+
+def _snapshot(k, image):
+    """The idle app run to its ipc_recv and frozen there."""
+    from exo.instances import Snapshot
+    from exo.loader import spawn
+
+    t = spawn(k, image, share=True)
+    k.run(max_instructions=100_000)
+    return Snapshot(k, t)
 
 
 def resident(n: int) -> dict:

@@ -136,6 +136,10 @@ class AddressSpace:
         self.frame_maps: dict[int, int] = {}  # frame -> number of mappings here
         self.pages = 0  # pages mapped
         self._wx_flags: dict[int, int] = {}  # va -> pte flags of writable or executable mappings
+        self._frame_at: dict[int, int] = {}  # va -> frame, for those: destroy needs no page-table walk
+        # 2 MiB region -> its leaf table's physical address, as map() finds or makes them: mapping
+        # the next page of a region needs no walk (tables are freed only by destroy).
+        self._leaf_tables: dict[int, int] = {}
         # The exokernel's own TLB for user-memory access (user_chunks): page -> (frame address,
         # user, writable). Only the methods below change these page tables, and each
         # empties it, so it never holds a stale translation.
@@ -184,7 +188,12 @@ class AddressSpace:
         m = ft.max_right[frame]  # check_max_right, inlined: map() is on the page_alloc path
         if not m or (pte_flags & PTE_W and not m & PERM_W) or (not pte_flags & PTE_NX and not m & PERM_X):
             check_max_right(ft, frame, pte_flags)
-        slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
+        table = self._leaf_tables.get(va >> 21)
+        if table is None:
+            slot = entry_address(self.mem, self.root, va, self._alloc_table_pa)
+            self._leaf_tables[va >> 21] = slot & ~(PAGE_SIZE - 1)
+        else:
+            slot = table + ((va >> PAGE_SHIFT) & 511) * 8
         old = self.mem.read_u64(slot)
         same = old & PTE_P and (old & ADDR_MASK) >> PAGE_SHIFT == frame
         _check_wx(ft, frame, pte_flags, old if same else 0)
@@ -195,6 +204,7 @@ class AddressSpace:
         self.frame_maps[frame] = self.frame_maps.get(frame, 0) + 1
         self.mem.write_u64(slot, (frame << PAGE_SHIFT) | (pte_flags & ~ADDR_MASK) | PTE_P)
         self._wx_flags[va] = pte_flags
+        self._frame_at[va] = frame
         if old & PTE_P:
             _count_wx(ft, (old & ADDR_MASK) >> PAGE_SHIFT, old, -1)
             self._release((old & ADDR_MASK) >> PAGE_SHIFT)
@@ -231,6 +241,7 @@ class AddressSpace:
         self.mem.write_u64(slot, 0)
         self.pages -= 1
         self._wx_flags.pop(va, None)
+        self._frame_at.pop(va, None)
         _count_wx(self.frames, (pte & ADDR_MASK) >> PAGE_SHIFT, pte, -1)
         self._release((pte & ADDR_MASK) >> PAGE_SHIFT)
         return True
@@ -250,11 +261,12 @@ class AddressSpace:
         """Unmap everything and free the page tables; returns frames released."""
         self._tlb.clear()
         released = 0
+        frame_at = self._frame_at
         for va, flags in self._wx_flags.items():
-            t = translate(self.mem, self.root, va)
-            if t is not None:
-                _count_wx(self.frames, t.pa >> PAGE_SHIFT, flags, -1)
+            _count_wx(self.frames, frame_at[va], flags, -1)
         self._wx_flags.clear()
+        frame_at.clear()
+        self._leaf_tables.clear()
         for frame, n in list(self.frame_maps.items()):
             ft = self.frames
             ft.refs[frame] -= n

@@ -115,18 +115,23 @@ full:
 """
 
 
-# A well-behaved environment that must finish while a hostile one is stopped:
-# it yields a few times (so the other runs in between) and prints "ok\n".
-WITNESS = """
-section .text
-_start:
-    mov r12, 5
+# Yield the CPU n times (r12 counts; label `again`), so that other environments run in between.
+YIELDS = """
+    mov r12, {n}
 again:
     mov rdi, SCHED_YIELD
     xor esi, esi
     call HC_SCHED_OP
     dec r12
     jnz again
+"""
+
+# A well-behaved environment that must finish while a hostile one is stopped:
+# it yields a few times (so the other runs in between) and prints "ok\n".
+WITNESS = """
+section .text
+_start:
+""" + YIELDS.format(n=5) + """
     lea rdi, [rip + msg]
     mov rsi, 3
     call HC_CONSOLE_WRITE

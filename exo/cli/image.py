@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "unresolved_syscalls": raw,
         "hypercalls_allowed": sorted(allowed) if allowed is not None else "all (no libOS module linked)",
         "denied_but_called": sorted(hypercalls - allowed) if allowed is not None else [],
+        "instances": instance_cost(image, classes),
     }  # fmt: skip
     if args.json:
         import json
@@ -88,7 +89,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"hypercalls allowed: {allowed_text if isinstance(allowed_text, str) else ', '.join(allowed_text)}")
     if report["denied_but_called"]:
         print(f"warning: called but not allowed (will get -EPERM): {', '.join(report['denied_but_called'])}")
+    cost = report["instances"]
+    parts = ", ".join(f"{n} {kind}" for kind, n in cost["own_frames_by_kind"].items())
+    print(f"instances: {cost['shared_bytes']:,} bytes shared by all ({cost['shared_frames']} frames), "
+          f"{cost['own_bytes']:,} bytes each ({parts}) at start; no snapshot yet")
     return 0
+
+
+def instance_cost(image, classes) -> dict:
+    """What the instances of ``image`` share and what each needs at its start: measured by loading
+    two instances (libOS linked) into a scratch machine and counting frames (exo/images.py)."""
+    import io
+    from collections import Counter
+
+    from exo.frames import FrameKind
+    from exo.kernel import Exokernel
+    from exo.loader import spawn
+    from hw import Machine
+    from libos.link import link
+
+    k = Exokernel(Machine(512 << 20, stdin=b"", stdout=io.BytesIO()), on_fault=lambda r: None)
+    envs = []
+    for _ in range(2):
+        env = spawn(k, image, share=True)
+        if classes:
+            link(k.libs, env, classes)
+        envs.append(env)
+    mine = envs[1].id
+    kinds = Counter(FrameKind(k.frames.kind[f]).name.lower() for f in range(len(k.frames.owner))
+                    if k.frames.owner[f] == mine)
+    own = sum(kinds.values())
+    return {"shared_frames": k.images.frames_held, "shared_bytes": k.images.frames_held * 4096,
+            "own_frames": own, "own_bytes": own * 4096,
+            "own_frames_by_kind": {name.replace("image_", ""): n for name, n in kinds.most_common()}}
 
 
 def _write_elf(out: str, manifest, image, classes) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import make_app
+from conftest import YIELDS, make_app
 
 from exo.abi import PERM_R, PERM_W
 from exo.errors import HypercallError
@@ -28,13 +28,7 @@ run:
     lea rax, [rip + counter]
     add byte ptr [rax], 1
     call say
-    mov r12, 3
-again:
-    mov rdi, SCHED_YIELD
-    xor esi, esi
-    call HC_SCHED_OP
-    dec r12
-    jnz again
+""" + YIELDS.format(n=3) + """
     call say
     mov rdi, SCHED_EXIT
     xor esi, esi

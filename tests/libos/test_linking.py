@@ -124,6 +124,12 @@ def test_image_report(tmp_path):
     assert rep["hypercalls_called"] == []
     assert "console_write" in rep["hypercalls_allowed"] and "env_create" not in rep["hypercalls_allowed"]
     assert rep["size"] == sum(s["size"] for s in rep["segments"])
+    # the minimum set of an instance: the read-only pages once for all, the rest each (exo/images.py)
+    inst = rep["instances"]
+    ro = sum((s["va"] + s["size"] + 4095) // 4096 - s["va"] // 4096 for s in rep["segments"] if "w" not in s["perm"])
+    assert inst["shared_frames"] == ro and inst["shared_bytes"] == ro * 4096
+    assert inst["own_frames_by_kind"]["stack"] == 16 and inst["own_frames_by_kind"]["info"] == 1
+    assert inst["own_bytes"] == 4096 * sum(inst["own_frames_by_kind"].values())
 
 
 def test_image_report_warns_about_denied_calls(tmp_path):

@@ -1,0 +1,122 @@
+"""Snapshots of an environment, and instances started from them (a zygote: issue 17).
+
+An app that has initialised (read its configuration, built its tables, linked its libOS) and
+now waits for input is frozen as a ``Snapshot``: the environment becomes its template and never
+runs again. Each instance started from it gets a fresh identity (a new environment of the same
+app, so the app's quotas bound them all: docs/quotas), the template's registers, its own copy
+of every writable page, the template's read-only pages shared (the image's code and read-only
+data, exo/images.py, and any other page the template mapped read-only), and its own copy of
+each libOS module's state (the module's ``fork``, as for an exofork child). So an instance is
+where the template was, and no instance can see another's writes: they were copies from the
+start.
+
+An instance's blocking call (the one the template waited in) runs again in the instance: a
+template snapshotted in ``ipc_recv`` gives instances that each wait for their own message.
+
+What the exokernel does here is what a libOS could do with its hypercalls (env_create,
+page_alloc, page_map, the module's fork); it is in the exokernel for speed: one walk of the
+template's page tables instead of a hypercall per page. The rights are the same: a shared page
+keeps the template's mapping flags and the frame's maximum right, and an instance owns only
+its copies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exo.abi import HYPERCALL_PAGE, LIBOS_END, EnvStatus, Errno
+from exo.errors import HypercallError
+from exo.frames import FrameKind, FrameType, OutOfFrames
+from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, walk_tables
+
+if TYPE_CHECKING:
+    from exo.env import Env
+    from exo.kernel import Exokernel
+
+_COPY_KIND = {FrameKind.STACK, FrameKind.IMAGE_DATA, FrameKind.GUEST}
+_FLAGS = PTE_P | PTE_W | PTE_U | PTE_NX  # what a mapping says (not the CPU's accessed and dirty bits)
+
+
+class Snapshot:
+    """``env`` frozen where it is (it must not be running): start instances with ``start``."""
+
+    def __init__(self, k: Exokernel, env: Env) -> None:
+        if env is k.current or not env.alive:
+            raise HypercallError(Errno.EINVAL, f"environment {env.id} cannot be snapshotted now (running or ended)")
+        if env.net is not None:
+            # Its instances would share its NIC ring and ports: each needs its own attachment and
+            # its share of the app's ports (exo serve, issue 17 part 3), not a copy of the template's.
+            raise HypercallError(Errno.EOPNOTSUPP, f"environment {env.id} has a network interface: "
+                                 "instances of a networked app are not supported yet")
+        self.k = k
+        self.template = env
+        # Where it waits: a hypercall or library call that runs again when the instance is woken.
+        self.retry = (env.retrying, env.retry_hypercall, env.libcall_rsp)
+        # The template waits no more and is never scheduled again: its state is the snapshot.
+        env.status = EnvStatus.NOT_RUNNABLE
+        env.blocked_on, env.ipc_waiting, env.wait_mask = None, False, 0
+        k.sleepers.pop(env, None)
+        # (va, frame, pte flags, private): its pages but the hypercall and trampoline pages, which
+        # come with a new environment and its linked modules.
+        self.pages: list[tuple[int, int, int, bool]] = []
+        for va, pa, flags, _ in walk_tables(k.machine.memory, env.space.root):
+            if HYPERCALL_PAGE <= va < LIBOS_END:
+                continue
+            frame = pa >> PAGE_SHIFT
+            self.pages.append((va, frame, flags, bool(flags & PTE_W)))
+        self.started = 0
+
+    @property
+    def private_pages(self) -> int:
+        return sum(p[3] for p in self.pages)
+
+    @property
+    def shared_pages(self) -> int:
+        return len(self.pages) - self.private_pages
+
+    def start(self, name: str | None = None) -> Env:
+        """A new instance, runnable, exactly where the template was."""
+        k, t = self.k, self.template
+        env = k.create_env(name or f"{t.name}#{self.started + 1}", t)
+        t.children.pop()  # an instance is no child of the template: nobody reaps it
+        env.parent = None
+        try:
+            self._copy_pages(env)
+        except (HypercallError, OutOfFrames) as e:
+            k.destroy(env, exit_status=None)
+            raise HypercallError(getattr(e, "errno", Errno.ENOMEM), f"cannot start an instance: {e}") from None
+        k.cpu.copy_context(env.ctx, t.ctx)
+        env.ctx.cr3 = env.space.root
+        env.retrying, env.retry_hypercall, env.libcall_rsp = self.retry  # the call it waited in runs again
+        env.argv, env.symbolize, env.source_line = list(t.argv), t.symbolize, t.source_line
+        env.upcall_entry, env.upcall_stack, env.timer_entry = t.upcall_entry, t.upcall_stack, t.timer_entry
+        for index, instance in t.modules.items():
+            clone = instance.fork(k.libs.port(env))  # the library's state, the instance's own
+            k.libs.link(env, index, clone, clone.entries(), clone.hypercalls)
+        if t.reflect is not None:
+            env.reflect, env.reflect_va = env.libcalls.get(t.reflect_va), t.reflect_va
+        env.disk_grants = list(t.disk_grants)
+        for hook in k.env_create_hooks:
+            hook(t, env)
+        self.started += 1
+        k.make_runnable(env)
+        return env
+
+    def _copy_pages(self, env: Env) -> None:
+        ft = self.k.frames
+        mem = self.k.machine.memory
+        space = env.space
+        for va, frame, flags, private in self.pages:
+            if private:
+                kind = FrameKind(ft.kind[frame])
+                copy = ft.alloc(env.id, FrameType.NORMAL, kind=kind if kind in _COPY_KIND else FrameKind.GUEST)
+                mem.write(copy << PAGE_SHIFT, mem.read(frame << PAGE_SHIFT, PAGE_SIZE))
+                space.map(va, copy, flags & _FLAGS)
+            else:
+                space.map(va, frame, flags & _FLAGS)
+
+    def release(self) -> None:
+        """Destroy the template (instances keep running: a shared page lives while one maps it)."""
+        if self.template.alive:
+            self.k.destroy(self.template, exit_status=0)
