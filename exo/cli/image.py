@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     cost = report["instances"]
     parts = ", ".join(f"{n} {kind}" for kind, n in cost["own_frames_by_kind"].items())
     print(f"instances: {cost['shared_bytes']:,} bytes shared by all ({cost['shared_frames']} frames), "
-          f"{cost['own_bytes']:,} bytes each ({parts}) at start; no snapshot yet")
+          f"{cost['own_bytes']:,} bytes each at its start ({parts})")
     return 0
 
 
