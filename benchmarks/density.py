@@ -8,9 +8,10 @@ read-only pages shared (exo/images.py; ``exo.loader.spawn(..., share=True)``):
   the same run; spawn, run to its exit (it writes one byte) and reclaim, an instance per
   request without the network; and start an instance from a snapshot of the app waiting for
   input (exo/instances.py) and destroy it;
-* **resident**: N instances (1,000 and 10,000; ``--full`` adds 50,000) each blocked in
-  ``ipc_recv`` waiting for input, each N in a fresh process: the process's resident set (RSS,
-  /proc/self/statm) and guest frames per instance, and the slope of RSS against N.
+* **resident**: N instances (1,000 and 10,000; ``--full`` adds 50,000) started from the snapshot,
+  each blocked in ``ipc_recv`` waiting for input, each N in a fresh process: the process's
+  resident set (RSS, /proc/self/statm) and guest frames per instance, and the slope of RSS
+  against N.
 
 Per-request serving over the network (``exo serve --per-request``) is not built yet.
 """
@@ -112,22 +113,24 @@ def bench_churn(repeat: int, quick: bool, log: Callable[[str], None]) -> list[Re
         result("instance start from a snapshot + destroy", stats[4], baseline=base,
                target="<= 50 us (issue 17)", check=lambda r: stats[4].median <= 50,
                note=f"{1e6 / stats[4].median:,.0f} instances/s; the app snapshotted waiting in ipc_recv "
-               f"(exo/instances.py): {snap.shared_pages} pages shared, {snap.private_pages} copied"),
+               f"(exo/instances.py): {snap.shared_pages} pages shared, {snap.private_pages} copy-on-write"),
     ]
 
 
-def _snapshot(k, image):
-    """The idle app run to its ipc_recv and frozen there."""
+def _snapshot(k, image, envs: int = 1024):
+    """The idle app run to its ipc_recv and frozen there; its app may have ``envs`` environments
+    (the template and its instances: `--quota idle:envs=N`)."""
     from exo.instances import Snapshot
     from exo.loader import spawn
 
-    t = spawn(k, image, share=True)
+    t = spawn(k, image, share=True, quota={"envs": envs})
     k.run(max_instructions=100_000)
     return Snapshot(k, t)
 
 
-def resident(n: int) -> dict:
-    """In this process: N idle instances; RSS and frames (the figures of one row)."""
+def resident(n: int, from_snapshot: bool = True) -> dict:
+    """In this process: N idle instances (started from a snapshot, or spawned from the image);
+    RSS and frames (the figures of one row)."""
     from exo.loader import spawn
 
     def rss() -> int:
@@ -135,14 +138,16 @@ def resident(n: int) -> dict:
 
     image = _image()
     k = _kernel(max(64, n * FRAMES_PER_INSTANCE_MAX * 4096 >> 20) + 64)
+    snap = _snapshot(k, image, envs=n + 1) if from_snapshot else None
     r0, f0 = rss(), k.frames.free_count
-    envs = [spawn(k, image, share=True) for _ in range(n)]
+    envs = [snap.start() if snap else spawn(k, image, share=True) for _ in range(n)]  # (spawn: an app each)
     k.run(max_instructions=200 * n)  # each runs to its ipc_recv and blocks there
     blocked = sum(e.blocked_on == "ipc" for e in envs)
     if blocked != n:
         raise RuntimeError(f"{n - blocked} of {n} instances are not waiting")
+    shared = k.images.frames_held + (len(snap.pages) if snap else 0)  # the template's pages, once
     return {"instances": n, "rss_bytes": rss() - r0, "frames": f0 - k.frames.free_count,
-            "shared_frames": k.images.frames_held}
+            "shared_frames": shared}
 
 
 def bench_resident(quick: bool, full: bool, log: Callable[[str], None]) -> list[Result]:
@@ -158,7 +163,7 @@ def bench_resident(quick: bool, full: bool, log: Callable[[str], None]) -> list[
         n = r["instances"]
         out.append(result(f"{n:,} idle instances: RSS per instance", Stats.of([r["rss_bytes"] / n / 1024], n),
                           unit="KiB", note=f"RSS +{r['rss_bytes'] / 2**20:,.0f} MiB; {r['frames'] / n:.2f} guest "
-                          f"frames per instance, {r['shared_frames']} shared by all"))
+                          f"frames per instance of its own; {r['shared_frames']} the template's, shared"))
     a, b = rows[0], rows[-1]
     slope = (b["rss_bytes"] - a["rss_bytes"]) / (b["instances"] - a["instances"]) / 1024
     out.append(Result(f"RSS slope, {a['instances']:,} to {b['instances']:,} instances", Stats.of([slope], 1),

@@ -204,6 +204,8 @@ def _mapped_source(src: Env, srcva: int, dstva: int, perm: int) -> tuple[int, in
     check_user_va(srcva)
     check_user_va(dstva)
     pte = perm_to_pte(perm)
+    if src.space.cow:
+        src.space.break_cow(srcva)  # a copy-on-write page is shared as the sender's own (exo/instances.py)
     found = src.space.lookup(srcva)
     if found is None:
         raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x} in env {src.id}")
@@ -475,6 +477,8 @@ def _hc_ipc_try_send(k: Exokernel, env: Env, envid: int, value: int, srcva: int,
     if srcva:
         check_user_va(srcva)
         pte = perm_to_pte(perm)
+        if env.space.cow:
+            env.space.break_cow(srcva)  # sent as the sender's own page (exo/instances.py)
         found = env.space.lookup(srcva)
         if found is None:
             raise HypercallError(Errno.EINVAL, f"nothing mapped at {srcva:#x}")

@@ -3,21 +3,24 @@
 An app that has initialised (read its configuration, built its tables, linked its libOS) and
 now waits for input is frozen as a ``Snapshot``: the environment becomes its template and never
 runs again. Each instance started from it gets a fresh identity (a new environment of the same
-app, so the app's quotas bound them all: docs/quotas), the template's registers, its own copy
-of every writable page, the template's read-only pages shared (the image's code and read-only
-data, exo/images.py, and any other page the template mapped read-only), and its own copy of
-each libOS module's state (the module's ``fork``, as for an exofork child). So an instance is
-where the template was, and no instance can see another's writes: they were copies from the
-start.
+app, so the app's quotas bound them all), the template's registers, the template's pages, and
+its own copy of each libOS module's state (the module's ``fork``, as for an exofork child). The
+template's read-only pages are shared for good; its writable pages are copy-on-write: the
+instance maps the template's frame read-only until it first writes the page, by the CPU (a #PF
+the exokernel serves: Exokernel._cow_fault) or by the exokernel for one of its hypercalls
+(exo/vm.py ``break_cow``), and then gets its own copy. So an instance is where the template was,
+pays only for the pages it writes, and no instance can see another's writes.
 
 An instance's blocking call (the one the template waited in) runs again in the instance: a
 template snapshotted in ``ipc_recv`` gives instances that each wait for their own message.
 
-What the exokernel does here is what a libOS could do with its hypercalls (env_create,
-page_alloc, page_map, the module's fork); it is in the exokernel for speed: one walk of the
-template's page tables instead of a hypercall per page. The rights are the same: a shared page
-keeps the template's mapping flags and the frame's maximum right, and an instance owns only
-its copies.
+What the exokernel does here is what a libOS could do with its hypercalls (env_create, page_map,
+its own copy-on-write fault handler, the module's fork); it is in the exokernel for speed and
+density: one walk of the template's page tables, and no handler or exception stack per instance.
+The rights are the same: a shared page keeps the template's flags and the frame's maximum right;
+a copy-on-write page is read-only until it is the instance's own; an instance owns only its
+copies. Before an instance forks, or shares or sends a copy-on-write page, the page becomes its
+own (a libOS fork copies or shares what it sees, and would see it read-only).
 """
 
 from __future__ import annotations
@@ -26,15 +29,14 @@ from typing import TYPE_CHECKING
 
 from exo.abi import HYPERCALL_PAGE, LIBOS_END, EnvStatus, Errno
 from exo.errors import HypercallError
-from exo.frames import FrameKind, FrameType, OutOfFrames
-from hw.memory import PAGE_SHIFT, PAGE_SIZE
+from exo.frames import OutOfFrames
+from hw.memory import PAGE_SHIFT
 from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, walk_tables
 
 if TYPE_CHECKING:
     from exo.env import Env
     from exo.kernel import Exokernel
 
-_COPY_KIND = {FrameKind.STACK, FrameKind.IMAGE_DATA, FrameKind.GUEST}
 _FLAGS = PTE_P | PTE_W | PTE_U | PTE_NX  # what a mapping says (not the CPU's accessed and dirty bits)
 
 
@@ -51,6 +53,8 @@ class Snapshot:
                                  "instances of a networked app are not supported yet")
         self.k = k
         self.template = env
+        if env is k._live:  # its registers are still in the vCPU (a context is saved when another is loaded)
+            k.cpu.save(env.ctx)
         # Where it waits: a hypercall or library call that runs again when the instance is woken.
         self.retry = (env.retrying, env.retry_hypercall, env.libcall_rsp)
         # The template waits no more and is never scheduled again: its state is the snapshot.
@@ -104,15 +108,14 @@ class Snapshot:
         return env
 
     def _copy_pages(self, env: Env) -> None:
-        ft = self.k.frames
-        mem = self.k.machine.memory
         space = env.space
+        cow = space.cow
         for va, frame, flags, private in self.pages:
             if private:
-                kind = FrameKind(ft.kind[frame])
-                copy = ft.alloc(env.id, FrameType.NORMAL, kind=kind if kind in _COPY_KIND else FrameKind.GUEST)
-                mem.write(copy << PAGE_SHIFT, mem.read(frame << PAGE_SHIFT, PAGE_SIZE))
-                space.map(va, copy, flags & _FLAGS)
+                # Copy-on-write: the template's frame, read-only, until the instance first writes the
+                # page (a #PF, or the exokernel writing it for a hypercall: exo/vm.py break_cow).
+                space.map(va, frame, flags & _FLAGS & ~PTE_W)
+                cow[va] = flags & _FLAGS
             else:
                 space.map(va, frame, flags & _FLAGS)
 

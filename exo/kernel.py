@@ -162,6 +162,7 @@ class Exokernel:
         ctx.cr3 = space.root
         env = Env(eid, name, parent.id if parent else None, space, ctx)
         env.tenant = tenant
+        space.flush = lambda: self.flush_if_current(env)  # a copy-on-write page got its copy
         try:
             self.map_exo_page(env, HYPERCALL_PAGE, self.hypercall_frame, PTE_P | PTE_U)  # R+X
         except HypercallError:
@@ -182,6 +183,8 @@ class Exokernel:
 
     def exofork(self, parent: Env) -> Env:
         """env_create: the child gets the caller's registers (RAX=0) and nothing else."""
+        for va in list(parent.space.cow):  # a forking instance's pages become its own first: a libOS
+            parent.space.break_cow(va)    # fork shares or copies what it sees, and sees them read-only
         child = self.create_env(f"{parent.name}.{len(parent.children) + 1}", parent)
         cpu = self.cpu
         cr3 = child.ctx.cr3
@@ -533,6 +536,8 @@ class Exokernel:
 
     def trap(self, cpu: VCpu, trap: Trap) -> None:
         env = self.current
+        if env.space.cow and trap.vector == 14 and (trap.error_code or 0) & 3 == 3 and self._cow_fault(env, trap):
+            return
         handled = trap.kind is TrapKind.EXCEPTION and env.upcall_entry and trap.vector in UPCALL_VECTORS
         if handled and self.structures is not None and self.structures.fault(env, trap):
             return  # the structure's own fault path (monolithic in-kernel pager, xen-pv bounce)
@@ -549,6 +554,20 @@ class Exokernel:
             reason = "port I/O is refused: devices are reached through hypercalls"
         # A #GP is explained by its cause in the report (exo/report.py GP_CAUSES).
         self.kill(env, trap, reason)
+
+    def _cow_fault(self, env: Env, trap: Trap) -> bool:
+        """A write to a copy-on-write page of an instance (exo/instances.py): it gets its own copy and
+        the instruction runs again. A trap into the exokernel and back, counted as one."""
+        try:
+            if not env.space.break_cow(trap.cr2 or 0):
+                return False
+        except HypercallError as e:
+            self.acct.count("trap", env.id, trap.name)
+            self.kill(env, trap, f"out of memory for its copy of a copy-on-write page ({e.detail})")
+            return True
+        self.acct.count("trap", env.id, trap.name)
+        self.cpu.regs.write(Reg.RIP, trap.rip)
+        return True
 
     def push_frame(self, env: Env, vector: int, error: int, fault_va: int, rip: int) -> int | None:
         """Write a UTrapframe of the live context on ``env``'s exception stack; its address."""

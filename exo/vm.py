@@ -12,6 +12,8 @@ fork, the loader, libOS linking, the OS structures) goes through them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from exo.abi import (
     EXO_REGION_END,
     HYPERCALL_PAGE,
@@ -28,7 +30,7 @@ from exo.abi import (
     Errno,
 )
 from exo.errors import HypercallError
-from exo.frames import FrameTable, FrameType, OutOfFrames, over_max_right
+from exo.frames import FrameKind, FrameTable, FrameType, OutOfFrames, over_max_right
 from hw.cpu import VCpu
 from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
@@ -122,6 +124,7 @@ def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
     # LAB 2 END
 
 
+_OWN_KINDS = {FrameKind.STACK, FrameKind.IMAGE_DATA, FrameKind.GUEST}  # a copy keeps such a frame's kind
 TLB_ENTRIES = 1024  # translations the exokernel keeps per address space (emptied when full)
 
 
@@ -140,6 +143,12 @@ class AddressSpace:
         # 2 MiB region -> its leaf table's physical address, as map() finds or makes them: mapping
         # the next page of a region needs no walk (tables are freed only by destroy).
         self._leaf_tables: dict[int, int] = {}
+        # Copy-on-write pages of an instance started from a snapshot (exo/instances.py): page va ->
+        # the PTE flags its own copy gets when it is first written (until then it maps the
+        # template's frame read-only). ``flush`` drops the CPU's cached translations of this space
+        # when a copy replaces one (set by the kernel).
+        self.cow: dict[int, int] = {}
+        self.flush: Callable[[], None] = lambda: None
         # The exokernel's own TLB for user-memory access (user_chunks): page -> (frame address,
         # user, writable). Only the methods below change these page tables, and each
         # empties it, so it never holds a stale translation.
@@ -182,6 +191,8 @@ class AddressSpace:
     def map(self, va: int, frame: int, pte_flags: int) -> None:
         """Map ``frame`` at ``va``, replacing (and releasing) any old mapping."""
         self._tlb.clear()
+        if self.cow:
+            self.cow.pop(va, None)  # a new mapping replaces a copy-on-write one
         ft = self.frames
         if not ft.valid(frame) or ft.type[frame] != FrameType.NORMAL:
             raise HypercallError(Errno.EPERM, f"frame {frame:#x} is not a normal guest frame")
@@ -211,10 +222,30 @@ class AddressSpace:
         else:
             self.pages += 1
 
+    def break_cow(self, va: int) -> bool:
+        """Give the copy-on-write page at ``va`` its own copy (True), if it is one. ENOMEM if no frame."""
+        page = va & ~(PAGE_SIZE - 1)
+        flags = self.cow.pop(page, None)
+        if flags is None:
+            return False
+        shared = self.lookup(page)[0]
+        kind = FrameKind(self.frames.kind[shared])
+        try:
+            copy = self.frames.alloc(self.owner, FrameType.NORMAL, kind=kind if kind in _OWN_KINDS else FrameKind.GUEST)
+        except OutOfFrames as e:
+            self.cow[page] = flags
+            raise HypercallError(Errno.ENOMEM, f"no frame for a copy-on-write page: {e}") from None
+        self.mem.write(copy << PAGE_SHIFT, self.mem.read(shared << PAGE_SHIFT, PAGE_SIZE))
+        self.map(page, copy, flags)
+        self.flush()
+        return True
+
     def _alloc_table_pa(self) -> int:
         return self._alloc_table()
 
     def protect(self, va: int, pte_flags: int) -> None:
+        if self.cow:
+            self.break_cow(va)  # the page is its own from now on, whatever rights it gets
         self._tlb.clear()
         slot = entry_address(self.mem, self.root, va)
         pte = self.mem.read_u64(slot) if slot is not None else 0
@@ -232,6 +263,8 @@ class AddressSpace:
 
     def unmap(self, va: int) -> bool:
         self._tlb.clear()
+        if self.cow:
+            self.cow.pop(va, None)
         slot = entry_address(self.mem, self.root, va)
         if slot is None:
             return False
@@ -267,6 +300,7 @@ class AddressSpace:
         self._wx_flags.clear()
         frame_at.clear()
         self._leaf_tables.clear()
+        self.cow.clear()
         for frame, n in list(self.frame_maps.items()):
             ft = self.frames
             ft.refs[frame] -= n
@@ -303,6 +337,10 @@ class AddressSpace:
                     raise HypercallError(Errno.EFAULT, f"bad user address {va:#x}")
                 if len(tlb) >= TLB_ENTRIES:
                     tlb.clear()
+                e = tlb[page] = (t.pa - (va & (PAGE_SIZE - 1)), t.user, t.writable)
+            if write and not e[2] and self.cow and self.break_cow(va):
+                # a copy-on-write page written by the exokernel for the guest: its own copy first
+                t = translate(self.mem, self.root, va)
                 e = tlb[page] = (t.pa - (va & (PAGE_SIZE - 1)), t.user, t.writable)
             # LAB 2 BEGIN user_mem: refuse (EFAULT) a page the guest itself could not access: supervisor-only, or read-only when the exokernel writes
             if not e[1] or (write and not e[2]):

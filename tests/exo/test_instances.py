@@ -11,6 +11,7 @@ from conftest import make_app
 from exo.abi import EnvStatus, Errno
 from exo.errors import HypercallError
 from exo.hypercalls import BY_NAME
+from hw.paging import PTE_W
 
 # Initialises (fills `table` with 'A'..'H': its "configuration"), then waits in ipc_recv for a
 # request: a value v. Answers "<table><v>\n" after writing v over the first byte of `table`
@@ -27,6 +28,9 @@ fill:
     inc rdi
     dec ecx
     jnz fill
+    lea rdi, [rip + hello]
+    mov rsi, 2
+    call HC_CONSOLE_WRITE            ; initialised (once: the template; no instance says it)
     xor edi, edi
     lea rsi, [rip + info]
     xor edx, edx
@@ -47,6 +51,8 @@ fill:
     mov rdi, SCHED_EXIT
     xor esi, esi
     call HC_SCHED_OP
+section .rodata
+hello: db "I", 10
 section .data
 table: times 16 db 0
 seen: times 8 db 0
@@ -88,7 +94,7 @@ def test_instances_start_where_the_template_waited_and_see_only_their_own_writes
         _request(k, t, e, v)
         k.run(max_instructions=100_000)
     # every instance found the template's initialised table, not another instance's write
-    assert out.getvalue() == b"ABCDEFGHx\n" b"ABCDEFGHy\n" b"ABCDEFGHz\n"
+    assert out.getvalue() == b"I\n" b"ABCDEFGHx\n" b"ABCDEFGHy\n" b"ABCDEFGHz\n"
     assert [e.exit_status for e in (a, b, c)] == [0, 0, 0]
     assert t.status == EnvStatus.NOT_RUNNABLE  # the template never runs again
     # and a later instance, started after the others wrote and exited, finds the same
@@ -99,23 +105,38 @@ def test_instances_start_where_the_template_waited_and_see_only_their_own_writes
     assert out.getvalue().endswith(b"ABCDEFGHw\n")
 
 
-def test_an_instance_shares_read_only_pages_and_copies_the_rest(template):
+def test_an_instance_copies_a_page_when_it_first_writes_it(template):
     from exo.instances import Snapshot
 
-    k, t, _ = template
+    k, t, out = template
     snap = Snapshot(k, t)
     free0 = k.frames.free_count
     a = snap.start()
     b = snap.start()
-    per = (free0 - k.frames.free_count) / 2
     assert snap.shared_pages >= 2 and snap.private_pages >= 16 + 1  # code, info; stack, data
-    for va, frame, _, private in snap.pages:
-        fa, fb = a.space.lookup(va)[0], b.space.lookup(va)[0]
-        if private:
-            assert len({fa, fb, frame}) == 3 and k.frames.owner[fa] == a.id
-        else:
-            assert fa == fb == frame
-    assert per >= snap.private_pages  # its copies, and its page tables
+    private = {va for va, _, _, p in snap.pages if p}
+    for e in (a, b):  # at its start an instance owns its page tables only: every page is the template's
+        assert set(e.space.cow) == private
+        assert all(e.space.lookup(va)[0] == f for va, f, _, _ in snap.pages)
+        assert not any(e.space.lookup(va)[1] & PTE_W for va in private)
+    assert free0 - k.frames.free_count == len(a.space.table_frames) + len(b.space.table_frames)
+    traps0 = k.acct.transitions["trap"]
+    k.run(max_instructions=100_000)
+    _request(k, t, a, ord("q"))
+    k.run(max_instructions=100_000)
+    assert out.getvalue() == b"I\nABCDEFGHq\n"
+    # a ran: the pages it wrote (its data by the exokernel's ipc_recv, its stack by its own calls)
+    # became its own; the rest are still the template's, and b, which only waited, has copied nothing
+    # but the stack page its ipc_recv call pushed a return address on
+    assert a.exit_status == 0
+    assert k.acct.transitions["trap"] > traps0  # the CPU's own writes: a #PF into the exokernel each
+    written_by_b = private - set(b.space.cow)
+    assert 1 <= len(written_by_b) < len(private)
+    for va in written_by_b:
+        f, flags = b.space.lookup(va)
+        assert k.frames.owner[f] == b.id and flags & PTE_W
+    for va in b.space.cow:
+        assert k.frames.owner[b.space.lookup(va)[0]] == t.id
 
 
 def test_starting_and_destroying_ten_thousand_instances_returns_every_frame(template):
@@ -145,9 +166,9 @@ def test_the_app_quota_bounds_its_instances_and_a_refusal_is_clear(template):
         snap.start()
     assert e.value.errno == Errno.EAGAIN and "env quota" in str(e.value)
     t.tenant.env_limit = 100
-    t.tenant.frame_limit = t.tenant.frames_used + 5  # not enough for another instance's copies
+    t.tenant.frame_limit = t.tenant.frames_used  # not even for another instance's page tables
     frames = k.frames.free_count
-    with pytest.raises(HypercallError, match="cannot start an instance"):
+    with pytest.raises(HypercallError):
         snap.start()
     assert k.frames.free_count == frames  # the half-built instance gave back what it got
 
@@ -176,3 +197,40 @@ def test_a_networked_app_is_refused_with_a_reason():
         with pytest.raises(HypercallError, match="network interface") as e:
             Snapshot(s.kernel, env)
         assert e.value.errno == Errno.EOPNOTSUPP and env.status == EnvStatus.BLOCKED  # left as it was
+
+
+def test_sharing_a_copy_on_write_page_shares_the_instances_own_copy(template):
+    from exo.abi import PERM_R, PERM_W
+    from exo.instances import Snapshot
+
+    k, t, _ = template
+    snap = Snapshot(k, t)
+    a = snap.start()
+    va = next(va for va, _, flags, private in snap.pages if private and va < 0x1000_0000)  # its .data
+    tframe = t.space.lookup(va)[0]
+    assert va in a.space.cow
+    assert k.dispatch(a, BY_NAME["page_map"], (0, va, 0, 0x6000_0000, PERM_R | PERM_W)) == 0
+    mine = a.space.lookup(va)[0]
+    assert va not in a.space.cow and mine != tframe and k.frames.owner[mine] == a.id
+    assert a.space.lookup(0x6000_0000)[0] == mine  # the alias is of its own copy, writable
+    assert t.space.lookup(va)[0] == tframe  # the template's page is untouched
+
+
+def test_a_copy_on_write_fault_with_no_frame_left_stops_that_instance_alone(template):
+    from exo.instances import Snapshot
+
+    k, t, out = template
+    snap = Snapshot(k, t)
+    a = snap.start()
+    t.tenant.frame_limit = t.tenant.frames_used  # its first write will find no frame for the copy
+    k.run(max_instructions=100_000)
+    assert a.fault is not None and "user write of a protected page" in a.fault, a.fault
+    report = next(r for r in k.reports if r.env_id == a.id)
+    assert "out of memory for its copy of a copy-on-write page" in report.render()
+    assert not a.alive and t.status == EnvStatus.NOT_RUNNABLE
+    t.tenant.frame_limit += 100
+    b = snap.start()  # the next instance is fine
+    k.run(max_instructions=100_000)
+    _request(k, t, b, ord("r"))
+    k.run(max_instructions=100_000)
+    assert out.getvalue() == b"I\nABCDEFGHr\n" and b.exit_status == 0
