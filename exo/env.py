@@ -75,6 +75,9 @@ class Env:
         self.disk_grants: list[tuple[int, int, bool]] = []
         # Network (exo/net.py): its receive ring, filters and wait state (None: never used the network)
         self.net: Any = None
+        # An instance started from a snapshot (exo/instances.py): forgotten once reclaimed (no
+        # record in Exokernel.envs), so that a server starting one per request does not grow.
+        self.ephemeral: bool = False
 
     @property
     def alive(self) -> bool:

@@ -85,6 +85,7 @@ class Snapshot:
         env = k.create_env(name or f"{t.name}#{self.started + 1}", t)
         t.children.pop()  # an instance is no child of the template: nobody reaps it
         env.parent = None
+        env.ephemeral = True  # and once it has ended, the kernel keeps no record of it
         try:
             self._copy_pages(env)
         except (HypercallError, OutOfFrames) as e:

@@ -326,6 +326,9 @@ class Exokernel:
         env.space.destroy()
         env.status = EnvStatus.DEAD
         self.live_envs.pop(env.id, None)
+        if env.ephemeral:  # an instance: nothing asks for its record once it is gone
+            self.envs.pop(env.id, None)
+            env.modules, env.libcalls, env.port = {}, {}, None
         env.queued = False
         # A child left NOT_RUNNABLE (never started, or paused) can never run
         # again: only its parent may make it runnable. Give its frames back too.

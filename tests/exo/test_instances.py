@@ -144,12 +144,14 @@ def test_starting_and_destroying_ten_thousand_instances_returns_every_frame(temp
 
     k, t, _ = template
     snap = Snapshot(k, t)
-    free0 = k.frames.free_count
+    free0, records = k.frames.free_count, len(k.envs)
     for _ in range(100):
         live = [snap.start() for _ in range(100)]
+        assert len(k.envs) == records + 100
         for e in live:
             k.destroy(e, 0)
     assert snap.started == 10_000 and k.frames.free_count == free0
+    assert len(k.envs) == records and len(k.live_envs) == 1  # ended instances leave no record behind
     snap.release()
     assert not t.alive
 
