@@ -46,6 +46,11 @@ class Snapshot:
     def __init__(self, k: Exokernel, env: Env) -> None:
         if env is k.current or not env.alive:
             raise HypercallError(Errno.EINVAL, f"environment {env.id} cannot be snapshotted now (running or ended)")
+        if env.parent is not None:
+            # Its parent could make it runnable again (env_set_status), and its writes would then
+            # show through in every instance's pages that are still copy-on-write.
+            raise HypercallError(Errno.EPERM, f"environment {env.id} is a child of environment {env.parent}: "
+                                 "only an app's own environment can be snapshotted")
         if env.net is not None:
             # Its instances would share its NIC ring and ports: each needs its own attachment and
             # its share of the app's ports (exo serve, issue 17 part 3), not a copy of the template's.

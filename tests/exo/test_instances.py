@@ -175,10 +175,14 @@ def test_the_app_quota_bounds_its_instances_and_a_refusal_is_clear(template):
     assert k.frames.free_count == frames  # the half-built instance gave back what it got
 
 
-def test_a_running_environment_cannot_be_snapshotted(template):
+def test_an_ended_environment_or_a_child_cannot_be_snapshotted(template):
     from exo.instances import Snapshot
 
     k, t, _ = template
+    child = k.create_env("child", t)  # a child: its parent could run it again under its instances
+    with pytest.raises(HypercallError, match="is a child of") as e:
+        Snapshot(k, child)
+    assert e.value.errno == Errno.EPERM
     snap = Snapshot(k, t)
     k.destroy(t, 0)
     with pytest.raises(HypercallError, match="cannot be snapshotted"):
