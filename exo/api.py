@@ -21,6 +21,7 @@ contracts). Imports are lazy: ``import exo.api`` loads neither unicorn nor the t
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -261,8 +262,9 @@ class System:
             raise ExoUserError("clock", f"{clock!r} is not one of {', '.join(CLOCKS)}")
         if structure not in STRUCTURES:
             raise ExoUserError("structure", f"{structure!r} is not one of {', '.join(STRUCTURES)}")
-        if ram_mib <= 0 or ram_mib > 4096:
-            raise ExoUserError("--ram", f"{ram_mib} MiB is not between 1 and 4096")
+        limit = host_ram_mib()
+        if ram_mib <= 0 or ram_mib > limit:
+            raise ExoUserError("--ram", f"{ram_mib} MiB is not between 1 and {limit} (this host's RAM)")
         if slice is not None and slice <= 0:
             raise ExoUserError("--slice", f"must be positive, got {slice}")
         if trace and not str(trace).endswith((".json", ".jsonl")):
@@ -387,6 +389,16 @@ class System:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def host_ram_mib() -> int:
+    """The host's physical RAM in MiB: the most guest RAM a machine may have. Guest RAM is host
+    memory mapped on demand (a frame costs the host only once it is touched), so more than 4 GiB
+    works where the host has it; more than the host has would fail on touch, not at boot."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (ValueError, OSError, AttributeError):  # a platform without these names
+        return 4096
 
 
 def run(*apps: str | Path | App, max_instructions: int | None = None, **options: Any) -> Result:

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-json", metavar="FILE", help="write transition counts as JSON (docs/stats.md)")
     p.add_argument("--slice", type=int, default=None, metavar="N",
                    help="time slice: instructions (virtual clock) or microseconds (wall clock)")
-    p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--ram", type=int, default=256, metavar="MIB",
+                   help="guest RAM in MiB (default 256; up to the host's RAM, above 4 GiB too)")
     p.add_argument("--quota", action="append", default=[], metavar="APP:KEY=V,...",
                    help="an app's tenant quotas (repeatable; over its app.toml [quota]): frames=N, envs=N, "
                         "fds=N (descriptors per environment), cpu=WEIGHT, disk=BYTES/s[:BURST], disk_ops=N/s, net=BYTES/s[:BURST], net_ops=N/s "

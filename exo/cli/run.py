@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-json", metavar="FILE", help="write transition counts as JSON (docs/stats.md)")
     p.add_argument("--slice", type=int, default=None, metavar="N",
                    help="time slice: instructions (virtual clock) or microseconds (wall clock)")
-    p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--ram", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256; up to the host's RAM)")
     p.add_argument("--quota", metavar="KEY=V,...",
                    help="the program's quotas (exo boot --quota without APP:): frames=N, envs=N (processes), "
                         "fds=N (descriptors per process: RLIMIT_NOFILE), cpu, disk, net")

@@ -150,3 +150,34 @@ def test_the_density_benchmark_counts_resident_instances_by_the_frame_table():
     r = resident(50)  # from a snapshot: the stack page its ipc_recv wrote, and its page tables
     own = r["frames"] / 50
     assert own == int(own) and 2 <= own <= 12  # (9 today: 7 page tables, 2 stack pages)
+
+
+def test_guest_ram_above_4_gib_works_where_the_host_has_it(tmp_path):
+    """Issue 17 part 5: --ram may exceed 4 GiB. Every frame of this run lies above 4 GiB (the frame
+    table is told to hand out frames from 5 GiB up), and the guest and its page tables work there."""
+    from exo.api import build, host_ram_mib
+    from exo.kernel import Exokernel
+    from exo.loader import spawn
+    from hw import Machine
+
+    if host_ram_mib() < 6144:
+        pytest.skip("this host has less than 6 GiB of RAM")  # a property of the machine, not a missing tool
+    _, image, _ = build(make_app(tmp_path, "high", INSTANCE))
+    out = io.BytesIO()
+    k = Exokernel(Machine(6144 << 20, stdin=b"", stdout=out), on_fault=lambda r: None)
+    k.frames._untouched = max(k.frames._untouched, (5 << 30) >> 12)  # (the frames below stay unused)
+    envs = [spawn(k, image, share=True) for _ in range(2)]
+    assert all(f << 12 >= 5 << 30 for e in envs for f in [*e.space.table_frames, *e.space.frame_maps]
+               if k.frames.owner[f] != 0)
+    k.run(max_instructions=1_000_000)
+    assert out.getvalue() == b"1111" and [e.exit_status for e in envs] == [0, 0]
+
+
+def test_more_ram_than_the_host_has_is_a_clear_error(tmp_path):
+    from test_echo import run_exo
+
+    from exo.api import host_ram_mib
+
+    app = make_app(tmp_path, "inst", INSTANCE)
+    r = run_exo("boot", str(app), "--ram", str(host_ram_mib() + 1), cache=str(tmp_path / "c"))
+    assert r.returncode == 2 and b"this host's RAM" in r.stderr and b"Traceback" not in r.stderr
