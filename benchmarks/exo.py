@@ -95,7 +95,7 @@ def _guest_runner(body: str, envs: int = 1, trace: bool = False) -> Callable[[in
         if trace:
             from exo.trace import Tracer
 
-            k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.now_ns, at=machine.clock.at)
+            k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.at)
         for _ in range(envs):
             env = k.create_env("loop")
             load_image(k, env, image, [])

@@ -39,7 +39,7 @@ def boot_source(source: str, libos: dict[str, str], *, name: str = "bench", stdi
     if trace:
         from exo.trace import Tracer
 
-        k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.now_ns, at=machine.clock.at)
+        k.acct.tracer = Tracer(k.cpu.instructions, machine.clock.at)
     booted = []
     for _ in range(envs):
         env = spawn(k, image, [])

@@ -301,8 +301,7 @@ class System:
         if trace:
             from exo.trace import Tracer
 
-            self.tracer = Tracer(self.kernel.cpu.instructions, self.machine.clock.now_ns, trace_capacity,
-                                 at=self.machine.clock.at)
+            self.tracer = Tracer(self.kernel.cpu.instructions, self.machine.clock.at, trace_capacity)
             self.kernel.acct.tracer = self.tracer
         try:
             self.envs = spawn_apps(self.kernel, self.apps, list(args), quotas, app_args)

@@ -34,13 +34,13 @@ class SharedImages:
         self._images: dict[int, tuple[Image, int]] = {}  # key -> (the image, its live shared pages)
         frames.on_shared_free = self._freed
 
-    def page(self, image: Image, va: int, kind: FrameKind, data: bytes) -> tuple[int, bool]:
+    def page(self, image: Image, va: int, kind: FrameKind, data: bytes) -> int:
         """The shared frame holding ``image``'s page at ``va`` (``data``: its bytes, at most a page,
-        the rest zero): (frame, True) if this call loaded it, (frame, False) if it was loaded."""
+        the rest zero), loaded by the first instance that asks."""
         key = id(image)  # the Image object is kept alive below while it has pages: the id stays its own
         f = self._pages.get((key, va))
         if f is not None:
-            return f, False
+            return f
         f = self.frames.alloc(SHARED, FrameType.NORMAL, kind=kind)
         if data:
             self.frames.memory.write(f << PAGE_SHIFT, data)
@@ -48,7 +48,7 @@ class SharedImages:
         self._where[f] = (key, va)
         img, n = self._images.get(key, (image, 0))
         self._images[key] = (img, n + 1)
-        return f, True
+        return f
 
     def _freed(self, f: int) -> None:
         where = self._where.pop(f, None)

@@ -495,28 +495,13 @@ class Exokernel:
         ``guest``: the guest's own `syscall` (True when it is the retry of one that
         waited): a trace keeps such a call's span open while it waits.
         """
-        if self.acct.tracer is not None:
-            return self._dispatch_traced(env, h, args, count, kernel, guest)
+        tr = self.acct.tracer  # with a tracer, the call is a span in the trace, not an instant
         if kernel:
-            self.acct.count("kcall", env.id, h.name)
+            self.acct.count("kcall", env.id, h.name, trace=tr is None)
         elif count:
-            self.acct.hypercall(env.id, h.name)
-        if not kernel and env.allowed is not None and h.name not in env.allowed:
-            return -Errno.EPERM
-        try:
-            return h.impl(self, env, *args)
-        except HypercallError as e:
-            return -e.errno
-
-    def _dispatch_traced(self, env: Env, h, args, count: bool, kernel: bool, guest: bool | None) -> object:
-        """dispatch() with a span for the call in the trace (exo/trace.py): arguments, result, wait."""
-        kind = "kcall" if kernel else "hypercall"
-        if kernel:
-            self.acct.count(kind, env.id, h.name, trace=False)
-        elif count:
-            self.acct.hypercall(env.id, h.name, trace=False)
-        tr = self.acct.tracer
-        span = tr.hypercall(kind, env.id, h.name, h.args, args, rerun=bool(guest))
+            self.acct.hypercall(env.id, h.name, trace=tr is None)
+        if tr is not None:
+            span = tr.hypercall("kcall" if kernel else "hypercall", env.id, h.name, h.args, args, rerun=bool(guest))
         if not kernel and env.allowed is not None and h.name not in env.allowed:
             result = -Errno.EPERM
         else:
@@ -524,8 +509,9 @@ class Exokernel:
                 result = h.impl(self, env, *args)
             except HypercallError as e:
                 result = -e.errno
-        tr.hypercall_done(span, None if result is _KEEP else result, waits=result is _RETRY,
-                          counted=count or kernel, keep=guest is not None)
+        if tr is not None:
+            tr.hypercall_done(span, None if result is _KEEP else result, waits=result is _RETRY,
+                              counted=count or kernel, keep=guest is not None)
         return result
 
     def code(self, cpu: VCpu, address: int) -> None:

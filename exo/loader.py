@@ -81,7 +81,7 @@ def load_image(k: Exokernel, env: Env, image: Image, argv: list[str], share: boo
                 # The page's bytes from its offset in the page (a segment may start inside it).
                 data = bytes(lo - va) + seg.data[lo - seg.va : hi - seg.va] if hi > lo else b""
                 try:
-                    frame, _ = k.images.page(image, va, kind, data)
+                    frame = k.images.page(image, va, kind, data)
                 except OutOfFrames as e:
                     raise ExoUserError(env.name, f"out of memory while loading: {e}") from None
                 env.space.map(va, frame, pte)

@@ -105,17 +105,15 @@ class Span:
 
 
 class Tracer:
-    def __init__(self, instructions: Callable[[], int], clock_ns: Callable[[], int], capacity: int = 1_000_000,
-                 at: Callable[[int], int] | None = None):
-        """``at``: guest ns from an instruction count (hw Clock.at), so that an event reads the
-        instruction counter once for both."""
+    def __init__(self, instructions: Callable[[], int], at: Callable[[int], int], capacity: int = 1_000_000):
+        """``instructions``: guest instructions retired so far; ``at``: guest time in ns from that
+        count (hw Clock.at), so that an event reads the instruction counter once for both."""
         if capacity <= 0:
             raise ValueError(f"trace capacity must be positive, got {capacity}")
         self.events: deque[Event] = deque(maxlen=capacity)
         self.capacity = capacity
         self.total = 0
         self._instructions = instructions
-        self._clock_ns = clock_ns
         self._last = 0
         self._seq = 0
         self._host = time.perf_counter_ns
@@ -136,7 +134,7 @@ class Tracer:
     def _now(self) -> tuple[int, int]:
         """(guest ns, instructions retired) now."""
         insns = self._instructions()
-        return (self._at(insns) if self._at is not None else self._clock_ns()), insns
+        return self._at(insns), insns
 
     def _next(self) -> int:
         self._seq += 1
@@ -183,14 +181,14 @@ class Tracer:
         self._last = insns
         self._seq += 1
         return Span(kind, env_id, self.thread.get(env_id, 0), name,
-                    self._at(insns) if self._at is not None else self._clock_ns(), insns, self._host(),
+                    self._at(insns), insns, self._host(),
                     args if args is not None else {}, self._seq)
 
     def end(self, span: Span, result: object, transitions: Sequence[str] = (),
             at: tuple[int, int] | None = None) -> None:
         if at is None:
             insns = self._instructions()
-            now_ns = self._at(insns) if self._at is not None else self._clock_ns()
+            now_ns = self._at(insns)
         else:
             now_ns, insns = at
         args = span.args  # the span is done with: its arguments become the event's
@@ -311,7 +309,7 @@ class Tracer:
         # A zero-length slice carrying one end of the arrow (flow events v2: bind_id with flow_in
         # or flow_out), so that it binds to this point and not to whichever call encloses it.
         return ("X", "flow", env_id, self.thread.get(env_id, 0) if thread is None else thread,
-                f"{what} {direction}", self._clock_ns(), 0, 0, self._host(),
+                f"{what} {direction}", self._now()[0], 0, 0, self._host(),
                 {"flow": flow, "direction": direction}, self._next())
 
     # -------------------------------------------------------------- threads

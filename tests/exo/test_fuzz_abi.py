@@ -267,7 +267,7 @@ def test_an_upcall_storm_with_a_mapped_page_below_the_exception_stack_ends():
                     if len(upcalls) > 1000:  # without the fix: fail here rather than hang
                         raise RuntimeError("upcall storm without end")
 
-        h.k.acct.tracer = Storm(h.k.cpu.instructions, h.k.machine.clock.now_ns, at=h.k.machine.clock.at)
+        h.k.acct.tracer = Storm(h.k.cpu.instructions, h.k.machine.clock.at)
         assert h.call(Call(1, NR["env_set_upcall"], (0, 0x1234000, STACK_TOP))).result == 0
         h.call(Call(1, NR["page_unmap"], (0, CODE_VA)))  # its next fetch faults: the storm starts
         assert h.exceptions == []
