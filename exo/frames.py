@@ -131,14 +131,18 @@ class FrameTable:
         # 1-6 ms of every boot); freed frames are reused first, most recently freed first.
         self._untouched = first
         self._freed: list[int] = []
+        # Freed frames that were once mapped executable: handed out last, so that one flush of
+        # Unicorn's translated code (a few ms, and every translation is made again) serves them all
+        # (an instance per request frees such a page each time: its libOS's idle loop).
+        self._freed_code: list[int] = []
 
     @property
     def free_count(self) -> int:
-        return len(self._freed) + len(self.owner) - self._untouched
+        return len(self._freed) + len(self._freed_code) + len(self.owner) - self._untouched
 
     def free_list(self) -> list[int]:
         """Every free frame, the next one handed out last (the fuzzer's invariants read it)."""
-        return [*range(len(self.owner) - 1, self._untouched - 1, -1), *self._freed]
+        return [*self._freed_code, *range(len(self.owner) - 1, self._untouched - 1, -1), *self._freed]
 
     def alloc(self, owner: int, ftype: FrameType = FrameType.NORMAL, *, kind: FrameKind | None = None) -> int:
         """A zeroed frame for ``owner``; returns its frame number.
@@ -153,7 +157,7 @@ class FrameTable:
             t.frame_refusals += 1
             why = self.refused[owner] = t.frames_exhausted
             raise QuotaExceeded(why)
-        if not self._freed and self._untouched == len(self.owner):
+        if not self._freed and self._untouched == len(self.owner) and not self._freed_code:
             why = self.refused[owner] = f"guest RAM exhausted: all {len(self.owner)} frames in use"
             raise OutOfFrames(why)
         if t is not None:
@@ -166,9 +170,15 @@ class FrameTable:
             kind = DEFAULT_KIND[ftype]
         if self._freed:
             f = self._freed.pop()
-        else:
+        elif self._untouched < len(self.owner):
             f = self._untouched
             self._untouched += 1
+        else:  # only frames that held code are left: one flush for all of them
+            self.on_code_write()
+            for g in self._freed_code:
+                self.code[g] = 0
+            self._freed, self._freed_code = self._freed_code, []
+            f = self._freed.pop()
         self.owner[f] = owner
         self.type[f] = ftype
         self.kind[f] = kind
@@ -212,7 +222,7 @@ class FrameTable:
         self.max_right[f] = 0
         self.refs[f] = 0
         self.wmaps[f] = self.xmaps[f] = 0
-        self._freed.append(f)
+        (self._freed_code if self.code[f] else self._freed).append(f)
 
     def valid(self, f: int) -> bool:
         return 0 <= f < len(self.owner)
