@@ -13,7 +13,9 @@ read-only pages shared (exo/images.py; ``exo.loader.spawn(..., share=True)``):
   resident set (RSS, /proc/self/statm) and guest frames per instance, and the slope of RSS
   against N.
 
-Per-request serving over the network (``exo serve --per-request``) is not built yet.
+* **serving**: requests per second and p50/p99 latency of an HTTP GET and a UDP echo served by
+  ``exo serve`` with a fresh instance per request, by one long-lived instance, and by a host-native
+  Python server, in the same run (benchmarks/serving.py says how; ``--no-serving`` leaves it out).
 """
 
 from __future__ import annotations
@@ -172,10 +174,35 @@ def bench_resident(quick: bool, full: bool, log: Callable[[str], None]) -> list[
     return out
 
 
+def bench_serving(quick: bool, log: Callable[[str], None]) -> list[Result]:
+    from benchmarks.serving import run_all
+
+    rows = run_all(1.0 if quick else 5.0, log)
+    out = []
+    for workload in ("http", "udp"):
+        mine = {r["mode"]: r for r in rows if r["workload"] == workload}
+        host = mine["host"]
+        base = result(f"serve {workload}: host-native Python server", Stats.of([host["rps"]], host["requests"]),
+                      unit="req/s", note=f"p50 {host['p50_ms']} ms, p99 {host['p99_ms']} ms")
+        for mode in ("per-request", "long-lived"):
+            r = mine[mode]
+            goal = mode == "per-request" and workload == "http"
+            out.append(result(
+                f"serve {workload}: exo serve, {'a fresh instance per request' if mode == 'per-request' else 'one long-lived instance'}",
+                Stats.of([r["rps"]], r["requests"]), unit="req/s", baseline=base,
+                target=">= 1,000 req/s, p99 <= 5 ms (issue 17)" if goal else None,
+                check=(lambda _ratio, r=r: r["rps"] >= 1000 and r["p99_ms"] <= 5) if goal else None,
+                note=f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms; {r['requests']:,} requests, "
+                     f"{r['failures']} failed, {r['concurrency']} clients"))
+        out.append(base)
+    return out
+
+
 def run(repeat: int = 5, quick: bool = False, log: Callable[[str], None] | None = None,
-        full: bool = False) -> list[Result]:
+        full: bool = False, serving: bool = True) -> list[Result]:
     log = log or (lambda s: None)
-    return bench_churn(repeat, quick, log) + bench_resident(quick, full, log)
+    out = bench_churn(repeat, quick, log) + bench_resident(quick, full, log)
+    return out + bench_serving(quick, log) if serving else out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--resident"]:  # one row, in this (fresh) process
         print(json.dumps(resident(int(argv[1]))))
         return 0
-    full = "--full" in argv
-    argv = [a for a in argv if a != "--full"]
-    return suite_main(argv, "python -m exo bench density [--full]", __doc__,
-                      lambda repeat, quick, log: run(repeat, quick, log, full), "instance density", repeat=5)
+    full, serving = "--full" in argv, "--no-serving" not in argv
+    argv = [a for a in argv if a not in ("--full", "--no-serving")]
+    return suite_main(argv, "python -m exo bench density [--full] [--no-serving]", __doc__,
+                      lambda repeat, quick, log: run(repeat, quick, log, full, serving), "instance density", repeat=5)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ class SchedOp(enum.IntEnum):
     YIELD = 0
     BLOCK = 1
     EXIT = 2
+    READY = 3  # initialised, about to wait for input: a snapshot point (exo serve, exo/instances.py)
 
 
 class MmuOp(enum.IntEnum):

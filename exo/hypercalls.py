@@ -386,6 +386,8 @@ def _hc_sched_op(k: Exokernel, env: Env, op: int, arg: int) -> int:
     elif op == SchedOp.EXIT:
         status = arg & 0xFFFF_FFFF
         k.exit(env, status - (1 << 32) if status >= 1 << 31 else status)
+    elif op == SchedOp.READY:
+        k.ready(env)
     else:
         raise HypercallError(Errno.EINVAL, f"bad sched_op {op}")
     return 0
@@ -620,9 +622,10 @@ HYPERCALLS: tuple[Hypercall, ...] = (
               "Register the libOS upcall handler and its exception stack (entry 0: none).",
               _hc_env_set_upcall),
     Hypercall(10, "sched_op", ("op", "arg"), "0", (E.EINVAL,),
-              "YIELD (0) the CPU, BLOCK (1) until an event, or EXIT (2) with status arg (a signed 32-bit "
+              "YIELD (0) the CPU, BLOCK (1) until an event, EXIT (2) with status arg (a signed 32-bit "
               "value, kept whole in --stats-json; the exo process exits with status & 0xff, as POSIX "
-              "exit() does: 256 gives 0).", _hc_sched_op),
+              "exit() does: 256 gives 0), or READY (3): initialised, a snapshot point (`exo serve` starts "
+              "each instance here; otherwise it returns 0 at once).", _hc_sched_op),
     Hypercall(11, "env_id", (), "the caller's environment id", (), "Who am I.", _hc_env_id),
     Hypercall(12, "time_now", (), "nanoseconds of guest time", (),
               "The clock device: retired instructions (virtual clock) or host time (wall clock).",

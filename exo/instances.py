@@ -25,6 +25,7 @@ own (a libOS fork copies or shares what it sees, and would see it read-only).
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 from exo.abi import HYPERCALL_PAGE, LIBOS_END, EnvStatus, Errno
@@ -36,6 +37,7 @@ from hw.paging import PTE_NX, PTE_P, PTE_U, PTE_W, walk_tables
 if TYPE_CHECKING:
     from exo.env import Env
     from exo.kernel import Exokernel
+    from exo.tenants import Tenant
 
 _FLAGS = PTE_P | PTE_W | PTE_U | PTE_NX  # what a mapping says (not the CPU's accessed and dirty bits)
 
@@ -51,11 +53,6 @@ class Snapshot:
             # show through in every instance's pages that are still copy-on-write.
             raise HypercallError(Errno.EPERM, f"environment {env.id} is a child of environment {env.parent}: "
                                  "only an app's own environment can be snapshotted")
-        if env.net is not None:
-            # Its instances would share its NIC ring and ports: each needs its own attachment and
-            # its share of the app's ports (exo serve, issue 17 part 3), not a copy of the template's.
-            raise HypercallError(Errno.EOPNOTSUPP, f"environment {env.id} has a network interface: "
-                                 "instances of a networked app are not supported yet")
         self.k = k
         self.template = env
         if env is k._live:  # its registers are still in the vCPU (a context is saved when another is loaded)
@@ -74,6 +71,16 @@ class Snapshot:
                 continue
             frame = pa >> PAGE_SHIFT
             self.pages.append((va, frame, flags, bool(flags & PTE_W)))
+        # The same, as an instance maps them: by leaf table (AddressSpace.map_snapshot), a private
+        # page read-only, and the rights each copy-on-write page gets back when it is copied.
+        regions: dict[int, list[tuple[int, int, int, int]]] = {}
+        self.cow: dict[int, int] = {}
+        for va, frame, flags, private in self.pages:
+            mapped = flags & _FLAGS & ~PTE_W if private else flags & _FLAGS
+            regions.setdefault(va >> 21, []).append(((va >> PAGE_SHIFT) & 511, va, frame, mapped))
+            if private:
+                self.cow[va] = flags & _FLAGS
+        self.regions = [(r << 21, entries) for r, entries in regions.items()]
         self.started = 0
 
     @property
@@ -84,10 +91,11 @@ class Snapshot:
     def shared_pages(self) -> int:
         return len(self.pages) - self.private_pages
 
-    def start(self, name: str | None = None) -> Env:
-        """A new instance, runnable, exactly where the template was."""
+    def start(self, name: str | None = None, tenant: Tenant | None = None) -> Env:
+        """A new instance, runnable, exactly where the template was (in ``tenant``, whose quotas
+        bound it: by default the template's app)."""
         k, t = self.k, self.template
-        env = k.create_env(name or f"{t.name}#{self.started + 1}", t)
+        env = k.create_env(name or f"{t.name}#{self.started + 1}", t, tenant=tenant)
         t.children.pop()  # an instance is no child of the template: nobody reaps it
         env.parent = None
         env.ephemeral = True  # and once it has ended, the kernel keeps no record of it
@@ -101,9 +109,25 @@ class Snapshot:
         env.retrying, env.retry_hypercall, env.libcall_rsp = self.retry  # the call it waited in runs again
         env.argv, env.symbolize, env.source_line = list(t.argv), t.symbolize, t.source_line
         env.upcall_entry, env.upcall_stack, env.timer_entry = t.upcall_entry, t.upcall_stack, t.timer_entry
+        # Its libOS: a copy of every module's state (sockets, threads, heap, buffers), sharing
+        # nothing with the template or another instance. One memo for all the modules, so that
+        # one module's references to another (its siblings) are to the instance's copies, and the
+        # template's port becomes the instance's.
+        old, port = t.port, k.libs.port(env)
+        memo: dict[int, object] = {id(old): port, id(k): k} if old is not None else {}
         for index, instance in t.modules.items():
-            clone = instance.fork(k.libs.port(env))  # the library's state, the instance's own
+            clone = instance.clone(port, memo)
             k.libs.link(env, index, clone, clone.entries(), clone.hypercalls)
+        if old is not None:
+            port.pager = copy.deepcopy(old.pager, memo)  # a bound method: now the instance's module's
+            port.kernel_mode, port.capture = old.kernel_mode, old.capture
+        if t.net is not None:
+            # Its ring where the template's was (the pages are copy-on-write: the exokernel's first
+            # write of a frame copies the page), none of its filters: the template's serve it, and
+            # a front end (exo/serve.py) says which frames are this instance's.
+            n = t.net
+            env.net = type(n)(ring=n.ring, nslots=n.nslots, prod=n.prod, upcall_entry=n.upcall_entry,
+                              template=t.id)
         if t.reflect is not None:
             env.reflect, env.reflect_va = env.libcalls.get(t.reflect_va), t.reflect_va
         env.disk_grants = list(t.disk_grants)
@@ -114,16 +138,10 @@ class Snapshot:
         return env
 
     def _copy_pages(self, env: Env) -> None:
-        space = env.space
-        cow = space.cow
-        for va, frame, flags, private in self.pages:
-            if private:
-                # Copy-on-write: the template's frame, read-only, until the instance first writes the
-                # page (a #PF, or the exokernel writing it for a hypercall: exo/vm.py break_cow).
-                space.map(va, frame, flags & _FLAGS & ~PTE_W)
-                cow[va] = flags & _FLAGS
-            else:
-                space.map(va, frame, flags & _FLAGS)
+        # Copy-on-write pages: the template's frame, read-only, until the instance first writes the
+        # page (a #PF, or the exokernel writing it for a hypercall: exo/vm.py break_cow).
+        env.space.map_snapshot(self.regions)
+        env.space.cow.update(self.cow)
 
     def release(self) -> None:
         """Destroy the template (instances keep running: a shared page lives while one maps it)."""

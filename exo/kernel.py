@@ -114,6 +114,11 @@ class Exokernel:
         self.reports: list[FaultReport] = []
         self.on_fault = on_fault or self._print_report
         self.on_log: Callable[[Env, str], None] = self._print_log
+        # sched_op(READY): an app says it has initialised (exo/serve.py snapshots it there); None:
+        # nobody asked, the call returns at once.
+        self.on_ready: Callable[[Env], None] | None = None
+        self._halt = False  # halt(): run() returns at its next scheduling decision
+        self.halted = False  # the last run() ended by halt()
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
         self.env_reclaim_hooks: list[Callable[[Env], None]] = []  # an environment's resources go
         regs = self.cpu.regs
@@ -140,15 +145,17 @@ class Exokernel:
             self.net = NetMux(self, machine.nic)
 
     # ------------------------------------------------------------ environments
-    def create_env(self, name: str, parent: Env | None = None, *, system: bool = False) -> Env:
+    def create_env(self, name: str, parent: Env | None = None, *, system: bool = False,
+                   tenant: Tenant | None = None) -> Env:
         """A new environment with only the hypercall page mapped, NOT_RUNNABLE.
 
         With no parent it starts a new tenant (a booted app; ``system``: the
-        exokernel's own, a microkernel server); a child joins its parent's tenant.
+        exokernel's own, a microkernel server); a child joins its parent's tenant,
+        or ``tenant`` (an instance served for another tenant: exo/serve.py).
         """
         eid = self._next_id
         if parent is not None:
-            tenant = parent.tenant
+            tenant = tenant or parent.tenant
             if tenant.envs_used >= tenant.env_limit:
                 tenant.env_refusals += 1
                 raise HypercallError(Errno.EAGAIN, f"env quota of app '{tenant.name}' exhausted: "
@@ -176,6 +183,14 @@ class Exokernel:
             env.allowed = parent.allowed
         self.acct.add_env(eid)
         return env
+
+    def new_tenant(self, name: str, like: Tenant) -> Tenant:
+        """A tenant with no environment yet, using ``like``'s network address (exo serve --tenant):
+        its id is taken from the environment ids, so that no environment or tenant shares it."""
+        t = self.tenants.new(self._next_id, name)
+        self._next_id += 1
+        t.net_app = like.net_app
+        return t
 
     def map_exo_page(self, env: Env, va: int, frame: int, pte: int) -> None:
         """Map an exokernel-provided page (hypercall, libOS, info page) into ``env``."""
@@ -298,6 +313,18 @@ class Exokernel:
         """Block; the hypercall (or the library call that made it) runs again when woken."""
         self.block(env, what)
         return _RETRY
+
+    def ready(self, env: Env) -> None:
+        """sched_op(READY): ``env`` has initialised. Whoever asked (``on_ready``) takes it from here,
+        the environment waiting meanwhile; with nobody asking it just goes on."""
+        if self.on_ready is not None:
+            self.block(env, "ready")
+            self.on_ready(env)
+
+    def halt(self) -> None:
+        """Make ``run`` return at its next scheduling decision (within a slice; from any thread:
+        a server's Ctrl-C or its last request). The environments stay as they are."""
+        self._halt = True
 
     def exit(self, env: Env, status: int) -> None:
         env.exit_status = status
@@ -609,24 +636,32 @@ class Exokernel:
         console = self.machine.console
         net = self.net
         while True:
+            if self._halt:
+                self._halt = False
+                self.halted = True
+                return None
             waiting = [e for e in self.live_envs.values() if e.status == EnvStatus.BLOCKED
                        and (e.blocked_on == "console" or e.blocked_on == WAITING and e.wait_mask & EV_CONSOLE)]
             if waiting and console.poll():
                 for e in waiting:
                     self.make_runnable(e)
             net_waiting = []
+            serving = False  # a front end (exo/serve.py) waits for new flows: the network can wake us
             if net is not None:
                 net.pump()  # frames from the wire: into the rings of the environments that claim them
+                if self._halt:  # a front end's ticker asked (exo/serve.py)
+                    continue
                 net_waiting = net.waiters()
                 if net_waiting:
                     net.wake_expired(net_waiting, self.machine.clock.now_ns())
+                serving = bool(net.front_ends) and net.nic.external
             if self.sleepers:
                 self._wake_sleepers(idle=False)
             env = self._next_env()
             if env is not None:
                 return env
             if self.sleepers:
-                if net_waiting and net.nic.external:
+                if (net_waiting or serving) and net.nic.external:
                     # A peer outside may send before the first sleeper's deadline (a posix process
                     # waits in event_wait with EV_NET and its next TCP timer): wait in real time, as
                     # net_wait does, instead of jumping the virtual clock over the host's reply.
@@ -638,7 +673,7 @@ class Exokernel:
             if waiting:
                 console.wait_input(0.02 if net_waiting else 0.5)
                 continue
-            if net_waiting and net.idle(net_waiting):
+            if (net_waiting or serving) and net.idle(net_waiting):
                 continue
             return None
 
@@ -723,6 +758,7 @@ class Exokernel:
         cpu = self.cpu
         total = 0
         self.watchdog_fired = False
+        self.halted = False
         virtual = self.machine.clock.mode == "virtual"
         while True:
             budget = self.slice_instructions
@@ -775,7 +811,7 @@ class Exokernel:
         for env in list(self.live_envs.values()):
             if env.is_server and env.alive:
                 self._reclaim(env)  # a microkernel server outlives no client
-            elif env.alive and not self.watchdog_fired and (why := stuck_reason(env)) is not None:
+            elif env.alive and not (self.watchdog_fired or self.halted) and (why := stuck_reason(env)) is not None:
                 env.fault = why  # blocked forever, or NOT_RUNNABLE with nobody left to change that
 
     # ----------------------------------------------------------------- queries

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exo.abi import (
     ETHERTYPE_ARP,
@@ -158,6 +159,10 @@ class NetPort:
     upcall_pending: bool = False  # frames arrived while it was not waiting: enter the handler
     deadline: int = 0  # net_wait's deadline while blocked (0: none)
     filters: list[int] = field(default_factory=list)
+    # An instance of a snapshot (exo/instances.py): the template's environment id. The template's
+    # filters are its by inheritance (its libOS holds their ids); the front end that serves the
+    # template (``steer``) decides which instance each frame they claim goes to.
+    template: int = 0
 
 
 class NetMux:
@@ -173,6 +178,11 @@ class NetMux:
         self._next_filter = 1
         self.stats = {"rx": 0, "delivered": 0, "unclaimed": 0, "malformed": 0, "ring_full": 0,
                       "tx": 0, "tx_refused": 0, "tx_delayed": 0, "coalesced": 0}
+        # Front ends (exo/serve.py), by the template environment whose filters they serve:
+        # ``steer(filter, frame)`` names the instances a frame those filters claimed goes to, and
+        # ``sent(env, frame)`` sees each frame one of its instances sends (connection tracking).
+        self.front_ends: dict[int, Any] = {}
+        self.tickers: list[Callable[[], None]] = []  # called at every pump (a front end's timers)
         kernel.env_reclaim_hooks.append(self.detach)
 
     # ------------------------------------------------------------ addresses
@@ -185,7 +195,7 @@ class NetMux:
         self._app_filters[env.id] = []
 
     def app_of(self, env: Env) -> int:
-        return env.tenant.id
+        return env.tenant.net_app
 
     def address(self, env: Env) -> Address:
         addr = self.apps.get(self.app_of(env))
@@ -227,6 +237,8 @@ class NetMux:
         port = self._port(env)
         if op == NetFilterOp.REMOVE:
             f = self.filters.get(arg)
+            if f is not None and f.env == port.template:
+                return 0  # the template's, inherited: it stays, for the template's other instances
             if f is None or f.env != env.id:
                 raise HypercallError(Errno.EINVAL, f"environment {env.id} holds no filter {arg}")
             self._remove(f)
@@ -248,7 +260,7 @@ class NetMux:
         f = Filter(self._next_filter, env.id, app, ethertype, proto, dport, sport, src_ip.to_bytes(4, "little"))
         for other in self._app_filters[app]:
             if other.spec == f.spec:
-                if other.env == env.id:
+                if other.env == env.id or other.env == port.template:
                     return other.id  # the same filter again: idempotent
                 raise HypercallError(Errno.EADDRINUSE, f"environment {other.env} already holds this filter")
         self._next_filter += 1
@@ -291,6 +303,7 @@ class NetMux:
                 return self.k.sleep_until(env, now + wait, "net rate")
         sent = 0
         error: HypercallError | None = None
+        port_template = env.net.template if env.net is not None else 0
         for i in range(count):
             buf, length, gso = _TX.unpack_from(raw, i * NET_TX_REQ_SIZE)
             try:
@@ -306,6 +319,8 @@ class NetMux:
                 error = e
                 self.stats["tx_refused"] += 1
                 break
+            if port_template and port_template in self.front_ends:
+                self.front_ends[port_template].sent(env, frame)
             self.nic.transmit(frame, gso)
             if self.nic.external and (frame[0:6] == BROADCAST or frame[0:6] in self.by_mac):
                 self.deliver(frame)  # another app of this machine: the host's wire will not hand it back
@@ -349,6 +364,8 @@ class NetMux:
     # -------------------------------------------------------------- delivery
     def pump(self) -> int:
         """Deliver every frame the NIC has received, runs of one TCP flow merged (GRO); how many."""
+        for tick in self.tickers:
+            tick()
         frames = self.nic.receive()
         for f, verified, parts in coalesce(frames):
             if len(parts) > 1:
@@ -374,7 +391,12 @@ class NetMux:
             f = self._match(app, frame)
             if f is not None:
                 claimed = True
-                self._write(self.k.envs.get(f.env), f, frame, verified, parts)
+                front = self.front_ends.get(f.env)
+                if front is None:
+                    self._write(self.k.envs.get(f.env), f, frame, verified, parts)
+                else:
+                    for env in front.steer(f, frame):
+                        self._write(env, f, frame, verified, parts)
         if not claimed:
             self.stats["unclaimed"] += 1
 
@@ -425,7 +447,7 @@ class NetMux:
         except HypercallError:
             return False
 
-    def _write(self, env: Env | None, f: Filter, frame: bytes, verified: bool = False,
+    def _write(self, env: Env | None, f: Filter | None, frame: bytes, verified: bool = False,
                parts: list[bytes] | None = None) -> None:
         port = env.net if env is not None and env.alive else None
         if port is None or not port.nslots:
@@ -458,7 +480,8 @@ class NetMux:
                     self.stats["ring_full"] += 1
                     return
             space.write(slot + NET_SLOT_HDR, frame)
-            space.write(slot, _SLOT.pack(len(frame), NET_SLOT_FULL | (NET_SLOT_CSUM_OK if verified else 0), f.id))
+            space.write(slot, _SLOT.pack(len(frame), NET_SLOT_FULL | (NET_SLOT_CSUM_OK if verified else 0),
+                                         f.id if f is not None else 0))
         except HypercallError:  # the libOS unmapped or write-protected its own ring
             self.stats["ring_full"] += 1
             return
@@ -472,7 +495,7 @@ class NetMux:
 
     # ------------------------------------------------------------- the idle loop
     def waiters(self) -> list[Env]:
-        return [e for e in self.k.envs.values()
+        return [e for e in self.k.live_envs.values()
                 if e.status == EnvStatus.BLOCKED and (e.blocked_on == "net" or _events_waiter(e))]
 
     def wake_expired(self, waiters: list[Env], now: int) -> None:

@@ -137,6 +137,8 @@ class Tenant:
         self.disk = disk
         self.net = net
         self.system = system  # the exokernel's own (microkernel servers): not a booted app
+        self.net_app = id  # whose network address its environments use (exo/net.py): its own, but
+        # a tenant exo serve starts instances in for another app (--tenant) uses that app's
         self.frames_used = frames_used
         self.frames_peak = frames_peak  # the most it held at once
         self.envs_used = envs_used

@@ -222,6 +222,39 @@ class AddressSpace:
         else:
             self.pages += 1
 
+    def map_snapshot(self, regions: list[tuple[int, list[tuple[int, int, int, int]]]]) -> None:
+        """Map a snapshot's pages (exo/instances.py) into this new address space, a leaf table at a
+        time: ``regions`` holds (the 2 MiB region's first va, [(slot, va, frame, pte flags)]). Each page is mapped by the template with these rights or more (a copy-on-write
+        page loses W), so the max-right and W^X checks its mappings passed hold here too: only the
+        counts are kept, as ``map`` keeps them. A slot already in use is mapped by ``map`` instead."""
+        self._tlb.clear()
+        ft, mem = self.frames, self.mem
+        refs, wmaps, xmaps, code = ft.refs, ft.wmaps, ft.xmaps, ft.code
+        frame_maps, wx, at = self.frame_maps, self._wx_flags, self._frame_at
+        for region_va, entries in regions:
+            table = self._leaf_tables.get(region_va >> 21)
+            if table is None:
+                table = entry_address(mem, self.root, region_va, self._alloc_table_pa) & ~(PAGE_SIZE - 1)
+                self._leaf_tables[region_va >> 21] = table
+            raw = bytearray(mem.read(table, PAGE_SIZE))
+            for slot, va, frame, flags in entries:
+                if raw[slot * 8] & PTE_P:
+                    self.map(va, frame, flags)
+                    raw[slot * 8:slot * 8 + 8] = mem.read(table + slot * 8, 8)
+                    continue
+                raw[slot * 8:slot * 8 + 8] = ((frame << PAGE_SHIFT) | (flags & ~ADDR_MASK) | PTE_P).to_bytes(8, "little")
+                refs[frame] += 1
+                if flags & PTE_W:
+                    wmaps[frame] += 1
+                if not flags & PTE_NX:
+                    xmaps[frame] += 1
+                    code[frame] = 1
+                frame_maps[frame] = frame_maps.get(frame, 0) + 1
+                wx[va] = flags
+                at[va] = frame
+                self.pages += 1
+            mem.write(table, bytes(raw))
+
     def break_cow(self, va: int) -> bool:
         """Give the copy-on-write page at ``va`` its own copy (True), if it is one. ENOMEM if no frame."""
         page = va & ~(PAGE_SIZE - 1)

@@ -165,6 +165,10 @@ class Console(LibModule):
     def at_exit(self) -> None:
         self.flush()
 
+    def clone(self, port, memo):
+        self.flush()  # the template's unflushed output, printed once (as fork does)
+        return super().clone(port, memo)
+
     def fork(self, port):
         self.flush()  # unflushed output must not be printed twice (the classic stdio-fork bug)
         clone = super().fork(port)

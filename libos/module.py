@@ -89,6 +89,9 @@ def entry_nargs(fn: Callable[..., Any]) -> int:
     return n - (fn is not func)  # a bound method: self is not a parameter
 
 
+_NARGS: dict[tuple[type, str], int] = {}  # (module class, entry) -> its parameters (instances link often)
+
+
 class LibModule:
     NAME: ClassVar[str]  # the [libos] key: "console"
     IMPL: ClassVar[str]  # the implementation: "buffered"
@@ -109,9 +112,15 @@ class LibModule:
 
     def entries(self) -> list[Entry]:
         out = []
+        own = self.__dict__
         for slot, name in enumerate(self.ENTRIES):
             fn = getattr(self, name)
-            nargs = entry_nargs(fn)
+            key = (type(self), name)
+            nargs = _NARGS.get(key) if name not in own else None
+            if nargs is None:  # the class's method's parameters: the same for every instance of it
+                nargs = entry_nargs(fn)
+                if name not in own:
+                    _NARGS[key] = nargs
             out.append(Entry(slot, f"{self.NAME}.{name}", fn, nargs, name not in self.LOCAL))
         return out
 
@@ -121,6 +130,13 @@ class LibModule:
         clone.port = port
         clone.siblings = {}
         return clone
+
+    def clone(self, port: Any, memo: dict[int, Any]) -> LibModule:
+        """This module's whole state for an instance started from a snapshot (exo/instances.py):
+        a deep copy, so that nothing the instance does reaches the template or another instance.
+        ``memo`` is shared by the environment's modules and maps the template's port to the
+        instance's: references between modules (siblings, bound methods) stay consistent."""
+        return copy.deepcopy(self, memo)
 
     def start(self) -> None:
         """Called once when the environment is linked, before it runs."""

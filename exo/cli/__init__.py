@@ -25,6 +25,7 @@ EXIT_USAGE = 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "boot": ("exo.cli.boot", "boot one or more guest apps (guest arguments after --)"),
     "run": ("exo.cli.run", "run a static x86-64 Linux program on the posix libOS (docs/posix.md)"),
+    "serve": ("exo.cli.serve", "serve an app's network flows, a fresh instance of its snapshot per request"),
     "image": ("exo.cli.image", "describe a guest app's image: modules, library calls, hypercalls, size"),
     "bench": ("exo.cli.bench", "run a benchmark suite (hw, exo, libos, fs, net)"),
     "experiment": ("exo.cli.experiment", "run an experiment (ring-transitions)"),
@@ -72,7 +73,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     guest_args: list[str] = []
-    if argv and argv[0] == "boot" and "--" in argv:
+    if argv and argv[0] in ("boot", "serve") and "--" in argv:
         cut = argv.index("--")
         argv, guest_args = argv[:cut], argv[cut + 1:]
     if argv and argv[0] in COMMANDS:

@@ -121,6 +121,7 @@
 #define SCHED_YIELD 0x0
 #define SCHED_BLOCK 0x1
 #define SCHED_EXIT 0x2
+#define SCHED_READY 0x3
 #define MMU_MAP 0x0
 #define MMU_UNMAP 0x1
 #define MMU_PROTECT 0x2

@@ -187,6 +187,7 @@ class UserBackend:
         self._conns: dict[tuple[bytes, int, int], _Conn] = {}  # (guest ip, guest port, gateway port)
         self._udp_by_peer: dict[tuple[int, tuple[str, int]], int] = {}  # (forward, host peer) -> gw port
         self._udp_by_port: dict[int, tuple[HostFwd, tuple[str, int]]] = {}
+        self._tcp_origin: dict[tuple[int, int], tuple[str, int, int]] = {}  # (guest port, gw port) -> (host peer, its port, HOSTPORT)
         self._next_port = PORTS.start
         self._ident = 0
         self._stop = False
@@ -229,6 +230,16 @@ class UserBackend:
         self._wake_r.close()
         self._wake_w.close()
         self._inbox.wake()
+
+    def origin(self, proto: int, gw_port: int, guest_port: int) -> tuple[str, int, int] | None:
+        """Where the flow the gateway runs from ``gw_port`` to ``guest_port`` comes from: (the host peer's address,
+        its port, the forward's HOSTPORT); None if no forwarded flow uses that port. For exo serve's
+        tenants (the guest sees every flow come from 10.0.2.2). Reads two dicts the network thread
+        writes: a flow is entered before its first frame reaches the guest."""
+        if proto == pk.PROTO_TCP:
+            return self._tcp_origin.get((guest_port, gw_port))
+        flow = self._udp_by_port.get(gw_port)
+        return None if flow is None else (flow[1][0], flow[1][1], flow[0].host_port)
 
     def _wakeup(self) -> None:
         try:
@@ -403,7 +414,7 @@ class UserBackend:
     # ------------------------------------------------------------------ TCP
     def _accept(self, fwd: HostFwd, now: float) -> None:
         try:
-            sock, _peer = fwd.sock.accept()
+            sock, peer = fwd.sock.accept()
         except (BlockingIOError, InterruptedError):
             return
         sock.setblocking(False)
@@ -413,6 +424,7 @@ class UserBackend:
         iss = int.from_bytes(os.urandom(4), "big")  # unpredictable, as RFC 6528 wants
         c = _Conn(sock, GatewayTcp(iss=iss, now=now), gip, fwd.guest_port, port)
         self._conns[(gip, fwd.guest_port, port)] = c
+        self._tcp_origin[(fwd.guest_port, port)] = (peer[0], peer[1], fwd.host_port)
         self._sel.register(sock, selectors.EVENT_READ, ("conn", c))
         c.events = selectors.EVENT_READ
         self.stats["tcp_accepted"] += 1
@@ -495,7 +507,8 @@ class UserBackend:
                         self._sel.unregister(c.sock)
                     c.events = want
         if t.finished and c.sock is None:
-            self._conns.pop((c.guest_ip, c.guest_port, c.gw_port), None)
+            if self._conns.pop((c.guest_ip, c.guest_port, c.gw_port), None) is not None:
+                self._tcp_origin.pop((c.guest_port, c.gw_port), None)
 
     def _close_host(self, c: _Conn, *, reset: bool) -> None:
         if c.sock is None:

@@ -188,6 +188,7 @@ class FileSystem(LibModule):
     def __init__(self, port) -> None:
         super().__init__(port)
         self._fs = None  # the mounted Ext2, on first use
+        self._unmountable = None  # why the disk could not be mounted (found once, then answered at once)
         self.files: dict[int, _File] = {}
         self.fd_limit = DEFAULT_FDS  # the app's fds quota, read at mount
         # readdir's cursor: (path, generation, entries) of the directory being listed, so listing
@@ -204,6 +205,8 @@ class FileSystem(LibModule):
 
     def _mount(self):
         if self._fs is None:
+            if self._unmountable is not None:
+                raise self._unmountable
             from libos.fs.ext2 import Ext2
 
             for i in range(STAGE_PAGES):
@@ -215,6 +218,7 @@ class FileSystem(LibModule):
                 self._fs = Ext2.open(dev, clock=self._clock)
             except Ext2Error as e:
                 self.log(f"cannot mount the disk: {e}")
+                self._unmountable = e
                 raise
             self._fs.dev = dev
             self.fd_limit = fd_limit(self.port, self.stage)
@@ -387,6 +391,7 @@ class FileSystem(LibModule):
         self.sync()  # the child mounts afresh: the disk must hold what the parent wrote
         clone = super().fork(port)
         clone._fs = None
+        clone._unmountable = None
         clone.files = {}
         return clone
 

@@ -201,7 +201,7 @@ class Net(LibModule):
             self.log(f"net_attach failed: errno {-rc}")
             return False
         self.t = self.hc("time_now")
-        self.stack = Stack(mac, ip, mask, gw, mtu, self._queue, lambda: self.t)
+        self.stack = Stack(mac, ip, mask, gw, mtu, self._queue, self._now)
         self.stack.tso = bool(_flags & NET_INFO_OFFLOAD)  # hw/net/offload.py: send up to 64 KiB at once
         # A Linux program's processes each have a stack and share the app's address: what one
         # sends to that address and has no socket for may be another process's (libos/posix/sockets.py).
@@ -215,6 +215,9 @@ class Net(LibModule):
             except NetError:
                 pass
         return True
+
+    def _now(self) -> int:  # the stack's clock (a method, not a closure: a clone's is its own)
+        return self.t
 
     def start(self) -> None:
         """Nothing at link time: the network comes up on the first socket call (apps may never use it)."""

@@ -190,21 +190,6 @@ def test_an_ended_environment_or_a_child_cannot_be_snapshotted(template):
     assert snap.template is t
 
 
-def test_a_networked_app_is_refused_with_a_reason():
-    from conftest import ROOT
-
-    from exo.api import System
-    from exo.instances import Snapshot
-
-    with System([str(ROOT / "guest_apps" / "udp_echo")], net="switch") as s:
-        s.run(max_instructions=200_000)  # bound, waiting for a datagram
-        env = s.envs[0]
-        assert env.alive and env.net is not None
-        with pytest.raises(HypercallError, match="network interface") as e:
-            Snapshot(s.kernel, env)
-        assert e.value.errno == Errno.EOPNOTSUPP and env.status == EnvStatus.BLOCKED  # left as it was
-
-
 def test_sharing_a_copy_on_write_page_shares_the_instances_own_copy(template):
     from exo.abi import PERM_R, PERM_W
     from exo.instances import Snapshot
