@@ -124,6 +124,33 @@ def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
     # LAB 2 END
 
 
+_EMPTY_TABLE = bytes(PAGE_SIZE)
+
+
+class SnapshotMap:
+    """How an instance maps a snapshot's pages: ``pages`` is [(va, frame, pte flags)] (the rights
+    the instance gets), made once per snapshot into what ``AddressSpace.map_snapshot`` writes."""
+
+    def __init__(self, pages: list[tuple[int, int, int]]) -> None:
+        by_region: dict[int, list[tuple[int, int, int, int]]] = {}
+        for va, frame, flags in pages:
+            by_region.setdefault(va >> 21, []).append(((va >> PAGE_SHIFT) & 511, va, frame, flags))
+        self.regions: list[tuple[int, bytes, list[tuple[int, int, int, int]]]] = []
+        for region, entries in by_region.items():
+            image = bytearray(PAGE_SIZE)
+            for slot, _, frame, flags in entries:
+                image[slot * 8:slot * 8 + 8] = ((frame << PAGE_SHIFT) | (flags & ~ADDR_MASK) | PTE_P).to_bytes(8, "little")
+            self.regions.append((region << 21, bytes(image), entries))
+        self.frames = [frame for _, frame, _ in pages]
+        self.writable = [frame for _, frame, flags in pages if flags & PTE_W]
+        self.executable = [frame for _, frame, flags in pages if not flags & PTE_NX]
+        self.frame_counts: dict[int, int] = {}
+        for f in self.frames:
+            self.frame_counts[f] = self.frame_counts.get(f, 0) + 1
+        self.flags = {va: flags for va, _, flags in pages}
+        self.frame_at = {va: frame for va, frame, _ in pages}
+
+
 _OWN_KINDS = {FrameKind.STACK, FrameKind.IMAGE_DATA, FrameKind.GUEST}  # a copy keeps such a frame's kind
 TLB_ENTRIES = 1024  # translations the exokernel keeps per address space (emptied when full)
 
@@ -222,38 +249,40 @@ class AddressSpace:
         else:
             self.pages += 1
 
-    def map_snapshot(self, regions: list[tuple[int, list[tuple[int, int, int, int]]]]) -> None:
-        """Map a snapshot's pages (exo/instances.py) into this new address space, a leaf table at a
-        time: ``regions`` holds (the 2 MiB region's first va, [(slot, va, frame, pte flags)]). Each page is mapped by the template with these rights or more (a copy-on-write
-        page loses W), so the max-right and W^X checks its mappings passed hold here too: only the
-        counts are kept, as ``map`` keeps them. A slot already in use is mapped by ``map`` instead."""
+    def map_snapshot(self, plan: SnapshotMap) -> None:
+        """Map a snapshot's pages (exo/instances.py) into this new address space: each leaf table
+        written whole from the plan's image of it, the frame table's counts kept as ``map`` keeps
+        them. Each page is mapped by the template with these rights or more (a copy-on-write page
+        loses W), so the max-right and W^X checks its mappings passed hold here too. A leaf table
+        this space already has (a region shared with the hypercall page) is merged entry by entry."""
         self._tlb.clear()
         ft, mem = self.frames, self.mem
-        refs, wmaps, xmaps, code = ft.refs, ft.wmaps, ft.xmaps, ft.code
-        frame_maps, wx, at = self.frame_maps, self._wx_flags, self._frame_at
-        for region_va, entries in regions:
+        for region_va, image, entries in plan.regions:
             table = self._leaf_tables.get(region_va >> 21)
             if table is None:
                 table = entry_address(mem, self.root, region_va, self._alloc_table_pa) & ~(PAGE_SIZE - 1)
                 self._leaf_tables[region_va >> 21] = table
-            raw = bytearray(mem.read(table, PAGE_SIZE))
-            for slot, va, frame, flags in entries:
-                if raw[slot * 8] & PTE_P:
-                    self.map(va, frame, flags)
-                    raw[slot * 8:slot * 8 + 8] = mem.read(table + slot * 8, 8)
+                if mem.read(table, PAGE_SIZE) == _EMPTY_TABLE:  # a table of its own, still empty: as a whole
+                    mem.write(table, image)
                     continue
-                raw[slot * 8:slot * 8 + 8] = ((frame << PAGE_SHIFT) | (flags & ~ADDR_MASK) | PTE_P).to_bytes(8, "little")
-                refs[frame] += 1
-                if flags & PTE_W:
-                    wmaps[frame] += 1
-                if not flags & PTE_NX:
-                    xmaps[frame] += 1
-                    code[frame] = 1
-                frame_maps[frame] = frame_maps.get(frame, 0) + 1
-                wx[va] = flags
-                at[va] = frame
-                self.pages += 1
-            mem.write(table, bytes(raw))
+            for slot, va, frame, flags in entries:  # merged into a table in use
+                if mem.read_u64(table + slot * 8) & PTE_P:
+                    raise HypercallError(Errno.EINVAL, f"{va:#x} is mapped already")
+                mem.write_u64(table + slot * 8, (frame << PAGE_SHIFT) | (flags & ~ADDR_MASK) | PTE_P)
+        refs = ft.refs
+        for f in plan.frames:
+            refs[f] += 1
+        for f in plan.writable:
+            ft.wmaps[f] += 1
+        for f in plan.executable:
+            ft.xmaps[f] += 1
+            ft.code[f] = 1
+        fm = self.frame_maps
+        for f, n in plan.frame_counts.items():
+            fm[f] = fm.get(f, 0) + n
+        self._wx_flags.update(plan.flags)
+        self._frame_at.update(plan.frame_at)
+        self.pages += len(plan.frames)
 
     def break_cow(self, va: int) -> bool:
         """Give the copy-on-write page at ``va`` its own copy (True), if it is one. ENOMEM if no frame."""

@@ -165,9 +165,8 @@ class Console(LibModule):
     def at_exit(self) -> None:
         self.flush()
 
-    def clone(self, port, memo):
+    def freeze(self) -> None:
         self.flush()  # the template's unflushed output, printed once (as fork does)
-        return super().clone(port, memo)
 
     def fork(self, port):
         self.flush()  # unflushed output must not be printed twice (the classic stdio-fork bug)

@@ -131,12 +131,10 @@ class LibModule:
         clone.siblings = {}
         return clone
 
-    def clone(self, port: Any, memo: dict[int, Any]) -> LibModule:
-        """This module's whole state for an instance started from a snapshot (exo/instances.py):
-        a deep copy, so that nothing the instance does reaches the template or another instance.
-        ``memo`` is shared by the environment's modules and maps the template's port to the
-        instance's: references between modules (siblings, bound methods) stay consistent."""
-        return copy.deepcopy(self, memo)
+    def freeze(self) -> None:
+        """Called once when the environment becomes a snapshot's template (exo/instances.py), just
+        before its state is copied for the instances: do what must not happen once per instance
+        (print buffered output). The state must be picklable to copy fast (or is deep-copied)."""
 
     def start(self) -> None:
         """Called once when the environment is linked, before it runs."""
