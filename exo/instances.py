@@ -140,7 +140,8 @@ class Snapshot:
             self._copy_pages(env)
         except (HypercallError, OutOfFrames) as e:
             k.destroy(env, exit_status=None)
-            raise HypercallError(getattr(e, "errno", Errno.ENOMEM), f"cannot start an instance: {e}") from None
+            why = e.detail if isinstance(e, HypercallError) else str(e)
+            raise HypercallError(getattr(e, "errno", Errno.ENOMEM), f"cannot start an instance: {why}") from None
         k.cpu.copy_context(env.ctx, t.ctx)
         env.ctx.cr3 = env.space.root
         env.retrying, env.retry_hypercall, env.libcall_rsp = self.retry  # the call it waited in runs again

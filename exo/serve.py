@@ -19,7 +19,8 @@ as before, but the network multiplexer asks this front end which instance each o
 * **Capacity.** At most ``max_instances`` instances live at once (and each tenant's quotas bound
   its own: ``--tenant``). A new flow beyond that waits in a queue of ``backlog`` flows (its frames
   held, eight at most) and is started when an instance ends; beyond the queue it is dropped and
-  counted (a TCP client retries its SYN, then gives up: refused, never a crash). An instance that
+  counted as refused (a TCP client gets a reset at once: never a crash, never a hang). So is a flow
+  no instance could ever take (its tenant's quota or the RAM cannot hold one). An instance that
   faults or exhausts a quota is stopped alone (its report as usual); its open connections are reset
   so that their clients do not hang, and the next flow gets a fresh instance.
 * **Neighbours.** No instance may be running when the gateway asks, by ARP, who has the app's
@@ -40,6 +41,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +216,8 @@ class FrontEnd:
                       "start_refused": 0, "idle_closed": 0, "resets_sent": 0, "arp_answered": 0,
                       "stray": 0, "peak_live": 0}
         self.last_refusal = ""
+        self._said: set[str] = set()
+        self.on_refusal: Callable[[str], None] = lambda why: None  # exo serve prints it (once per reason)
         self.net.front_ends[t.id] = self
         self.net.tickers.append(self.tick)
         k.env_reclaim_hooks.append(self._ended)
@@ -230,7 +234,7 @@ class FrontEnd:
             env = self.snapshot.start(tenant=tenant)
         except (HypercallError, OutOfFrames) as e:
             self.stats["start_refused"] += 1
-            self.last_refusal = str(e)
+            self.last_refusal = e.detail if isinstance(e, HypercallError) else str(e)
             return None
         self.live[env.id] = env
         self.load[env.id] = 0
@@ -327,14 +331,36 @@ class FrontEnd:
             return []
         env = self._place(key, frame)
         if env is None:
-            if len(self.queue) < self.backlog:
+            if self._may_wait(key) and len(self.queue) < self.backlog:
                 self.queue[key] = [(f, frame)]
                 self.stats["queued"] += 1
             else:
-                self.stats["refused"] += 1
+                self._refuse(key, frame, ihl)
             return []
         self._open(key, env, frame)
         return [env]
+
+    def _may_wait(self, key: tuple) -> bool:
+        """Whether a flow no instance can take now may get one later: an instance of its kind will
+        end (the instance cap, or its tenant's quota with instances of the tenant running). With
+        none running, a start refused for lack of frames or of a quota would be refused forever."""
+        if not self.per_request or len(self.live) >= self.max_instances:
+            return True
+        tenant = self._tenant_for(key)
+        return any(e.tenant is tenant for e in self.live.values())
+
+    def _refuse(self, key: tuple, frame: bytes, ihl: int) -> None:
+        """Drop a new flow, saying why once per reason; a TCP client gets a reset (RFC 9293 3.10.7.1:
+        the answer to a SYN for a connection that cannot be), not a wait until it gives up."""
+        self.stats["refused"] += 1
+        if self.last_refusal and self.last_refusal not in self._said:
+            self._said.add(self.last_refusal)
+            self.on_refusal(f"flow refused: {self.last_refusal}")
+        if key[0] == 6:
+            seq = _tcp_fields(frame, ihl)[0]
+            flow = Flow(key, self.template, 0, frame[6:12])
+            flow.peer_nxt = (seq + 1) & 0xFFFF_FFFF
+            self._reset(flow)
 
     def _peer_segment(self, flow: Flow, frame: bytes, ihl: int) -> bool:
         """Track a segment from the peer; False when it ended the flow (nobody to deliver it to)."""
@@ -437,6 +463,9 @@ class FrontEnd:
             if env is None:
                 if self.per_request and len(self.live) >= self.max_instances:
                     return
+                if not self._may_wait(key):  # nothing of its tenant left to end: it never would start
+                    _, frame = self.queue.pop(key)[0]
+                    self._refuse(key, frame, (frame[14] & 0xF) * 4)
                 continue
             held = self.queue.pop(key)
             self._open(key, env, held[0][1])

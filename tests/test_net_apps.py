@@ -469,6 +469,25 @@ def test_curl_gets_the_httpd_page_over_tap(netns):
     assert rc == 0, err
 
 
+def test_exo_serve_answers_each_curl_over_tap_from_a_fresh_instance(netns, tmp_path):
+    # The host kernel is the peer: its ARP question comes while no instance runs (the front end
+    # answers it), its TCP is Linux's, and each connection gets an instance of its own.
+    stats = tmp_path / "serve.json"
+    cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "exo", "serve", "guest_apps/httpd",
+           "--net", "tap:exo0", "--requests", "3", "--stats-json", str(stats)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(3):
+            r = _curl(f"http://{GUEST}/", ns=netns)
+            assert b" 200 OK" in r.stdout.split(b"\r\n", 1)[0] and b"Hello from exo" in r.stdout, r.stderr
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    served = json.loads(stats.read_text())
+    assert served["flows"] == 3 and served["started"] == 3 and served["faulted"] == 0, served
+
+
 HOST_MAC = bytes.fromhex("020000000002")
 GUEST_MAC = bytes.fromhex("525400123456")
 

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         fe = FrontEnd(k, snap, per_request=args.instances is None, instances=args.instances or 1,
                       balance=args.balance, max_instances=args.max_instances, idle_timeout=args.idle_timeout,
                       backlog=args.backlog, tenants=tenants)
+        fe.on_refusal = lambda why: sys.stderr.write(f"exo serve: {why}\n")
         sys.stderr.write(f"exo serve: {env.name} ready after {(time.perf_counter() - t0) * 1e3:.1f} ms "
                          f"({env.instructions:,} instructions); snapshot of {len(snap.pages)} pages, "
                          f"{snap.private_pages} copy-on-write; {fe.summary()['mode']}\n")

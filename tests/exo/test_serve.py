@@ -319,3 +319,53 @@ def test_the_cli_refuses_what_it_cannot_serve_in_one_line(args, message):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_an_instance_over_its_tenants_frame_quota_is_stopped_its_client_reset_and_others_served():
+    from exo.serve import parse_tenant
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tiny_port = probe.getsockname()[1]
+    # enough frames to start an instance, not to copy the receive-ring pages a large request fills
+    rule = parse_tenant(f"tiny:hostport={tiny_port},frames=32")
+    with serving(TCP_ECHO, f"user,hostfwd=tcp:127.0.0.1:0-:7,hostfwd=tcp:127.0.0.1:{tiny_port}-:7",
+                 tenants=[rule]) as (system, fe, (port, tport)):
+        for i in range(2):  # each try a fresh instance, each stopped by the quota, never the server
+            with socket.create_connection(("127.0.0.1", tport), timeout=10) as c:
+                got = b""
+                try:
+                    c.sendall(bytes(256 << 10))
+                    while chunk := c.recv(65536):
+                        got += chunk
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+                assert len(got) < 256 << 10  # reset (or closed) before the end: its instance was stopped
+            until(lambda i=i: fe.stats["faulted"] == i + 1)
+        assert len(system.kernel.reports) == 2 and all("frame quota of app 'tiny' exhausted" in r.reason
+                   for r in system.kernel.reports), [r.reason for r in system.kernel.reports]
+        assert fe.stats["resets_sent"] >= 1
+        assert echo(port, b"the others are served") == b"the others are served"
+        assert system.kernel.tenants["tiny"].frames_used == 0  # what its instances had is back
+
+
+def test_a_flow_no_instance_could_ever_take_is_refused_at_once_with_the_reason():
+    from exo.serve import parse_tenant
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        none_port = probe.getsockname()[1]
+    rule = parse_tenant(f"none:hostport={none_port},frames=8")  # not even an instance's page tables
+    said: list[str] = []
+    with serving(TCP_ECHO, f"user,hostfwd=tcp:127.0.0.1:0-:7,hostfwd=tcp:127.0.0.1:{none_port}-:7",
+                 tenants=[rule]) as (system, fe, (port, nport)):
+        fe.on_refusal = said.append
+        with socket.create_connection(("127.0.0.1", nport), timeout=5) as c:
+            try:
+                c.sendall(b"anyone?")
+                got = c.recv(100)  # a reset or an end, at once: not a wait for a turn that never comes
+            except (ConnectionResetError, BrokenPipeError):
+                got = b""
+        assert got == b"" and fe.stats["refused"] == 1 and not fe.queue
+        assert said == ["flow refused: cannot start an instance: no frame for a page table: frame quota of app 'none' exhausted: 8 of 8 frames"], said
+        assert echo(port, b"others") == b"others"
