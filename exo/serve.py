@@ -472,6 +472,15 @@ class FrontEnd:
             for f, frame in held:
                 self.net._write(env, f, frame)
 
+    def close(self) -> None:
+        """Stop serving: the template's frames go to the template again (which never runs), the
+        live instances run on as environments of their own."""
+        self.net.front_ends.pop(self.template.id, None)
+        if self.tick in self.net.tickers:
+            self.net.tickers.remove(self.tick)
+        if self._ended in self.k.env_reclaim_hooks:
+            self.k.env_reclaim_hooks.remove(self._ended)
+
     # ------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
         out = dict(self.stats)

@@ -77,35 +77,42 @@ def run(args: argparse.Namespace) -> int:
             k.tenants.apply(env.tenant, quota)
         for f in getattr(system.nic.backend, "forwards", ()):
             sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
-        t0 = time.perf_counter()
-        wait_until_ready(k, env)
-        snap = Snapshot(k, env)
-        fe = FrontEnd(k, snap, per_request=args.instances is None, instances=args.instances or 1,
-                      balance=args.balance, max_instances=args.max_instances, idle_timeout=args.idle_timeout,
-                      backlog=args.backlog, tenants=tenants)
-        fe.on_refusal = lambda why: sys.stderr.write(f"exo serve: {why}\n")
-        sys.stderr.write(f"exo serve: {env.name} ready after {(time.perf_counter() - t0) * 1e3:.1f} ms "
-                         f"({env.instructions:,} instructions); snapshot of {len(snap.pages)} pages, "
-                         f"{snap.private_pages} copy-on-write; {fe.summary()['mode']}\n")
-        sys.stderr.flush()
-        end = time.monotonic() + args.duration if args.duration else None
-
-        def stop_when_done() -> None:
-            done = fe.stats["flows"] - len(fe.flows)
-            if (args.requests is not None and done >= args.requests) or (end is not None and time.monotonic() >= end):
-                k.halt()
-
-        k.net.tickers.append(stop_when_done)
         interrupted = 0
 
         def on_signal(signum: int, _frame: object) -> None:
             nonlocal interrupted
             interrupted = 128 + signum
-            k.halt()
+            k.halt()  # a flag: run() returns at its next scheduling decision, the machine intact
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            k.run()
+            t0 = time.perf_counter()
+            try:
+                wait_until_ready(k, env)
+            except ExoUserError:
+                if interrupted:
+                    sys.stderr.write("exo: interrupted\n")
+                    return interrupted
+                raise
+            snap = Snapshot(k, env)
+            fe = FrontEnd(k, snap, per_request=args.instances is None, instances=args.instances or 1,
+                          balance=args.balance, max_instances=args.max_instances, idle_timeout=args.idle_timeout,
+                          backlog=args.backlog, tenants=tenants)
+            fe.on_refusal = lambda why: sys.stderr.write(f"exo serve: {why}\n")
+            sys.stderr.write(f"exo serve: {env.name} ready after {(time.perf_counter() - t0) * 1e3:.1f} ms "
+                             f"({env.instructions:,} instructions); snapshot of {len(snap.pages)} pages, "
+                             f"{snap.private_pages} copy-on-write; {fe.summary()['mode']}\n")
+            sys.stderr.flush()
+            end = time.monotonic() + args.duration if args.duration else None
+
+            def stop_when_done() -> None:
+                done = fe.stats["flows"] - len(fe.flows)
+                if (args.requests is not None and done >= args.requests) or (end is not None and time.monotonic() >= end):
+                    k.halt()
+
+            k.net.tickers.append(stop_when_done)
+            if not interrupted:
+                k.run()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)

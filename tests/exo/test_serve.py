@@ -54,6 +54,8 @@ def serving(app: str, net: str, args: tuple[str, ...] = (), **options):
             k.halt()
             thread.join(10)
         assert not thread.is_alive() and not errors, errors
+        fe.close()
+        assert not system.kernel.net.front_ends and fe.tick not in system.kernel.net.tickers
     finally:
         system.close()
 
@@ -360,12 +362,28 @@ def test_a_flow_no_instance_could_ever_take_is_refused_at_once_with_the_reason()
     with serving(TCP_ECHO, f"user,hostfwd=tcp:127.0.0.1:0-:7,hostfwd=tcp:127.0.0.1:{none_port}-:7",
                  tenants=[rule]) as (system, fe, (port, nport)):
         fe.on_refusal = said.append
-        with socket.create_connection(("127.0.0.1", nport), timeout=5) as c:
-            try:
+        try:  # a reset or an end, at once (the connect itself may see it): not a wait for a turn
+            with socket.create_connection(("127.0.0.1", nport), timeout=5) as c:
                 c.sendall(b"anyone?")
-                got = c.recv(100)  # a reset or an end, at once: not a wait for a turn that never comes
-            except (ConnectionResetError, BrokenPipeError):
-                got = b""
+                got = c.recv(100)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
         assert got == b"" and fe.stats["refused"] == 1 and not fe.queue
         assert said == ["flow refused: cannot start an instance: no frame for a page table: frame quota of app 'none' exhausted: 8 of 8 frames"], said
         assert echo(port, b"others") == b"others"
+
+
+def test_ctrl_c_stops_the_server_with_its_counts_and_status_130():
+    import signal
+
+    p = _serve(TCP_ECHO, "--net", "user,hostfwd=tcp:127.0.0.1:0-:7")
+    try:
+        port = int(p.stderr.readline().split()[3].rsplit(":", 1)[1])
+        assert "ready after" in p.stderr.readline()
+        assert echo(port, b"one") == b"one"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(20) == 130
+    finally:
+        p.kill()
+    err = p.stderr.read()
+    assert "exo serve: flows 1, started 1" in err and "Traceback" not in err, err
