@@ -114,9 +114,9 @@ class Exokernel:
         self.reports: list[FaultReport] = []
         self.on_fault = on_fault or self._print_report
         self.on_log: Callable[[Env, str], None] = self._print_log
-        # sched_op(READY): an app says it has initialised (exo/serve.py snapshots it there); None:
-        # nobody asked, the call returns at once.
-        self.on_ready: Callable[[Env], None] | None = None
+        # sched_op(READY): an app says it has initialised (exo/serve.py snapshots it there). True:
+        # the caller takes the environment, which waits; None or False: the call returns at once.
+        self.on_ready: Callable[[Env], bool] | None = None
         self._halt = False  # halt(): run() returns at its next scheduling decision
         self.halted = False  # the last run() ended by halt()
         self.env_create_hooks: list[Callable[[Env, Env], None]] = []  # (parent, child)
@@ -317,9 +317,8 @@ class Exokernel:
     def ready(self, env: Env) -> None:
         """sched_op(READY): ``env`` has initialised. Whoever asked (``on_ready``) takes it from here,
         the environment waiting meanwhile; with nobody asking it just goes on."""
-        if self.on_ready is not None:
+        if self.on_ready is not None and self.on_ready(env):
             self.block(env, "ready")
-            self.on_ready(env)
 
     def halt(self) -> None:
         """Make ``run`` return at its next scheduling decision (within a slice; from any thread:

@@ -511,7 +511,13 @@ def wait_until_ready(k: Exokernel, env: Env, max_instructions: int = 2_000_000_0
         if ready_env(k, env) or not env.alive:
             k.halt()
 
-    k.on_ready = lambda e: k.halt() if e is env else None
+    def take(e: Env) -> bool:
+        if e is not env:
+            return False  # another environment's READY (a child of the app): it goes on
+        k.halt()
+        return True
+
+    k.on_ready = take
     k.net.tickers.append(check)
     try:
         k.run(max_instructions=max_instructions if k.machine.clock.mode == "virtual" else None)
