@@ -154,6 +154,8 @@ class Snapshot:
         old, port = t.port, k.libs.port(env)
         if self.libos is not None:
             modules, port.pager = _Thaw(self.libos, port).load()
+        elif not t.modules and old is None:
+            modules = {}  # no libOS linked: nothing to copy
         else:
             modules, port.pager = copy.deepcopy((t.modules, old.pager if old else None),
                                                 {id(old): port, id(k): k} if old is not None else {})
