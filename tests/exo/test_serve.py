@@ -387,3 +387,41 @@ def test_ctrl_c_stops_the_server_with_its_counts_and_status_130():
         p.kill()
     err = p.stderr.read()
     assert "exo serve: flows 1, started 1" in err and "Traceback" not in err, err
+
+
+def test_malformed_and_random_frames_never_break_the_front_end():
+    # What a hostile peer (steer) or a hostile instance (sent) may put on the wire, straight to the
+    # front end: short frames, bad header lengths, TCP flags in every combination.
+    import random
+
+    from exo.api import System
+    from exo.instances import Snapshot
+    from exo.serve import FrontEnd, wait_until_ready
+
+    rnd = random.Random(17)
+    with System([TCP_ECHO], net="user,hostfwd=tcp:127.0.0.1:0-:7", ram_mib=128) as s:
+        k, env = s.kernel, s.envs[0]
+        wait_until_ready(k, env)
+        fe = FrontEnd(k, Snapshot(k, env), max_instances=4, backlog=4)
+        f = next(iter(k.net.filters.values()))
+        ours = k.net.address(env)
+        for _ in range(3000):
+            n = rnd.choice((0, 13, 14, 33, 34, 41, 42, 53, 54, 60, 100, 1514))
+            frame = bytearray(rnd.randbytes(n))
+            if n >= 34 and rnd.random() < 0.7:  # mostly IPv4 TCP/UDP to the app, to reach the flow code
+                frame[12:14] = b"\x08\x00"
+                frame[23] = rnd.choice((6, 17, 1))
+                frame[20:22] = b"\x00\x00" if rnd.random() < 0.8 else frame[20:22]
+                frame[30:34] = ours.ip
+                if n >= 48 and rnd.random() < 0.5:
+                    frame[14] = 0x45
+                    frame[47] = rnd.choice((0x02, 0x10, 0x11, 0x04, 0x12, 0x01, 0xFF))
+            elif n >= 42 and rnd.random() < 0.5:
+                frame[12:14] = b"\x08\x06"
+            for target in fe.steer(f, bytes(frame)):
+                assert target.alive
+            for inst in list(fe.live.values()):
+                fe.sent(inst, bytes(frame))
+            fe.tick()
+        assert len(fe.live) <= 4 and len(fe.queue) <= 4
+        assert all(flow.env.alive for flow in fe.flows.values())
