@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+FOLD_BATCH = 1024  # ended instances folded into their templates' counts at a time
+
 KINDS = ("hypercall", "syscall", "reflect", "trap", "upcall", "interrupt", "context_switch", "libcall", "kcall")
 
 
@@ -25,15 +27,41 @@ class Accounting:
     def __init__(self) -> None:
         self._hc: dict[tuple[int, str], int] = {}  # (env id, hypercall name) -> count
         self._ev: dict[tuple[str, int], int] = {}  # (kind, env id) -> count, other kinds
-        self._envs: list[int] = []
+        self._envs: dict[int, None] = {}  # in creation order
         self.reflected: dict[tuple[int, str], int] = {}  # (env id, Linux syscall name) -> count
+        self._pending: dict[int, int] = {}  # ended instance -> its template, to fold (fold)
         # Optional exo/trace.py Tracer: called as tracer(kind, env_id, name) for each
         # transition that is not traced as a call's span (the kernel opens and closes
         # those with its other methods). None costs one attribute test per event.
         self.tracer: Callable[[str, int, str], None] | None = None
 
     def add_env(self, env_id: int) -> None:
-        self._envs.append(env_id)
+        self._envs[env_id] = None
+
+    def fold(self, env_id: int, into: int) -> None:
+        """Count ``env_id``'s transitions as ``into``'s and forget it (an ended instance: its
+        template's record carries the counts of all its instances; the totals do not change).
+        Done for FOLD_BATCH environments at a time, in one pass over the counts, and before any
+        per-environment figure is read."""
+        self._pending[env_id] = into
+        if len(self._pending) >= FOLD_BATCH:
+            self._fold_pending()
+
+    def _fold_pending(self) -> None:
+        p = self._pending
+        if not p:
+            return
+        for table in (self._hc, self.reflected):
+            for key in [key for key in table if key[0] in p]:
+                new = (p[key[0]], key[1])
+                table[new] = table.get(new, 0) + table.pop(key)
+        ev = self._ev
+        for key in [key for key in ev if key[1] in p]:
+            new = (key[0], p[key[1]])
+            ev[new] = ev.get(new, 0) + ev.pop(key)
+        for env_id in p:
+            self._envs.pop(env_id, None)
+        p.clear()
 
     def hypercall(self, env_id: int, name: str, trace: bool = True) -> None:
         """One hypercall. ``trace=False``: the caller records it in the trace itself (as a span)."""
@@ -64,6 +92,7 @@ class Accounting:
 
     @property
     def by_env(self) -> dict[int, Counter[str]]:
+        self._fold_pending()
         out = {e: Counter({k: 0 for k in KINDS}) for e in self._envs}
         for (env, _), n in self._hc.items():
             out.setdefault(env, Counter({k: 0 for k in KINDS}))["hypercall"] += n
@@ -85,6 +114,7 @@ class Accounting:
             self.count(kind, env_id, name)
 
     def hypercalls_of(self, env_id: int) -> Counter[str]:
+        self._fold_pending()
         return Counter({name: n for (e, name), n in self._hc.items() if e == env_id})
 
 

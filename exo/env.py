@@ -78,6 +78,7 @@ class Env:
         # An instance started from a snapshot (exo/instances.py): forgotten once reclaimed (no
         # record in Exokernel.envs), so that a server starting one per request does not grow.
         self.ephemeral: bool = False
+        self.template: int | None = None  # an instance's snapshot template (its counts go there when it ends)
 
     @property
     def alive(self) -> bool:

@@ -116,7 +116,7 @@ class Snapshot:
         buf = io.BytesIO()
         try:
             _Freeze(buf, t.port).dump((t.modules, t.port.pager))
-        except (pickle.PicklingError, TypeError, AttributeError):
+        except Exception:  # noqa: BLE001 - whatever pickle meets (a ctypes pointer, deep recursion): deep copies then
             return None
         return buf.getvalue()
 
@@ -132,16 +132,31 @@ class Snapshot:
         """A new instance, runnable, exactly where the template was (in ``tenant``, whose quotas
         bound it: by default the template's app)."""
         k, t = self.k, self.template
+        if not t.alive:
+            raise HypercallError(Errno.EINVAL, f"the snapshot of {t.name} was released: no instance starts from it")
         env = k.create_env(name or f"{t.name}#{self.started + 1}", t, tenant=tenant)
         t.children.pop()  # an instance is no child of the template: nobody reaps it
         env.parent = None
         env.ephemeral = True  # and once it has ended, the kernel keeps no record of it
+        env.template = t.id  # (its transition counts go to the template's)
         try:
             self._copy_pages(env)
         except (HypercallError, OutOfFrames) as e:
             k.destroy(env, exit_status=None)
             why = e.detail if isinstance(e, HypercallError) else str(e)
             raise HypercallError(getattr(e, "errno", Errno.ENOMEM), f"cannot start an instance: {why}") from None
+        try:
+            self._set_up(env)
+        except BaseException:
+            k.destroy(env, exit_status=None)  # nothing half-made is left behind
+            raise
+        self.started += 1
+        k.make_runnable(env)
+        return env
+
+    def _set_up(self, env: Env) -> None:
+        """The instance's registers, libOS and devices, the template's."""
+        k, t = self.k, self.template
         k.cpu.copy_context(env.ctx, t.ctx)
         env.ctx.cr3 = env.space.root
         env.retrying, env.retry_hypercall, env.libcall_rsp = self.retry  # the call it waited in runs again
@@ -175,9 +190,6 @@ class Snapshot:
         env.disk_grants = list(t.disk_grants)
         for hook in k.env_create_hooks:
             hook(t, env)
-        self.started += 1
-        k.make_runnable(env)
-        return env
 
     def _copy_pages(self, env: Env) -> None:
         # Copy-on-write pages: the template's frame, read-only, until the instance first writes the

@@ -325,6 +325,11 @@ class Exokernel:
         a server's Ctrl-C or its last request). The environments stay as they are."""
         self._halt = True
 
+    @property
+    def halting(self) -> bool:
+        """halt() was asked and run() has not returned yet."""
+        return self._halt
+
     def exit(self, env: Env, status: int) -> None:
         env.exit_status = status
         self.destroy(env, exit_status=status)
@@ -354,6 +359,9 @@ class Exokernel:
         self.live_envs.pop(env.id, None)
         if env.ephemeral:  # an instance: nothing asks for its record once it is gone
             self.envs.pop(env.id, None)
+            self.tenants.by_owner.pop(env.id, None)  # it owns no frame now
+            if env.template is not None:
+                self.acct.fold(env.id, env.template)
             env.modules, env.libcalls, env.port = {}, {}, None
         env.queued = False
         # A child left NOT_RUNNABLE (never started, or paused) can never run

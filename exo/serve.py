@@ -28,7 +28,7 @@ as before, but the network multiplexer asks this front end which instance each o
   neighbour's latest ARP frame is kept and replayed into a new instance before its first frame, so
   that it knows the gateway's hardware address as its predecessors did (network state, not a
   request's data). ARP frames are delivered to every live instance; other frames no flow claims
-  (ICMP) go to the oldest live instance, or are dropped when none is live.
+  (ICMP, IP fragments after the first) go to the oldest live instance, or are dropped when none is.
 
 Tenants (``--tenant NAME:MATCH,QUOTA...``): flows that match (the forward's host port, the
 destination port, or the source network: under user networking the host peer's address, as the
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from exo.tenants import Tenant
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+RST_WINDOW = 1 << 20  # how far from the expected sequence number a peer's reset may be and still count
 HELD_FRAMES = 8  # frames kept per queued flow (a SYN and its retries, a few datagrams)
 ARP_NEIGHBOURS = 16  # neighbours whose latest ARP frame is kept
 SERVED_LOG = 100_000  # (flow, instance) pairs kept for `served`
@@ -272,6 +273,8 @@ class FrontEnd:
 
     def _open(self, key: tuple, env: Env, frame: bytes) -> Flow:
         flow = Flow(key, env, self.k.machine.clock.now_ns(), frame[6:12])
+        if key[0] == 6:  # the SYN: what the peer sends next, should the flow be reset before it does
+            flow.peer_nxt = (_tcp_fields(frame, (frame[14] & 0xF) * 4)[0] + 1) & 0xFFFF_FFFF
         self.flows[key] = flow
         self.load[env.id] += 1
         self.stats["flows"] += 1
@@ -344,7 +347,9 @@ class FrontEnd:
         """Whether a flow no instance can take now may get one later: an instance of its kind will
         end (the instance cap, or its tenant's quota with instances of the tenant running). With
         none running, a start refused for lack of frames or of a quota would be refused forever."""
-        if not self.per_request or len(self.live) >= self.max_instances:
+        if not self.per_request:
+            return any(e.alive for e in self.pool)  # none left and none could start: never
+        if len(self.live) >= self.max_instances:
             return True
         tenant = self._tenant_for(key)
         return any(e.tenant is tenant for e in self.live.values())
@@ -365,10 +370,13 @@ class FrontEnd:
     def _peer_segment(self, flow: Flow, frame: bytes, ihl: int) -> bool:
         """Track a segment from the peer; False when it ended the flow (nobody to deliver it to)."""
         seq, ack, flags, n = _tcp_fields(frame, ihl)
-        flow.peer_nxt = (seq + n + bool(flags & SYN) + bool(flags & FIN)) & 0xFFFF_FFFF
         if flags & RST:
-            self._close(flow)
+            # Only a reset near what the instance expects ends the flow (RFC 5961 3: one far off
+            # the window is a blind guess); the instance's TCP judges it exactly.
+            if flow.peer_nxt is None or _after(seq + RST_WINDOW, flow.peer_nxt) and _after(flow.peer_nxt + RST_WINDOW, seq):
+                self._close(flow)
             return flow.env.alive
+        flow.peer_nxt = (seq + n + bool(flags & SYN) + bool(flags & FIN)) & 0xFFFF_FFFF
         if flags & FIN:
             flow.peer_fin = flow.peer_nxt
         if flags & ACK and flow.guest_fin is not None and _after(ack, flow.guest_fin):
@@ -436,26 +444,44 @@ class FrontEnd:
         """At every pump of the network (each scheduling decision): start what waits, expire the idle."""
         if self._dirty:
             self._dirty = False
-            if not self.per_request:
-                for i, env in enumerate(self.pool):
-                    if not env.alive:
-                        new = self._start(self.template.tenant)
-                        if new is not None:
-                            self.pool[i] = new
+            self._refill()
             self._drain()
         now = self.k.machine.clock.now_ns()
         if now < self._next_check:
             return
         self._next_check = now + self.idle_ns // 4
+        self._refill()  # a replacement that could not start before (frames since given back)
         if self.queue:
             self._drain()
         for flow in [f for f in self.flows.values() if now - f.last >= self.idle_ns]:
             self.stats["idle_closed"] += 1
             if flow.key[0] == 6:
                 self._reset(flow)
+                if not self.per_request:
+                    self._reset_instance_side(flow)  # a long-lived instance must let it go too
             if self.per_request and flow.env.alive:
                 self.load[flow.env.id] = 1  # it goes, whatever else it holds
             self._close(flow)
+
+    def _refill(self) -> None:
+        """Long-lived: start a replacement for each instance that ended."""
+        if self.per_request:
+            return
+        for i, env in enumerate(self.pool):
+            if not env.alive:
+                new = self._start(self.template.tenant)
+                if new is not None:
+                    self.pool[i] = new
+
+    def _reset_instance_side(self, flow: Flow) -> None:
+        """Hand the instance a reset from the peer for ``flow``, with the sequence number its TCP
+        expects (RFC 9293 3.10.7.4: a RST in the window ends the connection)."""
+        if flow.peer_nxt is None or not flow.env.alive:
+            return
+        proto, peer_ip, peer_port, port = flow.key
+        a = self.addr
+        seg = pk.tcp(peer_ip, a.ip, peer_port, port, flow.peer_nxt, 0, RST, 0)
+        self.net._write(flow.env, None, pk.ethernet(a.mac, flow.peer_mac, ETHERTYPE_IPV4, pk.ipv4(peer_ip, a.ip, 6, seg)))
 
     def _drain(self) -> None:
         for key in list(self.queue):

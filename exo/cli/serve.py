@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                     return interrupted
                 raise
             snap = Snapshot(k, env)
-            fe = FrontEnd(k, snap, per_request=args.instances is None, instances=args.instances or 1,
+            fe = FrontEnd(k, snap, per_request=args.instances is None,
+                          instances=1 if args.instances is None else args.instances,
                           balance=args.balance, max_instances=args.max_instances, idle_timeout=args.idle_timeout,
                           backlog=args.backlog, tenants=tenants)
             fe.on_refusal = lambda why: sys.stderr.write(f"exo serve: {why}\n")

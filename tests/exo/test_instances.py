@@ -144,7 +144,7 @@ def test_starting_and_destroying_ten_thousand_instances_returns_every_frame(temp
 
     k, t, _ = template
     snap = Snapshot(k, t)
-    free0, records = k.frames.free_count, len(k.envs)
+    free0, records, owners = k.frames.free_count, len(k.envs), len(k.tenants.by_owner)
     for _ in range(100):
         live = [snap.start() for _ in range(100)]
         assert len(k.envs) == records + 100
@@ -152,8 +152,22 @@ def test_starting_and_destroying_ten_thousand_instances_returns_every_frame(temp
             k.destroy(e, 0)
     assert snap.started == 10_000 and k.frames.free_count == free0
     assert len(k.envs) == records and len(k.live_envs) == 1  # ended instances leave no record behind
+    # ...nor an owner entry, nor counts of their own: those are the template's now, the totals kept
+    assert len(k.tenants.by_owner) == owners
+    totals = k.acct.transitions
+    by_env = k.acct.by_env
+    assert set(by_env) == set(k.envs) and sum(sum(c.values()) for c in by_env.values()) == sum(totals.values())
+    before = by_env[t.id]["context_switch"]
+    ran = [snap.start() for _ in range(3)]
+    k.run(max_instructions=100_000)  # each runs (to its waiting call again): a context switch each
+    for e in ran:
+        k.destroy(e, 0)
+    assert k.acct.by_env[t.id]["context_switch"] == before + 3 and set(k.acct.by_env) == set(k.envs)
     snap.release()
     assert not t.alive
+    with pytest.raises(HypercallError, match="released") as e:
+        snap.start()  # and nothing is left half-made
+    assert e.value.errno == Errno.EINVAL and k.frames.free_count >= free0 and len(k.live_envs) == 0
 
 
 def test_the_app_quota_bounds_its_instances_and_a_refusal_is_clear(template):

@@ -425,3 +425,55 @@ def test_malformed_and_random_frames_never_break_the_front_end():
             fe.tick()
         assert len(fe.live) <= 4 and len(fe.queue) <= 4
         assert all(flow.env.alive for flow in fe.flows.values())
+
+
+def _syn(addr, sport: int, seq: int = 1000) -> bytes:
+    from hw.net import packets as pk
+
+    gw, gw_mac = bytes([10, 0, 2, 2]), bytes.fromhex("52550a000202")
+    seg = pk.tcp(gw, addr.ip, sport, 7, seq, 0, 0x02, 65535)
+    return pk.ethernet(addr.mac, gw_mac, 0x0800, pk.ipv4(gw, addr.ip, 6, seg))
+
+
+@contextmanager
+def front_end(**options):
+    """A front end over tcp_echo's snapshot, driven frame by frame (no thread, no client)."""
+    from exo.api import System
+    from exo.instances import Snapshot
+    from exo.serve import FrontEnd, wait_until_ready
+
+    with System([TCP_ECHO], net="user,hostfwd=tcp:127.0.0.1:0-:7", ram_mib=64) as s:
+        k, env = s.kernel, s.envs[0]
+        wait_until_ready(k, env)
+        fe = FrontEnd(k, Snapshot(k, env), **options)
+        listening = next(f for f in k.net.filters.values() if f.dst_port == 7)
+        sent: list[bytes] = []
+        k.net.nic.transmit = lambda frame, gso=0: sent.append(frame)  # what the front end puts on the wire
+        yield k, fe, listening, sent
+
+
+def test_a_connection_whose_instance_dies_before_the_handshake_ends_is_reset():
+    with front_end() as (k, fe, listening, sent):
+        (inst,) = fe.steer(listening, _syn(fe.addr, 40000, seq=5000))
+        inst.fault = "stopped for the test"
+        k.destroy(inst, exit_status=None)
+        assert fe.stats["faulted"] == 1 and fe.stats["resets_sent"] == 1 and not fe.flows
+        rst = sent[-1]
+        assert rst[47] == 0x14 and int.from_bytes(rst[42:46], "big") == 5001  # RST|ACK of the SYN
+
+
+def test_long_lived_instances_that_cannot_be_replaced_refuse_new_flows_instead_of_queueing_them():
+    with front_end(per_request=False, instances=1) as (k, fe, listening, sent):
+        (inst,) = fe.pool
+        fe.template.tenant.env_limit = 1  # the template alone: no replacement can start
+        inst.fault = "stopped for the test"
+        k.destroy(inst, exit_status=None)
+        fe.tick()
+        assert not any(e.alive for e in fe.pool)
+        assert fe.steer(listening, _syn(fe.addr, 40001)) == []
+        assert fe.stats["refused"] == 1 and not fe.queue and sent[-1][47] == 0x14  # reset, not a hang
+        fe.template.tenant.env_limit = 8  # room again: the next check starts a replacement
+        fe._next_check = 0
+        fe.tick()
+        assert any(e.alive for e in fe.pool)
+        assert len(fe.steer(listening, _syn(fe.addr, 40002))) == 1
