@@ -152,18 +152,27 @@ class Flow:
         return self.peer_fin_acked and self.guest_fin_acked
 
 
-def _tcp_fields(frame: bytes, ihl: int) -> tuple[int, int, int, int]:
-    """(seq, ack, flags, payload length) of an IPv4 TCP frame."""
+def _tcp_fields(frame: bytes) -> tuple[int, int, int, int]:
+    """(seq, ack, flags, end) of an IPv4 TCP frame (one _ports accepted): ``end`` is the sequence
+    number after the segment, its SYN and FIN counting one each (RFC 9293 3.4)."""
+    ihl = (frame[14] & 0xF) * 4
     t = 14 + ihl
     seq = int.from_bytes(frame[t + 4:t + 8], "big")
     ack = int.from_bytes(frame[t + 8:t + 12], "big")
-    off = (frame[t + 12] >> 4) * 4
-    total = int.from_bytes(frame[16:18], "big")
-    return seq, ack, frame[t + 13], max(0, total - ihl - off)
+    flags = frame[t + 13]
+    n = max(0, int.from_bytes(frame[16:18], "big") - ihl - (frame[t + 12] >> 4) * 4)
+    return seq, ack, flags, (seq + n + bool(flags & SYN) + bool(flags & FIN)) & 0xFFFF_FFFF
 
 
-def _ports(frame: bytes) -> tuple[int, int, int, int] | None:
-    """(proto, ihl, source port, destination port) of a first IPv4 TCP/UDP fragment, else None."""
+def _tcp_frame(src_mac: bytes, dst_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int,
+               seq: int, ack: int, flags: int) -> bytes:
+    """A TCP segment with no data, in its IPv4 packet and Ethernet frame (the front end's resets)."""
+    seg = pk.tcp(src, dst, sport, dport, seq, ack, flags, 0)
+    return pk.ethernet(dst_mac, src_mac, ETHERTYPE_IPV4, pk.ipv4(src, dst, 6, seg))
+
+
+def _ports(frame: bytes) -> tuple[int, int, int] | None:
+    """(proto, source port, destination port) of a first IPv4 TCP/UDP fragment, else None."""
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return None
     proto = frame[23]
@@ -172,7 +181,7 @@ def _ports(frame: bytes) -> tuple[int, int, int, int] | None:
         return None
     if proto == 6 and len(frame) < 14 + ihl + 20:
         return None
-    return proto, ihl, int.from_bytes(frame[14 + ihl:16 + ihl], "big"), int.from_bytes(frame[16 + ihl:18 + ihl], "big")
+    return proto, int.from_bytes(frame[14 + ihl:16 + ihl], "big"), int.from_bytes(frame[16 + ihl:18 + ihl], "big")
 
 
 class FrontEnd:
@@ -274,7 +283,7 @@ class FrontEnd:
     def _open(self, key: tuple, env: Env, frame: bytes) -> Flow:
         flow = Flow(key, env, self.k.machine.clock.now_ns(), frame[6:12])
         if key[0] == 6:  # the SYN: what the peer sends next, should the flow be reset before it does
-            flow.peer_nxt = (_tcp_fields(frame, (frame[14] & 0xF) * 4)[0] + 1) & 0xFFFF_FFFF
+            flow.peer_nxt = _tcp_fields(frame)[3]
         self.flows[key] = flow
         self.load[env.id] += 1
         self.stats["flows"] += 1
@@ -316,12 +325,12 @@ class FrontEnd:
         ports = _ports(frame) if ethertype == ETHERTYPE_IPV4 else None
         if ports is None:  # ICMP, a later fragment: the oldest instance answers
             return [next(iter(self.live.values()))] if self.live else []
-        proto, ihl, sport, dport = ports
+        proto, sport, dport = ports
         key = (proto, frame[26:30], sport, dport)
         flow = self.flows.get(key)
         if flow is not None:
             flow.last = self.k.machine.clock.now_ns()
-            if proto == 6 and not self._peer_segment(flow, frame, ihl):
+            if proto == 6 and not self._peer_segment(flow, frame):
                 return []
             return [flow.env]
         held = self.queue.get(key)
@@ -329,7 +338,7 @@ class FrontEnd:
             if len(held) < HELD_FRAMES:
                 held.append((f, frame))
             return []
-        if proto == 6 and _tcp_fields(frame, ihl)[2] & (SYN | ACK | RST) != SYN:
+        if proto == 6 and _tcp_fields(frame)[2] & (SYN | ACK | RST) != SYN:
             self.stats["stray"] += 1  # a segment of no flow we know (its instance has gone)
             return []
         env = self._place(key, frame)
@@ -338,7 +347,7 @@ class FrontEnd:
                 self.queue[key] = [(f, frame)]
                 self.stats["queued"] += 1
             else:
-                self._refuse(key, frame, ihl)
+                self._refuse(key, frame)
             return []
         self._open(key, env, frame)
         return [env]
@@ -354,29 +363,30 @@ class FrontEnd:
         tenant = self._tenant_for(key)
         return any(e.tenant is tenant for e in self.live.values())
 
-    def _refuse(self, key: tuple, frame: bytes, ihl: int) -> None:
+    def _refuse(self, key: tuple, frame: bytes) -> None:
         """Drop a new flow, saying why once per reason; a TCP client gets a reset (RFC 9293 3.10.7.1:
         the answer to a SYN for a connection that cannot be), not a wait until it gives up."""
         self.stats["refused"] += 1
         if self.last_refusal and self.last_refusal not in self._said:
             self._said.add(self.last_refusal)
             self.on_refusal(f"flow refused: {self.last_refusal}")
-        if key[0] == 6:
-            seq = _tcp_fields(frame, ihl)[0]
-            flow = Flow(key, self.template, 0, frame[6:12])
-            flow.peer_nxt = (seq + 1) & 0xFFFF_FFFF
-            self._reset(flow)
+        if key[0] == 6:  # a RST that acknowledges its SYN (RFC 9293 3.10.7.1)
+            _, peer_ip, peer_port, port = key
+            a = self.addr
+            self.net.nic.transmit(_tcp_frame(a.mac, frame[6:12], a.ip, peer_ip, port, peer_port,
+                                             0, _tcp_fields(frame)[3], RST | ACK))
+            self.stats["resets_sent"] += 1
 
-    def _peer_segment(self, flow: Flow, frame: bytes, ihl: int) -> bool:
+    def _peer_segment(self, flow: Flow, frame: bytes) -> bool:
         """Track a segment from the peer; False when it ended the flow (nobody to deliver it to)."""
-        seq, ack, flags, n = _tcp_fields(frame, ihl)
+        seq, ack, flags, end = _tcp_fields(frame)
         if flags & RST:
             # Only a reset near what the instance expects ends the flow (RFC 5961 3: one far off
             # the window is a blind guess); the instance's TCP judges it exactly.
             if flow.peer_nxt is None or _after(seq + RST_WINDOW, flow.peer_nxt) and _after(flow.peer_nxt + RST_WINDOW, seq):
                 self._close(flow)
             return flow.env.alive
-        flow.peer_nxt = (seq + n + bool(flags & SYN) + bool(flags & FIN)) & 0xFFFF_FFFF
+        flow.peer_nxt = end
         if flags & FIN:
             flow.peer_fin = flow.peer_nxt
         if flags & ACK and flow.guest_fin is not None and _after(ack, flow.guest_fin):
@@ -391,15 +401,14 @@ class FrontEnd:
         ports = _ports(frame)
         if ports is None:
             return
-        proto, ihl, sport, dport = ports
+        proto, sport, dport = ports
         flow = self.flows.get((proto, frame[30:34], dport, sport))
         if flow is None or flow.env is not env:
             return
         flow.last = self.k.machine.clock.now_ns()
         if proto != 6:
             return
-        seq, ack, flags, n = _tcp_fields(frame, ihl)
-        nxt = (seq + n + bool(flags & SYN) + bool(flags & FIN)) & 0xFFFF_FFFF
+        _, ack, flags, nxt = _tcp_fields(frame)
         if flow.guest_nxt is None or _after(nxt, flow.guest_nxt):
             flow.guest_nxt = nxt
         if flags & RST:
@@ -433,10 +442,10 @@ class FrontEnd:
         _, peer_ip, peer_port, port = flow.key
         a = self.addr
         if flow.guest_nxt is not None:
-            seg = pk.tcp(a.ip, peer_ip, port, peer_port, flow.guest_nxt, 0, RST, 0)
+            seq, ack, flags = flow.guest_nxt, 0, RST
         else:  # it never answered the SYN: a RST that acknowledges it (3.10.7.3)
-            seg = pk.tcp(a.ip, peer_ip, port, peer_port, 0, flow.peer_nxt, RST | ACK, 0)
-        self.net.nic.transmit(pk.ethernet(flow.peer_mac, a.mac, ETHERTYPE_IPV4, pk.ipv4(a.ip, peer_ip, 6, seg)))
+            seq, ack, flags = 0, flow.peer_nxt, RST | ACK
+        self.net.nic.transmit(_tcp_frame(a.mac, flow.peer_mac, a.ip, peer_ip, port, peer_port, seq, ack, flags))
         self.stats["resets_sent"] += 1
 
     # ------------------------------------------------------------ timers
@@ -478,10 +487,10 @@ class FrontEnd:
         expects (RFC 9293 3.10.7.4: a RST in the window ends the connection)."""
         if flow.peer_nxt is None or not flow.env.alive:
             return
-        proto, peer_ip, peer_port, port = flow.key
+        _, peer_ip, peer_port, port = flow.key
         a = self.addr
-        seg = pk.tcp(peer_ip, a.ip, peer_port, port, flow.peer_nxt, 0, RST, 0)
-        self.net._write(flow.env, None, pk.ethernet(a.mac, flow.peer_mac, ETHERTYPE_IPV4, pk.ipv4(peer_ip, a.ip, 6, seg)))
+        self.net._write(flow.env, None, _tcp_frame(flow.peer_mac, a.mac, peer_ip, a.ip, peer_port, port,
+                                                   flow.peer_nxt, 0, RST))
 
     def _drain(self) -> None:
         for key in list(self.queue):
@@ -491,7 +500,7 @@ class FrontEnd:
                     return
                 if not self._may_wait(key):  # nothing of its tenant left to end: it never would start
                     _, frame = self.queue.pop(key)[0]
-                    self._refuse(key, frame, (frame[14] & 0xF) * 4)
+                    self._refuse(key, frame)
                 continue
             held = self.queue.pop(key)
             self._open(key, env, held[0][1])
@@ -551,6 +560,6 @@ def wait_until_ready(k: Exokernel, env: Env, max_instructions: int = 2_000_000_0
         k.net.tickers.remove(check)
         k.on_ready = None
     if not ready_env(k, env):
-        why = env.fault or (f"ended with status {env.exit_status}" if not env.alive else
-                            "never waited for a connection (no sched_op(READY), no port open)")
-        raise ExoUserError(env.name, f"cannot be served: it {why}" if not env.fault else f"cannot be served: {why}")
+        why = env.fault or (f"it ended with status {env.exit_status}" if not env.alive else
+                            "it never waited for a connection (no sched_op(READY), no port open)")
+        raise ExoUserError(env.name, f"cannot be served: {why}")
