@@ -162,22 +162,7 @@ class Snapshot:
         env.retrying, env.retry_hypercall, env.libcall_rsp = self.retry  # the call it waited in runs again
         env.argv, env.symbolize, env.source_line = list(t.argv), t.symbolize, t.source_line
         env.upcall_entry, env.upcall_stack, env.timer_entry = t.upcall_entry, t.upcall_stack, t.timer_entry
-        # Its libOS: a copy of every module's state (sockets, threads, heap, buffers), sharing
-        # nothing with the template or another instance: the snapshot's serialised state read back
-        # (or a deep copy of the template's), the modules' references to one another (siblings,
-        # bound methods such as the pager) to the instance's copies, the template's port its own.
-        old, port = t.port, k.libs.port(env)
-        if self.libos is not None:
-            modules, port.pager = _Thaw(self.libos, port).load()
-        elif not t.modules and old is None:
-            modules = {}  # no libOS linked: nothing to copy
-        else:
-            modules, port.pager = copy.deepcopy((t.modules, old.pager if old else None),
-                                                {id(old): port, id(k): k} if old is not None else {})
-        for index, clone in modules.items():
-            k.libs.link(env, index, clone, clone.entries(), clone.hypercalls)
-        if old is not None:
-            port.kernel_mode, port.capture = old.kernel_mode, old.capture
+        self._copy_libos(env)
         if t.net is not None:
             # Its ring where the template's was (the pages are copy-on-write: the exokernel's first
             # write of a frame copies the page), none of its filters: the template's serve it, and
@@ -190,6 +175,23 @@ class Snapshot:
         env.disk_grants = list(t.disk_grants)
         for hook in k.env_create_hooks:
             hook(t, env)
+
+    def _copy_libos(self, env: Env) -> None:
+        """Its libOS: a copy of every module's state (sockets, threads, heap, buffers), sharing
+        nothing with the template or another instance: the snapshot's serialised state read back
+        (or a deep copy of the template's), the modules' references to one another (siblings,
+        bound methods such as the pager) to the instance's copies, the template's port its own."""
+        k, old = self.k, self.template.port
+        if old is None:
+            return  # no libOS linked (modules link through the port): nothing to copy
+        port = k.libs.port(env)
+        if self.libos is not None:
+            modules, port.pager = _Thaw(self.libos, port).load()
+        else:
+            modules, port.pager = copy.deepcopy((self.template.modules, old.pager), {id(old): port, id(k): k})
+        for index, clone in modules.items():
+            k.libs.link(env, index, clone, clone.entries(), clone.hypercalls)
+        port.kernel_mode, port.capture = old.kernel_mode, old.capture
 
     def _copy_pages(self, env: Env) -> None:
         # Copy-on-write pages: the template's frame, read-only, until the instance first writes the

@@ -12,6 +12,7 @@ fork, the loader, libOS linking, the OS structures) goes through them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from exo.abi import (
@@ -32,7 +33,7 @@ from exo.abi import (
 from exo.errors import HypercallError
 from exo.frames import FrameKind, FrameTable, FrameType, OutOfFrames, over_max_right
 from hw.cpu import VCpu
-from hw.memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from hw.memory import PAGE_SHIFT, PAGE_SIZE, ZERO_PAGE, PhysicalMemory
 from hw.paging import ADDR_MASK, PTE_NX, PTE_P, PTE_U, PTE_W, entry_address, translate
 
 # Virtual range the exokernel manages itself (hypercall page, libOS trampolines, info page).
@@ -124,9 +125,6 @@ def _check_wx(ft: FrameTable, frame: int, pte: int, replaced: int) -> None:
     # LAB 2 END
 
 
-_EMPTY_TABLE = bytes(PAGE_SIZE)
-
-
 class SnapshotMap:
     """How an instance maps a snapshot's pages: ``pages`` is [(va, frame, pte flags)] (the rights
     the instance gets), made once per snapshot into what ``AddressSpace.map_snapshot`` writes."""
@@ -144,9 +142,7 @@ class SnapshotMap:
         self.frames = [frame for _, frame, _ in pages]
         self.writable = [frame for _, frame, flags in pages if flags & PTE_W]
         self.executable = [frame for _, frame, flags in pages if not flags & PTE_NX]
-        self.frame_counts: dict[int, int] = {}
-        for f in self.frames:
-            self.frame_counts[f] = self.frame_counts.get(f, 0) + 1
+        self.frame_counts = Counter(self.frames)
         self.flags = {va: flags for va, _, flags in pages}
         self.frame_at = {va: frame for va, frame, _ in pages}
 
@@ -262,13 +258,13 @@ class AddressSpace:
             if table is None:
                 table = entry_address(mem, self.root, region_va, self._alloc_table_pa) & ~(PAGE_SIZE - 1)
                 self._leaf_tables[region_va >> 21] = table
-                if mem.read(table, PAGE_SIZE) == _EMPTY_TABLE:  # a table of its own, still empty: as a whole
+                if mem.read(table, PAGE_SIZE) == ZERO_PAGE:  # a table of its own, still empty: as a whole
                     mem.write(table, image)
                     continue
-            for slot, va, frame, flags in entries:  # merged into a table in use
+            for slot, va, _, _ in entries:  # merged into a table in use
                 if mem.read_u64(table + slot * 8) & PTE_P:
                     raise HypercallError(Errno.EINVAL, f"{va:#x} is mapped already")
-                mem.write_u64(table + slot * 8, (frame << PAGE_SHIFT) | (flags & ~ADDR_MASK) | PTE_P)
+                mem.write(table + slot * 8, image[slot * 8:slot * 8 + 8])
         refs = ft.refs
         for f in plan.frames:
             refs[f] += 1
