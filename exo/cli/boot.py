@@ -133,9 +133,7 @@ def run(args: argparse.Namespace) -> int:
         end = journal.end
         if args.replay and end is not None and end.data == b"interrupted":
             budget = max(1, min(budget or end.instructions, end.instructions))  # up to where the recording stopped
-    for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
-        # Where the host reaches the guest (a HOSTPORT of 0 took any free port: say which).
-        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
+    print_forwards(system)
     gdb = start_gdb(system, args.gdb, args.gdb_history) if args.gdb else None
     interrupted: str | None = None
     from exo.cli.breakpoint import install as install_breakpoint
@@ -254,6 +252,13 @@ def report_stats(args: argparse.Namespace, stats: dict) -> None:
             raise ExoUserError(args.stats_json, f"cannot write: {e.strerror}") from None
     if args.stats:
         print_stats(stats)
+
+
+def print_forwards(system) -> None:
+    """Where the host reaches the guest, one line per hostfwd (a HOSTPORT of 0 took any free port:
+    say which), on stderr."""
+    for f in getattr(getattr(system.nic, "backend", None), "forwards", ()):
+        sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
 
 
 def stuck_envs(kernel) -> list:

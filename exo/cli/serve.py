@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-instances", type=int, default=64, metavar="N",
                    help="instances live at once at most (default 64); new flows beyond wait in the backlog")
     p.add_argument("--backlog", type=int, default=128, metavar="N",
-                   help="new flows that may wait for an instance (default 128); beyond, they are dropped")
+                   help="new flows that may wait for an instance (default 128); beyond, they are refused (a TCP reset)")
     p.add_argument("--idle-timeout", type=float, default=10.0, metavar="S",
                    help="a flow with no frame for S seconds of guest time ends (default 10)")
     p.add_argument("--tenant", action="append", default=[], metavar="NAME:MATCH,QUOTA...",
@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exo.api import System
+    from exo.api import System, build
+    from exo.cli.boot import print_forwards
     from exo.instances import Snapshot
     from exo.kernel import Exokernel
     from exo.serve import FrontEnd, parse_tenant, wait_until_ready
@@ -63,20 +64,18 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise ExoUserError(name, f"must be positive, got {value}")
     tenants = [parse_tenant(spec) for spec in args.tenant]
-    quota = None
-    if args.quota:
+    app = build(args.app)
+    quotas = None
+    if args.quota:  # as exo run takes its one program's: applied when the app is booted
         try:
-            _, quota = parse_quota_option(f"app:{args.quota}")
+            quotas = dict([parse_quota_option(f"{app.name}:{args.quota}")])
         except QuotaError as e:
             raise ExoUserError("--quota", str(e)) from None
-    system = System([args.app], net=args.net, clock=args.clock, ram_mib=args.ram, disk=args.disk,
+    system = System([app], net=args.net, clock=args.clock, ram_mib=args.ram, disk=args.disk, quotas=quotas,
                     args=args.guest_args, stdin=b"", stdout=1, stderr=2, on_fault=Exokernel._print_report)
     try:
         k, env = system.kernel, system.envs[0]
-        if quota is not None:
-            k.tenants.apply(env.tenant, quota)
-        for f in getattr(system.nic.backend, "forwards", ()):
-            sys.stderr.write(f"exo: net: {f.proto} {f.host_addr}:{f.host_port} -> {f.guest_addr}:{f.guest_port}\n")
+        print_forwards(system)
         interrupted = 0
 
         def on_signal(signum: int, _frame: object) -> None:
