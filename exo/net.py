@@ -449,6 +449,11 @@ class NetMux:
         except HypercallError:
             return False
 
+    def inject(self, env: Env, frame: bytes, f: Filter | None = None) -> None:
+        """Put ``frame`` in ``env``'s receive ring as if it had arrived, claimed by ``f`` (None: by
+        no filter; a front end's replayed ARP or a reset it hands an instance: exo/serve.py)."""
+        self._write(env, f, frame)
+
     def _write(self, env: Env | None, f: Filter | None, frame: bytes, verified: bool = False,
                parts: list[bytes] | None = None) -> None:
         port = env.net if env is not None and env.alive else None

@@ -251,7 +251,7 @@ class FrontEnd:
         self.stats["started"] += 1
         self.stats["peak_live"] = max(self.stats["peak_live"], len(self.live))
         for frame in self.arp.values():  # what its predecessors knew of the neighbours
-            self.net._write(env, None, frame)
+            self.net.inject(env, frame)
         return env
 
     def _tenant_for(self, key: tuple) -> Tenant:
@@ -489,8 +489,8 @@ class FrontEnd:
             return
         _, peer_ip, peer_port, port = flow.key
         a = self.addr
-        self.net._write(flow.env, None, _tcp_frame(flow.peer_mac, a.mac, peer_ip, a.ip, peer_port, port,
-                                                   flow.peer_nxt, 0, RST))
+        self.net.inject(flow.env, _tcp_frame(flow.peer_mac, a.mac, peer_ip, a.ip, peer_port, port,
+                                             flow.peer_nxt, 0, RST))
 
     def _drain(self) -> None:
         for key in list(self.queue):
@@ -505,7 +505,7 @@ class FrontEnd:
             held = self.queue.pop(key)
             self._open(key, env, held[0][1])
             for f, frame in held:
-                self.net._write(env, f, frame)
+                self.net.inject(env, frame, f)
 
     def close(self) -> None:
         """Stop serving: the template's frames go to the template again (which never runs), the
